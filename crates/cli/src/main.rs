@@ -1,0 +1,63 @@
+//! The `ratchet` command.
+//!
+//! With no `--database-url` / `DATABASE_URL`, every command uses the embedded PostgreSQL whose cluster lives
+//! in `--data-dir` (default `./.ratchet`), started on demand.
+
+mod args;
+mod commands;
+
+use anyhow::Context;
+use args::Args;
+
+const USAGE: &str = "\
+ratchet: a saga engine on steno whose nodes cannot do fallible work after their commit
+
+USAGE:
+    ratchet [--database-url URL] [--data-dir DIR] <COMMAND>
+
+COMMANDS:
+    db start|stop|status|url   manage the embedded PostgreSQL (url prints a URL psql accepts)
+    demo [--fail-after-commit NODE]
+                               run the example saga and print its node-by-node history
+    recover                    resume this executor's unfinished sagas and print what it did
+    sagas list [--state S]     list sagas (running, unwinding, done, stuck, abandoned)
+    sagas show ID              a saga's events, commit and compensation records
+
+OPTIONS:
+    --database-url URL   a PostgreSQL server to use instead of the embedded one (also DATABASE_URL)
+    --data-dir DIR       where the embedded cluster lives (default ./.ratchet)
+    --sec-id UUID        this executor's id (default: one kept in the data directory)
+";
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RATCHET_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::from_env();
+    if args.flag("--help") || args.positional().is_empty() {
+        print!("{USAGE}");
+        return if args.flag("--help") {
+            std::process::ExitCode::SUCCESS
+        } else {
+            std::process::ExitCode::from(2)
+        };
+    }
+    let runtime = match tokio::runtime::Runtime::new().context("starting the async runtime") {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(commands::dispatch(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! What each phase of a node may touch. Only the engine can make these.
+
+use crate::error::NodeError;
+use crate::node::NodeOutput;
+use crate::saga_def::{Ratchet, SagaDef};
+use ratchet_store::DbConnection;
+use std::panic::AssertUnwindSafe;
+use uuid::Uuid;
+
+/// The prepare phase's view: the saga's parameters, earlier nodes' outputs, and one connection inside a
+/// read-only transaction (PostgreSQL rejects any write made through it).
+pub struct PrepareCx<'a, S: SagaDef> {
+    pub(crate) steno: &'a steno::ActionContext<Ratchet<S>>,
+    pub(crate) params: &'a S::Params,
+    pub(crate) conn: &'a mut DbConnection,
+    pub(crate) saga_id: Uuid,
+    pub(crate) node_name: &'a str,
+    pub(crate) app: &'a S::Context,
+}
+
+impl<S: SagaDef> PrepareCx<'_, S> {
+    /// The saga's parameters.
+    pub fn params(&self) -> &S::Params {
+        self.params
+    }
+
+    /// The application context the saga was registered with (clients of other services, configuration).
+    pub fn context(&self) -> &S::Context {
+        self.app
+    }
+
+    /// The connection, inside the engine's read-only transaction.
+    pub fn conn(&mut self) -> &mut DbConnection {
+        self.conn
+    }
+
+    pub fn saga_id(&self) -> Uuid {
+        self.saga_id
+    }
+
+    /// This node's name in the DAG.
+    pub fn node_name(&self) -> &str {
+        self.node_name
+    }
+
+    /// The output of an earlier node (an ancestor in the DAG). Naming a node that is not an ancestor is a
+    /// permanent error (steno itself would panic: steno#32).
+    pub fn output<T: NodeOutput>(&self, node_name: &str) -> Result<T, NodeError> {
+        let steno = self.steno;
+        std::panic::catch_unwind(AssertUnwindSafe(|| steno.lookup::<T>(node_name)))
+            .map_err(|_| {
+                NodeError::permanent(format!(
+                    "node {:?} looked up {node_name:?}, which is not one of its ancestors",
+                    self.node_name
+                ))
+            })?
+            .map_err(|error| {
+                NodeError::permanent(format!("output of {node_name:?} does not decode: {error}"))
+            })
+    }
+}
+
+/// The commit phase's view (also a compensation's): one connection inside the transaction the engine opened.
+/// It cannot be built outside the engine, and it borrows the connection only for the phase.
+pub struct CommitTx<'a> {
+    pub(crate) conn: &'a mut DbConnection,
+    pub(crate) saga_id: Uuid,
+    pub(crate) node_name: &'a str,
+}
+
+impl CommitTx<'_> {
+    /// The connection, inside the engine's transaction. Run the node's writes on it; do not commit.
+    pub fn conn(&mut self) -> &mut DbConnection {
+        self.conn
+    }
+
+    pub fn saga_id(&self) -> Uuid {
+        self.saga_id
+    }
+
+    pub fn node_name(&self) -> &str {
+        self.node_name
+    }
+
+    /// A deterministic id for something this node creates: the same on every attempt and every replay.
+    pub fn derived_id(&self, label: &str) -> Uuid {
+        derived_id(self.saga_id, self.node_name, label)
+    }
+}
+
+/// An external node's view while calling out: the idempotency key, the parameters and the application context.
+pub struct ExternalCx<'a, S: SagaDef> {
+    pub(crate) params: &'a S::Params,
+    pub(crate) app: &'a S::Context,
+    pub(crate) saga_id: Uuid,
+    pub(crate) node_name: &'a str,
+}
+
+impl<S: SagaDef> ExternalCx<'_, S> {
+    /// The key the service deduplicates on: a UUIDv5 of the saga id and the node name.
+    pub fn idempotency_key(&self) -> Uuid {
+        derived_id(self.saga_id, self.node_name, "idempotency-key")
+    }
+
+    pub fn params(&self) -> &S::Params {
+        self.params
+    }
+
+    pub fn context(&self) -> &S::Context {
+        self.app
+    }
+
+    pub fn saga_id(&self) -> Uuid {
+        self.saga_id
+    }
+
+    pub fn node_name(&self) -> &str {
+        self.node_name
+    }
+}
+
+/// UUIDv5 of (saga id, node name, label): deterministic ids, never `Uuid::new_v4()` inside an action.
+pub fn derived_id(saga_id: Uuid, node_name: &str, label: &str) -> Uuid {
+    let name = format!("{node_name}/{label}");
+    Uuid::new_v5(&saga_id, name.as_bytes())
+}

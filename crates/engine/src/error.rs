@@ -1,0 +1,93 @@
+//! Errors: a node's (transient or permanent) and the engine's.
+
+use ratchet_store::DbError;
+
+/// What a node's phase returns on failure.
+///
+/// *Transient* errors (a lost connection, a pool timeout, a serialization failure) are retried by the engine
+/// with bounded exponential backoff; *permanent* ones fail the node at once (or, from a compensation, make the
+/// saga stuck).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, thiserror::Error)]
+pub enum NodeError {
+    #[error("transient error: {message}")]
+    Transient { message: String },
+    #[error("{message}")]
+    Permanent { message: String },
+}
+
+impl NodeError {
+    pub fn transient(message: impl Into<String>) -> NodeError {
+        NodeError::Transient {
+            message: message.into(),
+        }
+    }
+
+    pub fn permanent(message: impl Into<String>) -> NodeError {
+        NodeError::Permanent {
+            message: message.into(),
+        }
+    }
+
+    pub fn is_transient(&self) -> bool {
+        matches!(self, NodeError::Transient { .. })
+    }
+
+    pub fn message(&self) -> &str {
+        match self {
+            NodeError::Transient { message } | NodeError::Permanent { message } => message,
+        }
+    }
+}
+
+impl From<diesel::result::Error> for NodeError {
+    fn from(error: diesel::result::Error) -> Self {
+        if ratchet_store::is_transient_diesel(&error) {
+            NodeError::transient(error.to_string())
+        } else {
+            NodeError::permanent(error.to_string())
+        }
+    }
+}
+
+impl From<DbError> for NodeError {
+    fn from(error: DbError) -> Self {
+        if error.is_transient() {
+            NodeError::transient(error.to_string())
+        } else {
+            NodeError::permanent(error.to_string())
+        }
+    }
+}
+
+/// What steno records when a ratchet node fails: which node, in which phase, and why.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct NodeFailure {
+    pub node: String,
+    pub phase: String,
+    pub message: String,
+}
+
+/// The engine's own errors.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("saga parameters for {saga:?} could not be encoded: {message}")]
+    BadParams { saga: String, message: String },
+    #[error("the DAG of saga {saga:?} is invalid: {message}")]
+    BadDag { saga: String, message: String },
+    #[error("no saga definition named {0:?} is registered with this engine")]
+    UnknownSaga(String),
+    #[error("no saga with id {0}")]
+    NoSuchSaga(uuid::Uuid),
+    #[error("saga {id} is {state}, but this operation needs it {wanted}")]
+    WrongState {
+        id: uuid::Uuid,
+        state: String,
+        wanted: &'static str,
+    },
+    #[error("node {node:?} is registered twice with different types")]
+    DuplicateNode { node: String },
+    #[error("steno refused: {0}")]
+    Steno(String),
+}

@@ -1,0 +1,197 @@
+//! What database and external node execution share: finding the node's arguments, firing failpoints,
+//! retrying, stopping when fenced or crashed, and encoding failures for steno.
+
+use crate::error::{NodeError, NodeFailure};
+use crate::failpoint::{FaultEffect, FaultPoint};
+use crate::saga_def::{Envelope, Ratchet, SagaCx, SagaDef};
+use ratchet_store::RetryPolicy;
+use serde::de::DeserializeOwned;
+use std::panic::AssertUnwindSafe;
+use steno::{ActionContext, ActionError};
+use uuid::Uuid;
+
+/// Why an attempt at a phase stopped.
+#[derive(Debug)]
+pub(crate) enum Stop {
+    /// The phase failed: retry if transient and budget remains, else fail.
+    Node(NodeError),
+    /// The executor was fenced out of the saga: write nothing more, stop driving it.
+    Fenced,
+    /// A `Crash` fault fired: the executor dies.
+    Crash,
+}
+
+impl From<NodeError> for Stop {
+    fn from(error: NodeError) -> Self {
+        Stop::Node(error)
+    }
+}
+
+impl From<diesel::result::Error> for Stop {
+    fn from(error: diesel::result::Error) -> Self {
+        Stop::Node(error.into())
+    }
+}
+
+impl From<ratchet_store::DbError> for Stop {
+    fn from(error: ratchet_store::DbError) -> Self {
+        Stop::Node(error.into())
+    }
+}
+
+/// One node's run: who it is, in which saga, with which arguments.
+pub(crate) struct NodeRun<'a, S: SagaDef> {
+    pub(crate) cx: &'a SagaCx<S>,
+    pub(crate) name: String,
+    pub(crate) node_id: u32,
+    pub(crate) params: S::Params,
+    args: serde_json::Value,
+}
+
+impl<'a, S: SagaDef> NodeRun<'a, S> {
+    pub(crate) fn new(ctx: &'a ActionContext<Ratchet<S>>) -> Result<NodeRun<'a, S>, NodeError> {
+        let cx = ctx.user_data();
+        let name = ctx.node_label();
+        let node_id = *cx
+            .node_ids
+            .get(&name)
+            .ok_or_else(|| NodeError::permanent(format!("node {name:?} is not in the saga's DAG")))?;
+        let envelope: Envelope<S::Params> = ctx
+            .saga_params()
+            .map_err(|e| NodeError::permanent(format!("saga parameters do not decode: {e}")))?;
+        let args = envelope
+            .nodes
+            .get(&name)
+            .cloned()
+            .ok_or_else(|| NodeError::permanent(format!("no arguments recorded for node {name:?}")))?;
+        Ok(NodeRun {
+            cx,
+            name,
+            node_id,
+            params: envelope.params,
+            args,
+        })
+    }
+
+    /// The node value (its arguments) recorded in the DAG.
+    pub(crate) fn node<N: DeserializeOwned>(&self) -> Result<N, NodeError> {
+        serde_json::from_value(self.args.clone())
+            .map_err(|e| NodeError::permanent(format!("arguments of node {:?} do not decode: {e}", self.name)))
+    }
+
+    pub(crate) fn saga_id(&self) -> Uuid {
+        self.cx.saga_id
+    }
+
+    /// Applies the fault armed at `point`, if any. A `Panic` fault panics only in `InFinish` (where the
+    /// engine catches it); elsewhere it acts as a permanent error.
+    pub(crate) fn fault(&self, point: FaultPoint) -> Result<(), Stop> {
+        let Some(effect) = self.cx.shared.failpoints.fire(self.saga_id(), &self.name, point) else {
+            return Ok(());
+        };
+        let what = format!("injected at {point:?}");
+        match effect {
+            FaultEffect::TransientError => Err(Stop::Node(NodeError::transient(what))),
+            FaultEffect::PermanentError => Err(Stop::Node(NodeError::permanent(what))),
+            FaultEffect::Panic if point == FaultPoint::InFinish => panic!("{what}"),
+            FaultEffect::Panic => Err(Stop::Node(NodeError::permanent(format!("panic {what}")))),
+            FaultEffect::Crash => Err(Stop::Crash),
+        }
+    }
+
+    /// A `Stop::Crash` when the executor has died (so that nothing more commits).
+    pub(crate) fn alive(&self) -> Result<(), Stop> {
+        if self.cx.shared.liveness.is_dead() {
+            Err(Stop::Crash)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Never returns: the executor stops driving this saga (fenced out, or crashed).
+    pub(crate) async fn stop_driving(&self, stop: &Stop) -> ! {
+        match stop {
+            Stop::Crash => {
+                tracing::warn!(node = %self.name, "executor crashed (injected): writing nothing more");
+                self.cx.shared.liveness.kill();
+            }
+            _ => {
+                tracing::info!(node = %self.name,
+                    "fenced out: another executor adopted this saga; this executor stops driving it");
+                self.cx.log.fence().raise();
+            }
+        }
+        futures::future::pending::<()>().await;
+        unreachable!("a pending future never resolves")
+    }
+
+    /// steno's error for a failed node.
+    pub(crate) fn failure(&self, phase: &str, error: &NodeError) -> ActionError {
+        ActionError::action_failed(NodeFailure {
+            node: self.name.clone(),
+            phase: phase.to_owned(),
+            message: error.to_string(),
+        })
+    }
+}
+
+/// Runs `attempt` until it succeeds, fails permanently, or spends `policy`'s budget on transient failures.
+/// A fence or a crash stops the node for good (the future never resolves).
+pub(crate) async fn with_retries<S, T, F, Fut>(
+    run: &NodeRun<'_, S>,
+    policy: RetryPolicy,
+    phase: &str,
+    mut attempt: F,
+) -> Result<T, NodeError>
+where
+    S: SagaDef,
+    F: FnMut(u32) -> Fut,
+    Fut: std::future::Future<Output = Result<T, Stop>>,
+{
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        match attempt(attempts).await {
+            Ok(value) => return Ok(value),
+            Err(Stop::Node(error)) => {
+                let delay = error.is_transient().then(|| policy.delay(attempts)).flatten();
+                let Some(delay) = delay else {
+                    tracing::warn!(node = %run.name, phase, attempts, %error, "phase failed");
+                    return Err(error);
+                };
+                tracing::info!(node = %run.name, phase, attempts, %error, ?delay, "transient failure, retrying");
+                run.cx.shared.counters.retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(delay).await;
+            }
+            Err(stop) => run.stop_driving(&stop).await,
+        }
+    }
+}
+
+/// Runs a node's `finish` with the `InFinish` failpoint, catching a panic.
+pub(crate) fn finish_guarded<S: SagaDef, R, O>(
+    run: &NodeRun<'_, S>,
+    finish: fn(R) -> O,
+    receipt: R,
+) -> Result<O, Stop> {
+    std::panic::catch_unwind(AssertUnwindSafe(|| {
+        run.fault(FaultPoint::InFinish)?;
+        Ok(finish(receipt))
+    }))
+    .unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "panic".to_owned());
+        Err(Stop::Node(NodeError::permanent(format!("post-commit phase panicked: {message}"))))
+    })
+}
+
+pub(crate) fn encode<T: serde::Serialize>(what: &str, value: &T) -> Result<serde_json::Value, NodeError> {
+    serde_json::to_value(value).map_err(|e| NodeError::permanent(format!("{what} does not encode: {e}")))
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(what: &str, value: serde_json::Value) -> Result<T, NodeError> {
+    serde_json::from_value(value).map_err(|e| NodeError::permanent(format!("{what} does not decode: {e}")))
+}

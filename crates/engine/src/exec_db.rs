@@ -1,0 +1,380 @@
+//! Running a database node: forward (prepare, commit, finish in one transaction) and undo (compensate).
+//!
+//! The commit point of every database node is the one `tx::commit` call in [`attempt_forward`]. Before it,
+//! any failure rolls everything back and the node fails (or retries) with nothing to undo. After it, nothing
+//! fallible runs on the success path; an injected failure there is compensated inline, from the receipt,
+//! before steno hears of it ([`compensate_after_commit`]).
+
+use crate::context::{CommitTx, PrepareCx};
+use crate::error::NodeError;
+use crate::exec::{NodeRun, Stop, decode, encode, finish_guarded, with_retries};
+use crate::failpoint::FaultPoint;
+use crate::node::DbNode;
+use crate::saga_def::{Ratchet, SagaDef};
+use diesel_async::{AnsiTransactionManager, RunQueryDsl, TransactionManager};
+use futures::future::BoxFuture;
+use ratchet_store::event::EventRow;
+use ratchet_store::{DbConnection, owner, records, transaction as tx};
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use steno::{ActionContext, ActionName, SagaNodeEvent, SagaNodeEventType};
+use tracing::Instrument;
+
+/// The steno action of database node type `N` in saga `S`.
+pub(crate) struct DbAction<S, N>(PhantomData<fn() -> (S, N)>);
+
+impl<S, N> DbAction<S, N> {
+    pub(crate) fn new() -> Self {
+        DbAction(PhantomData)
+    }
+}
+
+impl<S, N> fmt::Debug for DbAction<S, N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DbAction")
+    }
+}
+
+impl<S: SagaDef, N: DbNode<S>> steno::Action<Ratchet<S>> for DbAction<S, N> {
+    fn do_it(&self, ctx: ActionContext<Ratchet<S>>) -> BoxFuture<'_, steno::ActionResult> {
+        Box::pin(async move { forward::<S, N>(&ctx).await })
+    }
+
+    fn undo_it(&self, ctx: ActionContext<Ratchet<S>>) -> BoxFuture<'_, steno::UndoResult> {
+        Box::pin(async move { undo::<S, N>(&ctx).await })
+    }
+
+    fn name(&self) -> ActionName {
+        ActionName::new(N::NAME)
+    }
+}
+
+/// What one forward attempt ended with.
+enum Forward {
+    /// Committed now: the output.
+    Committed { output: serde_json::Value },
+    /// Committed by an earlier attempt (a replay): the recorded receipt.
+    Replayed { receipt: serde_json::Value },
+    /// Compensated by an earlier attempt after a failure that followed its commit.
+    AlreadyCompensated,
+}
+
+async fn forward<S: SagaDef, N: DbNode<S>>(ctx: &ActionContext<Ratchet<S>>) -> steno::ActionResult {
+    let run = NodeRun::<S>::new(ctx).map_err(|e| steno::ActionError::action_failed(e.to_string()))?;
+    let span = tracing::info_span!("node", saga_id = %run.saga_id(), node = %run.name, kind = "db");
+    async {
+        let node: N = run.node().map_err(|e| run.failure("prepare", &e))?;
+        let policy = run.cx.shared.forward_retry;
+        let outcome = with_retries(&run, policy, "commit", |attempt| {
+            let span = tracing::info_span!("attempt", attempt);
+            attempt_forward::<S, N>(&run, &node, ctx).instrument(span)
+        })
+        .await
+        .map_err(|e| run.failure("commit", &e))?;
+        match outcome {
+            Forward::AlreadyCompensated => Err(run.failure(
+                "post-commit",
+                &NodeError::permanent("the node failed after its commit and was compensated"),
+            )),
+            Forward::Replayed { receipt } => {
+                let decoded: N::Receipt = decode("commit record", receipt.clone()).map_err(|e| run.failure("replay", &e))?;
+                match finish_guarded(&run, N::finish, decoded) {
+                    Ok(output) => {
+                        tracing::info!("replayed: the commit was recorded earlier; not committing again");
+                        encode("node output", &output).map(Arc::new).map_err(|e| run.failure("replay", &e))
+                    }
+                    Err(Stop::Node(error)) => {
+                        compensate_after_commit::<S, N>(&run, &node, None, error).await
+                    }
+                    Err(stop) => run.stop_driving(&stop).await,
+                }
+            }
+            Forward::Committed { output } => {
+                run.cx.log.mark_durable(run.node_id, &["started", "succeeded"]);
+                run.cx.shared.counters.commits.fetch_add(1, Ordering::Relaxed);
+                tracing::info!("committed");
+                match run.fault(FaultPoint::AfterCommit) {
+                    Ok(()) => Ok(Arc::new(output)),
+                    Err(Stop::Node(error)) => {
+                        run.cx.log.unmark_durable(run.node_id, "succeeded");
+                        compensate_after_commit::<S, N>(&run, &node, Some(output), error).await
+                    }
+                    Err(stop) => run.stop_driving(&stop).await,
+                }
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// One attempt: BEGIN … COMMIT, or a rollback.
+async fn attempt_forward<S: SagaDef, N: DbNode<S>>(
+    run: &NodeRun<'_, S>,
+    node: &N,
+    ctx: &ActionContext<Ratchet<S>>,
+) -> Result<Forward, Stop> {
+    run.fault(FaultPoint::BeforePrepare)?;
+    let mut pooled = run.cx.shared.pool.get().await.map_err(ratchet_store::DbError::from)?;
+    let conn: &mut DbConnection = &mut pooled;
+    tx::begin(conn).await?;
+    match forward_in_transaction::<S, N>(run, node, ctx, conn).await {
+        Ok(output) => {
+            // -------- the commit point --------
+            tx::commit(conn).await?;
+            Ok(Forward::Committed { output })
+        }
+        Err(Early::Exit(forward)) => {
+            tx::rollback(conn).await;
+            Ok(forward)
+        }
+        Err(Early::Stop(stop)) => {
+            tx::rollback(conn).await;
+            Err(stop)
+        }
+    }
+}
+
+/// How the in-transaction part ends early (and the transaction is rolled back).
+enum Early {
+    /// Nothing to commit: the node was committed or compensated before.
+    Exit(Forward),
+    Stop(Stop),
+}
+
+impl<E: Into<Stop>> From<E> for Early {
+    fn from(error: E) -> Self {
+        Early::Stop(error.into())
+    }
+}
+
+/// Everything between BEGIN and COMMIT. Returns the output to commit.
+async fn forward_in_transaction<S: SagaDef, N: DbNode<S>>(
+    run: &NodeRun<'_, S>,
+    node: &N,
+    ctx: &ActionContext<Ratchet<S>>,
+    conn: &mut DbConnection,
+) -> Result<serde_json::Value, Early> {
+    let saga_id = run.saga_id();
+    // A replay (steno re-runs a node whose log says only `started`) finds the commit record.
+    if let Some(receipt) = records::commit_receipt(conn, saga_id, &run.name).await? {
+        if records::is_compensated(conn, saga_id, &run.name).await? {
+            return Err(Early::Exit(Forward::AlreadyCompensated));
+        }
+        return Err(Early::Exit(Forward::Replayed { receipt }));
+    }
+
+    // Prepare: inside a savepoint made read-only; rolling the savepoint back restores read-write.
+    AnsiTransactionManager::begin_transaction(conn).await?;
+    diesel::sql_query("SET LOCAL transaction_read_only = on").execute(conn).await?;
+    let plan = {
+        let mut cx = PrepareCx {
+            steno: ctx,
+            params: &run.params,
+            conn: &mut *conn,
+            saga_id,
+            node_name: &run.name,
+            app: &run.cx.app,
+        };
+        node.prepare(&mut cx).await
+    };
+    <AnsiTransactionManager as TransactionManager<DbConnection>>::rollback_transaction(conn).await?;
+    let plan = plan?;
+    run.fault(FaultPoint::AfterPrepare)?;
+
+    // Commit: fencing first, then the node's writes, the post-commit output, the records.
+    let owner = run.cx.log.owner();
+    if !owner::lock_if_owner(conn, saga_id, owner).await? {
+        return Err(Early::Stop(Stop::Fenced));
+    }
+    let receipt = {
+        let mut tx = CommitTx {
+            conn: &mut *conn,
+            saga_id,
+            node_name: &run.name,
+        };
+        node.commit(&mut tx, plan).await?
+    };
+    let receipt_json = encode("receipt", &receipt)?;
+    // `finish` is pure, so it runs before COMMIT: a panic in it rolls the commit back.
+    let output = finish_guarded(run, N::finish, receipt)?;
+    let output_json = encode("node output", &output)?;
+    records::insert_commit_record(conn, saga_id, &run.name, receipt_json, owner).await?;
+    let sec_id = owner.sec_id;
+    let events = [
+        event_row(run, SagaNodeEventType::Started, sec_id)?,
+        event_row(run, SagaNodeEventType::Succeeded(Arc::new(output_json.clone())), sec_id)?,
+    ];
+    records::insert_events(conn, &events).await?;
+    run.fault(FaultPoint::BeforeCommit)?;
+    run.alive()?;
+    Ok(output_json)
+}
+
+pub(crate) fn event_row<S: SagaDef>(
+    run: &NodeRun<'_, S>,
+    event_type: SagaNodeEventType,
+    creator: uuid::Uuid,
+) -> Result<EventRow, NodeError> {
+    let event = SagaNodeEvent {
+        saga_id: newtype_uuid::GenericUuid::from_untyped_uuid(run.saga_id()),
+        node_id: run.node_id.into(),
+        event_type,
+    };
+    Ok(EventRow::new(&event, creator)?)
+}
+
+/// A failure after the commit (or a post-commit phase that panicked on replay): compensate now, from the
+/// recorded receipt, so that steno (which never undoes a failed node) can be told the node failed.
+///
+/// If the compensation itself fails for good, the node's commit stands: with its output known, the node
+/// reports success (the saga goes on, consistently); without it, the saga is recorded stuck.
+async fn compensate_after_commit<S: SagaDef, N: DbNode<S>>(
+    run: &NodeRun<'_, S>,
+    node: &N,
+    output: Option<serde_json::Value>,
+    cause: NodeError,
+) -> steno::ActionResult {
+    tracing::warn!(%cause, "failure after the commit: compensating inline before failing the node");
+    let policy = run.cx.shared.compensation_retry;
+    let compensated = with_retries(run, policy, "compensate", |_| {
+        attempt_compensation::<S, N>(run, node, Mode::AfterCommit)
+    })
+    .await;
+    match (compensated, output) {
+        (Ok(_), _) => Err(run.failure("post-commit", &cause)),
+        (Err(error), Some(output)) => {
+            tracing::error!(%error, "compensation after a post-commit failure failed; the commit stands");
+            run.cx.log.mark_durable(run.node_id, &["succeeded"]);
+            Ok(Arc::new(output))
+        }
+        (Err(error), None) => {
+            run.cx.log.note_stuck(&run.name, &format!("post-commit failed ({cause}) and compensation failed ({error})"));
+            Err(run.failure("post-commit", &cause))
+        }
+    }
+}
+
+async fn undo<S: SagaDef, N: DbNode<S>>(ctx: &ActionContext<Ratchet<S>>) -> steno::UndoResult {
+    let run = NodeRun::<S>::new(ctx).map_err(anyhow::Error::new)?;
+    let span = tracing::info_span!("undo", saga_id = %run.saga_id(), node = %run.name, kind = "db");
+    async {
+        let node: N = run.node()?;
+        let policy = run.cx.shared.compensation_retry;
+        let outcome = with_retries(&run, policy, "compensate", |attempt| {
+            let span = tracing::info_span!("attempt", attempt);
+            attempt_compensation::<S, N>(&run, &node, Mode::Undo).instrument(span)
+        })
+        .await?;
+        tracing::info!(?outcome, "compensation finished");
+        Ok(())
+    }
+    .instrument(span)
+    .await
+}
+
+/// Why a compensation runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// steno asked for the node's undo: record `undo_started` / `undo_finished` with it.
+    Undo,
+    /// The forward failed after its commit: withdraw its `succeeded` event instead.
+    AfterCommit,
+}
+
+/// What one compensation attempt found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Compensation {
+    Compensated,
+    /// A compensation record existed: done before (exactly once).
+    AlreadyCompensated,
+    /// No commit record: the forward never committed, so there is nothing to undo (seed 002).
+    NothingCommitted,
+}
+
+async fn attempt_compensation<S: SagaDef, N: DbNode<S>>(
+    run: &NodeRun<'_, S>,
+    node: &N,
+    mode: Mode,
+) -> Result<Compensation, Stop> {
+    let mut pooled = run.cx.shared.pool.get().await.map_err(ratchet_store::DbError::from)?;
+    let conn: &mut DbConnection = &mut pooled;
+    tx::begin(conn).await?;
+    let outcome = match compensation_in_transaction::<S, N>(run, node, mode, conn).await {
+        Ok(Compensation::AlreadyCompensated) => {
+            tx::rollback(conn).await;
+            return Ok(Compensation::AlreadyCompensated);
+        }
+        Ok(outcome) => outcome,
+        Err(stop) => {
+            tx::rollback(conn).await;
+            return Err(stop);
+        }
+    };
+    // -------- the compensation's commit point --------
+    tx::commit(conn).await?;
+    match mode {
+        Mode::Undo => run.cx.log.mark_durable(run.node_id, &["undo_started", "undo_finished"]),
+        Mode::AfterCommit => run.cx.log.unmark_durable(run.node_id, "succeeded"),
+    }
+    if outcome == Compensation::Compensated {
+        run.cx.shared.counters.compensations.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(?mode, "compensated");
+    }
+    // A failure after the compensation committed is retried: the next attempt finds the record.
+    run.fault(FaultPoint::AfterCompensation)?;
+    Ok(outcome)
+}
+
+async fn compensation_in_transaction<S: SagaDef, N: DbNode<S>>(
+    run: &NodeRun<'_, S>,
+    node: &N,
+    mode: Mode,
+    conn: &mut DbConnection,
+) -> Result<Compensation, Stop> {
+    let saga_id = run.saga_id();
+    let owner = run.cx.log.owner();
+    if !owner::lock_if_owner(conn, saga_id, owner).await? {
+        return Err(Stop::Fenced);
+    }
+    if records::is_compensated(conn, saga_id, &run.name).await? {
+        return Ok(Compensation::AlreadyCompensated);
+    }
+    run.fault(FaultPoint::InCompensation)?;
+    let receipt = records::commit_receipt(conn, saga_id, &run.name).await?;
+    let outcome = match receipt {
+        None => Compensation::NothingCommitted,
+        Some(receipt) => {
+            let receipt: N::Receipt = decode("commit record", receipt)?;
+            let mut tx = CommitTx {
+                conn: &mut *conn,
+                saga_id,
+                node_name: &run.name,
+            };
+            node.compensate(&mut tx, receipt).await?;
+            Compensation::Compensated
+        }
+    };
+    records::insert_compensation_record(
+        conn,
+        saga_id,
+        &run.name,
+        outcome == Compensation::Compensated,
+        owner,
+    )
+    .await?;
+    match mode {
+        Mode::Undo => {
+            let events = [
+                event_row(run, SagaNodeEventType::UndoStarted, owner.sec_id)?,
+                event_row(run, SagaNodeEventType::UndoFinished, owner.sec_id)?,
+            ];
+            records::insert_events(conn, &events).await?;
+        }
+        Mode::AfterCommit => records::delete_event(conn, saga_id, run.node_id, "succeeded").await?,
+    }
+    run.alive()?;
+    Ok(outcome)
+}

@@ -1,0 +1,319 @@
+//! Running an external node: a read-only prepare, one idempotent call keyed by (saga, node), the receipt
+//! recorded as soon as the outcome is definite, and compensation by key.
+//!
+//! The node never fails while the call's outcome is unknown: an `Unknown` answer is retried with the same
+//! key; when the retry budget is spent, the engine compensates by key (until that answer is definite) and
+//! only then fails the node.
+
+use crate::context::{ExternalCx, PrepareCx};
+use crate::error::NodeError;
+use crate::exec::{NodeRun, Stop, decode, encode, finish_guarded, with_retries};
+use crate::exec_db::event_row;
+use crate::failpoint::FaultPoint;
+use crate::node::{CallError, ExternalNode};
+use crate::saga_def::{Ratchet, SagaDef};
+use futures::future::BoxFuture;
+use ratchet_store::{DbConnection, RetryPolicy, owner, records, transaction as tx};
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use steno::{ActionContext, ActionName, SagaNodeEventType};
+use tracing::Instrument;
+
+/// The steno action of external node type `N` in saga `S`.
+pub(crate) struct ExternalAction<S, N>(PhantomData<fn() -> (S, N)>);
+
+impl<S, N> ExternalAction<S, N> {
+    pub(crate) fn new() -> Self {
+        ExternalAction(PhantomData)
+    }
+}
+
+impl<S, N> fmt::Debug for ExternalAction<S, N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ExternalAction")
+    }
+}
+
+impl<S: SagaDef, N: ExternalNode<S>> steno::Action<Ratchet<S>> for ExternalAction<S, N> {
+    fn do_it(&self, ctx: ActionContext<Ratchet<S>>) -> BoxFuture<'_, steno::ActionResult> {
+        Box::pin(async move { forward::<S, N>(&ctx).await })
+    }
+
+    fn undo_it(&self, ctx: ActionContext<Ratchet<S>>) -> BoxFuture<'_, steno::UndoResult> {
+        Box::pin(async move { undo::<S, N>(&ctx).await })
+    }
+
+    fn name(&self) -> ActionName {
+        ActionName::new(N::NAME)
+    }
+}
+
+enum Prepared<P> {
+    Plan(P),
+    Replayed(serde_json::Value),
+    AlreadyCompensated,
+}
+
+fn external_cx<'a, S: SagaDef>(run: &'a NodeRun<'_, S>) -> ExternalCx<'a, S> {
+    ExternalCx {
+        params: &run.params,
+        app: &run.cx.app,
+        saga_id: run.saga_id(),
+        node_name: &run.name,
+    }
+}
+
+async fn forward<S: SagaDef, N: ExternalNode<S>>(ctx: &ActionContext<Ratchet<S>>) -> steno::ActionResult {
+    let run = NodeRun::<S>::new(ctx).map_err(|e| steno::ActionError::action_failed(e.to_string()))?;
+    let span = tracing::info_span!("node", saga_id = %run.saga_id(), node = %run.name, kind = "external");
+    async {
+        let node: N = run.node().map_err(|e| run.failure("prepare", &e))?;
+        let policy = run.cx.shared.forward_retry;
+        let prepared = with_retries(&run, policy, "prepare", |_| prepare::<S, N>(&run, &node, ctx))
+            .await
+            .map_err(|e| run.failure("prepare", &e))?;
+        let plan = match prepared {
+            Prepared::Plan(plan) => plan,
+            Prepared::AlreadyCompensated => {
+                return Err(run.failure(
+                    "post-commit",
+                    &NodeError::permanent("the node failed after its call and was compensated"),
+                ));
+            }
+            Prepared::Replayed(receipt) => {
+                let receipt: N::Receipt = decode("commit record", receipt).map_err(|e| run.failure("replay", &e))?;
+                return match finish_guarded(&run, N::finish, receipt) {
+                    Ok(output) => encode("node output", &output).map(Arc::new).map_err(|e| run.failure("replay", &e)),
+                    Err(Stop::Node(error)) => compensate_then_fail::<S, N>(&run, &node, error).await,
+                    Err(stop) => run.stop_driving(&stop).await,
+                };
+            }
+        };
+        if let Err(stop) = run.fault(FaultPoint::AfterPrepare) {
+            return match stop {
+                Stop::Node(error) => Err(run.failure("prepare", &error)),
+                stop => run.stop_driving(&stop).await,
+            };
+        }
+        let receipt = match call_until_definite::<S, N>(&run, &node, &plan).await {
+            Ok(receipt) => receipt,
+            Err(CallFailed::Refused(error)) => return Err(run.failure("call", &error)),
+            Err(CallFailed::Unknown(error)) => return compensate_then_fail::<S, N>(&run, &node, error).await,
+        };
+        let receipt_json = encode("receipt", &receipt).map_err(|e| run.failure("call", &e))?;
+        let output = match run.fault(FaultPoint::BeforeCommit).and_then(|()| finish_guarded(&run, N::finish, receipt)) {
+            Ok(output) => output,
+            Err(Stop::Node(error)) => return compensate_then_fail::<S, N>(&run, &node, error).await,
+            Err(stop) => run.stop_driving(&stop).await,
+        };
+        let output_json = encode("node output", &output).map_err(|e| run.failure("call", &e))?;
+        // The outcome is definite: record it until the write lands.
+        let forever = RetryPolicy { max_attempts: None, ..policy };
+        let recorded = with_retries(&run, forever, "record receipt", |_| {
+            record_receipt::<S>(&run, receipt_json.clone(), output_json.clone())
+        })
+        .await;
+        if let Err(error) = recorded {
+            // Permanent failure to record: the call stands, unrecorded; undo it by key before failing.
+            return compensate_then_fail::<S, N>(&run, &node, error).await;
+        }
+        run.cx.log.mark_durable(run.node_id, &["succeeded"]);
+        run.cx.shared.counters.commits.fetch_add(1, Ordering::Relaxed);
+        tracing::info!("external call applied and recorded");
+        match run.fault(FaultPoint::AfterCommit) {
+            Ok(()) => Ok(Arc::new(output_json)),
+            Err(Stop::Node(error)) => {
+                run.cx.log.unmark_durable(run.node_id, "succeeded");
+                compensate_then_fail::<S, N>(&run, &node, error).await
+            }
+            Err(stop) => run.stop_driving(&stop).await,
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn prepare<S: SagaDef, N: ExternalNode<S>>(
+    run: &NodeRun<'_, S>,
+    node: &N,
+    ctx: &ActionContext<Ratchet<S>>,
+) -> Result<Prepared<N::Plan>, Stop> {
+    run.fault(FaultPoint::BeforePrepare)?;
+    let mut pooled = run.cx.shared.pool.get().await.map_err(ratchet_store::DbError::from)?;
+    let conn: &mut DbConnection = &mut pooled;
+    tx::begin_read_only(conn).await?;
+    let result = async {
+        let saga_id = run.saga_id();
+        if let Some(receipt) = records::commit_receipt(conn, saga_id, &run.name).await? {
+            if records::is_compensated(conn, saga_id, &run.name).await? {
+                return Ok(Prepared::AlreadyCompensated);
+            }
+            return Ok(Prepared::Replayed(receipt));
+        }
+        let mut cx = PrepareCx {
+            steno: ctx,
+            params: &run.params,
+            conn: &mut *conn,
+            saga_id,
+            node_name: &run.name,
+            app: &run.cx.app,
+        };
+        Ok::<_, Stop>(Prepared::Plan(node.prepare(&mut cx).await?))
+    }
+    .await;
+    tx::rollback(conn).await;
+    result
+}
+
+enum CallFailed {
+    /// Definitely not applied.
+    Refused(NodeError),
+    /// Still unknown after the retry budget.
+    Unknown(NodeError),
+}
+
+async fn call_until_definite<S: SagaDef, N: ExternalNode<S>>(
+    run: &NodeRun<'_, S>,
+    node: &N,
+    plan: &N::Plan,
+) -> Result<N::Receipt, CallFailed> {
+    let policy = run.cx.shared.forward_retry;
+    let cx = external_cx(run);
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let error = match node.call(&cx, plan).await {
+            Ok(receipt) => return Ok(receipt),
+            Err(CallError::Refused(error)) if !error.is_transient() => return Err(CallFailed::Refused(error)),
+            Err(CallError::Refused(error)) => error,
+            Err(CallError::Unknown(message)) => NodeError::transient(format!("outcome unknown: {message}")),
+        };
+        let Some(delay) = policy.delay(attempts) else {
+            return Err(if error.message().starts_with("outcome unknown") {
+                CallFailed::Unknown(error)
+            } else {
+                CallFailed::Refused(error)
+            });
+        };
+        tracing::info!(attempts, %error, ?delay, "external call: retrying with the same idempotency key");
+        run.cx.shared.counters.retries.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(delay).await;
+    }
+}
+
+async fn record_receipt<S: SagaDef>(
+    run: &NodeRun<'_, S>,
+    receipt: serde_json::Value,
+    output: serde_json::Value,
+) -> Result<(), Stop> {
+    let mut pooled = run.cx.shared.pool.get().await.map_err(ratchet_store::DbError::from)?;
+    let conn: &mut DbConnection = &mut pooled;
+    tx::begin(conn).await?;
+    let result = async {
+        let owner = run.cx.log.owner();
+        if !owner::lock_if_owner(conn, run.saga_id(), owner).await? {
+            return Err(Stop::Fenced);
+        }
+        records::insert_commit_record(conn, run.saga_id(), &run.name, receipt, owner).await?;
+        let event = event_row(run, SagaNodeEventType::Succeeded(Arc::new(output)), owner.sec_id)?;
+        records::insert_events(conn, &[event]).await?;
+        run.alive()
+    }
+    .await;
+    match result {
+        Ok(()) => Ok(tx::commit(conn).await?),
+        Err(stop) => {
+            tx::rollback(conn).await;
+            Err(stop)
+        }
+    }
+}
+
+/// Compensates by key (whatever the call did, if anything), then fails the node with `cause`.
+async fn compensate_then_fail<S: SagaDef, N: ExternalNode<S>>(
+    run: &NodeRun<'_, S>,
+    node: &N,
+    cause: NodeError,
+) -> steno::ActionResult {
+    tracing::warn!(%cause, "external node failing: compensating by key first");
+    let policy = RetryPolicy { max_attempts: None, ..run.cx.shared.compensation_retry };
+    if let Err(error) = with_retries(run, policy, "compensate", |_| compensate_once::<S, N>(run, node, true)).await {
+        run.cx.log.note_stuck(&run.name, &format!("failed ({cause}); compensation by key failed ({error})"));
+    }
+    Err(run.failure("call", &cause))
+}
+
+async fn undo<S: SagaDef, N: ExternalNode<S>>(ctx: &ActionContext<Ratchet<S>>) -> steno::UndoResult {
+    let run = NodeRun::<S>::new(ctx).map_err(anyhow::Error::new)?;
+    let span = tracing::info_span!("undo", saga_id = %run.saga_id(), node = %run.name, kind = "external");
+    async {
+        let node: N = run.node()?;
+        let policy = run.cx.shared.compensation_retry;
+        with_retries(&run, policy, "compensate", |_| compensate_once::<S, N>(&run, &node, false)).await?;
+        Ok(())
+    }
+    .instrument(span)
+    .await
+}
+
+/// One compensation attempt: the call by key, then its record. `after_commit`: the forward is failing (no
+/// undo events; withdraw a recorded `succeeded`).
+async fn compensate_once<S: SagaDef, N: ExternalNode<S>>(
+    run: &NodeRun<'_, S>,
+    node: &N,
+    after_commit: bool,
+) -> Result<(), Stop> {
+    let saga_id = run.saga_id();
+    let receipt = {
+        let mut pooled = run.cx.shared.pool.get().await.map_err(ratchet_store::DbError::from)?;
+        let conn: &mut DbConnection = &mut pooled;
+        if records::is_compensated(conn, saga_id, &run.name).await? {
+            return Ok(());
+        }
+        records::commit_receipt(conn, saga_id, &run.name).await?
+    };
+    run.fault(FaultPoint::InCompensation)?;
+    let had_commit = receipt.is_some();
+    let receipt: Option<N::Receipt> = receipt.map(|r| decode("commit record", r)).transpose()?;
+    match node.compensate(&external_cx(run), receipt).await {
+        Ok(()) => {}
+        Err(CallError::Refused(error)) => return Err(Stop::Node(error)),
+        Err(CallError::Unknown(message)) => return Err(Stop::Node(NodeError::transient(message))),
+    }
+    let mut pooled = run.cx.shared.pool.get().await.map_err(ratchet_store::DbError::from)?;
+    let conn: &mut DbConnection = &mut pooled;
+    tx::begin(conn).await?;
+    let result = async {
+        let owner = run.cx.log.owner();
+        if !owner::lock_if_owner(conn, saga_id, owner).await? {
+            return Err(Stop::Fenced);
+        }
+        records::insert_compensation_record(conn, saga_id, &run.name, had_commit, owner).await?;
+        if after_commit {
+            records::delete_event(conn, saga_id, run.node_id, "succeeded").await?;
+        } else {
+            let events = [
+                event_row(run, SagaNodeEventType::UndoStarted, owner.sec_id)?,
+                event_row(run, SagaNodeEventType::UndoFinished, owner.sec_id)?,
+            ];
+            records::insert_events(conn, &events).await?;
+        }
+        run.alive()
+    }
+    .await;
+    match result {
+        Ok(()) => tx::commit(conn).await?,
+        Err(stop) => {
+            tx::rollback(conn).await;
+            return Err(stop);
+        }
+    }
+    if !after_commit {
+        run.cx.log.mark_durable(run.node_id, &["undo_started", "undo_finished"]);
+    }
+    run.cx.shared.counters.compensations.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(had_commit, "external call compensated by key");
+    run.fault(FaultPoint::AfterCompensation)
+}

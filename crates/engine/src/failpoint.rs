@@ -1,0 +1,114 @@
+//! Failpoints at every phase boundary, armed per saga and node from code.
+//!
+//! Off by default and free when off: [`Failpoints::fire`] is one relaxed atomic load until something is armed.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use uuid::Uuid;
+
+/// Where in a node a fault fires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultPoint {
+    /// Before the node's transaction (or call) begins.
+    BeforePrepare,
+    /// After prepare returned its plan, before any write.
+    AfterPrepare,
+    /// Inside the post-commit phase (`finish`), which runs before `COMMIT`.
+    InFinish,
+    /// Inside the commit transaction, after the node's writes, before `COMMIT` (rolls back). For an external
+    /// node: after the call succeeded, before its receipt is recorded.
+    BeforeCommit,
+    /// Right after `COMMIT` succeeded.
+    AfterCommit,
+    /// Inside the compensation, before its `COMMIT` (or its call).
+    InCompensation,
+    /// Right after the compensation committed.
+    AfterCompensation,
+}
+
+/// What a fault does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultEffect {
+    /// A transient error (the engine retries).
+    TransientError,
+    /// A permanent error.
+    PermanentError,
+    /// A panic.
+    Panic,
+    /// The executor dies as in a power cut: it rolls back what is open and writes nothing more.
+    Crash,
+}
+
+#[derive(Debug)]
+struct Armed {
+    effect: FaultEffect,
+    remaining: u32,
+}
+
+/// The armed faults of one engine.
+#[derive(Debug, Default)]
+pub struct Failpoints {
+    any_armed: AtomicBool,
+    armed: Mutex<HashMap<(Uuid, String, FaultPoint), Armed>>,
+}
+
+impl Failpoints {
+    /// Arms a fault at `point` of node `node` of saga `saga_id`, for the next `times` passes.
+    pub fn arm(&self, saga_id: Uuid, node: &str, point: FaultPoint, effect: FaultEffect, times: u32) {
+        let mut armed = self.armed.lock().unwrap_or_else(|p| p.into_inner());
+        armed.insert(
+            (saga_id, node.to_owned(), point),
+            Armed {
+                effect,
+                remaining: times,
+            },
+        );
+        self.any_armed.store(true, Ordering::Release);
+    }
+
+    /// Disarms every fault of saga `saga_id`.
+    pub fn clear(&self, saga_id: Uuid) {
+        let mut armed = self.armed.lock().unwrap_or_else(|p| p.into_inner());
+        armed.retain(|(id, _, _), _| *id != saga_id);
+    }
+
+    /// The effect to apply at this point now, if a fault is armed there.
+    pub fn fire(&self, saga_id: Uuid, node: &str, point: FaultPoint) -> Option<FaultEffect> {
+        if !self.any_armed.load(Ordering::Relaxed) {
+            return None;
+        }
+        let mut armed = self.armed.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (saga_id, node.to_owned(), point);
+        let fault = armed.get_mut(&key)?;
+        let effect = fault.effect;
+        fault.remaining = fault.remaining.saturating_sub(1);
+        if fault.remaining == 0 {
+            armed.remove(&key);
+        }
+        tracing::info!(%saga_id, node, ?point, ?effect, "failpoint fired");
+        Some(effect)
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn faults_fire_the_armed_number_of_times() {
+        let points = Failpoints::default();
+        let saga = Uuid::new_v4();
+        assert_eq!(points.fire(saga, "n", FaultPoint::AfterCommit), None);
+        points.arm(saga, "n", FaultPoint::AfterCommit, FaultEffect::TransientError, 2);
+        assert_eq!(points.fire(saga, "other", FaultPoint::AfterCommit), None);
+        assert_eq!(points.fire(saga, "n", FaultPoint::AfterCommit), Some(FaultEffect::TransientError));
+        assert_eq!(points.fire(saga, "n", FaultPoint::AfterCommit), Some(FaultEffect::TransientError));
+        assert_eq!(points.fire(saga, "n", FaultPoint::AfterCommit), None);
+        points.arm(saga, "n", FaultPoint::InCompensation, FaultEffect::PermanentError, u32::MAX);
+        points.clear(saga);
+        assert_eq!(points.fire(saga, "n", FaultPoint::InCompensation), None);
+    }
+}

@@ -1,0 +1,162 @@
+//! ratchet: a saga engine on steno whose nodes are split into prepare, commit and post-commit phases.
+//!
+//! # Big theory statement
+//!
+//! steno never undoes a node whose action failed, re-runs a half-finished node after a crash, and marks a
+//! saga stuck (while recording it `done`) when an undo fails. So an action that commits state and *then*
+//! does something fallible leaks that state when the fallible part fails (Omicron issue 10695: an attach
+//! committed, a re-fetch on a second connection failed under pool exhaustion, and the unwind wedged). The rule
+//! that fixes the whole class is: **no fallible work after the commit**. ratchet makes it a type.
+//!
+//! A [`DbNode`] has four phases:
+//!
+//! | phase | may | runs in |
+//! |---|---|---|
+//! | `prepare` | read, decide | a read-only savepoint of the node's transaction (PostgreSQL rejects writes) |
+//! | `commit` | every write of the node | the same serializable transaction, on the same connection |
+//! | `finish` | compute the output from the receipt | pure: no `self`, no context, no `Result`, not `async` |
+//! | `compensate` | reverse the commit, given its receipt | a transaction of its own |
+//!
+//! The engine begins and ends every transaction. [`PrepareCx`] and [`CommitTx`] can only be built by the
+//! engine and borrow the one connection for one phase. A node's output is computed by `finish` from the
+//! commit's receipt, never from a re-read; since `finish` is pure, the engine runs it *before* `COMMIT`, so
+//! even a panicking `finish` leaves nothing committed.
+//!
+//! # Exactly once
+//!
+//! The node's transaction also writes a **commit record** (saga, node, receipt) and the node's `started` and
+//! `succeeded` log events. So the node's effect, its record and its log land atomically, in one durable
+//! commit, and:
+//! - a crash before `COMMIT` leaves nothing: recovery runs the node again;
+//! - a crash after `COMMIT` leaves a log that says `succeeded`: recovery does not run it again;
+//! - any other re-run (steno's repeat injection, a log that lost its `succeeded` event) finds the commit
+//!   record and returns `finish(receipt)` without committing again.
+//!
+//! Invariant: a commit record with no compensation record implies the node's `succeeded` event is in the log.
+//!
+//! A compensation runs in its own transaction, which writes a **compensation record**; a second compensation
+//! finds it and does nothing. A compensation whose forward has no commit record has nothing to undo and is
+//! skipped (seed 002: compensation must know whether the commit happened).
+//!
+//! # A failure after the commit never leaks
+//!
+//! Two mechanisms were on the table (DESIGN.md section 3): a guard node before every committing node, whose
+//! undo is the compensation (Omicron's `*_UNDO` pattern), or compensating inline. ratchet compensates
+//! **inline**: when anything fails after `COMMIT` (only an injected fault can: nothing fallible follows the
+//! commit point), the engine runs the node's compensation from the commit record *before* it returns the
+//! error to steno, and withdraws the node's `succeeded` event in the same transaction, so steno's log reads
+//! `started, failed` and steno's unwind (which skips the failed node) is now correct. A crash in that window
+//! leaves the log saying `succeeded`, and recovery carries the saga forward with the commit applied once.
+//! Why inline: a guard node costs two more log events (two durable commits with a plain store) per committing
+//! node on every happy path, to protect a window that the type system already closes; inline compensation
+//! costs nothing until it is needed. With it a database node costs one durable commit on the happy path
+//! (its transaction), against three for a plain steno action (started, the action, succeeded).
+//!
+//! # Errors and retries
+//!
+//! [`NodeError`] is transient (connection lost, pool timeout, serialization failure 40001, deadlock) or
+//! permanent. Transient errors in prepare and commit are retried, the whole transaction at a time, with
+//! bounded exponential backoff; compensations are retried longer. A saga is stuck only when a compensation
+//! fails permanently or spends its budget; the store then records it `stuck`, with the node and error.
+//!
+//! # Fencing
+//!
+//! Every transaction of an executor for a saga first takes a share lock on the saga row *if* the executor
+//! still owns it at its generation (see `ratchet_store::owner`). An executor that finds itself fenced out
+//! commits nothing, compensates nothing, records nothing, and stops driving the saga without unwinding it.
+//!
+//! # External nodes
+//!
+//! An [`ExternalNode`] makes one idempotent call keyed by (saga, node). It never fails while the call's
+//! outcome is unknown: it retries with the same key, or compensates by key, first. Its receipt is recorded as
+//! soon as the outcome is definite, retried until the write lands.
+//!
+//! # A worked example
+//!
+//! A node that debits an account. Its commit is one `UPDATE … RETURNING`; its receipt carries everything the
+//! output and the compensation need; its `finish` cannot fail, and would not compile if it tried to.
+//!
+//! ```
+//! use diesel::sql_types::{BigInt, Uuid as SqlUuid};
+//! use diesel_async::RunQueryDsl;
+//! use ratchet_engine::{CommitTx, DbNode, NodeError, PrepareCx, SagaDef};
+//! use serde::{Deserialize, Serialize};
+//! # use ratchet_engine::{NodeRegistry, SagaBuilder};
+//! # struct Billing;
+//! # impl SagaDef for Billing {
+//! #     const NAME: &'static str = "billing";
+//! #     type Params = uuid::Uuid;
+//! #     type Context = ();
+//! #     fn register(registry: &mut NodeRegistry<Self>) { registry.db::<Debit>(); }
+//! #     fn build(_: &uuid::Uuid, dag: &mut SagaBuilder<Self>) -> Result<(), String> {
+//! #         dag.db("debit", Debit { amount: 5 }); Ok(())
+//! #     }
+//! # }
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct Debit { amount: i64 }
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct Debited { account: uuid::Uuid, amount: i64, balance: i64 }
+//!
+//! #[derive(diesel::QueryableByName)]
+//! struct Balance { #[diesel(sql_type = BigInt)] balance: i64 }
+//!
+//! impl DbNode<Billing> for Debit {
+//!     const NAME: &'static str = "billing.debit";
+//!     type Plan = uuid::Uuid;
+//!     type Receipt = Debited;
+//!     type Output = i64;
+//!
+//!     async fn prepare(&self, cx: &mut PrepareCx<'_, Billing>) -> Result<uuid::Uuid, NodeError> {
+//!         Ok(*cx.params()) // reads go through cx.conn(); writes would be rejected
+//!     }
+//!
+//!     async fn commit(&self, tx: &mut CommitTx<'_>, account: uuid::Uuid) -> Result<Debited, NodeError> {
+//!         let row: Balance = diesel::sql_query(
+//!             "UPDATE account SET balance = balance - $2 WHERE id = $1 RETURNING balance",
+//!         )
+//!         .bind::<SqlUuid, _>(account)
+//!         .bind::<BigInt, _>(self.amount)
+//!         .get_result(tx.conn())
+//!         .await?;
+//!         Ok(Debited { account, amount: self.amount, balance: row.balance })
+//!     }
+//!
+//!     fn finish(receipt: Debited) -> i64 {
+//!         receipt.balance // the commit point has passed: pure computation only
+//!     }
+//!
+//!     async fn compensate(&self, tx: &mut CommitTx<'_>, receipt: Debited) -> Result<(), NodeError> {
+//!         diesel::sql_query("UPDATE account SET balance = balance + $2 WHERE id = $1")
+//!             .bind::<SqlUuid, _>(receipt.account)
+//!             .bind::<BigInt, _>(receipt.amount)
+//!             .execute(tx.conn())
+//!             .await?;
+//!         Ok(())
+//!     }
+//! }
+//! ```
+//!
+//! [`example`] holds a complete saga (the one `ratchet demo` runs).
+
+mod context;
+mod engine;
+mod error;
+pub mod example;
+mod exec;
+mod exec_db;
+mod exec_external;
+mod failpoint;
+mod node;
+mod saga_def;
+pub mod slog_bridge;
+
+pub use context::{CommitTx, ExternalCx, PrepareCx, derived_id};
+pub use engine::{Counters, Engine, EngineBuilder, EngineConfig, PreparedSaga, RecoveryReport, SagaOutcome};
+pub use error::{EngineError, NodeError, NodeFailure};
+pub use failpoint::{FaultEffect, FaultPoint, Failpoints};
+pub use node::{CallError, DbNode, ExternalNode, NodeOutput, NodeReceipt};
+pub use saga_def::{NodeRegistry, Ratchet, SagaBuilder, SagaDef, Stage};
+
+pub use ratchet_store as store;

@@ -1,0 +1,126 @@
+//! The typed nodes: database nodes and external nodes, each split into prepare, commit, post-commit (finish)
+//! and compensate.
+
+use crate::context::{CommitTx, ExternalCx, PrepareCx};
+use crate::error::NodeError;
+use crate::saga_def::SagaDef;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::future::Future;
+
+/// A value a node's post-commit phase may produce.
+///
+/// This trait is deliberately *not* implemented for `Result` (and cannot be: the orphan rule forbids it
+/// outside this crate), so a node whose `finish` could fail does not compile. Implement it for your own
+/// output types: `impl NodeOutput for MyOutput {}`.
+pub trait NodeOutput: Serialize + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static {}
+
+macro_rules! node_outputs {
+    ($($t:ty),*) => { $(impl NodeOutput for $t {})* };
+}
+node_outputs!((), bool, u8, u16, u32, u64, i8, i16, i32, i64, String, uuid::Uuid, serde_json::Value);
+impl<T: NodeOutput> NodeOutput for Vec<T> {}
+impl<T: NodeOutput> NodeOutput for Option<T> {}
+impl<A: NodeOutput, B: NodeOutput> NodeOutput for (A, B) {}
+
+/// What a commit hands on: everything the post-commit phase and the compensation need, recorded in the commit
+/// record in the same transaction as the node's writes.
+pub trait NodeReceipt: Serialize + DeserializeOwned + Send + Sync + 'static {}
+impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> NodeReceipt for T {}
+
+/// A node whose effect is one database transaction.
+///
+/// The engine runs the phases in one serializable transaction on one connection:
+///
+/// ```text
+/// BEGIN
+///   SAVEPOINT; SET LOCAL transaction_read_only = on
+///     prepare(cx)            reads only: PostgreSQL rejects any write
+///   ROLLBACK TO SAVEPOINT
+///   fencing check            this executor still owns the saga
+///   commit(tx, plan)         every write of the node
+///   finish(receipt)          pure; runs before COMMIT, so a panic here rolls everything back
+///   commit record + log events (started, succeeded)
+/// COMMIT                     <- the commit point: nothing fallible follows it
+/// ```
+///
+/// A node value is its own arguments: it is serialized into the saga's DAG when the saga is built, so a
+/// recovered saga runs the same node with the same arguments.
+pub trait DbNode<S: SagaDef>: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// The action name persisted in the DAG: stable across releases.
+    const NAME: &'static str;
+    /// What prepare decided, handed to commit.
+    type Plan: Send;
+    /// What commit returns, recorded with the commit.
+    type Receipt: NodeReceipt;
+    /// The node's output, seen by later nodes.
+    type Output: NodeOutput;
+
+    /// Reads and decides. Runs read-only; may be run again (after a transient error, or a crash).
+    fn prepare(&self, cx: &mut PrepareCx<'_, S>) -> impl Future<Output = Result<Self::Plan, NodeError>> + Send;
+
+    /// Every write of the node, on the transaction the engine opened. The receipt must come from the writes
+    /// themselves (`RETURNING` rows, values computed before), never from a re-read.
+    fn commit(
+        &self,
+        tx: &mut CommitTx<'_>,
+        plan: Self::Plan,
+    ) -> impl Future<Output = Result<Self::Receipt, NodeError>> + Send;
+
+    /// The post-commit phase: pure, synchronous and infallible. No `self`, no context, no `Result`, no
+    /// `async`: it can only compute the output from the receipt.
+    fn finish(receipt: Self::Receipt) -> Self::Output;
+
+    /// Reverses the commit, in one transaction, given the commit's receipt. Only called when a commit record
+    /// exists and no compensation record does.
+    fn compensate(
+        &self,
+        tx: &mut CommitTx<'_>,
+        receipt: Self::Receipt,
+    ) -> impl Future<Output = Result<(), NodeError>> + Send;
+}
+
+/// Why an external call did not give a receipt.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// The service definitely did not apply the request (it refused, or failed before applying it).
+    #[error("refused: {0}")]
+    Refused(NodeError),
+    /// The outcome is unknown (a lost response, a timeout): the engine retries the call with the same
+    /// idempotency key until the answer is definite.
+    #[error("outcome unknown: {0}")]
+    Unknown(String),
+}
+
+/// A node whose effect is one idempotent call to another service (a sled agent, a storage pantry).
+///
+/// The engine gives every call the node's idempotency key (a UUIDv5 of saga id and node name, the same on
+/// every attempt and after a restart); the service must deduplicate on it. A node never fails while the
+/// outcome of its call is unknown: the engine retries, or compensates by key, first.
+pub trait ExternalNode<S: SagaDef>: Serialize + DeserializeOwned + Send + Sync + 'static {
+    const NAME: &'static str;
+    type Plan: Send + Sync;
+    type Receipt: NodeReceipt;
+    type Output: NodeOutput;
+
+    /// Reads and decides, read-only, like a database node's prepare.
+    fn prepare(&self, cx: &mut PrepareCx<'_, S>) -> impl Future<Output = Result<Self::Plan, NodeError>> + Send;
+
+    /// The call. Must be idempotent on `cx.idempotency_key()`.
+    fn call(
+        &self,
+        cx: &ExternalCx<'_, S>,
+        plan: &Self::Plan,
+    ) -> impl Future<Output = Result<Self::Receipt, CallError>> + Send;
+
+    /// The post-commit phase, as for database nodes.
+    fn finish(receipt: Self::Receipt) -> Self::Output;
+
+    /// Undoes the call by key. `receipt` is `None` when the call's outcome was never recorded (it may or may
+    /// not have been applied): the service must treat an unknown key as already undone.
+    fn compensate(
+        &self,
+        cx: &ExternalCx<'_, S>,
+        receipt: Option<Self::Receipt>,
+    ) -> impl Future<Output = Result<(), CallError>> + Send;
+}

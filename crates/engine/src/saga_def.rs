@@ -1,0 +1,256 @@
+//! Saga definitions: a name, parameters, the node types a saga may use, and how to build its DAG.
+
+use crate::engine::EngineShared;
+use crate::exec_db::DbAction;
+use crate::exec_external::ExternalAction;
+use crate::node::{DbNode, ExternalNode};
+use ratchet_store::SagaLogHandle;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::any::TypeId;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// A saga type.
+///
+/// `register` names every node type the saga may use (recovery needs them without the parameters); `build`
+/// lays out the DAG for one set of parameters. Node names in the DAG and node `NAME`s are persisted: keep them
+/// stable across releases, and bump `VERSION` when the DAG's shape changes.
+pub trait SagaDef: Sized + Send + Sync + 'static {
+    const NAME: &'static str;
+    const VERSION: i32 = 1;
+    type Params: Serialize + DeserializeOwned + fmt::Debug + Send + Sync + 'static;
+    /// What external nodes (and prepares) may use: clients of other services, configuration.
+    type Context: Send + Sync + 'static;
+
+    fn register(registry: &mut NodeRegistry<Self>);
+
+    /// Lays out the DAG. Fails (with a message naming the problem) on parameters that make no saga.
+    fn build(params: &Self::Params, builder: &mut SagaBuilder<Self>) -> Result<(), String>;
+}
+
+/// steno's saga type for a ratchet saga definition.
+pub struct Ratchet<S>(PhantomData<S>);
+
+impl<S> fmt::Debug for Ratchet<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Ratchet")
+    }
+}
+
+impl<S: SagaDef> steno::SagaType for Ratchet<S> {
+    type ExecContextType = SagaCx<S>;
+}
+
+/// The per-saga context every action of one saga sees.
+pub struct SagaCx<S: SagaDef> {
+    pub(crate) saga_id: Uuid,
+    pub(crate) shared: Arc<EngineShared>,
+    pub(crate) log: SagaLogHandle,
+    pub(crate) app: Arc<S::Context>,
+    /// Node name to steno node id.
+    pub(crate) node_ids: BTreeMap<String, u32>,
+}
+
+impl<S: SagaDef> fmt::Debug for SagaCx<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SagaCx")
+            .field("saga", &S::NAME)
+            .field("saga_id", &self.saga_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What steno holds as a ratchet saga's parameters: the definition's parameters, plus every node's own value
+/// (its arguments), by node name.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Envelope<P> {
+    pub(crate) params: P,
+    pub(crate) nodes: BTreeMap<String, serde_json::Value>,
+}
+
+/// What kind of node a DAG node is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum NodeKind {
+    Db,
+    External,
+    Constant,
+}
+
+/// The node types of one saga definition, as steno actions.
+pub struct NodeRegistry<S: SagaDef> {
+    pub(crate) actions: steno::ActionRegistry<Ratchet<S>>,
+    names: HashMap<&'static str, TypeId>,
+    pub(crate) duplicate: Option<String>,
+}
+
+impl<S: SagaDef> NodeRegistry<S> {
+    pub(crate) fn new() -> Self {
+        NodeRegistry {
+            actions: steno::ActionRegistry::new(),
+            names: HashMap::new(),
+            duplicate: None,
+        }
+    }
+
+    fn claim<T: 'static>(&mut self, name: &'static str) -> bool {
+        match self.names.get(name) {
+            None => {
+                self.names.insert(name, TypeId::of::<T>());
+                true
+            }
+            Some(existing) if *existing == TypeId::of::<T>() => false,
+            Some(_) => {
+                self.duplicate = Some(name.to_owned());
+                false
+            }
+        }
+    }
+
+    pub fn db<N: DbNode<S>>(&mut self) -> &mut Self {
+        if self.claim::<N>(N::NAME) {
+            self.actions.register(Arc::new(DbAction::<S, N>::new()));
+        }
+        self
+    }
+
+    pub fn external<N: ExternalNode<S>>(&mut self) -> &mut Self {
+        if self.claim::<N>(N::NAME) {
+            self.actions.register(Arc::new(ExternalAction::<S, N>::new()));
+        }
+        self
+    }
+}
+
+/// Lays out a saga's DAG: stages run one after another; the nodes of one stage run in parallel.
+pub struct SagaBuilder<S: SagaDef> {
+    stages: Vec<Vec<steno::Node>>,
+    pub(crate) node_args: BTreeMap<String, serde_json::Value>,
+    pub(crate) kinds: BTreeMap<String, NodeKind>,
+    error: Option<String>,
+    _saga: PhantomData<S>,
+}
+
+/// One parallel stage of a DAG.
+pub struct Stage<'a, S: SagaDef> {
+    builder: &'a mut SagaBuilder<S>,
+    nodes: Vec<steno::Node>,
+}
+
+impl<S: SagaDef> Stage<'_, S> {
+    pub fn db<N: DbNode<S>>(&mut self, name: &str, node: N) -> &mut Self {
+        let action = DbAction::<S, N>::new();
+        if let Some(n) = self.builder.planned(name, &node, NodeKind::Db, &action) {
+            self.nodes.push(n);
+        }
+        self
+    }
+
+    pub fn external<N: ExternalNode<S>>(&mut self, name: &str, node: N) -> &mut Self {
+        let action = ExternalAction::<S, N>::new();
+        if let Some(n) = self.builder.planned(name, &node, NodeKind::External, &action) {
+            self.nodes.push(n);
+        }
+        self
+    }
+
+    /// A constant node: a value later nodes can look up by `name`.
+    pub fn constant(&mut self, name: &str, value: impl Serialize) -> &mut Self {
+        match serde_json::to_value(value) {
+            Ok(value) => {
+                self.builder.kinds.insert(name.to_owned(), NodeKind::Constant);
+                self.nodes.push(steno::Node::constant(name, value));
+            }
+            Err(error) => self.builder.fail(format!("constant {name:?} does not encode: {error}")),
+        }
+        self
+    }
+}
+
+impl<S: SagaDef> SagaBuilder<S> {
+    pub(crate) fn new() -> Self {
+        SagaBuilder {
+            stages: Vec::new(),
+            node_args: BTreeMap::new(),
+            kinds: BTreeMap::new(),
+            error: None,
+            _saga: PhantomData,
+        }
+    }
+
+    fn fail(&mut self, message: String) {
+        self.error.get_or_insert(message);
+    }
+
+    fn planned<T: Serialize>(
+        &mut self,
+        name: &str,
+        node: &T,
+        kind: NodeKind,
+        action: &dyn steno::Action<Ratchet<S>>,
+    ) -> Option<steno::Node> {
+        match serde_json::to_value(node) {
+            Ok(args) => {
+                self.node_args.insert(name.to_owned(), args);
+                self.kinds.insert(name.to_owned(), kind);
+                // The label is the node's name: actions find their own arguments and records by it.
+                Some(steno::Node::action(name, name, action))
+            }
+            Err(error) => {
+                self.fail(format!("node {name:?} does not encode: {error}"));
+                None
+            }
+        }
+    }
+
+    /// Appends a stage of nodes that run in parallel.
+    pub fn stage(&mut self, lay_out: impl FnOnce(&mut Stage<'_, S>)) -> &mut Self {
+        let mut stage = Stage {
+            builder: self,
+            nodes: Vec::new(),
+        };
+        lay_out(&mut stage);
+        let nodes = stage.nodes;
+        if !nodes.is_empty() {
+            self.stages.push(nodes);
+        }
+        self
+    }
+
+    /// Appends a database node as a stage of its own.
+    pub fn db<N: DbNode<S>>(&mut self, name: &str, node: N) -> &mut Self {
+        self.stage(|s| {
+            s.db(name, node);
+        })
+    }
+
+    /// Appends an external node as a stage of its own.
+    pub fn external<N: ExternalNode<S>>(&mut self, name: &str, node: N) -> &mut Self {
+        self.stage(|s| {
+            s.external(name, node);
+        })
+    }
+
+    /// Appends a constant node as a stage of its own.
+    pub fn constant(&mut self, name: &str, value: impl Serialize) -> &mut Self {
+        self.stage(|s| {
+            s.constant(name, value);
+        })
+    }
+
+    /// The steno DAG, or what is wrong with it.
+    pub(crate) fn build_dag(self) -> Result<(steno::Dag, BTreeMap<String, serde_json::Value>, BTreeMap<String, NodeKind>), String> {
+        if let Some(error) = self.error {
+            return Err(error);
+        }
+        let mut dag = steno::DagBuilder::new(steno::SagaName::new(S::NAME));
+        for stage in self.stages {
+            dag.append_parallel(stage);
+        }
+        let dag = dag.build().map_err(|e| e.to_string())?;
+        Ok((dag, self.node_args, self.kinds))
+    }
+}

@@ -1,0 +1,66 @@
+//! Database errors, classified as transient (retry) or permanent.
+
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+
+/// The connection pool's own error type.
+pub type PoolRunError = bb8::RunError<diesel_async::pooled_connection::PoolError>;
+
+/// An error talking to the database.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// A query failed.
+    #[error("database query failed: {0}")]
+    Query(#[from] DieselError),
+    /// No connection could be had from the pool (timed out, or the server refused to connect).
+    #[error("could not get a database connection: {0}")]
+    Pool(String),
+    /// Connecting to the database failed.
+    #[error("could not connect to the database: {0}")]
+    Connect(#[from] diesel::ConnectionError),
+    /// Running the embedded schema migrations failed.
+    #[error("applying the saga log's schema migrations failed: {0}")]
+    Migration(String),
+    /// A row in the saga log could not be decoded.
+    #[error("corrupt saga log row: {0}")]
+    CorruptRow(String),
+}
+
+impl From<PoolRunError> for DbError {
+    fn from(error: PoolRunError) -> Self {
+        DbError::Pool(error.to_string())
+    }
+}
+
+impl DbError {
+    /// Whether retrying the same operation may succeed: serialization failures (40001), deadlocks, lost or
+    /// closed connections, and pool timeouts. Everything else is permanent.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            DbError::Query(error) => is_transient_diesel(error),
+            DbError::Pool(_) | DbError::Connect(_) => true,
+            DbError::Migration(_) | DbError::CorruptRow(_) => false,
+        }
+    }
+}
+
+/// Whether a diesel error is worth retrying.
+pub fn is_transient_diesel(error: &DieselError) -> bool {
+    match error {
+        DieselError::DatabaseError(kind, info) => match kind {
+            DatabaseErrorKind::SerializationFailure
+            | DatabaseErrorKind::UnableToSendCommand
+            | DatabaseErrorKind::ClosedConnection => true,
+            // diesel does not expose the SQLSTATE of other errors; these messages are PostgreSQL's own for
+            // 40P01 (deadlock) and 57P01 (the server is shutting the connection).
+            DatabaseErrorKind::Unknown => {
+                let message = info.message();
+                message.contains("deadlock detected")
+                    || message.contains("could not serialize")
+                    || message.contains("terminating connection")
+            }
+            _ => false,
+        },
+        DieselError::BrokenTransactionManager => true,
+        _ => false,
+    }
+}

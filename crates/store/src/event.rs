@@ -1,0 +1,125 @@
+//! Saga log events as rows, and back: every steno event type round-trips, `undo_failed` included.
+
+use crate::DbError;
+use crate::schema::saga_node_event;
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use steno::{SagaId, SagaNodeEvent, SagaNodeEventType};
+use uuid::Uuid;
+
+/// One row of `saga_node_event`.
+#[derive(Clone, Debug, Queryable, Selectable, Insertable, serde::Serialize)]
+#[diesel(table_name = saga_node_event)]
+pub struct EventRow {
+    pub saga_id: Uuid,
+    pub node_id: i64,
+    pub event_type: String,
+    pub data: Option<serde_json::Value>,
+    pub event_time: DateTime<Utc>,
+    pub creator: Uuid,
+}
+
+impl EventRow {
+    /// The row for a steno event, recorded now by `creator`.
+    pub fn new(event: &SagaNodeEvent, creator: Uuid) -> Result<EventRow, DbError> {
+        let data = match &event.event_type {
+            SagaNodeEventType::Succeeded(output) => Some((**output).clone()),
+            SagaNodeEventType::Failed(error) => Some(to_json(error)?),
+            SagaNodeEventType::UndoFailed(error) => Some(to_json(error)?),
+            SagaNodeEventType::Started
+            | SagaNodeEventType::UndoStarted
+            | SagaNodeEventType::UndoFinished => None,
+        };
+        Ok(EventRow {
+            saga_id: uuid_of(event.saga_id),
+            node_id: i64::from(u32::from(event.node_id)),
+            event_type: event.event_type.label().to_owned(),
+            data,
+            event_time: Utc::now(),
+            creator,
+        })
+    }
+
+    /// Back to steno's event. A row that does not decode is a corrupt log, named as such.
+    pub fn to_steno(&self) -> Result<SagaNodeEvent, DbError> {
+        let corrupt = |why: String| {
+            DbError::CorruptRow(format!(
+                "saga {} node {} event {:?}: {why}",
+                self.saga_id, self.node_id, self.event_type
+            ))
+        };
+        let data = || self.data.clone().ok_or_else(|| corrupt("no data".to_owned()));
+        let event_type = match self.event_type.as_str() {
+            "started" => SagaNodeEventType::Started,
+            "succeeded" => SagaNodeEventType::Succeeded(std::sync::Arc::new(data()?)),
+            "failed" => SagaNodeEventType::Failed(
+                serde_json::from_value(data()?).map_err(|e| corrupt(e.to_string()))?,
+            ),
+            "undo_started" => SagaNodeEventType::UndoStarted,
+            "undo_finished" => SagaNodeEventType::UndoFinished,
+            "undo_failed" => SagaNodeEventType::UndoFailed(
+                serde_json::from_value(data()?).map_err(|e| corrupt(e.to_string()))?,
+            ),
+            other => return Err(corrupt(format!("unknown event type {other:?}"))),
+        };
+        let node_id = u32::try_from(self.node_id).map_err(|e| corrupt(e.to_string()))?;
+        Ok(SagaNodeEvent {
+            saga_id: newtype_uuid::GenericUuid::from_untyped_uuid(self.saga_id),
+            node_id: node_id.into(),
+            event_type,
+        })
+    }
+}
+
+/// The plain UUID of a steno saga id.
+pub fn uuid_of(saga_id: SagaId) -> Uuid {
+    use newtype_uuid::GenericUuid;
+    saga_id.into_untyped_uuid()
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<serde_json::Value, DbError> {
+    serde_json::to_value(value).map_err(|e| DbError::CorruptRow(format!("serializing an event: {e}")))
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+    use steno::{ActionError, UndoActionError};
+
+    #[test]
+    fn every_event_type_round_trips() {
+        let saga_id = SagaId::new_v4();
+        let types = vec![
+            SagaNodeEventType::Started,
+            SagaNodeEventType::Succeeded(std::sync::Arc::new(serde_json::json!({"a": 1}))),
+            SagaNodeEventType::Failed(ActionError::action_failed("boom".to_owned())),
+            SagaNodeEventType::UndoStarted,
+            SagaNodeEventType::UndoFinished,
+            SagaNodeEventType::UndoFailed(UndoActionError::PermanentFailure {
+                source_error: serde_json::json!({"message": "undo broke"}),
+            }),
+        ];
+        for event_type in types {
+            let event = SagaNodeEvent { saga_id, node_id: 7.into(), event_type };
+            let row = EventRow::new(&event, Uuid::new_v4()).unwrap();
+            let back = row.to_steno().unwrap();
+            assert_eq!(format!("{event:?}"), format!("{back:?}"));
+        }
+    }
+
+    #[test]
+    fn corrupt_rows_are_named() {
+        let row = EventRow {
+            saga_id: Uuid::nil(),
+            node_id: 3,
+            event_type: "exploded".to_owned(),
+            data: None,
+            event_time: Utc::now(),
+            creator: Uuid::nil(),
+        };
+        let error = row.to_steno().unwrap_err().to_string();
+        assert!(error.contains("unknown event type \"exploded\""), "{error}");
+        let row = EventRow { event_type: "succeeded".to_owned(), ..row };
+        assert!(row.to_steno().unwrap_err().to_string().contains("no data"));
+    }
+}

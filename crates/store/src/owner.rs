@@ -1,0 +1,45 @@
+//! Ownership of a saga, and the fencing check every executor write carries.
+//!
+//! A saga is driven by one executor (SEC) at a time: `saga.current_sec`. Adoption by another executor bumps
+//! `saga.adopt_generation`. Every write an executor makes for a saga (log events, state updates, commit and
+//! compensation transactions) first takes `FOR SHARE` on the saga row *conditional on* `current_sec = me AND
+//! adopt_generation = g AND saga_state IN ('running', 'unwinding')`. If no row comes back, the executor has
+//! been fenced out and the transaction writes nothing. The share lock makes an adoption (an `UPDATE` of the
+//! row) wait for in-flight writes of the old owner, so no write of the old owner can land after the adoption.
+
+use crate::schema::saga;
+use diesel::prelude::*;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+/// Who may write for a saga: an executor at one adoption generation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SagaOwner {
+    /// The executor (SEC) id.
+    pub sec_id: Uuid,
+    /// `saga.adopt_generation` when this executor took the saga.
+    pub generation: i64,
+}
+
+/// The saga states in which a saga's executor may still write.
+pub const WRITABLE_STATES: [&str; 2] = ["running", "unwinding"];
+
+/// Takes a share lock on `saga_id`'s row if `owner` still owns it and it is unfinished. Returns `false` when
+/// the executor has been fenced out (or the saga is finished or gone): the caller must then write nothing.
+pub async fn lock_if_owner(
+    conn: &mut AsyncPgConnection,
+    saga_id: Uuid,
+    owner: SagaOwner,
+) -> QueryResult<bool> {
+    let row: Option<Uuid> = saga::table
+        .filter(saga::id.eq(saga_id))
+        .filter(saga::current_sec.eq(owner.sec_id))
+        .filter(saga::adopt_generation.eq(owner.generation))
+        .filter(saga::saga_state.eq_any(WRITABLE_STATES))
+        .select(saga::id)
+        .for_share()
+        .first(conn)
+        .await
+        .optional()?;
+    Ok(row.is_some())
+}

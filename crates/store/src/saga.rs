@@ -1,0 +1,239 @@
+//! Saga rows: creation, state, and the queries recovery and operators use.
+
+use crate::event::EventRow;
+use crate::owner::{SagaOwner, WRITABLE_STATES};
+use crate::records::{CommitRecord, CompensationRecord};
+use crate::schema::{saga, saga_commit_record, saga_compensation_record, saga_node_event};
+use crate::DbError;
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+/// A saga's state as ratchet records it. steno knows only running / unwinding / done; ratchet adds `stuck`
+/// (a compensation failed permanently: steno calls that `done`) and `abandoned` (an operator or recovery gave
+/// up on it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SagaState {
+    Running,
+    Unwinding,
+    Done,
+    Stuck,
+    Abandoned,
+}
+
+impl SagaState {
+    pub const ALL: [SagaState; 5] = [
+        SagaState::Running,
+        SagaState::Unwinding,
+        SagaState::Done,
+        SagaState::Stuck,
+        SagaState::Abandoned,
+    ];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SagaState::Running => "running",
+            SagaState::Unwinding => "unwinding",
+            SagaState::Done => "done",
+            SagaState::Stuck => "stuck",
+            SagaState::Abandoned => "abandoned",
+        }
+    }
+}
+
+impl std::fmt::Display for SagaState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for SagaState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        SagaState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| {
+                format!("unknown saga state {s:?} (expected running, unwinding, done, stuck or abandoned)")
+            })
+    }
+}
+
+/// A row of `saga`.
+#[derive(Clone, Debug, Queryable, Selectable, Insertable, serde::Serialize)]
+#[diesel(table_name = saga)]
+pub struct SagaRow {
+    pub id: Uuid,
+    pub creator: Uuid,
+    pub time_created: DateTime<Utc>,
+    pub name: String,
+    pub saga_dag: serde_json::Value,
+    pub definition_version: i32,
+    pub saga_state: String,
+    pub current_sec: Option<Uuid>,
+    pub adopt_generation: i64,
+    pub adopt_time: DateTime<Utc>,
+    pub time_finished: Option<DateTime<Utc>>,
+    pub stuck_node: Option<String>,
+    pub stuck_reason: Option<String>,
+    pub abandon_reason: Option<String>,
+}
+
+impl SagaRow {
+    /// The saga's state; a value the schema's CHECK constraint would not allow is a corrupt row.
+    pub fn state(&self) -> Result<SagaState, DbError> {
+        self.saga_state
+            .parse()
+            .map_err(|e| DbError::CorruptRow(format!("saga {}: {e}", self.id)))
+    }
+
+    /// The owner an executor gets when it creates this saga or adopts it at this generation.
+    pub fn owner(&self) -> Option<SagaOwner> {
+        self.current_sec.map(|sec_id| SagaOwner {
+            sec_id,
+            generation: self.adopt_generation,
+        })
+    }
+}
+
+/// Inserts a new saga, owned by its creator at generation 1.
+pub async fn insert_saga(conn: &mut AsyncPgConnection, row: &SagaRow) -> QueryResult<()> {
+    diesel::insert_into(saga::table).values(row).execute(conn).await.map(|_| ())
+}
+
+/// One saga by id.
+pub async fn get_saga(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<SagaRow>> {
+    saga::table
+        .find(id)
+        .select(SagaRow::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// Sagas, newest first, optionally only those in `state`; at most `limit`.
+pub async fn list_sagas(
+    conn: &mut AsyncPgConnection,
+    state: Option<SagaState>,
+    limit: i64,
+) -> QueryResult<Vec<SagaRow>> {
+    let mut query = saga::table.select(SagaRow::as_select()).into_boxed();
+    if let Some(state) = state {
+        query = query.filter(saga::saga_state.eq(state.as_str()));
+    }
+    query
+        .order((saga::time_created.desc(), saga::id))
+        .limit(limit)
+        .load(conn)
+        .await
+}
+
+/// The unfinished sagas (`running` / `unwinding`) of executor `sec_id`, in pages of `batch` by id.
+pub async fn list_unfinished(
+    conn: &mut AsyncPgConnection,
+    sec_id: Uuid,
+    batch: i64,
+) -> QueryResult<Vec<SagaRow>> {
+    let mut all = Vec::new();
+    let mut after: Option<Uuid> = None;
+    loop {
+        let mut query = saga::table
+            .filter(saga::current_sec.eq(sec_id))
+            .filter(saga::saga_state.eq_any(WRITABLE_STATES))
+            .select(SagaRow::as_select())
+            .order(saga::id)
+            .limit(batch)
+            .into_boxed();
+        if let Some(after) = after {
+            query = query.filter(saga::id.gt(after));
+        }
+        let page = query.load(conn).await?;
+        let done = (page.len() as i64) < batch;
+        after = page.last().map(|row| row.id);
+        all.extend(page);
+        if done {
+            return Ok(all);
+        }
+    }
+}
+
+/// The logs of many sagas at once (one query per `batch` sagas), each in a stable order.
+pub async fn load_logs(
+    conn: &mut AsyncPgConnection,
+    saga_ids: &[Uuid],
+    batch: usize,
+) -> QueryResult<BTreeMap<Uuid, Vec<EventRow>>> {
+    let mut logs: BTreeMap<Uuid, Vec<EventRow>> = saga_ids.iter().map(|id| (*id, Vec::new())).collect();
+    for chunk in saga_ids.chunks(batch.max(1)) {
+        let rows: Vec<EventRow> = saga_node_event::table
+            .filter(saga_node_event::saga_id.eq_any(chunk))
+            .select(EventRow::as_select())
+            .order((saga_node_event::saga_id, saga_node_event::node_id, saga_node_event::event_type))
+            .load(conn)
+            .await?;
+        for row in rows {
+            logs.entry(row.saga_id).or_default().push(row);
+        }
+    }
+    Ok(logs)
+}
+
+/// Everything recorded about one saga: its events in time order, and its commit and compensation records.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SagaHistory {
+    pub saga: SagaRow,
+    pub events: Vec<EventRow>,
+    pub commits: Vec<CommitRecord>,
+    pub compensations: Vec<CompensationRecord>,
+}
+
+/// The history of saga `id`, or `None` if there is no such saga.
+pub async fn saga_history(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<SagaHistory>> {
+    let Some(saga) = get_saga(conn, id).await? else {
+        return Ok(None);
+    };
+    let events = saga_node_event::table
+        .filter(saga_node_event::saga_id.eq(id))
+        .select(EventRow::as_select())
+        .order((saga_node_event::event_time, saga_node_event::node_id))
+        .load(conn)
+        .await?;
+    let commits = saga_commit_record::table
+        .filter(saga_commit_record::saga_id.eq(id))
+        .select(CommitRecord::as_select())
+        .order(saga_commit_record::time_committed)
+        .load(conn)
+        .await?;
+    let compensations = saga_compensation_record::table
+        .filter(saga_compensation_record::saga_id.eq(id))
+        .select(CompensationRecord::as_select())
+        .order(saga_compensation_record::time_compensated)
+        .load(conn)
+        .await?;
+    Ok(Some(SagaHistory {
+        saga,
+        events,
+        commits,
+        compensations,
+    }))
+}
+
+/// Marks an unfinished saga `abandoned` with `reason`, whoever owns it. Returns whether it was unfinished.
+pub async fn mark_abandoned(conn: &mut AsyncPgConnection, id: Uuid, reason: &str) -> QueryResult<bool> {
+    let updated = diesel::update(
+        saga::table
+            .filter(saga::id.eq(id))
+            .filter(saga::saga_state.eq_any(["running", "unwinding", "stuck"])),
+    )
+    .set((
+        saga::saga_state.eq("abandoned"),
+        saga::abandon_reason.eq(reason),
+        saga::time_finished.eq(Utc::now()),
+    ))
+    .execute(conn)
+    .await?;
+    Ok(updated == 1)
+}

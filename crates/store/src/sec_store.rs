@@ -1,0 +1,402 @@
+//! steno's `SecStore` on PostgreSQL, with fencing and fewer durable commits.
+//!
+//! # What steno asks of a store
+//!
+//! steno calls `saga_create` (fallible), then `record_event` and `saga_update` (infallible: they return `()`).
+//! A durable store must therefore retry those two until they land. They are idempotent: an event is keyed by
+//! (saga, node, event type) and a repeated insert does nothing.
+//!
+//! # Fencing
+//!
+//! Every write is conditional on this executor still owning the saga at the generation it registered with
+//! (see [`crate::owner`]). When the condition fails, the saga's [`Fence`] is raised: the write is dropped, the
+//! engine sees the fence and stops driving the saga. Nothing is retried against a fence.
+//!
+//! # Events the engine writes itself
+//!
+//! A database node's commit transaction writes the node's `started` and `succeeded` events itself, together
+//! with its commit record, so that the node's effect and its log entries land atomically (and a node costs
+//! one durable commit, not three). For such nodes this store:
+//! - *defers* steno's `started` (and `undo_started`) event: it is kept in memory, and written only if steno
+//!   next records `failed` (or `undo_failed`), in the same transaction; when the engine's own transaction
+//!   commits it first, the deferred copy is dropped. Deferring is safe because a database node has no effect
+//!   outside its transaction: a crash before the commit leaves nothing to recover but a node to run again.
+//! - *skips* steno's `succeeded` (and `undo_finished`) event once the engine says its own transaction wrote
+//!   it ([`SagaLogHandle::mark_durable`]).
+//!
+//! External nodes' events are not deferred: their `started` must be durable before the call goes out, so that
+//! recovery in an unwinding saga knows to compensate the call.
+//!
+//! # Stuck sagas
+//!
+//! steno reports a saga whose undo failed as `done`. When steno marks a saga `done`, this store looks for an
+//! `undo_failed` event in the same transaction and records `stuck`, with the node and the error, instead.
+
+use crate::event::{EventRow, uuid_of};
+use crate::owner::{SagaOwner, lock_if_owner};
+use crate::retry::RetryPolicy;
+use crate::saga::{SagaRow, insert_saga};
+use crate::schema::{saga, saga_node_event};
+use crate::transaction::in_transaction;
+use crate::fence::{Fence, Liveness};
+use crate::{DbError, DbPool};
+use chrono::Utc;
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use futures::FutureExt;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use steno::{SagaCachedState, SagaCreateParams, SagaId, SagaNodeEvent, SagaNodeEventType};
+use uuid::Uuid;
+
+/// What the engine tells the store about a saga before steno starts or resumes it.
+#[derive(Clone, Debug)]
+pub struct SagaRegistration {
+    /// Who may write, at which generation.
+    pub owner: SagaOwner,
+    /// The version of the saga definition (recorded when the saga is created).
+    pub definition_version: i32,
+    /// steno node ids of database nodes, whose `started` / `undo_started` events are deferred.
+    pub deferred_nodes: HashSet<u32>,
+    /// steno node id to node name, for diagnoses.
+    pub node_names: BTreeMap<u32, String>,
+}
+
+/// The engine's handle on one registered saga's log.
+#[derive(Clone, Debug)]
+pub struct SagaLogHandle(Arc<SagaLogState>);
+
+#[derive(Debug)]
+struct SagaLogState {
+    saga_id: Uuid,
+    registration: SagaRegistration,
+    fence: Arc<Fence>,
+    log: Mutex<PendingLog>,
+}
+
+#[derive(Debug, Default)]
+struct PendingLog {
+    /// steno events held back (deferred `started` / `undo_started`).
+    deferred: Vec<SagaNodeEvent>,
+    /// (node, event type) that the engine's own transaction already wrote: steno's copy is skipped.
+    durable: HashSet<(u32, &'static str)>,
+    /// Set when a node's commit could be neither kept nor compensated: the saga must end `stuck`.
+    stuck: Option<(String, String)>,
+}
+
+impl SagaLogHandle {
+    pub fn owner(&self) -> SagaOwner {
+        self.0.registration.owner
+    }
+
+    pub fn fence(&self) -> &Arc<Fence> {
+        &self.0.fence
+    }
+
+    /// The engine's transaction has committed `written` events of `node_id` (which steno has recorded, or
+    /// will): drop deferred copies, and skip steno's later copies.
+    pub fn mark_durable(&self, node_id: u32, written: &[&'static str]) {
+        let mut log = lock(&self.0.log);
+        log.deferred
+            .retain(|e| u32::from(e.node_id) != node_id || !written.contains(&e.event_type.label()));
+        for label in written {
+            if matches!(*label, "succeeded" | "undo_finished") {
+                log.durable.insert((node_id, label));
+            }
+        }
+    }
+
+    /// Records that the saga must end `stuck` (a commit neither kept nor compensated), whatever its log says.
+    pub fn note_stuck(&self, node: &str, reason: &str) {
+        tracing::error!(saga_id = %self.0.saga_id, node, reason, "saga will be recorded stuck");
+        lock(&self.0.log).stuck.get_or_insert((node.to_owned(), reason.to_owned()));
+    }
+
+    /// Undoes [`SagaLogHandle::mark_durable`] for one event the engine has since deleted.
+    pub fn unmark_durable(&self, node_id: u32, label: &'static str) {
+        lock(&self.0.log).durable.remove(&(node_id, label));
+    }
+}
+
+/// Locks a mutex, recovering from poisoning: the protected sets stay consistent even if a holder panicked,
+/// because every critical section here is a single insert or removal.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// steno's `SecStore` on PostgreSQL for one executor (SEC).
+#[derive(Debug)]
+pub struct PgSecStore {
+    pool: DbPool,
+    sec_id: Uuid,
+    sagas: Mutex<HashMap<Uuid, SagaLogHandle>>,
+    liveness: Arc<Liveness>,
+}
+
+impl PgSecStore {
+    pub fn new(pool: DbPool, sec_id: Uuid, liveness: Arc<Liveness>) -> PgSecStore {
+        PgSecStore {
+            pool,
+            sec_id,
+            sagas: Mutex::new(HashMap::new()),
+            liveness,
+        }
+    }
+
+    pub fn sec_id(&self) -> Uuid {
+        self.sec_id
+    }
+
+    /// Registers a saga before steno creates or resumes it. Returns the handle the engine's actions use.
+    pub fn register(&self, saga_id: SagaId, registration: SagaRegistration) -> SagaLogHandle {
+        let saga_id = uuid_of(saga_id);
+        let handle = SagaLogHandle(Arc::new(SagaLogState {
+            saga_id,
+            registration,
+            fence: Arc::new(Fence::default()),
+            log: Mutex::new(PendingLog::default()),
+        }));
+        lock(&self.sagas).insert(saga_id, handle.clone());
+        handle
+    }
+
+    /// Forgets a saga that will write nothing more (it finished, or could not be started).
+    pub fn unregister(&self, saga_id: SagaId) {
+        lock(&self.sagas).remove(&uuid_of(saga_id));
+    }
+
+    fn handle(&self, saga_id: SagaId) -> Option<SagaLogHandle> {
+        lock(&self.sagas).get(&uuid_of(saga_id)).cloned()
+    }
+
+    /// Writes `rows` for one saga in one transaction, if `owner` still owns it. Retries until it lands or the
+    /// executor is fenced (returns `false`).
+    async fn write_events_fenced(&self, saga_id: Uuid, owner: SagaOwner, rows: Vec<EventRow>) -> bool {
+        let rows = Arc::new(rows);
+        retry_forever("recording saga events", saga_id, &self.liveness, || {
+            let rows = Arc::clone(&rows);
+            async move {
+                let mut conn = self.pool.get().await?;
+                in_transaction(&mut conn, |conn| {
+                    async move {
+                        if !lock_if_owner(conn, saga_id, owner).await? {
+                            return Ok::<_, DbError>(false);
+                        }
+                        crate::records::insert_events(conn, &rows).await?;
+                        Ok(true)
+                    }
+                    .boxed()
+                })
+                .await
+            }
+        })
+        .await
+    }
+
+    /// Sets a saga's state, if `owner` still owns it. `done` becomes `stuck` when the log has an
+    /// `undo_failed` event. Returns `false` when fenced.
+    async fn update_state(&self, handle: &SagaLogHandle, update: SagaCachedState) -> bool {
+        let saga_id = handle.0.saga_id;
+        let owner = handle.owner();
+        retry_forever("updating saga state", saga_id, &self.liveness, || async move {
+            let mut conn = self.pool.get().await?;
+            let handle = handle.clone();
+            in_transaction(&mut conn, |conn| {
+                async move {
+                    let names = &handle.0.registration.node_names;
+                    if !lock_if_owner(conn, saga_id, owner).await? {
+                        return Ok::<_, DbError>(false);
+                    }
+                    let target = saga::table.filter(saga::id.eq(saga_id));
+                    match update {
+                        SagaCachedState::Running | SagaCachedState::Unwinding => {
+                            diesel::update(target)
+                                .set(saga::saga_state.eq(update.to_string()))
+                                .execute(conn)
+                                .await?;
+                        }
+                        SagaCachedState::Done => {
+                            let undo_failed: Option<(i64, Option<serde_json::Value>)> =
+                                saga_node_event::table
+                                    .filter(saga_node_event::saga_id.eq(saga_id))
+                                    .filter(saga_node_event::event_type.eq("undo_failed"))
+                                    .select((saga_node_event::node_id, saga_node_event::data))
+                                    .order(saga_node_event::node_id)
+                                    .first(conn)
+                                    .await
+                                    .optional()?;
+                            let noted = lock(&handle.0.log).stuck.clone();
+                            let (state, node, reason) = match undo_failed {
+                                None => match noted {
+                                    None => ("done", None, None),
+                                    Some((node, reason)) => ("stuck", Some(node), Some(reason)),
+                                },
+                                Some((node_id, data)) => {
+                                    let node = u32::try_from(node_id)
+                                        .ok()
+                                        .and_then(|id| names.get(&id).cloned())
+                                        .unwrap_or_else(|| format!("node {node_id}"));
+                                    let reason = data
+                                        .map(|d| d.to_string())
+                                        .unwrap_or_else(|| "undo failed".to_owned());
+                                    ("stuck", Some(node), Some(reason))
+                                }
+                            };
+                            diesel::update(target)
+                                .set((
+                                    saga::saga_state.eq(state),
+                                    saga::stuck_node.eq(node),
+                                    saga::stuck_reason.eq(reason),
+                                    saga::time_finished.eq(Utc::now()),
+                                ))
+                                .execute(conn)
+                                .await?;
+                        }
+                    }
+                    Ok(true)
+                }
+                .boxed()
+            })
+            .await
+        })
+        .await
+    }
+}
+
+/// Retries `attempt` until it returns `Ok` (transient and permanent errors alike: steno gives the store no way
+/// to fail), logging each failure. Waits forever, without writing, once the executor is dead.
+async fn retry_forever<T, F, Fut>(what: &str, saga_id: Uuid, liveness: &Liveness, mut attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, DbError>>,
+{
+    let mut attempts = 0u32;
+    loop {
+        liveness.check().await;
+        match attempt().await {
+            Ok(value) => return value,
+            Err(error) => {
+                attempts += 1;
+                let delay = RetryPolicy::FOREVER.delay(attempts).unwrap_or(RetryPolicy::FOREVER.max_delay);
+                if error.is_transient() {
+                    tracing::warn!(%saga_id, %error, attempts, ?delay, "{what}: transient failure, retrying");
+                } else {
+                    tracing::error!(%saga_id, %error, attempts, ?delay, "{what}: failed, retrying");
+                }
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl steno::SecStore for PgSecStore {
+    async fn saga_create(&self, params: SagaCreateParams) -> Result<(), anyhow::Error> {
+        self.liveness.check().await;
+        let handle = self.handle(params.id).ok_or_else(|| {
+            anyhow::anyhow!("saga {} was not registered with the store before creation", params.id)
+        })?;
+        let now = Utc::now();
+        let owner = handle.owner();
+        let row = SagaRow {
+            id: uuid_of(params.id),
+            creator: self.sec_id,
+            time_created: now,
+            name: params.name.to_string(),
+            saga_dag: params.dag,
+            definition_version: handle.0.registration.definition_version,
+            saga_state: params.state.to_string(),
+            current_sec: Some(owner.sec_id),
+            adopt_generation: owner.generation,
+            adopt_time: now,
+            time_finished: None,
+            stuck_node: None,
+            stuck_reason: None,
+            abandon_reason: None,
+        };
+        let mut attempts = 0;
+        loop {
+            let result: Result<(), DbError> = async {
+                let mut conn = self.pool.get().await?;
+                insert_saga(&mut conn, &row).await?;
+                Ok(())
+            }
+            .await;
+            match result {
+                Ok(()) => return Ok(()),
+                Err(error) if error.is_transient() && attempts < 8 => {
+                    attempts += 1;
+                    let delay = RetryPolicy::FOREVER.delay(attempts).unwrap_or_default();
+                    tracing::warn!(saga_id = %row.id, %error, "creating saga: transient failure, retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(error) => return Err(anyhow::Error::new(error).context("creating saga")),
+            }
+        }
+    }
+
+    async fn record_event(&self, event: SagaNodeEvent) {
+        let Some(handle) = self.handle(event.saga_id) else {
+            // An invariant of the engine: every saga is registered before steno can record its events.
+            tracing::error!(saga_id = %event.saga_id, ?event, "event for an unregistered saga dropped");
+            return;
+        };
+        if handle.fence().is_raised() {
+            tracing::info!(saga_id = %event.saga_id, node = u32::from(event.node_id),
+                event = event.event_type.label(), "fenced out: event not recorded");
+            return;
+        }
+        let node_id = u32::from(event.node_id);
+        let label = event.event_type.label();
+        let mut batch = {
+            let mut log = lock(&handle.0.log);
+            if log.durable.remove(&(node_id, label)) {
+                return;
+            }
+            let deferrable =
+                matches!(event.event_type, SagaNodeEventType::Started | SagaNodeEventType::UndoStarted);
+            if deferrable && handle.0.registration.deferred_nodes.contains(&node_id) {
+                log.deferred.push(event);
+                return;
+            }
+            let (mine, others): (Vec<_>, Vec<_>) = std::mem::take(&mut log.deferred)
+                .into_iter()
+                .partition(|e| u32::from(e.node_id) == node_id);
+            log.deferred = others;
+            mine
+        };
+        batch.push(event);
+        let rows: Result<Vec<EventRow>, DbError> =
+            batch.iter().map(|e| EventRow::new(e, self.sec_id)).collect();
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(error) => {
+                // TODO-robustness An event steno built but serde cannot encode cannot be stored; steno has no
+                // way to hear of it. It does not happen with steno's own event types.
+                tracing::error!(saga_id = %handle.0.saga_id, %error, "event cannot be encoded; dropped");
+                return;
+            }
+        };
+        if !self.write_events_fenced(handle.0.saga_id, handle.owner(), rows).await {
+            tracing::info!(saga_id = %handle.0.saga_id, node = node_id, event = label,
+                "fenced out: another executor adopted this saga; event not recorded");
+            handle.fence().raise();
+        }
+    }
+
+    async fn saga_update(&self, id: SagaId, update: SagaCachedState) {
+        let Some(handle) = self.handle(id) else {
+            tracing::error!(saga_id = %id, ?update, "state update for an unregistered saga dropped");
+            return;
+        };
+        if handle.fence().is_raised() {
+            tracing::info!(saga_id = %id, ?update, "fenced out: state update not recorded");
+            return;
+        }
+        if !self.update_state(&handle, update).await {
+            tracing::info!(saga_id = %id, ?update,
+                "fenced out: another executor adopted this saga; state update not recorded");
+            handle.fence().raise();
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! Beginning and ending transactions by hand.
+//!
+//! The engine, not a node, begins and ends every transaction; nodes get the connection only while it is
+//! inside one. These helpers go through diesel-async's transaction manager, so a node that calls
+//! `conn.transaction(...)` inside ours gets a savepoint, never a second `BEGIN` or an early `COMMIT`.
+
+use diesel::result::Error as DieselError;
+use diesel_async::{AnsiTransactionManager, AsyncPgConnection, TransactionManager};
+
+/// `BEGIN` a serializable read-write transaction.
+pub async fn begin(conn: &mut AsyncPgConnection) -> Result<(), DieselError> {
+    AnsiTransactionManager::begin_transaction_sql(conn, "BEGIN ISOLATION LEVEL SERIALIZABLE").await
+}
+
+/// `BEGIN` a serializable read-only transaction: PostgreSQL rejects every write inside it.
+pub async fn begin_read_only(conn: &mut AsyncPgConnection) -> Result<(), DieselError> {
+    AnsiTransactionManager::begin_transaction_sql(conn, "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY").await
+}
+
+/// `COMMIT` the open transaction.
+pub async fn commit(conn: &mut AsyncPgConnection) -> Result<(), DieselError> {
+    <AnsiTransactionManager as TransactionManager<AsyncPgConnection>>::commit_transaction(conn).await
+}
+
+/// `ROLLBACK` the open transaction. A failure to roll back leaves the connection marked broken, and the pool
+/// then discards it, which rolls the transaction back on the server.
+pub async fn rollback(conn: &mut AsyncPgConnection) {
+    if let Err(error) =
+        <AnsiTransactionManager as TransactionManager<AsyncPgConnection>>::rollback_transaction(conn).await
+    {
+        tracing::warn!(%error, "rollback failed; the connection will be discarded");
+    }
+}
+
+/// Runs `body` in a serializable read-write transaction: commits if it returns `Ok`, rolls back otherwise.
+pub async fn in_transaction<T, E, F>(conn: &mut AsyncPgConnection, body: F) -> Result<T, E>
+where
+    E: From<DieselError>,
+    F: for<'c> FnOnce(&'c mut AsyncPgConnection) -> futures::future::BoxFuture<'c, Result<T, E>>,
+{
+    begin(conn).await?;
+    match body(conn).await {
+        Ok(value) => {
+            commit(conn).await?;
+            Ok(value)
+        }
+        Err(error) => {
+            rollback(conn).await;
+            Err(error)
+        }
+    }
+}
