@@ -9,7 +9,15 @@ pub struct Args {
 }
 
 /// Options that take a value (everything else starting with `--` is a flag).
-const VALUED: &[&str] = &["--database-url", "--data-dir", "--sec-id", "--state", "--fail-after-commit", "--name", "--price"];
+const VALUED: &[&str] = &[
+    "--database-url",
+    "--data-dir",
+    "--sec-id",
+    "--state",
+    "--fail-after-commit",
+    "--name",
+    "--price",
+];
 
 impl Args {
     pub fn from_env() -> Args {
@@ -32,7 +40,10 @@ impl Args {
                 positional.push(word);
             }
         }
-        Args { positional, options }
+        Args {
+            positional,
+            options,
+        }
     }
 
     pub fn positional(&self) -> &[String] {
@@ -62,7 +73,9 @@ impl Args {
     /// Fails on any option not in `known`.
     pub fn only(&self, known: &[&str]) -> anyhow::Result<()> {
         for (key, _) in &self.options {
-            if !known.contains(&key.as_str()) && !["--database-url", "--data-dir", "--sec-id"].contains(&key.as_str()) {
+            if !known.contains(&key.as_str())
+                && !["--database-url", "--data-dir", "--sec-id"].contains(&key.as_str())
+            {
                 bail!("unknown option {key} (see `ratchet --help`)");
             }
         }
@@ -77,13 +90,31 @@ mod test {
     #[test]
     fn parses_words_flags_and_values() {
         let args = Args::parse(
-            ["sagas", "list", "--state", "stuck", "--data-dir=/x", "--verbose"].map(String::from),
+            [
+                "sagas",
+                "list",
+                "--state",
+                "stuck",
+                "--data-dir=/x",
+                "--verbose",
+            ]
+            .map(String::from),
         );
         assert_eq!(args.positional(), ["sagas", "list"]);
-        assert_eq!(args.value::<String>("--state").unwrap().as_deref(), Some("stuck"));
-        assert_eq!(args.value::<String>("--data-dir").unwrap().as_deref(), Some("/x"));
+        assert_eq!(
+            args.value::<String>("--state").unwrap().as_deref(),
+            Some("stuck")
+        );
+        assert_eq!(
+            args.value::<String>("--data-dir").unwrap().as_deref(),
+            Some("/x")
+        );
         assert!(args.flag("--verbose"));
         assert!(args.only(&["--state"]).is_err());
-        assert!(Args::parse(["--state".to_owned()]).value::<String>("--state").is_err());
+        assert!(
+            Args::parse(["--state".to_owned()])
+                .value::<String>("--state")
+                .is_err()
+        );
     }
 }

@@ -46,7 +46,10 @@ pub async fn dispatch(args: Args) -> anyhow::Result<()> {
                 ClusterStatus::Stopped => "stopped",
                 ClusterStatus::Running => "running",
             };
-            println!("embedded PostgreSQL in {}: {status}", cluster.base_dir().display());
+            println!(
+                "embedded PostgreSQL in {}: {status}",
+                cluster.base_dir().display()
+            );
             Ok(())
         }
         ["db", "url"] => {
@@ -58,12 +61,17 @@ pub async fn dispatch(args: Args) -> anyhow::Result<()> {
         ["recover"] => recover(&args).await,
         ["sagas", "list"] => sagas_list(&args).await,
         ["sagas", "show", id] => sagas_show(&args, id).await,
-        _ => bail!("unknown command {:?} (see `ratchet --help`)", words.join(" ")),
+        _ => bail!(
+            "unknown command {:?} (see `ratchet --help`)",
+            words.join(" ")
+        ),
     }
 }
 
 fn data_dir(args: &Args) -> anyhow::Result<PathBuf> {
-    Ok(args.value::<PathBuf>("--data-dir")?.unwrap_or_else(|| PathBuf::from(".ratchet")))
+    Ok(args
+        .value::<PathBuf>("--data-dir")?
+        .unwrap_or_else(|| PathBuf::from(".ratchet")))
 }
 
 fn cluster(args: &Args) -> anyhow::Result<Cluster> {
@@ -80,12 +88,15 @@ async fn start_embedded(cluster: &Cluster) -> anyhow::Result<String> {
         #[diesel(sql_type = diesel::sql_types::BigInt)]
         count: i64,
     }
-    let count: Count = diesel::sql_query("SELECT count(*) AS count FROM pg_database WHERE datname = $1")
-        .bind::<Text, _>(DATABASE)
-        .get_result(&mut admin)
-        .await?;
+    let count: Count =
+        diesel::sql_query("SELECT count(*) AS count FROM pg_database WHERE datname = $1")
+            .bind::<Text, _>(DATABASE)
+            .get_result(&mut admin)
+            .await?;
     if count.count == 0 {
-        diesel::sql_query(format!("CREATE DATABASE {DATABASE}")).execute(&mut admin).await?;
+        diesel::sql_query(format!("CREATE DATABASE {DATABASE}"))
+            .execute(&mut admin)
+            .await?;
     }
     Ok(cluster.url(DATABASE))
 }
@@ -117,7 +128,8 @@ fn sec_id(args: &Args) -> anyhow::Result<Uuid> {
         Err(_) => {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             let id = Uuid::new_v4();
-            std::fs::write(&path, id.to_string()).with_context(|| format!("writing {}", path.display()))?;
+            std::fs::write(&path, id.to_string())
+                .with_context(|| format!("writing {}", path.display()))?;
             Ok(id)
         }
     }
@@ -154,27 +166,45 @@ async fn demo(args: &Args) -> anyhow::Result<()> {
         })
         .await?;
     if let Some(node) = &fail_after {
-        engine
-            .failpoints()
-            .arm(saga.id, node, FaultPoint::AfterCommit, FaultEffect::PermanentError, 1);
+        engine.failpoints().arm(
+            saga.id,
+            node,
+            FaultPoint::AfterCommit,
+            FaultEffect::PermanentError,
+            1,
+        );
         println!("a failure is injected right after {node}'s COMMIT");
     }
     let id = saga.id;
     let outcome = saga.run().await?;
     println!("saga {id}: {}", describe(&outcome));
-    let history = saga_history(&mut conn, id).await?.context("the saga's row is gone")?;
+    let history = saga_history(&mut conn, id)
+        .await?
+        .context("the saga's row is gone")?;
     print_history(&history);
     let state = example::account_state(&mut conn, account).await?;
-    println!("\naccount afterwards: balance {}, ledger {:?}, widgets {:?}", state.balance, state.ledger, state.widgets);
+    println!(
+        "\naccount afterwards: balance {}, ledger {:?}, widgets {:?}",
+        state.balance, state.ledger, state.widgets
+    );
     Ok(())
 }
 
 fn describe(outcome: &SagaOutcome) -> String {
     match outcome {
         SagaOutcome::Succeeded { output } => format!("succeeded, output {output}"),
-        SagaOutcome::Unwound { node, error } => format!("unwound cleanly after {node} failed: {error}"),
-        SagaOutcome::Stuck { node, error, undo_node, undo_error } => {
-            format!("STUCK: {node} failed ({error}), then the compensation of {undo_node} failed ({undo_error})")
+        SagaOutcome::Unwound { node, error } => {
+            format!("unwound cleanly after {node} failed: {error}")
+        }
+        SagaOutcome::Stuck {
+            node,
+            error,
+            undo_node,
+            undo_error,
+        } => {
+            format!(
+                "STUCK: {node} failed ({error}), then the compensation of {undo_node} failed ({undo_error})"
+            )
         }
         SagaOutcome::Fenced => "fenced out: another executor owns it".to_owned(),
     }
@@ -182,7 +212,10 @@ fn describe(outcome: &SagaOutcome) -> String {
 
 fn print_history(history: &SagaHistory) {
     let saga = &history.saga;
-    println!("\nsaga {} ({}) state {}", saga.id, saga.name, saga.saga_state);
+    println!(
+        "\nsaga {} ({}) state {}",
+        saga.id, saga.name, saga.saga_state
+    );
     if let (Some(node), Some(reason)) = (&saga.stuck_node, &saga.stuck_reason) {
         println!("  stuck at {node}: {reason}");
     }
@@ -192,8 +225,15 @@ fn print_history(history: &SagaHistory) {
     let names = node_names(&saga.saga_dag);
     println!("\n  {:<12} {:<18} {:<14} data", "time", "node", "event");
     for event in &history.events {
-        let node = names.get(&event.node_id).cloned().unwrap_or_else(|| format!("#{}", event.node_id));
-        let data = event.data.as_ref().map(|d| d.to_string()).unwrap_or_default();
+        let node = names
+            .get(&event.node_id)
+            .cloned()
+            .unwrap_or_else(|| format!("#{}", event.node_id));
+        let data = event
+            .data
+            .as_ref()
+            .map(|d| d.to_string())
+            .unwrap_or_default();
         println!(
             "  {:<12} {:<18} {:<14} {}",
             event.event_time.format("%H:%M:%S%.3f"),
@@ -208,7 +248,10 @@ fn print_history(history: &SagaHistory) {
     }
     println!("  compensation records:");
     for record in &history.compensations {
-        println!("    {:<18} had commit: {}", record.node_name, record.had_commit);
+        println!(
+            "    {:<18} had commit: {}",
+            record.node_name, record.had_commit
+        );
     }
 }
 
@@ -266,7 +309,10 @@ async fn sagas_list(args: &Args) -> anyhow::Result<()> {
     pool::run_migrations(&url, &ratchet_store::SAGA_LOG_MIGRATIONS).await?;
     let mut conn = pool::establish(&url).await?;
     let rows = list_sagas(&mut conn, state, 1000).await?;
-    println!("{:<36}  {:<20} {:<10} {:<26} executor", "id", "name", "state", "created");
+    println!(
+        "{:<36}  {:<20} {:<10} {:<26} executor",
+        "id", "name", "state", "created"
+    );
     for row in rows {
         println!(
             "{:<36}  {:<20} {:<10} {:<26} {}",
@@ -282,11 +328,15 @@ async fn sagas_list(args: &Args) -> anyhow::Result<()> {
 
 async fn sagas_show(args: &Args, id: &str) -> anyhow::Result<()> {
     args.only(&[])?;
-    let id: Uuid = id.parse().with_context(|| format!("{id:?} is not a saga id (a UUID)"))?;
+    let id: Uuid = id
+        .parse()
+        .with_context(|| format!("{id:?} is not a saga id (a UUID)"))?;
     let url = database_url(args).await?;
     pool::run_migrations(&url, &ratchet_store::SAGA_LOG_MIGRATIONS).await?;
     let mut conn = pool::establish(&url).await?;
-    let history = saga_history(&mut conn, id).await?.with_context(|| format!("no saga with id {id}"))?;
+    let history = saga_history(&mut conn, id)
+        .await?
+        .with_context(|| format!("no saga with id {id}"))?;
     print_history(&history);
     Ok(())
 }

@@ -154,10 +154,13 @@ impl Cluster {
 
     fn initdb(&self) -> Result<(), EmbeddedPgError> {
         let mut command = self.command("initdb");
-        command
-            .arg("-D")
-            .arg(self.data_dir())
-            .args(["-U", "postgres", "--auth=trust", "--encoding=UTF8", "--no-instructions"]);
+        command.arg("-D").arg(self.data_dir()).args([
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--no-instructions",
+        ]);
         run(command, "initdb")?;
         // Our settings go into the cluster's own configuration, so `pg_ctl start` needs no options and a
         // server started by hand behaves the same.

@@ -22,11 +22,12 @@ impl OsUser {
         if current_uid() != 0 {
             return Ok(None);
         }
-        let passwd = std::fs::read_to_string("/etc/passwd").map_err(|source| EmbeddedPgError::Io {
-            what: "reading",
-            path: "/etc/passwd".into(),
-            source,
-        })?;
+        let passwd =
+            std::fs::read_to_string("/etc/passwd").map_err(|source| EmbeddedPgError::Io {
+                what: "reading",
+                path: "/etc/passwd".into(),
+                source,
+            })?;
         passwd
             .lines()
             .find_map(|line| {
@@ -62,20 +63,23 @@ impl OsUser {
     /// Whether this user can traverse every directory from `/` down to `dir` (checks the "other" or group
     /// execute bit, or ownership). Used to decide whether a data directory must be relocated.
     pub(crate) fn can_traverse(&self, dir: &Path) -> bool {
-        dir.ancestors().all(|ancestor| match std::fs::metadata(ancestor) {
-            Ok(meta) => {
-                let mode = meta.mode();
-                (meta.uid() == self.uid && mode & 0o100 != 0)
-                    || (meta.gid() == self.gid && mode & 0o010 != 0)
-                    || mode & 0o001 != 0
-            }
-            // Not there yet: it will be created by us, and owned by that user.
-            Err(_) => true,
-        })
+        dir.ancestors()
+            .all(|ancestor| match std::fs::metadata(ancestor) {
+                Ok(meta) => {
+                    let mode = meta.mode();
+                    (meta.uid() == self.uid && mode & 0o100 != 0)
+                        || (meta.gid() == self.gid && mode & 0o010 != 0)
+                        || mode & 0o001 != 0
+                }
+                // Not there yet: it will be created by us, and owned by that user.
+                Err(_) => true,
+            })
     }
 }
 
 /// The real uid of this process, read from `/proc/self` (no libc).
 pub(crate) fn current_uid() -> u32 {
-    std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(u32::MAX)
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(u32::MAX)
 }

@@ -5,8 +5,8 @@ use crate::failpoint::Failpoints;
 use crate::saga_def::{Envelope, NodeKind, NodeRegistry, Ratchet, SagaBuilder, SagaCx, SagaDef};
 use ratchet_store::saga::{list_unfinished, load_logs, mark_abandoned};
 use ratchet_store::{
-    DbPool, Liveness, PgSecStore, PoolConfig, RetryPolicy, SagaOwner, SagaRegistration, SagaRow, connect_pool,
-    run_migrations,
+    DbPool, Liveness, PgSecStore, PoolConfig, RetryPolicy, SagaOwner, SagaRegistration, SagaRow,
+    connect_pool, run_migrations,
 };
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -27,6 +27,38 @@ pub struct Counters {
     pub compensations: AtomicU64,
     pub retries: AtomicU64,
     pub fenced: AtomicU64,
+}
+
+/// A point-in-time copy of [`Counters`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CounterValues {
+    pub started: u64,
+    pub succeeded: u64,
+    pub unwound: u64,
+    pub stuck: u64,
+    pub abandoned: u64,
+    pub commits: u64,
+    pub compensations: u64,
+    pub retries: u64,
+    pub fenced: u64,
+}
+
+impl Counters {
+    /// The counters' current values.
+    pub fn snapshot(&self) -> CounterValues {
+        let get = |counter: &AtomicU64| AtomicU64::load(counter, Ordering::Relaxed);
+        CounterValues {
+            started: get(&self.started),
+            succeeded: get(&self.succeeded),
+            unwound: get(&self.unwound),
+            stuck: get(&self.stuck),
+            abandoned: get(&self.abandoned),
+            commits: get(&self.commits),
+            compensations: get(&self.compensations),
+            retries: get(&self.retries),
+            fenced: get(&self.fenced),
+        }
+    }
 }
 
 /// What every action of every saga of one engine shares.
@@ -95,7 +127,11 @@ pub enum SagaOutcome {
 }
 
 type Resumer = Arc<
-    dyn Fn(&Engine, SagaRow, Vec<steno::SagaNodeEvent>) -> futures::future::BoxFuture<'static, Result<(), EngineError>>
+    dyn Fn(
+            &Engine,
+            SagaRow,
+            Vec<steno::SagaNodeEvent>,
+        ) -> futures::future::BoxFuture<'static, Result<(), EngineError>>
         + Send
         + Sync,
 >;
@@ -109,7 +145,8 @@ pub struct Engine {
     sec_id: Uuid,
     resumers: Arc<HashMap<&'static str, Resumer>>,
     registries: Arc<HashMap<&'static str, Arc<dyn std::any::Any + Send + Sync>>>,
-    running: Arc<std::sync::Mutex<HashMap<Uuid, tokio::sync::watch::Receiver<Option<SagaOutcome>>>>>,
+    running:
+        Arc<std::sync::Mutex<HashMap<Uuid, tokio::sync::watch::Receiver<Option<SagaOutcome>>>>>,
 }
 
 /// Collects the saga definitions an engine runs, then starts it.
@@ -147,7 +184,8 @@ impl EngineBuilder {
         let mut registry = NodeRegistry::<S>::new();
         S::register(&mut registry);
         if let Some(node) = registry.duplicate.take() {
-            self.error.get_or_insert(EngineError::DuplicateNode { node });
+            self.error
+                .get_or_insert(EngineError::DuplicateNode { node });
         }
         let registered = Arc::new(Registered::<S> {
             registry: Arc::new(registry.actions),
@@ -170,10 +208,18 @@ impl EngineBuilder {
         if let Some(error) = self.error {
             return Err(error);
         }
-        run_migrations(&self.config.database_url, &ratchet_store::SAGA_LOG_MIGRATIONS).await?;
+        run_migrations(
+            &self.config.database_url,
+            &ratchet_store::SAGA_LOG_MIGRATIONS,
+        )
+        .await?;
         let pool = connect_pool(&self.config.database_url, &self.config.pool).await?;
         let liveness = Arc::new(Liveness::default());
-        let store = Arc::new(PgSecStore::new(pool.clone(), self.config.sec_id, Arc::clone(&liveness)));
+        let store = Arc::new(PgSecStore::new(
+            pool.clone(),
+            self.config.sec_id,
+            Arc::clone(&liveness),
+        ));
         let log = slog::Logger::root(crate::slog_bridge::TracingDrain, slog::o!());
         let sec = steno::sec(log, Arc::clone(&store) as Arc<dyn steno::SecStore>);
         let shared = Arc::new(EngineShared {
@@ -210,13 +256,19 @@ pub struct PreparedSaga {
 impl PreparedSaga {
     /// steno's node index of `node` (for `saga_inject_*`).
     pub fn node_index(&self, node: &str) -> Result<steno::SagaNodeId, EngineError> {
-        let index = self.dag.get_index(node).map_err(|e| EngineError::Steno(e.to_string()))?;
+        let index = self
+            .dag
+            .get_index(node)
+            .map_err(|e| EngineError::Steno(e.to_string()))?;
         Ok(steno::SagaNodeId::from(index.index() as u32))
     }
 
     /// Replaces `node`'s action with an error (steno's own injection: the action body never runs).
     pub async fn inject_error(&self, node: &str) -> Result<(), EngineError> {
-        let index = self.dag.get_index(node).map_err(|e| EngineError::Steno(e.to_string()))?;
+        let index = self
+            .dag
+            .get_index(node)
+            .map_err(|e| EngineError::Steno(e.to_string()))?;
         self.engine
             .sec
             .saga_inject_error(steno_id(self.id), index)
@@ -225,8 +277,16 @@ impl PreparedSaga {
     }
 
     /// Runs `node`'s action `action` times and its undo `undo` times (steno's repeat injection).
-    pub async fn inject_repeat(&self, node: &str, action: u32, undo: u32) -> Result<(), EngineError> {
-        let index = self.dag.get_index(node).map_err(|e| EngineError::Steno(e.to_string()))?;
+    pub async fn inject_repeat(
+        &self,
+        node: &str,
+        action: u32,
+        undo: u32,
+    ) -> Result<(), EngineError> {
+        let index = self
+            .dag
+            .get_index(node)
+            .map_err(|e| EngineError::Steno(e.to_string()))?;
         let repeat = steno::RepeatInjected {
             action: std::num::NonZeroU32::new(action.max(1)).unwrap_or(std::num::NonZeroU32::MIN),
             undo: std::num::NonZeroU32::new(undo.max(1)).unwrap_or(std::num::NonZeroU32::MIN),
@@ -286,10 +346,11 @@ impl Engine {
             saga: S::NAME.to_owned(),
             message,
         })?;
-        let (dag, node_args, kinds) = builder.build_dag().map_err(|message| EngineError::BadDag {
-            saga: S::NAME.to_owned(),
-            message,
-        })?;
+        let (dag, node_args, kinds) =
+            builder.build_dag().map_err(|message| EngineError::BadDag {
+                saga: S::NAME.to_owned(),
+                message,
+            })?;
         let envelope = serde_json::to_value(Envelope {
             params,
             nodes: node_args,
@@ -307,7 +368,12 @@ impl Engine {
         let (cx, log) = self.saga_cx::<S>(&registered, id, owner, &dag, Some(&kinds));
         let future = self
             .sec
-            .saga_create(steno_id(id), Arc::new(cx), Arc::clone(&dag), Arc::clone(&registered.registry))
+            .saga_create(
+                steno_id(id),
+                Arc::new(cx),
+                Arc::clone(&dag),
+                Arc::clone(&registered.registry),
+            )
             .await
             .map_err(|e| {
                 self.store.unregister(steno_id(id));
@@ -325,7 +391,10 @@ impl Engine {
     }
 
     /// Creates and runs saga `S` to rest.
-    pub async fn run<S: SagaDef>(&self, params: S::Params) -> Result<(Uuid, SagaOutcome), EngineError> {
+    pub async fn run<S: SagaDef>(
+        &self,
+        params: S::Params,
+    ) -> Result<(Uuid, SagaOutcome), EngineError> {
         let saga = self.create::<S>(params).await?;
         let id = saga.id;
         Ok((id, saga.run().await?))
@@ -333,9 +402,17 @@ impl Engine {
 
     /// Waits for a saga this engine resumed (or runs) to come to rest; `None` if it is not running here.
     pub async fn wait(&self, id: Uuid) -> Option<SagaOutcome> {
-        let mut receiver = self.running.lock().unwrap_or_else(|p| p.into_inner()).get(&id).cloned()?;
-        let outcome = receiver.wait_for(|o| o.is_some()).await.ok()?.clone();
-        outcome
+        let mut receiver = self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()?;
+        receiver
+            .wait_for(|o| o.is_some())
+            .await
+            .ok()
+            .and_then(|outcome| outcome.clone())
     }
 
     fn registered<S: SagaDef>(&self) -> Result<Arc<Registered<S>>, EngineError> {
@@ -422,31 +499,58 @@ impl Engine {
     /// this binary, an unregistered action, a log steno refuses) are marked `abandoned` with the reason; the
     /// others go on.
     pub async fn recover(&self) -> Result<RecoveryReport, EngineError> {
-        let mut conn = self.shared.pool.get().await.map_err(ratchet_store::DbError::from)?;
-        let rows = list_unfinished(&mut conn, self.sec_id, 1000).await.map_err(ratchet_store::DbError::from)?;
+        let mut conn = self
+            .shared
+            .pool
+            .get()
+            .await
+            .map_err(ratchet_store::DbError::from)?;
+        let rows = list_unfinished(&mut conn, self.sec_id, 1000)
+            .await
+            .map_err(ratchet_store::DbError::from)?;
         let ids: Vec<Uuid> = rows.iter().map(|row| row.id).collect();
-        let mut logs = load_logs(&mut conn, &ids, 1000).await.map_err(ratchet_store::DbError::from)?;
+        let mut logs = load_logs(&mut conn, &ids, 1000)
+            .await
+            .map_err(ratchet_store::DbError::from)?;
         let mut report = RecoveryReport::default();
         for row in rows {
             let id = row.id;
-            let events: Result<Vec<_>, _> =
-                logs.remove(&id).unwrap_or_default().iter().map(|e| e.to_steno()).collect();
+            let events: Result<Vec<_>, _> = logs
+                .remove(&id)
+                .unwrap_or_default()
+                .iter()
+                .map(|e| e.to_steno())
+                .collect();
             let result = match (self.resumers.get(row.name.as_str()), events) {
-                (None, _) => Err(format!("no saga definition named {:?} in this binary", row.name)),
+                (None, _) => Err(format!(
+                    "no saga definition named {:?} in this binary",
+                    row.name
+                )),
                 (_, Err(error)) => Err(error.to_string()),
-                (Some(resume), Ok(events)) => resume(self, row, events).await.map_err(|e| e.to_string()),
+                (Some(resume), Ok(events)) => {
+                    resume(self, row, events).await.map_err(|e| e.to_string())
+                }
             };
             match result {
                 Ok(()) => report.resumed.push(id),
                 Err(reason) => {
                     tracing::warn!(saga_id = %id, %reason, "saga cannot be recovered: abandoned");
-                    mark_abandoned(&mut conn, id, &reason).await.map_err(ratchet_store::DbError::from)?;
-                    self.shared.counters.abandoned.fetch_add(1, Ordering::Relaxed);
+                    mark_abandoned(&mut conn, id, &reason)
+                        .await
+                        .map_err(ratchet_store::DbError::from)?;
+                    self.shared
+                        .counters
+                        .abandoned
+                        .fetch_add(1, Ordering::Relaxed);
                     report.abandoned.push((id, reason));
                 }
             }
         }
-        tracing::info!(resumed = report.resumed.len(), abandoned = report.abandoned.len(), "recovery done");
+        tracing::info!(
+            resumed = report.resumed.len(),
+            abandoned = report.abandoned.len(),
+            "recovery done"
+        );
         Ok(report)
     }
 
@@ -464,7 +568,13 @@ impl Engine {
         let (cx, log) = self.saga_cx::<S>(registered, id, owner, &dag, Some(&kinds));
         let future = match self
             .sec
-            .saga_resume(steno_id(id), Arc::new(cx), row.saga_dag, Arc::clone(&registered.registry), events)
+            .saga_resume(
+                steno_id(id),
+                Arc::new(cx),
+                row.saga_dag,
+                Arc::clone(&registered.registry),
+                events,
+            )
             .await
         {
             Ok(future) => future,
@@ -478,7 +588,10 @@ impl Engine {
             .await
             .map_err(|e| EngineError::Steno(e.to_string()))?;
         let (sender, receiver) = tokio::sync::watch::channel(None);
-        self.running.lock().unwrap_or_else(|p| p.into_inner()).insert(id, receiver);
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, receiver);
         let engine = self.clone();
         tokio::spawn(async move {
             let outcome = engine.finish(id, future, log).await;
@@ -504,7 +617,9 @@ fn db_node_kinds<S: SagaDef>(
 fn outcome_of(result: steno::SagaResult) -> SagaOutcome {
     match result.kind {
         Ok(ok) => SagaOutcome::Succeeded {
-            output: ok.saga_output::<serde_json::Value>().unwrap_or(serde_json::Value::Null),
+            output: ok
+                .saga_output::<serde_json::Value>()
+                .unwrap_or(serde_json::Value::Null),
         },
         Err(SagaResultErr {
             error_node_name,

@@ -12,7 +12,9 @@
 //! is visible as exactly one ledger row and one subtraction; its compensation adds the price back, so a second
 //! compensation would show as a balance above the original.
 
-use crate::{CommitTx, DbNode, NodeError, NodeOutput, NodeRegistry, PrepareCx, SagaBuilder, SagaDef};
+use crate::{
+    CommitTx, DbNode, NodeError, NodeOutput, NodeRegistry, PrepareCx, SagaBuilder, SagaDef,
+};
 use diesel::sql_types::{BigInt, Text, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
@@ -39,7 +41,10 @@ impl SagaDef for ProvisionWidget {
     type Context = ();
 
     fn register(registry: &mut NodeRegistry<Self>) {
-        registry.db::<ReserveWidget>().db::<ChargeAccount>().db::<ActivateWidget>();
+        registry
+            .db::<ReserveWidget>()
+            .db::<ChargeAccount>()
+            .db::<ActivateWidget>();
     }
 
     fn build(params: &ProvisionParams, dag: &mut SagaBuilder<Self>) -> Result<(), String> {
@@ -88,19 +93,29 @@ impl DbNode<ProvisionWidget> for ReserveWidget {
     type Receipt = Reserved;
     type Output = Uuid;
 
-    async fn prepare(&self, cx: &mut PrepareCx<'_, ProvisionWidget>) -> Result<(Uuid, String), NodeError> {
+    async fn prepare(
+        &self,
+        cx: &mut PrepareCx<'_, ProvisionWidget>,
+    ) -> Result<(Uuid, String), NodeError> {
         let name = cx.params().widget_name.clone();
-        let taken: CountRow = diesel::sql_query("SELECT count(*) AS count FROM example_widget WHERE name = $1")
-            .bind::<Text, _>(&name)
-            .get_result(cx.conn())
-            .await?;
+        let taken: CountRow =
+            diesel::sql_query("SELECT count(*) AS count FROM example_widget WHERE name = $1")
+                .bind::<Text, _>(&name)
+                .get_result(cx.conn())
+                .await?;
         if taken.count > 0 {
-            return Err(NodeError::permanent(format!("a widget named {name:?} already exists")));
+            return Err(NodeError::permanent(format!(
+                "a widget named {name:?} already exists"
+            )));
         }
         Ok((cx.params().account_id, name))
     }
 
-    async fn commit(&self, tx: &mut CommitTx<'_>, params: (Uuid, String)) -> Result<Reserved, NodeError> {
+    async fn commit(
+        &self,
+        tx: &mut CommitTx<'_>,
+        params: (Uuid, String),
+    ) -> Result<Reserved, NodeError> {
         // The id is derived from (saga, node): the same on every attempt.
         let id = tx.derived_id("widget");
         let row: IdRow = diesel::sql_query(
@@ -154,7 +169,10 @@ impl DbNode<ProvisionWidget> for ChargeAccount {
     type Receipt = Charged;
     type Output = i64;
 
-    async fn prepare(&self, cx: &mut PrepareCx<'_, ProvisionWidget>) -> Result<ChargePlan, NodeError> {
+    async fn prepare(
+        &self,
+        cx: &mut PrepareCx<'_, ProvisionWidget>,
+    ) -> Result<ChargePlan, NodeError> {
         let widget_id: Uuid = cx.output("reserve_widget")?;
         let ProvisionParams {
             account_id, price, ..
@@ -228,13 +246,15 @@ async fn insert_ledger(
     widget_id: Uuid,
     amount: i64,
 ) -> Result<(), NodeError> {
-    diesel::sql_query("INSERT INTO example_ledger (id, account_id, widget_id, amount) VALUES ($1, $2, $3, $4)")
-        .bind::<SqlUuid, _>(id)
-        .bind::<SqlUuid, _>(account_id)
-        .bind::<SqlUuid, _>(widget_id)
-        .bind::<BigInt, _>(amount)
-        .execute(tx.conn())
-        .await?;
+    diesel::sql_query(
+        "INSERT INTO example_ledger (id, account_id, widget_id, amount) VALUES ($1, $2, $3, $4)",
+    )
+    .bind::<SqlUuid, _>(id)
+    .bind::<SqlUuid, _>(account_id)
+    .bind::<SqlUuid, _>(widget_id)
+    .bind::<BigInt, _>(amount)
+    .execute(tx.conn())
+    .await?;
     Ok(())
 }
 
@@ -292,7 +312,10 @@ impl DbNode<ProvisionWidget> for ActivateWidget {
 }
 
 /// Creates an account with `balance` (a test and demo helper).
-pub async fn create_account(conn: &mut AsyncPgConnection, balance: i64) -> Result<Uuid, diesel::result::Error> {
+pub async fn create_account(
+    conn: &mut AsyncPgConnection,
+    balance: i64,
+) -> Result<Uuid, diesel::result::Error> {
     let id = Uuid::new_v4();
     diesel::sql_query("INSERT INTO example_account (id, balance) VALUES ($1, $2)")
         .bind::<SqlUuid, _>(id)
@@ -311,7 +334,10 @@ pub struct AccountState {
 }
 
 /// Reads [`AccountState`].
-pub async fn account_state(conn: &mut AsyncPgConnection, account: Uuid) -> Result<AccountState, diesel::result::Error> {
+pub async fn account_state(
+    conn: &mut AsyncPgConnection,
+    account: Uuid,
+) -> Result<AccountState, diesel::result::Error> {
     #[derive(diesel::QueryableByName)]
     struct Amount {
         #[diesel(sql_type = BigInt)]
@@ -324,20 +350,23 @@ pub async fn account_state(conn: &mut AsyncPgConnection, account: Uuid) -> Resul
         #[diesel(sql_type = Text)]
         state: String,
     }
-    let balance: BalanceRow = diesel::sql_query("SELECT balance FROM example_account WHERE id = $1")
-        .bind::<SqlUuid, _>(account)
-        .get_result(conn)
-        .await?;
-    let ledger: Vec<Amount> =
-        diesel::sql_query("SELECT amount FROM example_ledger WHERE account_id = $1 ORDER BY amount")
+    let balance: BalanceRow =
+        diesel::sql_query("SELECT balance FROM example_account WHERE id = $1")
             .bind::<SqlUuid, _>(account)
-            .load(conn)
+            .get_result(conn)
             .await?;
-    let widgets: Vec<Widget> =
-        diesel::sql_query("SELECT name, state FROM example_widget WHERE account_id = $1 ORDER BY name")
-            .bind::<SqlUuid, _>(account)
-            .load(conn)
-            .await?;
+    let ledger: Vec<Amount> = diesel::sql_query(
+        "SELECT amount FROM example_ledger WHERE account_id = $1 ORDER BY amount",
+    )
+    .bind::<SqlUuid, _>(account)
+    .load(conn)
+    .await?;
+    let widgets: Vec<Widget> = diesel::sql_query(
+        "SELECT name, state FROM example_widget WHERE account_id = $1 ORDER BY name",
+    )
+    .bind::<SqlUuid, _>(account)
+    .load(conn)
+    .await?;
     Ok(AccountState {
         balance: balance.balance,
         ledger: ledger.into_iter().map(|a| a.amount).collect(),

@@ -52,18 +52,15 @@ impl<'a, S: SagaDef> NodeRun<'a, S> {
     pub(crate) fn new(ctx: &'a ActionContext<Ratchet<S>>) -> Result<NodeRun<'a, S>, NodeError> {
         let cx = ctx.user_data();
         let name = ctx.node_label();
-        let node_id = *cx
-            .node_ids
-            .get(&name)
-            .ok_or_else(|| NodeError::permanent(format!("node {name:?} is not in the saga's DAG")))?;
+        let node_id = *cx.node_ids.get(&name).ok_or_else(|| {
+            NodeError::permanent(format!("node {name:?} is not in the saga's DAG"))
+        })?;
         let envelope: Envelope<S::Params> = ctx
             .saga_params()
             .map_err(|e| NodeError::permanent(format!("saga parameters do not decode: {e}")))?;
-        let args = envelope
-            .nodes
-            .get(&name)
-            .cloned()
-            .ok_or_else(|| NodeError::permanent(format!("no arguments recorded for node {name:?}")))?;
+        let args = envelope.nodes.get(&name).cloned().ok_or_else(|| {
+            NodeError::permanent(format!("no arguments recorded for node {name:?}"))
+        })?;
         Ok(NodeRun {
             cx,
             name,
@@ -75,8 +72,12 @@ impl<'a, S: SagaDef> NodeRun<'a, S> {
 
     /// The node value (its arguments) recorded in the DAG.
     pub(crate) fn node<N: DeserializeOwned>(&self) -> Result<N, NodeError> {
-        serde_json::from_value(self.args.clone())
-            .map_err(|e| NodeError::permanent(format!("arguments of node {:?} do not decode: {e}", self.name)))
+        serde_json::from_value(self.args.clone()).map_err(|e| {
+            NodeError::permanent(format!(
+                "arguments of node {:?} do not decode: {e}",
+                self.name
+            ))
+        })
     }
 
     pub(crate) fn saga_id(&self) -> Uuid {
@@ -86,7 +87,12 @@ impl<'a, S: SagaDef> NodeRun<'a, S> {
     /// Applies the fault armed at `point`, if any. A `Panic` fault panics only in `InFinish` (where the
     /// engine catches it); elsewhere it acts as a permanent error.
     pub(crate) fn fault(&self, point: FaultPoint) -> Result<(), Stop> {
-        let Some(effect) = self.cx.shared.failpoints.fire(self.saga_id(), &self.name, point) else {
+        let Some(effect) = self
+            .cx
+            .shared
+            .failpoints
+            .fire(self.saga_id(), &self.name, point)
+        else {
             return Ok(());
         };
         let what = format!("injected at {point:?}");
@@ -154,13 +160,20 @@ where
         match attempt(attempts).await {
             Ok(value) => return Ok(value),
             Err(Stop::Node(error)) => {
-                let delay = error.is_transient().then(|| policy.delay(attempts)).flatten();
+                let delay = error
+                    .is_transient()
+                    .then(|| policy.delay(attempts))
+                    .flatten();
                 let Some(delay) = delay else {
                     tracing::warn!(node = %run.name, phase, attempts, %error, "phase failed");
                     return Err(error);
                 };
                 tracing::info!(node = %run.name, phase, attempts, %error, ?delay, "transient failure, retrying");
-                run.cx.shared.counters.retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                run.cx
+                    .shared
+                    .counters
+                    .retries
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tokio::time::sleep(delay).await;
             }
             Err(stop) => run.stop_driving(&stop).await,
@@ -184,14 +197,24 @@ pub(crate) fn finish_guarded<S: SagaDef, R, O>(
             .cloned()
             .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
             .unwrap_or_else(|| "panic".to_owned());
-        Err(Stop::Node(NodeError::permanent(format!("post-commit phase panicked: {message}"))))
+        Err(Stop::Node(NodeError::permanent(format!(
+            "post-commit phase panicked: {message}"
+        ))))
     })
 }
 
-pub(crate) fn encode<T: serde::Serialize>(what: &str, value: &T) -> Result<serde_json::Value, NodeError> {
-    serde_json::to_value(value).map_err(|e| NodeError::permanent(format!("{what} does not encode: {e}")))
+pub(crate) fn encode<T: serde::Serialize>(
+    what: &str,
+    value: &T,
+) -> Result<serde_json::Value, NodeError> {
+    serde_json::to_value(value)
+        .map_err(|e| NodeError::permanent(format!("{what} does not encode: {e}")))
 }
 
-pub(crate) fn decode<T: DeserializeOwned>(what: &str, value: serde_json::Value) -> Result<T, NodeError> {
-    serde_json::from_value(value).map_err(|e| NodeError::permanent(format!("{what} does not decode: {e}")))
+pub(crate) fn decode<T: DeserializeOwned>(
+    what: &str,
+    value: serde_json::Value,
+) -> Result<T, NodeError> {
+    serde_json::from_value(value)
+        .map_err(|e| NodeError::permanent(format!("{what} does not decode: {e}")))
 }

@@ -62,7 +62,8 @@ enum Forward {
 }
 
 async fn forward<S: SagaDef, N: DbNode<S>>(ctx: &ActionContext<Ratchet<S>>) -> steno::ActionResult {
-    let run = NodeRun::<S>::new(ctx).map_err(|e| steno::ActionError::action_failed(e.to_string()))?;
+    let run =
+        NodeRun::<S>::new(ctx).map_err(|e| steno::ActionError::action_failed(e.to_string()))?;
     let span = tracing::info_span!("node", saga_id = %run.saga_id(), node = %run.name, kind = "db");
     async {
         let node: N = run.node().map_err(|e| run.failure("prepare", &e))?;
@@ -79,11 +80,16 @@ async fn forward<S: SagaDef, N: DbNode<S>>(ctx: &ActionContext<Ratchet<S>>) -> s
                 &NodeError::permanent("the node failed after its commit and was compensated"),
             )),
             Forward::Replayed { receipt } => {
-                let decoded: N::Receipt = decode("commit record", receipt.clone()).map_err(|e| run.failure("replay", &e))?;
+                let decoded: N::Receipt = decode("commit record", receipt.clone())
+                    .map_err(|e| run.failure("replay", &e))?;
                 match finish_guarded(&run, N::finish, decoded) {
                     Ok(output) => {
-                        tracing::info!("replayed: the commit was recorded earlier; not committing again");
-                        encode("node output", &output).map(Arc::new).map_err(|e| run.failure("replay", &e))
+                        tracing::info!(
+                            "replayed: the commit was recorded earlier; not committing again"
+                        );
+                        encode("node output", &output)
+                            .map(Arc::new)
+                            .map_err(|e| run.failure("replay", &e))
                     }
                     Err(Stop::Node(error)) => {
                         compensate_after_commit::<S, N>(&run, &node, None, error).await
@@ -92,8 +98,14 @@ async fn forward<S: SagaDef, N: DbNode<S>>(ctx: &ActionContext<Ratchet<S>>) -> s
                 }
             }
             Forward::Committed { output } => {
-                run.cx.log.mark_durable(run.node_id, &["started", "succeeded"]);
-                run.cx.shared.counters.commits.fetch_add(1, Ordering::Relaxed);
+                run.cx
+                    .log
+                    .mark_durable(run.node_id, &["started", "succeeded"]);
+                run.cx
+                    .shared
+                    .counters
+                    .commits
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::info!("committed");
                 match run.fault(FaultPoint::AfterCommit) {
                     Ok(()) => Ok(Arc::new(output)),
@@ -117,7 +129,13 @@ async fn attempt_forward<S: SagaDef, N: DbNode<S>>(
     ctx: &ActionContext<Ratchet<S>>,
 ) -> Result<Forward, Stop> {
     run.fault(FaultPoint::BeforePrepare)?;
-    let mut pooled = run.cx.shared.pool.get().await.map_err(ratchet_store::DbError::from)?;
+    let mut pooled = run
+        .cx
+        .shared
+        .pool
+        .get()
+        .await
+        .map_err(ratchet_store::DbError::from)?;
     let conn: &mut DbConnection = &mut pooled;
     tx::begin(conn).await?;
     match forward_in_transaction::<S, N>(run, node, ctx, conn).await {
@@ -168,7 +186,9 @@ async fn forward_in_transaction<S: SagaDef, N: DbNode<S>>(
 
     // Prepare: inside a savepoint made read-only; rolling the savepoint back restores read-write.
     AnsiTransactionManager::begin_transaction(conn).await?;
-    diesel::sql_query("SET LOCAL transaction_read_only = on").execute(conn).await?;
+    diesel::sql_query("SET LOCAL transaction_read_only = on")
+        .execute(conn)
+        .await?;
     let plan = {
         let mut cx = PrepareCx {
             steno: ctx,
@@ -180,7 +200,8 @@ async fn forward_in_transaction<S: SagaDef, N: DbNode<S>>(
         };
         node.prepare(&mut cx).await
     };
-    <AnsiTransactionManager as TransactionManager<DbConnection>>::rollback_transaction(conn).await?;
+    <AnsiTransactionManager as TransactionManager<DbConnection>>::rollback_transaction(conn)
+        .await?;
     let plan = plan?;
     run.fault(FaultPoint::AfterPrepare)?;
 
@@ -205,7 +226,11 @@ async fn forward_in_transaction<S: SagaDef, N: DbNode<S>>(
     let sec_id = owner.sec_id;
     let events = [
         event_row(run, SagaNodeEventType::Started, sec_id)?,
-        event_row(run, SagaNodeEventType::Succeeded(Arc::new(output_json.clone())), sec_id)?,
+        event_row(
+            run,
+            SagaNodeEventType::Succeeded(Arc::new(output_json.clone())),
+            sec_id,
+        )?,
     ];
     records::insert_events(conn, &events).await?;
     run.fault(FaultPoint::BeforeCommit)?;
@@ -251,7 +276,10 @@ async fn compensate_after_commit<S: SagaDef, N: DbNode<S>>(
             Ok(Arc::new(output))
         }
         (Err(error), None) => {
-            run.cx.log.note_stuck(&run.name, &format!("post-commit failed ({cause}) and compensation failed ({error})"));
+            run.cx.log.note_stuck(
+                &run.name,
+                &format!("post-commit failed ({cause}) and compensation failed ({error})"),
+            );
             Err(run.failure("post-commit", &cause))
         }
     }
@@ -299,7 +327,13 @@ async fn attempt_compensation<S: SagaDef, N: DbNode<S>>(
     node: &N,
     mode: Mode,
 ) -> Result<Compensation, Stop> {
-    let mut pooled = run.cx.shared.pool.get().await.map_err(ratchet_store::DbError::from)?;
+    let mut pooled = run
+        .cx
+        .shared
+        .pool
+        .get()
+        .await
+        .map_err(ratchet_store::DbError::from)?;
     let conn: &mut DbConnection = &mut pooled;
     tx::begin(conn).await?;
     let outcome = match compensation_in_transaction::<S, N>(run, node, mode, conn).await {
@@ -316,11 +350,18 @@ async fn attempt_compensation<S: SagaDef, N: DbNode<S>>(
     // -------- the compensation's commit point --------
     tx::commit(conn).await?;
     match mode {
-        Mode::Undo => run.cx.log.mark_durable(run.node_id, &["undo_started", "undo_finished"]),
+        Mode::Undo => run
+            .cx
+            .log
+            .mark_durable(run.node_id, &["undo_started", "undo_finished"]),
         Mode::AfterCommit => run.cx.log.unmark_durable(run.node_id, "succeeded"),
     }
     if outcome == Compensation::Compensated {
-        run.cx.shared.counters.compensations.fetch_add(1, Ordering::Relaxed);
+        run.cx
+            .shared
+            .counters
+            .compensations
+            .fetch_add(1, Ordering::Relaxed);
         tracing::info!(?mode, "compensated");
     }
     // A failure after the compensation committed is retried: the next attempt finds the record.

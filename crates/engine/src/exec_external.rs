@@ -65,15 +65,21 @@ fn external_cx<'a, S: SagaDef>(run: &'a NodeRun<'_, S>) -> ExternalCx<'a, S> {
     }
 }
 
-async fn forward<S: SagaDef, N: ExternalNode<S>>(ctx: &ActionContext<Ratchet<S>>) -> steno::ActionResult {
-    let run = NodeRun::<S>::new(ctx).map_err(|e| steno::ActionError::action_failed(e.to_string()))?;
-    let span = tracing::info_span!("node", saga_id = %run.saga_id(), node = %run.name, kind = "external");
+async fn forward<S: SagaDef, N: ExternalNode<S>>(
+    ctx: &ActionContext<Ratchet<S>>,
+) -> steno::ActionResult {
+    let run =
+        NodeRun::<S>::new(ctx).map_err(|e| steno::ActionError::action_failed(e.to_string()))?;
+    let span =
+        tracing::info_span!("node", saga_id = %run.saga_id(), node = %run.name, kind = "external");
     async {
         let node: N = run.node().map_err(|e| run.failure("prepare", &e))?;
         let policy = run.cx.shared.forward_retry;
-        let prepared = with_retries(&run, policy, "prepare", |_| prepare::<S, N>(&run, &node, ctx))
-            .await
-            .map_err(|e| run.failure("prepare", &e))?;
+        let prepared = with_retries(&run, policy, "prepare", |_| {
+            prepare::<S, N>(&run, &node, ctx)
+        })
+        .await
+        .map_err(|e| run.failure("prepare", &e))?;
         let plan = match prepared {
             Prepared::Plan(plan) => plan,
             Prepared::AlreadyCompensated => {
@@ -83,10 +89,15 @@ async fn forward<S: SagaDef, N: ExternalNode<S>>(ctx: &ActionContext<Ratchet<S>>
                 ));
             }
             Prepared::Replayed(receipt) => {
-                let receipt: N::Receipt = decode("commit record", receipt).map_err(|e| run.failure("replay", &e))?;
+                let receipt: N::Receipt =
+                    decode("commit record", receipt).map_err(|e| run.failure("replay", &e))?;
                 return match finish_guarded(&run, N::finish, receipt) {
-                    Ok(output) => encode("node output", &output).map(Arc::new).map_err(|e| run.failure("replay", &e)),
-                    Err(Stop::Node(error)) => compensate_then_fail::<S, N>(&run, &node, error).await,
+                    Ok(output) => encode("node output", &output)
+                        .map(Arc::new)
+                        .map_err(|e| run.failure("replay", &e)),
+                    Err(Stop::Node(error)) => {
+                        compensate_then_fail::<S, N>(&run, &node, error).await
+                    }
                     Err(stop) => run.stop_driving(&stop).await,
                 };
             }
@@ -100,17 +111,27 @@ async fn forward<S: SagaDef, N: ExternalNode<S>>(ctx: &ActionContext<Ratchet<S>>
         let receipt = match call_until_definite::<S, N>(&run, &node, &plan).await {
             Ok(receipt) => receipt,
             Err(CallFailed::Refused(error)) => return Err(run.failure("call", &error)),
-            Err(CallFailed::Unknown(error)) => return compensate_then_fail::<S, N>(&run, &node, error).await,
+            Err(CallFailed::Unknown(error)) => {
+                return compensate_then_fail::<S, N>(&run, &node, error).await;
+            }
         };
         let receipt_json = encode("receipt", &receipt).map_err(|e| run.failure("call", &e))?;
-        let output = match run.fault(FaultPoint::BeforeCommit).and_then(|()| finish_guarded(&run, N::finish, receipt)) {
+        let output = match run
+            .fault(FaultPoint::BeforeCommit)
+            .and_then(|()| finish_guarded(&run, N::finish, receipt))
+        {
             Ok(output) => output,
-            Err(Stop::Node(error)) => return compensate_then_fail::<S, N>(&run, &node, error).await,
+            Err(Stop::Node(error)) => {
+                return compensate_then_fail::<S, N>(&run, &node, error).await;
+            }
             Err(stop) => run.stop_driving(&stop).await,
         };
         let output_json = encode("node output", &output).map_err(|e| run.failure("call", &e))?;
         // The outcome is definite: record it until the write lands.
-        let forever = RetryPolicy { max_attempts: None, ..policy };
+        let forever = RetryPolicy {
+            max_attempts: None,
+            ..policy
+        };
         let recorded = with_retries(&run, forever, "record receipt", |_| {
             record_receipt::<S>(&run, receipt_json.clone(), output_json.clone())
         })
@@ -120,7 +141,11 @@ async fn forward<S: SagaDef, N: ExternalNode<S>>(ctx: &ActionContext<Ratchet<S>>
             return compensate_then_fail::<S, N>(&run, &node, error).await;
         }
         run.cx.log.mark_durable(run.node_id, &["succeeded"]);
-        run.cx.shared.counters.commits.fetch_add(1, Ordering::Relaxed);
+        run.cx
+            .shared
+            .counters
+            .commits
+            .fetch_add(1, Ordering::Relaxed);
         tracing::info!("external call applied and recorded");
         match run.fault(FaultPoint::AfterCommit) {
             Ok(()) => Ok(Arc::new(output_json)),
@@ -141,7 +166,13 @@ async fn prepare<S: SagaDef, N: ExternalNode<S>>(
     ctx: &ActionContext<Ratchet<S>>,
 ) -> Result<Prepared<N::Plan>, Stop> {
     run.fault(FaultPoint::BeforePrepare)?;
-    let mut pooled = run.cx.shared.pool.get().await.map_err(ratchet_store::DbError::from)?;
+    let mut pooled = run
+        .cx
+        .shared
+        .pool
+        .get()
+        .await
+        .map_err(ratchet_store::DbError::from)?;
     let conn: &mut DbConnection = &mut pooled;
     tx::begin_read_only(conn).await?;
     let result = async {
@@ -186,9 +217,13 @@ async fn call_until_definite<S: SagaDef, N: ExternalNode<S>>(
         attempts += 1;
         let error = match node.call(&cx, plan).await {
             Ok(receipt) => return Ok(receipt),
-            Err(CallError::Refused(error)) if !error.is_transient() => return Err(CallFailed::Refused(error)),
+            Err(CallError::Refused(error)) if !error.is_transient() => {
+                return Err(CallFailed::Refused(error));
+            }
             Err(CallError::Refused(error)) => error,
-            Err(CallError::Unknown(message)) => NodeError::transient(format!("outcome unknown: {message}")),
+            Err(CallError::Unknown(message)) => {
+                NodeError::transient(format!("outcome unknown: {message}"))
+            }
         };
         let Some(delay) = policy.delay(attempts) else {
             return Err(if error.message().starts_with("outcome unknown") {
@@ -198,7 +233,11 @@ async fn call_until_definite<S: SagaDef, N: ExternalNode<S>>(
             });
         };
         tracing::info!(attempts, %error, ?delay, "external call: retrying with the same idempotency key");
-        run.cx.shared.counters.retries.fetch_add(1, Ordering::Relaxed);
+        run.cx
+            .shared
+            .counters
+            .retries
+            .fetch_add(1, Ordering::Relaxed);
         tokio::time::sleep(delay).await;
     }
 }
@@ -208,7 +247,13 @@ async fn record_receipt<S: SagaDef>(
     receipt: serde_json::Value,
     output: serde_json::Value,
 ) -> Result<(), Stop> {
-    let mut pooled = run.cx.shared.pool.get().await.map_err(ratchet_store::DbError::from)?;
+    let mut pooled = run
+        .cx
+        .shared
+        .pool
+        .get()
+        .await
+        .map_err(ratchet_store::DbError::from)?;
     let conn: &mut DbConnection = &mut pooled;
     tx::begin(conn).await?;
     let result = async {
@@ -217,7 +262,11 @@ async fn record_receipt<S: SagaDef>(
             return Err(Stop::Fenced);
         }
         records::insert_commit_record(conn, run.saga_id(), &run.name, receipt, owner).await?;
-        let event = event_row(run, SagaNodeEventType::Succeeded(Arc::new(output)), owner.sec_id)?;
+        let event = event_row(
+            run,
+            SagaNodeEventType::Succeeded(Arc::new(output)),
+            owner.sec_id,
+        )?;
         records::insert_events(conn, &[event]).await?;
         run.alive()
     }
@@ -238,20 +287,36 @@ async fn compensate_then_fail<S: SagaDef, N: ExternalNode<S>>(
     cause: NodeError,
 ) -> steno::ActionResult {
     tracing::warn!(%cause, "external node failing: compensating by key first");
-    let policy = RetryPolicy { max_attempts: None, ..run.cx.shared.compensation_retry };
-    if let Err(error) = with_retries(run, policy, "compensate", |_| compensate_once::<S, N>(run, node, true)).await {
-        run.cx.log.note_stuck(&run.name, &format!("failed ({cause}); compensation by key failed ({error})"));
+    let policy = RetryPolicy {
+        max_attempts: None,
+        ..run.cx.shared.compensation_retry
+    };
+    if let Err(error) = with_retries(run, policy, "compensate", |_| {
+        compensate_once::<S, N>(run, node, true)
+    })
+    .await
+    {
+        run.cx.log.note_stuck(
+            &run.name,
+            &format!("failed ({cause}); compensation by key failed ({error})"),
+        );
     }
     Err(run.failure("call", &cause))
 }
 
-async fn undo<S: SagaDef, N: ExternalNode<S>>(ctx: &ActionContext<Ratchet<S>>) -> steno::UndoResult {
+async fn undo<S: SagaDef, N: ExternalNode<S>>(
+    ctx: &ActionContext<Ratchet<S>>,
+) -> steno::UndoResult {
     let run = NodeRun::<S>::new(ctx).map_err(anyhow::Error::new)?;
-    let span = tracing::info_span!("undo", saga_id = %run.saga_id(), node = %run.name, kind = "external");
+    let span =
+        tracing::info_span!("undo", saga_id = %run.saga_id(), node = %run.name, kind = "external");
     async {
         let node: N = run.node()?;
         let policy = run.cx.shared.compensation_retry;
-        with_retries(&run, policy, "compensate", |_| compensate_once::<S, N>(&run, &node, false)).await?;
+        with_retries(&run, policy, "compensate", |_| {
+            compensate_once::<S, N>(&run, &node, false)
+        })
+        .await?;
         Ok(())
     }
     .instrument(span)
@@ -267,7 +332,13 @@ async fn compensate_once<S: SagaDef, N: ExternalNode<S>>(
 ) -> Result<(), Stop> {
     let saga_id = run.saga_id();
     let receipt = {
-        let mut pooled = run.cx.shared.pool.get().await.map_err(ratchet_store::DbError::from)?;
+        let mut pooled = run
+            .cx
+            .shared
+            .pool
+            .get()
+            .await
+            .map_err(ratchet_store::DbError::from)?;
         let conn: &mut DbConnection = &mut pooled;
         if records::is_compensated(conn, saga_id, &run.name).await? {
             return Ok(());
@@ -282,7 +353,13 @@ async fn compensate_once<S: SagaDef, N: ExternalNode<S>>(
         Err(CallError::Refused(error)) => return Err(Stop::Node(error)),
         Err(CallError::Unknown(message)) => return Err(Stop::Node(NodeError::transient(message))),
     }
-    let mut pooled = run.cx.shared.pool.get().await.map_err(ratchet_store::DbError::from)?;
+    let mut pooled = run
+        .cx
+        .shared
+        .pool
+        .get()
+        .await
+        .map_err(ratchet_store::DbError::from)?;
     let conn: &mut DbConnection = &mut pooled;
     tx::begin(conn).await?;
     let result = async {
@@ -311,9 +388,15 @@ async fn compensate_once<S: SagaDef, N: ExternalNode<S>>(
         }
     }
     if !after_commit {
-        run.cx.log.mark_durable(run.node_id, &["undo_started", "undo_finished"]);
+        run.cx
+            .log
+            .mark_durable(run.node_id, &["undo_started", "undo_finished"]);
     }
-    run.cx.shared.counters.compensations.fetch_add(1, Ordering::Relaxed);
+    run.cx
+        .shared
+        .counters
+        .compensations
+        .fetch_add(1, Ordering::Relaxed);
     tracing::info!(had_commit, "external call compensated by key");
     run.fault(FaultPoint::AfterCompensation)
 }

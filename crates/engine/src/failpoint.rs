@@ -57,7 +57,14 @@ pub struct Failpoints {
 
 impl Failpoints {
     /// Arms a fault at `point` of node `node` of saga `saga_id`, for the next `times` passes.
-    pub fn arm(&self, saga_id: Uuid, node: &str, point: FaultPoint, effect: FaultEffect, times: u32) {
+    pub fn arm(
+        &self,
+        saga_id: Uuid,
+        node: &str,
+        point: FaultPoint,
+        effect: FaultEffect,
+        times: u32,
+    ) {
         let mut armed = self.armed.lock().unwrap_or_else(|p| p.into_inner());
         armed.insert(
             (saga_id, node.to_owned(), point),
@@ -102,12 +109,30 @@ mod test {
         let points = Failpoints::default();
         let saga = Uuid::new_v4();
         assert_eq!(points.fire(saga, "n", FaultPoint::AfterCommit), None);
-        points.arm(saga, "n", FaultPoint::AfterCommit, FaultEffect::TransientError, 2);
+        points.arm(
+            saga,
+            "n",
+            FaultPoint::AfterCommit,
+            FaultEffect::TransientError,
+            2,
+        );
         assert_eq!(points.fire(saga, "other", FaultPoint::AfterCommit), None);
-        assert_eq!(points.fire(saga, "n", FaultPoint::AfterCommit), Some(FaultEffect::TransientError));
-        assert_eq!(points.fire(saga, "n", FaultPoint::AfterCommit), Some(FaultEffect::TransientError));
+        assert_eq!(
+            points.fire(saga, "n", FaultPoint::AfterCommit),
+            Some(FaultEffect::TransientError)
+        );
+        assert_eq!(
+            points.fire(saga, "n", FaultPoint::AfterCommit),
+            Some(FaultEffect::TransientError)
+        );
         assert_eq!(points.fire(saga, "n", FaultPoint::AfterCommit), None);
-        points.arm(saga, "n", FaultPoint::InCompensation, FaultEffect::PermanentError, u32::MAX);
+        points.arm(
+            saga,
+            "n",
+            FaultPoint::InCompensation,
+            FaultEffect::PermanentError,
+            u32::MAX,
+        );
         points.clear(saga);
         assert_eq!(points.fire(saga, "n", FaultPoint::InCompensation), None);
     }

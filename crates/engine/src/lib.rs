@@ -153,9 +153,12 @@ mod saga_def;
 pub mod slog_bridge;
 
 pub use context::{CommitTx, ExternalCx, PrepareCx, derived_id};
-pub use engine::{Counters, Engine, EngineBuilder, EngineConfig, PreparedSaga, RecoveryReport, SagaOutcome};
+pub use engine::{
+    CounterValues, Counters, Engine, EngineBuilder, EngineConfig, PreparedSaga, RecoveryReport,
+    SagaOutcome,
+};
 pub use error::{EngineError, NodeError, NodeFailure};
-pub use failpoint::{FaultEffect, FaultPoint, Failpoints};
+pub use failpoint::{Failpoints, FaultEffect, FaultPoint};
 pub use node::{CallError, DbNode, ExternalNode, NodeOutput, NodeReceipt};
 pub use saga_def::{NodeRegistry, Ratchet, SagaBuilder, SagaDef, Stage};
 

@@ -13,12 +13,29 @@ use std::future::Future;
 /// This trait is deliberately *not* implemented for `Result` (and cannot be: the orphan rule forbids it
 /// outside this crate), so a node whose `finish` could fail does not compile. Implement it for your own
 /// output types: `impl NodeOutput for MyOutput {}`.
-pub trait NodeOutput: Serialize + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static {}
+pub trait NodeOutput:
+    Serialize + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static
+{
+}
 
 macro_rules! node_outputs {
     ($($t:ty),*) => { $(impl NodeOutput for $t {})* };
 }
-node_outputs!((), bool, u8, u16, u32, u64, i8, i16, i32, i64, String, uuid::Uuid, serde_json::Value);
+node_outputs!(
+    (),
+    bool,
+    u8,
+    u16,
+    u32,
+    u64,
+    i8,
+    i16,
+    i32,
+    i64,
+    String,
+    uuid::Uuid,
+    serde_json::Value
+);
 impl<T: NodeOutput> NodeOutput for Vec<T> {}
 impl<T: NodeOutput> NodeOutput for Option<T> {}
 impl<A: NodeOutput, B: NodeOutput> NodeOutput for (A, B) {}
@@ -57,7 +74,10 @@ pub trait DbNode<S: SagaDef>: Serialize + DeserializeOwned + Send + Sync + 'stat
     type Output: NodeOutput;
 
     /// Reads and decides. Runs read-only; may be run again (after a transient error, or a crash).
-    fn prepare(&self, cx: &mut PrepareCx<'_, S>) -> impl Future<Output = Result<Self::Plan, NodeError>> + Send;
+    fn prepare(
+        &self,
+        cx: &mut PrepareCx<'_, S>,
+    ) -> impl Future<Output = Result<Self::Plan, NodeError>> + Send;
 
     /// Every write of the node, on the transaction the engine opened. The receipt must come from the writes
     /// themselves (`RETURNING` rows, values computed before), never from a re-read.
@@ -104,7 +124,10 @@ pub trait ExternalNode<S: SagaDef>: Serialize + DeserializeOwned + Send + Sync +
     type Output: NodeOutput;
 
     /// Reads and decides, read-only, like a database node's prepare.
-    fn prepare(&self, cx: &mut PrepareCx<'_, S>) -> impl Future<Output = Result<Self::Plan, NodeError>> + Send;
+    fn prepare(
+        &self,
+        cx: &mut PrepareCx<'_, S>,
+    ) -> impl Future<Output = Result<Self::Plan, NodeError>> + Send;
 
     /// The call. Must be idempotent on `cx.idempotency_key()`.
     fn call(

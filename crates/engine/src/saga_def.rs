@@ -119,11 +119,19 @@ impl<S: SagaDef> NodeRegistry<S> {
 
     pub fn external<N: ExternalNode<S>>(&mut self) -> &mut Self {
         if self.claim::<N>(N::NAME) {
-            self.actions.register(Arc::new(ExternalAction::<S, N>::new()));
+            self.actions
+                .register(Arc::new(ExternalAction::<S, N>::new()));
         }
         self
     }
 }
+
+/// A built DAG, every node's arguments, and every node's kind.
+pub(crate) type BuiltDag = (
+    steno::Dag,
+    BTreeMap<String, serde_json::Value>,
+    BTreeMap<String, NodeKind>,
+);
 
 /// Lays out a saga's DAG: stages run one after another; the nodes of one stage run in parallel.
 pub struct SagaBuilder<S: SagaDef> {
@@ -151,7 +159,10 @@ impl<S: SagaDef> Stage<'_, S> {
 
     pub fn external<N: ExternalNode<S>>(&mut self, name: &str, node: N) -> &mut Self {
         let action = ExternalAction::<S, N>::new();
-        if let Some(n) = self.builder.planned(name, &node, NodeKind::External, &action) {
+        if let Some(n) = self
+            .builder
+            .planned(name, &node, NodeKind::External, &action)
+        {
             self.nodes.push(n);
         }
         self
@@ -161,10 +172,14 @@ impl<S: SagaDef> Stage<'_, S> {
     pub fn constant(&mut self, name: &str, value: impl Serialize) -> &mut Self {
         match serde_json::to_value(value) {
             Ok(value) => {
-                self.builder.kinds.insert(name.to_owned(), NodeKind::Constant);
+                self.builder
+                    .kinds
+                    .insert(name.to_owned(), NodeKind::Constant);
                 self.nodes.push(steno::Node::constant(name, value));
             }
-            Err(error) => self.builder.fail(format!("constant {name:?} does not encode: {error}")),
+            Err(error) => self
+                .builder
+                .fail(format!("constant {name:?} does not encode: {error}")),
         }
         self
     }
@@ -242,7 +257,7 @@ impl<S: SagaDef> SagaBuilder<S> {
     }
 
     /// The steno DAG, or what is wrong with it.
-    pub(crate) fn build_dag(self) -> Result<(steno::Dag, BTreeMap<String, serde_json::Value>, BTreeMap<String, NodeKind>), String> {
+    pub(crate) fn build_dag(self) -> Result<BuiltDag, String> {
         if let Some(error) = self.error {
             return Err(error);
         }

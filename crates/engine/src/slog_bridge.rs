@@ -19,13 +19,19 @@ impl slog::Drain for TracingDrain {
     type Ok = ();
     type Err = slog::Never;
 
-    fn log(&self, record: &slog::Record<'_>, values: &slog::OwnedKVList) -> Result<(), slog::Never> {
+    fn log(
+        &self,
+        record: &slog::Record<'_>,
+        values: &slog::OwnedKVList,
+    ) -> Result<(), slog::Never> {
         let mut kv = Flatten(String::new());
         let _ = slog::KV::serialize(&record.kv(), record, &mut kv);
         let _ = slog::KV::serialize(values, record, &mut kv);
         let message = record.msg();
         match record.level() {
-            slog::Level::Critical | slog::Level::Error => tracing::error!(target: "steno", "{message}{}", kv.0),
+            slog::Level::Critical | slog::Level::Error => {
+                tracing::error!(target: "steno", "{message}{}", kv.0)
+            }
             slog::Level::Warning => tracing::warn!(target: "steno", "{message}{}", kv.0),
             slog::Level::Info => tracing::info!(target: "steno", "{message}{}", kv.0),
             slog::Level::Debug => tracing::debug!(target: "steno", "{message}{}", kv.0),

@@ -48,7 +48,11 @@ impl EventRow {
                 self.saga_id, self.node_id, self.event_type
             ))
         };
-        let data = || self.data.clone().ok_or_else(|| corrupt("no data".to_owned()));
+        let data = || {
+            self.data
+                .clone()
+                .ok_or_else(|| corrupt("no data".to_owned()))
+        };
         let event_type = match self.event_type.as_str() {
             "started" => SagaNodeEventType::Started,
             "succeeded" => SagaNodeEventType::Succeeded(std::sync::Arc::new(data()?)),
@@ -78,7 +82,8 @@ pub fn uuid_of(saga_id: SagaId) -> Uuid {
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> Result<serde_json::Value, DbError> {
-    serde_json::to_value(value).map_err(|e| DbError::CorruptRow(format!("serializing an event: {e}")))
+    serde_json::to_value(value)
+        .map_err(|e| DbError::CorruptRow(format!("serializing an event: {e}")))
 }
 
 #[cfg(test)]
@@ -100,7 +105,11 @@ mod test {
             }),
         ];
         for event_type in types {
-            let event = SagaNodeEvent { saga_id, node_id: 7.into(), event_type };
+            let event = SagaNodeEvent {
+                saga_id,
+                node_id: 7.into(),
+                event_type,
+            };
             let row = EventRow::new(&event, Uuid::new_v4()).unwrap();
             let back = row.to_steno().unwrap();
             assert_eq!(format!("{event:?}"), format!("{back:?}"));
@@ -119,7 +128,10 @@ mod test {
         };
         let error = row.to_steno().unwrap_err().to_string();
         assert!(error.contains("unknown event type \"exploded\""), "{error}");
-        let row = EventRow { event_type: "succeeded".to_owned(), ..row };
+        let row = EventRow {
+            event_type: "succeeded".to_owned(),
+            ..row
+        };
         assert!(row.to_steno().unwrap_err().to_string().contains("no data"));
     }
 }

@@ -38,9 +38,11 @@ pub mod transaction;
 
 pub use error::{DbError, is_transient_diesel};
 pub use event::EventRow;
+pub use fence::{Fence, Liveness};
 pub use owner::SagaOwner;
-pub use pool::{DbConnection, DbPool, PoolConfig, SAGA_LOG_MIGRATIONS, connect_pool, run_migrations};
+pub use pool::{
+    DbConnection, DbPool, PoolConfig, SAGA_LOG_MIGRATIONS, connect_pool, run_migrations,
+};
 pub use retry::RetryPolicy;
 pub use saga::{SagaHistory, SagaRow, SagaState};
-pub use fence::{Fence, Liveness};
 pub use sec_store::{PgSecStore, SagaLogHandle, SagaRegistration};

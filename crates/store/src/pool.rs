@@ -13,7 +13,8 @@ pub type DbConnection = AsyncPgConnection;
 pub type DbPool = bb8::Pool<AsyncDieselConnectionManager<AsyncPgConnection>>;
 
 /// A connection checked out of the pool.
-pub type PooledConnection<'a> = bb8::PooledConnection<'a, AsyncDieselConnectionManager<AsyncPgConnection>>;
+pub type PooledConnection<'a> =
+    bb8::PooledConnection<'a, AsyncDieselConnectionManager<AsyncPgConnection>>;
 
 /// The saga log's schema, compiled into the binary.
 pub const SAGA_LOG_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
@@ -56,14 +57,19 @@ pub async fn connect_pool(url: &str, config: &PoolConfig) -> Result<DbPool, DbEr
 /// One connection outside any pool.
 pub async fn establish(url: &str) -> Result<AsyncPgConnection, DbError> {
     use diesel_async::AsyncConnection;
-    AsyncPgConnection::establish(url).await.map_err(DbError::from)
+    AsyncPgConnection::establish(url)
+        .await
+        .map_err(DbError::from)
 }
 
 /// Applies every pending embedded migration in `migrations` to the database at `url`.
 ///
 /// diesel's migration harness is synchronous, so it runs on a blocking thread through diesel-async's
 /// connection wrapper (which works on either tokio runtime flavour).
-pub async fn run_migrations(url: &str, migrations: &'static EmbeddedMigrations) -> Result<(), DbError> {
+pub async fn run_migrations(
+    url: &str,
+    migrations: &'static EmbeddedMigrations,
+) -> Result<(), DbError> {
     use diesel::Connection;
     use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
     let url = url.to_owned();

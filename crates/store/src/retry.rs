@@ -28,7 +28,10 @@ impl RetryPolicy {
             return None;
         }
         let exponent = attempt.saturating_sub(1).min(16);
-        let base = self.initial.saturating_mul(1 << exponent).min(self.max_delay);
+        let base = self
+            .initial
+            .saturating_mul(1 << exponent)
+            .min(self.max_delay);
         // Full jitter in [base/2, base]: concurrent retriers of one serialization conflict spread out.
         let half = base / 2;
         Some(half + half.mul_f64(jitter()))

@@ -1,10 +1,10 @@
 //! Saga rows: creation, state, and the queries recovery and operators use.
 
+use crate::DbError;
 use crate::event::EventRow;
 use crate::owner::{SagaOwner, WRITABLE_STATES};
 use crate::records::{CommitRecord, CompensationRecord};
 use crate::schema::{saga, saga_commit_record, saga_compensation_record, saga_node_event};
-use crate::DbError;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
@@ -101,7 +101,11 @@ impl SagaRow {
 
 /// Inserts a new saga, owned by its creator at generation 1.
 pub async fn insert_saga(conn: &mut AsyncPgConnection, row: &SagaRow) -> QueryResult<()> {
-    diesel::insert_into(saga::table).values(row).execute(conn).await.map(|_| ())
+    diesel::insert_into(saga::table)
+        .values(row)
+        .execute(conn)
+        .await
+        .map(|_| ())
 }
 
 /// One saga by id.
@@ -166,12 +170,17 @@ pub async fn load_logs(
     saga_ids: &[Uuid],
     batch: usize,
 ) -> QueryResult<BTreeMap<Uuid, Vec<EventRow>>> {
-    let mut logs: BTreeMap<Uuid, Vec<EventRow>> = saga_ids.iter().map(|id| (*id, Vec::new())).collect();
+    let mut logs: BTreeMap<Uuid, Vec<EventRow>> =
+        saga_ids.iter().map(|id| (*id, Vec::new())).collect();
     for chunk in saga_ids.chunks(batch.max(1)) {
         let rows: Vec<EventRow> = saga_node_event::table
             .filter(saga_node_event::saga_id.eq_any(chunk))
             .select(EventRow::as_select())
-            .order((saga_node_event::saga_id, saga_node_event::node_id, saga_node_event::event_type))
+            .order((
+                saga_node_event::saga_id,
+                saga_node_event::node_id,
+                saga_node_event::event_type,
+            ))
             .load(conn)
             .await?;
         for row in rows {
@@ -191,7 +200,10 @@ pub struct SagaHistory {
 }
 
 /// The history of saga `id`, or `None` if there is no such saga.
-pub async fn saga_history(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<SagaHistory>> {
+pub async fn saga_history(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+) -> QueryResult<Option<SagaHistory>> {
     let Some(saga) = get_saga(conn, id).await? else {
         return Ok(None);
     };
@@ -222,7 +234,11 @@ pub async fn saga_history(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult
 }
 
 /// Marks an unfinished saga `abandoned` with `reason`, whoever owns it. Returns whether it was unfinished.
-pub async fn mark_abandoned(conn: &mut AsyncPgConnection, id: Uuid, reason: &str) -> QueryResult<bool> {
+pub async fn mark_abandoned(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    reason: &str,
+) -> QueryResult<bool> {
     let updated = diesel::update(
         saga::table
             .filter(saga::id.eq(id))

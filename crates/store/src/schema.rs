@@ -52,4 +52,9 @@ diesel::table! {
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(saga, saga_node_event, saga_commit_record, saga_compensation_record);
+diesel::allow_tables_to_appear_in_same_query!(
+    saga,
+    saga_node_event,
+    saga_commit_record,
+    saga_compensation_record
+);

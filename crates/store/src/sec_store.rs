@@ -33,12 +33,12 @@
 //! `undo_failed` event in the same transaction and records `stuck`, with the node and the error, instead.
 
 use crate::event::{EventRow, uuid_of};
+use crate::fence::{Fence, Liveness};
 use crate::owner::{SagaOwner, lock_if_owner};
 use crate::retry::RetryPolicy;
 use crate::saga::{SagaRow, insert_saga};
 use crate::schema::{saga, saga_node_event};
 use crate::transaction::in_transaction;
-use crate::fence::{Fence, Liveness};
 use crate::{DbError, DbPool};
 use chrono::Utc;
 use diesel::prelude::*;
@@ -97,8 +97,9 @@ impl SagaLogHandle {
     /// will): drop deferred copies, and skip steno's later copies.
     pub fn mark_durable(&self, node_id: u32, written: &[&'static str]) {
         let mut log = lock(&self.0.log);
-        log.deferred
-            .retain(|e| u32::from(e.node_id) != node_id || !written.contains(&e.event_type.label()));
+        log.deferred.retain(|e| {
+            u32::from(e.node_id) != node_id || !written.contains(&e.event_type.label())
+        });
         for label in written {
             if matches!(*label, "succeeded" | "undo_finished") {
                 log.durable.insert((node_id, label));
@@ -109,7 +110,9 @@ impl SagaLogHandle {
     /// Records that the saga must end `stuck` (a commit neither kept nor compensated), whatever its log says.
     pub fn note_stuck(&self, node: &str, reason: &str) {
         tracing::error!(saga_id = %self.0.saga_id, node, reason, "saga will be recorded stuck");
-        lock(&self.0.log).stuck.get_or_insert((node.to_owned(), reason.to_owned()));
+        lock(&self.0.log)
+            .stuck
+            .get_or_insert((node.to_owned(), reason.to_owned()));
     }
 
     /// Undoes [`SagaLogHandle::mark_durable`] for one event the engine has since deleted.
@@ -121,7 +124,9 @@ impl SagaLogHandle {
 /// Locks a mutex, recovering from poisoning: the protected sets stay consistent even if a holder panicked,
 /// because every critical section here is a single insert or removal.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// steno's `SecStore` on PostgreSQL for one executor (SEC).
@@ -171,7 +176,12 @@ impl PgSecStore {
 
     /// Writes `rows` for one saga in one transaction, if `owner` still owns it. Retries until it lands or the
     /// executor is fenced (returns `false`).
-    async fn write_events_fenced(&self, saga_id: Uuid, owner: SagaOwner, rows: Vec<EventRow>) -> bool {
+    async fn write_events_fenced(
+        &self,
+        saga_id: Uuid,
+        owner: SagaOwner,
+        rows: Vec<EventRow>,
+    ) -> bool {
         let rows = Arc::new(rows);
         retry_forever("recording saga events", saga_id, &self.liveness, || {
             let rows = Arc::clone(&rows);
@@ -198,74 +208,84 @@ impl PgSecStore {
     async fn update_state(&self, handle: &SagaLogHandle, update: SagaCachedState) -> bool {
         let saga_id = handle.0.saga_id;
         let owner = handle.owner();
-        retry_forever("updating saga state", saga_id, &self.liveness, || async move {
-            let mut conn = self.pool.get().await?;
-            let handle = handle.clone();
-            in_transaction(&mut conn, |conn| {
-                async move {
-                    let names = &handle.0.registration.node_names;
-                    if !lock_if_owner(conn, saga_id, owner).await? {
-                        return Ok::<_, DbError>(false);
-                    }
-                    let target = saga::table.filter(saga::id.eq(saga_id));
-                    match update {
-                        SagaCachedState::Running | SagaCachedState::Unwinding => {
-                            diesel::update(target)
-                                .set(saga::saga_state.eq(update.to_string()))
-                                .execute(conn)
-                                .await?;
+        retry_forever(
+            "updating saga state",
+            saga_id,
+            &self.liveness,
+            || async move {
+                let mut conn = self.pool.get().await?;
+                let handle = handle.clone();
+                in_transaction(&mut conn, |conn| {
+                    async move {
+                        let names = &handle.0.registration.node_names;
+                        if !lock_if_owner(conn, saga_id, owner).await? {
+                            return Ok::<_, DbError>(false);
                         }
-                        SagaCachedState::Done => {
-                            let undo_failed: Option<(i64, Option<serde_json::Value>)> =
-                                saga_node_event::table
-                                    .filter(saga_node_event::saga_id.eq(saga_id))
-                                    .filter(saga_node_event::event_type.eq("undo_failed"))
-                                    .select((saga_node_event::node_id, saga_node_event::data))
-                                    .order(saga_node_event::node_id)
-                                    .first(conn)
-                                    .await
-                                    .optional()?;
-                            let noted = lock(&handle.0.log).stuck.clone();
-                            let (state, node, reason) = match undo_failed {
-                                None => match noted {
-                                    None => ("done", None, None),
-                                    Some((node, reason)) => ("stuck", Some(node), Some(reason)),
-                                },
-                                Some((node_id, data)) => {
-                                    let node = u32::try_from(node_id)
-                                        .ok()
-                                        .and_then(|id| names.get(&id).cloned())
-                                        .unwrap_or_else(|| format!("node {node_id}"));
-                                    let reason = data
-                                        .map(|d| d.to_string())
-                                        .unwrap_or_else(|| "undo failed".to_owned());
-                                    ("stuck", Some(node), Some(reason))
-                                }
-                            };
-                            diesel::update(target)
-                                .set((
-                                    saga::saga_state.eq(state),
-                                    saga::stuck_node.eq(node),
-                                    saga::stuck_reason.eq(reason),
-                                    saga::time_finished.eq(Utc::now()),
-                                ))
-                                .execute(conn)
-                                .await?;
+                        let target = saga::table.filter(saga::id.eq(saga_id));
+                        match update {
+                            SagaCachedState::Running | SagaCachedState::Unwinding => {
+                                diesel::update(target)
+                                    .set(saga::saga_state.eq(update.to_string()))
+                                    .execute(conn)
+                                    .await?;
+                            }
+                            SagaCachedState::Done => {
+                                let undo_failed: Option<(i64, Option<serde_json::Value>)> =
+                                    saga_node_event::table
+                                        .filter(saga_node_event::saga_id.eq(saga_id))
+                                        .filter(saga_node_event::event_type.eq("undo_failed"))
+                                        .select((saga_node_event::node_id, saga_node_event::data))
+                                        .order(saga_node_event::node_id)
+                                        .first(conn)
+                                        .await
+                                        .optional()?;
+                                let noted = lock(&handle.0.log).stuck.clone();
+                                let (state, node, reason) = match undo_failed {
+                                    None => match noted {
+                                        None => ("done", None, None),
+                                        Some((node, reason)) => ("stuck", Some(node), Some(reason)),
+                                    },
+                                    Some((node_id, data)) => {
+                                        let node = u32::try_from(node_id)
+                                            .ok()
+                                            .and_then(|id| names.get(&id).cloned())
+                                            .unwrap_or_else(|| format!("node {node_id}"));
+                                        let reason = data
+                                            .map(|d| d.to_string())
+                                            .unwrap_or_else(|| "undo failed".to_owned());
+                                        ("stuck", Some(node), Some(reason))
+                                    }
+                                };
+                                diesel::update(target)
+                                    .set((
+                                        saga::saga_state.eq(state),
+                                        saga::stuck_node.eq(node),
+                                        saga::stuck_reason.eq(reason),
+                                        saga::time_finished.eq(Utc::now()),
+                                    ))
+                                    .execute(conn)
+                                    .await?;
+                            }
                         }
+                        Ok(true)
                     }
-                    Ok(true)
-                }
-                .boxed()
-            })
-            .await
-        })
+                    .boxed()
+                })
+                .await
+            },
+        )
         .await
     }
 }
 
 /// Retries `attempt` until it returns `Ok` (transient and permanent errors alike: steno gives the store no way
 /// to fail), logging each failure. Waits forever, without writing, once the executor is dead.
-async fn retry_forever<T, F, Fut>(what: &str, saga_id: Uuid, liveness: &Liveness, mut attempt: F) -> T
+async fn retry_forever<T, F, Fut>(
+    what: &str,
+    saga_id: Uuid,
+    liveness: &Liveness,
+    mut attempt: F,
+) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, DbError>>,
@@ -277,7 +297,9 @@ where
             Ok(value) => return value,
             Err(error) => {
                 attempts += 1;
-                let delay = RetryPolicy::FOREVER.delay(attempts).unwrap_or(RetryPolicy::FOREVER.max_delay);
+                let delay = RetryPolicy::FOREVER
+                    .delay(attempts)
+                    .unwrap_or(RetryPolicy::FOREVER.max_delay);
                 if error.is_transient() {
                     tracing::warn!(%saga_id, %error, attempts, ?delay, "{what}: transient failure, retrying");
                 } else {
@@ -294,7 +316,10 @@ impl steno::SecStore for PgSecStore {
     async fn saga_create(&self, params: SagaCreateParams) -> Result<(), anyhow::Error> {
         self.liveness.check().await;
         let handle = self.handle(params.id).ok_or_else(|| {
-            anyhow::anyhow!("saga {} was not registered with the store before creation", params.id)
+            anyhow::anyhow!(
+                "saga {} was not registered with the store before creation",
+                params.id
+            )
         })?;
         let now = Utc::now();
         let owner = handle.owner();
@@ -353,8 +378,10 @@ impl steno::SecStore for PgSecStore {
             if log.durable.remove(&(node_id, label)) {
                 return;
             }
-            let deferrable =
-                matches!(event.event_type, SagaNodeEventType::Started | SagaNodeEventType::UndoStarted);
+            let deferrable = matches!(
+                event.event_type,
+                SagaNodeEventType::Started | SagaNodeEventType::UndoStarted
+            );
             if deferrable && handle.0.registration.deferred_nodes.contains(&node_id) {
                 log.deferred.push(event);
                 return;
@@ -366,8 +393,10 @@ impl steno::SecStore for PgSecStore {
             mine
         };
         batch.push(event);
-        let rows: Result<Vec<EventRow>, DbError> =
-            batch.iter().map(|e| EventRow::new(e, self.sec_id)).collect();
+        let rows: Result<Vec<EventRow>, DbError> = batch
+            .iter()
+            .map(|e| EventRow::new(e, self.sec_id))
+            .collect();
         let rows = match rows {
             Ok(rows) => rows,
             Err(error) => {
@@ -377,7 +406,10 @@ impl steno::SecStore for PgSecStore {
                 return;
             }
         };
-        if !self.write_events_fenced(handle.0.saga_id, handle.owner(), rows).await {
+        if !self
+            .write_events_fenced(handle.0.saga_id, handle.owner(), rows)
+            .await
+        {
             tracing::info!(saga_id = %handle.0.saga_id, node = node_id, event = label,
                 "fenced out: another executor adopted this saga; event not recorded");
             handle.fence().raise();

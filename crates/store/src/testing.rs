@@ -7,9 +7,9 @@
 //! atomically by renaming it into place, so concurrent test processes never see a half-migrated one.
 
 use crate::{DbError, pool};
+use diesel::migration::MigrationSource;
 use diesel::sql_types::Text;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use diesel::migration::MigrationSource;
 use diesel_migrations::EmbeddedMigrations;
 use ratchet_embedded_pg::Cluster;
 use std::path::PathBuf;
@@ -24,16 +24,20 @@ pub struct TestDatabase {
 }
 
 /// Creates a fresh database holding the saga log's schema plus `extra` migration sets (a datastore's own).
-pub async fn fresh_database(extra: &[&'static EmbeddedMigrations]) -> Result<TestDatabase, DbError> {
+pub async fn fresh_database(
+    extra: &[&'static EmbeddedMigrations],
+) -> Result<TestDatabase, DbError> {
     let server = TestServer::get().await?;
     let mut sets = vec![&pool::SAGA_LOG_MIGRATIONS];
     sets.extend_from_slice(extra);
     let template = ensure_template(&server, &sets).await?;
     let name = format!("ratchet_test_{}", uuid::Uuid::new_v4().simple());
     let mut admin = pool::establish(&server.url("postgres")).await?;
-    diesel::sql_query(format!("CREATE DATABASE \"{name}\" TEMPLATE \"{template}\""))
-        .execute(&mut admin)
-        .await?;
+    diesel::sql_query(format!(
+        "CREATE DATABASE \"{name}\" TEMPLATE \"{template}\""
+    ))
+    .execute(&mut admin)
+    .await?;
     Ok(TestDatabase {
         url: server.url(&name),
         name,
@@ -113,7 +117,9 @@ async fn ensure_template(
     let fingerprint = names
         .iter()
         .flat_map(|n| n.bytes().chain([0]))
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
     let template = format!("ratchet_tpl_{fingerprint:016x}");
     let mut admin = pool::establish(&server.url("postgres")).await?;
     if database_exists(&mut admin, &template).await? {
@@ -126,11 +132,13 @@ async fn ensure_template(
         .execute(&mut admin)
         .await?;
     for set in sets {
-        pool::run_migrations(&server.url(&building), *set).await?;
+        pool::run_migrations(&server.url(&building), set).await?;
     }
-    let renamed = diesel::sql_query(format!("ALTER DATABASE \"{building}\" RENAME TO \"{template}\""))
-        .execute(&mut admin)
-        .await;
+    let renamed = diesel::sql_query(format!(
+        "ALTER DATABASE \"{building}\" RENAME TO \"{template}\""
+    ))
+    .execute(&mut admin)
+    .await;
     if renamed.is_err() {
         diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{building}\""))
             .execute(&mut admin)
@@ -148,10 +156,11 @@ async fn database_exists(conn: &mut AsyncPgConnection, name: &str) -> Result<boo
         #[diesel(sql_type = diesel::sql_types::BigInt)]
         count: i64,
     }
-    let row: Count = diesel::sql_query("SELECT count(*) AS count FROM pg_database WHERE datname = $1")
-        .bind::<Text, _>(name)
-        .get_result(conn)
-        .await?;
+    let row: Count =
+        diesel::sql_query("SELECT count(*) AS count FROM pg_database WHERE datname = $1")
+            .bind::<Text, _>(name)
+            .get_result(conn)
+            .await?;
     Ok(row.count > 0)
 }
 
@@ -169,6 +178,9 @@ mod test {
             replace_database("postgres://u:p@localhost:5432/db", "t2"),
             "postgres://u:p@localhost:5432/t2"
         );
-        assert_eq!(replace_database("postgres://localhost", "t3"), "postgres://localhost/t3");
+        assert_eq!(
+            replace_database("postgres://localhost", "t3"),
+            "postgres://localhost/t3"
+        );
     }
 }

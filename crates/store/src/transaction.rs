@@ -14,19 +14,27 @@ pub async fn begin(conn: &mut AsyncPgConnection) -> Result<(), DieselError> {
 
 /// `BEGIN` a serializable read-only transaction: PostgreSQL rejects every write inside it.
 pub async fn begin_read_only(conn: &mut AsyncPgConnection) -> Result<(), DieselError> {
-    AnsiTransactionManager::begin_transaction_sql(conn, "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY").await
+    AnsiTransactionManager::begin_transaction_sql(
+        conn,
+        "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY",
+    )
+    .await
 }
 
 /// `COMMIT` the open transaction.
 pub async fn commit(conn: &mut AsyncPgConnection) -> Result<(), DieselError> {
-    <AnsiTransactionManager as TransactionManager<AsyncPgConnection>>::commit_transaction(conn).await
+    <AnsiTransactionManager as TransactionManager<AsyncPgConnection>>::commit_transaction(conn)
+        .await
 }
 
 /// `ROLLBACK` the open transaction. A failure to roll back leaves the connection marked broken, and the pool
 /// then discards it, which rolls the transaction back on the server.
 pub async fn rollback(conn: &mut AsyncPgConnection) {
     if let Err(error) =
-        <AnsiTransactionManager as TransactionManager<AsyncPgConnection>>::rollback_transaction(conn).await
+        <AnsiTransactionManager as TransactionManager<AsyncPgConnection>>::rollback_transaction(
+            conn,
+        )
+        .await
     {
         tracing::warn!(%error, "rollback failed; the connection will be discarded");
     }
