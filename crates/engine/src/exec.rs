@@ -70,6 +70,19 @@ impl<'a, S: SagaDef> NodeRun<'a, S> {
         })
     }
 
+    /// A connection from the engine's pool (a pool timeout is a transient error).
+    pub(crate) async fn connection(
+        &self,
+    ) -> Result<ratchet_store::pool::PooledConnection<'_>, Stop> {
+        Ok(self
+            .cx
+            .shared
+            .pool
+            .get()
+            .await
+            .map_err(ratchet_store::DbError::from)?)
+    }
+
     /// The node value (its arguments) recorded in the DAG.
     pub(crate) fn node<N: DeserializeOwned>(&self) -> Result<N, NodeError> {
         serde_json::from_value(self.args.clone()).map_err(|e| {

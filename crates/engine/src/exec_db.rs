@@ -129,13 +129,7 @@ async fn attempt_forward<S: SagaDef, N: DbNode<S>>(
     ctx: &ActionContext<Ratchet<S>>,
 ) -> Result<Forward, Stop> {
     run.fault(FaultPoint::BeforePrepare)?;
-    let mut pooled = run
-        .cx
-        .shared
-        .pool
-        .get()
-        .await
-        .map_err(ratchet_store::DbError::from)?;
+    let mut pooled = run.connection().await?;
     let conn: &mut DbConnection = &mut pooled;
     tx::begin(conn).await?;
     match forward_in_transaction::<S, N>(run, node, ctx, conn).await {
@@ -327,13 +321,7 @@ async fn attempt_compensation<S: SagaDef, N: DbNode<S>>(
     node: &N,
     mode: Mode,
 ) -> Result<Compensation, Stop> {
-    let mut pooled = run
-        .cx
-        .shared
-        .pool
-        .get()
-        .await
-        .map_err(ratchet_store::DbError::from)?;
+    let mut pooled = run.connection().await?;
     let conn: &mut DbConnection = &mut pooled;
     tx::begin(conn).await?;
     let outcome = match compensation_in_transaction::<S, N>(run, node, mode, conn).await {

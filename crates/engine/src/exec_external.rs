@@ -166,13 +166,7 @@ async fn prepare<S: SagaDef, N: ExternalNode<S>>(
     ctx: &ActionContext<Ratchet<S>>,
 ) -> Result<Prepared<N::Plan>, Stop> {
     run.fault(FaultPoint::BeforePrepare)?;
-    let mut pooled = run
-        .cx
-        .shared
-        .pool
-        .get()
-        .await
-        .map_err(ratchet_store::DbError::from)?;
+    let mut pooled = run.connection().await?;
     let conn: &mut DbConnection = &mut pooled;
     tx::begin_read_only(conn).await?;
     let result = async {
@@ -247,13 +241,7 @@ async fn record_receipt<S: SagaDef>(
     receipt: serde_json::Value,
     output: serde_json::Value,
 ) -> Result<(), Stop> {
-    let mut pooled = run
-        .cx
-        .shared
-        .pool
-        .get()
-        .await
-        .map_err(ratchet_store::DbError::from)?;
+    let mut pooled = run.connection().await?;
     let conn: &mut DbConnection = &mut pooled;
     tx::begin(conn).await?;
     let result = async {
@@ -332,13 +320,7 @@ async fn compensate_once<S: SagaDef, N: ExternalNode<S>>(
 ) -> Result<(), Stop> {
     let saga_id = run.saga_id();
     let receipt = {
-        let mut pooled = run
-            .cx
-            .shared
-            .pool
-            .get()
-            .await
-            .map_err(ratchet_store::DbError::from)?;
+        let mut pooled = run.connection().await?;
         let conn: &mut DbConnection = &mut pooled;
         if records::is_compensated(conn, saga_id, &run.name).await? {
             return Ok(());
@@ -353,13 +335,7 @@ async fn compensate_once<S: SagaDef, N: ExternalNode<S>>(
         Err(CallError::Refused(error)) => return Err(Stop::Node(error)),
         Err(CallError::Unknown(message)) => return Err(Stop::Node(NodeError::transient(message))),
     }
-    let mut pooled = run
-        .cx
-        .shared
-        .pool
-        .get()
-        .await
-        .map_err(ratchet_store::DbError::from)?;
+    let mut pooled = run.connection().await?;
     let conn: &mut DbConnection = &mut pooled;
     tx::begin(conn).await?;
     let result = async {

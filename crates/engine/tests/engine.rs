@@ -283,25 +283,32 @@ async fn repeated_actions_and_undos_commit_and_compensate_once() {
     assert_eq!(compensations.len(), 2);
 }
 
-/// Crashes the first engine at `node`/`point`, then a second engine with the same executor id recovers.
-async fn crash_and_recover(point: FaultPoint) -> (Engine, Uuid, Uuid, SagaOutcome) {
-    let db = database().await;
-    let sec_id = Uuid::new_v4();
-    let first = engine(&db, sec_id).await;
-    let account = account(&first).await;
+/// Creates a provisioning saga on `first`, arms a crash at `node`/`point`, runs it until the engine dies.
+/// Returns the saga id.
+async fn run_until_crash(first: &Engine, account: Uuid, node: &str, point: FaultPoint) -> Uuid {
     let saga = first
         .create::<ProvisionWidget>(params(account))
         .await
         .unwrap();
     first
         .failpoints()
-        .arm(saga.id, "charge_account", point, FaultEffect::Crash, 1);
+        .arm(saga.id, node, point, FaultEffect::Crash, 1);
     let id = saga.id;
     let run = tokio::spawn(saga.run());
     while !first.is_crashed() {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     run.abort();
+    id
+}
+
+/// Crashes the first engine at `node`/`point`, then a second engine with the same executor id recovers.
+async fn crash_and_recover(point: FaultPoint) -> (Engine, Uuid, Uuid, SagaOutcome) {
+    let db = database().await;
+    let sec_id = Uuid::new_v4();
+    let first = engine(&db, sec_id).await;
+    let account = account(&first).await;
+    let id = run_until_crash(&first, account, "charge_account", point).await;
     let second = engine(&db, sec_id).await;
     let outcome = second.wait(id).await.expect("the saga was resumed");
     (second, account, id, outcome)
@@ -338,23 +345,7 @@ async fn non_idempotent_commit_replayed_after_a_crash_commits_once() {
     let sec_id = Uuid::new_v4();
     let first = engine(&db, sec_id).await;
     let account = account(&first).await;
-    let saga = first
-        .create::<ProvisionWidget>(params(account))
-        .await
-        .unwrap();
-    first.failpoints().arm(
-        saga.id,
-        "charge_account",
-        FaultPoint::AfterCommit,
-        FaultEffect::Crash,
-        1,
-    );
-    let id = saga.id;
-    let run = tokio::spawn(saga.run());
-    while !first.is_crashed() {
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
-    run.abort();
+    let id = run_until_crash(&first, account, "charge_account", FaultPoint::AfterCommit).await;
     {
         let mut conn = first.pool().get().await.unwrap();
         let deleted = diesel::sql_query(
@@ -387,23 +378,13 @@ async fn compensation_without_a_commit_record_is_skipped() {
     let sec_id = Uuid::new_v4();
     let first = engine(&db, sec_id).await;
     let account = account(&first).await;
-    let saga = first
-        .create::<ProvisionWidget>(params(account))
-        .await
-        .unwrap();
-    first.failpoints().arm(
-        saga.id,
+    let id = run_until_crash(
+        &first,
+        account,
         "activate_widget",
         FaultPoint::BeforePrepare,
-        FaultEffect::Crash,
-        1,
-    );
-    let id = saga.id;
-    let run = tokio::spawn(saga.run());
-    while !first.is_crashed() {
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
-    run.abort();
+    )
+    .await;
     {
         // Make the log say: charge_account succeeded without a commit (its record gone), and activate_widget
         // failed. Recovery must unwind, and charge_account's compensation must not refund a charge it cannot
