@@ -159,6 +159,7 @@ pub struct EngineBuilder {
 
 struct Registered<S: SagaDef> {
     registry: Arc<steno::ActionRegistry<Ratchet<S>>>,
+    db_actions: HashSet<&'static str>,
     app: Arc<S::Context>,
 }
 
@@ -189,6 +190,7 @@ impl EngineBuilder {
         }
         let registered = Arc::new(Registered::<S> {
             registry: Arc::new(registry.actions),
+            db_actions: registry.db_actions,
             app,
         });
         let for_resume = Arc::clone(&registered);
@@ -365,7 +367,7 @@ impl Engine {
             sec_id: self.sec_id,
             generation: 1,
         };
-        let (cx, log) = self.saga_cx::<S>(&registered, id, owner, &dag, Some(&kinds));
+        let (cx, log) = self.saga_cx::<S>(&registered, id, owner, &dag, &kinds);
         let future = self
             .sec
             .saga_create(
@@ -429,7 +431,7 @@ impl Engine {
         id: Uuid,
         owner: SagaOwner,
         dag: &SagaDag,
-        kinds: Option<&BTreeMap<String, NodeKind>>,
+        kinds: &BTreeMap<String, NodeKind>,
     ) -> (SagaCx<S>, ratchet_store::SagaLogHandle) {
         let mut node_ids = BTreeMap::new();
         let mut deferred = HashSet::new();
@@ -437,12 +439,7 @@ impl Engine {
         for node in dag.get_nodes() {
             let index = node.index().index() as u32;
             let name = node.name().as_ref().to_owned();
-            let is_db = match kinds {
-                Some(kinds) => kinds.get(&name) == Some(&NodeKind::Db),
-                // On resume the kinds come from the registry: a node whose action is a database node.
-                None => false,
-            };
-            if is_db {
+            if kinds.get(&name) == Some(&NodeKind::Db) {
                 deferred.insert(index);
             }
             names.insert(index, name.clone());
@@ -564,8 +561,8 @@ impl Engine {
         let owner = row.owner().ok_or(EngineError::NoSuchSaga(id))?;
         let dag: SagaDag = serde_json::from_value(row.saga_dag.clone())
             .map_err(|e| EngineError::Steno(format!("the saga's DAG does not decode: {e}")))?;
-        let kinds = db_node_kinds(&dag, &registered.registry);
-        let (cx, log) = self.saga_cx::<S>(registered, id, owner, &dag, Some(&kinds));
+        let kinds = db_node_kinds(&row.saga_dag, &registered.db_actions);
+        let (cx, log) = self.saga_cx::<S>(registered, id, owner, &dag, &kinds);
         let future = match self
             .sec
             .saga_resume(
@@ -603,15 +600,29 @@ impl Engine {
 }
 
 /// Which nodes of a persisted DAG are database nodes: those whose action is registered as one.
-fn db_node_kinds<S: SagaDef>(
-    dag: &SagaDag,
-    registry: &steno::ActionRegistry<Ratchet<S>>,
+///
+/// steno's `SagaDag` does not expose a node's action name, so this reads the persisted DAG's JSON
+/// (`graph.nodes[i] = {"Action": {"name", "label", "action_name"}}`). A shape this does not recognise only
+/// costs the deferral (one extra `started` write per node), never correctness: steno itself validates the DAG.
+fn db_node_kinds(
+    persisted_dag: &serde_json::Value,
+    db_actions: &HashSet<&'static str>,
 ) -> BTreeMap<String, NodeKind> {
-    let _ = (dag, registry);
-    // TODO-performance On resume every node's `started` event is written eagerly (no deferral): steno's DAG
-    // does not expose a node's action name, so the engine cannot tell database nodes from others here. This
-    // costs one extra write per node of a resumed saga, never correctness.
-    BTreeMap::new()
+    let nodes = persisted_dag
+        .pointer("/graph/nodes")
+        .and_then(serde_json::Value::as_array);
+    nodes
+        .into_iter()
+        .flatten()
+        .filter_map(|node| {
+            let action = node.get("Action")?;
+            let name = action.get("name")?.as_str()?;
+            let action_name = action.get("action_name")?.as_str()?;
+            db_actions
+                .contains(action_name)
+                .then(|| (name.to_owned(), NodeKind::Db))
+        })
+        .collect()
 }
 
 fn outcome_of(result: steno::SagaResult) -> SagaOutcome {

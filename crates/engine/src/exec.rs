@@ -98,24 +98,32 @@ impl<'a, S: SagaDef> NodeRun<'a, S> {
     }
 
     /// Applies the fault armed at `point`, if any. A `Panic` fault panics only in `InFinish` (where the
-    /// engine catches it); elsewhere it acts as a permanent error.
-    pub(crate) fn fault(&self, point: FaultPoint) -> Result<(), Stop> {
-        let Some(effect) = self
-            .cx
+    /// engine catches it); elsewhere it acts as a permanent error. A `Delay` sleeps, then lets the node go on.
+    pub(crate) async fn fault(&self, point: FaultPoint) -> Result<(), Stop> {
+        match self.armed_fault(point) {
+            Some(FaultEffect::Delay { millis }) => {
+                tracing::info!(node = %self.name, ?point, millis, "fault point reached: delaying");
+                tokio::time::sleep(std::time::Duration::from_millis(millis)).await;
+                Ok(())
+            }
+            Some(effect) => Err(stop_for(effect, point)),
+            None => Ok(()),
+        }
+    }
+
+    /// [`NodeRun::fault`] for the synchronous post-commit phase, where a delay has no meaning (it is ignored).
+    pub(crate) fn fault_in_finish(&self) -> Result<(), Stop> {
+        match self.armed_fault(FaultPoint::InFinish) {
+            Some(FaultEffect::Delay { .. }) | None => Ok(()),
+            Some(effect) => Err(stop_for(effect, FaultPoint::InFinish)),
+        }
+    }
+
+    fn armed_fault(&self, point: FaultPoint) -> Option<FaultEffect> {
+        self.cx
             .shared
             .failpoints
             .fire(self.saga_id(), &self.name, point)
-        else {
-            return Ok(());
-        };
-        let what = format!("injected at {point:?}");
-        match effect {
-            FaultEffect::TransientError => Err(Stop::Node(NodeError::transient(what))),
-            FaultEffect::PermanentError => Err(Stop::Node(NodeError::permanent(what))),
-            FaultEffect::Panic if point == FaultPoint::InFinish => panic!("{what}"),
-            FaultEffect::Panic => Err(Stop::Node(NodeError::permanent(format!("panic {what}")))),
-            FaultEffect::Crash => Err(Stop::Crash),
-        }
     }
 
     /// A `Stop::Crash` when the executor has died (so that nothing more commits).
@@ -201,7 +209,7 @@ pub(crate) fn finish_guarded<S: SagaDef, R, O>(
     receipt: R,
 ) -> Result<O, Stop> {
     std::panic::catch_unwind(AssertUnwindSafe(|| {
-        run.fault(FaultPoint::InFinish)?;
+        run.fault_in_finish()?;
         Ok(finish(receipt))
     }))
     .unwrap_or_else(|panic| {
@@ -230,4 +238,19 @@ pub(crate) fn decode<T: DeserializeOwned>(
 ) -> Result<T, NodeError> {
     serde_json::from_value(value)
         .map_err(|e| NodeError::permanent(format!("{what} does not decode: {e}")))
+}
+
+/// What an armed fault does at `point` (other than a delay).
+fn stop_for(effect: FaultEffect, point: FaultPoint) -> Stop {
+    let what = format!("injected at {point:?}");
+    match effect {
+        FaultEffect::TransientError => Stop::Node(NodeError::transient(what)),
+        FaultEffect::PermanentError => Stop::Node(NodeError::permanent(what)),
+        FaultEffect::Panic if point == FaultPoint::InFinish => panic!("{what}"),
+        FaultEffect::Panic => Stop::Node(NodeError::permanent(format!("panic {what}"))),
+        FaultEffect::Crash => Stop::Crash,
+        FaultEffect::Delay { .. } => Stop::Node(NodeError::permanent(format!(
+            "a delay cannot stop a node ({what})"
+        ))),
+    }
 }

@@ -107,7 +107,7 @@ async fn forward<S: SagaDef, N: DbNode<S>>(ctx: &ActionContext<Ratchet<S>>) -> s
                     .commits
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::info!("committed");
-                match run.fault(FaultPoint::AfterCommit) {
+                match run.fault(FaultPoint::AfterCommit).await {
                     Ok(()) => Ok(Arc::new(output)),
                     Err(Stop::Node(error)) => {
                         run.cx.log.unmark_durable(run.node_id, "succeeded");
@@ -128,7 +128,7 @@ async fn attempt_forward<S: SagaDef, N: DbNode<S>>(
     node: &N,
     ctx: &ActionContext<Ratchet<S>>,
 ) -> Result<Forward, Stop> {
-    run.fault(FaultPoint::BeforePrepare)?;
+    run.fault(FaultPoint::BeforePrepare).await?;
     let mut pooled = run.connection().await?;
     let conn: &mut DbConnection = &mut pooled;
     tx::begin(conn).await?;
@@ -197,7 +197,7 @@ async fn forward_in_transaction<S: SagaDef, N: DbNode<S>>(
     <AnsiTransactionManager as TransactionManager<DbConnection>>::rollback_transaction(conn)
         .await?;
     let plan = plan?;
-    run.fault(FaultPoint::AfterPrepare)?;
+    run.fault(FaultPoint::AfterPrepare).await?;
 
     // Commit: fencing first, then the node's writes, the post-commit output, the records.
     let owner = run.cx.log.owner();
@@ -227,7 +227,7 @@ async fn forward_in_transaction<S: SagaDef, N: DbNode<S>>(
         )?,
     ];
     records::insert_events(conn, &events).await?;
-    run.fault(FaultPoint::BeforeCommit)?;
+    run.fault(FaultPoint::BeforeCommit).await?;
     run.alive()?;
     Ok(output_json)
 }
@@ -353,7 +353,7 @@ async fn attempt_compensation<S: SagaDef, N: DbNode<S>>(
         tracing::info!(?mode, "compensated");
     }
     // A failure after the compensation committed is retried: the next attempt finds the record.
-    run.fault(FaultPoint::AfterCompensation)?;
+    run.fault(FaultPoint::AfterCompensation).await?;
     Ok(outcome)
 }
 
@@ -371,7 +371,7 @@ async fn compensation_in_transaction<S: SagaDef, N: DbNode<S>>(
     if records::is_compensated(conn, saga_id, &run.name).await? {
         return Ok(Compensation::AlreadyCompensated);
     }
-    run.fault(FaultPoint::InCompensation)?;
+    run.fault(FaultPoint::InCompensation).await?;
     let receipt = records::commit_receipt(conn, saga_id, &run.name).await?;
     let outcome = match receipt {
         None => Compensation::NothingCommitted,

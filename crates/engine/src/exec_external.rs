@@ -102,7 +102,7 @@ async fn forward<S: SagaDef, N: ExternalNode<S>>(
                 };
             }
         };
-        if let Err(stop) = run.fault(FaultPoint::AfterPrepare) {
+        if let Err(stop) = run.fault(FaultPoint::AfterPrepare).await {
             return match stop {
                 Stop::Node(error) => Err(run.failure("prepare", &error)),
                 stop => run.stop_driving(&stop).await,
@@ -118,6 +118,7 @@ async fn forward<S: SagaDef, N: ExternalNode<S>>(
         let receipt_json = encode("receipt", &receipt).map_err(|e| run.failure("call", &e))?;
         let output = match run
             .fault(FaultPoint::BeforeCommit)
+            .await
             .and_then(|()| finish_guarded(&run, N::finish, receipt))
         {
             Ok(output) => output,
@@ -147,7 +148,7 @@ async fn forward<S: SagaDef, N: ExternalNode<S>>(
             .commits
             .fetch_add(1, Ordering::Relaxed);
         tracing::info!("external call applied and recorded");
-        match run.fault(FaultPoint::AfterCommit) {
+        match run.fault(FaultPoint::AfterCommit).await {
             Ok(()) => Ok(Arc::new(output_json)),
             Err(Stop::Node(error)) => {
                 run.cx.log.unmark_durable(run.node_id, "succeeded");
@@ -165,7 +166,7 @@ async fn prepare<S: SagaDef, N: ExternalNode<S>>(
     node: &N,
     ctx: &ActionContext<Ratchet<S>>,
 ) -> Result<Prepared<N::Plan>, Stop> {
-    run.fault(FaultPoint::BeforePrepare)?;
+    run.fault(FaultPoint::BeforePrepare).await?;
     let mut pooled = run.connection().await?;
     let conn: &mut DbConnection = &mut pooled;
     tx::begin_read_only(conn).await?;
@@ -327,7 +328,7 @@ async fn compensate_once<S: SagaDef, N: ExternalNode<S>>(
         }
         records::commit_receipt(conn, saga_id, &run.name).await?
     };
-    run.fault(FaultPoint::InCompensation)?;
+    run.fault(FaultPoint::InCompensation).await?;
     let had_commit = receipt.is_some();
     let receipt: Option<N::Receipt> = receipt.map(|r| decode("commit record", r)).transpose()?;
     match node.compensate(&external_cx(run), receipt).await {
@@ -374,5 +375,5 @@ async fn compensate_once<S: SagaDef, N: ExternalNode<S>>(
         .compensations
         .fetch_add(1, Ordering::Relaxed);
     tracing::info!(had_commit, "external call compensated by key");
-    run.fault(FaultPoint::AfterCompensation)
+    run.fault(FaultPoint::AfterCompensation).await
 }

@@ -40,6 +40,8 @@ pub enum FaultEffect {
     Panic,
     /// The executor dies as in a power cut: it rolls back what is open and writes nothing more.
     Crash,
+    /// The node pauses for this long, then goes on (a slow node; lets a test kill a process mid-phase).
+    Delay { millis: u64 },
 }
 
 #[derive(Debug)]

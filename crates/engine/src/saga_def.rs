@@ -8,7 +8,7 @@ use ratchet_store::SagaLogHandle;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::any::TypeId;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -84,6 +84,8 @@ pub(crate) enum NodeKind {
 pub struct NodeRegistry<S: SagaDef> {
     pub(crate) actions: steno::ActionRegistry<Ratchet<S>>,
     names: HashMap<&'static str, TypeId>,
+    /// The action names of database nodes: on resume, the engine defers their `started` events by these.
+    pub(crate) db_actions: HashSet<&'static str>,
     pub(crate) duplicate: Option<String>,
 }
 
@@ -92,6 +94,7 @@ impl<S: SagaDef> NodeRegistry<S> {
         NodeRegistry {
             actions: steno::ActionRegistry::new(),
             names: HashMap::new(),
+            db_actions: HashSet::new(),
             duplicate: None,
         }
     }
@@ -112,6 +115,7 @@ impl<S: SagaDef> NodeRegistry<S> {
 
     pub fn db<N: DbNode<S>>(&mut self) -> &mut Self {
         if self.claim::<N>(N::NAME) {
+            self.db_actions.insert(N::NAME);
             self.actions.register(Arc::new(DbAction::<S, N>::new()));
         }
         self

@@ -1,0 +1,25 @@
+// A post-commit phase that asks for the transaction (to re-read after the commit) does not match the trait.
+include!("support/saga.rs");
+
+impl DbNode<Demo> for Step {
+    const NAME: &'static str = "demo.step";
+    type Plan = ();
+    type Receipt = u32;
+    type Output = u32;
+
+    async fn prepare(&self, _: &mut PrepareCx<'_, Demo>) -> Result<(), NodeError> {
+        Ok(())
+    }
+    async fn commit(&self, _: &mut CommitTx<'_>, _: ()) -> Result<u32, NodeError> {
+        Ok(1)
+    }
+    fn finish(receipt: u32, tx: &mut CommitTx<'_>) -> u32 {
+        let _ = tx.conn();
+        receipt
+    }
+    async fn compensate(&self, _: &mut CommitTx<'_>, _: u32) -> Result<(), NodeError> {
+        Ok(())
+    }
+}
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! The Nexus-shaped datastore (skeleton; being built).

@@ -1,0 +1,1 @@
+//! Simulated sled agent and pantry (skeleton; being built).
