@@ -1,1 +1,80 @@
-//! Simulated sled agent and pantry (skeleton; being built).
+//! A simulated sled agent and a simulated storage pantry, for ratchet's Nexus-shaped sagas and its
+//! fault-injection harness.
+//!
+//! # Big theory statement
+//!
+//! A saga node that calls an external service can lose the answer: the service may have applied the request
+//! and the node not know it. This crate makes that situation real, so the engine's handling of it can be
+//! tested: [`SledAgentSim`] and [`PantrySim`] are real HTTP/1.1 servers on `127.0.0.1`, each on an ephemeral
+//! port, each with its own in-memory state, idempotency records and fault knobs. Clients ([`SledAgentClient`],
+//! [`PantryClient`]) talk to them over TCP; nothing is mocked. The HTTP is the crate's own minimal
+//! implementation over tokio (one request per connection, `Content-Length` bodies, JSON), and the server
+//! answers anything it cannot parse with 400 and keeps serving.
+//!
+//! ## Idempotency
+//!
+//! Every mutating request carries an `Idempotency-Key: <uuid>` header; a request without one is refused
+//! (400). A service records, for every key under which it applied a request, a fingerprint of the request
+//! (operation, resource id, canonical JSON body) and the response it gave. Then:
+//!
+//! - the same key with the same request is answered with the recorded response, byte for byte, and is not
+//!   applied again (the `replayed` counter moves, not `applied`);
+//! - the same key with a different request is refused (409);
+//! - a request the service refuses (409: an older VMM generation, a snapshot of a detached disk, ...) leaves
+//!   no record, so a retry under the same key is judged afresh.
+//!
+//! The operations are also idempotent by nature, so that compensation is easy: ensuring a VMM at its current
+//! generation, attaching a disk already attached with the same volume, taking a snapshot id that exists for
+//! the same disk succeed; unregistering an unknown VMM, detaching a detached disk and deleting an unknown
+//! snapshot succeed too (`existed: false`). The engine's idempotency key (saga id + node) is what makes
+//! retrying safe; natural idempotency is what makes an undo by a *new* key safe.
+//!
+//! Lookup, apply and record happen under one lock: concurrent requests with one key apply at most once.
+//!
+//! ## Fault knobs
+//!
+//! Each service has a [`Faults`] handle (thread-safe, settable while the service runs), with knobs global to
+//! the service or scoped to one [`Operation`] via [`Faults::op`]:
+//!
+//! - [`fail_before_apply(n)`](Faults::fail_before_apply): the next `n` matching requests are answered 503
+//!   without being applied or recorded. The caller sees [`CallOutcomeError::Refused`].
+//! - [`drop_response_after_apply(n)`](Faults::drop_response_after_apply): the next `n` matching requests are
+//!   handled as usual (applied and recorded, or replayed, or refused) and then the server closes the
+//!   connection without answering. The caller sees [`CallOutcomeError::Unknown`]; a retry with the same key
+//!   gets the recorded answer.
+//! - [`delay(d)`](Faults::delay): every matching request waits `d` before it is handled, and is then handled
+//!   even if the caller has gone. With `d` longer than the client's timeout the caller sees `Unknown` while
+//!   the request is still applied, later: the most realistic lost answer.
+//! - [`clear()`](Faults::clear): every knob off.
+//!
+//! Counters per operation ([`OpCounters`]: received, failed before apply, applied, replayed, conflicted,
+//! responses dropped) let tests check, for instance, that a retried request was applied once.
+//!
+//! ## What "outcome unknown" means to a caller
+//!
+//! A call ends in `Ok`, in [`CallOutcomeError::Refused`] or in [`CallOutcomeError::Unknown`]. `Refused` is
+//! only ever returned when the service itself answered, with an error document saying `applied: false`: the
+//! request had no effect, and a node may fail without compensating it. `Unknown` covers everything else:
+//! connection refused or reset, the client's timeout (default [`DEFAULT_TIMEOUT`]), the connection closed
+//! without an answer, an answer that does not parse. The request may have been applied, may be applied later
+//! (it may still be waiting out a delay), or may never be. A caller that sees `Unknown` must not treat it as a
+//! failure: it retries with the same idempotency key until the outcome is definite (the retry either applies
+//! the request or returns the recorded answer), or it compensates by key, and only then fails. (Even a refused
+//! connection is reported as `Unknown`: this crate does not try to tell where in the network a request died.)
+
+mod client;
+mod error;
+mod faults;
+mod http;
+mod idempotency;
+mod pantry;
+mod service;
+mod sled_agent;
+
+pub use client::{DEFAULT_TIMEOUT, PantryClient, SledAgentClient};
+pub use error::{CallOutcomeError, SimError};
+pub use faults::{Faults, OpCounters, OpFaults, Operation, UnknownOperation};
+pub use pantry::{
+    Attachment, DiskDetachResponse, PantrySim, PantryState, Snapshot, SnapshotDeleteResponse,
+};
+pub use sled_agent::{SledAgentSim, Vmm, VmmState, VmmUnregisterResponse};

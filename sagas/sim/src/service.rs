@@ -1,0 +1,231 @@
+//! The request pipeline every mutating operation of a simulated service goes through: validation, injected
+//! faults, idempotency, and the state change itself, in that order.
+//!
+//! 1. The `Idempotency-Key` header and the JSON body are validated; a bad one gets 400 (not applied).
+//! 2. The request is counted as received, and delayed if a delay knob is set.
+//! 3. If a "fail before apply" is armed, the answer is 503 (not applied).
+//! 4. Under the service's lock, the key is looked up: a recorded key with the same request is answered from the
+//!    record, a recorded key with a different request gets 409; a new key is applied, and a success is
+//!    recorded under the key together with its response. A semantic refusal gets 409 and is not recorded.
+//! 5. If a "drop response" is armed, the connection is closed without an answer, whatever the answer was.
+//!
+//! Step 4 holds one lock across lookup, apply and record, so two concurrent requests with the same key apply
+//! at most once.
+
+use std::sync::{Mutex, MutexGuard};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::faults::{Faults, Operation, Outcome};
+use crate::http::{Reply, Request, Response};
+use crate::idempotency::{Fingerprint, Ledger, Lookup};
+
+/// The header that carries a mutating request's idempotency key.
+pub(crate) const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
+
+/// A semantic refusal: the request is well-formed but the service will not apply it (409).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Refusal {
+    pub(crate) code: &'static str,
+    pub(crate) message: String,
+}
+
+impl Refusal {
+    pub(crate) fn new(code: &'static str, message: impl Into<String>) -> Refusal {
+        Refusal {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Guarded<S> {
+    state: S,
+    ledger: Ledger,
+}
+
+/// One simulated service: its state, its idempotency records and its faults.
+#[derive(Debug)]
+pub(crate) struct Service<S> {
+    name: &'static str,
+    faults: Faults,
+    guarded: Mutex<Guarded<S>>,
+}
+
+impl<S> Service<S> {
+    pub(crate) fn new(name: &'static str, state: S) -> Service<S> {
+        Service {
+            name,
+            faults: Faults::new(),
+            guarded: Mutex::new(Guarded {
+                state,
+                ledger: Ledger::default(),
+            }),
+        }
+    }
+
+    pub(crate) fn name(&self) -> &'static str {
+        self.name
+    }
+
+    pub(crate) fn faults(&self) -> &Faults {
+        &self.faults
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Guarded<S>> {
+        // State changes are made in one step under the lock, so a poisoned lock still guards consistent state.
+        self.guarded
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Reads the state.
+    pub(crate) fn read<T>(&self, f: impl FnOnce(&S) -> T) -> T {
+        f(&self.lock().state)
+    }
+
+    /// How many idempotency keys are recorded.
+    pub(crate) fn idempotency_records(&self) -> usize {
+        self.lock().ledger.len()
+    }
+
+    /// Runs a mutating request through the pipeline. `apply` gets the state, the request's idempotency key and
+    /// its decoded body.
+    pub(crate) async fn mutate<B, T>(
+        &self,
+        op: Operation,
+        resource: Uuid,
+        request: &Request,
+        apply: impl FnOnce(&mut S, Uuid, B) -> Result<T, Refusal>,
+    ) -> Reply
+    where
+        B: DeserializeOwned,
+        T: Serialize,
+    {
+        let name = self.name;
+        let key = match request.header(IDEMPOTENCY_KEY).map(|k| k.parse::<Uuid>()) {
+            Some(Ok(key)) => key,
+            Some(Err(e)) => {
+                return Reply::Send(Response::error(
+                    400,
+                    "bad_idempotency_key",
+                    format!("{IDEMPOTENCY_KEY}: {e}"),
+                ));
+            }
+            None => {
+                return Reply::Send(Response::error(
+                    400,
+                    "missing_idempotency_key",
+                    format!("{op} requires an {IDEMPOTENCY_KEY} header"),
+                ));
+            }
+        };
+        let body: Value = if request.body.iter().all(u8::is_ascii_whitespace) {
+            Value::Null
+        } else {
+            match serde_json::from_slice(&request.body) {
+                Ok(v) => v,
+                Err(e) => {
+                    return Reply::Send(Response::error(
+                        400,
+                        "bad_body",
+                        format!("body is not JSON: {e}"),
+                    ));
+                }
+            }
+        };
+        let decoded: B = match serde_json::from_value(body.clone()) {
+            Ok(b) => b,
+            Err(e) => {
+                return Reply::Send(Response::error(
+                    400,
+                    "bad_body",
+                    format!("invalid {op} body: {e}"),
+                ));
+            }
+        };
+        let fingerprint = Fingerprint::new(op, resource, &body);
+
+        if let Some(delay) = self.faults.on_received(op) {
+            tracing::info!(service = name, %op, ?delay, "injected fault: delaying request");
+            tokio::time::sleep(delay).await;
+        }
+        if self.faults.take_fail_before_apply(op) {
+            tracing::warn!(service = name, %op, %key, "injected fault: failing before apply");
+            return Reply::Send(Response::error(
+                503,
+                "fail_before_apply",
+                format!("injected fault: {op} failed before applying"),
+            ));
+        }
+
+        let response = {
+            let mut guarded = self.lock();
+            match guarded.ledger.lookup(key, &fingerprint) {
+                Lookup::Replay(response) => {
+                    tracing::info!(service = name, %op, %key, "replaying recorded response");
+                    self.faults.record(op, Outcome::Replayed);
+                    response
+                }
+                Lookup::Conflict => {
+                    tracing::warn!(service = name, %op, %key, "idempotency key reused for a different request");
+                    self.faults.record(op, Outcome::Conflicted);
+                    Response::error(
+                        409,
+                        "idempotency_key_reused",
+                        format!("idempotency key {key} was already used for a different request"),
+                    )
+                }
+                Lookup::New => match apply(&mut guarded.state, key, decoded) {
+                    Ok(result) => {
+                        let response = Response::json(&result);
+                        tracing::info!(service = name, %op, %key, %resource, "applied");
+                        guarded.ledger.record(key, fingerprint, response.clone());
+                        self.faults.record(op, Outcome::Applied);
+                        response
+                    }
+                    Err(refusal) => {
+                        tracing::info!(service = name, %op, %key, code = refusal.code, "refused");
+                        self.faults.record(op, Outcome::Conflicted);
+                        Response::error(409, refusal.code, refusal.message)
+                    }
+                },
+            }
+        };
+
+        if self.faults.take_drop_response(op) {
+            tracing::warn!(service = name, %op, %key, status = response.status, "injected fault: dropping response");
+            return Reply::Drop;
+        }
+        Reply::Send(response)
+    }
+}
+
+/// Parses a path segment as a resource id; a bad one is answered 400.
+pub(crate) fn parse_id(segment: &str) -> Result<Uuid, Response> {
+    segment
+        .parse()
+        .map_err(|e| Response::error(400, "bad_id", format!("invalid id {segment:?}: {e}")))
+}
+
+/// The answer to a method a path does not support.
+pub(crate) fn method_not_allowed(request: &Request) -> Reply {
+    Reply::Send(Response::error(
+        405,
+        "method_not_allowed",
+        format!("{} is not allowed on {}", request.method, request.path),
+    ))
+}
+
+/// The answer to a path that does not exist.
+pub(crate) fn not_found(request: &Request) -> Reply {
+    Reply::Send(Response::error(
+        404,
+        "not_found",
+        format!("no such resource: {}", request.path),
+    ))
+}
