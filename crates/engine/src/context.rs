@@ -102,6 +102,13 @@ impl<S: SagaDef> ExternalCx<'_, S> {
         derived_id(self.saga_id, self.node_name, "idempotency-key")
     }
 
+    /// The key a compensation's call deduplicates on: distinct from the forward call's (a service that
+    /// remembers a key with its request would refuse a different request under the same key), and the same
+    /// on every attempt.
+    pub fn compensation_key(&self) -> Uuid {
+        derived_id(self.saga_id, self.node_name, "compensation-key")
+    }
+
     pub fn params(&self) -> &S::Params {
         self.params
     }

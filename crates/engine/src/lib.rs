@@ -160,6 +160,8 @@ pub use engine::{
 pub use error::{EngineError, NodeError, NodeFailure};
 pub use failpoint::{Failpoints, FaultEffect, FaultPoint};
 pub use node::{CallError, DbNode, ExternalNode, NodeOutput, NodeReceipt};
-pub use saga_def::{NodeRegistry, Ratchet, SagaBuilder, SagaDef, Stage};
+pub use saga_def::{
+    NodeRegistry, Ratchet, SagaBuilder, SagaCx, SagaDef, Stage, steno_action_params,
+};
 
 pub use ratchet_store as store;

@@ -78,6 +78,8 @@ pub(crate) enum NodeKind {
     Db,
     External,
     Constant,
+    /// A plain steno action, with none of ratchet's guarantees (comparison fixtures only).
+    Steno,
 }
 
 /// The node types of one saga definition, as steno actions.
@@ -128,6 +130,46 @@ impl<S: SagaDef> NodeRegistry<S> {
         }
         self
     }
+
+    /// A plain steno action, registered as is. It gets none of ratchet's guarantees (no commit record, no
+    /// compensation after a failure, no read-only prepare): this exists so that a fixture written the pre-
+    /// ratchet way (the `legacy` disk-attach) can run inside a ratchet saga, next to the fixed version.
+    /// `name` must be the action's own name (what it was made with).
+    pub fn steno_action(
+        &mut self,
+        name: &'static str,
+        action: Arc<dyn steno::Action<Ratchet<S>>>,
+    ) -> &mut Self {
+        if self.claim::<Arc<dyn steno::Action<Ratchet<S>>>>(name) {
+            self.actions.register(action);
+        }
+        self
+    }
+}
+
+impl<S: SagaDef> SagaCx<S> {
+    /// The saga's id.
+    pub fn saga_id(&self) -> Uuid {
+        self.saga_id
+    }
+
+    /// The engine's connection pool: for plain steno actions ([`NodeRegistry::steno_action`]) only, which
+    /// manage their own connections and transactions the way code did before ratchet.
+    pub fn pool(&self) -> &ratchet_store::DbPool {
+        &self.shared.pool
+    }
+
+    /// The application context the saga was registered with.
+    pub fn context(&self) -> &S::Context {
+        &self.app
+    }
+}
+
+/// The saga's parameters, for a plain steno action.
+pub fn steno_action_params<S: SagaDef>(
+    ctx: &steno::ActionContext<Ratchet<S>>,
+) -> Result<S::Params, steno::ActionError> {
+    Ok(ctx.saga_params::<Envelope<S::Params>>()?.params)
 }
 
 /// A built DAG, every node's arguments, and every node's kind.
@@ -169,6 +211,19 @@ impl<S: SagaDef> Stage<'_, S> {
         {
             self.nodes.push(n);
         }
+        self
+    }
+
+    /// A plain steno action node (see [`NodeRegistry::steno_action`]); register the same action there.
+    pub fn steno_action(
+        &mut self,
+        name: &str,
+        action: &dyn steno::Action<Ratchet<S>>,
+    ) -> &mut Self {
+        let node = self
+            .builder
+            .planned(name, &serde_json::Value::Null, NodeKind::Steno, action);
+        self.nodes.extend(node);
         self
     }
 
