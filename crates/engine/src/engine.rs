@@ -253,9 +253,26 @@ pub struct PreparedSaga {
     future: futures::future::BoxFuture<'static, steno::SagaResult>,
     log: ratchet_store::SagaLogHandle,
     dag: Arc<SagaDag>,
+    kinds: BTreeMap<String, NodeKind>,
 }
 
 impl PreparedSaga {
+    /// The saga's nodes in DAG order (steno's node order: insertion order), with their kinds; the start and
+    /// end nodes are left out.
+    pub fn nodes(&self) -> Vec<(String, NodeKind)> {
+        let mut nodes: Vec<(u32, String, NodeKind)> = self
+            .dag
+            .get_nodes()
+            .filter_map(|node| {
+                let name = node.name().as_ref().to_owned();
+                let kind = *self.kinds.get(&name)?;
+                Some((node.index().index() as u32, name, kind))
+            })
+            .collect();
+        nodes.sort_by_key(|(index, _, _)| *index);
+        nodes.into_iter().map(|(_, name, kind)| (name, kind)).collect()
+    }
+
     /// steno's node index of `node` (for `saga_inject_*`).
     pub fn node_index(&self, node: &str) -> Result<steno::SagaNodeId, EngineError> {
         let index = self
@@ -389,6 +406,7 @@ impl Engine {
             future,
             log,
             dag,
+            kinds,
         })
     }
 

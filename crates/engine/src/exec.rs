@@ -106,6 +106,11 @@ impl<'a, S: SagaDef> NodeRun<'a, S> {
                 tokio::time::sleep(std::time::Duration::from_millis(millis)).await;
                 Ok(())
             }
+            Some(FaultEffect::ExhaustPool { millis }) => {
+                tracing::info!(node = %self.name, ?point, millis, "fault point reached: exhausting the pool");
+                exhaust_pool(&self.cx.shared.pool, millis).await;
+                Ok(())
+            }
             Some(effect) => Err(stop_for(effect, point)),
             None => Ok(()),
         }
@@ -114,7 +119,7 @@ impl<'a, S: SagaDef> NodeRun<'a, S> {
     /// [`NodeRun::fault`] for the synchronous post-commit phase, where a delay has no meaning (it is ignored).
     pub(crate) fn fault_in_finish(&self) -> Result<(), Stop> {
         match self.armed_fault(FaultPoint::InFinish) {
-            Some(FaultEffect::Delay { .. }) | None => Ok(()),
+            Some(FaultEffect::Delay { .. } | FaultEffect::ExhaustPool { .. }) | None => Ok(()),
             Some(effect) => Err(stop_for(effect, FaultPoint::InFinish)),
         }
     }
@@ -249,8 +254,24 @@ fn stop_for(effect: FaultEffect, point: FaultPoint) -> Stop {
         FaultEffect::Panic if point == FaultPoint::InFinish => panic!("{what}"),
         FaultEffect::Panic => Stop::Node(NodeError::permanent(format!("panic {what}"))),
         FaultEffect::Crash => Stop::Crash,
-        FaultEffect::Delay { .. } => Stop::Node(NodeError::permanent(format!(
-            "a delay cannot stop a node ({what})"
-        ))),
+        FaultEffect::Delay { .. } | FaultEffect::ExhaustPool { .. } => Stop::Node(
+            NodeError::permanent(format!("a delay cannot stop a node ({what})")),
+        ),
     }
+}
+
+/// Takes every connection of `pool` (up to its configured size, waiting for busy ones up to the checkout
+/// timeout) and holds them for `millis` in the background; returns once they are taken.
+async fn exhaust_pool(pool: &ratchet_store::DbPool, millis: u64) {
+    let mut held = Vec::new();
+    for _ in 0..pool.config().max_size {
+        match pool.get_owned().await {
+            Ok(conn) => held.push(conn),
+            Err(_) => break,
+        }
+    }
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(millis)).await;
+        drop(held);
+    });
 }

@@ -42,6 +42,9 @@ pub enum FaultEffect {
     Crash,
     /// The node pauses for this long, then goes on (a slow node; lets a test kill a process mid-phase).
     Delay { millis: u64 },
+    /// Every connection of the engine's pool is taken and held for this long, from this point: the node's
+    /// own checkouts then wait or time out (transient errors) as under pool exhaustion.
+    ExhaustPool { millis: u64 },
 }
 
 #[derive(Debug)]

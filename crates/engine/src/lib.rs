@@ -161,7 +161,7 @@ pub use error::{EngineError, NodeError, NodeFailure};
 pub use failpoint::{Failpoints, FaultEffect, FaultPoint};
 pub use node::{CallError, DbNode, ExternalNode, NodeOutput, NodeReceipt};
 pub use saga_def::{
-    NodeRegistry, Ratchet, SagaBuilder, SagaCx, SagaDef, Stage, steno_action_params,
+    NodeKind, NodeRegistry, Ratchet, SagaBuilder, SagaCx, SagaDef, Stage, steno_action_params,
 };
 
 pub use ratchet_store as store;

@@ -73,8 +73,9 @@ pub(crate) struct Envelope<P> {
 }
 
 /// What kind of node a DAG node is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum NodeKind {
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeKind {
     Db,
     External,
     Constant,
