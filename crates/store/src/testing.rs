@@ -23,37 +23,26 @@ pub struct TestDatabase {
     pub name: String,
 }
 
-/// Creates a fresh database holding the saga log's schema plus `extra` migration sets (a datastore's own).
+/// Creates a fresh database holding the saga log's schema plus `extra` migration sets (a datastore's own), on
+/// the test server.
 pub async fn fresh_database(
     extra: &[&'static EmbeddedMigrations],
 ) -> Result<TestDatabase, DbError> {
-    let server = TestServer::get().await?;
-    let mut sets = vec![&pool::SAGA_LOG_MIGRATIONS];
-    sets.extend_from_slice(extra);
-    let template = ensure_template(&server, &sets).await?;
-    let name = format!("ratchet_test_{}", uuid::Uuid::new_v4().simple());
-    let mut admin = pool::establish(&server.url("postgres")).await?;
-    diesel::sql_query(format!(
-        "CREATE DATABASE \"{name}\" TEMPLATE \"{template}\""
-    ))
-    .execute(&mut admin)
-    .await?;
-    Ok(TestDatabase {
-        url: server.url(&name),
-        name,
-    })
+    DatabaseServer::for_tests().await?.fresh_database(extra).await
 }
 
-/// Where the test server is.
-enum TestServer {
+/// A server fresh databases are made on: an embedded cluster, or an external server's URL.
+#[derive(Clone, Debug)]
+pub enum DatabaseServer {
     Embedded(Cluster),
     External(String),
 }
 
-impl TestServer {
-    async fn get() -> Result<TestServer, DbError> {
+impl DatabaseServer {
+    /// The test suite's server: `DATABASE_URL`'s, or the shared embedded test cluster, started if need be.
+    pub async fn for_tests() -> Result<DatabaseServer, DbError> {
         if let Ok(url) = std::env::var("DATABASE_URL") {
-            return Ok(TestServer::External(url));
+            return Ok(DatabaseServer::External(url));
         }
         let dir = std::env::var_os("RATCHET_TEST_PG_DIR")
             .map(PathBuf::from)
@@ -70,15 +59,52 @@ impl TestServer {
         })
         .await
         .map_err(|e| DbError::Pool(format!("starting the test server: {e}")))??;
-        Ok(TestServer::Embedded(cluster))
+        Ok(DatabaseServer::Embedded(cluster))
     }
 
     /// The URL of database `dbname` on this server.
-    fn url(&self, dbname: &str) -> String {
+    pub fn url(&self, dbname: &str) -> String {
         match self {
-            TestServer::Embedded(cluster) => cluster.url(dbname),
-            TestServer::External(url) => replace_database(url, dbname),
+            DatabaseServer::Embedded(cluster) => cluster.url(dbname),
+            DatabaseServer::External(url) => replace_database(url, dbname),
         }
+    }
+
+    /// Creates a fresh database holding the saga log's schema plus `extra` migration sets, cloned from a
+    /// migrated template (made once per set of migrations).
+    pub async fn fresh_database(
+        &self,
+        extra: &[&'static EmbeddedMigrations],
+    ) -> Result<TestDatabase, DbError> {
+        let mut sets = vec![&pool::SAGA_LOG_MIGRATIONS];
+        sets.extend_from_slice(extra);
+        let template = ensure_template(self, &sets).await?;
+        let name = format!("ratchet_test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = pool::establish(&self.url("postgres")).await?;
+        diesel::sql_query(format!(
+            "CREATE DATABASE \"{name}\" TEMPLATE \"{template}\""
+        ))
+        .execute(&mut admin)
+        .await?;
+        Ok(TestDatabase {
+            url: self.url(&name),
+            name,
+        })
+    }
+
+    /// Drops a database made by [`DatabaseServer::fresh_database`], closing what is still connected to it.
+    ///
+    /// `WITH (FORCE)` is PostgreSQL 13+ only (CockroachDB has no such clause): test and harness tooling only,
+    /// never on a saga's path.
+    pub async fn drop_database(&self, database: &TestDatabase) -> Result<(), DbError> {
+        let mut admin = pool::establish(&self.url("postgres")).await?;
+        diesel::sql_query(format!(
+            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+            database.name
+        ))
+        .execute(&mut admin)
+        .await?;
+        Ok(())
     }
 }
 
@@ -105,7 +131,7 @@ fn replace_database(url: &str, dbname: &str) -> String {
 // TODO-robustness A migration edited in place (same name, new SQL) reuses a stale template on a long-lived
 // test server; stop the server (`ratchet db stop` for the CLI's, or remove the test cluster) after doing so.
 async fn ensure_template(
-    server: &TestServer,
+    server: &DatabaseServer,
     sets: &[&'static EmbeddedMigrations],
 ) -> Result<String, DbError> {
     let mut names = Vec::new();
