@@ -1,65 +1,30 @@
-//! The engine: one steno SEC, the registered saga definitions, running new sagas and recovering old ones.
+//! The engine: steno SECs, the registered saga definitions, running new sagas and recovering old ones.
+//!
+//! Operator actions (adoption, retry-unwind, abandonment) are in `operate.rs`; shutdown in `shutdown.rs`;
+//! counters and recent outcomes in `observe.rs`.
 
 use crate::error::EngineError;
 use crate::failpoint::Failpoints;
+use crate::observe::{Counters, RecentOutcome, RecentOutcomes};
 use crate::saga_def::{Envelope, NodeKind, NodeRegistry, Ratchet, SagaBuilder, SagaCx, SagaDef};
-use ratchet_store::saga::{list_unfinished, load_logs, mark_abandoned};
+use crate::shutdown::{ShutdownState, panic_message, steno_call};
+use futures::FutureExt;
+use ratchet_store::ops::{abandon_saga, dag_action_names};
+use ratchet_store::saga::{list_unfinished, load_logs};
 use ratchet_store::{
-    DbPool, Liveness, PgSecStore, PoolConfig, RetryPolicy, SagaOwner, SagaRegistration, SagaRow,
-    connect_pool, run_migrations,
+    DbError, DbPool, Liveness, PgSecStore, PoolConfig, RetryPolicy, SagaLogHandle, SagaOwner,
+    SagaRegistration, SagaRow, connect_pool, retry_transient, run_migrations,
 };
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 use steno::{SagaDag, SagaId, SagaResultErr};
 use uuid::Uuid;
 
-/// Counters a support engineer reads first.
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub started: AtomicU64,
-    pub succeeded: AtomicU64,
-    pub unwound: AtomicU64,
-    pub stuck: AtomicU64,
-    pub abandoned: AtomicU64,
-    pub commits: AtomicU64,
-    pub compensations: AtomicU64,
-    pub retries: AtomicU64,
-    pub fenced: AtomicU64,
-}
-
-/// A point-in-time copy of [`Counters`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct CounterValues {
-    pub started: u64,
-    pub succeeded: u64,
-    pub unwound: u64,
-    pub stuck: u64,
-    pub abandoned: u64,
-    pub commits: u64,
-    pub compensations: u64,
-    pub retries: u64,
-    pub fenced: u64,
-}
-
-impl Counters {
-    /// The counters' current values.
-    pub fn snapshot(&self) -> CounterValues {
-        let get = |counter: &AtomicU64| AtomicU64::load(counter, Ordering::Relaxed);
-        CounterValues {
-            started: get(&self.started),
-            succeeded: get(&self.succeeded),
-            unwound: get(&self.unwound),
-            stuck: get(&self.stuck),
-            abandoned: get(&self.abandoned),
-            commits: get(&self.commits),
-            compensations: get(&self.compensations),
-            retries: get(&self.retries),
-            fenced: get(&self.fenced),
-        }
-    }
-}
+/// How many sagas recovery and adoption take (and load the logs of) per query.
+pub(crate) const BATCH: usize = 1000;
 
 /// What every action of every saga of one engine shares.
 #[derive(Debug)]
@@ -70,6 +35,8 @@ pub(crate) struct EngineShared {
     pub(crate) counters: Counters,
     pub(crate) forward_retry: RetryPolicy,
     pub(crate) compensation_retry: RetryPolicy,
+    pub(crate) shutdown: ShutdownState,
+    pub(crate) recent: RecentOutcomes,
 }
 
 /// How to start an engine.
@@ -107,7 +74,7 @@ impl EngineConfig {
     }
 }
 
-/// How a saga came to rest.
+/// How a saga came to rest, or why this engine stopped driving it.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 #[serde(rename_all = "snake_case", tag = "outcome")]
 pub enum SagaOutcome {
@@ -122,8 +89,14 @@ pub enum SagaOutcome {
         undo_node: String,
         undo_error: String,
     },
-    /// Another executor adopted the saga; this one stopped driving it.
+    /// The saga was abandoned (by recovery, which could not resume it, or by an operator), its rows left as
+    /// they were.
+    Abandoned { reason: String },
+    /// Another executor adopted the saga (or an operator abandoned it); this one stopped driving it.
     Fenced,
+    /// This engine shut down (or lost steno's executor) before the saga came to rest: it stays unfinished in
+    /// the database, and the next engine with this executor id recovers it.
+    Interrupted { reason: String },
 }
 
 type Resumer = Arc<
@@ -136,17 +109,76 @@ type Resumer = Arc<
         + Sync,
 >;
 
+/// One steno SEC and the saga log store it writes through.
+///
+/// An engine has one, plus one more for each saga it re-drives that its first SEC already ran (steno keeps every
+/// saga it ran in memory and refuses to resume an id it holds). Each has its own store, so that a stale
+/// execution parked in one SEC can never write through the registration of a newer one.
+pub(crate) struct Sec {
+    client: Mutex<Option<Arc<steno::SecClient>>>,
+    pub(crate) store: Arc<PgSecStore>,
+    /// Sagas started in this SEC whose steno future has not resolved (running, or parked for good).
+    pub(crate) unresolved: AtomicUsize,
+}
+
+impl Sec {
+    fn start(shared: &EngineShared, sec_id: Uuid) -> Arc<Sec> {
+        let store = Arc::new(PgSecStore::new(
+            shared.pool.clone(),
+            sec_id,
+            Arc::clone(&shared.liveness),
+            Arc::clone(&shared.counters.fenced),
+        ));
+        let log = slog::Logger::root(crate::slog_bridge::TracingDrain, slog::o!());
+        let client = steno::sec(log, Arc::clone(&store) as Arc<dyn steno::SecStore>);
+        Arc::new(Sec {
+            client: Mutex::new(Some(Arc::new(client))),
+            store,
+            unresolved: AtomicUsize::new(0),
+        })
+    }
+
+    /// The client, unless the engine shut down.
+    pub(crate) fn client(&self) -> Result<Arc<steno::SecClient>, EngineError> {
+        lock(&self.client).clone().ok_or(EngineError::ShuttingDown)
+    }
+
+    /// Calls steno through this SEC's client: `ShuttingDown` once the engine took the client out, `SecGone` if
+    /// steno panics (its channel to the SEC task is closed), `Steno` for steno's own refusals.
+    pub(crate) async fn call<T, F, Fut>(&self, what: &str, call: F) -> Result<T, EngineError>
+    where
+        F: FnOnce(Arc<steno::SecClient>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, anyhow::Error>>,
+    {
+        let client = self.client()?;
+        steno_call(what, call(client))
+            .await?
+            .map_err(|e| EngineError::Steno(format!("{e:#}")))
+    }
+
+    /// Takes the client out for shutdown: later calls fail with `ShuttingDown` without reaching steno.
+    pub(crate) fn take_client(&self) -> Option<Arc<steno::SecClient>> {
+        lock(&self.client).take()
+    }
+}
+
+/// Locks a mutex, recovering from poisoning: every critical section here is one insert, removal or clone.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// A ratchet engine.
 #[derive(Clone)]
 pub struct Engine {
-    shared: Arc<EngineShared>,
-    store: Arc<PgSecStore>,
-    sec: Arc<steno::SecClient>,
-    sec_id: Uuid,
-    resumers: Arc<HashMap<&'static str, Resumer>>,
+    pub(crate) shared: Arc<EngineShared>,
+    pub(crate) sec: Arc<Sec>,
+    pub(crate) extra_secs: Arc<Mutex<Vec<Arc<Sec>>>>,
+    pub(crate) sec_id: Uuid,
+    pub(crate) resumers: Arc<HashMap<&'static str, Resumer>>,
     registries: Arc<HashMap<&'static str, Arc<dyn std::any::Any + Send + Sync>>>,
-    running:
-        Arc<std::sync::Mutex<HashMap<Uuid, tokio::sync::watch::Receiver<Option<SagaOutcome>>>>>,
+    running: Arc<Mutex<HashMap<Uuid, tokio::sync::watch::Receiver<Option<SagaOutcome>>>>>,
+    /// Sagas started in steno by this engine and not yet at rest, by id: their definition's name.
+    pub(crate) live: Arc<Mutex<BTreeMap<Uuid, &'static str>>>,
 }
 
 /// Collects the saga definitions an engine runs, then starts it.
@@ -159,14 +191,17 @@ pub struct EngineBuilder {
 
 struct Registered<S: SagaDef> {
     registry: Arc<steno::ActionRegistry<Ratchet<S>>>,
+    /// Every action name the definition registers.
+    actions: HashSet<&'static str>,
     db_actions: HashSet<&'static str>,
     app: Arc<S::Context>,
 }
 
-/// What startup recovery did.
+/// What recovery (or the resuming half of an adoption) did.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct RecoveryReport {
     pub resumed: Vec<Uuid>,
+    /// Sagas that could not be resumed, marked `abandoned`, with the reason.
     pub abandoned: Vec<(Uuid, String)>,
 }
 
@@ -190,6 +225,7 @@ impl EngineBuilder {
         }
         let registered = Arc::new(Registered::<S> {
             registry: Arc::new(registry.actions),
+            actions: registry.names.keys().copied().collect(),
             db_actions: registry.db_actions,
             app,
         });
@@ -216,29 +252,24 @@ impl EngineBuilder {
         )
         .await?;
         let pool = connect_pool(&self.config.database_url, &self.config.pool).await?;
-        let liveness = Arc::new(Liveness::default());
-        let store = Arc::new(PgSecStore::new(
-            pool.clone(),
-            self.config.sec_id,
-            Arc::clone(&liveness),
-        ));
-        let log = slog::Logger::root(crate::slog_bridge::TracingDrain, slog::o!());
-        let sec = steno::sec(log, Arc::clone(&store) as Arc<dyn steno::SecStore>);
         let shared = Arc::new(EngineShared {
             pool,
             failpoints: Failpoints::default(),
-            liveness,
+            liveness: Arc::new(Liveness::default()),
             counters: Counters::default(),
             forward_retry: self.config.forward_retry,
             compensation_retry: self.config.compensation_retry,
+            shutdown: ShutdownState::default(),
+            recent: RecentOutcomes::default(),
         });
         let engine = Engine {
+            sec: Sec::start(&shared, self.config.sec_id),
             shared,
-            store,
-            sec: Arc::new(sec),
+            extra_secs: Arc::default(),
             sec_id: self.config.sec_id,
             resumers: Arc::new(self.resumers),
             running: Arc::default(),
+            live: Arc::default(),
             registries: Arc::new(self.registries.into_iter().collect()),
         };
         let report = engine.recover().await?;
@@ -246,12 +277,21 @@ impl EngineBuilder {
     }
 }
 
+/// What the engine needs to bring one started saga to rest.
+pub(crate) struct Tracked {
+    id: Uuid,
+    name: &'static str,
+    started: Instant,
+    sec: Arc<Sec>,
+    log: SagaLogHandle,
+}
+
 /// A saga created (durably) but not yet started: arm failpoints or steno injections, then run it.
 pub struct PreparedSaga {
     engine: Engine,
     pub id: Uuid,
     future: futures::future::BoxFuture<'static, steno::SagaResult>,
-    log: ratchet_store::SagaLogHandle,
+    tracked: Tracked,
     dag: Arc<SagaDag>,
     kinds: BTreeMap<String, NodeKind>,
 }
@@ -270,7 +310,10 @@ impl PreparedSaga {
             })
             .collect();
         nodes.sort_by_key(|(index, _, _)| *index);
-        nodes.into_iter().map(|(_, name, kind)| (name, kind)).collect()
+        nodes
+            .into_iter()
+            .map(|(_, name, kind)| (name, kind))
+            .collect()
     }
 
     /// steno's node index of `node` (for `saga_inject_*`).
@@ -288,11 +331,13 @@ impl PreparedSaga {
             .dag
             .get_index(node)
             .map_err(|e| EngineError::Steno(e.to_string()))?;
-        self.engine
+        let id = steno_id(self.id);
+        self.tracked
             .sec
-            .saga_inject_error(steno_id(self.id), index)
+            .call("saga_inject_error", |sec| async move {
+                sec.saga_inject_error(id, index).await
+            })
             .await
-            .map_err(|e| EngineError::Steno(e.to_string()))
     }
 
     /// Runs `node`'s action `action` times and its undo `undo` times (steno's repeat injection).
@@ -310,27 +355,26 @@ impl PreparedSaga {
             action: std::num::NonZeroU32::new(action.max(1)).unwrap_or(std::num::NonZeroU32::MIN),
             undo: std::num::NonZeroU32::new(undo.max(1)).unwrap_or(std::num::NonZeroU32::MIN),
         };
-        self.engine
+        let id = steno_id(self.id);
+        self.tracked
             .sec
-            .saga_inject_repeat(steno_id(self.id), index, repeat)
+            .call("saga_inject_repeat", |sec| async move {
+                sec.saga_inject_repeat(id, index, repeat).await
+            })
             .await
-            .map_err(|e| EngineError::Steno(e.to_string()))
     }
 
-    /// Starts the saga and waits for it to come to rest.
+    /// Starts the saga and waits for it to come to rest. Refused once the engine is shutting down (the saga
+    /// stays `running` in the database, for recovery).
     pub async fn run(self) -> Result<SagaOutcome, EngineError> {
-        let engine = self.engine.clone();
-        let id = self.id;
-        engine
-            .sec
-            .saga_start(steno_id(id))
-            .await
-            .map_err(|e| EngineError::Steno(e.to_string()))?;
-        Ok(engine.finish(id, self.future, self.log).await)
+        let engine = self.engine;
+        engine.refuse_if_shutting_down()?;
+        engine.start_in_steno(&self.tracked).await?;
+        Ok(engine.finish(self.tracked, self.future).await)
     }
 }
 
-fn steno_id(id: Uuid) -> SagaId {
+pub(crate) fn steno_id(id: Uuid) -> SagaId {
     newtype_uuid::GenericUuid::from_untyped_uuid(id)
 }
 
@@ -351,14 +395,34 @@ impl Engine {
         &self.shared.counters
     }
 
+    /// The last [`crate::RECENT_OUTCOMES`] sagas that came to rest in this engine (or that it stopped
+    /// driving, or abandoned), oldest first.
+    pub fn recent_outcomes(&self) -> Vec<RecentOutcome> {
+        self.shared.recent.snapshot()
+    }
+
     /// Whether this engine has "crashed" (a `Crash` fault fired): it writes nothing more.
     pub fn is_crashed(&self) -> bool {
         self.shared.liveness.is_dead()
     }
 
+    /// Whether [`Engine::shutdown`] has been called.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shared.shutdown.is_requested()
+    }
+
+    pub(crate) fn refuse_if_shutting_down(&self) -> Result<(), EngineError> {
+        if self.is_shutting_down() {
+            Err(EngineError::ShuttingDown)
+        } else {
+            Ok(())
+        }
+    }
+
     /// Creates saga `S` with `params`: builds its DAG and records it durably. Nothing runs until
-    /// [`PreparedSaga::run`].
+    /// [`PreparedSaga::run`]. Refused once the engine is shutting down.
     pub async fn create<S: SagaDef>(&self, params: S::Params) -> Result<PreparedSaga, EngineError> {
+        self.refuse_if_shutting_down()?;
         let registered = self.registered::<S>()?;
         let mut builder = SagaBuilder::<S>::new();
         S::build(&params, &mut builder).map_err(|message| EngineError::BadParams {
@@ -384,27 +448,42 @@ impl Engine {
             sec_id: self.sec_id,
             generation: 1,
         };
-        let (cx, log) = self.saga_cx::<S>(&registered, id, owner, &dag, &kinds);
-        let future = self
-            .sec
-            .saga_create(
-                steno_id(id),
-                Arc::new(cx),
-                Arc::clone(&dag),
-                Arc::clone(&registered.registry),
-            )
-            .await
-            .map_err(|e| {
-                self.store.unregister(steno_id(id));
-                EngineError::Steno(format!("{e:#}"))
-            })?;
+        let sec = Arc::clone(&self.sec);
+        let (cx, log) = self.saga_cx::<S>(&registered, &sec, id, owner, &dag, &kinds);
+        let dag_for_steno = Arc::clone(&dag);
+        let created = sec
+            .call("saga_create", |client| async move {
+                client
+                    .saga_create(
+                        steno_id(id),
+                        Arc::new(cx),
+                        Arc::clone(&dag_for_steno),
+                        Arc::clone(&registered.registry),
+                    )
+                    .await
+            })
+            .await;
+        let future = created.map_err(|error| {
+            sec.store.unregister(steno_id(id));
+            if self.is_shutting_down() {
+                EngineError::ShuttingDown
+            } else {
+                error
+            }
+        })?;
         self.shared.counters.started.fetch_add(1, Ordering::Relaxed);
         tracing::info!(saga_id = %id, saga = S::NAME, "saga created");
         Ok(PreparedSaga {
             engine: self.clone(),
             id,
             future,
-            log,
+            tracked: Tracked {
+                id,
+                name: S::NAME,
+                started: Instant::now(),
+                sec,
+                log,
+            },
             dag,
             kinds,
         })
@@ -420,14 +499,10 @@ impl Engine {
         Ok((id, saga.run().await?))
     }
 
-    /// Waits for a saga this engine resumed (or runs) to come to rest; `None` if it is not running here.
+    /// Waits for a saga this engine resumed (recovery, adoption, retry-unwind) to come to rest; `None` if it
+    /// did not resume it.
     pub async fn wait(&self, id: Uuid) -> Option<SagaOutcome> {
-        let mut receiver = self
-            .running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&id)
-            .cloned()?;
+        let mut receiver = lock(&self.running).get(&id).cloned()?;
         receiver
             .wait_for(|o| o.is_some())
             .await
@@ -442,15 +517,16 @@ impl Engine {
             .ok_or_else(|| EngineError::UnknownSaga(S::NAME.to_owned()))
     }
 
-    /// The per-saga context and its registration with the store.
+    /// The per-saga context and its registration with `sec`'s store.
     fn saga_cx<S: SagaDef>(
         &self,
         registered: &Registered<S>,
+        sec: &Sec,
         id: Uuid,
         owner: SagaOwner,
         dag: &SagaDag,
         kinds: &BTreeMap<String, NodeKind>,
-    ) -> (SagaCx<S>, ratchet_store::SagaLogHandle) {
+    ) -> (SagaCx<S>, SagaLogHandle) {
         let mut node_ids = BTreeMap::new();
         let mut deferred = HashSet::new();
         let mut names = BTreeMap::new();
@@ -463,7 +539,7 @@ impl Engine {
             names.insert(index, name.clone());
             node_ids.insert(name, index);
         }
-        let log = self.store.register(
+        let log = sec.store.register(
             steno_id(id),
             SagaRegistration {
                 owner,
@@ -482,91 +558,217 @@ impl Engine {
         (cx, log)
     }
 
-    /// Waits for steno's result (or a fence, or a crash) and turns it into an outcome.
+    /// Tells steno to start a created or resumed saga.
+    async fn start_in_steno(&self, tracked: &Tracked) -> Result<(), EngineError> {
+        let id = steno_id(tracked.id);
+        let started = tracked
+            .sec
+            .call(
+                "saga_start",
+                |client| async move { client.saga_start(id).await },
+            )
+            .await;
+        if let Err(error) = started {
+            tracked.sec.store.unregister(steno_id(tracked.id));
+            return Err(error);
+        }
+        tracked.sec.unresolved.fetch_add(1, Ordering::SeqCst);
+        lock(&self.live).insert(tracked.id, tracked.name);
+        Ok(())
+    }
+
+    /// Waits for steno's result (or a fence, or the engine's shutdown) and turns it into an outcome.
     async fn finish(
         &self,
-        id: Uuid,
+        tracked: Tracked,
         future: futures::future::BoxFuture<'static, steno::SagaResult>,
-        log: ratchet_store::SagaLogHandle,
     ) -> SagaOutcome {
+        let Tracked {
+            id,
+            name,
+            started,
+            sec,
+            log,
+        } = tracked;
         let fence = Arc::clone(log.fence());
-        let outcome = tokio::select! {
-            result = future => outcome_of(result),
-            () = fence.raised() => {
-                self.shared.counters.fenced.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(saga_id = %id, "fenced out: stopped driving the saga");
-                SagaOutcome::Fenced
+        let mut outcome = tokio::select! {
+            biased;
+            result = AssertUnwindSafe(future).catch_unwind() => {
+                sec.unresolved.fetch_sub(1, Ordering::SeqCst);
+                match result {
+                    Ok(result) => outcome_of(result),
+                    Err(panic) => {
+                        let reason = format!(
+                            "steno's executor dropped the saga ({}); it stays unfinished in the database",
+                            panic_message(panic.as_ref())
+                        );
+                        tracing::error!(saga_id = %id, %reason, "saga interrupted");
+                        SagaOutcome::Interrupted { reason }
+                    }
+                }
             }
+            () = fence.raised() => SagaOutcome::Fenced,
+            () = self.shared.shutdown.stopped() => SagaOutcome::Interrupted {
+                reason: "the engine shut down before the saga came to rest; it stays unfinished in the \
+                         database for the next start to recover"
+                    .to_owned(),
+            },
         };
-        let counters = &self.shared.counters;
+        if fence.is_raised() {
+            // Some write of this executor was refused: whatever steno concluded in memory is not what the
+            // database holds. The executor that adopted the saga owns its outcome.
+            outcome = SagaOutcome::Fenced;
+        }
         match &outcome {
-            SagaOutcome::Succeeded { .. } => counters.succeeded.fetch_add(1, Ordering::Relaxed),
-            SagaOutcome::Unwound { .. } => counters.unwound.fetch_add(1, Ordering::Relaxed),
-            SagaOutcome::Stuck { .. } => counters.stuck.fetch_add(1, Ordering::Relaxed),
-            SagaOutcome::Fenced => 0,
-        };
-        tracing::info!(saga_id = %id, ?outcome, "saga at rest");
-        self.store.unregister(steno_id(id));
+            SagaOutcome::Fenced => tracing::info!(saga_id = %id, saga = name,
+                "fenced out: another executor adopted this saga (or it was abandoned); this executor stopped \
+                 driving it without unwinding it"),
+            SagaOutcome::Interrupted { reason } => {
+                tracing::info!(saga_id = %id, saga = name, %reason, "saga left unfinished")
+            }
+            outcome => tracing::info!(saga_id = %id, saga = name, ?outcome, "saga at rest"),
+        }
+        self.shared.counters.count_outcome(&outcome);
+        self.record_outcome(id, name, outcome.clone(), started.elapsed());
+        sec.store.unregister(steno_id(id));
+        lock(&self.live).remove(&id);
         outcome
+    }
+
+    /// Adds an entry to the ring of recent outcomes.
+    pub(crate) fn record_outcome(
+        &self,
+        id: Uuid,
+        name: &str,
+        outcome: SagaOutcome,
+        duration: Duration,
+    ) {
+        self.shared.recent.push(RecentOutcome {
+            saga_id: id,
+            saga_name: name.to_owned(),
+            outcome,
+            finished_at: chrono::Utc::now(),
+            duration,
+        });
     }
 
     /// Resumes every unfinished saga this executor owns. Sagas that cannot be resumed (no such definition in
     /// this binary, an unregistered action, a log steno refuses) are marked `abandoned` with the reason; the
     /// others go on.
     pub async fn recover(&self) -> Result<RecoveryReport, EngineError> {
-        let mut conn = self
-            .shared
-            .pool
-            .get()
-            .await
-            .map_err(ratchet_store::DbError::from)?;
-        let rows = list_unfinished(&mut conn, self.sec_id, 1000)
-            .await
-            .map_err(ratchet_store::DbError::from)?;
-        let ids: Vec<Uuid> = rows.iter().map(|row| row.id).collect();
-        let mut logs = load_logs(&mut conn, &ids, 1000)
-            .await
-            .map_err(ratchet_store::DbError::from)?;
-        let mut report = RecoveryReport::default();
-        for row in rows {
-            let id = row.id;
-            let events: Result<Vec<_>, _> = logs
-                .remove(&id)
-                .unwrap_or_default()
-                .iter()
-                .map(|e| e.to_steno())
-                .collect();
-            let result = match (self.resumers.get(row.name.as_str()), events) {
-                (None, _) => Err(format!(
-                    "no saga definition named {:?} in this binary",
-                    row.name
-                )),
-                (_, Err(error)) => Err(error.to_string()),
-                (Some(resume), Ok(events)) => {
-                    resume(self, row, events).await.map_err(|e| e.to_string())
-                }
-            };
-            match result {
-                Ok(()) => report.resumed.push(id),
-                Err(reason) => {
-                    tracing::warn!(saga_id = %id, %reason, "saga cannot be recovered: abandoned");
-                    mark_abandoned(&mut conn, id, &reason)
-                        .await
-                        .map_err(ratchet_store::DbError::from)?;
-                    self.shared
-                        .counters
-                        .abandoned
-                        .fetch_add(1, Ordering::Relaxed);
-                    report.abandoned.push((id, reason));
-                }
-            }
-        }
+        self.refuse_if_shutting_down()?;
+        let rows = {
+            let mut conn = self.shared.pool.get().await.map_err(DbError::from)?;
+            list_unfinished(&mut conn, self.sec_id, BATCH as i64)
+                .await
+                .map_err(DbError::from)?
+        };
+        let report = self.resume_rows(rows).await?;
         tracing::info!(
+            sec_id = %self.sec_id,
             resumed = report.resumed.len(),
             abandoned = report.abandoned.len(),
             "recovery done"
         );
         Ok(report)
+    }
+
+    /// Resumes `rows` (sagas this executor owns), loading their logs [`BATCH`] sagas per query; abandons, with
+    /// the reason, those that cannot be resumed.
+    pub(crate) async fn resume_rows(
+        &self,
+        rows: Vec<SagaRow>,
+    ) -> Result<RecoveryReport, EngineError> {
+        let mut report = RecoveryReport::default();
+        for chunk in rows.chunks(BATCH) {
+            let ids: Vec<Uuid> = chunk.iter().map(|row| row.id).collect();
+            let mut logs = {
+                let mut conn = self.shared.pool.get().await.map_err(DbError::from)?;
+                load_logs(&mut conn, &ids, BATCH)
+                    .await
+                    .map_err(DbError::from)?
+            };
+            for row in chunk {
+                let id = row.id;
+                let events: Result<Vec<_>, _> = logs
+                    .remove(&id)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|e| e.to_steno())
+                    .collect();
+                let result = match (self.resumers.get(row.name.as_str()), events) {
+                    (None, _) => Err(format!(
+                        "no saga definition named {:?} in this binary",
+                        row.name
+                    )),
+                    (_, Err(error)) => Err(format!("its log does not load: {error}")),
+                    (Some(resume), Ok(events)) => resume(self, row.clone(), events)
+                        .await
+                        .map_err(|e| e.to_string()),
+                };
+                match result {
+                    Ok(()) => report.resumed.push(id),
+                    Err(reason) => {
+                        let reason = format!("unrecoverable: {reason}");
+                        if self.abandon_unrecoverable(row, &reason).await? {
+                            report.abandoned.push((id, reason));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Marks a saga recovery could not resume `abandoned`. Returns whether it did (another executor may have
+    /// taken or finished the saga meanwhile).
+    async fn abandon_unrecoverable(
+        &self,
+        row: &SagaRow,
+        reason: &str,
+    ) -> Result<bool, EngineError> {
+        let id = row.id;
+        tracing::warn!(saga_id = %id, saga = %row.name, %reason, "saga cannot be recovered: abandoning it");
+        let pool = &self.shared.pool;
+        let abandoned = retry_transient(RetryPolicy::OPERATOR, "abandoning a saga", || async {
+            let mut conn = pool.get().await?;
+            abandon_saga(&mut conn, id, reason).await
+        })
+        .await?;
+        match abandoned {
+            Ok(_) => {
+                let outcome = SagaOutcome::Abandoned {
+                    reason: reason.to_owned(),
+                };
+                self.shared.counters.count_outcome(&outcome);
+                self.record_outcome(id, &row.name, outcome, Duration::ZERO);
+                Ok(true)
+            }
+            Err(refusal) => {
+                tracing::warn!(saga_id = %id, ?refusal, "saga not abandoned: it changed meanwhile");
+                Ok(false)
+            }
+        }
+    }
+
+    /// The SEC to resume saga `id` in: the engine's own, unless that one already holds the saga (it ran it,
+    /// and it came to rest or this engine was fenced out of it): steno keeps every saga it ran and refuses to
+    /// resume an id it holds, so the saga then gets a SEC of its own.
+    //
+    // TODO-robustness Each such re-drive costs one more SEC (a task) until shutdown; steno has no way to drop a
+    // finished saga from a SEC's memory.
+    async fn sec_for_resume(&self, id: Uuid) -> Result<Arc<Sec>, EngineError> {
+        let client = self.sec.client()?;
+        let held = steno_call("saga_get", client.saga_get(steno_id(id)))
+            .await?
+            .is_ok();
+        if !held {
+            return Ok(Arc::clone(&self.sec));
+        }
+        tracing::info!(saga_id = %id, "this engine's SEC already ran the saga: resuming it in a new SEC");
+        let sec = Sec::start(&self.shared, self.sec_id);
+        lock(&self.extra_secs).push(Arc::clone(&sec));
+        Ok(sec)
     }
 
     async fn resume_one<S: SagaDef>(
@@ -575,71 +777,77 @@ impl Engine {
         row: SagaRow,
         events: Vec<steno::SagaNodeEvent>,
     ) -> Result<(), EngineError> {
+        self.refuse_if_shutting_down()?;
         let id = row.id;
         let owner = row.owner().ok_or(EngineError::NoSuchSaga(id))?;
+        // Versioning: name an action this binary lacks before steno is asked (its own message is terser).
+        let actions = dag_action_names(&row.saga_dag);
+        if let Some((node, action)) = actions
+            .iter()
+            .find(|(_, action)| !registered.actions.contains(action.as_str()))
+        {
+            return Err(EngineError::UnknownAction {
+                saga: S::NAME.to_owned(),
+                version: row.definition_version,
+                node: node.clone(),
+                action: action.clone(),
+            });
+        }
+        if row.definition_version != S::VERSION {
+            tracing::info!(saga_id = %id, saga = S::NAME, recorded = row.definition_version,
+                current = S::VERSION, "resuming a saga created by another version of its definition");
+        }
         let dag: SagaDag = serde_json::from_value(row.saga_dag.clone())
             .map_err(|e| EngineError::Steno(format!("the saga's DAG does not decode: {e}")))?;
-        let kinds = db_node_kinds(&row.saga_dag, &registered.db_actions);
-        let (cx, log) = self.saga_cx::<S>(registered, id, owner, &dag, &kinds);
-        let future = match self
-            .sec
-            .saga_resume(
-                steno_id(id),
-                Arc::new(cx),
-                row.saga_dag,
-                Arc::clone(&registered.registry),
-                events,
-            )
-            .await
-        {
+        let kinds = db_node_kinds(&actions, &registered.db_actions);
+        let sec = self.sec_for_resume(id).await?;
+        let (cx, log) = self.saga_cx::<S>(registered, &sec, id, owner, &dag, &kinds);
+        let registry = Arc::clone(&registered.registry);
+        let resumed = sec
+            .call("saga_resume", |client| async move {
+                client
+                    .saga_resume(steno_id(id), Arc::new(cx), row.saga_dag, registry, events)
+                    .await
+            })
+            .await;
+        let future = match resumed {
             Ok(future) => future,
             Err(error) => {
-                self.store.unregister(steno_id(id));
-                return Err(EngineError::Steno(format!("{error:#}")));
+                sec.store.unregister(steno_id(id));
+                return Err(error);
             }
         };
-        self.sec
-            .saga_start(steno_id(id))
-            .await
-            .map_err(|e| EngineError::Steno(e.to_string()))?;
+        let tracked = Tracked {
+            id,
+            name: S::NAME,
+            started: Instant::now(),
+            sec,
+            log,
+        };
+        self.start_in_steno(&tracked).await?;
         let (sender, receiver) = tokio::sync::watch::channel(None);
-        self.running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, receiver);
+        lock(&self.running).insert(id, receiver);
         let engine = self.clone();
         tokio::spawn(async move {
-            let outcome = engine.finish(id, future, log).await;
+            let outcome = engine.finish(tracked, future).await;
             let _ = sender.send(Some(outcome));
         });
-        tracing::info!(saga_id = %id, saga = S::NAME, "saga resumed");
+        tracing::info!(saga_id = %id, saga = S::NAME, generation = owner.generation, "saga resumed");
         Ok(())
     }
 }
 
-/// Which nodes of a persisted DAG are database nodes: those whose action is registered as one.
-///
-/// steno's `SagaDag` does not expose a node's action name, so this reads the persisted DAG's JSON
-/// (`graph.nodes[i] = {"Action": {"name", "label", "action_name"}}`). A shape this does not recognise only
-/// costs the deferral (one extra `started` write per node), never correctness: steno itself validates the DAG.
+/// Which nodes of a persisted DAG are database nodes: those whose action (from the DAG's JSON, see
+/// [`dag_action_names`]) is registered as one. A shape this does not recognise only costs the deferral (one
+/// extra `started` write per node), never correctness: steno itself validates the DAG.
 fn db_node_kinds(
-    persisted_dag: &serde_json::Value,
+    actions: &BTreeMap<String, String>,
     db_actions: &HashSet<&'static str>,
 ) -> BTreeMap<String, NodeKind> {
-    let nodes = persisted_dag
-        .pointer("/graph/nodes")
-        .and_then(serde_json::Value::as_array);
-    nodes
-        .into_iter()
-        .flatten()
-        .filter_map(|node| {
-            let action = node.get("Action")?;
-            let name = action.get("name")?.as_str()?;
-            let action_name = action.get("action_name")?.as_str()?;
-            db_actions
-                .contains(action_name)
-                .then(|| (name.to_owned(), NodeKind::Db))
-        })
+    actions
+        .iter()
+        .filter(|(_, action)| db_actions.contains(action.as_str()))
+        .map(|(node, _)| (node.clone(), NodeKind::Db))
         .collect()
 }
 

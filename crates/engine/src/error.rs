@@ -86,8 +86,58 @@ pub enum EngineError {
         state: String,
         wanted: &'static str,
     },
+    #[error(
+        "node {node:?} of saga {saga:?} (definition version {version}) runs action {action:?}, which this binary \
+         does not register: a release removed or renamed it"
+    )]
+    UnknownAction {
+        saga: String,
+        version: i32,
+        node: String,
+        action: String,
+    },
     #[error("node {node:?} is registered twice with different types")]
     DuplicateNode { node: String },
     #[error("steno refused: {0}")]
     Steno(String),
+    #[error("the engine is shutting down: it takes no new work")]
+    ShuttingDown,
+    #[error("steno's executor (SEC) is gone: {0}")]
+    SecGone(String),
+    #[error(
+        "executor {0} cannot adopt its own sagas (its unfinished sagas are resumed by `recover`)"
+    )]
+    AdoptFromSelf(uuid::Uuid),
+    #[error("saga {id} cannot be re-driven: {reason}")]
+    NotRetryable { id: uuid::Uuid, reason: String },
+    #[error("abandoning a saga needs a reason (it is recorded for whoever finds the saga later)")]
+    EmptyReason,
+}
+
+impl EngineError {
+    /// The engine's error for an operator action the store refused on saga `id`.
+    pub(crate) fn refused(
+        id: uuid::Uuid,
+        refusal: ratchet_store::Refusal,
+        wanted: &'static str,
+    ) -> EngineError {
+        use ratchet_store::Refusal;
+        match refusal {
+            Refusal::NoSuchSaga => EngineError::NoSuchSaga(id),
+            Refusal::WrongState { state } => EngineError::WrongState { id, state, wanted },
+            Refusal::NoFailedUndo {
+                stuck_node,
+                stuck_reason,
+            } => EngineError::NotRetryable {
+                id,
+                reason: format!(
+                    "it is stuck at node {} ({}) without a failed undo in its log: a commit there could be \
+                     neither kept nor compensated inside the node, and steno never undoes a failed node; \
+                     compensate that node by hand, then abandon the saga",
+                    stuck_node.as_deref().unwrap_or("?"),
+                    stuck_reason.as_deref().unwrap_or("no reason recorded"),
+                ),
+            },
+        }
+    }
 }

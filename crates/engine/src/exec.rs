@@ -4,6 +4,7 @@
 use crate::error::{NodeError, NodeFailure};
 use crate::failpoint::{FaultEffect, FaultPoint};
 use crate::saga_def::{Envelope, Ratchet, SagaCx, SagaDef};
+use crate::shutdown::{ActiveNode, panic_message};
 use ratchet_store::RetryPolicy;
 use serde::de::DeserializeOwned;
 use std::panic::AssertUnwindSafe;
@@ -19,6 +20,8 @@ pub(crate) enum Stop {
     Fenced,
     /// A `Crash` fault fired: the executor dies.
     Crash,
+    /// The engine is shutting down: stop at this phase boundary, write nothing more.
+    Shutdown,
 }
 
 impl From<NodeError> for Stop {
@@ -46,6 +49,8 @@ pub(crate) struct NodeRun<'a, S: SagaDef> {
     pub(crate) node_id: u32,
     pub(crate) params: S::Params,
     args: serde_json::Value,
+    /// Counts this node as between phase boundaries, for a clean shutdown.
+    active: ActiveNode<'a>,
 }
 
 impl<'a, S: SagaDef> NodeRun<'a, S> {
@@ -67,6 +72,7 @@ impl<'a, S: SagaDef> NodeRun<'a, S> {
             node_id,
             params: envelope.params,
             args,
+            active: ActiveNode::enter(&cx.shared.shutdown),
         })
     }
 
@@ -74,6 +80,7 @@ impl<'a, S: SagaDef> NodeRun<'a, S> {
     pub(crate) async fn connection(
         &self,
     ) -> Result<ratchet_store::pool::PooledConnection<'_>, Stop> {
+        self.alive()?;
         Ok(self
             .cx
             .shared
@@ -97,14 +104,19 @@ impl<'a, S: SagaDef> NodeRun<'a, S> {
         self.cx.saga_id
     }
 
-    /// Applies the fault armed at `point`, if any. A `Panic` fault panics only in `InFinish` (where the
-    /// engine catches it); elsewhere it acts as a permanent error. A `Delay` sleeps, then lets the node go on.
+    /// A phase boundary: stops the node if the executor died or is shutting down, then applies the fault armed
+    /// at `point`, if any. A `Panic` fault panics only in `InFinish` (where the engine catches it); elsewhere
+    /// it acts as a permanent error. A `Delay` sleeps (until its time is up or [`crate::Failpoints::wake`]),
+    /// then lets the node go on.
     pub(crate) async fn fault(&self, point: FaultPoint) -> Result<(), Stop> {
+        self.alive()?;
         match self.armed_fault(point) {
             Some(FaultEffect::Delay { millis }) => {
                 tracing::info!(node = %self.name, ?point, millis, "fault point reached: delaying");
-                tokio::time::sleep(std::time::Duration::from_millis(millis)).await;
-                Ok(())
+                let delay = std::time::Duration::from_millis(millis);
+                self.cx.shared.failpoints.delay(self.saga_id(), delay).await;
+                // A shutdown may have been requested while the node slept.
+                self.alive()
             }
             Some(FaultEffect::ExhaustPool { millis }) => {
                 tracing::info!(node = %self.name, ?point, millis, "fault point reached: exhausting the pool");
@@ -118,6 +130,7 @@ impl<'a, S: SagaDef> NodeRun<'a, S> {
 
     /// [`NodeRun::fault`] for the synchronous post-commit phase, where a delay has no meaning (it is ignored).
     pub(crate) fn fault_in_finish(&self) -> Result<(), Stop> {
+        self.alive()?;
         match self.armed_fault(FaultPoint::InFinish) {
             Some(FaultEffect::Delay { .. } | FaultEffect::ExhaustPool { .. }) | None => Ok(()),
             Some(effect) => Err(stop_for(effect, FaultPoint::InFinish)),
@@ -131,28 +144,51 @@ impl<'a, S: SagaDef> NodeRun<'a, S> {
             .fire(self.saga_id(), &self.name, point)
     }
 
-    /// A `Stop::Crash` when the executor has died (so that nothing more commits).
+    /// Whether the node may go on past a phase boundary: `Stop::Crash` when the executor has died (so that
+    /// nothing more commits), `Stop::Shutdown` when the engine is shutting down.
     pub(crate) fn alive(&self) -> Result<(), Stop> {
         if self.cx.shared.liveness.is_dead() {
             Err(Stop::Crash)
+        } else if self.cx.shared.shutdown.is_requested() {
+            Err(Stop::Shutdown)
         } else {
             Ok(())
         }
     }
 
-    /// Never returns: the executor stops driving this saga (fenced out, or crashed).
+    /// Never returns: the executor stops driving this saga (fenced out, crashed, or shutting down). It neither
+    /// fails nor unwinds the node: steno hears nothing more of it, and the saga stays as the database has it.
     pub(crate) async fn stop_driving(&self, stop: &Stop) -> ! {
+        let saga_id = self.saga_id();
         match stop {
             Stop::Crash => {
-                tracing::warn!(node = %self.name, "executor crashed (injected): writing nothing more");
+                tracing::warn!(%saga_id, node = %self.name,
+                    "executor crashed (injected): writing nothing more");
                 self.cx.shared.liveness.kill();
             }
-            _ => {
-                tracing::info!(node = %self.name,
-                    "fenced out: another executor adopted this saga; this executor stops driving it");
+            Stop::Shutdown => {
+                tracing::info!(%saga_id, node = %self.name,
+                    "engine shutting down: the node stops at this phase boundary; the saga stays unfinished \
+                     in the database for recovery");
+            }
+            Stop::Node(error) => {
+                // Callers handle node errors themselves; parking is the safe answer if one ever gets here.
+                tracing::error!(%saga_id, node = %self.name, %error,
+                    "a node error reached stop_driving: the node stops driving its saga");
+            }
+            Stop::Fenced => {
+                self.cx
+                    .shared
+                    .counters
+                    .fenced
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(%saga_id, node = %self.name, owner = ?self.cx.log.owner(),
+                    "fenced out: another executor adopted this saga (or it was abandoned); this executor's \
+                     write was refused and it stops driving the saga, without unwinding it");
                 self.cx.log.fence().raise();
             }
         }
+        self.active.release();
         futures::future::pending::<()>().await;
         unreachable!("a pending future never resolves")
     }
@@ -194,6 +230,9 @@ where
                     tracing::warn!(node = %run.name, phase, attempts, %error, "phase failed");
                     return Err(error);
                 };
+                if let Err(stop) = run.alive() {
+                    run.stop_driving(&stop).await;
+                }
                 tracing::info!(node = %run.name, phase, attempts, %error, ?delay, "transient failure, retrying");
                 run.cx
                     .shared
@@ -218,13 +257,9 @@ pub(crate) fn finish_guarded<S: SagaDef, R, O>(
         Ok(finish(receipt))
     }))
     .unwrap_or_else(|panic| {
-        let message = panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "panic".to_owned());
         Err(Stop::Node(NodeError::permanent(format!(
-            "post-commit phase panicked: {message}"
+            "post-commit phase panicked: {}",
+            panic_message(panic.as_ref())
         ))))
     })
 }

@@ -106,7 +106,8 @@ async fn forward<S: SagaDef, N: DbNode<S>>(ctx: &ActionContext<Ratchet<S>>) -> s
                     .counters
                     .commits
                     .fetch_add(1, Ordering::Relaxed);
-                tracing::info!("committed");
+                tracing::info!(saga_id = %run.saga_id(), node = %run.name,
+                    "committed: the node's writes, its commit record and its log events are durable");
                 match run.fault(FaultPoint::AfterCommit).await {
                     Ok(()) => Ok(Arc::new(output)),
                     Err(Stop::Node(error)) => {
@@ -170,8 +171,12 @@ async fn forward_in_transaction<S: SagaDef, N: DbNode<S>>(
     conn: &mut DbConnection,
 ) -> Result<serde_json::Value, Early> {
     let saga_id = run.saga_id();
-    // A replay (steno re-runs a node whose log says only `started`) finds the commit record.
+    // A replay (steno re-runs a node whose log says only `started`) finds the commit record. A stale executor
+    // must not take it for its own: the record may be the adopting executor's.
     if let Some(receipt) = records::commit_receipt(conn, saga_id, &run.name).await? {
+        if !owner::is_owner(conn, saga_id, run.cx.log.owner()).await? {
+            return Err(Early::Stop(Stop::Fenced));
+        }
         if records::is_compensated(conn, saga_id, &run.name).await? {
             return Err(Early::Exit(Forward::AlreadyCompensated));
         }
@@ -350,7 +355,8 @@ async fn attempt_compensation<S: SagaDef, N: DbNode<S>>(
             .counters
             .compensations
             .fetch_add(1, Ordering::Relaxed);
-        tracing::info!(?mode, "compensated");
+        tracing::info!(saga_id = %run.saga_id(), node = %run.name, ?mode,
+            "compensated: the commit is undone and the compensation record is durable");
     }
     // A failure after the compensation committed is retried: the next attempt finds the record.
     run.fault(FaultPoint::AfterCompensation).await?;

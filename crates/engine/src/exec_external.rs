@@ -147,7 +147,8 @@ async fn forward<S: SagaDef, N: ExternalNode<S>>(
             .counters
             .commits
             .fetch_add(1, Ordering::Relaxed);
-        tracing::info!("external call applied and recorded");
+        tracing::info!(saga_id = %run.saga_id(), node = %run.name,
+            "committed: the external call is applied and its receipt recorded");
         match run.fault(FaultPoint::AfterCommit).await {
             Ok(()) => Ok(Arc::new(output_json)),
             Err(Stop::Node(error)) => {
@@ -172,6 +173,14 @@ async fn prepare<S: SagaDef, N: ExternalNode<S>>(
     tx::begin_read_only(conn).await?;
     let result = async {
         let saga_id = run.saga_id();
+        // A stale executor stops here, before it replays someone else's receipt or calls out.
+        //
+        // TODO-correctness The call itself cannot be fenced by the database: an adoption landing between this
+        // check and the call lets one stale call through. Its idempotency key is the adopter's too, so the
+        // service applies it at most once; a service that took a generation with the key could refuse it.
+        if !owner::is_owner(conn, saga_id, run.cx.log.owner()).await? {
+            return Err(Stop::Fenced);
+        }
         if let Some(receipt) = records::commit_receipt(conn, saga_id, &run.name).await? {
             if records::is_compensated(conn, saga_id, &run.name).await? {
                 return Ok(Prepared::AlreadyCompensated);
@@ -323,6 +332,10 @@ async fn compensate_once<S: SagaDef, N: ExternalNode<S>>(
     let receipt = {
         let mut pooled = run.connection().await?;
         let conn: &mut DbConnection = &mut pooled;
+        // As in `prepare`: a stale executor calls nothing (the same TODO-correctness window applies).
+        if !owner::is_owner(conn, saga_id, run.cx.log.owner()).await? {
+            return Err(Stop::Fenced);
+        }
         if records::is_compensated(conn, saga_id, &run.name).await? {
             return Ok(());
         }
@@ -374,6 +387,7 @@ async fn compensate_once<S: SagaDef, N: ExternalNode<S>>(
         .counters
         .compensations
         .fetch_add(1, Ordering::Relaxed);
-    tracing::info!(had_commit, "external call compensated by key");
+    tracing::info!(saga_id = %saga_id, node = %run.name, had_commit,
+        "compensated: the external call is undone by key and the compensation recorded");
     run.fault(FaultPoint::AfterCompensation).await
 }

@@ -2,7 +2,7 @@
 //!
 //! Off by default and free when off: [`Failpoints::fire`] is one relaxed atomic load until something is armed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use uuid::Uuid;
@@ -58,6 +58,11 @@ struct Armed {
 pub struct Failpoints {
     any_armed: AtomicBool,
     armed: Mutex<HashMap<(Uuid, String, FaultPoint), Armed>>,
+    /// Sagas whose current (or next) `Delay` ends early: see [`Failpoints::wake`].
+    woken: Mutex<HashSet<Uuid>>,
+    wake: tokio::sync::Notify,
+    /// How many nodes of each saga are sleeping in a `Delay` now.
+    delaying: Mutex<HashMap<Uuid, usize>>,
 }
 
 impl Failpoints {
@@ -85,6 +90,69 @@ impl Failpoints {
     pub fn clear(&self, saga_id: Uuid) {
         let mut armed = self.armed.lock().unwrap_or_else(|p| p.into_inner());
         armed.retain(|(id, _, _), _| *id != saga_id);
+        self.woken
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&saga_id);
+    }
+
+    /// Ends the `Delay` saga `saga_id` is sleeping in now, or, if none, its next one (one delay per call): lets a
+    /// test hold a node at a fault point for as long as it needs, then release it.
+    pub fn wake(&self, saga_id: Uuid) {
+        self.woken
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(saga_id);
+        self.wake.notify_waiters();
+    }
+
+    /// Whether a node of saga `saga_id` is sleeping in a `Delay` now.
+    pub fn is_delaying(&self, saga_id: Uuid) -> bool {
+        self.delaying
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&saga_id)
+            .is_some_and(|n| *n > 0)
+    }
+
+    /// Sleeps for `duration`, or until [`Failpoints::wake`] for `saga_id`.
+    pub(crate) async fn delay(&self, saga_id: Uuid, duration: std::time::Duration) {
+        struct Delaying<'a>(&'a Failpoints, Uuid);
+        impl Drop for Delaying<'_> {
+            fn drop(&mut self) {
+                let mut delaying = self.0.delaying.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(n) = delaying.get_mut(&self.1) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+        }
+        *self
+            .delaying
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(saga_id)
+            .or_default() += 1;
+        let _delaying = Delaying(self, saga_id);
+        let sleep = tokio::time::sleep(duration);
+        tokio::pin!(sleep);
+        loop {
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let woken = self
+                .woken
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&saga_id);
+            if woken {
+                tracing::info!(%saga_id, "delay woken early");
+                return;
+            }
+            tokio::select! {
+                () = &mut sleep => return,
+                () = notified => {}
+            }
+        }
     }
 
     /// The effect to apply at this point now, if a fault is armed there.
@@ -140,5 +208,33 @@ mod test {
         );
         points.clear(saga);
         assert_eq!(points.fire(saga, "n", FaultPoint::InCompensation), None);
+    }
+
+    #[tokio::test]
+    async fn a_delay_ends_when_woken() {
+        let points = std::sync::Arc::new(Failpoints::default());
+        let saga = Uuid::new_v4();
+        let sleeping = tokio::spawn({
+            let points = std::sync::Arc::clone(&points);
+            async move {
+                points
+                    .delay(saga, std::time::Duration::from_secs(600))
+                    .await
+            }
+        });
+        while !points.is_delaying(saga) {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        points.wake(saga);
+        tokio::time::timeout(std::time::Duration::from_secs(10), sleeping)
+            .await
+            .expect("woken")
+            .unwrap();
+        assert!(!points.is_delaying(saga));
+        // A wake with no delay in progress ends the next one at once.
+        points.wake(saga);
+        points
+            .delay(saga, std::time::Duration::from_secs(600))
+            .await;
     }
 }

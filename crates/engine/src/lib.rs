@@ -65,6 +65,34 @@
 //! still owns it at its generation (see `ratchet_store::owner`). An executor that finds itself fenced out
 //! commits nothing, compensates nothing, records nothing, and stops driving the saga without unwinding it.
 //!
+//! Where each write is checked:
+//! - a database node's commit transaction and its compensation transaction: the share lock, first thing
+//!   after prepare (an adoption waits for a commit already holding it, and that commit is the old owner's
+//!   last);
+//! - a replay (a commit record found for a node steno re-runs): an ownership read first, since the record
+//!   may be the adopter's;
+//! - an external node's call and its compensating call: an ownership read before calling out, then the share
+//!   lock in the transaction that records the receipt or the compensation (see the TODO-correctness in
+//!   `exec_external.rs` about the window between the read and the call);
+//! - steno's own `record_event` and `saga_update`: the store's share lock ([`ratchet_store::sec_store`]).
+//!
+//! Every refused write is counted ([`Counters::fenced`]) and logged at info level with the saga id; the
+//! node then parks for good (its future never resolves), so steno neither fails nor unwinds it, and the
+//! engine reports the saga [`SagaOutcome::Fenced`]. [`Engine::adopt`] is how an executor takes over another's
+//! sagas; `retry_unwind` and `abandon` take or end ownership the same way (see `operate.rs`).
+//!
+//! # Shutdown
+//!
+//! [`Engine::shutdown`] stops taking work, lets every node in flight reach its next phase boundary and stop
+//! there (as a crash would, but without dying), then stops all writes. What was not at rest stays unfinished
+//! in the database for the next start; see `shutdown.rs`.
+//!
+//! # Observability
+//!
+//! [`Counters`] (started, succeeded, unwound, stuck, abandoned, commits, compensations, retries, fenced
+//! writes), a ring of the last [`RECENT_OUTCOMES`] outcomes ([`Engine::recent_outcomes`]), and an info-level
+//! log line, with the saga id and node, for every commit, compensation, adoption and fenced write.
+//!
 //! # External nodes
 //!
 //! An [`ExternalNode`] makes one idempotent call keyed by (saga, node). It never fails while the call's
@@ -149,17 +177,19 @@ mod exec_db;
 mod exec_external;
 mod failpoint;
 mod node;
+mod observe;
+mod operate;
 mod saga_def;
+mod shutdown;
 pub mod slog_bridge;
 
 pub use context::{CommitTx, ExternalCx, PrepareCx, derived_id};
-pub use engine::{
-    CounterValues, Counters, Engine, EngineBuilder, EngineConfig, PreparedSaga, RecoveryReport,
-    SagaOutcome,
-};
+pub use engine::{Engine, EngineBuilder, EngineConfig, PreparedSaga, RecoveryReport, SagaOutcome};
 pub use error::{EngineError, NodeError, NodeFailure};
 pub use failpoint::{Failpoints, FaultEffect, FaultPoint};
 pub use node::{CallError, DbNode, ExternalNode, NodeOutput, NodeReceipt};
+pub use observe::{CounterValues, Counters, RECENT_OUTCOMES, RecentOutcome};
+pub use operate::{Abandoned, AdoptedSaga, AdoptionReport, ShutdownReport, abandon};
 pub use saga_def::{
     NodeKind, NodeRegistry, Ratchet, SagaBuilder, SagaCx, SagaDef, Stage, steno_action_params,
 };

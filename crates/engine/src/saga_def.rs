@@ -86,7 +86,7 @@ pub enum NodeKind {
 /// The node types of one saga definition, as steno actions.
 pub struct NodeRegistry<S: SagaDef> {
     pub(crate) actions: steno::ActionRegistry<Ratchet<S>>,
-    names: HashMap<&'static str, TypeId>,
+    pub(crate) names: HashMap<&'static str, TypeId>,
     /// The action names of database nodes: on resume, the engine defers their `started` events by these.
     pub(crate) db_actions: HashSet<&'static str>,
     pub(crate) duplicate: Option<String>,

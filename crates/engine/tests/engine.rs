@@ -1,75 +1,28 @@
 //! The engine's guarantees, on the real embedded PostgreSQL: one fresh database per test.
 
+mod common;
+
+use common::*;
 use diesel::sql_types::{Text, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
-use ratchet_engine::example::{self, AccountState, ProvisionParams, ProvisionWidget};
+use ratchet_engine::example::{AccountState, ProvisionWidget};
 use ratchet_engine::{
-    CommitTx, DbNode, Engine, EngineBuilder, EngineConfig, FaultEffect, FaultPoint, NodeError,
-    NodeRegistry, PrepareCx, SagaBuilder, SagaDef, SagaOutcome,
+    CommitTx, DbNode, Engine, FaultEffect, FaultPoint, NodeError, NodeRegistry, PrepareCx,
+    SagaBuilder, SagaDef, SagaOutcome,
 };
 use ratchet_store::saga::{get_saga, saga_history};
-use ratchet_store::testing::{TestDatabase, fresh_database};
+use ratchet_store::testing::TestDatabase;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use uuid::Uuid;
 
-async fn database() -> TestDatabase {
-    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
-    fresh_database(&[&example::MIGRATIONS])
-        .await
-        .expect("test database")
-}
-
 async fn engine(db: &TestDatabase, sec_id: Uuid) -> Engine {
-    let (engine, _) = EngineBuilder::new(EngineConfig::new(&db.url, sec_id))
-        .register::<ProvisionWidget>(Arc::new(()))
+    let (engine, _) = builder(db, sec_id)
         .register::<WritesInPrepare>(Arc::new(()))
         .start()
         .await
         .expect("engine starts");
     engine
-}
-
-async fn account(engine: &Engine) -> Uuid {
-    let mut conn = engine.pool().get().await.unwrap();
-    example::create_account(&mut conn, 100).await.unwrap()
-}
-
-async fn state(engine: &Engine, account: Uuid) -> AccountState {
-    let mut conn = engine.pool().get().await.unwrap();
-    example::account_state(&mut conn, account).await.unwrap()
-}
-
-fn params(account_id: Uuid) -> ProvisionParams {
-    ProvisionParams {
-        account_id,
-        widget_name: format!("w-{}", Uuid::new_v4().simple()),
-        price: 30,
-    }
-}
-
-async fn saga_state(engine: &Engine, id: Uuid) -> String {
-    let mut conn = engine.pool().get().await.unwrap();
-    get_saga(&mut conn, id).await.unwrap().unwrap().saga_state
-}
-
-/// (commit records, compensation records) of a saga, by node.
-async fn records(engine: &Engine, id: Uuid) -> (Vec<String>, Vec<(String, bool)>) {
-    let mut conn = engine.pool().get().await.unwrap();
-    let history = saga_history(&mut conn, id).await.unwrap().unwrap();
-    let mut commits: Vec<String> = history.commits.into_iter().map(|c| c.node_name).collect();
-    let mut compensations: Vec<(String, bool)> = history
-        .compensations
-        .into_iter()
-        .map(|c| (c.node_name, c.had_commit))
-        .collect();
-    commits.sort();
-    compensations.sort();
-    (commits, compensations)
-}
-
-fn names(list: &[&str]) -> Vec<String> {
-    list.iter().map(|s| s.to_string()).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,30 +167,7 @@ async fn permanent_undo_failure_is_recorded_stuck_not_done() {
     let db = database().await;
     let engine = engine(&db, Uuid::new_v4()).await;
     let account = account(&engine).await;
-    let saga = engine
-        .create::<ProvisionWidget>(params(account))
-        .await
-        .unwrap();
-    engine.failpoints().arm(
-        saga.id,
-        "activate_widget",
-        FaultPoint::BeforePrepare,
-        FaultEffect::PermanentError,
-        1,
-    );
-    engine.failpoints().arm(
-        saga.id,
-        "charge_account",
-        FaultPoint::InCompensation,
-        FaultEffect::PermanentError,
-        u32::MAX,
-    );
-    let id = saga.id;
-    let outcome = saga.run().await.unwrap();
-    assert!(
-        matches!(&outcome, SagaOutcome::Stuck { undo_node, .. } if undo_node == "charge_account"),
-        "{outcome:?}"
-    );
+    let id = stuck_saga(&engine, account).await;
     let mut conn = engine.pool().get().await.unwrap();
     let row = get_saga(&mut conn, id).await.unwrap().unwrap();
     assert_eq!(row.saga_state, "stuck");
@@ -281,25 +211,6 @@ async fn repeated_actions_and_undos_commit_and_compensate_once() {
     let (commits, compensations) = records(&engine, id).await;
     assert_eq!(commits, names(&["charge_account", "reserve_widget"]));
     assert_eq!(compensations.len(), 2);
-}
-
-/// Creates a provisioning saga on `first`, arms a crash at `node`/`point`, runs it until the engine dies.
-/// Returns the saga id.
-async fn run_until_crash(first: &Engine, account: Uuid, node: &str, point: FaultPoint) -> Uuid {
-    let saga = first
-        .create::<ProvisionWidget>(params(account))
-        .await
-        .unwrap();
-    first
-        .failpoints()
-        .arm(saga.id, node, point, FaultEffect::Crash, 1);
-    let id = saga.id;
-    let run = tokio::spawn(saga.run());
-    while !first.is_crashed() {
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
-    run.abort();
-    id
 }
 
 /// Crashes the first engine at `node`/`point`, then a second engine with the same executor id recovers.
@@ -419,11 +330,7 @@ async fn compensation_without_a_commit_record_is_skipped() {
             .unwrap();
         }
     }
-    let (second, report) = EngineBuilder::new(EngineConfig::new(&db.url, sec_id))
-        .register::<ProvisionWidget>(Arc::new(()))
-        .start()
-        .await
-        .unwrap();
+    let (second, report) = builder(&db, sec_id).start().await.unwrap();
     assert_eq!(report.resumed, vec![id], "{report:?}");
     let outcome = second.wait(id).await.unwrap();
     assert!(

@@ -75,6 +75,19 @@ impl EventRow {
     }
 }
 
+/// A readable message from the `data` of an `undo_failed` event: steno's `UndoActionError::PermanentFailure`
+/// carries `{"source_error": {"message": "undo action attempt N: <error>"}}`. Anything else is shown as JSON.
+pub fn undo_error_message(data: Option<&serde_json::Value>) -> String {
+    match data {
+        None => "undo failed (no error recorded)".to_owned(),
+        Some(data) => data
+            .pointer("/PermanentFailure/source_error/message")
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned)
+            .unwrap_or_else(|| data.to_string()),
+    }
+}
+
 /// The plain UUID of a steno saga id.
 pub fn uuid_of(saga_id: SagaId) -> Uuid {
     use newtype_uuid::GenericUuid;
@@ -114,6 +127,22 @@ mod test {
             let back = row.to_steno().unwrap();
             assert_eq!(format!("{event:?}"), format!("{back:?}"));
         }
+    }
+
+    #[test]
+    fn undo_errors_read_as_their_message() {
+        let error = UndoActionError::PermanentFailure {
+            source_error: serde_json::json!({"message": "undo action attempt 1: disk busy"}),
+        };
+        let data = serde_json::to_value(error).unwrap();
+        assert_eq!(
+            undo_error_message(Some(&data)),
+            "undo action attempt 1: disk busy"
+        );
+        assert_eq!(
+            undo_error_message(Some(&serde_json::json!({"odd": 1}))),
+            r#"{"odd":1}"#
+        );
     }
 
     #[test]

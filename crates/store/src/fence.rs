@@ -1,4 +1,4 @@
-//! Fences and the power-cut switch: in-memory flags an executor's writers consult.
+//! Fences and the stop switch: in-memory flags an executor's writers consult.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -33,27 +33,43 @@ impl Fence {
     }
 }
 
-/// A process-wide switch that simulates a power cut: once thrown, every database write of this executor
-/// waits forever instead of happening. Used by the fault-injection harness's "crash" faults; never thrown in
-/// production.
+/// A process-wide switch that stops every database write of this executor: once thrown, each write of the saga
+/// log waits forever instead of happening (actions check it at their phase boundaries, see the engine).
+///
+/// Two ways to throw it: [`Liveness::kill`] simulates a power cut (the fault-injection harness's "crash"
+/// faults; never in production), and [`Liveness::stop`] is a clean shutdown of the engine. Either way the
+/// executor writes nothing more, and what it was driving stays `running` in the database for the next start
+/// to recover.
 #[derive(Debug, Default)]
 pub struct Liveness {
     dead: AtomicBool,
+    stopped: AtomicBool,
 }
 
 impl Liveness {
-    /// Throws the switch.
+    /// Throws the switch as a crash.
     pub fn kill(&self) {
         self.dead.store(true, Ordering::Release);
     }
 
+    /// Throws the switch as a clean shutdown.
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+    }
+
+    /// Whether a crash was simulated.
     pub fn is_dead(&self) -> bool {
         AtomicBool::load(&self.dead, Ordering::Acquire)
     }
 
-    /// Returns at once while alive; never returns once dead.
+    /// Whether the engine shut down.
+    pub fn is_stopped(&self) -> bool {
+        AtomicBool::load(&self.stopped, Ordering::Acquire)
+    }
+
+    /// Returns at once while writes may happen; never returns once the switch is thrown.
     pub async fn check(&self) {
-        if self.is_dead() {
+        if self.is_dead() || self.is_stopped() {
             futures::future::pending::<()>().await;
         }
     }

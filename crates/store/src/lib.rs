@@ -20,12 +20,15 @@
 //! 4. A saga steno calls `done` whose log holds an `undo_failed` event is recorded `stuck`, in the same
 //!    transaction ([`sec_store`]).
 //! 5. Schema migrations are embedded and applied before any use ([`pool::run_migrations`]).
+//! 6. Every operator action that changes who drives a saga (adoption, retry-unwind) bumps its generation in
+//!    the same statement or transaction ([`ops`]), so the executor that drove it before is fenced out.
 //!
 //! The SQL stays inside what CockroachDB also runs: no advisory locks, no LISTEN/NOTIFY, no enum types.
 
 mod error;
 pub mod event;
 mod fence;
+pub mod ops;
 pub mod owner;
 pub mod pool;
 pub mod records;
@@ -39,10 +42,11 @@ pub mod transaction;
 pub use error::{DbError, is_transient_diesel};
 pub use event::EventRow;
 pub use fence::{Fence, Liveness};
+pub use ops::{Refusal, StuckDiagnosis, stuck_diagnosis};
 pub use owner::SagaOwner;
 pub use pool::{
     DbConnection, DbPool, PoolConfig, SAGA_LOG_MIGRATIONS, connect_pool, run_migrations,
 };
-pub use retry::RetryPolicy;
+pub use retry::{RetryPolicy, retry_transient};
 pub use saga::{SagaHistory, SagaRow, SagaState};
 pub use sec_store::{PgSecStore, SagaLogHandle, SagaRegistration};

@@ -31,15 +31,39 @@ pub async fn lock_if_owner(
     saga_id: Uuid,
     owner: SagaOwner,
 ) -> QueryResult<bool> {
-    let row: Option<Uuid> = saga::table
+    owns(conn, saga_id, owner, true).await
+}
+
+/// Whether `owner` still owns `saga_id` and it is unfinished, by a plain read (no lock), for read-only
+/// transactions and for checks before a call to another service.
+///
+/// This is an early warning, not a fence: nothing stops an adoption from landing right after it. Writes to the
+/// database stay fenced by [`lock_if_owner`] in their own transaction; what this adds is that a stale executor
+/// notices sooner, before it replays a recorded commit or calls out.
+pub async fn is_owner(
+    conn: &mut AsyncPgConnection,
+    saga_id: Uuid,
+    owner: SagaOwner,
+) -> QueryResult<bool> {
+    owns(conn, saga_id, owner, false).await
+}
+
+async fn owns(
+    conn: &mut AsyncPgConnection,
+    saga_id: Uuid,
+    owner: SagaOwner,
+    share_lock: bool,
+) -> QueryResult<bool> {
+    let query = saga::table
         .filter(saga::id.eq(saga_id))
         .filter(saga::current_sec.eq(owner.sec_id))
         .filter(saga::adopt_generation.eq(owner.generation))
         .filter(saga::saga_state.eq_any(WRITABLE_STATES))
-        .select(saga::id)
-        .for_share()
-        .first(conn)
-        .await
-        .optional()?;
-    Ok(row.is_some())
+        .select(saga::id);
+    let row: QueryResult<Uuid> = if share_lock {
+        query.for_share().first(conn).await
+    } else {
+        query.first(conn).await
+    };
+    Ok(row.optional()?.is_some())
 }

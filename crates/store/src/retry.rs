@@ -14,6 +14,13 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// For operator actions and recovery: a few attempts, then the error goes back to the caller.
+    pub const OPERATOR: RetryPolicy = RetryPolicy {
+        initial: Duration::from_millis(20),
+        max_delay: Duration::from_secs(1),
+        max_attempts: Some(10),
+    };
+
     /// For the saga log: steno's `record_event` and `saga_update` cannot fail, so they retry forever.
     pub const FOREVER: RetryPolicy = RetryPolicy {
         initial: Duration::from_millis(10),
@@ -35,6 +42,38 @@ impl RetryPolicy {
         // Full jitter in [base/2, base]: concurrent retriers of one serialization conflict spread out.
         let half = base / 2;
         Some(half + half.mul_f64(jitter()))
+    }
+}
+
+/// Runs `attempt` until it succeeds, fails with a permanent error, or spends `policy`'s budget on transient
+/// ones (serialization failures, lost connections), logging each retry. For operator actions and recovery,
+/// which a caller can always run again; steno's own writes use the store's retry-forever loop instead.
+pub async fn retry_transient<T, F, Fut>(
+    policy: RetryPolicy,
+    what: &str,
+    mut attempt: F,
+) -> Result<T, crate::DbError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, crate::DbError>>,
+{
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(error) => {
+                let delay = error
+                    .is_transient()
+                    .then(|| policy.delay(attempts))
+                    .flatten();
+                let Some(delay) = delay else {
+                    return Err(error);
+                };
+                tracing::warn!(%error, attempts, ?delay, "{what}: transient failure, retrying");
+                tokio::time::sleep(delay).await;
+            }
+        }
     }
 }
 

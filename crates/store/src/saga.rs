@@ -63,7 +63,7 @@ impl std::str::FromStr for SagaState {
 }
 
 /// A row of `saga`.
-#[derive(Clone, Debug, Queryable, Selectable, Insertable, serde::Serialize)]
+#[derive(Clone, Debug, Queryable, QueryableByName, Selectable, Insertable, serde::Serialize)]
 #[diesel(table_name = saga)]
 pub struct SagaRow {
     pub id: Uuid,
@@ -80,6 +80,8 @@ pub struct SagaRow {
     pub stuck_node: Option<String>,
     pub stuck_reason: Option<String>,
     pub abandon_reason: Option<String>,
+    /// When the saga was recorded `stuck` (see the `saga_time_stuck` migration).
+    pub time_stuck: Option<DateTime<Utc>>,
 }
 
 impl SagaRow {
@@ -231,25 +233,4 @@ pub async fn saga_history(
         commits,
         compensations,
     }))
-}
-
-/// Marks an unfinished saga `abandoned` with `reason`, whoever owns it. Returns whether it was unfinished.
-pub async fn mark_abandoned(
-    conn: &mut AsyncPgConnection,
-    id: Uuid,
-    reason: &str,
-) -> QueryResult<bool> {
-    let updated = diesel::update(
-        saga::table
-            .filter(saga::id.eq(id))
-            .filter(saga::saga_state.eq_any(["running", "unwinding", "stuck"])),
-    )
-    .set((
-        saga::saga_state.eq("abandoned"),
-        saga::abandon_reason.eq(reason),
-        saga::time_finished.eq(Utc::now()),
-    ))
-    .execute(conn)
-    .await?;
-    Ok(updated == 1)
 }

@@ -16,6 +16,7 @@ diesel::table! {
         stuck_node -> Nullable<Text>,
         stuck_reason -> Nullable<Text>,
         abandon_reason -> Nullable<Text>,
+        time_stuck -> Nullable<Timestamptz>,
     }
 }
 

@@ -32,7 +32,7 @@
 //! steno reports a saga whose undo failed as `done`. When steno marks a saga `done`, this store looks for an
 //! `undo_failed` event in the same transaction and records `stuck`, with the node and the error, instead.
 
-use crate::event::{EventRow, uuid_of};
+use crate::event::{EventRow, undo_error_message, uuid_of};
 use crate::fence::{Fence, Liveness};
 use crate::owner::{SagaOwner, lock_if_owner};
 use crate::retry::RetryPolicy;
@@ -45,6 +45,7 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use futures::FutureExt;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use steno::{SagaCachedState, SagaCreateParams, SagaId, SagaNodeEvent, SagaNodeEventType};
 use uuid::Uuid;
@@ -136,16 +137,32 @@ pub struct PgSecStore {
     sec_id: Uuid,
     sagas: Mutex<HashMap<Uuid, SagaLogHandle>>,
     liveness: Arc<Liveness>,
+    fenced_writes: Arc<AtomicU64>,
 }
 
 impl PgSecStore {
-    pub fn new(pool: DbPool, sec_id: Uuid, liveness: Arc<Liveness>) -> PgSecStore {
+    /// A store for executor `sec_id`. `fenced_writes` counts the writes it drops because another executor
+    /// adopted the saga (the engine shares the counter with its own transactions').
+    pub fn new(
+        pool: DbPool,
+        sec_id: Uuid,
+        liveness: Arc<Liveness>,
+        fenced_writes: Arc<AtomicU64>,
+    ) -> PgSecStore {
         PgSecStore {
             pool,
             sec_id,
             sagas: Mutex::new(HashMap::new()),
             liveness,
+            fenced_writes,
         }
+    }
+
+    /// Counts one write dropped by the fence and says why.
+    fn fenced(&self, saga_id: Uuid, what: &str) {
+        self.fenced_writes.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(%saga_id, what,
+            "fenced out: another executor adopted this saga (or it was abandoned); write not recorded");
     }
 
     pub fn sec_id(&self) -> Uuid {
@@ -250,18 +267,18 @@ impl PgSecStore {
                                             .ok()
                                             .and_then(|id| names.get(&id).cloned())
                                             .unwrap_or_else(|| format!("node {node_id}"));
-                                        let reason = data
-                                            .map(|d| d.to_string())
-                                            .unwrap_or_else(|| "undo failed".to_owned());
+                                        let reason = undo_error_message(data.as_ref());
                                         ("stuck", Some(node), Some(reason))
                                     }
                                 };
+                                let now = Utc::now();
                                 diesel::update(target)
                                     .set((
                                         saga::saga_state.eq(state),
                                         saga::stuck_node.eq(node),
                                         saga::stuck_reason.eq(reason),
-                                        saga::time_finished.eq(Utc::now()),
+                                        saga::time_finished.eq(now),
+                                        saga::time_stuck.eq((state == "stuck").then_some(now)),
                                     ))
                                     .execute(conn)
                                     .await?;
@@ -314,6 +331,12 @@ where
 #[async_trait::async_trait]
 impl steno::SecStore for PgSecStore {
     async fn saga_create(&self, params: SagaCreateParams) -> Result<(), anyhow::Error> {
+        if self.liveness.is_stopped() {
+            anyhow::bail!(
+                "the engine is shutting down: saga {} not created",
+                params.id
+            );
+        }
         self.liveness.check().await;
         let handle = self.handle(params.id).ok_or_else(|| {
             anyhow::anyhow!(
@@ -338,6 +361,7 @@ impl steno::SecStore for PgSecStore {
             stuck_node: None,
             stuck_reason: None,
             abandon_reason: None,
+            time_stuck: None,
         };
         let mut attempts = 0;
         loop {
@@ -367,8 +391,7 @@ impl steno::SecStore for PgSecStore {
             return;
         };
         if handle.fence().is_raised() {
-            tracing::info!(saga_id = %event.saga_id, node = u32::from(event.node_id),
-                event = event.event_type.label(), "fenced out: event not recorded");
+            self.fenced(handle.0.saga_id, event.event_type.label());
             return;
         }
         let node_id = u32::from(event.node_id);
@@ -410,8 +433,7 @@ impl steno::SecStore for PgSecStore {
             .write_events_fenced(handle.0.saga_id, handle.owner(), rows)
             .await
         {
-            tracing::info!(saga_id = %handle.0.saga_id, node = node_id, event = label,
-                "fenced out: another executor adopted this saga; event not recorded");
+            self.fenced(handle.0.saga_id, label);
             handle.fence().raise();
         }
     }
@@ -422,12 +444,11 @@ impl steno::SecStore for PgSecStore {
             return;
         };
         if handle.fence().is_raised() {
-            tracing::info!(saga_id = %id, ?update, "fenced out: state update not recorded");
+            self.fenced(handle.0.saga_id, "state update");
             return;
         }
         if !self.update_state(&handle, update).await {
-            tracing::info!(saga_id = %id, ?update,
-                "fenced out: another executor adopted this saga; state update not recorded");
+            self.fenced(handle.0.saga_id, "state update");
             handle.fence().raise();
         }
     }

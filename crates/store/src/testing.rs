@@ -28,7 +28,10 @@ pub struct TestDatabase {
 pub async fn fresh_database(
     extra: &[&'static EmbeddedMigrations],
 ) -> Result<TestDatabase, DbError> {
-    DatabaseServer::for_tests().await?.fresh_database(extra).await
+    DatabaseServer::for_tests()
+        .await?
+        .fresh_database(extra)
+        .await
 }
 
 /// A server fresh databases are made on: an embedded cluster, or an external server's URL.

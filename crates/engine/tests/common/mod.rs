@@ -1,0 +1,135 @@
+//! What the engine's test files share: a fresh database per test, engines running the example saga, and
+//! readers of what the example's tables and the saga log hold.
+
+#![allow(dead_code)] // each test file uses its own subset
+
+use ratchet_engine::example::{self, AccountState, ProvisionParams, ProvisionWidget};
+use ratchet_engine::{Engine, EngineBuilder, EngineConfig, FaultEffect, FaultPoint, SagaOutcome};
+use ratchet_store::saga::{get_saga, saga_history};
+use ratchet_store::testing::{TestDatabase, fresh_database};
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+pub async fn database() -> TestDatabase {
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    fresh_database(&[&example::MIGRATIONS])
+        .await
+        .expect("test database")
+}
+
+/// An engine builder for executor `sec_id` with the example saga registered.
+pub fn builder(db: &TestDatabase, sec_id: Uuid) -> EngineBuilder {
+    EngineBuilder::new(EngineConfig::new(&db.url, sec_id)).register::<ProvisionWidget>(Arc::new(()))
+}
+
+pub async fn account(engine: &Engine) -> Uuid {
+    let mut conn = engine.pool().get().await.unwrap();
+    example::create_account(&mut conn, 100).await.unwrap()
+}
+
+pub async fn state(engine: &Engine, account: Uuid) -> AccountState {
+    let mut conn = engine.pool().get().await.unwrap();
+    example::account_state(&mut conn, account).await.unwrap()
+}
+
+/// The account as it was before any saga ran.
+pub fn untouched() -> AccountState {
+    AccountState {
+        balance: 100,
+        ledger: vec![],
+        widgets: vec![],
+    }
+}
+
+pub fn params(account_id: Uuid) -> ProvisionParams {
+    ProvisionParams {
+        account_id,
+        widget_name: format!("w-{}", Uuid::new_v4().simple()),
+        price: 30,
+    }
+}
+
+pub async fn saga_state(engine: &Engine, id: Uuid) -> String {
+    let mut conn = engine.pool().get().await.unwrap();
+    get_saga(&mut conn, id).await.unwrap().unwrap().saga_state
+}
+
+/// (commit records, compensation records) of a saga, by node.
+pub async fn records(engine: &Engine, id: Uuid) -> (Vec<String>, Vec<(String, bool)>) {
+    let mut conn = engine.pool().get().await.unwrap();
+    let history = saga_history(&mut conn, id).await.unwrap().unwrap();
+    let mut commits: Vec<String> = history.commits.into_iter().map(|c| c.node_name).collect();
+    let mut compensations: Vec<(String, bool)> = history
+        .compensations
+        .into_iter()
+        .map(|c| (c.node_name, c.had_commit))
+        .collect();
+    commits.sort();
+    compensations.sort();
+    (commits, compensations)
+}
+
+pub fn names(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+/// Creates a provisioning saga on `first`, arms a crash at `node`/`point`, runs it until the engine dies.
+/// Returns the saga id.
+pub async fn run_until_crash(first: &Engine, account: Uuid, node: &str, point: FaultPoint) -> Uuid {
+    let saga = first
+        .create::<ProvisionWidget>(params(account))
+        .await
+        .unwrap();
+    first
+        .failpoints()
+        .arm(saga.id, node, point, FaultEffect::Crash, 1);
+    let id = saga.id;
+    let run = tokio::spawn(saga.run());
+    while !first.is_crashed() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    run.abort();
+    id
+}
+
+/// Waits (up to a minute) until a node of saga `id` sleeps in a `Delay` fault of `engine`.
+pub async fn until_delaying(engine: &Engine, id: Uuid) {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while !engine.failpoints().is_delaying(id) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the saga reached its delay");
+}
+
+/// Runs the example saga to `stuck`: activate_widget fails, and charge_account's compensation fails for good.
+pub async fn stuck_saga(engine: &Engine, account: Uuid) -> Uuid {
+    let saga = engine
+        .create::<ProvisionWidget>(params(account))
+        .await
+        .unwrap();
+    let id = saga.id;
+    let points = engine.failpoints();
+    points.arm(
+        id,
+        "activate_widget",
+        FaultPoint::BeforePrepare,
+        FaultEffect::PermanentError,
+        1,
+    );
+    points.arm(
+        id,
+        "charge_account",
+        FaultPoint::InCompensation,
+        FaultEffect::PermanentError,
+        1000,
+    );
+    let outcome = saga.run().await.unwrap();
+    assert!(
+        matches!(&outcome, SagaOutcome::Stuck { undo_node, .. } if undo_node == "charge_account"),
+        "{outcome:?}"
+    );
+    id
+}

@@ -1,0 +1,549 @@
+//! Operations on the real embedded PostgreSQL: adoption and fencing of a stale executor, recovery that refuses
+//! what this binary cannot run, stuck sagas (diagnosis, retry-unwind, abandon), counters and recent outcomes,
+//! and a clean shutdown.
+
+mod common;
+
+use common::*;
+use diesel::sql_types::{BigInt, Text, Uuid as SqlUuid};
+use diesel_async::RunQueryDsl;
+use ratchet_engine::example::ProvisionWidget;
+use ratchet_engine::{Engine, EngineError, FaultEffect, FaultPoint, SagaOutcome};
+use ratchet_store::saga::{get_saga, saga_history};
+use ratchet_store::stuck_diagnosis;
+use std::time::Duration;
+use uuid::Uuid;
+
+const LONG: FaultEffect = FaultEffect::Delay { millis: 600_000 };
+
+async fn start(db: &ratchet_store::testing::TestDatabase, sec_id: Uuid) -> Engine {
+    builder(db, sec_id).start().await.expect("engine starts").0
+}
+
+async fn outcome_within(
+    run: tokio::task::JoinHandle<Result<SagaOutcome, EngineError>>,
+) -> SagaOutcome {
+    tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the saga's run returned")
+        .expect("the run task")
+        .expect("the run")
+}
+
+/// Two engines; engine A runs a saga and holds it at charge_account's `point` until woken.
+struct Handoff {
+    a: Engine,
+    b: Engine,
+    sec_a: Uuid,
+    sec_b: Uuid,
+    account: Uuid,
+    id: Uuid,
+    a_run: tokio::task::JoinHandle<Result<SagaOutcome, EngineError>>,
+}
+
+async fn paused_on_a(point: FaultPoint) -> Handoff {
+    let db = database().await;
+    let (sec_a, sec_b) = (Uuid::new_v4(), Uuid::new_v4());
+    let a = start(&db, sec_a).await;
+    let b = start(&db, sec_b).await;
+    let account = account(&a).await;
+    let saga = a.create::<ProvisionWidget>(params(account)).await.unwrap();
+    let id = saga.id;
+    a.failpoints().arm(id, "charge_account", point, LONG, 1);
+    let a_run = tokio::spawn(saga.run());
+    until_delaying(&a, id).await;
+    Handoff {
+        a,
+        b,
+        sec_a,
+        sec_b,
+        account,
+        id,
+        a_run,
+    }
+}
+
+/// Engine A is paused inside charge_account's transaction, after prepare and before its fencing lock; engine B
+/// adopts the saga and finishes it; then A wakes. A must commit nothing, record nothing, notice the fence and
+/// stop, without unwinding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adopted_saga_fences_out_the_stale_executor() {
+    let Handoff {
+        a,
+        b,
+        sec_a,
+        sec_b,
+        account,
+        id,
+        a_run,
+    } = paused_on_a(FaultPoint::AfterPrepare).await;
+
+    let report = b.adopt(sec_a).await.unwrap();
+    assert_eq!(report.adopted.len(), 1, "{report:?}");
+    assert_eq!(report.adopted[0].id, id);
+    assert_eq!(report.adopted[0].generation, 2);
+    assert_eq!(report.resumed, vec![id]);
+    let outcome = b.wait(id).await.unwrap();
+    assert!(
+        matches!(outcome, SagaOutcome::Succeeded { .. }),
+        "{outcome:?}"
+    );
+    assert!(
+        !a_run.is_finished(),
+        "A is alive, still paused, when B finishes"
+    );
+
+    a.failpoints().wake(id);
+    assert_eq!(outcome_within(a_run).await, SagaOutcome::Fenced);
+
+    // Exactly once across the hand-off: one charge, B's.
+    let after = state(&b, account).await;
+    assert_eq!(
+        (after.balance, after.ledger.clone()),
+        (70, vec![-30]),
+        "{after:?}"
+    );
+    assert_eq!(after.widgets[0].1, "active");
+    let mut conn = b.pool().get().await.unwrap();
+    let history = saga_history(&mut conn, id).await.unwrap().unwrap();
+    assert_eq!(history.saga.saga_state, "done");
+    assert_eq!(history.saga.current_sec, Some(sec_b));
+    let adopted_at = history.saga.adopt_time;
+    for commit in &history.commits {
+        let expected = if commit.node_name == "reserve_widget" {
+            (sec_a, 1)
+        } else {
+            (sec_b, 2)
+        };
+        assert_eq!(
+            (commit.creator, commit.adopt_generation),
+            expected,
+            "{commit:?}"
+        );
+    }
+    assert_eq!(history.commits.len(), 3);
+    assert!(history.compensations.is_empty(), "A did not unwind");
+    for event in history.events.iter().filter(|e| e.creator == sec_a) {
+        assert!(
+            event.event_time < adopted_at,
+            "A recorded an event after the adoption: {event:?}"
+        );
+    }
+    let counters = a.counters().snapshot();
+    assert!(counters.fenced >= 1, "{counters:?}");
+    assert_eq!(counters.commits, 1, "A committed reserve_widget only");
+    assert_eq!(b.counters().snapshot().commits, 2);
+    let recent = a.recent_outcomes();
+    assert_eq!(
+        recent.last().map(|r| (&r.outcome, r.saga_id)),
+        Some((&SagaOutcome::Fenced, id))
+    );
+    let recent = b.recent_outcomes();
+    assert!(matches!(
+        recent.last().map(|r| &r.outcome),
+        Some(SagaOutcome::Succeeded { .. })
+    ));
+    assert_eq!(recent[0].saga_name, "example-provision");
+}
+
+/// Engine A holds charge_account's transaction open right before COMMIT (with its share lock on the saga row);
+/// B's adoption waits for that commit, then B carries the saga on without committing the charge again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adoption_waits_for_a_commit_in_flight_and_nothing_commits_twice() {
+    let Handoff {
+        a,
+        b,
+        sec_a,
+        account,
+        id,
+        a_run,
+        ..
+    } = paused_on_a(FaultPoint::BeforeCommit).await;
+
+    let adopt = tokio::spawn({
+        let b = b.clone();
+        async move { b.adopt(sec_a).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !adopt.is_finished(),
+        "the adoption waits for A's open commit"
+    );
+    a.failpoints().wake(id);
+    let report = tokio::time::timeout(Duration::from_secs(60), adopt)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.resumed, vec![id], "{report:?}");
+    let outcome = b.wait(id).await.unwrap();
+    assert!(
+        matches!(outcome, SagaOutcome::Succeeded { .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(outcome_within(a_run).await, SagaOutcome::Fenced);
+
+    let after = state(&b, account).await;
+    assert_eq!((after.balance, after.ledger), (70, vec![-30]));
+    let mut conn = b.pool().get().await.unwrap();
+    let history = saga_history(&mut conn, id).await.unwrap().unwrap();
+    let charge = history
+        .commits
+        .iter()
+        .find(|c| c.node_name == "charge_account")
+        .unwrap();
+    assert_eq!(
+        (charge.creator, charge.adopt_generation),
+        (sec_a, 1),
+        "A's commit landed before the adoption"
+    );
+    assert_eq!(history.commits.len(), 3);
+    assert_eq!(history.saga.saga_state, "done");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adopting_from_oneself_or_from_an_idle_executor() {
+    let db = database().await;
+    let sec = Uuid::new_v4();
+    let engine = start(&db, sec).await;
+    assert!(matches!(engine.adopt(sec).await, Err(EngineError::AdoptFromSelf(s)) if s == sec));
+    let report = engine.adopt(Uuid::new_v4()).await.unwrap();
+    assert!(report.adopted.is_empty() && report.resumed.is_empty());
+}
+
+/// Recovery abandons, with a reason, a saga whose DAG names an action this binary does not register, one
+/// whose log steno refuses, and one whose log does not decode; it resumes the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_abandons_what_it_cannot_run_and_resumes_the_rest() {
+    let db = database().await;
+    let sec = Uuid::new_v4();
+    let (good, unknown_action, refused_log, corrupt_row, account) = {
+        let first = start(&db, sec).await;
+        let account = account(&first).await;
+        let mut ids = Vec::new();
+        for _ in 0..4 {
+            // Created, never started: `running`, owned by `sec`, for the next start to recover.
+            ids.push(
+                first
+                    .create::<ProvisionWidget>(params(account))
+                    .await
+                    .unwrap()
+                    .id,
+            );
+        }
+        (ids[0], ids[1], ids[2], ids[3], account)
+    };
+    {
+        let mut conn = ratchet_store::pool::establish(&db.url).await.unwrap();
+        // A newer release renamed charge_account's action.
+        let updated = diesel::sql_query(
+            "UPDATE saga SET saga_dag = jsonb_set(saga_dag, '{graph,nodes,1,Action,action_name}', \
+             '\"example.charge_account_v0\"') WHERE id = $1 \
+             AND saga_dag #>> '{graph,nodes,1,Action,name}' = 'charge_account'",
+        )
+        .bind::<SqlUuid, _>(unknown_action)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        assert_eq!(updated, 1);
+        // activate_widget (node 2) succeeded while its parents never started: steno refuses this log.
+        // A `failed` event whose error does not decode: the log cannot even be read.
+        for (id, node, event, data) in [
+            (refused_log, 2i64, "succeeded", r#"{"widget_id": null}"#),
+            (corrupt_row, 0, "failed", r#""not an ActionError""#),
+        ] {
+            diesel::sql_query(
+                "INSERT INTO saga_node_event (saga_id, node_id, event_type, data, event_time, creator) \
+                 VALUES ($1, $2, $3, $4::jsonb, now(), $5)",
+            )
+            .bind::<SqlUuid, _>(id)
+            .bind::<BigInt, _>(node)
+            .bind::<Text, _>(event)
+            .bind::<Text, _>(data)
+            .bind::<SqlUuid, _>(sec)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        }
+    }
+
+    let (second, report) = builder(&db, sec).start().await.unwrap();
+    assert_eq!(report.resumed, vec![good], "{report:?}");
+    let reasons: std::collections::BTreeMap<Uuid, String> =
+        report.abandoned.iter().cloned().collect();
+    assert_eq!(reasons.len(), 3, "{report:?}");
+    let unknown = &reasons[&unknown_action];
+    assert!(
+        unknown.contains("\"example.charge_account_v0\"") && unknown.contains("\"charge_account\""),
+        "the reason names the node and the action: {unknown}"
+    );
+    assert!(
+        reasons[&refused_log].contains("steno refused"),
+        "{}",
+        reasons[&refused_log]
+    );
+    assert!(
+        reasons[&corrupt_row].contains("does not load"),
+        "{}",
+        reasons[&corrupt_row]
+    );
+
+    let outcome = second.wait(good).await.unwrap();
+    assert!(
+        matches!(outcome, SagaOutcome::Succeeded { .. }),
+        "{outcome:?}"
+    );
+    let mut conn = second.pool().get().await.unwrap();
+    for (id, reason) in &reasons {
+        let row = get_saga(&mut conn, *id).await.unwrap().unwrap();
+        assert_eq!(row.saga_state, "abandoned");
+        assert_eq!(row.abandon_reason.as_ref(), Some(reason));
+    }
+    assert_eq!(
+        state(&second, account).await.ledger,
+        vec![-30],
+        "only the good saga ran"
+    );
+    assert_eq!(second.counters().snapshot().abandoned, 3);
+    let abandoned_outcomes = second
+        .recent_outcomes()
+        .iter()
+        .filter(|r| matches!(r.outcome, SagaOutcome::Abandoned { .. }))
+        .count();
+    assert_eq!(abandoned_outcomes, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_saga_is_diagnosed_then_retry_unwind_completes_it() {
+    let db = database().await;
+    let engine = start(&db, Uuid::new_v4()).await;
+    let account = account(&engine).await;
+    let id = stuck_saga(&engine, account).await;
+
+    let mut conn = engine.pool().get().await.unwrap();
+    let diagnosis = stuck_diagnosis(&mut conn, id).await.unwrap().unwrap();
+    assert_eq!(diagnosis.state, "stuck");
+    assert_eq!(diagnosis.failed_undos.len(), 1, "{diagnosis:?}");
+    assert_eq!(diagnosis.failed_undos[0].node, "charge_account");
+    assert!(
+        diagnosis.failed_undos[0].error.contains("InCompensation"),
+        "{diagnosis:?}"
+    );
+    assert_eq!(diagnosis.stuck_node.as_deref(), Some("charge_account"));
+    assert!(
+        diagnosis
+            .stuck_reason
+            .as_deref()
+            .unwrap()
+            .contains("InCompensation")
+    );
+    // charge_account's compensation failed, and steno never ran reserve_widget's.
+    let uncompensated: Vec<&str> = diagnosis
+        .uncompensated
+        .iter()
+        .map(|c| c.node.as_str())
+        .collect();
+    assert_eq!(uncompensated, ["reserve_widget", "charge_account"]);
+    assert!(diagnosis.stuck_since.is_some() && diagnosis.stuck_for.is_some());
+    assert_eq!(
+        state(&engine, account).await.balance,
+        70,
+        "the charge is still in effect"
+    );
+
+    // Refusals: a wrong id, a wrong state, and a retry while the cause is still there is allowed but ends stuck.
+    let nowhere = Uuid::new_v4();
+    assert!(
+        matches!(engine.retry_unwind(nowhere).await, Err(EngineError::NoSuchSaga(i)) if i == nowhere)
+    );
+    let (done, _) = engine
+        .run::<ProvisionWidget>(params(account))
+        .await
+        .unwrap();
+    let refused = engine.retry_unwind(done).await.unwrap_err();
+    assert!(
+        matches!(&refused, EngineError::WrongState { state, wanted: "stuck", .. } if state == "done"),
+        "{refused}"
+    );
+
+    engine.failpoints().clear(id);
+    let outcome = engine.retry_unwind(id).await.unwrap();
+    assert!(
+        matches!(&outcome, SagaOutcome::Unwound { node, .. } if node == "activate_widget"),
+        "{outcome:?}"
+    );
+    let row = get_saga(&mut conn, id).await.unwrap().unwrap();
+    assert_eq!(row.saga_state, "done");
+    assert_eq!(
+        (row.stuck_node, row.stuck_reason, row.time_stuck),
+        (None, None, None)
+    );
+    assert_eq!(row.current_sec, Some(engine.sec_id()));
+    assert_eq!(
+        row.adopt_generation, 2,
+        "the retry took the saga over at the next generation"
+    );
+    let (_, compensations) = records(&engine, id).await;
+    assert_eq!(
+        compensations,
+        vec![
+            ("charge_account".into(), true),
+            ("reserve_widget".into(), true)
+        ]
+    );
+    let diagnosis = stuck_diagnosis(&mut conn, id).await.unwrap().unwrap();
+    assert!(diagnosis.uncompensated.is_empty() && diagnosis.failed_undos.is_empty());
+    // No leak: only the other (successful) saga's widget and charge remain.
+    let after = state(&engine, account).await;
+    assert_eq!((after.balance, after.ledger), (70, vec![-30]));
+    assert_eq!(after.widgets.len(), 1);
+    let counters = engine.counters().snapshot();
+    assert_eq!(
+        (counters.stuck, counters.unwound, counters.succeeded),
+        (1, 1, 1),
+        "{counters:?}"
+    );
+    assert_eq!(counters.compensations, 2);
+    assert!(matches!(
+        engine.recent_outcomes().last().map(|r| &r.outcome),
+        Some(SagaOutcome::Unwound { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandon_records_the_reason_and_leaves_the_rows() {
+    let db = database().await;
+    let engine = start(&db, Uuid::new_v4()).await;
+    let account = account(&engine).await;
+    let id = stuck_saga(&engine, account).await;
+    let (commits_before, compensations_before) = records(&engine, id).await;
+
+    assert!(matches!(
+        engine.abandon(id, "  ").await,
+        Err(EngineError::EmptyReason)
+    ));
+    let abandoned = engine
+        .abandon(id, "disk was destroyed by hand")
+        .await
+        .unwrap();
+    assert_eq!(abandoned.previous_state, "stuck");
+    assert_eq!(abandoned.reason, "disk was destroyed by hand");
+    assert_eq!(abandoned.uncompensated.len(), 2);
+
+    let mut conn = engine.pool().get().await.unwrap();
+    let row = get_saga(&mut conn, id).await.unwrap().unwrap();
+    assert_eq!(row.saga_state, "abandoned");
+    assert_eq!(
+        row.abandon_reason.as_deref(),
+        Some("disk was destroyed by hand")
+    );
+    assert_eq!(
+        records(&engine, id).await,
+        (commits_before, compensations_before)
+    );
+    let after = state(&engine, account).await;
+    let widgets: Vec<&str> = after
+        .widgets
+        .iter()
+        .map(|(_, state)| state.as_str())
+        .collect();
+    assert_eq!(
+        (after.balance, after.ledger.clone(), widgets),
+        (70, vec![-30], vec!["reserved"]),
+        "nothing was compensated: {after:?}"
+    );
+    let again = engine.abandon(id, "twice").await.unwrap_err();
+    assert!(
+        matches!(&again, EngineError::WrongState { state, .. } if state == "abandoned"),
+        "{again}"
+    );
+    let retry = engine.retry_unwind(id).await.unwrap_err();
+    assert!(
+        matches!(&retry, EngineError::WrongState { state, .. } if state == "abandoned"),
+        "{retry}"
+    );
+    assert_eq!(engine.counters().snapshot().abandoned, 1);
+}
+
+/// A shutdown while a node is in flight: the node stops at its next phase boundary, nothing more is written,
+/// new sagas are refused, and the next start recovers the saga and commits each node once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_nodes_at_a_phase_boundary_and_the_next_start_recovers() {
+    let db = database().await;
+    let sec = Uuid::new_v4();
+    let engine = start(&db, sec).await;
+    let account = account(&engine).await;
+    let saga = engine
+        .create::<ProvisionWidget>(params(account))
+        .await
+        .unwrap();
+    let id = saga.id;
+    engine
+        .failpoints()
+        .arm(id, "charge_account", FaultPoint::AfterPrepare, LONG, 1);
+    let run = tokio::spawn(saga.run());
+    until_delaying(&engine, id).await;
+
+    let shutdown = tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.shutdown().await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !shutdown.is_finished(),
+        "shutdown waits for the node in flight"
+    );
+    assert!(matches!(
+        engine.create::<ProvisionWidget>(params(account)).await,
+        Err(EngineError::ShuttingDown)
+    ));
+    engine.failpoints().wake(id);
+    let report = tokio::time::timeout(Duration::from_secs(60), shutdown)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.interrupted, vec![id]);
+    assert!(!report.steno_stopped, "a parked saga keeps steno's SEC");
+    assert!(matches!(
+        outcome_within(run).await,
+        SagaOutcome::Interrupted { .. }
+    ));
+    assert!(matches!(
+        engine.recover().await,
+        Err(EngineError::ShuttingDown)
+    ));
+    assert!(matches!(
+        engine.adopt(Uuid::new_v4()).await,
+        Err(EngineError::ShuttingDown)
+    ));
+
+    assert_eq!(saga_state(&engine, id).await, "running");
+    let (commits, _) = records(&engine, id).await;
+    assert_eq!(
+        commits,
+        names(&["reserve_widget"]),
+        "charge_account stopped before its commit"
+    );
+    assert_eq!(state(&engine, account).await.ledger, Vec::<i64>::new());
+
+    let (next, report) = builder(&db, sec).start().await.unwrap();
+    assert_eq!(report.resumed, vec![id]);
+    let outcome = next.wait(id).await.unwrap();
+    assert!(
+        matches!(outcome, SagaOutcome::Succeeded { .. }),
+        "{outcome:?}"
+    );
+    let after = state(&next, account).await;
+    assert_eq!((after.balance, after.ledger), (70, vec![-30]));
+
+    // An engine with nothing in flight shuts steno down cleanly.
+    let report = next.shutdown().await;
+    assert!(
+        report.interrupted.is_empty() && report.steno_stopped,
+        "{report:?}"
+    );
+    assert!(matches!(
+        next.create::<ProvisionWidget>(params(account)).await,
+        Err(EngineError::ShuttingDown)
+    ));
+}

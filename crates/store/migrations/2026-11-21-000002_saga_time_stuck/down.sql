@@ -1,0 +1,1 @@
+ALTER TABLE saga DROP COLUMN time_stuck;

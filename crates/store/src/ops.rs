@@ -1,0 +1,346 @@
+//! What operators (and the engine on their behalf) do to sagas: adopt another executor's unfinished sagas,
+//! diagnose a stuck saga, take a stuck saga back for another unwind, abandon a saga.
+//!
+//! Every function here is one statement or one serializable transaction, so each either happens whole or not
+//! at all, and each that changes who drives a saga bumps `adopt_generation`: any executor still holding the
+//! saga at the old generation is fenced out of it ([`crate::owner`]).
+
+use crate::DbError;
+use crate::event::undo_error_message;
+use crate::records::CommitRecord;
+use crate::saga::{SagaHistory, SagaRow, saga_history};
+use crate::schema::{saga, saga_node_event};
+use crate::transaction::in_transaction;
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Timestamptz, Uuid as SqlUuid};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use futures::FutureExt;
+use std::collections::{BTreeMap, BTreeSet};
+use uuid::Uuid;
+
+/// Moves up to `batch` unfinished (`running` / `unwinding`) sagas of executor `from` to executor `to`, in one
+/// statement: `current_sec = to`, `adopt_generation + 1`, `adopt_time = now`. Returns the adopted rows (with
+/// their new generation), lowest id first.
+///
+/// The `UPDATE` waits for the row locks that `from`'s in-flight transactions hold on those sagas
+/// ([`crate::owner::lock_if_owner`] takes `FOR SHARE`), so no write of `from` lands after it. Only safe to use
+/// while `from` may still be running *because* of that fencing: `from` notices at its next write and stops.
+pub async fn adopt_batch(
+    conn: &mut AsyncPgConnection,
+    from: Uuid,
+    to: Uuid,
+    batch: i64,
+) -> QueryResult<Vec<SagaRow>> {
+    // One statement; the outer WHERE re-checks the row actually updated, in case it changed after the
+    // subquery read it. (diesel's DSL cannot update a table filtered by a subquery on itself.)
+    let mut rows: Vec<SagaRow> = diesel::sql_query(
+        "UPDATE saga SET current_sec = $2, adopt_generation = adopt_generation + 1, adopt_time = $3 \
+         WHERE current_sec = $1 AND saga_state IN ('running', 'unwinding') \
+           AND id IN (SELECT id FROM saga \
+                      WHERE current_sec = $1 AND saga_state IN ('running', 'unwinding') \
+                      ORDER BY id LIMIT $4) \
+         RETURNING *",
+    )
+    .bind::<SqlUuid, _>(from)
+    .bind::<SqlUuid, _>(to)
+    .bind::<Timestamptz, _>(Utc::now())
+    .bind::<BigInt, _>(batch)
+    .load(conn)
+    .await?;
+    rows.sort_by_key(|row| row.id);
+    Ok(rows)
+}
+
+/// Why an operator action refuses a saga.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// There is no saga with that id.
+    NoSuchSaga,
+    /// The saga is not in a state the action applies to.
+    WrongState { state: String },
+    /// The saga is `stuck`, but not by a failed undo that steno can run again: a node's commit could be neither
+    /// kept nor compensated inside the node itself (the store noted it stuck; the log has no `undo_failed`).
+    NoFailedUndo {
+        stuck_node: Option<String>,
+        stuck_reason: Option<String>,
+    },
+}
+
+/// Takes stuck saga `id` back for another unwind by executor `sec_id`, in one transaction:
+/// - deletes its `undo_failed` events, so that steno, on resume, finds those nodes `undo_started` and runs
+///   their undo again (and then the undos of their ancestors, which never ran);
+/// - sets it `unwinding`, clears the stuck columns, and makes `sec_id` its owner at the next generation.
+///
+/// Returns the updated row, or why the saga cannot be retried.
+pub async fn take_for_retry_unwind(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    sec_id: Uuid,
+) -> Result<Result<SagaRow, Refusal>, DbError> {
+    in_transaction(conn, |conn| {
+        async move {
+            let Some(row) = lock_saga(conn, id).await? else {
+                return Ok(Err(Refusal::NoSuchSaga));
+            };
+            if row.saga_state != "stuck" {
+                return Ok(Err(Refusal::WrongState {
+                    state: row.saga_state,
+                }));
+            }
+            let deleted = diesel::delete(
+                saga_node_event::table
+                    .filter(saga_node_event::saga_id.eq(id))
+                    .filter(saga_node_event::event_type.eq("undo_failed")),
+            )
+            .execute(conn)
+            .await?;
+            if deleted == 0 {
+                return Ok(Err(Refusal::NoFailedUndo {
+                    stuck_node: row.stuck_node,
+                    stuck_reason: row.stuck_reason,
+                }));
+            }
+            let row = diesel::update(saga::table.filter(saga::id.eq(id)))
+                .set((
+                    saga::saga_state.eq("unwinding"),
+                    saga::stuck_node.eq(None::<String>),
+                    saga::stuck_reason.eq(None::<String>),
+                    saga::time_stuck.eq(None::<DateTime<Utc>>),
+                    saga::time_finished.eq(None::<DateTime<Utc>>),
+                    saga::current_sec.eq(sec_id),
+                    saga::adopt_generation.eq(saga::adopt_generation + 1),
+                    saga::adopt_time.eq(Utc::now()),
+                ))
+                .returning(SagaRow::as_returning())
+                .get_result(conn)
+                .await?;
+            Ok(Ok(row))
+        }
+        .boxed()
+    })
+    .await
+}
+
+/// Marks saga `id` `abandoned` with `reason` if it is `running`, `unwinding` or `stuck`; touches nothing else
+/// (its commit records, compensation records and log stay as they are, and nothing is compensated). An
+/// executor still driving it is fenced out: `abandoned` is not a state an executor may write in.
+///
+/// Returns the row as it was *before* (its former state), or why the saga cannot be abandoned.
+pub async fn abandon_saga(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    reason: &str,
+) -> Result<Result<SagaRow, Refusal>, DbError> {
+    let reason = reason.to_owned();
+    in_transaction(conn, |conn| {
+        async move {
+            let Some(row) = lock_saga(conn, id).await? else {
+                return Ok(Err(Refusal::NoSuchSaga));
+            };
+            if !["running", "unwinding", "stuck"].contains(&row.saga_state.as_str()) {
+                return Ok(Err(Refusal::WrongState {
+                    state: row.saga_state,
+                }));
+            }
+            diesel::update(saga::table.filter(saga::id.eq(id)))
+                .set((
+                    saga::saga_state.eq("abandoned"),
+                    saga::abandon_reason.eq(reason),
+                    saga::time_finished.eq(Utc::now()),
+                ))
+                .execute(conn)
+                .await?;
+            Ok(Ok(row))
+        }
+        .boxed()
+    })
+    .await
+}
+
+/// Saga `id`'s row, locked `FOR UPDATE` for the rest of the transaction.
+async fn lock_saga(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<SagaRow>> {
+    saga::table
+        .filter(saga::id.eq(id))
+        .select(SagaRow::as_select())
+        .for_update()
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// A node whose compensation failed: its `undo_failed` event.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct FailedUndo {
+    pub node_id: i64,
+    pub node: String,
+    pub error: String,
+    pub time: DateTime<Utc>,
+}
+
+/// A node whose commit happened and has not been compensated.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct UncompensatedCommit {
+    pub node: String,
+    pub time_committed: DateTime<Utc>,
+    /// The executor that committed it, at which generation.
+    pub creator: Uuid,
+    pub adopt_generation: i64,
+}
+
+/// What an operator needs to decide about a stuck saga: which compensation failed and why, which commits are
+/// still in effect, and how long it has been waiting.
+///
+/// Computed for any saga (an `unwinding` saga also has commits not yet compensated); for one that is not
+/// stuck, `failed_undos` is empty and the stuck fields are `None`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StuckDiagnosis {
+    pub saga_id: Uuid,
+    pub state: String,
+    /// Nodes whose compensation failed, from the log's `undo_failed` events.
+    pub failed_undos: Vec<FailedUndo>,
+    /// What the store recorded when it marked the saga stuck: the node and the error. Set also when the saga
+    /// is stuck without an `undo_failed` event (a commit that could be neither kept nor compensated).
+    pub stuck_node: Option<String>,
+    pub stuck_reason: Option<String>,
+    /// Nodes with a commit record and no compensation record, oldest commit first.
+    pub uncompensated: Vec<UncompensatedCommit>,
+    /// When the saga became stuck (`time_stuck`; for older rows, `time_finished`).
+    pub stuck_since: Option<DateTime<Utc>>,
+    /// How long ago that was.
+    pub stuck_for: Option<std::time::Duration>,
+}
+
+impl SagaHistory {
+    /// The saga's [`StuckDiagnosis`], as of now.
+    pub fn diagnosis(&self) -> StuckDiagnosis {
+        let saga = &self.saga;
+        let names = dag_node_names(&saga.saga_dag);
+        let name_of = |node_id: i64| {
+            names
+                .get(&node_id)
+                .cloned()
+                .unwrap_or_else(|| format!("node {node_id}"))
+        };
+        let failed_undos = self
+            .events
+            .iter()
+            .filter(|e| e.event_type == "undo_failed")
+            .map(|e| FailedUndo {
+                node_id: e.node_id,
+                node: name_of(e.node_id),
+                error: undo_error_message(e.data.as_ref()),
+                time: e.event_time,
+            })
+            .collect();
+        let compensated: BTreeSet<&str> = self
+            .compensations
+            .iter()
+            .map(|c| c.node_name.as_str())
+            .collect();
+        let mut uncompensated: Vec<UncompensatedCommit> = self
+            .commits
+            .iter()
+            .filter(|c| !compensated.contains(c.node_name.as_str()))
+            .map(|c: &CommitRecord| UncompensatedCommit {
+                node: c.node_name.clone(),
+                time_committed: c.time_committed,
+                creator: c.creator,
+                adopt_generation: c.adopt_generation,
+            })
+            .collect();
+        uncompensated.sort_by_key(|c| c.time_committed);
+        let stuck = saga.saga_state == "stuck";
+        let stuck_since = saga
+            .time_stuck
+            .or_else(|| stuck.then_some(saga.time_finished).flatten());
+        let stuck_for = stuck_since.and_then(|since| (Utc::now() - since).to_std().ok());
+        StuckDiagnosis {
+            saga_id: saga.id,
+            state: saga.saga_state.clone(),
+            failed_undos,
+            stuck_node: saga.stuck_node.clone(),
+            stuck_reason: saga.stuck_reason.clone(),
+            uncompensated,
+            stuck_since,
+            stuck_for,
+        }
+    }
+}
+
+/// The [`StuckDiagnosis`] of saga `id`, or `None` if there is no such saga.
+pub async fn stuck_diagnosis(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+) -> QueryResult<Option<StuckDiagnosis>> {
+    Ok(saga_history(conn, id)
+        .await?
+        .map(|history| history.diagnosis()))
+}
+
+/// steno node id to node name, from a persisted DAG (petgraph's serialized graph: `graph.nodes[i]` is
+/// `{"Action": {"name", …}}`, `{"Constant": {"name", …}}`, `{"Start": …}` or `"End"`). Nodes without a name
+/// are called by their kind, in lower case.
+pub fn dag_node_names(dag: &serde_json::Value) -> BTreeMap<i64, String> {
+    let nodes = dag
+        .pointer("/graph/nodes")
+        .and_then(serde_json::Value::as_array);
+    let mut names = BTreeMap::new();
+    for (index, node) in nodes.into_iter().flatten().enumerate() {
+        let named = node
+            .as_object()
+            .and_then(|o| o.values().next())
+            .and_then(|inner| inner.get("name"))
+            .and_then(serde_json::Value::as_str);
+        let name = match (named, node) {
+            (Some(name), _) => name.to_owned(),
+            (None, serde_json::Value::String(kind)) => kind.to_lowercase(),
+            (None, serde_json::Value::Object(o)) => o
+                .keys()
+                .next()
+                .map(|k| k.to_lowercase())
+                .unwrap_or_else(|| format!("#{index}")),
+            (None, _) => format!("#{index}"),
+        };
+        names.insert(index as i64, name);
+    }
+    names
+}
+
+/// The action name each node of a persisted DAG runs (`graph.nodes[i].Action.action_name`), by node name.
+pub fn dag_action_names(dag: &serde_json::Value) -> BTreeMap<String, String> {
+    let nodes = dag
+        .pointer("/graph/nodes")
+        .and_then(serde_json::Value::as_array);
+    nodes
+        .into_iter()
+        .flatten()
+        .filter_map(|node| {
+            let action = node.get("Action")?;
+            let name = action.get("name")?.as_str()?;
+            let action_name = action.get("action_name")?.as_str()?;
+            Some((name.to_owned(), action_name.to_owned()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn node_names_come_from_the_persisted_dag() {
+        let dag = serde_json::json!({"graph": {"nodes": [
+            {"Action": {"name": "reserve", "label": "reserve", "action_name": "x.reserve"}},
+            {"Constant": {"name": "c", "value": 1}},
+            {"Start": {"params": {}}},
+            "End",
+        ]}});
+        let names: Vec<String> = dag_node_names(&dag).into_values().collect();
+        assert_eq!(names, ["reserve", "c", "start", "end"]);
+        assert_eq!(
+            dag_action_names(&dag).into_iter().collect::<Vec<_>>(),
+            [("reserve".to_owned(), "x.reserve".to_owned())]
+        );
+    }
+}
