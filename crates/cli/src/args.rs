@@ -17,6 +17,8 @@ const VALUED: &[&str] = &[
     "--fail-after-commit",
     "--name",
     "--price",
+    "--reason",
+    "--from",
 ];
 
 impl Args {

@@ -1,16 +1,16 @@
 //! The CLI's commands.
 
 use crate::args::Args;
+use crate::{engine_setup, sagas};
 use anyhow::{Context, bail};
 use diesel::sql_types::Text;
 use diesel_async::RunQueryDsl;
 use ratchet_embedded_pg::{Cluster, ClusterStatus};
 use ratchet_engine::example::{self, ProvisionParams, ProvisionWidget};
-use ratchet_engine::{Engine, EngineBuilder, EngineConfig, FaultEffect, FaultPoint, SagaOutcome};
-use ratchet_store::saga::{SagaHistory, list_sagas, saga_history};
-use ratchet_store::{SagaState, pool};
+use ratchet_engine::{Engine, EngineConfig, FaultEffect, FaultPoint, SagaOutcome};
+use ratchet_store::pool;
+use ratchet_store::saga::saga_history;
 use std::path::PathBuf;
-use std::sync::Arc;
 use uuid::Uuid;
 
 /// The database the embedded cluster's commands use.
@@ -59,8 +59,14 @@ pub async fn dispatch(args: Args) -> anyhow::Result<()> {
         }
         ["demo"] => demo(&args).await,
         ["recover"] => recover(&args).await,
-        ["sagas", "list"] => sagas_list(&args).await,
-        ["sagas", "show", id] => sagas_show(&args, id).await,
+        ["sagas", "list"] => sagas::list(&args).await,
+        ["sagas", "show", id] => sagas::show(&args, id).await,
+        ["sagas", "retry-unwind", id] => sagas::retry_unwind(&args, id).await,
+        ["sagas", "abandon", id] => sagas::abandon(&args, id).await,
+        ["sagas", "adopt"] => sagas::adopt(&args).await,
+        ["sagas", verb @ ("show" | "retry-unwind" | "abandon")] => {
+            bail!("`ratchet sagas {verb}` needs a saga id: `ratchet sagas {verb} ID`")
+        }
         _ => bail!(
             "unknown command {:?} (see `ratchet --help`)",
             words.join(" ")
@@ -102,7 +108,7 @@ async fn start_embedded(cluster: &Cluster) -> anyhow::Result<String> {
 }
 
 /// `--database-url`, `DATABASE_URL`, or the embedded cluster (started on demand).
-async fn database_url(args: &Args) -> anyhow::Result<String> {
+pub(crate) async fn database_url(args: &Args) -> anyhow::Result<String> {
     if let Some(url) = args.value::<String>("--database-url")? {
         return Ok(url);
     }
@@ -135,16 +141,19 @@ fn sec_id(args: &Args) -> anyhow::Result<Uuid> {
     }
 }
 
-async fn engine(args: &Args) -> anyhow::Result<(Engine, ratchet_engine::RecoveryReport)> {
+/// An engine for this executor with every saga of [`engine_setup`] registered, after its recovery of this
+/// executor's unfinished sagas.
+pub(crate) async fn engine(
+    args: &Args,
+) -> anyhow::Result<(Engine, ratchet_engine::RecoveryReport)> {
     let url = database_url(args).await?;
-    pool::run_migrations(&url, &example::MIGRATIONS)
-        .await
-        .context("applying the example saga's migrations")?;
+    for migrations in engine_setup::saga_migrations() {
+        pool::run_migrations(&url, migrations)
+            .await
+            .context("applying the sagas' migrations")?;
+    }
     let config = EngineConfig::new(url, sec_id(args)?);
-    Ok(EngineBuilder::new(config)
-        .register::<ProvisionWidget>(Arc::new(()))
-        .start()
-        .await?)
+    Ok(engine_setup::engine_builder(config).start().await?)
 }
 
 async fn demo(args: &Args) -> anyhow::Result<()> {
@@ -177,11 +186,12 @@ async fn demo(args: &Args) -> anyhow::Result<()> {
     }
     let id = saga.id;
     let outcome = saga.run().await?;
-    println!("saga {id}: {}", describe(&outcome));
+    println!("saga {id}: {}", sagas::describe(&outcome));
     let history = saga_history(&mut conn, id)
         .await?
         .context("the saga's row is gone")?;
-    print_history(&history);
+    println!();
+    sagas::print_history(&history);
     let state = example::account_state(&mut conn, account).await?;
     println!(
         "\naccount afterwards: balance {}, ledger {:?}, widgets {:?}",
@@ -190,153 +200,40 @@ async fn demo(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn describe(outcome: &SagaOutcome) -> String {
-    match outcome {
-        SagaOutcome::Succeeded { output } => format!("succeeded, output {output}"),
-        SagaOutcome::Unwound { node, error } => {
-            format!("unwound cleanly after {node} failed: {error}")
-        }
-        SagaOutcome::Stuck {
-            node,
-            error,
-            undo_node,
-            undo_error,
-        } => {
-            format!(
-                "STUCK: {node} failed ({error}), then the compensation of {undo_node} failed ({undo_error})"
-            )
-        }
-        SagaOutcome::Fenced => "fenced out: another executor owns it".to_owned(),
-    }
-}
-
-fn print_history(history: &SagaHistory) {
-    let saga = &history.saga;
-    println!(
-        "\nsaga {} ({}) state {}",
-        saga.id, saga.name, saga.saga_state
-    );
-    if let (Some(node), Some(reason)) = (&saga.stuck_node, &saga.stuck_reason) {
-        println!("  stuck at {node}: {reason}");
-    }
-    if let Some(reason) = &saga.abandon_reason {
-        println!("  abandoned: {reason}");
-    }
-    let names = node_names(&saga.saga_dag);
-    println!("\n  {:<12} {:<18} {:<14} data", "time", "node", "event");
-    for event in &history.events {
-        let node = names
-            .get(&event.node_id)
-            .cloned()
-            .unwrap_or_else(|| format!("#{}", event.node_id));
-        let data = event
-            .data
-            .as_ref()
-            .map(|d| d.to_string())
-            .unwrap_or_default();
-        println!(
-            "  {:<12} {:<18} {:<14} {}",
-            event.event_time.format("%H:%M:%S%.3f"),
-            node,
-            event.event_type,
-            data
-        );
-    }
-    println!("\n  commit records:");
-    for record in &history.commits {
-        println!("    {:<18} receipt {}", record.node_name, record.receipt);
-    }
-    println!("  compensation records:");
-    for record in &history.compensations {
-        println!(
-            "    {:<18} had commit: {}",
-            record.node_name, record.had_commit
-        );
-    }
-}
-
-/// Node id to name, from the persisted DAG (petgraph's serialized graph: `graph.nodes[i]`).
-fn node_names(dag: &serde_json::Value) -> std::collections::BTreeMap<i64, String> {
-    let mut names = std::collections::BTreeMap::new();
-    if let Some(nodes) = dag.pointer("/graph/nodes").and_then(|n| n.as_array()) {
-        for (index, node) in nodes.iter().enumerate() {
-            let name = node
-                .as_object()
-                .and_then(|o| o.values().next())
-                .and_then(|inner| inner.get("name"))
-                .and_then(|n| n.as_str())
-                .map(str::to_owned)
-                .unwrap_or_else(|| {
-                    node.as_object()
-                        .and_then(|o| o.keys().next().cloned())
-                        .unwrap_or_else(|| format!("#{index}"))
-                        .to_lowercase()
-                });
-            names.insert(index as i64, name);
-        }
-    }
-    names
-}
-
 async fn recover(args: &Args) -> anyhow::Result<()> {
     args.only(&[])?;
     let (engine, report) = engine(args).await?;
+    let sec = engine.sec_id();
+    if report.resumed.is_empty() && report.abandoned.is_empty() {
+        println!("executor {sec}: nothing to recover (it has no running or unwinding saga)");
+        engine.shutdown().await;
+        return Ok(());
+    }
     println!(
-        "executor {}: resumed {} saga(s), abandoned {}",
-        engine.sec_id(),
+        "executor {sec}: resumed {} saga(s), abandoned {}",
         report.resumed.len(),
         report.abandoned.len()
     );
     for (id, reason) in &report.abandoned {
         println!("  abandoned {id}: {reason}");
     }
+    let mut tally: std::collections::BTreeMap<&str, usize> = Default::default();
     for id in &report.resumed {
-        match engine.wait(*id).await {
-            Some(outcome) => println!("  {id}: {}", describe(&outcome)),
-            None => println!("  {id}: no longer tracked"),
-        }
+        let kind = match sagas::print_outcome(&engine, *id).await {
+            Some(SagaOutcome::Succeeded { .. }) => "succeeded",
+            Some(SagaOutcome::Unwound { .. }) => "unwound",
+            Some(SagaOutcome::Stuck { .. }) => "stuck",
+            Some(_) | None => "not at rest",
+        };
+        *tally.entry(kind).or_default() += 1;
     }
-    Ok(())
-}
-
-async fn sagas_list(args: &Args) -> anyhow::Result<()> {
-    args.only(&["--state"])?;
-    let state = args
-        .value::<String>("--state")?
-        .map(|s| s.parse::<SagaState>().map_err(anyhow::Error::msg))
-        .transpose()?;
-    let url = database_url(args).await?;
-    pool::run_migrations(&url, &ratchet_store::SAGA_LOG_MIGRATIONS).await?;
-    let mut conn = pool::establish(&url).await?;
-    let rows = list_sagas(&mut conn, state, 1000).await?;
+    let tally: Vec<String> = tally.iter().map(|(k, n)| format!("{n} {k}")).collect();
     println!(
-        "{:<36}  {:<20} {:<10} {:<26} executor",
-        "id", "name", "state", "created"
+        "recovered {} saga(s): {}; abandoned {}",
+        report.resumed.len(),
+        tally.join(", "),
+        report.abandoned.len()
     );
-    for row in rows {
-        println!(
-            "{:<36}  {:<20} {:<10} {:<26} {}",
-            row.id,
-            row.name,
-            row.saga_state,
-            row.time_created.format("%Y-%m-%d %H:%M:%S%.3f"),
-            row.current_sec.map(|s| s.to_string()).unwrap_or_default()
-        );
-    }
-    Ok(())
-}
-
-async fn sagas_show(args: &Args, id: &str) -> anyhow::Result<()> {
-    args.only(&[])?;
-    let id: Uuid = id
-        .parse()
-        .with_context(|| format!("{id:?} is not a saga id (a UUID)"))?;
-    let url = database_url(args).await?;
-    pool::run_migrations(&url, &ratchet_store::SAGA_LOG_MIGRATIONS).await?;
-    let mut conn = pool::establish(&url).await?;
-    let history = saga_history(&mut conn, id)
-        .await?
-        .with_context(|| format!("no saga with id {id}"))?;
-    print_history(&history);
+    engine.shutdown().await;
     Ok(())
 }

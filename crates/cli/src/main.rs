@@ -5,6 +5,8 @@
 
 mod args;
 mod commands;
+mod engine_setup;
+mod sagas;
 
 use anyhow::Context;
 use args::Args;
@@ -21,7 +23,12 @@ COMMANDS:
                                run the example saga and print its node-by-node history
     recover                    resume this executor's unfinished sagas and print what it did
     sagas list [--state S]     list sagas (running, unwinding, done, stuck, abandoned)
-    sagas show ID              a saga's events, commit and compensation records
+    sagas show ID              a saga's node-by-node timeline (events, timings, commit and
+                               compensation records) and, when stuck, its diagnosis
+    sagas retry-unwind ID      re-drive a stuck saga's failed compensation (fix the cause first)
+    sagas abandon ID --reason TEXT
+                               mark a saga abandoned with a reason, leaving its rows as they are
+    sagas adopt --from SEC_ID  take over another executor's unfinished sagas and finish them
 
 OPTIONS:
     --database-url URL   a PostgreSQL server to use instead of the embedded one (also DATABASE_URL)

@@ -13,7 +13,8 @@
 //! compensation would show as a balance above the original.
 
 use crate::{
-    CommitTx, DbNode, NodeError, NodeOutput, NodeRegistry, PrepareCx, SagaBuilder, SagaDef,
+    CommitTx, DbNode, Engine, EngineError, FaultEffect, FaultPoint, NodeError, NodeOutput,
+    NodeRegistry, PrepareCx, SagaBuilder, SagaDef, SagaOutcome,
 };
 use diesel::sql_types::{BigInt, Text, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
@@ -309,6 +310,33 @@ impl DbNode<ProvisionWidget> for ActivateWidget {
             .await?;
         Ok(())
     }
+}
+
+/// Runs the example saga to `stuck` (a test and demo helper): activate_widget fails before its prepare, and
+/// charge_account's compensation then fails for good, so steno stops unwinding with reserve_widget and
+/// charge_account still committed. The faults stay armed until `engine.failpoints().clear(id)`.
+pub async fn run_stuck(
+    engine: &Engine,
+    params: ProvisionParams,
+) -> Result<(Uuid, SagaOutcome), EngineError> {
+    let saga = engine.create::<ProvisionWidget>(params).await?;
+    let id = saga.id;
+    let points = engine.failpoints();
+    points.arm(
+        id,
+        "activate_widget",
+        FaultPoint::BeforePrepare,
+        FaultEffect::PermanentError,
+        1,
+    );
+    points.arm(
+        id,
+        "charge_account",
+        FaultPoint::InCompensation,
+        FaultEffect::PermanentError,
+        u32::MAX,
+    );
+    Ok((id, saga.run().await?))
 }
 
 /// Creates an account with `balance` (a test and demo helper).

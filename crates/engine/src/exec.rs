@@ -51,6 +51,8 @@ pub(crate) struct NodeRun<'a, S: SagaDef> {
     args: serde_json::Value,
     /// Counts this node as between phase boundaries, for a clean shutdown.
     active: ActiveNode<'a>,
+    /// When steno started this action (or undo).
+    pub(crate) began: chrono::DateTime<chrono::Utc>,
 }
 
 impl<'a, S: SagaDef> NodeRun<'a, S> {
@@ -73,6 +75,7 @@ impl<'a, S: SagaDef> NodeRun<'a, S> {
             params: envelope.params,
             args,
             active: ActiveNode::enter(&cx.shared.shutdown),
+            began: chrono::Utc::now(),
         })
     }
 

@@ -237,17 +237,28 @@ async fn forward_in_transaction<S: SagaDef, N: DbNode<S>>(
     Ok(output_json)
 }
 
+/// The log row of one of this node's events, written by the engine's own transaction. A `started` (or
+/// `undo_started`) row carries the time steno started the node (or its undo), not the time of the commit that
+/// writes it, so that the saga's timeline shows how long the node took.
 pub(crate) fn event_row<S: SagaDef>(
     run: &NodeRun<'_, S>,
     event_type: SagaNodeEventType,
     creator: uuid::Uuid,
 ) -> Result<EventRow, NodeError> {
+    let began = matches!(
+        event_type,
+        SagaNodeEventType::Started | SagaNodeEventType::UndoStarted
+    );
     let event = SagaNodeEvent {
         saga_id: newtype_uuid::GenericUuid::from_untyped_uuid(run.saga_id()),
         node_id: run.node_id.into(),
         event_type,
     };
-    Ok(EventRow::new(&event, creator)?)
+    let mut row = EventRow::new(&event, creator)?;
+    if began {
+        row.event_time = run.began;
+    }
+    Ok(row)
 }
 
 /// A failure after the commit (or a post-commit phase that panicked on replay): compensate now, from the

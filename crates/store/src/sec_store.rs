@@ -40,7 +40,7 @@ use crate::saga::{SagaRow, insert_saga};
 use crate::schema::{saga, saga_node_event};
 use crate::transaction::in_transaction;
 use crate::{DbError, DbPool};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use futures::FutureExt;
@@ -77,8 +77,9 @@ struct SagaLogState {
 
 #[derive(Debug, Default)]
 struct PendingLog {
-    /// steno events held back (deferred `started` / `undo_started`).
-    deferred: Vec<SagaNodeEvent>,
+    /// steno events held back (deferred `started` / `undo_started`), with the time steno recorded them (the
+    /// row's `event_time` when one is written, so that the saga's timeline shows when the node started).
+    deferred: Vec<(SagaNodeEvent, DateTime<Utc>)>,
     /// (node, event type) that the engine's own transaction already wrote: steno's copy is skipped.
     durable: HashSet<(u32, &'static str)>,
     /// Set when a node's commit could be neither kept nor compensated: the saga must end `stuck`.
@@ -98,7 +99,7 @@ impl SagaLogHandle {
     /// will): drop deferred copies, and skip steno's later copies.
     pub fn mark_durable(&self, node_id: u32, written: &[&'static str]) {
         let mut log = lock(&self.0.log);
-        log.deferred.retain(|e| {
+        log.deferred.retain(|(e, _)| {
             u32::from(e.node_id) != node_id || !written.contains(&e.event_type.label())
         });
         for label in written {
@@ -406,19 +407,23 @@ impl steno::SecStore for PgSecStore {
                 SagaNodeEventType::Started | SagaNodeEventType::UndoStarted
             );
             if deferrable && handle.0.registration.deferred_nodes.contains(&node_id) {
-                log.deferred.push(event);
+                log.deferred.push((event, Utc::now()));
                 return;
             }
             let (mine, others): (Vec<_>, Vec<_>) = std::mem::take(&mut log.deferred)
                 .into_iter()
-                .partition(|e| u32::from(e.node_id) == node_id);
+                .partition(|(e, _)| u32::from(e.node_id) == node_id);
             log.deferred = others;
             mine
         };
-        batch.push(event);
+        batch.push((event, Utc::now()));
         let rows: Result<Vec<EventRow>, DbError> = batch
             .iter()
-            .map(|e| EventRow::new(e, self.sec_id))
+            .map(|(e, time)| {
+                let mut row = EventRow::new(e, self.sec_id)?;
+                row.event_time = *time;
+                Ok(row)
+            })
             .collect();
         let rows = match rows {
             Ok(rows) => rows,

@@ -104,29 +104,9 @@ pub async fn until_delaying(engine: &Engine, id: Uuid) {
     .expect("the saga reached its delay");
 }
 
-/// Runs the example saga to `stuck`: activate_widget fails, and charge_account's compensation fails for good.
+/// Runs the example saga to `stuck` (see `example::run_stuck`).
 pub async fn stuck_saga(engine: &Engine, account: Uuid) -> Uuid {
-    let saga = engine
-        .create::<ProvisionWidget>(params(account))
-        .await
-        .unwrap();
-    let id = saga.id;
-    let points = engine.failpoints();
-    points.arm(
-        id,
-        "activate_widget",
-        FaultPoint::BeforePrepare,
-        FaultEffect::PermanentError,
-        1,
-    );
-    points.arm(
-        id,
-        "charge_account",
-        FaultPoint::InCompensation,
-        FaultEffect::PermanentError,
-        1000,
-    );
-    let outcome = saga.run().await.unwrap();
+    let (id, outcome) = example::run_stuck(engine, params(account)).await.unwrap();
     assert!(
         matches!(&outcome, SagaOutcome::Stuck { undo_node, .. } if undo_node == "charge_account"),
         "{outcome:?}"
