@@ -7,47 +7,17 @@
 //! transaction back when the connection dies), and right after `COMMIT` (the charge is durable; the commit
 //! record makes the recovering process skip it).
 
-use diesel_async::AsyncConnection;
 use ratchet_engine::example;
 use ratchet_store::saga::{get_saga, saga_history};
-use ratchet_store::testing::fresh_database;
-use std::io::{BufRead, BufReader};
+use ratchet_tests::{after, database_with_account, lines_of, read_until};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
 use uuid::Uuid;
 
 const CHILD: &str = env!("CARGO_BIN_EXE_ratchet-crash-child");
 
-/// Runs the child until it reports `until`, collecting the lines it printed.
-fn read_until(
-    lines: &mut impl Iterator<Item = std::io::Result<String>>,
-    until: &str,
-) -> Vec<String> {
-    let mut seen = Vec::new();
-    for line in lines {
-        let line = line.expect("child stdout");
-        let done = line.contains(until);
-        seen.push(line);
-        if done {
-            return seen;
-        }
-    }
-    panic!(
-        "child exited before printing {until:?}; it printed:\n{}",
-        seen.join("\n")
-    );
-}
-
 async fn kill_mid_saga_then_recover(point: &str) {
-    let db = fresh_database(&[&example::MIGRATIONS])
-        .await
-        .expect("database");
-    let mut conn = diesel_async::AsyncPgConnection::establish(&db.url)
-        .await
-        .expect("connect");
-    let account = example::create_account(&mut conn, 100)
-        .await
-        .expect("account");
+    let (db, mut conn, account) = database_with_account().await;
     let sec_id = Uuid::new_v4();
 
     let mut child = Command::new(CHILD)
@@ -56,11 +26,9 @@ async fn kill_mid_saga_then_recover(point: &str) {
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn child");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut lines = lines_of(child.stdout.take().expect("stdout"));
     let printed = read_until(&mut lines, "fault point reached");
-    let saga_id: Uuid = printed
-        .iter()
-        .find_map(|l| l.strip_prefix("saga "))
+    let saga_id: Uuid = after(&printed, "saga")
         .expect("child printed its saga id")
         .parse()
         .expect("saga id");

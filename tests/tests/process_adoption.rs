@@ -1,0 +1,112 @@
+//! Adoption across real processes: process A runs a saga and pauses inside `charge_account` (the example's
+//! non-idempotent node), after its prepare and before its commit; process B adopts A's sagas and finishes
+//! the saga; then A, alive all along, wakes and tries to carry on. Every write A attempts is refused by the
+//! fence: it commits nothing, records nothing, notices, and stops driving the saga without unwinding it.
+
+use ratchet_engine::example;
+use ratchet_store::saga::saga_history;
+use ratchet_tests::{after, database_with_account, lines_of, read_until};
+use std::io::Write;
+use std::process::{Command, Stdio};
+use uuid::Uuid;
+
+const CHILD: &str = env!("CARGO_BIN_EXE_ratchet-crash-child");
+
+#[tokio::test]
+async fn a_live_stale_process_is_fenced_out_after_another_adopts_its_saga() {
+    let (db, mut conn, account) = database_with_account().await;
+    let (sec_a, sec_b) = (Uuid::new_v4(), Uuid::new_v4());
+
+    let mut a = Command::new(CHILD)
+        .args(["pause", &db.url, &sec_a.to_string(), &account.to_string()])
+        .args(["charge_account", "after_prepare"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn process A");
+    let mut a_lines = lines_of(a.stdout.take().expect("stdout"));
+    let printed = read_until(&mut a_lines, "fault point reached");
+    let saga_id: Uuid = after(&printed, "saga")
+        .expect("A printed its saga id")
+        .parse()
+        .expect("saga id");
+
+    let b = Command::new(CHILD)
+        .args(["adopt", &db.url, &sec_b.to_string(), &sec_a.to_string()])
+        .arg(saga_id.to_string())
+        .output()
+        .expect("run process B");
+    let b_out = String::from_utf8_lossy(&b.stdout);
+    assert!(
+        b.status.success(),
+        "B failed:\n{b_out}\n{}",
+        String::from_utf8_lossy(&b.stderr)
+    );
+    assert!(
+        b_out.contains(&format!(r#""id":"{saga_id}""#)) && b_out.contains(r#""generation":2"#),
+        "B adopted the saga at generation 2:\n{b_out}"
+    );
+    assert!(
+        b_out.contains(r#"outcome {"outcome":"succeeded""#),
+        "B finished the saga:\n{b_out}"
+    );
+    assert!(
+        a.try_wait().expect("poll A").is_none(),
+        "A is alive (and paused) after B finished"
+    );
+
+    // A wakes and tries to commit charge_account.
+    writeln!(a.stdin.as_mut().expect("A's stdin"), "wake").expect("wake A");
+    let printed = read_until(&mut a_lines, "counters");
+    assert_eq!(
+        after(&printed, "outcome"),
+        Some(r#"{"outcome":"fenced"}"#),
+        "A noticed the fence:\n{}",
+        printed.join("\n")
+    );
+    let counters: serde_json::Value =
+        serde_json::from_str(after(&printed, "counters").expect("A's counters")).unwrap();
+    assert!(
+        counters["fenced"].as_u64() >= Some(1),
+        "A's refused writes are counted: {counters}"
+    );
+    assert_eq!(counters["commits"], 1, "A committed reserve_widget only");
+    assert_eq!(counters["compensations"], 0, "A did not unwind");
+    drop(a.stdin.take());
+    let status = a.wait().expect("reap A");
+    assert!(
+        status.success(),
+        "A exited cleanly, without a panic: {status:?}"
+    );
+
+    // One charge, B's; nothing of A's after the adoption.
+    let state = example::account_state(&mut conn, account).await.unwrap();
+    assert_eq!((state.balance, state.ledger), (70, vec![-30]));
+    assert_eq!(state.widgets.len(), 1);
+    assert_eq!(state.widgets[0].1, "active");
+    let history = saga_history(&mut conn, saga_id).await.unwrap().unwrap();
+    assert_eq!(history.saga.saga_state, "done");
+    assert_eq!(history.saga.current_sec, Some(sec_b));
+    assert_eq!(history.saga.adopt_generation, 2);
+    let mut commits: Vec<(&str, Uuid, i64)> = history
+        .commits
+        .iter()
+        .map(|c| (c.node_name.as_str(), c.creator, c.adopt_generation))
+        .collect();
+    commits.sort_unstable();
+    assert_eq!(
+        commits,
+        [
+            ("activate_widget", sec_b, 2),
+            ("charge_account", sec_b, 2),
+            ("reserve_widget", sec_a, 1)
+        ]
+    );
+    assert!(history.compensations.is_empty());
+    for event in history.events.iter().filter(|e| e.creator == sec_a) {
+        assert!(
+            event.event_time < history.saga.adopt_time,
+            "A recorded an event after the adoption: {event:?}"
+        );
+    }
+}
