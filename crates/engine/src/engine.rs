@@ -177,8 +177,9 @@ pub struct Engine {
     pub(crate) resumers: Arc<HashMap<&'static str, Resumer>>,
     registries: Arc<HashMap<&'static str, Arc<dyn std::any::Any + Send + Sync>>>,
     running: Arc<Mutex<HashMap<Uuid, tokio::sync::watch::Receiver<Option<SagaOutcome>>>>>,
-    /// Sagas started in steno by this engine and not yet at rest, by id: their definition's name.
-    pub(crate) live: Arc<Mutex<BTreeMap<Uuid, &'static str>>>,
+    /// Sagas created or resumed by this engine and not yet at rest (nor fenced), by id: their definition's
+    /// name. Recovery leaves these alone; a shutdown reports them interrupted.
+    pub(crate) live: Arc<Mutex<BTreeMap<Uuid, String>>>,
 }
 
 /// Collects the saga definitions an engine runs, then starts it.
@@ -203,6 +204,9 @@ pub struct RecoveryReport {
     pub resumed: Vec<Uuid>,
     /// Sagas that could not be resumed, marked `abandoned`, with the reason.
     pub abandoned: Vec<(Uuid, String)>,
+    /// Unfinished sagas left alone because this engine is already driving them (created or resumed here):
+    /// recovering them again would drive one saga twice under one owner.
+    pub running_here: Vec<Uuid>,
 }
 
 impl EngineBuilder {
@@ -472,6 +476,7 @@ impl Engine {
             }
         })?;
         self.shared.counters.started.fetch_add(1, Ordering::Relaxed);
+        lock(&self.live).insert(id, S::NAME.to_owned());
         tracing::info!(saga_id = %id, saga = S::NAME, "saga created");
         Ok(PreparedSaga {
             engine: self.clone(),
@@ -573,7 +578,7 @@ impl Engine {
             return Err(error);
         }
         tracked.sec.unresolved.fetch_add(1, Ordering::SeqCst);
-        lock(&self.live).insert(tracked.id, tracked.name);
+        lock(&self.live).insert(tracked.id, tracked.name.to_owned());
         Ok(())
     }
 
@@ -690,6 +695,15 @@ impl Engine {
             };
             for row in chunk {
                 let id = row.id;
+                {
+                    // Checked and claimed at once, so that two recoveries cannot both resume one saga.
+                    let mut live = lock(&self.live);
+                    if live.contains_key(&id) {
+                        report.running_here.push(id);
+                        continue;
+                    }
+                    live.insert(id, row.name.clone());
+                }
                 let events: Result<Vec<_>, _> = logs
                     .remove(&id)
                     .unwrap_or_default()
@@ -709,6 +723,7 @@ impl Engine {
                 match result {
                     Ok(()) => report.resumed.push(id),
                     Err(reason) => {
+                        lock(&self.live).remove(&id);
                         let reason = format!("unrecoverable: {reason}");
                         if self.abandon_unrecoverable(row, &reason).await? {
                             report.abandoned.push((id, reason));

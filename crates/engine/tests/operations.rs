@@ -30,7 +30,8 @@ async fn outcome_within(
         .expect("the run")
 }
 
-/// Two engines; engine A runs a saga and holds it at charge_account's `point` until woken.
+/// Two engines; engine A runs a saga and holds it at charge_account's `point` until woken. With `unwind`,
+/// activate_widget fails first, so the saga is unwinding when the pause comes.
 struct Handoff {
     a: Engine,
     b: Engine,
@@ -41,7 +42,7 @@ struct Handoff {
     a_run: tokio::task::JoinHandle<Result<SagaOutcome, EngineError>>,
 }
 
-async fn paused_on_a(point: FaultPoint) -> Handoff {
+async fn paused_on_a(point: FaultPoint, unwind: bool) -> Handoff {
     let db = database().await;
     let (sec_a, sec_b) = (Uuid::new_v4(), Uuid::new_v4());
     let a = start(&db, sec_a).await;
@@ -50,6 +51,15 @@ async fn paused_on_a(point: FaultPoint) -> Handoff {
     let saga = a.create::<ProvisionWidget>(params(account)).await.unwrap();
     let id = saga.id;
     a.failpoints().arm(id, "charge_account", point, LONG, 1);
+    if unwind {
+        a.failpoints().arm(
+            id,
+            "activate_widget",
+            FaultPoint::BeforePrepare,
+            FaultEffect::PermanentError,
+            1,
+        );
+    }
     let a_run = tokio::spawn(saga.run());
     until_delaying(&a, id).await;
     Handoff {
@@ -76,7 +86,7 @@ async fn an_adopted_saga_fences_out_the_stale_executor() {
         account,
         id,
         a_run,
-    } = paused_on_a(FaultPoint::AfterPrepare).await;
+    } = paused_on_a(FaultPoint::AfterPrepare, false).await;
 
     let report = b.adopt(sec_a).await.unwrap();
     assert_eq!(report.adopted.len(), 1, "{report:?}");
@@ -158,7 +168,7 @@ async fn adoption_waits_for_a_commit_in_flight_and_nothing_commits_twice() {
         id,
         a_run,
         ..
-    } = paused_on_a(FaultPoint::BeforeCommit).await;
+    } = paused_on_a(FaultPoint::BeforeCommit, false).await;
 
     let adopt = tokio::spawn({
         let b = b.clone();
@@ -199,6 +209,106 @@ async fn adoption_waits_for_a_commit_in_flight_and_nothing_commits_twice() {
     );
     assert_eq!(history.commits.len(), 3);
     assert_eq!(history.saga.saga_state, "done");
+}
+
+/// Engine A is unwinding the saga and pauses right after charge_account's compensation committed; B adopts
+/// the saga and finishes the unwind (compensating reserve_widget); A wakes and tries to compensate
+/// reserve_widget too. Its compensation transaction is fenced: nothing is compensated twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_executor_compensates_nothing_after_adoption() {
+    let Handoff {
+        a,
+        b,
+        sec_a,
+        sec_b,
+        account,
+        id,
+        a_run,
+    } = paused_on_a(FaultPoint::AfterCompensation, true).await;
+    let report = b.adopt(sec_a).await.unwrap();
+    assert_eq!(report.resumed, vec![id], "{report:?}");
+    let outcome = b.wait(id).await.unwrap();
+    assert!(
+        matches!(&outcome, SagaOutcome::Unwound { node, .. } if node == "activate_widget"),
+        "{outcome:?}"
+    );
+    a.failpoints().wake(id);
+    assert_eq!(outcome_within(a_run).await, SagaOutcome::Fenced);
+
+    // A compensation twice would refund 30 twice.
+    assert_eq!(state(&b, account).await, untouched());
+    let mut conn = b.pool().get().await.unwrap();
+    let history = saga_history(&mut conn, id).await.unwrap().unwrap();
+    assert_eq!(history.saga.saga_state, "done");
+    let mut compensations: Vec<(&str, Uuid, i64)> = history
+        .compensations
+        .iter()
+        .map(|c| (c.node_name.as_str(), c.creator, c.adopt_generation))
+        .collect();
+    compensations.sort_unstable();
+    assert_eq!(
+        compensations,
+        [("charge_account", sec_a, 1), ("reserve_widget", sec_b, 2)]
+    );
+    for event in history.events.iter().filter(|e| e.creator == sec_a) {
+        assert!(event.event_time < history.saga.adopt_time, "{event:?}");
+    }
+    let counters = a.counters().snapshot();
+    assert!(counters.fenced >= 1, "{counters:?}");
+    assert_eq!(
+        counters.compensations, 1,
+        "A compensated charge_account only"
+    );
+}
+
+/// `recover` on a running engine leaves alone what the engine is already driving (a saga in flight, and one
+/// created but not yet run): resuming them again would drive one saga twice under one owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_leaves_alone_what_this_engine_is_driving() {
+    let db = database().await;
+    let engine = start(&db, Uuid::new_v4()).await;
+    let account = account(&engine).await;
+    let waiting = engine
+        .create::<ProvisionWidget>(params(account))
+        .await
+        .unwrap();
+    let saga = engine
+        .create::<ProvisionWidget>(params(account))
+        .await
+        .unwrap();
+    let id = saga.id;
+    engine
+        .failpoints()
+        .arm(id, "charge_account", FaultPoint::AfterPrepare, LONG, 1);
+    let run = tokio::spawn(saga.run());
+    until_delaying(&engine, id).await;
+
+    let report = engine.recover().await.unwrap();
+    assert!(
+        report.resumed.is_empty() && report.abandoned.is_empty(),
+        "{report:?}"
+    );
+    let mut running_here = report.running_here.clone();
+    running_here.sort();
+    let mut expected = vec![id, waiting.id];
+    expected.sort();
+    assert_eq!(running_here, expected);
+
+    engine.failpoints().wake(id);
+    assert!(matches!(
+        outcome_within(run).await,
+        SagaOutcome::Succeeded { .. }
+    ));
+    assert!(matches!(
+        waiting.run().await.unwrap(),
+        SagaOutcome::Succeeded { .. }
+    ));
+    let after = state(&engine, account).await;
+    assert_eq!(
+        (after.balance, after.ledger),
+        (40, vec![-30, -30]),
+        "each saga charged once"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
