@@ -9,7 +9,7 @@ use diesel::sql_types::{BigInt, Text, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
 use ratchet_engine::example::ProvisionWidget;
 use ratchet_engine::{Engine, EngineError, FaultEffect, FaultPoint, SagaOutcome};
-use ratchet_store::saga::{get_saga, saga_history};
+use ratchet_store::saga::{SagaHistory, get_saga, saga_history};
 use ratchet_store::stuck_diagnosis;
 use std::time::Duration;
 use uuid::Uuid;
@@ -39,7 +39,8 @@ struct Handoff {
     sec_b: Uuid,
     account: Uuid,
     id: Uuid,
-    a_run: tokio::task::JoinHandle<Result<SagaOutcome, EngineError>>,
+    /// A's run of the saga, until a test takes it.
+    a_run: Option<tokio::task::JoinHandle<Result<SagaOutcome, EngineError>>>,
 }
 
 async fn paused_on_a(point: FaultPoint, unwind: bool) -> Handoff {
@@ -60,7 +61,7 @@ async fn paused_on_a(point: FaultPoint, unwind: bool) -> Handoff {
             1,
         );
     }
-    let a_run = tokio::spawn(saga.run());
+    let a_run = Some(tokio::spawn(saga.run()));
     until_delaying(&a, id).await;
     Handoff {
         a,
@@ -73,11 +74,42 @@ async fn paused_on_a(point: FaultPoint, unwind: bool) -> Handoff {
     }
 }
 
+impl Handoff {
+    /// B adopts A's sagas and brings this one to rest while A is still paused; then A wakes and must find
+    /// itself fenced. Returns the adoption report, B's outcome and the saga's history, having checked that A
+    /// recorded no event after the adoption.
+    async fn adopt_then_wake_a(
+        &mut self,
+    ) -> (ratchet_engine::AdoptionReport, SagaOutcome, SagaHistory) {
+        let report = self.b.adopt(self.sec_a).await.unwrap();
+        assert_eq!(report.resumed, vec![self.id], "{report:?}");
+        let outcome = self.b.wait(self.id).await.unwrap();
+        let a_run = self.a_run.take().expect("A's run");
+        assert!(
+            !a_run.is_finished(),
+            "A is alive, still paused, when B finishes"
+        );
+        self.a.failpoints().wake(self.id);
+        assert_eq!(outcome_within(a_run).await, SagaOutcome::Fenced);
+        let mut conn = self.b.pool().get().await.unwrap();
+        let history = saga_history(&mut conn, self.id).await.unwrap().unwrap();
+        for event in history.events.iter().filter(|e| e.creator == self.sec_a) {
+            assert!(
+                event.event_time < history.saga.adopt_time,
+                "A recorded an event after the adoption: {event:?}"
+            );
+        }
+        (report, outcome, history)
+    }
+}
+
 /// Engine A is paused inside charge_account's transaction, after prepare and before its fencing lock; engine B
 /// adopts the saga and finishes it; then A wakes. A must commit nothing, record nothing, notice the fence and
 /// stop, without unwinding.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_adopted_saga_fences_out_the_stale_executor() {
+    let mut handoff = paused_on_a(FaultPoint::AfterPrepare, false).await;
+    let (report, outcome, history) = handoff.adopt_then_wake_a().await;
     let Handoff {
         a,
         b,
@@ -85,26 +117,15 @@ async fn an_adopted_saga_fences_out_the_stale_executor() {
         sec_b,
         account,
         id,
-        a_run,
-    } = paused_on_a(FaultPoint::AfterPrepare, false).await;
-
-    let report = b.adopt(sec_a).await.unwrap();
+        ..
+    } = handoff;
     assert_eq!(report.adopted.len(), 1, "{report:?}");
     assert_eq!(report.adopted[0].id, id);
     assert_eq!(report.adopted[0].generation, 2);
-    assert_eq!(report.resumed, vec![id]);
-    let outcome = b.wait(id).await.unwrap();
     assert!(
         matches!(outcome, SagaOutcome::Succeeded { .. }),
         "{outcome:?}"
     );
-    assert!(
-        !a_run.is_finished(),
-        "A is alive, still paused, when B finishes"
-    );
-
-    a.failpoints().wake(id);
-    assert_eq!(outcome_within(a_run).await, SagaOutcome::Fenced);
 
     // Exactly once across the hand-off: one charge, B's.
     let after = state(&b, account).await;
@@ -114,11 +135,8 @@ async fn an_adopted_saga_fences_out_the_stale_executor() {
         "{after:?}"
     );
     assert_eq!(after.widgets[0].1, "active");
-    let mut conn = b.pool().get().await.unwrap();
-    let history = saga_history(&mut conn, id).await.unwrap().unwrap();
     assert_eq!(history.saga.saga_state, "done");
     assert_eq!(history.saga.current_sec, Some(sec_b));
-    let adopted_at = history.saga.adopt_time;
     for commit in &history.commits {
         let expected = if commit.node_name == "reserve_widget" {
             (sec_a, 1)
@@ -133,12 +151,6 @@ async fn an_adopted_saga_fences_out_the_stale_executor() {
     }
     assert_eq!(history.commits.len(), 3);
     assert!(history.compensations.is_empty(), "A did not unwind");
-    for event in history.events.iter().filter(|e| e.creator == sec_a) {
-        assert!(
-            event.event_time < adopted_at,
-            "A recorded an event after the adoption: {event:?}"
-        );
-    }
     let counters = a.counters().snapshot();
     assert!(counters.fenced >= 1, "{counters:?}");
     assert_eq!(counters.commits, 1, "A committed reserve_widget only");
@@ -191,7 +203,10 @@ async fn adoption_waits_for_a_commit_in_flight_and_nothing_commits_twice() {
         matches!(outcome, SagaOutcome::Succeeded { .. }),
         "{outcome:?}"
     );
-    assert_eq!(outcome_within(a_run).await, SagaOutcome::Fenced);
+    assert_eq!(
+        outcome_within(a_run.expect("A's run")).await,
+        SagaOutcome::Fenced
+    );
 
     let after = state(&b, account).await;
     assert_eq!((after.balance, after.ledger), (70, vec![-30]));
@@ -216,29 +231,23 @@ async fn adoption_waits_for_a_commit_in_flight_and_nothing_commits_twice() {
 /// reserve_widget too. Its compensation transaction is fenced: nothing is compensated twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_executor_compensates_nothing_after_adoption() {
+    let mut handoff = paused_on_a(FaultPoint::AfterCompensation, true).await;
+    let (_, outcome, history) = handoff.adopt_then_wake_a().await;
     let Handoff {
         a,
         b,
         sec_a,
         sec_b,
         account,
-        id,
-        a_run,
-    } = paused_on_a(FaultPoint::AfterCompensation, true).await;
-    let report = b.adopt(sec_a).await.unwrap();
-    assert_eq!(report.resumed, vec![id], "{report:?}");
-    let outcome = b.wait(id).await.unwrap();
+        ..
+    } = handoff;
     assert!(
         matches!(&outcome, SagaOutcome::Unwound { node, .. } if node == "activate_widget"),
         "{outcome:?}"
     );
-    a.failpoints().wake(id);
-    assert_eq!(outcome_within(a_run).await, SagaOutcome::Fenced);
 
     // A compensation twice would refund 30 twice.
     assert_eq!(state(&b, account).await, untouched());
-    let mut conn = b.pool().get().await.unwrap();
-    let history = saga_history(&mut conn, id).await.unwrap().unwrap();
     assert_eq!(history.saga.saga_state, "done");
     let mut compensations: Vec<(&str, Uuid, i64)> = history
         .compensations
@@ -250,9 +259,6 @@ async fn a_stale_executor_compensates_nothing_after_adoption() {
         compensations,
         [("charge_account", sec_a, 1), ("reserve_widget", sec_b, 2)]
     );
-    for event in history.events.iter().filter(|e| e.creator == sec_a) {
-        assert!(event.event_time < history.saga.adopt_time, "{event:?}");
-    }
     let counters = a.counters().snapshot();
     assert!(counters.fenced >= 1, "{counters:?}");
     assert_eq!(
