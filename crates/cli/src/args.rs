@@ -19,6 +19,18 @@ const VALUED: &[&str] = &[
     "--price",
     "--reason",
     "--from",
+    "--saga",
+    "--fault",
+    "--json",
+    "--parallel",
+    "--disks",
+    "--create-disks",
+    "--nics",
+    "--count",
+    "--concurrency",
+    "--pool-size",
+    "--pool-timeout-ms",
+    "--fail-refetch",
 ];
 
 impl Args {
@@ -70,6 +82,19 @@ impl Args {
                 .map_err(|e| anyhow::anyhow!("{e}"))
                 .with_context(|| format!("bad value {value:?} for {name}")),
         }
+    }
+
+    /// Every value of a repeatable `--name`, in order.
+    pub fn values(&self, name: &str) -> anyhow::Result<Vec<String>> {
+        self.options
+            .iter()
+            .filter(|(key, _)| key == name)
+            .map(|(_, value)| {
+                value
+                    .clone()
+                    .with_context(|| format!("{name} needs a value"))
+            })
+            .collect()
     }
 
     /// Fails on any option not in `known`.

@@ -67,6 +67,8 @@ pub async fn dispatch(args: Args) -> anyhow::Result<()> {
         ["sagas", verb @ ("show" | "retry-unwind" | "abandon")] => {
             bail!("`ratchet sagas {verb}` needs a saga id: `ratchet sagas {verb} ID`")
         }
+        ["run", saga] => crate::run::run(&args, saga).await,
+        ["matrix"] => crate::matrix::matrix(&args).await,
         _ => bail!(
             "unknown command {:?} (see `ratchet --help`)",
             words.join(" ")
@@ -80,7 +82,7 @@ fn data_dir(args: &Args) -> anyhow::Result<PathBuf> {
         .unwrap_or_else(|| PathBuf::from(".ratchet")))
 }
 
-fn cluster(args: &Args) -> anyhow::Result<Cluster> {
+pub(crate) fn cluster(args: &Args) -> anyhow::Result<Cluster> {
     Ok(Cluster::new(&data_dir(args)?)?)
 }
 
@@ -120,7 +122,7 @@ pub(crate) async fn database_url(args: &Args) -> anyhow::Result<String> {
 
 /// This executor's id: `--sec-id`, or one kept in the data directory so that `recover` finds what an earlier
 /// run left.
-fn sec_id(args: &Args) -> anyhow::Result<Uuid> {
+pub(crate) fn sec_id(args: &Args) -> anyhow::Result<Uuid> {
     if let Some(id) = args.value::<Uuid>("--sec-id")? {
         return Ok(id);
     }

@@ -6,6 +6,8 @@
 mod args;
 mod commands;
 mod engine_setup;
+mod matrix;
+mod run;
 mod sagas;
 
 use anyhow::Context;
@@ -21,6 +23,13 @@ COMMANDS:
     db start|stop|status|url   manage the embedded PostgreSQL (url prints a URL psql accepts)
     demo [--fail-after-commit NODE]
                                run the example saga and print its node-by-node history
+    matrix [--saga NAME]... [--fault NAME]... [--json FILE] [--parallel N]
+                               the fault-injection matrix: every saga x node x fault, checked at rest
+    run SAGA [OPTIONS]         run Nexus-shaped sagas under load, then check invariants; SAGA is
+                               instance-create (--disks N --create-disks N --nics N --external-ip --start
+                               --legacy-attach --fail-refetch N), disk-attach, disk-detach or
+                               snapshot-create; all take --count K --concurrency C --pool-size P
+                               --pool-timeout-ms T
     recover                    resume this executor's unfinished sagas and print what it did
     sagas list [--state S]     list sagas (running, unwinding, done, stuck, abandoned)
     sagas show ID              a saga's node-by-node timeline (events, timings, commit and

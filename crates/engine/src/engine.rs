@@ -294,11 +294,21 @@ pub(crate) struct Tracked {
 pub struct PreparedSaga {
     engine: Engine,
     pub id: Uuid,
-    future: futures::future::BoxFuture<'static, steno::SagaResult>,
+    /// steno's future for the saga's result. In a mutex only so that `PreparedSaga` is `Sync` (a boxed future
+    /// is `Send` but not `Sync`), so that a `&PreparedSaga` can be held across an `.await`; it is never locked
+    /// while contended.
+    future: Mutex<futures::future::BoxFuture<'static, steno::SagaResult>>,
     tracked: Tracked,
     dag: Arc<SagaDag>,
     kinds: BTreeMap<String, NodeKind>,
 }
+
+// `PreparedSaga` stays `Send + Sync`: callers hold a `&PreparedSaga` across `.await`s (steno injections) in
+// futures that must be `Send`.
+const _: fn() = || {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<PreparedSaga>();
+};
 
 impl PreparedSaga {
     /// The saga's nodes in DAG order (steno's node order: insertion order), with their kinds; the start and
@@ -374,7 +384,11 @@ impl PreparedSaga {
         let engine = self.engine;
         engine.refuse_if_shutting_down()?;
         engine.start_in_steno(&self.tracked).await?;
-        Ok(engine.finish(self.tracked, self.future).await)
+        let future = self
+            .future
+            .into_inner()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        Ok(engine.finish(self.tracked, future).await)
     }
 }
 
@@ -481,7 +495,7 @@ impl Engine {
         Ok(PreparedSaga {
             engine: self.clone(),
             id,
-            future,
+            future: Mutex::new(future),
             tracked: Tracked {
                 id,
                 name: S::NAME,

@@ -1,0 +1,493 @@
+//! One cell of the matrix: one saga, one node, one fault, on a fresh database, run to rest and checked.
+
+use crate::HarnessError;
+use crate::fault::{Expected, Fault};
+use crate::suite::SagaSuite;
+use futures::future::BoxFuture;
+use ratchet_engine::{
+    Engine, EngineBuilder, EngineConfig, FaultEffect, FaultPoint, NodeKind, PreparedSaga,
+    SagaOutcome,
+};
+use ratchet_store::saga::{get_saga, saga_history};
+use ratchet_store::testing::{DatabaseServer, TestDatabase};
+use ratchet_store::{PoolConfig, RetryPolicy};
+use serde::Serialize;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// How long a saga may take to come to rest before the cell fails.
+const REST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Which cell.
+#[derive(Clone, Debug, Serialize)]
+pub struct Cell {
+    pub node: String,
+    pub kind: NodeKind,
+    pub fault: Fault,
+    /// The saga's last action node (an injected error there unwinds everything before it).
+    #[serde(skip)]
+    pub last_node: String,
+}
+
+/// A cell's verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// At rest, as the fault dictates, nothing leaked.
+    Pass,
+    /// A known-defective saga's defect was seen, as expected.
+    Detected,
+    /// Something is wrong: see the problems.
+    Fail,
+    /// A known-defective saga's defect was *not* seen: the harness has lost its teeth.
+    Missed,
+}
+
+/// What one cell did.
+#[derive(Clone, Debug, Serialize)]
+pub struct CellResult {
+    pub saga: String,
+    #[serde(flatten)]
+    pub cell: Cell,
+    pub status: Status,
+    pub expected: Expected,
+    /// How the saga came to rest (after recovery and retry-unwind, where the fault calls for them).
+    pub outcome: Option<SagaOutcome>,
+    pub violations: Vec<String>,
+    pub problems: Vec<String>,
+    /// The saga's event history, for cells that did not pass.
+    pub history: Option<serde_json::Value>,
+    pub millis: u128,
+}
+
+/// The engine configuration of a cell: short retries so that a matrix takes minutes, and a one-connection
+/// pool for `pool_exhausted`.
+pub(crate) fn cell_config(url: &str, sec_id: Uuid, fault: Fault) -> EngineConfig {
+    let mut config = EngineConfig::new(url, sec_id);
+    config.pool = PoolConfig {
+        max_size: if fault == Fault::PoolExhausted { 1 } else { 4 },
+        checkout_timeout: Duration::from_millis(if fault == Fault::PoolExhausted {
+            300
+        } else {
+            5_000
+        }),
+    };
+    config.forward_retry = RetryPolicy {
+        initial: Duration::from_millis(5),
+        max_delay: Duration::from_millis(200),
+        max_attempts: Some(10),
+    };
+    config.compensation_retry = RetryPolicy {
+        initial: Duration::from_millis(5),
+        max_delay: Duration::from_millis(200),
+        max_attempts: Some(12),
+    };
+    config
+}
+
+/// What a clean run must end as.
+pub(crate) fn expected<T: SagaSuite>(suite: &T, cell: &Cell) -> Expected {
+    if suite.expects_detection(&cell.node, cell.fault) {
+        return Expected::Detection;
+    }
+    let is_last = cell.node == cell.last_node;
+    match cell.fault {
+        Fault::BeforePrepare
+        | Fault::AfterPrepare
+        | Fault::InCommit
+        | Fault::AfterCommit
+        | Fault::PanicInFinish
+        | Fault::CompensationTransient => Expected::Unwound,
+        // The last node is unwound by an error right after its own commit, compensated inline; when that
+        // compensation fails for good the engine lets the commit stand and the node succeed (the saga stays
+        // consistent: every commit is part of a successful saga).
+        Fault::CompensationPermanent if is_last => Expected::Succeeded,
+        Fault::CompensationPermanent => Expected::Unwound,
+        Fault::CrashInCompensation if is_last => Expected::SucceededOrUnwound,
+        Fault::CrashInCompensation => Expected::Unwound,
+        Fault::Repeat if is_last => Expected::Succeeded,
+        Fault::Repeat => Expected::Unwound,
+        Fault::CrashBeforeCommit
+        | Fault::CrashAfterCommit
+        | Fault::PoolExhausted
+        | Fault::ResponseLost => Expected::Succeeded,
+    }
+}
+
+/// Everything one cell holds while it runs.
+struct Running<'a, T: SagaSuite> {
+    suite: &'a T,
+    db: TestDatabase,
+    fixture: T::Fixture,
+    sec_id: Uuid,
+    fault: Fault,
+}
+
+impl<T: SagaSuite> Running<'_, T> {
+    async fn engine(&self) -> Result<Engine, HarnessError> {
+        let builder = EngineBuilder::new(cell_config(&self.db.url, self.sec_id, self.fault));
+        let (engine, _) = self.suite.register(builder, &self.fixture).start().await?;
+        Ok(engine)
+    }
+}
+
+/// Runs one cell. Never panics; every failure is a `Fail` with its reason.
+pub(crate) async fn run_cell<T: SagaSuite>(
+    suite: &T,
+    server: &DatabaseServer,
+    cell: Cell,
+) -> CellResult {
+    let started = Instant::now();
+    let expected = expected(suite, &cell);
+    let mut result = CellResult {
+        saga: suite.label(),
+        cell: cell.clone(),
+        status: Status::Fail,
+        expected,
+        outcome: None,
+        violations: Vec::new(),
+        problems: Vec::new(),
+        history: None,
+        millis: 0,
+    };
+    match run_and_check(suite, server, &cell, expected, &mut result).await {
+        Ok(()) => {}
+        Err(error) => result.problems.push(error.to_string()),
+    }
+    let clean = result.problems.is_empty() && result.violations.is_empty();
+    result.status = match (expected, clean) {
+        (Expected::Detection, false) => Status::Detected,
+        (Expected::Detection, true) => Status::Missed,
+        (_, true) => Status::Pass,
+        (_, false) => Status::Fail,
+    };
+    if result.status == Status::Pass || result.status == Status::Detected {
+        result.history = None;
+    }
+    result.millis = started.elapsed().as_millis();
+    result
+}
+
+async fn run_and_check<T: SagaSuite>(
+    suite: &T,
+    server: &DatabaseServer,
+    cell: &Cell,
+    expected: Expected,
+    result: &mut CellResult,
+) -> Result<(), HarnessError> {
+    let db = server.fresh_database(&suite.migrations()).await?;
+    let fixture = suite.fixture(&db.url).await?;
+    let running = Running {
+        suite,
+        db,
+        fixture,
+        sec_id: Uuid::new_v4(),
+        fault: cell.fault,
+    };
+    let checked = drive_and_check(&running, cell, expected, result).await;
+    let Running { db, fixture, .. } = running;
+    drop(fixture);
+    // The database goes whatever happened; a failure to drop it is only logged.
+    if let Err(error) = server.drop_database(&db).await {
+        tracing::warn!(database = %db.name, %error, "could not drop a cell's database");
+    }
+    checked
+}
+
+async fn drive_and_check<T: SagaSuite>(
+    running: &Running<'_, T>,
+    cell: &Cell,
+    expected: Expected,
+    result: &mut CellResult,
+) -> Result<(), HarnessError> {
+    let engine = running.engine().await?;
+    let saga = engine
+        .create::<T::Saga>(running.suite.params(&running.fixture))
+        .await?;
+    let id = saga.id;
+    let Some(injections) = arm(running, &engine, &saga, cell) else {
+        result.problems.push(format!(
+            "fault {} cannot be injected at node {}",
+            cell.fault.name(),
+            cell.node
+        ));
+        return Ok(());
+    };
+    for injection in injections {
+        injection.await?;
+    }
+    let (engine, mut outcome) = drive_to_rest(running, engine, saga, cell.fault).await?;
+
+    // A permanent compensation failure must leave the saga stuck; with the fault cleared, retry-unwind must
+    // then finish it.
+    if cell.fault == Fault::CompensationPermanent && expected == Expected::Unwound {
+        if !matches!(outcome, SagaOutcome::Stuck { .. }) {
+            result
+                .problems
+                .push(format!("expected the saga stuck, it ended {outcome:?}"));
+        }
+        let state = saga_state(&engine, id).await?;
+        if state != "stuck" {
+            result
+                .problems
+                .push(format!("expected the saga recorded stuck, it is {state}"));
+        }
+        engine.failpoints().clear(id);
+        outcome = tokio::time::timeout(REST_TIMEOUT, engine.retry_unwind(id))
+            .await
+            .map_err(|_| HarnessError::Timeout("retry-unwind".to_owned()))??;
+    }
+    result.outcome = Some(outcome.clone());
+    check_rest(running, &engine, id, cell, expected, &outcome, result).await
+}
+
+/// steno injections still to be sent (futures that do not borrow the saga).
+type Injections = Vec<BoxFuture<'static, Result<(), ratchet_engine::EngineError>>>;
+
+/// Arms the cell's fault on `saga` (and what unwinds the saga, for compensation faults); returns the steno
+/// injections to send before the saga starts, or `None` when the fault cannot reach the node.
+fn arm<T: SagaSuite>(
+    running: &Running<'_, T>,
+    engine: &Engine,
+    saga: &PreparedSaga,
+    cell: &Cell,
+) -> Option<Injections> {
+    let failpoints = engine.failpoints();
+    let id = saga.id;
+    let node = cell.node.as_str();
+    let at = |point, effect| failpoints.arm(id, node, point, effect, 1);
+    let plain = cell.kind == NodeKind::Steno;
+    let mut injections: Injections = Vec::new();
+    match cell.fault {
+        Fault::BeforePrepare => injections.push(Box::pin(saga.inject_error(node))),
+        Fault::AfterPrepare => at(FaultPoint::AfterPrepare, FaultEffect::PermanentError),
+        Fault::InCommit => at(FaultPoint::BeforeCommit, FaultEffect::PermanentError),
+        Fault::AfterCommit if plain => {
+            if !running.suite.fail_after_commit(&running.fixture, node) {
+                return None;
+            }
+        }
+        Fault::AfterCommit => at(FaultPoint::AfterCommit, FaultEffect::PermanentError),
+        Fault::PanicInFinish => at(FaultPoint::InFinish, FaultEffect::Panic),
+        Fault::CrashBeforeCommit => at(FaultPoint::BeforeCommit, FaultEffect::Crash),
+        Fault::CrashAfterCommit => at(FaultPoint::AfterCommit, FaultEffect::Crash),
+        Fault::CompensationTransient => {
+            at(FaultPoint::InCompensation, FaultEffect::TransientError);
+            injections.extend(unwind_after(saga, engine, cell));
+        }
+        Fault::CompensationPermanent => {
+            failpoints.arm(
+                id,
+                node,
+                FaultPoint::InCompensation,
+                FaultEffect::PermanentError,
+                u32::MAX,
+            );
+            injections.extend(unwind_after(saga, engine, cell));
+        }
+        Fault::CrashInCompensation => {
+            at(FaultPoint::InCompensation, FaultEffect::Crash);
+            injections.extend(unwind_after(saga, engine, cell));
+        }
+        Fault::Repeat => {
+            injections.push(Box::pin(saga.inject_repeat(node, 2, 2)));
+            if cell.node != cell.last_node {
+                injections.push(Box::pin(saga.inject_error(&cell.last_node)));
+            }
+        }
+        // The engine's pool holds one connection (cell_config); a plain steno node holding it cannot get
+        // a second. A ratchet node additionally finds it taken when it starts.
+        Fault::PoolExhausted if plain => {}
+        Fault::PoolExhausted => at(
+            FaultPoint::BeforePrepare,
+            FaultEffect::ExhaustPool { millis: 1_000 },
+        ),
+        Fault::ResponseLost => {
+            if !running.suite.lose_response(&running.fixture, node) {
+                return None;
+            }
+        }
+    }
+    Some(injections)
+}
+
+/// Makes the saga unwind through `cell.node`'s compensation: an error injected at the last node, or (when
+/// the node is the last) an error right after its own commit, which the engine compensates inline.
+fn unwind_after(
+    saga: &PreparedSaga,
+    engine: &Engine,
+    cell: &Cell,
+) -> Option<BoxFuture<'static, Result<(), ratchet_engine::EngineError>>> {
+    if cell.node != cell.last_node {
+        return Some(Box::pin(saga.inject_error(&cell.last_node)));
+    }
+    engine.failpoints().arm(
+        saga.id,
+        &cell.node,
+        FaultPoint::AfterCommit,
+        FaultEffect::PermanentError,
+        1,
+    );
+    None
+}
+
+/// Runs the saga to rest. A crash fault kills the engine; a new engine with the same executor id then
+/// recovers the saga from the database, as after a power cut.
+async fn drive_to_rest<T: SagaSuite>(
+    running: &Running<'_, T>,
+    engine: Engine,
+    saga: PreparedSaga,
+    fault: Fault,
+) -> Result<(Engine, SagaOutcome), HarnessError> {
+    let id = saga.id;
+    if !fault.crashes() {
+        let outcome = tokio::time::timeout(REST_TIMEOUT, saga.run())
+            .await
+            .map_err(|_| HarnessError::Timeout("the saga".to_owned()))??;
+        return Ok((engine, outcome));
+    }
+    let run = tokio::spawn(saga.run());
+    let deadline = Instant::now() + REST_TIMEOUT;
+    while !engine.is_crashed() && !run.is_finished() {
+        if Instant::now() > deadline {
+            run.abort();
+            return Err(HarnessError::Timeout("the crash".to_owned()));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    if !engine.is_crashed() {
+        // The fault never fired (the node did not reach that point); the saga is at rest already.
+        let outcome = run
+            .await
+            .map_err(|e| HarnessError::Engine(e.to_string()))??;
+        return Ok((engine, outcome));
+    }
+    run.abort();
+    drop(engine);
+    let recovered = running.engine().await?;
+    let outcome = tokio::time::timeout(REST_TIMEOUT, recovered.wait(id))
+        .await
+        .map_err(|_| HarnessError::Timeout("the recovered saga".to_owned()))?
+        .ok_or_else(|| {
+            HarnessError::Engine(format!(
+                "saga {id} was not resumed by the recovering engine"
+            ))
+        })?;
+    Ok((recovered, outcome))
+}
+
+async fn saga_state(engine: &Engine, id: Uuid) -> Result<String, HarnessError> {
+    let mut conn = engine
+        .pool()
+        .get()
+        .await
+        .map_err(ratchet_store::DbError::from)?;
+    Ok(get_saga(&mut conn, id)
+        .await
+        .map_err(ratchet_store::DbError::from)?
+        .map(|row| row.saga_state)
+        .unwrap_or_else(|| "missing".to_owned()))
+}
+
+/// The checks at rest.
+async fn check_rest<T: SagaSuite>(
+    running: &Running<'_, T>,
+    engine: &Engine,
+    id: Uuid,
+    cell: &Cell,
+    expected: Expected,
+    outcome: &SagaOutcome,
+    result: &mut CellResult,
+) -> Result<(), HarnessError> {
+    let mut conn = engine
+        .pool()
+        .get()
+        .await
+        .map_err(ratchet_store::DbError::from)?;
+    let history = saga_history(&mut conn, id)
+        .await
+        .map_err(ratchet_store::DbError::from)?
+        .ok_or_else(|| HarnessError::Engine(format!("saga {id} has no row")))?;
+    let succeeded = matches!(outcome, SagaOutcome::Succeeded { .. });
+    let stuck = matches!(outcome, SagaOutcome::Stuck { .. }) || history.saga.saga_state == "stuck";
+    let problems = &mut result.problems;
+
+    match (expected, outcome) {
+        (Expected::Succeeded | Expected::SucceededOrUnwound, SagaOutcome::Succeeded { .. }) => {}
+        (Expected::Unwound | Expected::SucceededOrUnwound, SagaOutcome::Unwound { .. }) => {}
+        (Expected::Detection, _) if stuck => problems.push(format!(
+            "the saga is stuck: {}",
+            history
+                .saga
+                .stuck_reason
+                .as_deref()
+                .unwrap_or("no reason recorded")
+        )),
+        (Expected::Detection, _) => {}
+        (expected, outcome) => problems.push(format!("expected {expected:?}, got {outcome:?}")),
+    }
+    if expected != Expected::Detection && history.saga.saga_state != "done" {
+        problems.push(format!("the saga is {}, not done", history.saga.saga_state));
+    }
+
+    // Commit and compensation records: primary keys make each at most once; here, each where it belongs.
+    let committed: Vec<&str> = history
+        .commits
+        .iter()
+        .map(|c| c.node_name.as_str())
+        .collect();
+    let compensated: Vec<&str> = history
+        .compensations
+        .iter()
+        .map(|c| c.node_name.as_str())
+        .collect();
+    if succeeded && !compensated.is_empty() {
+        problems.push(format!(
+            "the saga succeeded but compensated {compensated:?}"
+        ));
+    }
+    if matches!(outcome, SagaOutcome::Unwound { .. }) {
+        for node in &committed {
+            if !compensated.contains(node) {
+                problems.push(format!("node {node} committed and was never compensated"));
+            }
+        }
+    }
+    let undo_failed = history
+        .events
+        .iter()
+        .filter(|e| e.event_type == "undo_failed")
+        .count();
+    if undo_failed > 0
+        && cell.fault != Fault::CompensationPermanent
+        && expected != Expected::Detection
+    {
+        problems.push(format!(
+            "{undo_failed} undo_failed event(s) with no such fault injected"
+        ));
+    }
+
+    result.violations = running
+        .suite
+        .violations(&running.fixture, &mut conn)
+        .await?;
+    if !stuck {
+        let outcome_problems = running
+            .suite
+            .check_outcome(&running.fixture, &mut conn, succeeded)
+            .await?;
+        result.problems.extend(outcome_problems);
+    }
+    if !result.problems.is_empty() || !result.violations.is_empty() {
+        result.history = Some(serde_json::json!({
+            "saga_state": history.saga.saga_state,
+            "stuck_reason": history.saga.stuck_reason,
+            "events": history.events.iter().map(|e| serde_json::json!({
+                "node_id": e.node_id, "event_type": e.event_type, "data": e.data,
+            })).collect::<Vec<_>>(),
+            "commits": committed,
+            "compensations": compensated,
+        }));
+    }
+    Ok(())
+}

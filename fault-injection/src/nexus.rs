@@ -1,0 +1,591 @@
+//! The Nexus-shaped sagas as suites: instance-create (with start), its legacy variant, disk-attach,
+//! disk-detach and snapshot-create, each in a world of its own with its own simulated services.
+
+use crate::HarnessError;
+use crate::fault::Fault;
+use crate::suite::SagaSuite;
+use diesel::sql_types::{BigInt, Uuid as SqlUuid};
+use diesel_async::RunQueryDsl;
+use diesel_migrations::EmbeddedMigrations;
+use ratchet_datastore::{self as ds, InstanceState};
+use ratchet_engine::{EngineBuilder, NodeKind};
+use ratchet_sagas::{
+    DATASTORE_MIGRATIONS, DiskAttach, DiskDetach, DiskInstanceParams, DiskSpec, InstanceCreate,
+    InstanceCreateParams, NicSpec, Services, SnapshotCreate, SnapshotCreateParams, World,
+    WorldSpec, invariants, world,
+};
+use ratchet_sim::Operation;
+use ratchet_store::DbConnection;
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// One cell's Nexus world: its rows, its services, and the ids of what the suite set up before the saga.
+pub struct NexusFixture {
+    pub world: World,
+    pub services: Services,
+    pub instance_id: Uuid,
+    pub disk_id: Uuid,
+}
+
+fn fixture_error(error: impl std::fmt::Display) -> HarnessError {
+    HarnessError::Fixture(error.to_string())
+}
+
+/// Seeds a world, and an instance (`no_vmm`) and a detached disk in it.
+async fn nexus_fixture(url: &str, attach: bool) -> Result<NexusFixture, HarnessError> {
+    let mut conn = ratchet_store::pool::establish(url).await?;
+    let conn = &mut conn;
+    let world = world::seed(conn, &WorldSpec::default())
+        .await
+        .map_err(fixture_error)?;
+    let instance = ds::instance_insert(
+        conn,
+        Uuid::new_v4(),
+        world.project_id,
+        "fixture",
+        2,
+        1 << 30,
+    )
+    .await
+    .map_err(fixture_error)?;
+    ds::instance_transition(
+        conn,
+        instance.id,
+        instance.state_generation,
+        InstanceState::Creating,
+        InstanceState::NoVmm,
+    )
+    .await
+    .map_err(fixture_error)?;
+    let disk = fixture_disk(conn, &world, "fixture-disk").await?;
+    if attach {
+        ds::instance_attach_disk(conn, instance.id, disk, ds::MAX_DISKS_PER_INSTANCE)
+            .await
+            .map_err(fixture_error)?;
+    }
+    let services = Services::start().map_err(fixture_error)?;
+    Ok(NexusFixture {
+        world,
+        services,
+        instance_id: instance.id,
+        disk_id: disk,
+    })
+}
+
+/// A detached disk with its volume, made the way disk-create would.
+async fn fixture_disk(
+    conn: &mut DbConnection,
+    world: &World,
+    name: &str,
+) -> Result<Uuid, HarnessError> {
+    let volume = ds::volume_create(conn, Uuid::new_v4(), &serde_json::json!({"type": "blank"}))
+        .await
+        .map_err(fixture_error)?;
+    let disk = ds::disk_create(
+        conn,
+        Uuid::new_v4(),
+        world.project_id,
+        name,
+        1 << 30,
+        volume.id,
+    )
+    .await
+    .map_err(fixture_error)?;
+    ds::disk_finalize(conn, disk.id)
+        .await
+        .map_err(fixture_error)?;
+    Ok(disk.id)
+}
+
+async fn violations(
+    fixture: &NexusFixture,
+    conn: &mut DbConnection,
+) -> Result<Vec<String>, HarnessError> {
+    let found = invariants::check(
+        conn,
+        &fixture.services.sled_agent.client(),
+        &fixture.services.pantry.client(),
+    )
+    .await
+    .map_err(|e| HarnessError::Engine(format!("invariant checker: {e}")))?;
+    Ok(found
+        .into_iter()
+        .map(|v| format!("{}: {}", v.rule, v.detail))
+        .collect())
+}
+
+#[derive(diesel::QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    count: i64,
+}
+
+/// `SELECT count(*) AS count …` with one uuid parameter.
+async fn count(conn: &mut DbConnection, sql: &str, id: Uuid) -> Result<i64, HarnessError> {
+    let row: Count = diesel::sql_query(sql)
+        .bind::<SqlUuid, _>(id)
+        .get_result(conn)
+        .await
+        .map_err(ratchet_store::DbError::from)?;
+    Ok(row.count)
+}
+
+/// Compares `what`'s count with the expected one.
+fn expect(problems: &mut Vec<String>, what: &str, got: i64, want: i64) {
+    if got != want {
+        problems.push(format!("{what}: {got}, expected {want}"));
+    }
+}
+
+fn register_all(builder: EngineBuilder, fixture: &NexusFixture) -> EngineBuilder {
+    ratchet_sagas::register_all(builder, &fixture.services.app)
+}
+
+fn migrations() -> Vec<&'static EmbeddedMigrations> {
+    vec![&DATASTORE_MIGRATIONS]
+}
+
+/// instance-create with one NIC, SNAT and an ephemeral IP, one disk created and one attached, a boot disk,
+/// and start; `legacy` attaches disks with the pre-fix steno action.
+pub struct InstanceCreateSuite {
+    pub legacy: bool,
+}
+
+impl SagaSuite for InstanceCreateSuite {
+    type Saga = InstanceCreate;
+    type Fixture = NexusFixture;
+
+    fn label(&self) -> String {
+        if self.legacy {
+            "legacy-instance-create".to_owned()
+        } else {
+            "instance-create".to_owned()
+        }
+    }
+
+    fn migrations(&self) -> Vec<&'static EmbeddedMigrations> {
+        migrations()
+    }
+
+    async fn fixture(&self, url: &str) -> Result<NexusFixture, HarnessError> {
+        nexus_fixture(url, false).await
+    }
+
+    fn register(&self, builder: EngineBuilder, fixture: &NexusFixture) -> EngineBuilder {
+        register_all(builder, fixture)
+    }
+
+    fn params(&self, f: &NexusFixture) -> InstanceCreateParams {
+        InstanceCreateParams {
+            project_id: f.world.project_id,
+            name: "under-test".to_owned(),
+            ncpus: 2,
+            memory: 1 << 30,
+            nics: vec![NicSpec {
+                name: "net0".to_owned(),
+                subnet_id: f.world.subnet_id,
+            }],
+            ip_pool_id: f.world.ip_pool_id,
+            external_ip: true,
+            create_disks: vec![DiskSpec {
+                name: "created-0".to_owned(),
+                size_bytes: 1 << 30,
+            }],
+            attach_disks: vec![f.disk_id],
+            boot_disk: true,
+            start: true,
+            legacy_attach: self.legacy,
+        }
+    }
+
+    async fn violations(
+        &self,
+        fixture: &NexusFixture,
+        conn: &mut DbConnection,
+    ) -> Result<Vec<String>, HarnessError> {
+        violations(fixture, conn).await
+    }
+
+    async fn check_outcome(
+        &self,
+        f: &NexusFixture,
+        conn: &mut DbConnection,
+        succeeded: bool,
+    ) -> Result<Vec<String>, HarnessError> {
+        let mut problems = Vec::new();
+        let p = f.world.project_id;
+        let live = |table: &str| {
+            format!(
+                "SELECT count(*) AS count FROM {table} t JOIN instance i ON i.id = t.{} \
+                 WHERE i.project_id = $1 AND i.name = 'under-test' AND t.time_deleted IS NULL",
+                if table == "external_ip" {
+                    "parent_id"
+                } else {
+                    "instance_id"
+                }
+            )
+        };
+        let instances = count(
+            conn,
+            "SELECT count(*) AS count FROM instance WHERE project_id = $1 AND name = 'under-test' \
+             AND time_deleted IS NULL AND state = 'vmm' AND boot_disk_id IS NOT NULL",
+            p,
+        )
+        .await?;
+        let any_instance = count(
+            conn,
+            "SELECT count(*) AS count FROM instance WHERE project_id = $1 AND name = 'under-test' \
+             AND time_deleted IS NULL",
+            p,
+        )
+        .await?;
+        let nics = count(conn, &live("network_interface"), p).await?;
+        let ips = count(conn, &live("external_ip"), p).await?;
+        let attached = count(
+            conn,
+            "SELECT count(DISTINCT d.slot) AS count FROM disk d JOIN instance i ON i.id = d.attach_instance_id \
+             WHERE i.project_id = $1 AND i.name = 'under-test' AND d.disk_state = 'attached' \
+             AND d.time_deleted IS NULL",
+            p,
+        )
+        .await?;
+        let created = count(
+            conn,
+            "SELECT count(*) AS count FROM disk WHERE project_id = $1 AND name = 'created-0' \
+             AND time_deleted IS NULL",
+            p,
+        )
+        .await?;
+        let vmms = f.services.sled_agent.vmms().len() as i64;
+        let want = i64::from(succeeded);
+        expect(
+            &mut problems,
+            "running instances with a boot disk",
+            instances,
+            want,
+        );
+        expect(&mut problems, "live instances", any_instance, want);
+        expect(&mut problems, "network interfaces", nics, want);
+        expect(
+            &mut problems,
+            "external IPs (SNAT + ephemeral)",
+            ips,
+            2 * want,
+        );
+        expect(
+            &mut problems,
+            "attached disks in distinct slots",
+            attached,
+            2 * want,
+        );
+        expect(&mut problems, "created disks", created, want);
+        expect(&mut problems, "VMMs on the sled agent", vmms, want);
+        if !succeeded {
+            let fixture_disk = count(
+                conn,
+                "SELECT count(*) AS count FROM disk WHERE id = $1 AND disk_state = 'detached' \
+                 AND time_deleted IS NULL",
+                f.disk_id,
+            )
+            .await?;
+            expect(
+                &mut problems,
+                "the existing disk, detached",
+                fixture_disk,
+                1,
+            );
+        }
+        Ok(problems)
+    }
+
+    fn lose_response(&self, f: &NexusFixture, node: &str) -> bool {
+        if node != "ensure_vmm" {
+            return false;
+        }
+        f.services
+            .sled_agent
+            .faults()
+            .op(Operation::VmmEnsure)
+            .drop_response_after_apply(1);
+        true
+    }
+
+    fn fail_after_commit(&self, f: &NexusFixture, node: &str) -> bool {
+        f.services.app.legacy.fail_refetch_at(node);
+        true
+    }
+
+    /// The legacy suite runs only its legacy attach nodes (the rest is the same saga as instance-create).
+    fn includes(&self, _: &str, kind: NodeKind) -> bool {
+        !self.legacy || kind == NodeKind::Steno
+    }
+
+    /// The legacy attach of the disk the saga created (`attach_disk_0`) wedges the unwind, as in 10695: the
+    /// disk stays attached, and the disk record's undo refuses to delete it. (An *existing* disk left
+    /// attached is detached by the instance record's undo, as Nexus's `project_delete_instance_in_states`
+    /// does, so `attach_disk_1` unwinds cleanly.) In a one-connection pool the first legacy attach to run
+    /// fails at its second claim, whichever node the cell names.
+    fn expects_detection(&self, node: &str, fault: Fault) -> bool {
+        self.legacy
+            && match fault {
+                Fault::AfterCommit => node == "attach_disk_0",
+                Fault::PoolExhausted => node.starts_with("attach_disk_"),
+                _ => false,
+            }
+    }
+}
+
+/// disk-attach of a detached disk to a stopped instance.
+pub struct DiskAttachSuite;
+
+impl SagaSuite for DiskAttachSuite {
+    type Saga = DiskAttach;
+    type Fixture = NexusFixture;
+
+    fn label(&self) -> String {
+        "disk-attach".to_owned()
+    }
+
+    fn migrations(&self) -> Vec<&'static EmbeddedMigrations> {
+        migrations()
+    }
+
+    async fn fixture(&self, url: &str) -> Result<NexusFixture, HarnessError> {
+        nexus_fixture(url, false).await
+    }
+
+    fn register(&self, builder: EngineBuilder, fixture: &NexusFixture) -> EngineBuilder {
+        register_all(builder, fixture)
+    }
+
+    fn params(&self, f: &NexusFixture) -> DiskInstanceParams {
+        DiskInstanceParams {
+            instance_id: f.instance_id,
+            disk_id: f.disk_id,
+        }
+    }
+
+    async fn violations(
+        &self,
+        fixture: &NexusFixture,
+        conn: &mut DbConnection,
+    ) -> Result<Vec<String>, HarnessError> {
+        violations(fixture, conn).await
+    }
+
+    async fn check_outcome(
+        &self,
+        f: &NexusFixture,
+        conn: &mut DbConnection,
+        succeeded: bool,
+    ) -> Result<Vec<String>, HarnessError> {
+        disk_attachment(conn, f, succeeded).await
+    }
+}
+
+/// Whether the fixture's disk is attached to the fixture's instance (`attached`) or detached.
+async fn disk_attachment(
+    conn: &mut DbConnection,
+    f: &NexusFixture,
+    attached: bool,
+) -> Result<Vec<String>, HarnessError> {
+    let disk = ds::disk_fetch(conn, f.disk_id)
+        .await
+        .map_err(fixture_error)?;
+    let is_attached = disk.attach_instance_id == Some(f.instance_id)
+        && disk.disk_state == ds::DiskState::Attached
+        && disk.slot.is_some();
+    let is_detached = disk.attach_instance_id.is_none()
+        && disk.disk_state == ds::DiskState::Detached
+        && disk.slot.is_none();
+    Ok(if (attached && is_attached) || (!attached && is_detached) {
+        Vec::new()
+    } else {
+        vec![format!(
+            "disk should be {}: it is {} (instance {:?}, slot {:?})",
+            if attached { "attached" } else { "detached" },
+            disk.disk_state,
+            disk.attach_instance_id,
+            disk.slot
+        )]
+    })
+}
+
+/// disk-detach of a disk attached to a stopped instance.
+pub struct DiskDetachSuite;
+
+impl SagaSuite for DiskDetachSuite {
+    type Saga = DiskDetach;
+    type Fixture = NexusFixture;
+
+    fn label(&self) -> String {
+        "disk-detach".to_owned()
+    }
+
+    fn migrations(&self) -> Vec<&'static EmbeddedMigrations> {
+        migrations()
+    }
+
+    async fn fixture(&self, url: &str) -> Result<NexusFixture, HarnessError> {
+        nexus_fixture(url, true).await
+    }
+
+    fn register(&self, builder: EngineBuilder, fixture: &NexusFixture) -> EngineBuilder {
+        register_all(builder, fixture)
+    }
+
+    fn params(&self, f: &NexusFixture) -> DiskInstanceParams {
+        DiskInstanceParams {
+            instance_id: f.instance_id,
+            disk_id: f.disk_id,
+        }
+    }
+
+    async fn violations(
+        &self,
+        fixture: &NexusFixture,
+        conn: &mut DbConnection,
+    ) -> Result<Vec<String>, HarnessError> {
+        violations(fixture, conn).await
+    }
+
+    async fn check_outcome(
+        &self,
+        f: &NexusFixture,
+        conn: &mut DbConnection,
+        succeeded: bool,
+    ) -> Result<Vec<String>, HarnessError> {
+        disk_attachment(conn, f, !succeeded).await
+    }
+}
+
+/// snapshot-create of a detached disk through the pantry.
+pub struct SnapshotCreateSuite;
+
+impl SagaSuite for SnapshotCreateSuite {
+    type Saga = SnapshotCreate;
+    type Fixture = NexusFixture;
+
+    fn label(&self) -> String {
+        "snapshot-create".to_owned()
+    }
+
+    fn migrations(&self) -> Vec<&'static EmbeddedMigrations> {
+        migrations()
+    }
+
+    async fn fixture(&self, url: &str) -> Result<NexusFixture, HarnessError> {
+        nexus_fixture(url, false).await
+    }
+
+    fn register(&self, builder: EngineBuilder, fixture: &NexusFixture) -> EngineBuilder {
+        register_all(builder, fixture)
+    }
+
+    fn params(&self, f: &NexusFixture) -> SnapshotCreateParams {
+        SnapshotCreateParams {
+            project_id: f.world.project_id,
+            disk_id: f.disk_id,
+            name: "snap".to_owned(),
+        }
+    }
+
+    async fn violations(
+        &self,
+        fixture: &NexusFixture,
+        conn: &mut DbConnection,
+    ) -> Result<Vec<String>, HarnessError> {
+        violations(fixture, conn).await
+    }
+
+    async fn check_outcome(
+        &self,
+        f: &NexusFixture,
+        conn: &mut DbConnection,
+        succeeded: bool,
+    ) -> Result<Vec<String>, HarnessError> {
+        let mut problems = disk_attachment(conn, f, false).await?;
+        let ready = count(
+            conn,
+            "SELECT count(*) AS count FROM snapshot WHERE disk_id = $1 AND state = 'ready' \
+             AND time_deleted IS NULL",
+            f.disk_id,
+        )
+        .await?;
+        let live = count(
+            conn,
+            "SELECT count(*) AS count FROM snapshot WHERE disk_id = $1 AND time_deleted IS NULL",
+            f.disk_id,
+        )
+        .await?;
+        let want = i64::from(succeeded);
+        expect(&mut problems, "ready snapshots", ready, want);
+        expect(&mut problems, "live snapshots", live, want);
+        let on_pantry = f.services.pantry.snapshots().len() as i64;
+        expect(&mut problems, "snapshots on the pantry", on_pantry, want);
+        expect(
+            &mut problems,
+            "disks attached to the pantry",
+            f.services.pantry.attachments().len() as i64,
+            0,
+        );
+        Ok(problems)
+    }
+
+    fn lose_response(&self, f: &NexusFixture, node: &str) -> bool {
+        let operation = match node {
+            "pantry_attach" => Operation::DiskAttach,
+            "pantry_snapshot" => Operation::DiskSnapshot,
+            "pantry_detach" => Operation::DiskDetach,
+            _ => return false,
+        };
+        f.services
+            .pantry
+            .faults()
+            .op(operation)
+            .drop_response_after_apply(1);
+        true
+    }
+}
+
+/// Every Nexus suite: the four sagas and the legacy variant.
+pub fn all_suites(matrix: crate::Matrix) -> crate::Matrix {
+    matrix
+        .suite(InstanceCreateSuite { legacy: false })
+        .suite(InstanceCreateSuite { legacy: true })
+        .suite(DiskAttachSuite)
+        .suite(DiskDetachSuite)
+        .suite(SnapshotCreateSuite)
+}
+
+/// The suite names `ratchet matrix --saga` accepts.
+pub const SUITE_NAMES: [&str; 5] = [
+    "instance-create",
+    "legacy-instance-create",
+    "disk-attach",
+    "disk-detach",
+    "snapshot-create",
+];
+
+/// Adds the named suite.
+pub fn add_suite(matrix: crate::Matrix, name: &str) -> Result<crate::Matrix, String> {
+    Ok(match name {
+        "instance-create" => matrix.suite(InstanceCreateSuite { legacy: false }),
+        "legacy-instance-create" => matrix.suite(InstanceCreateSuite { legacy: true }),
+        "disk-attach" => matrix.suite(DiskAttachSuite),
+        "disk-detach" => matrix.suite(DiskDetachSuite),
+        "snapshot-create" => matrix.suite(SnapshotCreateSuite),
+        other => {
+            return Err(format!(
+                "unknown saga {other:?} (one of: {})",
+                SUITE_NAMES.join(", ")
+            ));
+        }
+    })
+}
+
+#[allow(dead_code)]
+fn _assert_send(f: &NexusFixture) -> &(dyn Send + Sync) {
+    let _ = Arc::clone(&f.services.app);
+    f
+}
