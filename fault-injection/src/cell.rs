@@ -241,23 +241,23 @@ async fn drive_and_check<T: SagaSuite>(
     check_rest(running, &engine, id, cell, expected, &outcome, result).await
 }
 
-/// steno injections still to be sent (futures that do not borrow the saga).
-type Injections = Vec<BoxFuture<'static, Result<(), ratchet_engine::EngineError>>>;
+/// steno injections still to be sent.
+type Injections<'a> = Vec<BoxFuture<'a, Result<(), ratchet_engine::EngineError>>>;
 
 /// Arms the cell's fault on `saga` (and what unwinds the saga, for compensation faults); returns the steno
 /// injections to send before the saga starts, or `None` when the fault cannot reach the node.
-fn arm<T: SagaSuite>(
+fn arm<'a, T: SagaSuite>(
     running: &Running<'_, T>,
     engine: &Engine,
-    saga: &PreparedSaga,
-    cell: &Cell,
-) -> Option<Injections> {
+    saga: &'a PreparedSaga,
+    cell: &'a Cell,
+) -> Option<Injections<'a>> {
     let failpoints = engine.failpoints();
     let id = saga.id;
     let node = cell.node.as_str();
     let at = |point, effect| failpoints.arm(id, node, point, effect, 1);
     let plain = cell.kind == NodeKind::Steno;
-    let mut injections: Injections = Vec::new();
+    let mut injections: Injections<'a> = Vec::new();
     match cell.fault {
         Fault::BeforePrepare => injections.push(Box::pin(saga.inject_error(node))),
         Fault::AfterPrepare => at(FaultPoint::AfterPrepare, FaultEffect::PermanentError),
@@ -313,11 +313,11 @@ fn arm<T: SagaSuite>(
 
 /// Makes the saga unwind through `cell.node`'s compensation: an error injected at the last node, or (when
 /// the node is the last) an error right after its own commit, which the engine compensates inline.
-fn unwind_after(
-    saga: &PreparedSaga,
+fn unwind_after<'a>(
+    saga: &'a PreparedSaga,
     engine: &Engine,
-    cell: &Cell,
-) -> Option<BoxFuture<'static, Result<(), ratchet_engine::EngineError>>> {
+    cell: &'a Cell,
+) -> Option<BoxFuture<'a, Result<(), ratchet_engine::EngineError>>> {
     if cell.node != cell.last_node {
         return Some(Box::pin(saga.inject_error(&cell.last_node)));
     }
