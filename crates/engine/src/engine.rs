@@ -176,6 +176,10 @@ pub struct Engine {
     pub(crate) sec_id: Uuid,
     pub(crate) resumers: Arc<HashMap<&'static str, Resumer>>,
     registries: Arc<HashMap<&'static str, Arc<dyn std::any::Any + Send + Sync>>>,
+    /// The outcome of each saga this engine resumed, for [`Engine::wait`].
+    //
+    // TODO-robustness Entries are never removed (a waiter may come after the saga is at rest): one small entry
+    // per resumed saga for the engine's lifetime, like steno's own map of every saga it ran.
     running: Arc<Mutex<HashMap<Uuid, tokio::sync::watch::Receiver<Option<SagaOutcome>>>>>,
     /// Sagas created or resumed by this engine and not yet at rest (nor fenced), by id: their definition's
     /// name. Recovery leaves these alone; a shutdown reports them interrupted.
