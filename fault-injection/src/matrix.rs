@@ -112,7 +112,6 @@ impl Matrix {
     ) -> Result<MatrixReport, HarnessError> {
         let started = Instant::now();
         let mut cells: Vec<(Arc<dyn ErasedSuite>, Cell)> = Vec::new();
-        let mut columns = Vec::new();
         for suite in &self.suites {
             let nodes = suite.nodes(server).await?;
             let last_node = nodes
@@ -137,9 +136,6 @@ impl Matrix {
                 }
             }
         }
-        for fault in &self.faults {
-            columns.push(*fault);
-        }
         let total = cells.len();
         let mut results = Vec::with_capacity(total);
         let mut stream = futures::stream::iter(cells)
@@ -150,7 +146,7 @@ impl Matrix {
             results.push(result);
         }
         Ok(MatrixReport {
-            faults: columns,
+            faults: self.faults.clone(),
             cells: results,
             total_millis: started.elapsed().as_millis(),
         })

@@ -7,7 +7,7 @@ use crate::suite::SagaSuite;
 use diesel::sql_types::{BigInt, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
 use diesel_migrations::EmbeddedMigrations;
-use ratchet_datastore::{self as ds, InstanceState};
+use ratchet_datastore as ds;
 use ratchet_engine::{EngineBuilder, NodeKind};
 use ratchet_sagas::{
     DATASTORE_MIGRATIONS, DiskAttach, DiskDetach, DiskInstanceParams, DiskSpec, InstanceCreate,
@@ -16,7 +16,6 @@ use ratchet_sagas::{
 };
 use ratchet_sim::Operation;
 use ratchet_store::DbConnection;
-use std::sync::Arc;
 use uuid::Uuid;
 
 /// One cell's Nexus world: its rows, its services, and the ids of what the suite set up before the saga.
@@ -38,28 +37,14 @@ async fn nexus_fixture(url: &str, attach: bool) -> Result<NexusFixture, HarnessE
     let world = world::seed(conn, &WorldSpec::default())
         .await
         .map_err(fixture_error)?;
-    let instance = ds::instance_insert(
-        conn,
-        Uuid::new_v4(),
-        world.project_id,
-        "fixture",
-        2,
-        1 << 30,
-    )
-    .await
-    .map_err(fixture_error)?;
-    ds::instance_transition(
-        conn,
-        instance.id,
-        instance.state_generation,
-        InstanceState::Creating,
-        InstanceState::NoVmm,
-    )
-    .await
-    .map_err(fixture_error)?;
-    let disk = fixture_disk(conn, &world, "fixture-disk").await?;
+    let instance = world::stopped_instance(conn, &world, "fixture")
+        .await
+        .map_err(fixture_error)?;
+    let disk = world::detached_disk(conn, &world, "fixture-disk")
+        .await
+        .map_err(fixture_error)?;
     if attach {
-        ds::instance_attach_disk(conn, instance.id, disk, ds::MAX_DISKS_PER_INSTANCE)
+        ds::instance_attach_disk(conn, instance, disk, ds::MAX_DISKS_PER_INSTANCE)
             .await
             .map_err(fixture_error)?;
     }
@@ -67,34 +52,9 @@ async fn nexus_fixture(url: &str, attach: bool) -> Result<NexusFixture, HarnessE
     Ok(NexusFixture {
         world,
         services,
-        instance_id: instance.id,
+        instance_id: instance,
         disk_id: disk,
     })
-}
-
-/// A detached disk with its volume, made the way disk-create would.
-async fn fixture_disk(
-    conn: &mut DbConnection,
-    world: &World,
-    name: &str,
-) -> Result<Uuid, HarnessError> {
-    let volume = ds::volume_create(conn, Uuid::new_v4(), &serde_json::json!({"type": "blank"}))
-        .await
-        .map_err(fixture_error)?;
-    let disk = ds::disk_create(
-        conn,
-        Uuid::new_v4(),
-        world.project_id,
-        name,
-        1 << 30,
-        volume.id,
-    )
-    .await
-    .map_err(fixture_error)?;
-    ds::disk_finalize(conn, disk.id)
-        .await
-        .map_err(fixture_error)?;
-    Ok(disk.id)
 }
 
 async fn violations(
@@ -582,10 +542,4 @@ pub fn add_suite(matrix: crate::Matrix, name: &str) -> Result<crate::Matrix, Str
             ));
         }
     })
-}
-
-#[allow(dead_code)]
-fn _assert_send(f: &NexusFixture) -> &(dyn Send + Sync) {
-    let _ = Arc::clone(&f.services.app);
-    f
 }

@@ -20,8 +20,9 @@ pub(crate) fn db(error: DatastoreError) -> NodeError {
 
 /// A simulated service's answer as a call error.
 pub(crate) fn call(error: CallOutcomeError) -> CallError {
+    let retryable = error.is_retryable();
     match error {
-        CallOutcomeError::Refused(message) if message.starts_with("503") => {
+        CallOutcomeError::Refused(message) if retryable => {
             CallError::Refused(NodeError::transient(message))
         }
         CallOutcomeError::Refused(message) => CallError::Refused(NodeError::permanent(message)),

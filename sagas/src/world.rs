@@ -80,6 +80,46 @@ pub async fn seed(
     })
 }
 
+/// A detached disk with its volume, made the way disk-create would (for sagas that need an existing disk).
+pub async fn detached_disk(
+    conn: &mut diesel_async::AsyncPgConnection,
+    world: &World,
+    name: &str,
+) -> Result<Uuid, DatastoreError> {
+    let volume =
+        ds::volume_create(conn, Uuid::new_v4(), &serde_json::json!({"type": "blank"})).await?;
+    let disk = ds::disk_create(
+        conn,
+        Uuid::new_v4(),
+        world.project_id,
+        name,
+        1 << 30,
+        volume.id,
+    )
+    .await?;
+    ds::disk_finalize(conn, disk.id).await?;
+    Ok(disk.id)
+}
+
+/// A stopped (`no_vmm`) instance with nothing attached (for sagas that need an existing instance).
+pub async fn stopped_instance(
+    conn: &mut diesel_async::AsyncPgConnection,
+    world: &World,
+    name: &str,
+) -> Result<Uuid, DatastoreError> {
+    let instance =
+        ds::instance_insert(conn, Uuid::new_v4(), world.project_id, name, 2, 1 << 30).await?;
+    ds::instance_transition(
+        conn,
+        instance.id,
+        instance.state_generation,
+        ds::InstanceState::Creating,
+        ds::InstanceState::NoVmm,
+    )
+    .await?;
+    Ok(instance.id)
+}
+
 /// The simulated services of one world, and the saga context that talks to them.
 pub struct Services {
     pub sled_agent: SledAgentSim,

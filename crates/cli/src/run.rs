@@ -191,7 +191,8 @@ async fn prepare(
         "instance-create" => {
             let mut attach_disks = Vec::new();
             for d in 0..args.value::<usize>("--disks")?.unwrap_or(0) {
-                attach_disks.push(detached_disk(conn, world, &format!("disk-{tag}-{d}")).await?);
+                attach_disks
+                    .push(world::detached_disk(conn, world, &format!("disk-{tag}-{d}")).await?);
             }
             let nics = (0..args.value::<usize>("--nics")?.unwrap_or(1))
                 .map(|n| NicSpec {
@@ -221,8 +222,8 @@ async fn prepare(
             })
         }
         "disk-attach" | "disk-detach" => {
-            let instance = stopped_instance(conn, world, &format!("inst-{tag}")).await?;
-            let disk = detached_disk(conn, world, &format!("disk-{tag}")).await?;
+            let instance = world::stopped_instance(conn, world, &format!("inst-{tag}")).await?;
+            let disk = world::detached_disk(conn, world, &format!("disk-{tag}")).await?;
             let params = DiskInstanceParams {
                 instance_id: instance,
                 disk_id: disk,
@@ -236,48 +237,10 @@ async fn prepare(
         }
         _ => Job::SnapshotCreate(SnapshotCreateParams {
             project_id: world.project_id,
-            disk_id: detached_disk(conn, world, &format!("disk-{tag}")).await?,
+            disk_id: world::detached_disk(conn, world, &format!("disk-{tag}")).await?,
             name: format!("snap-{tag}"),
         }),
     })
-}
-
-async fn detached_disk(
-    conn: &mut ratchet_store::DbConnection,
-    world: &World,
-    name: &str,
-) -> anyhow::Result<Uuid> {
-    let volume =
-        ds::volume_create(conn, Uuid::new_v4(), &serde_json::json!({"type": "blank"})).await?;
-    let disk = ds::disk_create(
-        conn,
-        Uuid::new_v4(),
-        world.project_id,
-        name,
-        1 << 30,
-        volume.id,
-    )
-    .await?;
-    ds::disk_finalize(conn, disk.id).await?;
-    Ok(disk.id)
-}
-
-async fn stopped_instance(
-    conn: &mut ratchet_store::DbConnection,
-    world: &World,
-    name: &str,
-) -> anyhow::Result<Uuid> {
-    let instance =
-        ds::instance_insert(conn, Uuid::new_v4(), world.project_id, name, 2, 1 << 30).await?;
-    ds::instance_transition(
-        conn,
-        instance.id,
-        instance.state_generation,
-        ds::InstanceState::Creating,
-        ds::InstanceState::NoVmm,
-    )
-    .await?;
-    Ok(instance.id)
 }
 
 /// Every instance of the run either complete (all its disks attached, in distinct slots) or gone.

@@ -126,7 +126,7 @@ impl<'a, S: SagaDef> NodeRun<'a, S> {
                 exhaust_pool(&self.cx.shared.pool, millis).await;
                 Ok(())
             }
-            Some(effect) => Err(stop_for(effect, point)),
+            Some(effect) => stop_for(effect, point).map_or(Ok(()), Err),
             None => Ok(()),
         }
     }
@@ -134,10 +134,9 @@ impl<'a, S: SagaDef> NodeRun<'a, S> {
     /// [`NodeRun::fault`] for the synchronous post-commit phase, where a delay has no meaning (it is ignored).
     pub(crate) fn fault_in_finish(&self) -> Result<(), Stop> {
         self.alive()?;
-        match self.armed_fault(FaultPoint::InFinish) {
-            Some(FaultEffect::Delay { .. } | FaultEffect::ExhaustPool { .. }) | None => Ok(()),
-            Some(effect) => Err(stop_for(effect, FaultPoint::InFinish)),
-        }
+        self.armed_fault(FaultPoint::InFinish)
+            .and_then(|effect| stop_for(effect, FaultPoint::InFinish))
+            .map_or(Ok(()), Err)
     }
 
     fn armed_fault(&self, point: FaultPoint) -> Option<FaultEffect> {
@@ -283,19 +282,18 @@ pub(crate) fn decode<T: DeserializeOwned>(
         .map_err(|e| NodeError::permanent(format!("{what} does not decode: {e}")))
 }
 
-/// What an armed fault does at `point` (other than a delay).
-fn stop_for(effect: FaultEffect, point: FaultPoint) -> Stop {
+/// How an armed fault stops the node at `point`; `None` for effects that do not stop it.
+fn stop_for(effect: FaultEffect, point: FaultPoint) -> Option<Stop> {
     let what = format!("injected at {point:?}");
-    match effect {
+    Some(match effect {
         FaultEffect::TransientError => Stop::Node(NodeError::transient(what)),
         FaultEffect::PermanentError => Stop::Node(NodeError::permanent(what)),
         FaultEffect::Panic if point == FaultPoint::InFinish => panic!("{what}"),
         FaultEffect::Panic => Stop::Node(NodeError::permanent(format!("panic {what}"))),
         FaultEffect::Crash => Stop::Crash,
-        FaultEffect::Delay { .. } | FaultEffect::ExhaustPool { .. } => Stop::Node(
-            NodeError::permanent(format!("a delay cannot stop a node ({what})")),
-        ),
-    }
+        // These slow the node down (handled in `fault`); they never stop it, and mean nothing in `finish`.
+        FaultEffect::Delay { .. } | FaultEffect::ExhaustPool { .. } => return None,
+    })
 }
 
 /// Takes every connection of `pool` (up to its configured size, waiting for busy ones up to the checkout

@@ -46,6 +46,12 @@ impl CallOutcomeError {
         matches!(self, Self::Unknown(_))
     }
 
+    /// True for a refusal that may go the other way if the same request is sent again: the service was
+    /// unavailable (503) and applied nothing. Other refusals (409, 4xx) will be refused again.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Refused(m) if m.starts_with("503 "))
+    }
+
     /// The message carried by either variant.
     pub fn message(&self) -> &str {
         match self {
