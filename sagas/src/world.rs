@@ -12,8 +12,9 @@ use uuid::Uuid;
 pub struct WorldSpec {
     /// The subnet NICs take addresses from (at most about 250 hosts in a /24).
     pub ipv4_block: String,
-    /// The IP pool's one range: (first, last).
-    pub ip_range: (String, String),
+    /// The IP pool's one range: (first, last). `None`: the next free 10.N.0.1 - 10.N.7.254 block, so that
+    /// worlds seeded into the same database (successive `ratchet run`s) do not overlap.
+    pub ip_range: Option<(String, String)>,
     pub sleds: usize,
     pub sled_threads: i64,
     pub sled_ram: i64,
@@ -23,7 +24,7 @@ impl Default for WorldSpec {
     fn default() -> Self {
         WorldSpec {
             ipv4_block: "172.30.0.0/22".to_owned(),
-            ip_range: ("10.0.0.1".to_owned(), "10.0.7.254".to_owned()),
+            ip_range: None,
             sleds: 4,
             sled_threads: 1024,
             sled_ram: 1 << 44,
@@ -54,14 +55,19 @@ pub async fn seed(
     )
     .await?;
     let pool = ds::ip_pool_create(conn, Uuid::new_v4(), &format!("pool-{suffix}"), false).await?;
-    ds::ip_pool_range_add(
-        conn,
-        Uuid::new_v4(),
-        pool.id,
-        &spec.ip_range.0,
-        &spec.ip_range.1,
-    )
-    .await?;
+    let (first, last) = match &spec.ip_range {
+        Some(range) => range.clone(),
+        None => {
+            let block = ds::ip_pool_ranges_count(conn).await?;
+            if block > 255 {
+                return Err(DatastoreError::Exhausted(format!(
+                    "no free 10.N.0.0/21 block for another world's IP range ({block} ranges exist)"
+                )));
+            }
+            (format!("10.{block}.0.1"), format!("10.{block}.7.254"))
+        }
+    };
+    ds::ip_pool_range_add(conn, Uuid::new_v4(), pool.id, &first, &last).await?;
     for i in 0..spec.sleds {
         ds::sled_create(
             conn,

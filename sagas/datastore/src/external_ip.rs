@@ -152,6 +152,20 @@ struct RangeInsertRow {
     row: Option<IpPoolRange>,
 }
 
+/// How many IP pool ranges were ever added (deleted ones included): a seed can use it to pick a block no
+/// earlier range took.
+pub async fn ip_pool_ranges_count(conn: &mut AsyncPgConnection) -> DatastoreResult<i64> {
+    #[derive(diesel::QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        count: i64,
+    }
+    let row: Count = diesel::sql_query("SELECT count(*) AS count FROM ip_pool_range")
+        .get_result(conn)
+        .await?;
+    Ok(row.count)
+}
+
 /// Adds the IPv4 addresses `first..=last` to a live pool (`NotFound`). `InvalidArgument` unless both are IPv4
 /// addresses with `first <= last`; `Conflict` if the range overlaps any live range of any pool (as in Nexus).
 pub async fn ip_pool_range_add(

@@ -125,7 +125,7 @@ pub use error::{DatastoreError, DatastoreResult};
 pub use external_ip::{
     ExternalIp, IpAttachState, IpKind, IpPool, IpPoolRange, external_ip_allocate,
     external_ip_set_state, external_ip_soft_delete, external_ips_of, ip_pool_create,
-    ip_pool_range_add,
+    ip_pool_range_add, ip_pool_ranges_count,
 };
 pub use instance::{
     Instance, InstanceState, instance_clear_vmm, instance_fetch, instance_insert,
