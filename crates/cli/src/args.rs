@@ -31,6 +31,8 @@ const VALUED: &[&str] = &[
     "--pool-size",
     "--pool-timeout-ms",
     "--fail-refetch",
+    "--sled-agent",
+    "--pantry",
 ];
 
 impl Args {

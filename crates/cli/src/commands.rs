@@ -1,7 +1,8 @@
 //! The CLI's commands.
 
 use crate::args::Args;
-use crate::{engine_setup, sagas};
+use crate::engine_setup::{self, SERVICE_OPTIONS, ServiceAddrs};
+use crate::sagas;
 use anyhow::{Context, bail};
 use diesel::sql_types::Text;
 use diesel_async::RunQueryDsl;
@@ -68,6 +69,8 @@ pub async fn dispatch(args: Args) -> anyhow::Result<()> {
             bail!("`ratchet sagas {verb}` needs a saga id: `ratchet sagas {verb} ID`")
         }
         ["run", saga] => crate::run::run(&args, saga).await,
+        ["sim"] => crate::sim::sim(&args).await,
+        ["check"] => crate::sim::check(&args).await,
         ["matrix"] => crate::matrix::matrix(&args).await,
         _ => bail!(
             "unknown command {:?} (see `ratchet --help`)",
@@ -143,26 +146,72 @@ pub(crate) fn sec_id(args: &Args) -> anyhow::Result<Uuid> {
     }
 }
 
-/// An engine for this executor with every saga of [`engine_setup`] registered, after its recovery of this
-/// executor's unfinished sagas.
+/// What an engine's start must not strand, besides this executor's own unfinished sagas.
+pub(crate) enum Also {
+    Nothing,
+    /// Another executor's unfinished sagas (`sagas adopt --from`).
+    Executor(Uuid),
+    /// One saga (`sagas retry-unwind`).
+    Saga(Uuid),
+}
+
+/// An engine for this executor with every saga of [`engine_setup`] registered (the Nexus sagas when the
+/// command has `--sled-agent ADDR --pantry ADDR`), after its recovery of this executor's unfinished sagas.
+/// Without those addresses it refuses, before writing anything, if it would have to resume a Nexus saga (its
+/// own, or those of `also`): see [`engine_setup`]. `command` names the command in that refusal.
 pub(crate) async fn engine(
     args: &Args,
+    command: &str,
+    also: Also,
 ) -> anyhow::Result<(Engine, ratchet_engine::RecoveryReport)> {
     let url = database_url(args).await?;
+    let sec = sec_id(args)?;
+    let services = ServiceAddrs::from_args(args)?;
+    prepare_database(&url).await?;
+    if services.is_none() {
+        let (executors, sagas) = match also {
+            Also::Nothing => (vec![sec], vec![]),
+            Also::Executor(other) => (vec![sec, other], vec![]),
+            Also::Saga(id) => (vec![sec], vec![id]),
+        };
+        // TODO-robustness A saga created after this check by another process with this executor id (or, for
+        // an adoption, by the live source executor) would still be abandoned by the recovery below; running
+        // two processes as one executor is already unsupported.
+        let mut conn = pool::establish(&url).await?;
+        engine_setup::refuse_stranded_nexus_sagas(&mut conn, &executors, &sagas, command, false)
+            .await?;
+    }
+    let app = services.map(|s| s.app());
+    let config = EngineConfig::new(url, sec);
+    Ok(engine_setup::engine_builder(config, app.as_ref())
+        .start()
+        .await?)
+}
+
+/// Applies the saga log's migrations and those of every registered saga's tables.
+pub(crate) async fn prepare_database(url: &str) -> anyhow::Result<()> {
+    pool::run_migrations(url, &ratchet_store::SAGA_LOG_MIGRATIONS)
+        .await
+        .context("applying the saga log's migrations")?;
     for migrations in engine_setup::saga_migrations() {
-        pool::run_migrations(&url, migrations)
+        pool::run_migrations(url, migrations)
             .await
             .context("applying the sagas' migrations")?;
     }
-    let config = EngineConfig::new(url, sec_id(args)?);
-    Ok(engine_setup::engine_builder(config).start().await?)
+    Ok(())
 }
 
 async fn demo(args: &Args) -> anyhow::Result<()> {
-    args.only(&["--fail-after-commit", "--name", "--price"])?;
+    args.only(&[
+        "--fail-after-commit",
+        "--name",
+        "--price",
+        SERVICE_OPTIONS[0],
+        SERVICE_OPTIONS[1],
+    ])?;
     let fail_after = args.value::<String>("--fail-after-commit")?;
     let price = args.value::<i64>("--price")?.unwrap_or(30);
-    let (engine, _) = engine(args).await?;
+    let (engine, _) = engine(args, "demo", Also::Nothing).await?;
     let mut conn = engine.pool().get().await?;
     let account = example::create_account(&mut conn, 100).await?;
     let name = args
@@ -203,8 +252,8 @@ async fn demo(args: &Args) -> anyhow::Result<()> {
 }
 
 async fn recover(args: &Args) -> anyhow::Result<()> {
-    args.only(&[])?;
-    let (engine, report) = engine(args).await?;
+    args.only(&SERVICE_OPTIONS)?;
+    let (engine, report) = engine(args, "recover", Also::Nothing).await?;
     let sec = engine.sec_id();
     if report.resumed.is_empty() && report.abandoned.is_empty() {
         println!("executor {sec}: nothing to recover (it has no running or unwinding saga)");

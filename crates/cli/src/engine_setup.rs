@@ -1,23 +1,175 @@
-//! The one place the CLI learns which sagas exist: every command that starts an engine (demo, recover, sagas
-//! retry-unwind, sagas adopt) builds it here, so that a saga registered here can be run, recovered, adopted
-//! and re-driven by all of them.
+//! The one place the CLI learns which sagas exist: every command that starts an engine (demo, run, recover,
+//! sagas retry-unwind, sagas adopt) builds it here, so that a saga registered here can be run, recovered,
+//! adopted and re-driven by all of them.
+//!
+//! Two kinds of saga are registered:
+//! - the example saga, always;
+//! - the Nexus-shaped sagas (instance-create, disk-attach, disk-detach, snapshot-create), whenever the command
+//!   has the sled agent and the pantry they call ([`Services`]): in process for `ratchet run`, or at the
+//!   addresses given by `--sled-agent ADDR --pantry ADDR` (what `ratchet sim` prints).
+//!
+//! # Invariant: no engine abandons a Nexus saga for want of its services
+//!
+//! Starting an engine recovers this executor's unfinished sagas, and recovery abandons a saga whose
+//! definition the engine does not register (DESIGN.md section 5). For a saga this binary *does* know but
+//! cannot run without the services it calls, abandoning would be wrong: its commits stay in effect and
+//! nothing would ever compensate them. So before an engine without the services starts,
+//! [`refuse_stranded_nexus_sagas`] looks for unfinished Nexus sagas among the ones it would resume, and if
+//! there are any the command fails, naming the missing options, before anything is written. A saga whose
+//! definition is really unknown (renamed, removed) is still abandoned by recovery, with the reason.
+//!
+//! The same holds for services started in process (`ratchet run` without addresses): they are new and empty,
+//! while an unfinished saga from an earlier process called the earlier ones. Such sagas must be recovered
+//! against the services they used (`ratchet recover --sled-agent ADDR --pantry ADDR`), or abandoned by an
+//! operator who knows those services are gone.
 //!
 //! To add a saga definition: one `.register::<Saga>(context)` line in [`engine_builder`], and its tables'
-//! migrations in [`saga_migrations`]. A saga created by a binary that registered it and recovered by one that
-//! does not is abandoned at recovery, with the reason (DESIGN.md section 5).
+//! migrations in [`saga_migrations`].
 
+use crate::args::Args;
+use anyhow::{Context, bail};
+use diesel::sql_types::{Array, BigInt, Text, Uuid as SqlUuid};
+use diesel_async::RunQueryDsl;
 use diesel_migrations::EmbeddedMigrations;
 use ratchet_engine::example::{self, ProvisionWidget};
-use ratchet_engine::{EngineBuilder, EngineConfig};
+use ratchet_engine::{EngineBuilder, EngineConfig, SagaDef};
+use ratchet_sagas::{
+    DATASTORE_MIGRATIONS, DiskAttach, DiskDetach, InstanceCreate, NexusApp, SnapshotCreate,
+};
+use ratchet_sim::{PantryClient, SledAgentClient};
+use std::net::SocketAddr;
 use std::sync::Arc;
+use uuid::Uuid;
 
-/// An engine builder with every saga the CLI runs registered.
-pub fn engine_builder(config: EngineConfig) -> EngineBuilder {
-    EngineBuilder::new(config).register::<ProvisionWidget>(Arc::new(()))
+/// The options that name the services the Nexus sagas call.
+pub const SERVICE_OPTIONS: [&str; 2] = ["--sled-agent", "--pantry"];
+
+/// The names of the sagas that need the sled agent and the pantry.
+pub const NEXUS_SAGAS: [&str; 4] = [
+    InstanceCreate::NAME,
+    DiskAttach::NAME,
+    DiskDetach::NAME,
+    SnapshotCreate::NAME,
+];
+
+/// Where the sled agent and the pantry listen.
+#[derive(Clone, Copy, Debug)]
+pub struct ServiceAddrs {
+    pub sled_agent: SocketAddr,
+    pub pantry: SocketAddr,
+}
+
+impl ServiceAddrs {
+    /// `--sled-agent ADDR --pantry ADDR`: both, or neither (`None`).
+    pub fn from_args(args: &Args) -> anyhow::Result<Option<ServiceAddrs>> {
+        let sled_agent = args.value::<SocketAddr>("--sled-agent")?;
+        let pantry = args.value::<SocketAddr>("--pantry")?;
+        match (sled_agent, pantry) {
+            (Some(sled_agent), Some(pantry)) => Ok(Some(ServiceAddrs { sled_agent, pantry })),
+            (None, None) => Ok(None),
+            (Some(_), None) => bail!(
+                "--sled-agent needs --pantry ADDR too (the Nexus sagas call both; `ratchet sim` prints both \
+                 addresses)"
+            ),
+            (None, Some(_)) => bail!(
+                "--pantry needs --sled-agent ADDR too (the Nexus sagas call both; `ratchet sim` prints both \
+                 addresses)"
+            ),
+        }
+    }
+
+    pub fn sled_agent(&self) -> SledAgentClient {
+        SledAgentClient::new(self.sled_agent)
+    }
+
+    pub fn pantry(&self) -> PantryClient {
+        PantryClient::new(self.pantry)
+    }
+
+    /// The Nexus sagas' context, with clients of these services.
+    pub fn app(&self) -> Arc<NexusApp> {
+        Arc::new(NexusApp::new(self.sled_agent(), self.pantry()))
+    }
+}
+
+/// An engine builder with every saga the CLI runs registered: the example saga, and the Nexus sagas when
+/// `nexus` (their context, with the services' clients) is given.
+pub fn engine_builder(config: EngineConfig, nexus: Option<&Arc<NexusApp>>) -> EngineBuilder {
+    let builder = EngineBuilder::new(config).register::<ProvisionWidget>(Arc::new(()));
+    match nexus {
+        Some(app) => ratchet_sagas::register_all(builder, app),
+        None => builder,
+    }
 }
 
 /// The migrations of the registered sagas' own tables (the saga log's are the engine's), applied before the
 /// engine starts.
 pub fn saga_migrations() -> Vec<&'static EmbeddedMigrations> {
-    vec![&example::MIGRATIONS]
+    vec![&example::MIGRATIONS, &DATASTORE_MIGRATIONS]
+}
+
+/// Fails, naming the missing options and changing nothing, if an engine that cannot reach the services the
+/// Nexus sagas call would have to resume one of them: an unfinished Nexus saga of one of `executors` (the
+/// engine's own recovery, an adoption's source), or one of `sagas` (`retry-unwind`'s saga). `in_process` says
+/// the command would start new, empty services of its own (`ratchet run`), which cannot be the ones those
+/// sagas called. See the module docs.
+pub async fn refuse_stranded_nexus_sagas(
+    conn: &mut ratchet_store::DbConnection,
+    executors: &[Uuid],
+    sagas: &[Uuid],
+    command: &str,
+    in_process: bool,
+) -> anyhow::Result<()> {
+    #[derive(diesel::QueryableByName)]
+    struct Pending {
+        #[diesel(sql_type = Text)]
+        name: String,
+        #[diesel(sql_type = BigInt)]
+        count: i64,
+    }
+    let names: Vec<String> = NEXUS_SAGAS.iter().map(|n| (*n).to_owned()).collect();
+    let pending: Vec<Pending> = diesel::sql_query(
+        "SELECT name, count(*) AS count FROM saga \
+         WHERE name = ANY($1) \
+           AND ((saga_state IN ('running', 'unwinding') AND current_sec = ANY($2)) OR id = ANY($3)) \
+         GROUP BY name ORDER BY name",
+    )
+    .bind::<Array<Text>, _>(names)
+    .bind::<Array<SqlUuid>, _>(executors)
+    .bind::<Array<SqlUuid>, _>(sagas)
+    .load(conn)
+    .await
+    .context("looking for unfinished Nexus sagas")?;
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let which: Vec<String> = pending
+        .iter()
+        .map(|p| format!("{} {}", p.count, p.name))
+        .collect();
+    let whose: Vec<String> = executors
+        .iter()
+        .map(|e| format!("executor {e}"))
+        .chain(sagas.iter().map(|s| format!("saga {s}")))
+        .collect();
+    let (danger, another_executor) = if in_process {
+        (
+            "would start new, empty simulated services and resume those sagas against them, which never saw \
+             their calls",
+            "; or run new work as another executor (--sec-id UUID)",
+        )
+    } else {
+        (
+            "was not given their addresses: it would abandon those sagas with their commits in effect",
+            "",
+        )
+    };
+    bail!(
+        "Nexus saga(s) to resume ({} of {}) call the sled agent and the pantry, and `ratchet {command}` \
+         {danger}. Nothing was changed. Pass --sled-agent ADDR --pantry ADDR (the services the sagas called: \
+         `ratchet sim` runs both and prints their addresses); if those services are gone for good, abandon \
+         the sagas by hand (`ratchet sagas abandon ID --reason TEXT`){another_executor}",
+        which.join(", "),
+        whose.join(", ")
+    )
 }

@@ -9,6 +9,7 @@ mod engine_setup;
 mod matrix;
 mod run;
 mod sagas;
+mod sim;
 
 use anyhow::Context;
 use args::Args;
@@ -29,15 +30,25 @@ COMMANDS:
                                instance-create (--disks N --create-disks N --nics N --external-ip --start
                                --legacy-attach --fail-refetch N), disk-attach, disk-detach or
                                snapshot-create; all take --count K --concurrency C --pool-size P
-                               --pool-timeout-ms T
-    recover                    resume this executor's unfinished sagas and print what it did
+                               --pool-timeout-ms T --create-first (record every saga before any
+                               runs) and --sled-agent ADDR --pantry ADDR (services of `ratchet sim`
+                               instead of in-process ones)
+    sim                        serve the simulated sled agent and pantry until interrupted; prints
+                               `services: --sled-agent ADDR --pantry ADDR`
+    check [--sled-agent ADDR --pantry ADDR]
+                               the invariant check on the database (and the services) at rest
+    recover [--sled-agent ADDR --pantry ADDR]
+                               resume this executor's unfinished sagas and print what it did; the
+                               Nexus sagas need the services' addresses (without them it refuses)
     sagas list [--state S]     list sagas (running, unwinding, done, stuck, abandoned)
     sagas show ID              a saga's node-by-node timeline (events, timings, commit and
                                compensation records) and, when stuck, its diagnosis
-    sagas retry-unwind ID      re-drive a stuck saga's failed compensation (fix the cause first)
+    sagas retry-unwind ID      re-drive a stuck saga's failed compensation (fix the cause first;
+                               a Nexus saga needs --sled-agent ADDR --pantry ADDR)
     sagas abandon ID --reason TEXT
                                mark a saga abandoned with a reason, leaving its rows as they are
     sagas adopt --from SEC_ID  take over another executor's unfinished sagas and finish them
+                               (Nexus sagas need --sled-agent ADDR --pantry ADDR)
 
 OPTIONS:
     --database-url URL   a PostgreSQL server to use instead of the embedded one (also DATABASE_URL)

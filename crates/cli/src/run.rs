@@ -1,28 +1,44 @@
 //! `ratchet run SAGA`: runs Nexus-shaped sagas under load against the simulated sled agent and pantry, then
 //! checks that every saga is at rest and nothing leaked.
+//!
+//! The services are started in this process, unless `--sled-agent ADDR --pantry ADDR` name running ones
+//! (`ratchet sim`): then a crash of this process leaves them, and the sagas it did not finish can be recovered
+//! against them (`ratchet recover` with the same options). In-process services die with the process, so this
+//! command refuses to start, as `recover` does, while its executor has unfinished Nexus sagas and it was not
+//! given the addresses of the services they called (see `engine_setup`).
+//!
+//! By default a saga is created when a slot of the `--concurrency` frees up, as API requests would arrive.
+//! `--create-first` records every saga durably before any runs (as if all the requests had arrived at once),
+//! so that a crash leaves every unfinished one for recovery to resume.
 
 use crate::args::Args;
 use crate::commands;
+use crate::engine_setup::{self, SERVICE_OPTIONS, ServiceAddrs};
 use anyhow::{Context, bail};
 use futures::StreamExt;
 use ratchet_datastore as ds;
-use ratchet_engine::{Engine, EngineBuilder, EngineConfig, SagaOutcome};
+use ratchet_engine::{Engine, EngineConfig, PreparedSaga, SagaOutcome};
 use ratchet_sagas::{
-    DATASTORE_MIGRATIONS, DiskAttach, DiskDetach, DiskInstanceParams, DiskSpec, InstanceCreate,
-    InstanceCreateParams, NicSpec, Services, SnapshotCreate, SnapshotCreateParams, World,
-    WorldSpec, invariants, world,
+    DiskAttach, DiskDetach, DiskInstanceParams, DiskSpec, InstanceCreate, InstanceCreateParams,
+    NexusApp, NicSpec, Services, SnapshotCreate, SnapshotCreateParams, World, WorldSpec,
+    invariants, world,
 };
+use ratchet_sim::{PantryClient, SledAgentClient};
 use ratchet_store::{PoolConfig, pool};
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
-const COMMON: [&str; 4] = [
+const COMMON: [&str; 7] = [
     "--count",
     "--concurrency",
     "--pool-size",
     "--pool-timeout-ms",
+    "--create-first",
+    SERVICE_OPTIONS[0],
+    SERVICE_OPTIONS[1],
 ];
 
 pub async fn run(args: &Args, saga: &str) -> anyhow::Result<()> {
@@ -57,27 +73,43 @@ pub async fn run(args: &Args, saga: &str) -> anyhow::Result<()> {
     let pool_timeout = args.value::<u64>("--pool-timeout-ms")?.unwrap_or(1_000);
 
     let url = commands::database_url(args).await?;
-    pool::run_migrations(&url, &DATASTORE_MIGRATIONS)
-        .await
-        .context("applying the datastore's migrations")?;
-    let services = Services::start().context("starting the simulated sled agent and pantry")?;
+    let sec = commands::sec_id(args)?;
+    commands::prepare_database(&url).await?;
     let mut conn = pool::establish(&url).await?;
+    let services = match ServiceAddrs::from_args(args)? {
+        Some(addrs) => {
+            println!(
+                "using the sled agent at {} and the pantry at {}",
+                addrs.sled_agent, addrs.pantry
+            );
+            RunServices::External(addrs)
+        }
+        None => {
+            engine_setup::refuse_stranded_nexus_sagas(&mut conn, &[sec], &[], "run", true).await?;
+            RunServices::InProcess(
+                Services::start().context("starting the simulated sled agent and pantry")?,
+            )
+        }
+    };
+    let app = services.app();
     let world = world::seed(&mut conn, &WorldSpec::default()).await?;
-    let mut config = EngineConfig::new(&url, commands::sec_id(args)?);
+    let mut config = EngineConfig::new(&url, sec);
     config.pool = PoolConfig {
         max_size: pool_size,
         checkout_timeout: Duration::from_millis(pool_timeout),
     };
-    let builder = ratchet_sagas::register_all(EngineBuilder::new(config), &services.app);
-    let (engine, recovered) = builder.start().await?;
-    if !recovered.resumed.is_empty() {
+    let (engine, recovered) = engine_setup::engine_builder(config, Some(&app))
+        .start()
+        .await?;
+    if !recovered.resumed.is_empty() || !recovered.abandoned.is_empty() {
         println!(
-            "recovered {} unfinished saga(s) first",
-            recovered.resumed.len()
+            "recovered {} unfinished saga(s) first (abandoned {}); they finish alongside this run's",
+            recovered.resumed.len(),
+            recovered.abandoned.len()
         );
     }
     if let Some(n) = args.value::<u64>("--fail-refetch")? {
-        services.app.legacy.fail_refetch(n);
+        app.legacy.fail_refetch(n);
         println!("the legacy attach's re-fetch will fail {n} time(s) (LegacyKnobs::fail_refetch)");
     }
     println!(
@@ -92,12 +124,30 @@ pub async fn run(args: &Args, saga: &str) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut outcomes: BTreeMap<&'static str, usize> = BTreeMap::new();
     let mut done = 0;
-    let mut results = futures::stream::iter(jobs)
-        .map(|job| {
-            let engine = engine.clone();
-            async move { job.run(&engine).await }
-        })
-        .buffer_unordered(concurrency);
+    let mut results = if args.flag("--create-first") {
+        let mut created = Vec::with_capacity(count);
+        for job in jobs {
+            created.push(job.create(&engine).await?);
+        }
+        println!("created {count} saga(s); running them");
+        let _ = std::io::stdout().flush();
+        futures::stream::iter(created)
+            .map(|saga| async move {
+                let id = saga.id;
+                Ok((id, saga.run().await?))
+            })
+            .boxed()
+            .buffer_unordered(concurrency)
+            .boxed()
+    } else {
+        futures::stream::iter(jobs)
+            .map(|job| {
+                let engine = engine.clone();
+                async move { job.run(&engine).await }
+            })
+            .buffer_unordered(concurrency)
+            .boxed()
+    };
     while let Some(result) = results.next().await {
         done += 1;
         let (id, outcome) = result?;
@@ -136,12 +186,8 @@ pub async fn run(args: &Args, saga: &str) -> anyhow::Result<()> {
             + args.value::<usize>("--create-disks")?.unwrap_or(0);
         problems.extend(instances_complete_or_gone(&mut conn, &world, want).await?);
     }
-    let violations = invariants::check(
-        &mut conn,
-        &services.sled_agent.client(),
-        &services.pantry.client(),
-    )
-    .await?;
+    let (sled_agent, pantry) = services.clients();
+    let violations = invariants::check(&mut conn, &sled_agent, &pantry).await?;
     println!("invariant check: {} violation(s)", violations.len());
     for violation in &violations {
         println!("  {}: {}", violation.rule, violation.detail);
@@ -169,13 +215,46 @@ enum Job {
 }
 
 impl Job {
-    async fn run(self, engine: &Engine) -> anyhow::Result<(Uuid, SagaOutcome)> {
+    /// Records the saga durably, without running it.
+    async fn create(self, engine: &Engine) -> anyhow::Result<PreparedSaga> {
         Ok(match self {
-            Job::InstanceCreate(p) => engine.run::<InstanceCreate>(p).await?,
-            Job::DiskAttach(p) => engine.run::<DiskAttach>(p).await?,
-            Job::DiskDetach(p) => engine.run::<DiskDetach>(p).await?,
-            Job::SnapshotCreate(p) => engine.run::<SnapshotCreate>(p).await?,
+            Job::InstanceCreate(p) => engine.create::<InstanceCreate>(p).await?,
+            Job::DiskAttach(p) => engine.create::<DiskAttach>(p).await?,
+            Job::DiskDetach(p) => engine.create::<DiskDetach>(p).await?,
+            Job::SnapshotCreate(p) => engine.create::<SnapshotCreate>(p).await?,
         })
+    }
+
+    async fn run(self, engine: &Engine) -> anyhow::Result<(Uuid, SagaOutcome)> {
+        let saga = self.create(engine).await?;
+        let id = saga.id;
+        Ok((id, saga.run().await?))
+    }
+}
+
+/// The services a run's sagas call.
+enum RunServices {
+    /// Started in this process; they die with it.
+    InProcess(Services),
+    /// Running elsewhere (`ratchet sim`).
+    External(ServiceAddrs),
+}
+
+impl RunServices {
+    fn app(&self) -> Arc<NexusApp> {
+        match self {
+            RunServices::InProcess(services) => Arc::clone(&services.app),
+            RunServices::External(addrs) => addrs.app(),
+        }
+    }
+
+    fn clients(&self) -> (SledAgentClient, PantryClient) {
+        match self {
+            RunServices::InProcess(services) => {
+                (services.sled_agent.client(), services.pantry.client())
+            }
+            RunServices::External(addrs) => (addrs.sled_agent(), addrs.pantry()),
+        }
     }
 }
 

@@ -5,7 +5,8 @@
 //! by which executor, and a stuck saga says what to do next.
 
 use crate::args::Args;
-use crate::commands::{database_url, engine};
+use crate::commands::{Also, database_url, engine};
+use crate::engine_setup::SERVICE_OPTIONS;
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use ratchet_engine::{Engine, SagaOutcome};
@@ -77,9 +78,9 @@ pub async fn show(args: &Args, id: &str) -> anyhow::Result<()> {
 }
 
 pub async fn retry_unwind(args: &Args, id: &str) -> anyhow::Result<()> {
-    args.only(&[])?;
+    args.only(&SERVICE_OPTIONS)?;
     let id = parse_id(id)?;
-    let engine = started(args).await?;
+    let engine = started(args, "sagas retry-unwind", Also::Saga(id)).await?;
     println!(
         "retrying the unwind of saga {id} as executor {}",
         engine.sec_id()
@@ -128,11 +129,11 @@ pub async fn abandon(args: &Args, id: &str) -> anyhow::Result<()> {
 }
 
 pub async fn adopt(args: &Args) -> anyhow::Result<()> {
-    args.only(&["--from"])?;
+    args.only(&["--from", SERVICE_OPTIONS[0], SERVICE_OPTIONS[1]])?;
     let from: Uuid = args.value("--from")?.context(
         "`ratchet sagas adopt` needs --from SEC_ID (the executor whose unfinished sagas to take over)",
     )?;
-    let engine = started(args).await?;
+    let engine = started(args, "sagas adopt", Also::Executor(from)).await?;
     let report = engine.adopt(from).await;
     let report = match report {
         Ok(report) => report,
@@ -168,8 +169,8 @@ pub async fn adopt(args: &Args) -> anyhow::Result<()> {
 }
 
 /// An engine for this executor, saying what the recovery it runs first did (if anything).
-async fn started(args: &Args) -> anyhow::Result<Engine> {
-    let (engine, recovery) = engine(args).await?;
+async fn started(args: &Args, command: &str, also: Also) -> anyhow::Result<Engine> {
+    let (engine, recovery) = engine(args, command, also).await?;
     if !recovery.resumed.is_empty() || !recovery.abandoned.is_empty() {
         println!(
             "(executor {} first recovered its own unfinished sagas: resumed {}, abandoned {})",

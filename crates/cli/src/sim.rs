@@ -1,0 +1,161 @@
+//! `ratchet sim`: the simulated sled agent and pantry in a process of their own, and `ratchet check`: the
+//! invariant checker on a database at rest, with those services.
+//!
+//! In Nexus the sled agent and the pantry are other services: they outlive a Nexus process that crashes, and
+//! the sagas it leaves unfinished must be recovered against them, by whoever recovers. `ratchet sim` is that
+//! arrangement on one machine: it serves both simulators on loopback until it is killed, and its first line
+//! on stdout gives their addresses as the options the other commands take:
+//!
+//! ```text
+//! services: --sled-agent 127.0.0.1:40163 --pantry 127.0.0.1:35321
+//! ```
+//!
+//! `ratchet run --sled-agent ... --pantry ...` then runs sagas against them, and `ratchet recover` (or `sagas
+//! adopt`, `sagas retry-unwind`) with the same options resumes them after a crash. The services keep their
+//! state (VMMs, pantry attachments and snapshots, idempotency records) in memory for as long as this process
+//! lives.
+//!
+//! While it runs, a line on its stdin asks for more: `counters` prints each operation's request counters
+//! (received, applied, replayed, ...) as one JSON line, `counters {...}`, so that a test can tell a request
+//! applied twice from one replayed under its idempotency key. The end of stdin is not a request to stop (a
+//! process started in the background reads an empty stdin); SIGINT stops it, SIGKILL too.
+//!
+//! Both services listen on ephemeral ports: the simulators (`ratchet-sim`) bind `127.0.0.1:0` and offer no
+//! fixed address.
+
+use crate::args::Args;
+use crate::commands;
+use crate::engine_setup::{SERVICE_OPTIONS, ServiceAddrs};
+use anyhow::{Context, bail};
+use diesel::sql_types::{BigInt, Text};
+use diesel_async::RunQueryDsl;
+use ratchet_sagas::invariants;
+use ratchet_sim::{Faults, Operation, PantrySim, SledAgentSim};
+use std::collections::BTreeMap;
+use std::io::Write;
+use tokio::io::AsyncBufReadExt;
+
+pub async fn sim(args: &Args) -> anyhow::Result<()> {
+    args.only(&[])?;
+    let sled_agent = SledAgentSim::start().context("starting the simulated sled agent")?;
+    let pantry = PantrySim::start().context("starting the simulated pantry")?;
+    println!(
+        "services: --sled-agent {} --pantry {}",
+        sled_agent.addr(),
+        pantry.addr()
+    );
+    println!(
+        "serving the simulated sled agent and pantry until interrupted; type `counters` for their request \
+         counters"
+    );
+    std::io::stdout().flush()?;
+
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut reading = true;
+    loop {
+        tokio::select! {
+            line = stdin.next_line(), if reading => match line {
+                Ok(Some(line)) => match line.trim() {
+                    "counters" => {
+                        let counters = serde_json::json!({
+                            "sled_agent": counters(&sled_agent.faults(), &Operation::SLED_AGENT),
+                            "pantry": counters(&pantry.faults(), &Operation::PANTRY),
+                        });
+                        println!("counters {counters}");
+                    }
+                    "" => {}
+                    other => println!("unknown request {other:?} (the one request is `counters`)"),
+                },
+                // The end of stdin, or stdin unreadable: serve on without it.
+                Ok(None) | Err(_) => reading = false,
+            },
+            signal = tokio::signal::ctrl_c() => {
+                signal.context("waiting for SIGINT")?;
+                break;
+            }
+        }
+        std::io::stdout().flush()?;
+    }
+    sled_agent.shutdown().await;
+    pantry.shutdown().await;
+    println!("stopped");
+    Ok(())
+}
+
+fn counters(faults: &Faults, ops: &[Operation]) -> BTreeMap<&'static str, serde_json::Value> {
+    ops.iter()
+        .map(|op| {
+            let counters = faults.counters(*op);
+            (
+                op.name(),
+                serde_json::to_value(counters).unwrap_or(serde_json::Value::Null),
+            )
+        })
+        .collect()
+}
+
+/// `ratchet check [--sled-agent ADDR --pantry ADDR]`: the invariant check on the database, and on the
+/// services when given. Fails when a rule is broken.
+pub async fn check(args: &Args) -> anyhow::Result<()> {
+    args.only(&SERVICE_OPTIONS)?;
+    let url = commands::database_url(args).await?;
+    commands::prepare_database(&url).await?;
+    let services = ServiceAddrs::from_args(args)?;
+    let mut conn = ratchet_store::pool::establish(&url).await?;
+
+    #[derive(diesel::QueryableByName)]
+    struct StateCount {
+        #[diesel(sql_type = Text)]
+        saga_state: String,
+        #[diesel(sql_type = BigInt)]
+        count: i64,
+    }
+    let states: Vec<StateCount> = diesel::sql_query(
+        "SELECT saga_state, count(*) AS count FROM saga GROUP BY saga_state ORDER BY saga_state",
+    )
+    .load(&mut conn)
+    .await?;
+    let summary: Vec<String> = states
+        .iter()
+        .map(|s| format!("{} {}", s.count, s.saga_state))
+        .collect();
+    println!(
+        "sagas: {}",
+        if summary.is_empty() {
+            "none".to_owned()
+        } else {
+            summary.join(", ")
+        }
+    );
+    let unfinished: i64 = states
+        .iter()
+        .filter(|s| matches!(s.saga_state.as_str(), "running" | "unwinding"))
+        .map(|s| s.count)
+        .sum();
+    if unfinished > 0 {
+        println!(
+            "note: {unfinished} saga(s) are not at rest; the rules hold only at rest, so what they are doing \
+             may show below (recover them first: `ratchet recover`)"
+        );
+    }
+
+    let violations = match &services {
+        Some(services) => {
+            invariants::check(&mut conn, &services.sled_agent(), &services.pantry()).await?
+        }
+        None => {
+            println!(
+                "the sled agent and pantry rules are not checked: pass --sled-agent ADDR --pantry ADDR"
+            );
+            ratchet_datastore::check_invariants(&mut conn).await?
+        }
+    };
+    println!("invariant check: {} violation(s)", violations.len());
+    for violation in &violations {
+        println!("  {}: {}", violation.rule, violation.detail);
+    }
+    if !violations.is_empty() {
+        bail!("{} invariant violation(s)", violations.len());
+    }
+    Ok(())
+}
