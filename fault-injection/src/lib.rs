@@ -23,46 +23,25 @@
 //!
 //! # Pointing it at a saga
 //!
+//! Implement [`SagaSuite`]: a fixture (the world the saga runs in), the parameters, and the checks at rest.
+//! [`example::ProvisionSuite`] is a complete suite for the engine's example saga in a few dozen lines; the
+//! crate's tests run it over the full matrix, and run copies of that saga with deliberately broken
+//! compensations (one that does nothing, one that forgets a row, one that refunds twice), which the matrix
+//! must fail:
+//!
 //! ```no_run
-//! # use ratchet_fault_injection::{HarnessError, Matrix, SagaSuite};
-//! # use ratchet_engine::example::{self, ProvisionParams, ProvisionWidget};
-//! # use ratchet_engine::EngineBuilder;
-//! # use ratchet_store::DbConnection;
-//! # use std::sync::Arc;
-//! struct Provision;
+//! # use ratchet_fault_injection::{HarnessError, Matrix};
+//! use ratchet_fault_injection::example::ProvisionSuite;
 //!
-//! impl SagaSuite for Provision {
-//!     type Saga = ProvisionWidget;
-//!     type Fixture = uuid::Uuid; // the account
-//!     fn label(&self) -> String { "provision".into() }
-//!     fn migrations(&self) -> Vec<&'static diesel_migrations::EmbeddedMigrations> {
-//!         vec![&example::MIGRATIONS]
-//!     }
-//!     async fn fixture(&self, url: &str) -> Result<uuid::Uuid, HarnessError> {
-//!         let mut conn = ratchet_store::pool::establish(url).await?;
-//!         Ok(example::create_account(&mut conn, 100).await.map_err(ratchet_store::DbError::from)?)
-//!     }
-//!     fn register(&self, builder: EngineBuilder, _: &uuid::Uuid) -> EngineBuilder {
-//!         builder.register::<ProvisionWidget>(Arc::new(()))
-//!     }
-//!     fn params(&self, account: &uuid::Uuid) -> ProvisionParams {
-//!         ProvisionParams { account_id: *account, widget_name: "w".into(), price: 30 }
-//!     }
-//!     async fn violations(&self, account: &uuid::Uuid, conn: &mut DbConnection)
-//!         -> Result<Vec<String>, HarnessError> {
-//!         let state = example::account_state(conn, *account).await.map_err(ratchet_store::DbError::from)?;
-//!         let charged: i64 = state.ledger.iter().sum();
-//!         Ok(if state.balance - charged == 100 { vec![] } else { vec![format!("{state:?}")] })
-//!     }
-//! }
-//!
-//! # async fn run(server: ratchet_store::testing::DatabaseServer) -> Result<(), HarnessError> {
-//! let report = Matrix::new().suite(Provision).run(&server, |_, _, _| {}).await?;
+//! # async fn run() -> Result<(), HarnessError> {
+//! let server = ratchet_store::testing::DatabaseServer::for_tests().await?;
+//! let report = Matrix::new().suite(ProvisionSuite).run(&server, |_, _, _| {}).await?;
 //! assert!(report.failures().is_empty(), "{}", report.table());
 //! # Ok(()) }
 //! ```
 
 pub mod cell;
+pub mod example;
 pub mod fault;
 mod matrix;
 pub mod nexus;
