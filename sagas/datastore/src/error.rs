@@ -86,12 +86,14 @@ fn is_transient_diesel(error: &DieselError) -> bool {
             | DatabaseErrorKind::UnableToSendCommand
             | DatabaseErrorKind::ClosedConnection => true,
             // diesel does not expose the SQLSTATE of other errors: these are PostgreSQL's messages for 40P01
-            // (deadlock), 40001 when reported without the code, and 57P01 (the server is closing the connection).
+            // (deadlock), 40001 when reported without the code, 57P01 (the server is closing the connection),
+            // and 25P02 (an earlier statement of this transaction failed, see `ABORTED_TRANSACTION`).
             DatabaseErrorKind::Unknown => {
                 let message = info.message();
                 message.contains("deadlock detected")
                     || message.contains("could not serialize")
                     || message.contains("terminating connection")
+                    || message.contains(ABORTED_TRANSACTION)
             }
             _ => false,
         },
@@ -99,6 +101,17 @@ fn is_transient_diesel(error: &DieselError) -> bool {
         _ => false,
     }
 }
+
+/// PostgreSQL's message for SQLSTATE 25P02: a statement ran in a transaction that an earlier statement's
+/// error had aborted. That earlier error can be lost: diesel-async's `get_result` reads the first row of a
+/// result and drops the rest of the stream, and a SERIALIZABLE read can fail *after* its first row (an index
+/// scan that returns the visible version of a row and then meets a newer version written by a concurrent
+/// transaction is cancelled there, "conflict out to pivot, during read"). The fetch returns its row, the
+/// transaction is doomed, and the next statement reports 25P02. Retrying the whole transaction is what the
+/// lost serialization failure called for, so this is transient. (Seen under `ratchet run instance-create
+/// --count 30 --create-disks 11 --concurrency 30 --pool-size 4`: `attach_disk`'s prepare failed
+/// permanently on its `disk_fetch`, right after its `instance_fetch` had lost a 40001.)
+const ABORTED_TRANSACTION: &str = "current transaction is aborted";
 
 /// The unique indexes over values a statement *chooses* (a disk slot, a private or external address). Two
 /// concurrent allocators can choose the same value from the same snapshot (at READ COMMITTED; at SERIALIZABLE
@@ -139,3 +152,29 @@ pub(crate) fn corrupt(message: String) -> DatastoreError {
 
 /// Shorthand.
 pub type DatastoreResult<T> = Result<T, DatastoreError>;
+
+#[cfg(test)]
+mod test {
+    use super::{DatastoreError, DieselError};
+    use diesel::result::DatabaseErrorKind;
+
+    fn unknown(message: &str) -> DatastoreError {
+        DatastoreError::Database(DieselError::DatabaseError(
+            DatabaseErrorKind::Unknown,
+            Box::new(message.to_owned()),
+        ))
+    }
+
+    #[test]
+    fn aborted_transaction_is_transient() {
+        assert!(
+            unknown(
+                "current transaction is aborted, commands ignored until end of transaction block"
+            )
+            .is_transient()
+        );
+        assert!(unknown("deadlock detected").is_transient());
+        assert!(!unknown("syntax error at or near \"SELEC\"").is_transient());
+        assert!(!DatastoreError::Limit("12 disks".to_owned()).is_transient());
+    }
+}
