@@ -112,7 +112,7 @@ impl DbNode<SnapshotCreate> for CreateSnapshotRecord {
         let disk = ds::disk_fetch(cx.conn(), self.disk_id).await.map_err(db)?;
         if disk.disk_state != DiskState::Detached {
             return Err(NodeError::permanent(format!(
-                "disk {} is {}: only a detached disk can be snapshotted through the pantry",
+                "disk {} is in state {}: only a detached disk can be snapshotted through the pantry",
                 disk.id, disk.disk_state
             )));
         }
