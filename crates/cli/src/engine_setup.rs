@@ -110,7 +110,7 @@ pub fn saga_migrations() -> Vec<&'static EmbeddedMigrations> {
 
 /// Fails, naming the missing options and changing nothing, if an engine that cannot reach the services the
 /// Nexus sagas call would have to resume one of them: an unfinished Nexus saga of one of `executors` (the
-/// engine's own recovery, an adoption's source), or one of `sagas` (`retry-unwind`'s saga). `in_process` says
+/// engine's own recovery, an adoption's source), or a stuck one among `sagas` (`retry-unwind`'s saga). `in_process` says
 /// the command would start new, empty services of its own (`ratchet run`), which cannot be the ones those
 /// sagas called. See the module docs.
 pub async fn refuse_stranded_nexus_sagas(
@@ -131,7 +131,8 @@ pub async fn refuse_stranded_nexus_sagas(
     let pending: Vec<Pending> = diesel::sql_query(
         "SELECT name, count(*) AS count FROM saga \
          WHERE name = ANY($1) \
-           AND ((saga_state IN ('running', 'unwinding') AND current_sec = ANY($2)) OR id = ANY($3)) \
+           AND ((saga_state IN ('running', 'unwinding') AND current_sec = ANY($2)) \
+                OR (saga_state = 'stuck' AND id = ANY($3))) \
          GROUP BY name ORDER BY name",
     )
     .bind::<Array<Text>, _>(names)
@@ -160,7 +161,8 @@ pub async fn refuse_stranded_nexus_sagas(
         )
     } else {
         (
-            "was not given their addresses: it would abandon those sagas with their commits in effect",
+            "was not given their addresses, without which it would abandon those sagas (or fail to re-drive \
+             them) with their commits in effect",
             "",
         )
     };

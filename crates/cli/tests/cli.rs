@@ -1,55 +1,17 @@
 //! The `ratchet` binary run as a user would, against a fresh database (`--database-url`): listing and showing
 //! sagas, retry-unwind, abandon, adopt and recover, each with a right and a wrong id or state.
 
+mod common;
+
+use common::{assert_refused, assert_says, ratchet};
 use diesel::sql_types::Uuid as SqlUuid;
 use diesel_async::RunQueryDsl;
 use ratchet_engine::example::{self, ProvisionParams, ProvisionWidget};
 use ratchet_engine::{Engine, EngineBuilder, EngineConfig, SagaOutcome};
 use ratchet_store::saga::get_saga;
 use ratchet_store::testing::{TestDatabase, fresh_database};
-use std::process::Command;
 use std::sync::Arc;
 use uuid::Uuid;
-
-const RATCHET: &str = env!("CARGO_BIN_EXE_ratchet");
-
-/// What one run of the CLI printed.
-struct Run {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
-impl std::fmt::Debug for Run {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit ok: {}\n--- stdout\n{}--- stderr\n{}",
-            self.ok, self.stdout, self.stderr
-        )
-    }
-}
-
-/// Runs `ratchet --database-url URL ARGS…` in a scratch directory (so that nothing lands in the repository).
-fn ratchet(db: &TestDatabase, args: &[&str]) -> Run {
-    let scratch =
-        std::env::temp_dir().join(format!("ratchet-cli-test-{}", Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&scratch).unwrap();
-    let output = Command::new(RATCHET)
-        .arg("--database-url")
-        .arg(&db.url)
-        .args(args)
-        .current_dir(&scratch)
-        .env_remove("DATABASE_URL")
-        .output()
-        .expect("run ratchet");
-    let _ = std::fs::remove_dir_all(&scratch);
-    Run {
-        ok: output.status.success(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
 
 async fn database() -> TestDatabase {
     fresh_database(&[&example::MIGRATIONS])
@@ -84,24 +46,6 @@ async fn stuck_saga(engine: &Engine, account: Uuid) -> Uuid {
     let (id, outcome) = example::run_stuck(engine, params(account)).await.unwrap();
     assert!(matches!(outcome, SagaOutcome::Stuck { .. }), "{outcome:?}");
     id
-}
-
-/// Asserts the CLI refused, saying `message` on stderr.
-#[track_caller]
-fn assert_refused(run: &Run, message: &str) {
-    assert!(
-        !run.ok && run.stderr.contains(message),
-        "expected a refusal saying {message:?}: {run:?}"
-    );
-}
-
-/// Asserts the CLI succeeded, saying each of `lines` on stdout.
-#[track_caller]
-fn assert_says(run: &Run, lines: &[&str]) {
-    assert!(run.ok, "{run:?}");
-    for line in lines {
-        assert!(run.stdout.contains(line), "missing {line:?}: {run:?}");
-    }
 }
 
 async fn saga_row(engine: &Engine, id: Uuid) -> ratchet_store::SagaRow {
