@@ -15,10 +15,11 @@
 //! state (VMMs, pantry attachments and snapshots, idempotency records) in memory for as long as this process
 //! lives.
 //!
-//! While it runs, a line on its stdin asks for more: `counters` prints each operation's request counters
-//! (received, applied, replayed, ...) as one JSON line, `counters {...}`, so that a test can tell a request
-//! applied twice from one replayed under its idempotency key. The end of stdin is not a request to stop (a
-//! process started in the background reads an empty stdin); SIGINT stops it, SIGKILL too.
+//! When its stdin is a pipe (a test, a supervisor), a line on it asks for more: `counters` prints each
+//! operation's request counters (received, applied, replayed, ...) as one JSON line, `counters {...}`, so that
+//! a test can tell a request applied twice from one replayed under its idempotency key. The end of stdin is
+//! not a request to stop. A terminal is not read at all: `ratchet sim &` in a shell would be stopped
+//! (SIGTTIN) by reading it from the background. SIGINT stops it, SIGKILL too.
 //!
 //! Both services listen on ephemeral ports: the simulators (`ratchet-sim`) bind `127.0.0.1:0` and offer no
 //! fixed address.
@@ -32,7 +33,7 @@ use diesel_async::RunQueryDsl;
 use ratchet_sagas::invariants;
 use ratchet_sim::{Faults, Operation, PantrySim, SledAgentSim};
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use tokio::io::AsyncBufReadExt;
 
 pub async fn sim(args: &Args) -> anyhow::Result<()> {
@@ -44,14 +45,19 @@ pub async fn sim(args: &Args) -> anyhow::Result<()> {
         sled_agent.addr(),
         pantry.addr()
     );
+    // See the module docs: a terminal is not read.
+    let mut reading = !std::io::stdin().is_terminal();
     println!(
-        "serving the simulated sled agent and pantry until interrupted; type `counters` for their request \
-         counters"
+        "serving the simulated sled agent and pantry until interrupted{}",
+        if reading {
+            "; a `counters` line on stdin prints their request counters"
+        } else {
+            ""
+        }
     );
     std::io::stdout().flush()?;
 
     let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-    let mut reading = true;
     loop {
         tokio::select! {
             line = stdin.next_line(), if reading => match line {
