@@ -8,7 +8,7 @@ use diesel::sql_types::Text;
 use diesel_async::RunQueryDsl;
 use ratchet_embedded_pg::{Cluster, ClusterStatus};
 use ratchet_engine::example::{self, ProvisionParams, ProvisionWidget};
-use ratchet_engine::{Engine, EngineConfig, FaultEffect, FaultPoint, SagaOutcome};
+use ratchet_engine::{Engine, FaultEffect, FaultPoint, SagaOutcome};
 use ratchet_store::pool;
 use ratchet_store::saga::saga_history;
 use std::path::PathBuf;
@@ -182,7 +182,7 @@ pub(crate) async fn engine(
             .await?;
     }
     let app = services.map(|s| s.app());
-    let config = EngineConfig::new(url, sec);
+    let config = engine_setup::engine_config(&url, sec);
     Ok(engine_setup::engine_builder(config, app.as_ref())
         .start()
         .await?)

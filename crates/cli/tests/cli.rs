@@ -3,9 +3,7 @@
 
 mod common;
 
-use common::{assert_refused, assert_says, ratchet};
-use diesel::sql_types::Uuid as SqlUuid;
-use diesel_async::RunQueryDsl;
+use common::{assert_refused, assert_says, ratchet, rename_activate_widget};
 use ratchet_engine::example::{self, ProvisionParams, ProvisionWidget};
 use ratchet_engine::{Engine, EngineBuilder, EngineConfig, SagaOutcome};
 use ratchet_store::saga::get_saga;
@@ -272,14 +270,7 @@ async fn adopt_and_recover_finish_another_executors_sagas() {
         .unwrap()
         .id;
     let mut conn = second.pool().get().await.unwrap();
-    diesel::sql_query(
-        "UPDATE saga SET saga_dag = jsonb_set(saga_dag, '{graph,nodes,2,Action,action_name}', \
-         '\"example.activate_widget_v0\"') WHERE id = $1",
-    )
-    .bind::<SqlUuid, _>(renamed)
-    .execute(&mut conn)
-    .await
-    .unwrap();
+    rename_activate_widget(&mut conn, renamed).await;
     let recover = ["recover", "--sec-id", &mine.to_string()];
     assert_says(
         &ratchet(&db, &recover),

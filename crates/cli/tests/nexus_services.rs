@@ -4,9 +4,8 @@
 
 mod common;
 
-use common::{RATCHET, Run, assert_refused, assert_says, ratchet};
-use diesel::sql_types::Uuid as SqlUuid;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use common::{RATCHET, Run, assert_refused, assert_says, ratchet, rename_activate_widget};
+use diesel_async::{AsyncConnection, AsyncPgConnection};
 use ratchet_engine::example::{self, ProvisionParams, ProvisionWidget};
 use ratchet_engine::{EngineBuilder, EngineConfig, FaultEffect, FaultPoint, SagaOutcome};
 use ratchet_sagas::{
@@ -186,14 +185,7 @@ async fn recover_refuses_without_the_services_and_recovers_with_them() {
         .await
         .unwrap()
         .id;
-    diesel::sql_query(
-        "UPDATE saga SET saga_dag = jsonb_set(saga_dag, '{graph,nodes,2,Action,action_name}', \
-         '\"example.activate_widget_v0\"') WHERE id = $1",
-    )
-    .bind::<SqlUuid, _>(renamed)
-    .execute(&mut conn)
-    .await
-    .unwrap();
+    rename_activate_widget(&mut conn, renamed).await;
     drop(conn);
     engine.shutdown().await;
     let before: Vec<_> = [nexus, widget, renamed].to_vec();

@@ -1,6 +1,8 @@
 //! What the CLI's test files share: running the `ratchet` binary as a user would, and asserting on what it
 //! printed.
 
+use diesel::sql_types::Uuid as SqlUuid;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use ratchet_store::testing::TestDatabase;
 use std::process::Command;
 use uuid::Uuid;
@@ -61,4 +63,17 @@ pub fn assert_says(run: &Run, lines: &[&str]) {
     for line in lines {
         assert!(run.stdout.contains(line), "missing {line:?}: {run:?}");
     }
+}
+
+/// Renames the action of example saga `id`'s `activate_widget` node to one this binary does not register, as
+/// a saga created by an older release would name it: recovery must abandon that saga, with the reason.
+pub async fn rename_activate_widget(conn: &mut AsyncPgConnection, id: Uuid) {
+    diesel::sql_query(
+        "UPDATE saga SET saga_dag = jsonb_set(saga_dag, '{graph,nodes,2,Action,action_name}', \
+         '\"example.activate_widget_v0\"') WHERE id = $1",
+    )
+    .bind::<SqlUuid, _>(id)
+    .execute(conn)
+    .await
+    .unwrap();
 }
