@@ -168,7 +168,9 @@ pub(crate) async fn engine(
     let sec = sec_id(args)?;
     let services = ServiceAddrs::from_args(args)?;
     prepare_database(&url).await?;
-    if services.is_none() {
+    if let Some(services) = &services {
+        services.check_reachable().await?;
+    } else {
         let (executors, sagas) = match also {
             Also::Nothing => (vec![sec], vec![]),
             Also::Executor(other) => (vec![sec, other], vec![]),

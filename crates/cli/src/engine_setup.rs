@@ -100,6 +100,24 @@ impl ServiceAddrs {
         PantryClient::new(self.pantry)
     }
 
+    /// Fails, naming the address, unless both services answer: a saga node that calls a service that is not
+    /// there retries until it answers, so a wrong address would make a recovery wait forever.
+    pub async fn check_reachable(&self) -> anyhow::Result<()> {
+        self.sled_agent().list_vmms().await.with_context(|| {
+            format!(
+                "no sled agent answers at {} (--sled-agent): is `ratchet sim` running there?",
+                self.sled_agent
+            )
+        })?;
+        self.pantry().state().await.with_context(|| {
+            format!(
+                "no pantry answers at {} (--pantry): is `ratchet sim` running there?",
+                self.pantry
+            )
+        })?;
+        Ok(())
+    }
+
     /// The Nexus sagas' context, with clients of these services.
     pub fn app(&self) -> Arc<NexusApp> {
         Arc::new(NexusApp::new(self.sled_agent(), self.pantry()))

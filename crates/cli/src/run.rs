@@ -78,6 +78,7 @@ pub async fn run(args: &Args, saga: &str) -> anyhow::Result<()> {
     let mut conn = pool::establish(&url).await?;
     let services = match ServiceAddrs::from_args(args)? {
         Some(addrs) => {
+            addrs.check_reachable().await?;
             println!(
                 "using the sled agent at {} and the pantry at {}",
                 addrs.sled_agent, addrs.pantry

@@ -231,6 +231,27 @@ async fn recover_refuses_without_the_services_and_recovers_with_them() {
         ),
         "--sled-agent needs --pantry ADDR too",
     );
+    // A port that was free a moment ago: nothing listens there (the listener is dropped at the block's end).
+    let nobody = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().to_string()
+    };
+    let pantry = setup.services.pantry.addr().to_string();
+    assert_refused(
+        &setup.ratchet(
+            &[
+                "recover",
+                "--sec-id",
+                &sec_s,
+                "--sled-agent",
+                &nobody,
+                "--pantry",
+                &pantry,
+            ],
+            false,
+        ),
+        &format!("no sled agent answers at {nobody} (--sled-agent)"),
+    );
     // Nothing was touched: not the Nexus saga, not the example sagas, not even the unrecoverable one.
     for (id, state) in before.iter().zip(&states) {
         assert_eq!(&setup.state(*id).await, state, "saga {id} untouched");
