@@ -31,7 +31,7 @@
 //! transactions conflict heavily, many forward nodes spend their budget and their sagas unwind, and their
 //! compensations meet the same conflicts. With the default budget some of those compensations gave up on
 //! serialization failures alone and left their sagas stuck (the recovery-under-load test in `tests/` saw it
-//! in 2 runs of 10). A transient failure is no reason to strand a saga for an operator; the budget stays
+//! in 3 of 12 runs). A transient failure is no reason to strand a saga for an operator; the budget stays
 //! bounded so that an error wrongly classified as transient still ends in a diagnosable stuck saga rather than
 //! a recovery that never finishes.
 //!
