@@ -1,4 +1,12 @@
 //! One cell of the matrix: one saga, one node, one fault, on a fresh database, run to rest and checked.
+//!
+//! A *pair* cell ([`Cell::crash_in_compensation_of`]) injects two faults: an error right after node N's
+//! `COMMIT` (which the engine compensates inline before steno unwinds the nodes before N), and a crash of the
+//! engine inside the compensation of node M, where M is N itself or a node before N. A new engine then
+//! recovers the unwind from the database. With M before N the saga must come to rest unwound; with M = N the
+//! crash hits N's inline compensation before it commits, so the recovered saga finds N's commit (and its
+//! `succeeded` event) standing and may go on to succeed: either outcome is clean, as for a single
+//! `crash_in_compensation` at the last node.
 
 use crate::HarnessError;
 use crate::fault::{Expected, Fault};
@@ -24,9 +32,28 @@ pub struct Cell {
     pub node: String,
     pub kind: NodeKind,
     pub fault: Fault,
+    /// For a pair cell (`fault` is then `after_commit`): the node in whose compensation the engine crashes
+    /// during the unwind the after-commit error caused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crash_in_compensation_of: Option<String>,
     /// The saga's last action node (an injected error there unwinds everything before it).
     #[serde(skip)]
     pub last_node: String,
+}
+
+impl Cell {
+    /// Whether the cell kills the engine, so that a new one must recover the saga.
+    pub fn crashes(&self) -> bool {
+        self.fault.crashes() || self.crash_in_compensation_of.is_some()
+    }
+
+    /// The cell's column label: the fault, or for a pair both faults.
+    pub fn label(&self) -> String {
+        match &self.crash_in_compensation_of {
+            None => self.fault.name().to_owned(),
+            Some(other) => format!("{} + crash_in_compensation of {other}", self.fault.name()),
+        }
+    }
 }
 
 /// A cell's verdict.
@@ -89,6 +116,13 @@ pub(crate) fn cell_config(url: &str, sec_id: Uuid, fault: Fault) -> EngineConfig
 pub(crate) fn expected<T: SagaSuite>(suite: &T, cell: &Cell) -> Expected {
     if suite.expects_detection(&cell.node, cell.fault) {
         return Expected::Detection;
+    }
+    if let Some(other) = &cell.crash_in_compensation_of {
+        return if *other == cell.node {
+            Expected::SucceededOrUnwound
+        } else {
+            Expected::Unwound
+        };
     }
     let is_last = cell.node == cell.last_node;
     match cell.fault {
@@ -216,7 +250,14 @@ async fn drive_and_check<T: SagaSuite>(
     for injection in injections {
         injection.await?;
     }
-    let (engine, mut outcome) = drive_to_rest(running, engine, saga, cell.fault).await?;
+    let (engine, mut outcome, crashed) =
+        drive_to_rest(running, engine, saga, cell.crashes()).await?;
+    if let (Some(other), false) = (&cell.crash_in_compensation_of, crashed) {
+        // The pair did not test what it names: the unwind never reached that compensation.
+        result.problems.push(format!(
+            "the crash armed in the compensation of {other} never fired"
+        ));
+    }
 
     // A permanent compensation failure must leave the saga stuck; with the fault cleared, retry-unwind must
     // then finish it.
@@ -258,6 +299,12 @@ fn arm<'a, T: SagaSuite>(
     let at = |point, effect| failpoints.arm(id, node, point, effect, 1);
     let plain = cell.kind == NodeKind::Steno;
     let mut injections: Injections<'a> = Vec::new();
+    if let Some(other) = &cell.crash_in_compensation_of {
+        // A pair: the error after N's commit starts the unwind; the crash then hits `other`'s compensation.
+        at(FaultPoint::AfterCommit, FaultEffect::PermanentError);
+        failpoints.arm(id, other, FaultPoint::InCompensation, FaultEffect::Crash, 1);
+        return Some(injections);
+    }
     match cell.fault {
         Fault::BeforePrepare => injections.push(Box::pin(saga.inject_error(node))),
         Fault::AfterPrepare => at(FaultPoint::AfterPrepare, FaultEffect::PermanentError),
@@ -332,19 +379,19 @@ fn unwind_after<'a>(
 }
 
 /// Runs the saga to rest. A crash fault kills the engine; a new engine with the same executor id then
-/// recovers the saga from the database, as after a power cut.
+/// recovers the saga from the database, as after a power cut. Returns whether the engine crashed.
 async fn drive_to_rest<T: SagaSuite>(
     running: &Running<'_, T>,
     engine: Engine,
     saga: PreparedSaga,
-    fault: Fault,
-) -> Result<(Engine, SagaOutcome), HarnessError> {
+    crashes: bool,
+) -> Result<(Engine, SagaOutcome, bool), HarnessError> {
     let id = saga.id;
-    if !fault.crashes() {
+    if !crashes {
         let outcome = tokio::time::timeout(REST_TIMEOUT, saga.run())
             .await
             .map_err(|_| HarnessError::Timeout("the saga".to_owned()))??;
-        return Ok((engine, outcome));
+        return Ok((engine, outcome, false));
     }
     let run = tokio::spawn(saga.run());
     let deadline = Instant::now() + REST_TIMEOUT;
@@ -360,7 +407,7 @@ async fn drive_to_rest<T: SagaSuite>(
         let outcome = run
             .await
             .map_err(|e| HarnessError::Engine(e.to_string()))??;
-        return Ok((engine, outcome));
+        return Ok((engine, outcome, false));
     }
     run.abort();
     drop(engine);
@@ -373,7 +420,7 @@ async fn drive_to_rest<T: SagaSuite>(
                 "saga {id} was not resumed by the recovering engine"
             ))
         })?;
-    Ok((recovered, outcome))
+    Ok((recovered, outcome, true))
 }
 
 async fn saga_state(engine: &Engine, id: Uuid) -> Result<String, HarnessError> {

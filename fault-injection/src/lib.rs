@@ -10,12 +10,20 @@
 //!
 //! - the saga is at rest (`done`), with the outcome the fault dictates ([`Expected`]): an error before
 //!   or after the commit unwinds cleanly; a crash is recovered to success; a permanent compensation failure
-//!   is `stuck` until `retry-unwind`, with the fault cleared, finishes it;
+//!   is `stuck` until `retry-unwind`, with the fault cleared, finishes it. A crash right after `COMMIT` must
+//!   end in *success with the commit applied once*, not in an unwind: the node's transaction wrote its
+//!   commit record and its `succeeded` event along with its writes, so the recovering engine finds the node
+//!   done and the saga goes on (a replayed node finds its commit record and does not commit again);
+//!   nothing failed that calls for an unwind;
 //! - the saga's own invariant checker reports nothing ([`SagaSuite::violations`]);
 //! - every commit record is at most once (primary keys) and, after an unwind, compensated; no compensation
 //!   after a success; no `undo_failed` unless injected;
 //! - the resources are exactly those asked for after a success, and gone after an unwind
 //!   ([`SagaSuite::check_outcome`]).
+//!
+//! With [`Matrix::pairs`] it also crosses two faults: an error right after node N's commit, then a crash of
+//! the engine in the compensation of N or of a node before N, during the unwind that error caused (see
+//! [`cell`]).
 //!
 //! The harness has teeth: a suite can declare cells where its saga is known to be defective
 //! ([`SagaSuite::expects_detection`], the legacy disk-attach); those must show a leak or a stuck unwind, and

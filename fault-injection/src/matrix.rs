@@ -1,4 +1,15 @@
-//! The matrix: every suite × every node × every applicable fault, run in parallel on separate databases.
+//! The matrix: every suite × every node × every applicable fault, run in parallel on separate databases;
+//! optionally the pairs (see [`crate::cell`]): an error right after node N's `COMMIT`, then a crash in the
+//! compensation of N or of any action node before N in DAG order.
+//!
+//! Pairs are built only where both faults reach ratchet's own fault points (database and external nodes; not
+//! plain steno nodes, not cells where a suite expects a detection), and only with M at or before N, since a
+//! node after N never runs and so is never compensated. Every pair cell is checked like a single one, and
+//! additionally fails if its crash never fired.
+//!
+//! TODO-correctness "before N in DAG order" assumes N's earlier nodes have all committed when N runs, true
+//! of a chain of stages; an earlier node in N's own parallel stage may not have, and its pair then fails as
+//! not having fired. The suites' sagas have one node per stage.
 
 use crate::HarnessError;
 use crate::cell::{Cell, CellResult, Status, cell_config, run_cell};
@@ -17,7 +28,9 @@ use uuid::Uuid;
 
 /// A suite with its saga type erased, so that one matrix holds many sagas.
 trait ErasedSuite: Send + Sync {
+    fn label(&self) -> String;
     fn includes(&self, node: &str, kind: NodeKind) -> bool;
+    fn expects_detection(&self, node: &str, fault: Fault) -> bool;
     fn nodes<'a>(
         &'a self,
         server: &'a DatabaseServer,
@@ -28,8 +41,16 @@ trait ErasedSuite: Send + Sync {
 struct Erased<T>(T);
 
 impl<T: SagaSuite> ErasedSuite for Erased<T> {
+    fn label(&self) -> String {
+        self.0.label()
+    }
+
     fn includes(&self, node: &str, kind: NodeKind) -> bool {
         self.0.includes(node, kind)
+    }
+
+    fn expects_detection(&self, node: &str, fault: Fault) -> bool {
+        self.0.expects_detection(node, fault)
     }
 
     /// The saga's nodes, from a DAG built (and recorded, on a scratch database) but not run.
@@ -67,6 +88,7 @@ impl<T: SagaSuite> ErasedSuite for Erased<T> {
 pub struct Matrix {
     suites: Vec<Arc<dyn ErasedSuite>>,
     faults: Vec<Fault>,
+    pairs: bool,
     parallel: usize,
 }
 
@@ -82,6 +104,7 @@ impl Matrix {
         Matrix {
             suites: Vec::new(),
             faults: Fault::ALL.to_vec(),
+            pairs: false,
             parallel: 4,
         }
     }
@@ -92,9 +115,16 @@ impl Matrix {
         self
     }
 
-    /// Only these faults.
+    /// Only these single faults (none: only the pairs, if asked for).
     pub fn faults(mut self, faults: &[Fault]) -> Matrix {
         self.faults = faults.to_vec();
+        self
+    }
+
+    /// Whether to run the pairs too: after-commit error at N, then a crash in the compensation of N or of a
+    /// node before it.
+    pub fn pairs(mut self, pairs: bool) -> Matrix {
+        self.pairs = pairs;
         self
     }
 
@@ -112,25 +142,46 @@ impl Matrix {
     ) -> Result<MatrixReport, HarnessError> {
         let started = Instant::now();
         let mut cells: Vec<(Arc<dyn ErasedSuite>, Cell)> = Vec::new();
+        let mut dag_order = BTreeMap::new();
         for suite in &self.suites {
             let nodes = suite.nodes(server).await?;
+            dag_order.insert(
+                suite.label(),
+                nodes.iter().map(|(name, _)| name.clone()).collect(),
+            );
             let last_node = nodes
                 .iter()
                 .rev()
                 .find(|(_, kind)| *kind != NodeKind::Constant)
                 .map(|(name, _)| name.clone())
                 .unwrap_or_default();
-            for (node, kind) in nodes.iter().filter(|(n, k)| suite.includes(n, *k)) {
+            let cell = |node: &str, kind: NodeKind, fault: Fault, other: Option<&str>| Cell {
+                node: node.to_owned(),
+                kind,
+                fault,
+                crash_in_compensation_of: other.map(str::to_owned),
+                last_node: last_node.clone(),
+            };
+            for (index, (node, kind)) in nodes.iter().enumerate() {
+                if !suite.includes(node, *kind) {
+                    continue;
+                }
                 for fault in &self.faults {
                     if fault.applies_to(*kind) {
+                        cells.push((Arc::clone(suite), cell(node, *kind, *fault, None)));
+                    }
+                }
+                if !self.pairs
+                    || !pairable(*kind)
+                    || suite.expects_detection(node, Fault::AfterCommit)
+                {
+                    continue;
+                }
+                for (other, other_kind) in &nodes[..=index] {
+                    if pairable(*other_kind) {
                         cells.push((
                             Arc::clone(suite),
-                            Cell {
-                                node: node.clone(),
-                                kind: *kind,
-                                fault: *fault,
-                                last_node: last_node.clone(),
-                            },
+                            cell(node, *kind, Fault::AfterCommit, Some(other)),
                         ));
                     }
                 }
@@ -147,16 +198,24 @@ impl Matrix {
         }
         Ok(MatrixReport {
             faults: self.faults.clone(),
+            dag_order,
             cells: results,
             total_millis: started.elapsed().as_millis(),
         })
     }
 }
 
+/// Whether a node has ratchet's after-commit and in-compensation fault points.
+fn pairable(kind: NodeKind) -> bool {
+    matches!(kind, NodeKind::Db | NodeKind::External)
+}
+
 /// The outcome of a matrix.
 #[derive(Clone, Debug, Serialize)]
 pub struct MatrixReport {
     pub faults: Vec<Fault>,
+    /// Each saga's nodes in DAG order, by saga label.
+    pub dag_order: BTreeMap<String, Vec<String>>,
     pub cells: Vec<CellResult>,
     pub total_millis: u128,
 }
@@ -175,51 +234,20 @@ impl MatrixReport {
     }
 
     /// The matrix as text: saga and node as rows, faults as columns; `ok`, `det` (an expected detection),
-    /// `FAIL`, `MISS`, or `-` (not applicable). Failures follow, with their violations.
+    /// `FAIL`, `MISS`, or `-` (not applicable). The pairs follow, one grid per saga (rows: the node failing
+    /// after its commit; columns: the node whose compensation crashes), then the failures with their
+    /// violations.
     pub fn table(&self) -> String {
-        let mut rows: BTreeMap<(String, String), BTreeMap<Fault, Status>> = BTreeMap::new();
-        let mut order: Vec<(String, String)> = Vec::new();
-        for cell in &self.cells {
-            let key = (cell.saga.clone(), cell.cell.node.clone());
-            if !rows.contains_key(&key) {
-                order.push(key.clone());
-            }
-            rows.entry(key)
-                .or_default()
-                .insert(cell.cell.fault, cell.status);
-        }
-        order.sort();
-        let width = order
-            .iter()
-            .map(|(saga, node)| saga.len() + node.len() + 3)
-            .max()
-            .unwrap_or(10);
         let mut out = String::new();
-        let _ = write!(out, "{:width$}", "saga / node");
-        for fault in &self.faults {
-            let _ = write!(out, " {:>6}", fault.short());
-        }
-        out.push('\n');
-        for key in &order {
-            let _ = write!(out, "{:width$}", format!("{} / {}", key.0, key.1));
-            for fault in &self.faults {
-                let mark = match rows.get(key).and_then(|r| r.get(fault)) {
-                    None => "-",
-                    Some(Status::Pass) => "ok",
-                    Some(Status::Detected) => "det",
-                    Some(Status::Fail) => "FAIL",
-                    Some(Status::Missed) => "MISS",
-                };
-                let _ = write!(out, " {mark:>6}");
-            }
-            out.push('\n');
-        }
-        let legend: Vec<String> = self
-            .faults
+        let singles: Vec<&CellResult> = self
+            .cells
             .iter()
-            .map(|f| format!("{}={}", f.short(), f.name()))
+            .filter(|c| c.cell.crash_in_compensation_of.is_none())
             .collect();
-        let _ = writeln!(out, "\ncolumns: {}", legend.join(" "));
+        if !singles.is_empty() {
+            self.singles_table(&singles, &mut out);
+        }
+        self.pairs_table(&mut out);
         let _ = writeln!(
             out,
             "{} cells: {} ok, {} expected detections, {} FAIL, {} MISSED detections; {:.1} s",
@@ -237,7 +265,7 @@ impl MatrixReport {
                 failure.status,
                 failure.saga,
                 failure.cell.node,
-                failure.cell.fault.name()
+                failure.cell.label()
             );
             if failure.status == Status::Missed {
                 let _ = writeln!(out, "  the harness did not detect this saga's known defect");
@@ -250,5 +278,94 @@ impl MatrixReport {
             }
         }
         out
+    }
+
+    fn singles_table(&self, singles: &[&CellResult], out: &mut String) {
+        let mut rows: BTreeMap<(&str, &str), BTreeMap<Fault, Status>> = BTreeMap::new();
+        for cell in singles {
+            rows.entry((cell.saga.as_str(), cell.cell.node.as_str()))
+                .or_default()
+                .insert(cell.cell.fault, cell.status);
+        }
+        let width = rows
+            .keys()
+            .map(|(saga, node)| saga.len() + node.len() + 3)
+            .max()
+            .unwrap_or(10);
+        let _ = write!(out, "{:width$}", "saga / node");
+        for fault in &self.faults {
+            let _ = write!(out, " {:>6}", fault.short());
+        }
+        out.push('\n');
+        let ordered = self.dag_order.iter().flat_map(|(saga, nodes)| {
+            nodes
+                .iter()
+                .filter_map(|node| rows.get_key_value(&(saga.as_str(), node.as_str())))
+        });
+        for ((saga, node), row) in ordered {
+            let _ = write!(out, "{:width$}", format!("{saga} / {node}"));
+            for fault in &self.faults {
+                let _ = write!(out, " {:>6}", mark(row.get(fault).copied()));
+            }
+            out.push('\n');
+        }
+        let legend: Vec<String> = self
+            .faults
+            .iter()
+            .map(|f| format!("{}={}", f.short(), f.name()))
+            .collect();
+        let _ = writeln!(out, "\ncolumns: {}\n", legend.join(" "));
+    }
+
+    fn pairs_table(&self, out: &mut String) {
+        // saga -> (node failing after its commit, node whose compensation crashes) -> status.
+        let mut sagas: BTreeMap<&str, BTreeMap<(&str, &str), Status>> = BTreeMap::new();
+        for cell in &self.cells {
+            if let Some(other) = cell.cell.crash_in_compensation_of.as_deref() {
+                sagas
+                    .entry(cell.saga.as_str())
+                    .or_default()
+                    .insert((cell.cell.node.as_str(), other), cell.status);
+            }
+        }
+        for (saga, grid) in &sagas {
+            // The nodes that appear in a pair, in DAG order.
+            let order: Vec<&str> = self
+                .dag_order
+                .get(*saga)
+                .into_iter()
+                .flatten()
+                .map(String::as_str)
+                .filter(|node| grid.keys().any(|(n, m)| n == node || m == node))
+                .collect();
+            let width = order.iter().map(|n| n.len()).max().unwrap_or(4) + 4;
+            let _ = writeln!(
+                out,
+                "pairs, {saga}: row N fails right after its commit, column M's compensation then crashes"
+            );
+            let _ = write!(out, "{:width$}", "N \\ M");
+            for column in 1..=order.len() {
+                let _ = write!(out, " {column:>4}");
+            }
+            out.push('\n');
+            for (index, node) in order.iter().enumerate() {
+                let _ = write!(out, "{:width$}", format!("{:>2} {node}", index + 1));
+                for other in &order {
+                    let _ = write!(out, " {:>4}", mark(grid.get(&(*node, *other)).copied()));
+                }
+                out.push('\n');
+            }
+            out.push('\n');
+        }
+    }
+}
+
+fn mark(status: Option<Status>) -> &'static str {
+    match status {
+        None => "-",
+        Some(Status::Pass) => "ok",
+        Some(Status::Detected) => "det",
+        Some(Status::Fail) => "FAIL",
+        Some(Status::Missed) => "MISS",
     }
 }

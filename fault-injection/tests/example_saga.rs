@@ -6,6 +6,9 @@
 //! engine-level check (commit and compensation records, `undo_failed`) is satisfied; only the suite's SQL
 //! checks can see the damage. If they were weakened, these tests fail.
 
+mod common;
+
+use common::{assert_all_pass, run};
 use diesel::sql_types::{BigInt, Text, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
 use diesel_migrations::EmbeddedMigrations;
@@ -15,29 +18,11 @@ use ratchet_engine::{
     SagaDef,
 };
 use ratchet_fault_injection::example::{self as checks, ProvisionSuite};
-use ratchet_fault_injection::{
-    CellResult, Fault, HarnessError, Matrix, MatrixReport, SagaSuite, Status,
-};
+use ratchet_fault_injection::{CellResult, Fault, HarnessError, Matrix, SagaSuite, Status};
 use ratchet_store::DbConnection;
-use ratchet_store::testing::DatabaseServer;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use uuid::Uuid;
-
-async fn run(matrix: Matrix) -> MatrixReport {
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter("error")
-        .try_init();
-    let server = DatabaseServer::for_tests().await.expect("test server");
-    let report = matrix
-        .parallel(4)
-        .run(&server, |_, _, _| {})
-        .await
-        .expect("the matrix runs");
-    println!("{}", report.table());
-    report
-}
 
 /// Every applicable fault of a database node: all but `response_lost`.
 fn db_faults() -> Vec<Fault> {
@@ -51,19 +36,7 @@ fn db_faults() -> Vec<Fault> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn example_saga_passes_every_cell() {
     let report = run(Matrix::new().suite(ProvisionSuite)).await;
-    assert!(report.failures().is_empty(), "{}", report.table());
-    assert_eq!(
-        report.cells.len(),
-        3 * db_faults().len(),
-        "{}",
-        report.table()
-    );
-    assert_eq!(
-        report.count(Status::Pass),
-        report.cells.len(),
-        "{}",
-        report.table()
-    );
+    assert_all_pass(&report, 3 * db_faults().len());
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -363,13 +336,32 @@ impl SagaSuite for MutantSuite {
 
 /// The faults that make a node's committed work be compensated while the saga still unwinds: an error right
 /// after its commit (compensated inline), and the four that unwind the saga through its compensation. The
-/// others either never commit the node (nothing to compensate) or end in success.
+/// others either never commit the node (nothing to compensate) or end in success, so the control covers them.
 const REVEALING: [Fault; 5] = [
     Fault::AfterCommit,
     Fault::CompensationTransient,
     Fault::CompensationPermanent,
     Fault::CrashInCompensation,
     Fault::Repeat,
+];
+
+/// Each mutant, the node whose compensation it breaks, and what every revealing cell's violations must name.
+const MUTANTS: [(Mutation, &str, &[&str]); 3] = [
+    (
+        Mutation::ReserveUndoesNothing,
+        "reserve_widget",
+        &["leaked widget \"under-test\"", "left reserved at rest"],
+    ),
+    (
+        Mutation::ChargeForgetsLedgerRow,
+        "charge_account",
+        &["leaked ledger row: -30 charged", "money not conserved"],
+    ),
+    (
+        Mutation::ChargeRefundsTwice,
+        "charge_account",
+        &["money not conserved", "30 unaccounted for"],
+    ),
 ];
 
 fn describe(cell: &CellResult) -> String {
@@ -384,80 +376,50 @@ fn describe(cell: &CellResult) -> String {
     )
 }
 
-/// Runs `mutation`'s row (`node`) over every fault and checks that exactly the revealing faults fail, each
-/// with a violation containing every one of `leak`.
-async fn assert_caught(mutation: Mutation, node: &'static str, leak: &[&str]) {
-    let report = run(Matrix::new().suite(MutantSuite {
-        mutation,
-        node: Some(node),
-    }))
-    .await;
-    assert_eq!(report.cells.len(), db_faults().len(), "{}", report.table());
-    for cell in &report.cells {
-        if REVEALING.contains(&cell.cell.fault) {
-            assert_eq!(cell.status, Status::Fail, "{}", describe(cell));
-            for needle in leak {
-                assert!(
-                    cell.violations.iter().any(|v| v.contains(needle)),
-                    "no violation naming {needle:?}: {}",
-                    describe(cell)
-                );
-            }
-            assert!(cell.history.is_some(), "{}", describe(cell));
-        } else {
-            assert_eq!(cell.status, Status::Pass, "{}", describe(cell));
-        }
+/// The control: the same saga with correct compensations passes every cell of the rows the mutants break.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn correct_compensations_pass_every_cell() {
+    let mut matrix = Matrix::new();
+    for node in ["reserve_widget", "charge_account"] {
+        matrix = matrix.suite(MutantSuite {
+            mutation: Mutation::None,
+            node: Some(node),
+        });
     }
+    let report = run(matrix).await;
+    assert_all_pass(&report, 2 * db_faults().len());
 }
 
-/// The control: the same saga with correct compensations passes every cell.
+/// Each broken compensation fails every revealing cell of its node, with a violation naming the damage.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn correct_mutant_saga_passes_every_cell() {
-    let report = run(Matrix::new().suite(MutantSuite {
-        mutation: Mutation::None,
-        node: None,
-    }))
-    .await;
+async fn broken_compensations_are_caught() {
+    let mut matrix = Matrix::new().faults(&REVEALING);
+    for (mutation, node, _) in MUTANTS {
+        matrix = matrix.suite(MutantSuite {
+            mutation,
+            node: Some(node),
+        });
+    }
+    let report = run(matrix).await;
     assert_eq!(
         report.cells.len(),
-        3 * db_faults().len(),
+        MUTANTS.len() * REVEALING.len(),
         "{}",
         report.table()
     );
-    assert_eq!(
-        report.count(Status::Pass),
-        report.cells.len(),
-        "{}",
-        report.table()
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn compensation_that_does_nothing_is_caught() {
-    assert_caught(
-        Mutation::ReserveUndoesNothing,
-        "reserve_widget",
-        &["leaked widget \"under-test\"", "left reserved at rest"],
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn compensation_that_forgets_a_row_is_caught() {
-    assert_caught(
-        Mutation::ChargeForgetsLedgerRow,
-        "charge_account",
-        &["leaked ledger row: -30", "money not conserved"],
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn compensation_that_refunds_twice_is_caught() {
-    assert_caught(
-        Mutation::ChargeRefundsTwice,
-        "charge_account",
-        &["money not conserved", "30 unaccounted for"],
-    )
-    .await;
+    for cell in &report.cells {
+        let (_, _, leak) = MUTANTS
+            .iter()
+            .find(|(mutation, _, _)| cell.saga.contains(mutation.name()))
+            .expect("every cell is one of the mutants'");
+        assert_eq!(cell.status, Status::Fail, "{}", describe(cell));
+        for needle in *leak {
+            assert!(
+                cell.violations.iter().any(|v| v.contains(needle)),
+                "no violation naming {needle:?}: {}",
+                describe(cell)
+            );
+        }
+        assert!(cell.history.is_some(), "{}", describe(cell));
+    }
 }

@@ -9,12 +9,9 @@ use std::io::Write;
 
 pub async fn matrix(args: &Args) -> anyhow::Result<()> {
     args.only(&["--saga", "--fault", "--json", "--parallel", "--pairs"])?;
-    if args.flag("--pairs") {
-        bail!(
-            "--pairs (a crash during the unwind an after-commit error caused) is not built yet; run without it"
-        );
-    }
-    let mut matrix = Matrix::new();
+    // --pairs adds, for every database and external node N, an error right after N's COMMIT followed by a
+    // crash in the compensation of N or of a node before it (see ratchet_fault_injection::cell).
+    let mut matrix = Matrix::new().pairs(args.flag("--pairs"));
     let sagas = args.values("--saga")?;
     if sagas.is_empty() {
         matrix = nexus::all_suites(matrix);
@@ -57,7 +54,7 @@ pub async fn matrix(args: &Args) -> anyhow::Result<()> {
                 "[{done:>3}/{total}] {} / {} / {}: {mark} ({} ms)",
                 cell.saga,
                 cell.cell.node,
-                cell.cell.fault.name(),
+                cell.cell.label(),
                 cell.millis
             );
             let _ = std::io::stdout().flush();
