@@ -1,0 +1,148 @@
+//! Section 2: latency and throughput, side by side.
+//!
+//! One cell is (implementation, workload, concurrency): a fresh database with a seeded world, the executor
+//! started, `warmup` sagas run and thrown away, then `count` sagas run `concurrency` at a time. A saga's
+//! latency is from asking the executor to create it to its coming to rest; throughput is `count` over the
+//! wall time of the timed part. The cell's commits per saga (durable commits and `xact_commit` over the
+//! whole cell, start-up and warm-up included, divided by every saga it ran) are there to set beside the DBOS
+//! peer's.
+//! The cells of one concurrency run back to back (ratchet, then plain steno), so that their ratio is taken
+//! under the same machine load.
+
+use crate::executor::{Executor, Implementation, Workload};
+use crate::measure::{quantile_us, settled_commits};
+use crate::{Bench, BenchError};
+use futures::StreamExt;
+use serde::Serialize;
+use std::time::{Duration, Instant};
+
+/// One cell's figures.
+#[derive(Clone, Debug, Serialize)]
+pub struct LatencyCell {
+    pub implementation: Implementation,
+    pub workload: String,
+    pub concurrency: usize,
+    pub sagas: usize,
+    pub warmup: usize,
+    pub wall_ms: f64,
+    pub median_us: f64,
+    pub p99_us: f64,
+    pub sagas_per_sec: f64,
+    /// Durable commits (transactions that wrote) over every saga the cell ran (start-up included).
+    pub commits_per_saga: f64,
+    /// `xact_commit` of the cell's database, likewise.
+    pub xact_commit_per_saga: f64,
+}
+
+/// ratchet against plain steno at one concurrency.
+#[derive(Clone, Debug, Serialize)]
+pub struct LatencyPair {
+    pub workload: String,
+    pub concurrency: usize,
+    pub ratchet: LatencyCell,
+    pub plain_steno: LatencyCell,
+    /// ratchet's median latency over plain steno's (target at concurrency 1: ≤ 1.0).
+    pub median_ratio: f64,
+    pub p99_ratio: f64,
+    /// ratchet's throughput over plain steno's (target at concurrency 32: ≥ 1.2).
+    pub throughput_ratio: f64,
+}
+
+pub(crate) async fn pair(
+    bench: &Bench<'_>,
+    workload: Workload,
+    concurrency: usize,
+    count: usize,
+) -> Result<LatencyPair, BenchError> {
+    let ratchet = cell(bench, Implementation::Ratchet, workload, concurrency, count).await?;
+    let plain = cell(
+        bench,
+        Implementation::PlainSteno,
+        workload,
+        concurrency,
+        count,
+    )
+    .await?;
+    Ok(LatencyPair {
+        workload: workload.label(),
+        concurrency,
+        median_ratio: ratchet.median_us / plain.median_us,
+        p99_ratio: ratchet.p99_us / plain.p99_us,
+        throughput_ratio: ratchet.sagas_per_sec / plain.sagas_per_sec,
+        ratchet,
+        plain_steno: plain,
+    })
+}
+
+async fn cell(
+    bench: &Bench<'_>,
+    implementation: Implementation,
+    workload: Workload,
+    concurrency: usize,
+    count: usize,
+) -> Result<LatencyCell, BenchError> {
+    let (db, world) = bench.fresh_world().await?;
+    let before = settled_commits(bench.server, &db.name).await?;
+    let executor = Executor::start(
+        implementation,
+        &db.url,
+        bench.options.pool_size,
+        &bench.app(),
+    )
+    .await?;
+    let warmup = bench.options.warmup.max(concurrency);
+    run_many(&executor, workload, &world, "warm", warmup, concurrency).await?;
+    let started = Instant::now();
+    let mut latencies = run_many(&executor, workload, &world, "timed", count, concurrency).await?;
+    let wall = started.elapsed();
+    executor.stop().await;
+    let after = settled_commits(bench.server, &db.name).await?;
+    bench.drop_database(&db).await;
+    let cell = LatencyCell {
+        implementation,
+        workload: workload.label(),
+        concurrency,
+        sagas: count,
+        warmup,
+        wall_ms: wall.as_secs_f64() * 1e3,
+        median_us: quantile_us(&mut latencies, 0.5),
+        p99_us: quantile_us(&mut latencies, 0.99),
+        sagas_per_sec: count as f64 / wall.as_secs_f64(),
+        commits_per_saga: (after - before).next_xid as f64 / (warmup + count) as f64,
+        xact_commit_per_saga: (after - before).xact_commit as f64 / (warmup + count) as f64,
+    };
+    bench.say(&format!(
+        "  {} / {} / concurrency {concurrency}: median {:.0} us, p99 {:.0} us, {:.1} sagas/s",
+        implementation.label(),
+        cell.workload,
+        cell.median_us,
+        cell.p99_us,
+        cell.sagas_per_sec
+    ));
+    Ok(cell)
+}
+
+/// Runs `count` sagas, `concurrency` at a time; returns each one's latency.
+async fn run_many(
+    executor: &Executor,
+    workload: Workload,
+    world: &ratchet_sagas::World,
+    tag: &str,
+    count: usize,
+    concurrency: usize,
+) -> Result<Vec<Duration>, BenchError> {
+    let mut runs = futures::stream::iter(0..count)
+        .map(|i| async move {
+            let started = Instant::now();
+            executor
+                .run(workload, world, &format!("{tag}-{i}"))
+                .await
+                .map(|()| started.elapsed())
+        })
+        .buffer_unordered(concurrency.max(1));
+    let mut latencies = Vec::with_capacity(count);
+    while let Some(latency) = runs.next().await {
+        latencies.push(latency?);
+    }
+    Ok(latencies)
+}
