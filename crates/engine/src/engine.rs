@@ -569,6 +569,7 @@ impl Engine {
                 definition_version: S::VERSION,
                 deferred_nodes: deferred,
                 node_names: names,
+                end_node: end_node_of(dag),
             },
         );
         let cx = SagaCx {
@@ -868,6 +869,16 @@ impl Engine {
         tracing::info!(saga_id = %id, saga = S::NAME, generation = owner.generation, "saga resumed");
         Ok(())
     }
+}
+
+/// steno's index of the DAG's end node (steno keeps it private; its serialized form names it). `None` only if
+/// steno's serialized form changes, which costs two durable commits per saga, never correctness.
+fn end_node_of(dag: &SagaDag) -> Option<u32> {
+    serde_json::to_value(dag)
+        .ok()?
+        .get("end_node")?
+        .as_u64()
+        .and_then(|index| u32::try_from(index).ok())
 }
 
 /// Which nodes of a persisted DAG are database nodes: those whose action (from the DAG's JSON, see

@@ -11,7 +11,7 @@ use crate::exec::{NodeRun, Stop, decode, encode, finish_guarded, with_retries};
 use crate::failpoint::FaultPoint;
 use crate::node::DbNode;
 use crate::saga_def::{Ratchet, SagaDef};
-use diesel_async::{AnsiTransactionManager, RunQueryDsl, TransactionManager};
+use diesel_async::SimpleAsyncConnection;
 use futures::future::BoxFuture;
 use ratchet_store::event::EventRow;
 use ratchet_store::{DbConnection, owner, records, transaction as tx};
@@ -150,6 +150,9 @@ async fn attempt_forward<S: SagaDef, N: DbNode<S>>(
     }
 }
 
+/// The savepoint a database node's prepare runs in.
+const PREPARE_SAVEPOINT: &str = "ratchet_prepare";
+
 /// How the in-transaction part ends early (and the transaction is rolled back).
 enum Early {
     /// Nothing to commit: the node was committed or compensated before.
@@ -183,11 +186,15 @@ async fn forward_in_transaction<S: SagaDef, N: DbNode<S>>(
         return Err(Early::Exit(Forward::Replayed { receipt }));
     }
 
-    // Prepare: inside a savepoint made read-only; rolling the savepoint back restores read-write.
-    AnsiTransactionManager::begin_transaction(conn).await?;
-    diesel::sql_query("SET LOCAL transaction_read_only = on")
-        .execute(conn)
-        .await?;
+    // Prepare: inside a savepoint made read-only; rolling the savepoint back restores read-write. The
+    // savepoint is then released, so that the node's writes run in the top-level transaction and not in a
+    // subtransaction (PostgreSQL's `ROLLBACK TO SAVEPOINT` keeps the savepoint open, and writes inside it
+    // would take a second transaction id). One round trip in, one out. The savepoint is not diesel's: a
+    // prepare that opens a transaction of its own gets a diesel savepoint nested inside this one.
+    conn.batch_execute(&format!(
+        "SAVEPOINT {PREPARE_SAVEPOINT}; SET LOCAL transaction_read_only = on"
+    ))
+    .await?;
     let plan = {
         let mut cx = PrepareCx {
             steno: ctx,
@@ -199,9 +206,12 @@ async fn forward_in_transaction<S: SagaDef, N: DbNode<S>>(
         };
         node.prepare(&mut cx).await
     };
-    <AnsiTransactionManager as TransactionManager<DbConnection>>::rollback_transaction(conn)
-        .await?;
+    // A failed prepare fails the attempt, and the caller rolls the whole transaction back.
     let plan = plan?;
+    conn.batch_execute(&format!(
+        "ROLLBACK TO SAVEPOINT {PREPARE_SAVEPOINT}; RELEASE SAVEPOINT {PREPARE_SAVEPOINT}"
+    ))
+    .await?;
     run.fault(FaultPoint::AfterPrepare).await?;
 
     // Commit: fencing first, then the node's writes, the post-commit output, the records.

@@ -27,6 +27,10 @@
 //! External nodes' events are not deferred: their `started` must be durable before the call goes out, so that
 //! recovery in an unwinding saga knows to compensate the call.
 //!
+//! steno's **end node** has no effect either: its `started` and `succeeded` events are held back too, and
+//! written in the transaction that records the saga `done` (two durable commits fewer per saga). A crash in
+//! between leaves a log without them, and recovery runs the end node again, which does nothing.
+//!
 //! # Stuck sagas
 //!
 //! steno reports a saga whose undo failed as `done`. When steno marks a saga `done`, this store looks for an
@@ -61,6 +65,8 @@ pub struct SagaRegistration {
     pub deferred_nodes: HashSet<u32>,
     /// steno node id to node name, for diagnoses.
     pub node_names: BTreeMap<u32, String>,
+    /// steno node id of the DAG's end node, whose events are written with the saga's `done` state.
+    pub end_node: Option<u32>,
 }
 
 /// The engine's handle on one registered saga's log.
@@ -192,6 +198,31 @@ impl PgSecStore {
         lock(&self.sagas).get(&uuid_of(saga_id)).cloned()
     }
 
+    /// Takes the held-back events of node `node_id` out of `handle`'s log, as rows (those serde cannot encode,
+    /// which steno's own event types never are, are logged and dropped).
+    fn take_deferred(&self, handle: &SagaLogHandle, node_id: u32) -> Vec<EventRow> {
+        let mine: Vec<(SagaNodeEvent, DateTime<Utc>)> = {
+            let mut log = lock(&handle.0.log);
+            let (mine, others) = std::mem::take(&mut log.deferred)
+                .into_iter()
+                .partition(|(e, _)| u32::from(e.node_id) == node_id);
+            log.deferred = others;
+            mine
+        };
+        mine.iter()
+            .filter_map(|(e, time)| match EventRow::new(e, self.sec_id) {
+                Ok(mut row) => {
+                    row.event_time = *time;
+                    Some(row)
+                }
+                Err(error) => {
+                    tracing::error!(saga_id = %handle.0.saga_id, %error, "event cannot be encoded; dropped");
+                    None
+                }
+            })
+            .collect()
+    }
+
     /// Writes `rows` for one saga in one transaction, if `owner` still owns it. Retries until it lands or the
     /// executor is fenced (returns `false`).
     async fn write_events_fenced(
@@ -226,6 +257,13 @@ impl PgSecStore {
     async fn update_state(&self, handle: &SagaLogHandle, update: SagaCachedState) -> bool {
         let saga_id = handle.0.saga_id;
         let owner = handle.owner();
+        // The end node's held-back events land with `done`.
+        let end_events = match (update, handle.0.registration.end_node) {
+            (SagaCachedState::Done, Some(end)) => self.take_deferred(handle, end),
+            _ => Vec::new(),
+        };
+        let end_events = Arc::new(end_events);
+        let end_events = &end_events;
         retry_forever(
             "updating saga state",
             saga_id,
@@ -233,6 +271,7 @@ impl PgSecStore {
             || async move {
                 let mut conn = self.pool.get().await?;
                 let handle = handle.clone();
+                let end_events = Arc::clone(end_events);
                 in_transaction(&mut conn, |conn| {
                     async move {
                         let names = &handle.0.registration.node_names;
@@ -248,6 +287,7 @@ impl PgSecStore {
                                     .await?;
                             }
                             SagaCachedState::Done => {
+                                crate::records::insert_events(conn, &end_events).await?;
                                 let undo_failed: Option<(i64, Option<serde_json::Value>)> =
                                     saga_node_event::table
                                         .filter(saga_node_event::saga_id.eq(saga_id))
@@ -406,7 +446,12 @@ impl steno::SecStore for PgSecStore {
                 event.event_type,
                 SagaNodeEventType::Started | SagaNodeEventType::UndoStarted
             );
-            if deferrable && handle.0.registration.deferred_nodes.contains(&node_id) {
+            let ends = handle.0.registration.end_node == Some(node_id)
+                && matches!(
+                    event.event_type,
+                    SagaNodeEventType::Started | SagaNodeEventType::Succeeded(_)
+                );
+            if ends || (deferrable && handle.0.registration.deferred_nodes.contains(&node_id)) {
                 log.deferred.push((event, Utc::now()));
                 return;
             }
