@@ -41,6 +41,7 @@ pub async fn matrix(args: &Args) -> anyhow::Result<()> {
             DatabaseServer::Embedded(cluster)
         }
     };
+    quiet_injected_panics();
     println!("running the fault matrix (each cell on a fresh database)...");
     let report = matrix
         .run(&server, |cell, done, total| {
@@ -71,4 +72,20 @@ pub async fn matrix(args: &Args) -> anyhow::Result<()> {
         bail!("{failures} cell(s) failed");
     }
     Ok(())
+}
+
+/// Every `panic_in_finish` cell panics on purpose (the engine catches it); the default hook would print each
+/// one, with a backtrace under `RUST_BACKTRACE`, in the middle of the matrix. Those stay quiet; any other
+/// panic still goes to the default hook.
+fn quiet_injected_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let injected = info
+            .payload()
+            .downcast_ref::<String>()
+            .is_some_and(|message| message == "injected at InFinish");
+        if !injected {
+            default(info);
+        }
+    }));
 }
