@@ -60,15 +60,26 @@ impl EngineConfig {
             database_url: database_url.into(),
             pool: PoolConfig::default(),
             sec_id,
+            // Under contention (serializable transactions on small, hot tables, a pool smaller than the
+            // work) a node can need a dozen attempts: 30 instance-creates of 11 disks each on a pool of 4
+            // had a node needing 17, and with 8 attempts half of those sagas unwound on serialization
+            // failures alone. PostgreSQL's SSI makes progress (a retried transaction is not cancelled again
+            // by the same pivot), so the budget only has to outlast the queue: 32 attempts, capped at 1 s,
+            // is up to about 26 s of waiting per phase. See `ratchet-sagas`' retry-budget load test.
             forward_retry: RetryPolicy {
                 initial: Duration::from_millis(20),
                 max_delay: Duration::from_secs(1),
-                max_attempts: Some(8),
+                max_attempts: Some(32),
             },
+            // Longer still: a compensation that gives up makes its saga stuck, for an operator. Recovery of
+            // 200 killed instance-creates (tests/recovery_under_load.rs) left sagas stuck on serialization
+            // failures alone with 16 attempts; 60, capped at 5 s (about four minutes), left none. It stays
+            // bounded so that an error wrongly classified as transient still ends in a diagnosable stuck
+            // saga rather than an unwind that never finishes.
             compensation_retry: RetryPolicy {
                 initial: Duration::from_millis(20),
-                max_delay: Duration::from_secs(2),
-                max_attempts: Some(16),
+                max_delay: Duration::from_secs(5),
+                max_attempts: Some(60),
             },
         }
     }

@@ -51,12 +51,15 @@ pub fn is_transient_diesel(error: &DieselError) -> bool {
             | DatabaseErrorKind::UnableToSendCommand
             | DatabaseErrorKind::ClosedConnection => true,
             // diesel does not expose the SQLSTATE of other errors; these messages are PostgreSQL's own for
-            // 40P01 (deadlock) and 57P01 (the server is shutting the connection).
+            // 40P01 (deadlock), 40001 when reported without the code, 57P01 (the server is shutting the
+            // connection) and 25P02 (an earlier statement of this transaction failed, see
+            // `ABORTED_TRANSACTION`).
             DatabaseErrorKind::Unknown => {
                 let message = info.message();
                 message.contains("deadlock detected")
                     || message.contains("could not serialize")
                     || message.contains("terminating connection")
+                    || message.contains(ABORTED_TRANSACTION)
             }
             _ => false,
         },
@@ -64,3 +67,14 @@ pub fn is_transient_diesel(error: &DieselError) -> bool {
         _ => false,
     }
 }
+
+/// PostgreSQL's message for SQLSTATE 25P02: a statement ran in a transaction that an earlier statement's
+/// error had aborted. That earlier error can be lost: diesel-async's `get_result` reads the first row of a
+/// result and drops the rest of the stream, and a SERIALIZABLE read can fail *after* its first row (an index
+/// scan that returns the visible version of a row and then meets a newer version written by a concurrent
+/// transaction is cancelled there, "conflict out to pivot, during read"). The fetch returns its row, the
+/// transaction is doomed, and the next statement reports 25P02. Retrying the whole transaction is what the
+/// lost serialization failure called for, so this is transient. (Seen under `ratchet run instance-create
+/// --count 30 --create-disks 11 --concurrency 30 --pool-size 4`: `attach_disk`'s prepare failed
+/// permanently on its `disk_fetch`, right after its `instance_fetch` had lost a 40001.)
+const ABORTED_TRANSACTION: &str = "current transaction is aborted";

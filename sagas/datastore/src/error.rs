@@ -73,45 +73,18 @@ impl DatastoreError {
     }
 }
 
-/// Whether a diesel error is worth retrying (the same rules as `ratchet_store::is_transient_diesel`, which this
-/// crate does not depend on).
+/// Whether a diesel error is worth retrying: the engine's rules (`ratchet_store::is_transient_diesel`:
+/// serialization failures, deadlocks, lost connections, a transaction a lost error aborted), plus a unique
+/// violation on an index over a value the statement chose ([`ALLOCATION_INDEXES`]).
 fn is_transient_diesel(error: &DieselError) -> bool {
     match error {
-        DieselError::DatabaseError(kind, info) => match kind {
-            // A concurrent allocator took the value this statement chose; a retry chooses another.
-            DatabaseErrorKind::UniqueViolation => info
-                .constraint_name()
-                .is_some_and(|index| ALLOCATION_INDEXES.contains(&index)),
-            DatabaseErrorKind::SerializationFailure
-            | DatabaseErrorKind::UnableToSendCommand
-            | DatabaseErrorKind::ClosedConnection => true,
-            // diesel does not expose the SQLSTATE of other errors: these are PostgreSQL's messages for 40P01
-            // (deadlock), 40001 when reported without the code, 57P01 (the server is closing the connection),
-            // and 25P02 (an earlier statement of this transaction failed, see `ABORTED_TRANSACTION`).
-            DatabaseErrorKind::Unknown => {
-                let message = info.message();
-                message.contains("deadlock detected")
-                    || message.contains("could not serialize")
-                    || message.contains("terminating connection")
-                    || message.contains(ABORTED_TRANSACTION)
-            }
-            _ => false,
-        },
-        DieselError::BrokenTransactionManager => true,
-        _ => false,
+        // A concurrent allocator took the value this statement chose; a retry chooses another.
+        DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => info
+            .constraint_name()
+            .is_some_and(|index| ALLOCATION_INDEXES.contains(&index)),
+        _ => ratchet_store::is_transient_diesel(error),
     }
 }
-
-/// PostgreSQL's message for SQLSTATE 25P02: a statement ran in a transaction that an earlier statement's
-/// error had aborted. That earlier error can be lost: diesel-async's `get_result` reads the first row of a
-/// result and drops the rest of the stream, and a SERIALIZABLE read can fail *after* its first row (an index
-/// scan that returns the visible version of a row and then meets a newer version written by a concurrent
-/// transaction is cancelled there, "conflict out to pivot, during read"). The fetch returns its row, the
-/// transaction is doomed, and the next statement reports 25P02. Retrying the whole transaction is what the
-/// lost serialization failure called for, so this is transient. (Seen under `ratchet run instance-create
-/// --count 30 --create-disks 11 --concurrency 30 --pool-size 4`: `attach_disk`'s prepare failed
-/// permanently on its `disk_fetch`, right after its `instance_fetch` had lost a 40001.)
-const ABORTED_TRANSACTION: &str = "current transaction is aborted";
 
 /// The unique indexes over values a statement *chooses* (a disk slot, a private or external address). Two
 /// concurrent allocators can choose the same value from the same snapshot (at READ COMMITTED; at SERIALIZABLE
