@@ -7,7 +7,7 @@
 //! `run(2) - run(0) = 2 × (run(1) - run(0))` for durable commits is reported (`deterministic`: it fails
 //! only when a transaction was retried, e.g. after a serialization failure between parallel nodes).
 
-use crate::executor::{Executor, Implementation, Workload};
+use crate::executor::{Implementation, Workload};
 use crate::measure::{Commits, queries, settled_commits};
 use crate::{Bench, BenchError};
 use serde::Serialize;
@@ -100,16 +100,8 @@ async fn run_alone(
     workload: Workload,
     count: usize,
 ) -> Result<(Commits, u64), BenchError> {
-    let (db, world) = bench.fresh_world().await?;
-    let before = settled_commits(bench.server, &db.name).await?;
+    let (db, world, before, executor) = bench.start_on_fresh_world(implementation).await?;
     let queries_before = queries();
-    let executor = Executor::start(
-        implementation,
-        &db.url,
-        bench.options.pool_size,
-        &bench.app(),
-    )
-    .await?;
     for i in 0..count {
         executor
             .run(workload, &world, &format!("commits-{i}"))

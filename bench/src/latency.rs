@@ -23,6 +23,9 @@ pub struct LatencyCell {
     pub workload: String,
     pub concurrency: usize,
     pub sagas: usize,
+    /// Timed sagas that did not succeed (a node spent its retries on serialization failures and the saga
+    /// unwound): counted in the latencies, as time to rest.
+    pub unwound: usize,
     pub warmup: usize,
     pub wall_ms: f64,
     pub median_us: f64,
@@ -81,19 +84,18 @@ async fn cell(
     concurrency: usize,
     count: usize,
 ) -> Result<LatencyCell, BenchError> {
-    let (db, world) = bench.fresh_world().await?;
-    let before = settled_commits(bench.server, &db.name).await?;
-    let executor = Executor::start(
-        implementation,
-        &db.url,
-        bench.options.pool_size,
-        &bench.app(),
-    )
-    .await?;
-    let warmup = bench.options.warmup.max(concurrency);
+    let (db, world, before, executor) = bench.start_on_fresh_world(implementation).await?;
+    // A full run warms at least one saga per concurrent slot (every pool connection opened and its statements
+    // prepared); a quick run only a few.
+    let warmup = if bench.options.quick {
+        bench.options.warmup
+    } else {
+        bench.options.warmup.max(concurrency)
+    };
     run_many(&executor, workload, &world, "warm", warmup, concurrency).await?;
     let started = Instant::now();
-    let mut latencies = run_many(&executor, workload, &world, "timed", count, concurrency).await?;
+    let (mut latencies, unwound) =
+        run_many(&executor, workload, &world, "timed", count, concurrency).await?;
     let wall = started.elapsed();
     executor.stop().await;
     let after = settled_commits(bench.server, &db.name).await?;
@@ -103,6 +105,7 @@ async fn cell(
         workload: workload.label(),
         concurrency,
         sagas: count,
+        unwound,
         warmup,
         wall_ms: wall.as_secs_f64() * 1e3,
         median_us: quantile_us(&mut latencies, 0.5),
@@ -112,17 +115,19 @@ async fn cell(
         xact_commit_per_saga: (after - before).xact_commit as f64 / (warmup + count) as f64,
     };
     bench.say(&format!(
-        "  {} / {} / concurrency {concurrency}: median {:.0} us, p99 {:.0} us, {:.1} sagas/s",
+        "  {} / {} / concurrency {concurrency}: median {:.0} us, p99 {:.0} us, {:.1} sagas/s, {} unwound",
         implementation.label(),
         cell.workload,
         cell.median_us,
         cell.p99_us,
-        cell.sagas_per_sec
+        cell.sagas_per_sec,
+        cell.unwound
     ));
     Ok(cell)
 }
 
-/// Runs `count` sagas, `concurrency` at a time; returns each one's latency.
+/// Runs `count` sagas, `concurrency` at a time; returns each one's latency (to rest) and how many did not
+/// succeed. Any other failure ends the run.
 async fn run_many(
     executor: &Executor,
     workload: Workload,
@@ -130,19 +135,26 @@ async fn run_many(
     tag: &str,
     count: usize,
     concurrency: usize,
-) -> Result<Vec<Duration>, BenchError> {
+) -> Result<(Vec<Duration>, usize), BenchError> {
     let mut runs = futures::stream::iter(0..count)
         .map(|i| async move {
             let started = Instant::now();
-            executor
-                .run(workload, world, &format!("{tag}-{i}"))
-                .await
-                .map(|()| started.elapsed())
+            let result = executor.run(workload, world, &format!("{tag}-{i}")).await;
+            (started.elapsed(), result)
         })
         .buffer_unordered(concurrency.max(1));
     let mut latencies = Vec::with_capacity(count);
-    while let Some(latency) = runs.next().await {
-        latencies.push(latency?);
+    let mut unwound = 0;
+    while let Some((latency, result)) = runs.next().await {
+        match result {
+            Ok(()) => {}
+            Err(BenchError::SagaFailed { outcome, .. }) => {
+                tracing::warn!(%outcome, "a saga under load did not succeed");
+                unwound += 1;
+            }
+            Err(error) => return Err(error),
+        }
+        latencies.push(latency);
     }
-    Ok(latencies)
+    Ok((latencies, unwound))
 }

@@ -60,7 +60,10 @@ impl Instrumentation for QueryCounter {
 /// Whether `sql` is one of recovery's loading queries: the page of unfinished sagas of an executor, or the
 /// logs of many sagas at once (`saga_id = ANY(...)`). A single saga's own statements never match.
 fn is_recovery_load(sql: &str) -> bool {
-    let lists_unfinished = sql.contains("FROM \"saga\"") && sql.contains("\"current_sec\" =");
+    // The ownership check reads the same row by the same columns, but never orders.
+    let lists_unfinished = sql.contains("FROM \"saga\"")
+        && sql.contains("\"current_sec\" =")
+        && sql.contains("ORDER BY");
     let loads_logs = sql.contains("FROM \"saga_node_event\"") && sql.contains("= ANY(");
     lists_unfinished || loads_logs
 }
@@ -184,6 +187,12 @@ mod test {
         ));
         assert!(!is_recovery_load(
             "SELECT \"saga_node_event\".\"node_id\" FROM \"saga_node_event\" WHERE (\"saga_node_event\".\"saga_id\" = $1)"
+        ));
+        assert!(is_recovery_load(
+            "SELECT \"saga\".\"id\" FROM \"saga\" WHERE ((\"saga\".\"current_sec\" = $1) AND (\"saga\".\"saga_state\" = ANY($2))) ORDER BY \"saga\".\"id\" LIMIT $3"
+        ));
+        assert!(!is_recovery_load(
+            "SELECT \"saga\".\"id\" FROM \"saga\" WHERE ((\"saga\".\"id\" = $1) AND (\"saga\".\"current_sec\" = $2)) LIMIT $3 FOR SHARE"
         ));
     }
 }

@@ -117,7 +117,7 @@ impl BenchReport {
 
         let _ = writeln!(
             out,
-            "1. durable commits (xact_commit) per saga, each saga alone"
+            "1. durable commits (transactions that wrote) per saga, each saga alone; xact_commit in brackets; ? = a transaction was retried"
         );
         let _ = writeln!(
             out,
@@ -170,15 +170,17 @@ impl BenchReport {
         );
         let _ = writeln!(
             out,
-            "{:<26} {:>4} | {:>10} {:>10} {:>8} | {:>10} {:>10} {:>8} | {:>7} {:>7} {:>7} | {:>6} {:>6}",
+            "{:<26} {:>4} | {:>10} {:>10} {:>8} {:>4} | {:>10} {:>10} {:>8} {:>4} | {:>7} {:>7} {:>7} | {:>6} {:>6}",
             "workload",
             "conc",
             "ratchet p50",
             "p99",
             "sagas/s",
+            "unw",
             "plain p50",
             "p99",
             "sagas/s",
+            "unw",
             "p50 r",
             "p99 r",
             "tput r",
@@ -188,15 +190,17 @@ impl BenchReport {
         for p in self.instance_create.iter().chain(&self.chain) {
             let _ = writeln!(
                 out,
-                "{:<26} {:>4} | {:>8.2}ms {:>8.2}ms {:>8.1} | {:>8.2}ms {:>8.2}ms {:>8.1} | {:>6.2}x {:>6.2}x {:>6.2}x | {:>6.1} {:>6.1}",
+                "{:<26} {:>4} | {:>8.2}ms {:>8.2}ms {:>8.1} {:>4} | {:>8.2}ms {:>8.2}ms {:>8.1} {:>4} | {:>6.2}x {:>6.2}x {:>6.2}x | {:>6.1} {:>6.1}",
                 p.workload,
                 p.concurrency,
                 p.ratchet.median_us / 1e3,
                 p.ratchet.p99_us / 1e3,
                 p.ratchet.sagas_per_sec,
+                p.ratchet.unwound,
                 p.plain_steno.median_us / 1e3,
                 p.plain_steno.p99_us / 1e3,
                 p.plain_steno.sagas_per_sec,
+                p.plain_steno.unwound,
                 p.median_ratio,
                 p.p99_ratio,
                 p.throughput_ratio,
