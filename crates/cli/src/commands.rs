@@ -8,9 +8,10 @@ use diesel::sql_types::Text;
 use diesel_async::RunQueryDsl;
 use ratchet_embedded_pg::{Cluster, ClusterStatus};
 use ratchet_engine::example::{self, ProvisionParams, ProvisionWidget};
-use ratchet_engine::{Engine, FaultEffect, FaultPoint, SagaOutcome};
+use ratchet_engine::{Engine, EngineConfig, FaultEffect, FaultPoint, SagaOutcome};
 use ratchet_store::pool;
 use ratchet_store::saga::saga_history;
+use ratchet_store::testing::DatabaseServer;
 use std::path::PathBuf;
 use uuid::Uuid;
 
@@ -72,6 +73,7 @@ pub async fn dispatch(args: Args) -> anyhow::Result<()> {
         ["sim"] => crate::sim::sim(&args).await,
         ["check"] => crate::sim::check(&args).await,
         ["matrix"] => crate::matrix::matrix(&args).await,
+        ["bench"] => crate::bench::bench(&args).await,
         _ => bail!(
             "unknown command {:?} (see `ratchet --help`)",
             words.join(" ")
@@ -87,6 +89,23 @@ fn data_dir(args: &Args) -> anyhow::Result<PathBuf> {
 
 pub(crate) fn cluster(args: &Args) -> anyhow::Result<Cluster> {
     Ok(Cluster::new(&data_dir(args)?)?)
+}
+
+/// The server for commands that make databases of their own (`matrix`, `bench`): `--database-url`'s or
+/// `DATABASE_URL`'s, else the embedded cluster, started on demand.
+pub(crate) async fn database_server(args: &Args) -> anyhow::Result<DatabaseServer> {
+    match (
+        args.value::<String>("--database-url")?,
+        std::env::var("DATABASE_URL"),
+    ) {
+        (Some(url), _) | (None, Ok(url)) => Ok(DatabaseServer::External(url)),
+        (None, Err(_)) => {
+            let cluster = cluster(args)?;
+            let starting = cluster.clone();
+            tokio::task::spawn_blocking(move || starting.start()).await??;
+            Ok(DatabaseServer::Embedded(cluster))
+        }
+    }
 }
 
 /// Starts the embedded cluster and makes sure its `ratchet` database exists. Returns that database's URL.
@@ -184,7 +203,7 @@ pub(crate) async fn engine(
             .await?;
     }
     let app = services.map(|s| s.app());
-    let config = engine_setup::engine_config(&url, sec);
+    let config = EngineConfig::new(&url, sec);
     Ok(engine_setup::engine_builder(config, app.as_ref())
         .start()
         .await?)

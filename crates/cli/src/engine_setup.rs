@@ -23,18 +23,6 @@
 //! against the services they used (`ratchet recover --sled-agent ADDR --pantry ADDR`), or abandoned by an
 //! operator who knows those services are gone.
 //!
-//! # Compensation budget
-//!
-//! Every engine the CLI starts gets its configuration from [`engine_config`], whose compensations retry
-//! transient failures far longer than the engine's default (up to about four minutes instead of under twenty
-//! seconds). A recovery resumes every unfinished saga at once; under that load the datastore's serializable
-//! transactions conflict heavily, many forward nodes spend their budget and their sagas unwind, and their
-//! compensations meet the same conflicts. With the default budget some of those compensations gave up on
-//! serialization failures alone and left their sagas stuck (the recovery-under-load test in `tests/` saw it
-//! in 3 of 12 runs). A transient failure is no reason to strand a saga for an operator; the budget stays
-//! bounded so that an error wrongly classified as transient still ends in a diagnosable stuck saga rather than
-//! a recovery that never finishes.
-//!
 //! To add a saga definition: one `.register::<Saga>(context)` line in [`engine_builder`], and its tables'
 //! migrations in [`saga_migrations`].
 
@@ -49,10 +37,8 @@ use ratchet_sagas::{
     DATASTORE_MIGRATIONS, DiskAttach, DiskDetach, InstanceCreate, NexusApp, SnapshotCreate,
 };
 use ratchet_sim::{PantryClient, SledAgentClient};
-use ratchet_store::RetryPolicy;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 use uuid::Uuid;
 
 /// The options that name the services the Nexus sagas call.
@@ -122,18 +108,6 @@ impl ServiceAddrs {
     pub fn app(&self) -> Arc<NexusApp> {
         Arc::new(NexusApp::new(self.sled_agent(), self.pantry()))
     }
-}
-
-/// The configuration of every engine the CLI starts: the engine's defaults, with the longer compensation
-/// budget of the module docs.
-pub fn engine_config(database_url: &str, sec_id: Uuid) -> EngineConfig {
-    let mut config = EngineConfig::new(database_url, sec_id);
-    config.compensation_retry = RetryPolicy {
-        initial: Duration::from_millis(20),
-        max_delay: Duration::from_secs(5),
-        max_attempts: Some(60),
-    };
-    config
 }
 
 /// An engine builder with every saga the CLI runs registered: the example saga, and the Nexus sagas when

@@ -4,6 +4,7 @@
 //! in `--data-dir` (default `./.ratchet`), started on demand.
 
 mod args;
+mod bench;
 mod commands;
 mod engine_setup;
 mod matrix;
@@ -24,8 +25,12 @@ COMMANDS:
     db start|stop|status|url   manage the embedded PostgreSQL (url prints a URL psql accepts)
     demo [--fail-after-commit NODE]
                                run the example saga and print its node-by-node history
-    matrix [--saga NAME]... [--fault NAME]... [--json FILE] [--parallel N]
+    matrix [--saga NAME]... [--fault NAME]... [--pairs] [--json FILE] [--parallel N]
                                the fault-injection matrix: every saga x node x fault, checked at rest
+                               (--pairs adds a crash in the unwind an after-commit error caused)
+    bench [--quick] [--json FILE] [--with-dbos]
+                               ratchet against plain steno (and the DBOS peer): commits per node,
+                               latency, throughput, recovery; see docs/PERFORMANCE.md
     run SAGA [OPTIONS]         run Nexus-shaped sagas under load, then check invariants; SAGA is
                                instance-create (--disks N --create-disks N --nics N --external-ip --start
                                --legacy-attach --fail-refetch N), disk-attach, disk-detach or

@@ -4,7 +4,6 @@ use crate::args::Args;
 use crate::commands;
 use anyhow::{Context, bail};
 use ratchet_fault_injection::{Fault, Matrix, Status, nexus};
-use ratchet_store::testing::DatabaseServer;
 use std::io::Write;
 
 pub async fn matrix(args: &Args) -> anyhow::Result<()> {
@@ -29,18 +28,7 @@ pub async fn matrix(args: &Args) -> anyhow::Result<()> {
     }
     matrix = matrix.parallel(args.value::<usize>("--parallel")?.unwrap_or(4));
 
-    let server = match (
-        args.value::<String>("--database-url")?,
-        std::env::var("DATABASE_URL"),
-    ) {
-        (Some(url), _) | (None, Ok(url)) => DatabaseServer::External(url),
-        (None, Err(_)) => {
-            let cluster = commands::cluster(args)?;
-            let starting = cluster.clone();
-            tokio::task::spawn_blocking(move || starting.start()).await??;
-            DatabaseServer::Embedded(cluster)
-        }
-    };
+    let server = commands::database_server(args).await?;
     quiet_injected_panics();
     println!("running the fault matrix (each cell on a fresh database)...");
     let report = matrix

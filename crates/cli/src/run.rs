@@ -17,7 +17,7 @@ use crate::engine_setup::{self, SERVICE_OPTIONS, ServiceAddrs};
 use anyhow::{Context, bail};
 use futures::StreamExt;
 use ratchet_datastore as ds;
-use ratchet_engine::{Engine, PreparedSaga, SagaOutcome};
+use ratchet_engine::{Engine, EngineConfig, PreparedSaga, SagaOutcome};
 use ratchet_sagas::{
     DiskAttach, DiskDetach, DiskInstanceParams, DiskSpec, InstanceCreate, InstanceCreateParams,
     NexusApp, NicSpec, Services, SnapshotCreate, SnapshotCreateParams, World, WorldSpec,
@@ -94,7 +94,7 @@ pub async fn run(args: &Args, saga: &str) -> anyhow::Result<()> {
     };
     let app = services.app();
     let world = world::seed(&mut conn, &WorldSpec::default()).await?;
-    let mut config = engine_setup::engine_config(&url, sec);
+    let mut config = EngineConfig::new(&url, sec);
     config.pool = PoolConfig {
         max_size: pool_size,
         checkout_timeout: Duration::from_millis(pool_timeout),

@@ -589,6 +589,9 @@ impl Engine {
             log: log.clone(),
             app: Arc::clone(&registered.app),
             node_ids,
+            // The resume path sets this; a created saga has no earlier attempts.
+            resumed: false,
+            attempted: Mutex::new(HashSet::new()),
         };
         (cx, log)
     }
@@ -846,7 +849,8 @@ impl Engine {
             .map_err(|e| EngineError::Steno(format!("the saga's DAG does not decode: {e}")))?;
         let kinds = db_node_kinds(&actions, &registered.db_actions);
         let sec = self.sec_for_resume(id).await?;
-        let (cx, log) = self.saga_cx::<S>(registered, &sec, id, owner, &dag, &kinds);
+        let (mut cx, log) = self.saga_cx::<S>(registered, &sec, id, owner, &dag, &kinds);
+        cx.resumed = true;
         let registry = Arc::clone(&registered.registry);
         let resumed = sec
             .call("saga_resume", |client| async move {

@@ -175,8 +175,14 @@ async fn forward_in_transaction<S: SagaDef, N: DbNode<S>>(
 ) -> Result<serde_json::Value, Early> {
     let saga_id = run.saga_id();
     // A replay (steno re-runs a node whose log says only `started`) finds the commit record. A stale executor
-    // must not take it for its own: the record may be the adopting executor's.
-    if let Some(receipt) = records::commit_receipt(conn, saga_id, &run.name).await? {
+    // must not take it for its own: the record may be the adopting executor's. The first attempt of a node
+    // of a saga this engine created has no record to find (`commit_may_exist` says why) and skips the read.
+    let receipt = if run.cx.commit_may_exist(run.node_id) {
+        records::commit_receipt(conn, saga_id, &run.name).await?
+    } else {
+        None
+    };
+    if let Some(receipt) = receipt {
         if !owner::is_owner(conn, saga_id, run.cx.log.owner()).await? {
             return Err(Early::Stop(Stop::Fenced));
         }
