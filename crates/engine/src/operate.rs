@@ -171,7 +171,8 @@ impl Engine {
             .collect::<Result<Vec<_>, _>>()?;
         // TODO-robustness If the resume fails here, the saga is left `unwinding` under this executor: the next
         // recovery resumes it, or abandons it with the reason. Nothing has run, so nothing leaks.
-        resume(self, row, events).await?;
+        let saga = resume(self, row, events).await?;
+        self.start_resumed(saga).await?;
         self.wait(id)
             .await
             .ok_or_else(|| EngineError::NotRetryable {
