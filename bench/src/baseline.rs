@@ -97,7 +97,9 @@ where
         &'c mut DbConnection,
     ) -> futures::future::BoxFuture<'c, Result<T, DatastoreError>>,
 {
-    for attempt in 1.. {
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
         let outcome: Result<T, ActionTxError> = async {
             let mut conn = pool.get().await.map_err(ratchet_store::DbError::from)?;
             Ok(match wrap {
@@ -117,9 +119,6 @@ where
             _ => return Err(ActionError::action_failed(error.to_string())),
         }
     }
-    Err(ActionError::action_failed(
-        "unreachable retry loop end".to_owned(),
-    ))
 }
 
 /// Errors of a baseline action's transaction.

@@ -15,13 +15,12 @@
 //! Every change bumps `state_generation`. A disk is attached exactly when `disk_state = 'attached'`, and then
 //! `attach_instance_id` and `slot` are set; otherwise both are NULL ([`crate::invariants`] checks this).
 
-use crate::common::{OUTCOME_TAIL, Outcome, check_name, check_positive, label_enum};
+use crate::common::{OUTCOME_TAIL, Outcome, ProjectInsert, check_name, check_positive, label_enum};
 use crate::error::{DatastoreError, DatastoreResult, conflict_on_unique};
 use chrono::{DateTime, Utc};
 use diesel::OptionalExtension;
 // The derive's `embed` expansion names the trait unqualified.
-use diesel::QueryableByName;
-use diesel::sql_types::{BigInt, Bool, Nullable, SmallInt, Text, Timestamptz, Uuid as SqlUuid};
+use diesel::sql_types::{BigInt, Nullable, SmallInt, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -94,16 +93,6 @@ pub(crate) fn invalid_state(row: &Disk, wanted: &str) -> DatastoreError {
     }
 }
 
-#[derive(diesel::QueryableByName)]
-struct InsertOutcome {
-    #[diesel(sql_type = Bool)]
-    project_found: bool,
-    #[diesel(sql_type = Bool)]
-    name_taken: bool,
-    #[diesel(embed)]
-    row: Option<Disk>,
-}
-
 /// Inserts a disk in state `creating` at generation 1. The project must be live (`NotFound`); the name must be
 /// free among the project's live disks (`Conflict`).
 pub async fn disk_create(
@@ -116,7 +105,7 @@ pub async fn disk_create(
 ) -> DatastoreResult<Disk> {
     check_name("disk", name)?;
     check_positive("size_bytes", size_bytes)?;
-    let outcome: InsertOutcome = diesel::sql_query(format!(
+    let outcome: ProjectInsert<Disk> = diesel::sql_query(format!(
         "WITH \
            p AS (SELECT id FROM project WHERE id = $2 AND time_deleted IS NULL), \
            taken AS (SELECT id FROM disk WHERE project_id = $2 AND name = $3 AND time_deleted IS NULL), \
@@ -146,24 +135,7 @@ pub async fn disk_create(
             _ => format!("disk {id} already exists"),
         })
     })?;
-    match outcome {
-        InsertOutcome { row: Some(row), .. } => Ok(row),
-        InsertOutcome {
-            project_found: false,
-            ..
-        } => Err(DatastoreError::NotFound {
-            kind: "project",
-            id: project_id,
-        }),
-        InsertOutcome {
-            name_taken: true, ..
-        } => Err(DatastoreError::Conflict(format!(
-            "disk name {name:?} is already in use in project {project_id}"
-        ))),
-        InsertOutcome { .. } => Err(DatastoreError::Conflict(format!(
-            "disk {id} was not inserted"
-        ))),
-    }
+    outcome.into_row("disk", id, name, project_id)
 }
 
 /// The live disk `id` (`NotFound` when missing or deleted). Reads only.

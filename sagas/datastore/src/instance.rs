@@ -14,7 +14,7 @@
 //!
 //! Every change bumps `state_generation`; the guarded operations take the generation the caller last saw.
 
-use crate::common::{OUTCOME_TAIL, Outcome, check_name, check_positive, label_enum};
+use crate::common::{OUTCOME_TAIL, Outcome, ProjectInsert, check_name, check_positive, label_enum};
 use crate::error::{DatastoreError, DatastoreResult, conflict_on_unique};
 use chrono::{DateTime, Utc};
 use diesel::OptionalExtension;
@@ -93,16 +93,6 @@ fn invalid_state(row: &Instance, wanted: &str) -> DatastoreError {
     }
 }
 
-#[derive(diesel::QueryableByName)]
-struct InsertOutcome {
-    #[diesel(sql_type = Bool)]
-    project_found: bool,
-    #[diesel(sql_type = Bool)]
-    name_taken: bool,
-    #[diesel(embed)]
-    row: Option<Instance>,
-}
-
 /// Inserts an instance in state `creating` at generation 1. The project must be live (`NotFound`); the name
 /// must be free among the project's live instances (`Conflict`).
 pub async fn instance_insert(
@@ -116,7 +106,7 @@ pub async fn instance_insert(
     check_name("instance", name)?;
     check_positive("ncpus", ncpus)?;
     check_positive("memory", memory)?;
-    let outcome: InsertOutcome = diesel::sql_query(format!(
+    let outcome: ProjectInsert<Instance> = diesel::sql_query(format!(
         "WITH \
            p AS (SELECT id FROM project WHERE id = $2 AND time_deleted IS NULL), \
            taken AS (SELECT id FROM instance \
@@ -147,24 +137,7 @@ pub async fn instance_insert(
             _ => format!("instance {id} already exists"),
         })
     })?;
-    match outcome {
-        InsertOutcome { row: Some(row), .. } => Ok(row),
-        InsertOutcome {
-            project_found: false,
-            ..
-        } => Err(DatastoreError::NotFound {
-            kind: "project",
-            id: project_id,
-        }),
-        InsertOutcome {
-            name_taken: true, ..
-        } => Err(DatastoreError::Conflict(format!(
-            "instance name {name:?} is already in use in project {project_id}"
-        ))),
-        InsertOutcome { .. } => Err(DatastoreError::Conflict(format!(
-            "instance {id} was not inserted"
-        ))),
-    }
+    outcome.into_row("instance", id, name, project_id)
 }
 
 /// The live instance `id` (`NotFound` when missing or deleted). Reads only.
