@@ -191,6 +191,11 @@ async fn adoption_waits_for_a_commit_in_flight_and_nothing_commits_twice() {
         !adopt.is_finished(),
         "the adoption waits for A's open commit"
     );
+    // Once woken, A commits the charge and would run straight on to finish the saga: if B's adoption is
+    // retried (A's commit can abort its first attempt with a serialization failure), it could then find
+    // nothing left to adopt. A second pause, before activate_widget, keeps the saga A's and unfinished.
+    a.failpoints()
+        .arm(id, "activate_widget", FaultPoint::BeforePrepare, LONG, 1);
     a.failpoints().wake(id);
     let report = tokio::time::timeout(Duration::from_secs(60), adopt)
         .await
@@ -203,6 +208,7 @@ async fn adoption_waits_for_a_commit_in_flight_and_nothing_commits_twice() {
         matches!(outcome, SagaOutcome::Succeeded { .. }),
         "{outcome:?}"
     );
+    a.failpoints().wake(id);
     assert_eq!(
         outcome_within(a_run.expect("A's run")).await,
         SagaOutcome::Fenced
