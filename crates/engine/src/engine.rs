@@ -491,7 +491,7 @@ impl Engine {
             generation: 1,
         };
         let sec = Arc::clone(&self.sec);
-        let (cx, log) = self.saga_cx::<S>(&registered, &sec, id, owner, &dag, &kinds);
+        let (cx, log) = self.saga_cx::<S>(&registered, &sec, id, owner, &dag, &kinds, None);
         let dag_for_steno = Arc::clone(&dag);
         let created = sec
             .call("saga_create", |client| async move {
@@ -560,7 +560,11 @@ impl Engine {
             .ok_or_else(|| EngineError::UnknownSaga(S::NAME.to_owned()))
     }
 
-    /// The per-saga context and its registration with `sec`'s store.
+    /// The per-saga context and its registration with `sec`'s store. `resumed_from`: the log a resumed saga
+    /// was loaded from (`None` for a saga created here).
+    // Every argument is one fact about the saga being registered; a struct to carry them would be built at two
+    // call sites only to be taken apart here.
+    #[allow(clippy::too_many_arguments)]
     fn saga_cx<S: SagaDef>(
         &self,
         registered: &Registered<S>,
@@ -569,6 +573,7 @@ impl Engine {
         owner: SagaOwner,
         dag: &SagaDag,
         kinds: &BTreeMap<String, NodeKind>,
+        resumed_from: Option<&[steno::SagaNodeEvent]>,
     ) -> (SagaCx<S>, SagaLogHandle) {
         let mut node_ids = BTreeMap::new();
         let mut deferred = HashSet::new();
@@ -582,6 +587,7 @@ impl Engine {
             names.insert(index, name.clone());
             node_ids.insert(name, index);
         }
+        let (start_node, end_node) = dag_bookends(dag);
         let log = sec.store.register(
             steno_id(id),
             SagaRegistration {
@@ -589,7 +595,13 @@ impl Engine {
                 definition_version: S::VERSION,
                 deferred_nodes: deferred,
                 node_names: names,
-                end_node: end_node_of(dag),
+                end_node,
+                start_node,
+                undo_failed_logged: resumed_from.is_some_and(|events| {
+                    events
+                        .iter()
+                        .any(|e| matches!(e.event_type, steno::SagaNodeEventType::UndoFailed(_)))
+                }),
             },
         );
         let cx = SagaCx {
@@ -598,9 +610,8 @@ impl Engine {
             log: log.clone(),
             app: Arc::clone(&registered.app),
             node_ids,
-            // The resume path sets this; a created saga has no earlier attempts.
-            resumed: false,
-            attempted: Mutex::new(HashSet::new()),
+            resumed: resumed_from.is_some(),
+            commit_sent: Mutex::new(HashSet::new()),
         };
         (cx, log)
     }
@@ -895,8 +906,7 @@ impl Engine {
             .map_err(|e| EngineError::Steno(format!("the saga's DAG does not decode: {e}")))?;
         let kinds = db_node_kinds(&actions, &registered.db_actions);
         let sec = self.sec_for_resume(id).await?;
-        let (mut cx, log) = self.saga_cx::<S>(registered, &sec, id, owner, &dag, &kinds);
-        cx.resumed = true;
+        let (cx, log) = self.saga_cx::<S>(registered, &sec, id, owner, &dag, &kinds, Some(&events));
         let registry = Arc::clone(&registered.registry);
         let resumed = sec
             .call("saga_resume", |client| async move {
@@ -926,14 +936,20 @@ impl Engine {
     }
 }
 
-/// steno's index of the DAG's end node (steno keeps it private; its serialized form names it). `None` only if
-/// steno's serialized form changes, which costs two durable commits per saga, never correctness.
-fn end_node_of(dag: &SagaDag) -> Option<u32> {
-    serde_json::to_value(dag)
-        .ok()?
-        .get("end_node")?
-        .as_u64()
-        .and_then(|index| u32::try_from(index).ok())
+/// steno's indexes of the DAG's start and end nodes (steno keeps them private; its serialized form names
+/// them). `None` only if steno's serialized form changes, which costs two durable commits per saga each,
+/// never correctness.
+fn dag_bookends(dag: &SagaDag) -> (Option<u32>, Option<u32>) {
+    let Ok(serialized) = serde_json::to_value(dag) else {
+        return (None, None);
+    };
+    let index = |which: &str| {
+        serialized
+            .get(which)?
+            .as_u64()
+            .and_then(|index| u32::try_from(index).ok())
+    };
+    (index("start_node"), index("end_node"))
 }
 
 /// Which nodes of a persisted DAG are database nodes: those whose action (from the DAG's JSON, see

@@ -132,12 +132,34 @@ async fn attempt_forward<S: SagaDef, N: DbNode<S>>(
     run.fault(FaultPoint::BeforePrepare).await?;
     let mut pooled = run.connection().await?;
     let conn: &mut DbConnection = &mut pooled;
-    tx::begin(conn).await?;
-    match forward_in_transaction::<S, N>(run, node, ctx, conn).await {
+    let look_up = run.cx.commit_may_exist(run.node_id);
+    if look_up {
+        tx::begin(conn).await?;
+    } else {
+        // No record to look up: BEGIN and enter the prepare's savepoint in one round trip.
+        tx::begin_then(conn, &enter_prepare()).await?;
+    }
+    let mut start_events = None;
+    let result =
+        forward_in_transaction::<S, N>(run, node, ctx, conn, look_up, &mut start_events).await;
+    let outcome = match result {
         Ok(output) => {
+            run.cx.note_commit_sent(run.node_id);
             // -------- the commit point --------
-            tx::commit(conn).await?;
-            Ok(Forward::Committed { output })
+            match tx::commit(conn).await {
+                Ok(()) => {
+                    if let Some(start) = start_events {
+                        run.cx.log.mark_durable(start, &["started", "succeeded"]);
+                    }
+                    return Ok(Forward::Committed { output });
+                }
+                Err(error) => {
+                    if commit_refused(&error) {
+                        run.cx.note_commit_refused(run.node_id);
+                    }
+                    Err(Stop::from(error))
+                }
+            }
         }
         Err(Early::Exit(forward)) => {
             tx::rollback(conn).await;
@@ -147,11 +169,38 @@ async fn attempt_forward<S: SagaDef, N: DbNode<S>>(
             tx::rollback(conn).await;
             Err(stop)
         }
+    };
+    // The start node's events, if this attempt carried them, did not land (or may not have): the next
+    // write takes them (an event already written is left as it is).
+    if start_events.is_some() {
+        run.cx.log.release_start_events();
     }
+    outcome
+}
+
+/// Whether the server answered a `COMMIT` with an error, so that the transaction was rolled back for certain
+/// (a serialization failure, a deferred constraint). A lost connection leaves the outcome unknown.
+fn commit_refused(error: &diesel::result::Error) -> bool {
+    use diesel::result::{DatabaseErrorKind, Error};
+    matches!(error, Error::DatabaseError(kind, _)
+        if !matches!(kind, DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand))
 }
 
 /// The savepoint a database node's prepare runs in.
 const PREPARE_SAVEPOINT: &str = "ratchet_prepare";
+
+/// Enters the prepare: a savepoint, made read-only. Rolling the savepoint back restores read-write
+/// ([`leave_prepare`]).
+fn enter_prepare() -> String {
+    format!("SAVEPOINT {PREPARE_SAVEPOINT}; SET LOCAL transaction_read_only = on")
+}
+
+/// Leaves the prepare: rolls its savepoint back (read-write again) and releases it, so that the node's writes
+/// run in the top-level transaction and not in a subtransaction (PostgreSQL's `ROLLBACK TO SAVEPOINT` keeps
+/// the savepoint open, and writes inside it would take a second transaction id).
+fn leave_prepare() -> String {
+    format!("ROLLBACK TO SAVEPOINT {PREPARE_SAVEPOINT}; RELEASE SAVEPOINT {PREPARE_SAVEPOINT}")
+}
 
 /// How the in-transaction part ends early (and the transaction is rolled back).
 enum Early {
@@ -166,41 +215,35 @@ impl<E: Into<Stop>> From<E> for Early {
     }
 }
 
-/// Everything between BEGIN and COMMIT. Returns the output to commit.
+/// Everything between BEGIN and COMMIT. Returns the output to commit. `look_up`: whether to look for an
+/// earlier commit first (else the prepare's savepoint was entered with the BEGIN). `start_events` is set to
+/// the start node's id when the transaction carries its held-back events.
 async fn forward_in_transaction<S: SagaDef, N: DbNode<S>>(
     run: &NodeRun<'_, S>,
     node: &N,
     ctx: &ActionContext<Ratchet<S>>,
     conn: &mut DbConnection,
+    look_up: bool,
+    start_events: &mut Option<u32>,
 ) -> Result<serde_json::Value, Early> {
     let saga_id = run.saga_id();
-    // A replay (steno re-runs a node whose log says only `started`) finds the commit record. A stale executor
-    // must not take it for its own: the record may be the adopting executor's. The first attempt of a node
-    // of a saga this engine created has no record to find (`commit_may_exist` says why) and skips the read.
-    let receipt = if run.cx.commit_may_exist(run.node_id) {
-        records::commit_receipt(conn, saga_id, &run.name).await?
-    } else {
-        None
-    };
-    if let Some(receipt) = receipt {
-        if !owner::is_owner(conn, saga_id, run.cx.log.owner()).await? {
-            return Err(Early::Stop(Stop::Fenced));
+    if look_up {
+        // A replay (steno re-runs a node whose log says only `started`) finds the commit record. A stale
+        // executor must not take it for its own: the record may be the adopting executor's.
+        if let Some(receipt) = records::commit_receipt(conn, saga_id, &run.name).await? {
+            if !owner::is_owner(conn, saga_id, run.cx.log.owner()).await? {
+                return Err(Early::Stop(Stop::Fenced));
+            }
+            if records::is_compensated(conn, saga_id, &run.name).await? {
+                return Err(Early::Exit(Forward::AlreadyCompensated));
+            }
+            return Err(Early::Exit(Forward::Replayed { receipt }));
         }
-        if records::is_compensated(conn, saga_id, &run.name).await? {
-            return Err(Early::Exit(Forward::AlreadyCompensated));
-        }
-        return Err(Early::Exit(Forward::Replayed { receipt }));
+        conn.batch_execute(&enter_prepare()).await?;
     }
 
-    // Prepare: inside a savepoint made read-only; rolling the savepoint back restores read-write. The
-    // savepoint is then released, so that the node's writes run in the top-level transaction and not in a
-    // subtransaction (PostgreSQL's `ROLLBACK TO SAVEPOINT` keeps the savepoint open, and writes inside it
-    // would take a second transaction id). One round trip in, one out. The savepoint is not diesel's: a
-    // prepare that opens a transaction of its own gets a diesel savepoint nested inside this one.
-    conn.batch_execute(&format!(
-        "SAVEPOINT {PREPARE_SAVEPOINT}; SET LOCAL transaction_read_only = on"
-    ))
-    .await?;
+    // Prepare: inside the read-only savepoint. The savepoint is not diesel's: a prepare that opens a
+    // transaction of its own gets a diesel savepoint nested inside this one.
     let plan = {
         let mut cx = PrepareCx {
             steno: ctx,
@@ -214,17 +257,13 @@ async fn forward_in_transaction<S: SagaDef, N: DbNode<S>>(
     };
     // A failed prepare fails the attempt, and the caller rolls the whole transaction back.
     let plan = plan?;
-    conn.batch_execute(&format!(
-        "ROLLBACK TO SAVEPOINT {PREPARE_SAVEPOINT}; RELEASE SAVEPOINT {PREPARE_SAVEPOINT}"
-    ))
-    .await?;
+    conn.batch_execute(&leave_prepare()).await?;
     run.fault(FaultPoint::AfterPrepare).await?;
 
-    // Commit: fencing first, then the node's writes, the post-commit output, the records.
+    // Commit: the node's writes, the post-commit output, then in one statement the fence (a share lock on the
+    // saga row, if this executor still owns it), the commit record and the log events. The fence comes
+    // last so that it costs no round trip of its own; a stale executor's writes before it roll back with it.
     let owner = run.cx.log.owner();
-    if !owner::lock_if_owner(conn, saga_id, owner).await? {
-        return Err(Early::Stop(Stop::Fenced));
-    }
     let receipt = {
         let mut tx = CommitTx {
             conn: &mut *conn,
@@ -237,17 +276,20 @@ async fn forward_in_transaction<S: SagaDef, N: DbNode<S>>(
     // `finish` is pure, so it runs before COMMIT: a panic in it rolls the commit back.
     let output = finish_guarded(run, N::finish, receipt)?;
     let output_json = encode("node output", &output)?;
-    records::insert_commit_record(conn, saga_id, &run.name, receipt_json, owner).await?;
     let sec_id = owner.sec_id;
-    let events = [
-        event_row(run, SagaNodeEventType::Started, sec_id)?,
-        event_row(
-            run,
-            SagaNodeEventType::Succeeded(Arc::new(output_json.clone())),
-            sec_id,
-        )?,
-    ];
-    records::insert_events(conn, &events).await?;
+    let (start, mut events) = run.cx.log.claim_start_events();
+    *start_events = start;
+    events.push(event_row(run, SagaNodeEventType::Started, sec_id)?);
+    events.push(event_row(
+        run,
+        SagaNodeEventType::Succeeded(Arc::new(output_json.clone())),
+        sec_id,
+    )?);
+    if !records::record_commit_if_owner(conn, saga_id, &run.name, receipt_json, owner, &events)
+        .await?
+    {
+        return Err(Early::Stop(Stop::Fenced));
+    }
     run.fault(FaultPoint::BeforeCommit).await?;
     run.alive()?;
     Ok(output_json)

@@ -61,14 +61,17 @@
 //!
 //! # Fencing
 //!
-//! Every transaction of an executor for a saga first takes a share lock on the saga row *if* the executor
-//! still owns it at its generation (see `ratchet_store::owner`). An executor that finds itself fenced out
-//! commits nothing, compensates nothing, records nothing, and stops driving the saga without unwinding it.
+//! Every transaction of an executor for a saga takes a share lock on the saga row *if* the executor still
+//! owns it at its generation (see `ratchet_store::owner`), before it commits. An executor that finds itself
+//! fenced out commits nothing, compensates nothing, records nothing, and stops driving the saga without
+//! unwinding it.
 //!
 //! Where each write is checked:
-//! - a database node's commit transaction and its compensation transaction: the share lock, first thing
-//!   after prepare (an adoption waits for a commit already holding it, and that commit is the old owner's
-//!   last);
+//! - a database node's commit transaction: the share lock in the statement that writes the commit record and
+//!   the node's events, after the node's own writes and before `COMMIT` (one round trip for the fence, the
+//!   record and the events; an adoption waits for a commit already holding the lock, and that commit is the
+//!   old owner's last; a stale executor's writes before the check roll back with it);
+//! - a database node's compensation transaction: the share lock, first thing in the transaction;
 //! - a replay (a commit record found for a node steno re-runs): an ownership read first, since the record
 //!   may be the adopter's;
 //! - an external node's call and its compensating call: an ownership read before calling out, then the share

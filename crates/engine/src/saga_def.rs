@@ -56,33 +56,45 @@ pub struct SagaCx<S: SagaDef> {
     /// Whether this engine took the saga over from a log (recovery, adoption, retry-unwind) rather than
     /// creating it: every node of such a saga may have committed before.
     pub(crate) resumed: bool,
-    /// The database nodes whose forward this engine has attempted at least once (see
+    /// The database nodes for which this engine sent a `COMMIT` that may have landed (see
     /// [`SagaCx::commit_may_exist`]).
-    pub(crate) attempted: std::sync::Mutex<HashSet<u32>>,
+    pub(crate) commit_sent: std::sync::Mutex<HashSet<u32>>,
 }
 
 impl<S: SagaDef> SagaCx<S> {
     /// Whether a commit (or compensation) record of `node_id` may already exist, so that a forward attempt
-    /// must look for one before it commits (a replay). Called once per attempt.
+    /// must look for one before it commits (a replay).
     ///
     /// Only an executor that owned the saga can have written a record. For a saga this engine created, that
-    /// is this engine, in an earlier attempt of the node: a retry after an error (a lost `COMMIT` reply
-    /// included), steno's repeat injection, or a replay. So the first attempt of a node of a saga this engine
-    /// created has nothing to find, and skips the lookup. This matters under SERIALIZABLE: the lookup reads
-    /// the index page the saga's records share, so sibling nodes committing in parallel each read the page
-    /// the other writes, and PostgreSQL aborts one of them (40001). Should another executor have adopted the
-    /// saga, the fence check that precedes every write stops this one; and the record's primary key refuses
-    /// a second commit record in any case.
+    /// is this engine, in an earlier attempt of the node that sent a `COMMIT` the server did not refuse: it
+    /// committed (steno's repeat injection, a failure after the commit), or its reply was lost. An attempt
+    /// rolled back before its `COMMIT`, or whose `COMMIT` the server answered with an error (a serialization
+    /// failure), wrote nothing. So every other attempt of a node of a saga this engine created has nothing to
+    /// find, and skips the lookup. This matters under SERIALIZABLE: the lookup reads the index page the
+    /// saga's records share, so sibling nodes committing in parallel each read the page the other writes,
+    /// and PostgreSQL aborts one of them (40001), whose retry would look again. Should another executor
+    /// have adopted the saga, the fence check that precedes every write stops this one; and the record's
+    /// primary key refuses a second commit record in any case.
     pub(crate) fn commit_may_exist(&self, node_id: u32) -> bool {
-        if self.resumed {
-            return true;
-        }
-        // A poisoned lock only means another node's attempt panicked while holding it; the set is still
-        // valid, and erring towards "may exist" costs a lookup, never correctness.
-        match self.attempted.lock() {
-            Ok(mut attempted) => !attempted.insert(node_id),
-            Err(_) => true,
-        }
+        self.resumed || self.commits_sent().contains(&node_id)
+    }
+
+    /// Notes that a `COMMIT` of `node_id`'s transaction is about to be sent.
+    pub(crate) fn note_commit_sent(&self, node_id: u32) {
+        self.commits_sent().insert(node_id);
+    }
+
+    /// Notes that the server refused `node_id`'s `COMMIT` (it rolled the transaction back).
+    pub(crate) fn note_commit_refused(&self, node_id: u32) {
+        self.commits_sent().remove(&node_id);
+    }
+
+    /// A poisoned lock only means a node's attempt panicked while holding it; every critical section is one
+    /// insert, removal or lookup, so the set is still valid.
+    fn commits_sent(&self) -> std::sync::MutexGuard<'_, HashSet<u32>> {
+        self.commit_sent
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

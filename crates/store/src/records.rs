@@ -112,6 +112,110 @@ pub async fn insert_compensation_record(
         .map(|_| ())
 }
 
+/// The count a fenced write returns: 1 when the executor owned the saga (and the rows were written), 0 when
+/// it has been fenced out (and nothing was).
+#[derive(QueryableByName)]
+struct OwnerCount {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    owners: i64,
+}
+
+/// A raw statement, boxed so that binds can be added in a loop.
+type BoxedQuery<'a> =
+    diesel::query_builder::BoxedSqlQuery<'a, diesel::pg::Pg, diesel::query_builder::SqlQuery>;
+
+/// Binds `events` as the six column arrays [`events_from_owner`] `unnest`s.
+fn bind_event_arrays<'a>(query: BoxedQuery<'a>, events: &[EventRow]) -> BoxedQuery<'a> {
+    use diesel::sql_types::{Array, BigInt, Jsonb, Nullable, Text, Timestamptz};
+    type SqlUuid = diesel::sql_types::Uuid;
+    query
+        .bind::<Array<SqlUuid>, _>(events.iter().map(|e| e.saga_id).collect::<Vec<_>>())
+        .bind::<Array<BigInt>, _>(events.iter().map(|e| e.node_id).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(
+            events
+                .iter()
+                .map(|e| e.event_type.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Array<Nullable<Jsonb>>, _>(
+            events.iter().map(|e| e.data.clone()).collect::<Vec<_>>(),
+        )
+        .bind::<Array<Timestamptz>, _>(events.iter().map(|e| e.event_time).collect::<Vec<_>>())
+        .bind::<Array<SqlUuid>, _>(events.iter().map(|e| e.creator).collect::<Vec<_>>())
+}
+
+/// The events insert of a fenced write, its six arrays bound from `$first` on ([`bind_event_arrays`]): every
+/// row, once per row of `owner` (so none when fenced out); an event already present is left as it is.
+fn events_from_owner(first: usize) -> String {
+    let [saga_id, node_id, event_type, data, event_time, creator] =
+        std::array::from_fn::<usize, 6, _>(|i| first + i);
+    format!(
+        "INSERT INTO saga_node_event (saga_id, node_id, event_type, data, event_time, creator) \
+         SELECT e.* FROM owner, unnest(${saga_id}::UUID[], ${node_id}::BIGINT[], ${event_type}::TEXT[], \
+         ${data}::JSONB[], ${event_time}::TIMESTAMPTZ[], ${creator}::UUID[]) \
+         AS e (saga_id, node_id, event_type, data, event_time, creator) ON CONFLICT DO NOTHING"
+    )
+}
+
+/// In one statement: if `owner` still owns `saga_id`, takes the share lock on its row, records that
+/// `node_name` committed with `receipt`, and inserts `events` (the node's `started` and `succeeded`, and any
+/// held-back event that lands with them). Returns `false`, having written nothing, when the executor has been
+/// fenced out. Fails with a unique violation if the node's commit was already recorded: a second commit of
+/// one node can never land.
+pub async fn record_commit_if_owner(
+    conn: &mut AsyncPgConnection,
+    saga_id: Uuid,
+    node_name: &str,
+    receipt: serde_json::Value,
+    owner: SagaOwner,
+    events: &[EventRow],
+) -> QueryResult<bool> {
+    use diesel::sql_types::{BigInt, Jsonb, Text, Timestamptz};
+    let sql = format!(
+        "WITH {owner_cte}, commit_record AS (\
+         INSERT INTO saga_commit_record \
+         (saga_id, node_name, receipt, time_committed, creator, adopt_generation) \
+         SELECT id, $4, $5, $6, $2, $3 FROM owner), events AS ({events}) \
+         SELECT count(*) AS owners FROM owner",
+        owner_cte = crate::owner::OWNER_CTE,
+        events = events_from_owner(7),
+    );
+    let query = diesel::sql_query(sql)
+        .into_boxed()
+        .bind::<diesel::sql_types::Uuid, _>(saga_id)
+        .bind::<diesel::sql_types::Uuid, _>(owner.sec_id)
+        .bind::<BigInt, _>(owner.generation)
+        .bind::<Text, _>(node_name)
+        .bind::<Jsonb, _>(receipt)
+        .bind::<Timestamptz, _>(Utc::now());
+    let row: OwnerCount = bind_event_arrays(query, events).get_result(conn).await?;
+    Ok(row.owners > 0)
+}
+
+/// In one statement: if `owner` still owns `saga_id`, takes the share lock on its row and inserts `events`
+/// (an event already present is left as it is). Returns `false`, having written nothing, when the executor
+/// has been fenced out.
+pub async fn insert_events_if_owner(
+    conn: &mut AsyncPgConnection,
+    saga_id: Uuid,
+    owner: SagaOwner,
+    events: &[EventRow],
+) -> QueryResult<bool> {
+    use diesel::sql_types::BigInt;
+    let sql = format!(
+        "WITH {owner_cte}, events AS ({events}) SELECT count(*) AS owners FROM owner",
+        owner_cte = crate::owner::OWNER_CTE,
+        events = events_from_owner(4),
+    );
+    let query = diesel::sql_query(sql)
+        .into_boxed()
+        .bind::<diesel::sql_types::Uuid, _>(saga_id)
+        .bind::<diesel::sql_types::Uuid, _>(owner.sec_id)
+        .bind::<BigInt, _>(owner.generation);
+    let row: OwnerCount = bind_event_arrays(query, events).get_result(conn).await?;
+    Ok(row.owners > 0)
+}
+
 /// Inserts log events; an event already present (same saga, node and type) is left as it is.
 pub async fn insert_events(conn: &mut AsyncPgConnection, rows: &[EventRow]) -> QueryResult<()> {
     if rows.is_empty() {

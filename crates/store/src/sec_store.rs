@@ -31,6 +31,19 @@
 //! written in the transaction that records the saga `done` (two durable commits fewer per saga). A crash in
 //! between leaves a log without them, and recovery runs the end node again, which does nothing.
 //!
+//! Nor has steno's **start node**: its two events are held back until the saga's first write (a database
+//! node's commit transaction claims them, [`SagaLogHandle::claim_start_events`]; any other write takes them
+//! along), two durable commits fewer again. A crash before that write leaves a saga row with no events, which
+//! recovery runs from the start, as it would a saga that crashed right after it was created.
+//!
+//! # One round trip per fenced write
+//!
+//! An event write is one statement that checks the owner, takes the share lock and inserts
+//! ([`crate::records::insert_events_if_owner`]); a state change is one conditional `UPDATE`. Only `done`
+//! takes a transaction (events, the `undo_failed` check, the state). The `undo_failed` check reads the log
+//! only if an undo failure can be there: steno recorded an undo event through this store, or the log the
+//! saga was resumed from holds an `undo_failed` ([`SagaRegistration::undo_failed_logged`]).
+//!
 //! # Stuck sagas
 //!
 //! steno reports a saga whose undo failed as `done`. When steno marks a saga `done`, this store looks for an
@@ -38,7 +51,7 @@
 
 use crate::event::{EventRow, undo_error_message, uuid_of};
 use crate::fence::{Fence, Liveness};
-use crate::owner::{SagaOwner, lock_if_owner};
+use crate::owner::{SagaOwner, WRITABLE_STATES};
 use crate::retry::RetryPolicy;
 use crate::saga::{SagaRow, insert_saga};
 use crate::schema::{saga, saga_node_event};
@@ -67,6 +80,11 @@ pub struct SagaRegistration {
     pub node_names: BTreeMap<u32, String>,
     /// steno node id of the DAG's end node, whose events are written with the saga's `done` state.
     pub end_node: Option<u32>,
+    /// steno node id of the DAG's start node, whose events are written with the saga's first write.
+    pub start_node: Option<u32>,
+    /// Whether the log the saga was resumed from (recovery, adoption, retry-unwind) holds an `undo_failed`
+    /// event: written before this store saw the saga, it decides whether `done` is recorded `stuck`.
+    pub undo_failed_logged: bool,
 }
 
 /// The engine's handle on one registered saga's log.
@@ -90,6 +108,11 @@ struct PendingLog {
     durable: HashSet<(u32, &'static str)>,
     /// Set when a node's commit could be neither kept nor compensated: the saga must end `stuck`.
     stuck: Option<(String, String)>,
+    /// Whether steno recorded an undo event (so the log may hold an `undo_failed`).
+    undo_recorded: bool,
+    /// Whether a database node's transaction in flight carries the held-back start-node events
+    /// ([`SagaLogHandle::claim_start_events`]); no other write takes them meanwhile.
+    start_claimed: bool,
 }
 
 impl SagaLogHandle {
@@ -113,6 +136,9 @@ impl SagaLogHandle {
                 log.durable.insert((node_id, label));
             }
         }
+        if self.0.registration.start_node == Some(node_id) {
+            log.start_claimed = false;
+        }
     }
 
     /// Records that the saga must end `stuck` (a commit neither kept nor compensated), whatever its log says.
@@ -121,6 +147,37 @@ impl SagaLogHandle {
         lock(&self.0.log)
             .stuck
             .get_or_insert((node.to_owned(), reason.to_owned()));
+    }
+
+    /// The held-back events of the start node, as rows for a database node's commit transaction to write,
+    /// unless another transaction in flight has claimed them. The caller must then either
+    /// [`mark_durable`](SagaLogHandle::mark_durable) the start node's `started` and `succeeded` (it committed)
+    /// or [`release_start_events`](SagaLogHandle::release_start_events) (it did not, or may not have).
+    pub fn claim_start_events(&self) -> (Option<u32>, Vec<EventRow>) {
+        let Some(start) = self.0.registration.start_node else {
+            return (None, Vec::new());
+        };
+        let mut log = lock(&self.0.log);
+        if log.start_claimed {
+            return (None, Vec::new());
+        }
+        let rows = rows_of(
+            self.0.saga_id,
+            self.owner().sec_id,
+            log.deferred
+                .iter()
+                .filter(|(e, _)| u32::from(e.node_id) == start),
+        );
+        if rows.is_empty() {
+            return (None, rows);
+        }
+        log.start_claimed = true;
+        (Some(start), rows)
+    }
+
+    /// Gives back the start-node events [`SagaLogHandle::claim_start_events`] claimed, for the next write.
+    pub fn release_start_events(&self) {
+        lock(&self.0.log).start_claimed = false;
     }
 
     /// Undoes [`SagaLogHandle::mark_durable`] for one event the engine has since deleted.
@@ -135,6 +192,29 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Held-back events as rows, each with the time steno recorded it. An event serde cannot encode (steno's own
+/// event types never are) is logged and dropped.
+fn rows_of<'a>(
+    saga_id: Uuid,
+    creator: Uuid,
+    events: impl Iterator<Item = &'a (SagaNodeEvent, DateTime<Utc>)>,
+) -> Vec<EventRow> {
+    events
+        .filter_map(|(e, time)| match EventRow::new(e, creator) {
+            Ok(mut row) => {
+                row.event_time = *time;
+                Some(row)
+            }
+            Err(error) => {
+                // TODO-robustness An event steno built but serde cannot encode cannot be stored; steno has no
+                // way to hear of it. It does not happen with steno's own event types.
+                tracing::error!(%saga_id, %error, "event cannot be encoded; dropped");
+                None
+            }
+        })
+        .collect()
 }
 
 /// steno's `SecStore` on PostgreSQL for one executor (SEC).
@@ -198,32 +278,27 @@ impl PgSecStore {
         lock(&self.sagas).get(&uuid_of(saga_id)).cloned()
     }
 
-    /// Takes the held-back events of node `node_id` out of `handle`'s log, as rows (those serde cannot encode,
-    /// which steno's own event types never are, are logged and dropped).
-    fn take_deferred(&self, handle: &SagaLogHandle, node_id: u32) -> Vec<EventRow> {
+    /// Takes the held-back events of the nodes `take` selects out of `handle`'s log, as rows; the start
+    /// node's too, unless a database node's transaction has claimed them.
+    fn take_deferred(&self, handle: &SagaLogHandle, take: impl Fn(u32) -> bool) -> Vec<EventRow> {
+        let start = handle.0.registration.start_node;
         let mine: Vec<(SagaNodeEvent, DateTime<Utc>)> = {
             let mut log = lock(&handle.0.log);
-            let (mine, others) = std::mem::take(&mut log.deferred)
-                .into_iter()
-                .partition(|(e, _)| u32::from(e.node_id) == node_id);
+            let start_claimed = log.start_claimed;
+            let (mine, others) =
+                std::mem::take(&mut log.deferred)
+                    .into_iter()
+                    .partition(|(e, _)| {
+                        let node = u32::from(e.node_id);
+                        take(node) || (Some(node) == start && !start_claimed)
+                    });
             log.deferred = others;
             mine
         };
-        mine.iter()
-            .filter_map(|(e, time)| match EventRow::new(e, self.sec_id) {
-                Ok(mut row) => {
-                    row.event_time = *time;
-                    Some(row)
-                }
-                Err(error) => {
-                    tracing::error!(saga_id = %handle.0.saga_id, %error, "event cannot be encoded; dropped");
-                    None
-                }
-            })
-            .collect()
+        rows_of(handle.0.saga_id, self.sec_id, mine.iter())
     }
 
-    /// Writes `rows` for one saga in one transaction, if `owner` still owns it. Retries until it lands or the
+    /// Writes `rows` for one saga in one statement, if `owner` still owns it. Retries until it lands or the
     /// executor is fenced (returns `false`).
     async fn write_events_fenced(
         &self,
@@ -231,24 +306,18 @@ impl PgSecStore {
         owner: SagaOwner,
         rows: Vec<EventRow>,
     ) -> bool {
-        let rows = Arc::new(rows);
-        retry_forever("recording saga events", saga_id, &self.liveness, || {
-            let rows = Arc::clone(&rows);
-            async move {
+        let rows = &rows;
+        retry_forever(
+            "recording saga events",
+            saga_id,
+            &self.liveness,
+            || async move {
                 let mut conn = self.pool.get().await?;
-                in_transaction(&mut conn, |conn| {
-                    async move {
-                        if !lock_if_owner(conn, saga_id, owner).await? {
-                            return Ok::<_, DbError>(false);
-                        }
-                        crate::records::insert_events(conn, &rows).await?;
-                        Ok(true)
-                    }
-                    .boxed()
-                })
-                .await
-            }
-        })
+                Ok::<_, DbError>(
+                    crate::records::insert_events_if_owner(&mut conn, saga_id, owner, rows).await?,
+                )
+            },
+        )
         .await
     }
 
@@ -257,13 +326,38 @@ impl PgSecStore {
     async fn update_state(&self, handle: &SagaLogHandle, update: SagaCachedState) -> bool {
         let saga_id = handle.0.saga_id;
         let owner = handle.owner();
-        // The end node's held-back events land with `done`.
-        let end_events = match (update, handle.0.registration.end_node) {
-            (SagaCachedState::Done, Some(end)) => self.take_deferred(handle, end),
-            _ => Vec::new(),
-        };
+        if !matches!(update, SagaCachedState::Done) {
+            let state = update.to_string();
+            let state = &state;
+            return retry_forever(
+                "updating saga state",
+                saga_id,
+                &self.liveness,
+                || async move {
+                    let mut conn = self.pool.get().await?;
+                    // The conditional UPDATE is its own fence: it changes the row only if `owner` still owns it.
+                    let updated = diesel::update(
+                        saga::table
+                            .filter(saga::id.eq(saga_id))
+                            .filter(saga::current_sec.eq(owner.sec_id))
+                            .filter(saga::adopt_generation.eq(owner.generation))
+                            .filter(saga::saga_state.eq_any(WRITABLE_STATES)),
+                    )
+                    .set(saga::saga_state.eq(state))
+                    .execute(&mut conn)
+                    .await?;
+                    Ok::<_, DbError>(updated == 1)
+                },
+            )
+            .await;
+        }
+        // The end node's held-back events (and the start node's, if still held back) land with `done`.
+        let end = handle.0.registration.end_node;
+        let end_events = self.take_deferred(handle, |node| Some(node) == end);
         let end_events = Arc::new(end_events);
         let end_events = &end_events;
+        let may_have_undo_failed =
+            handle.0.registration.undo_failed_logged || lock(&handle.0.log).undo_recorded;
         retry_forever(
             "updating saga state",
             saga_id,
@@ -275,56 +369,55 @@ impl PgSecStore {
                 in_transaction(&mut conn, |conn| {
                     async move {
                         let names = &handle.0.registration.node_names;
-                        if !lock_if_owner(conn, saga_id, owner).await? {
+                        if !crate::records::insert_events_if_owner(
+                            conn,
+                            saga_id,
+                            owner,
+                            &end_events,
+                        )
+                        .await?
+                        {
                             return Ok::<_, DbError>(false);
                         }
-                        let target = saga::table.filter(saga::id.eq(saga_id));
-                        match update {
-                            SagaCachedState::Running | SagaCachedState::Unwinding => {
-                                diesel::update(target)
-                                    .set(saga::saga_state.eq(update.to_string()))
-                                    .execute(conn)
-                                    .await?;
+                        let undo_failed: Option<(i64, Option<serde_json::Value>)> =
+                            if may_have_undo_failed {
+                                saga_node_event::table
+                                    .filter(saga_node_event::saga_id.eq(saga_id))
+                                    .filter(saga_node_event::event_type.eq("undo_failed"))
+                                    .select((saga_node_event::node_id, saga_node_event::data))
+                                    .order(saga_node_event::node_id)
+                                    .first(conn)
+                                    .await
+                                    .optional()?
+                            } else {
+                                None
+                            };
+                        let noted = lock(&handle.0.log).stuck.clone();
+                        let (state, node, reason) = match undo_failed {
+                            None => match noted {
+                                None => ("done", None, None),
+                                Some((node, reason)) => ("stuck", Some(node), Some(reason)),
+                            },
+                            Some((node_id, data)) => {
+                                let node = u32::try_from(node_id)
+                                    .ok()
+                                    .and_then(|id| names.get(&id).cloned())
+                                    .unwrap_or_else(|| format!("node {node_id}"));
+                                let reason = undo_error_message(data.as_ref());
+                                ("stuck", Some(node), Some(reason))
                             }
-                            SagaCachedState::Done => {
-                                crate::records::insert_events(conn, &end_events).await?;
-                                let undo_failed: Option<(i64, Option<serde_json::Value>)> =
-                                    saga_node_event::table
-                                        .filter(saga_node_event::saga_id.eq(saga_id))
-                                        .filter(saga_node_event::event_type.eq("undo_failed"))
-                                        .select((saga_node_event::node_id, saga_node_event::data))
-                                        .order(saga_node_event::node_id)
-                                        .first(conn)
-                                        .await
-                                        .optional()?;
-                                let noted = lock(&handle.0.log).stuck.clone();
-                                let (state, node, reason) = match undo_failed {
-                                    None => match noted {
-                                        None => ("done", None, None),
-                                        Some((node, reason)) => ("stuck", Some(node), Some(reason)),
-                                    },
-                                    Some((node_id, data)) => {
-                                        let node = u32::try_from(node_id)
-                                            .ok()
-                                            .and_then(|id| names.get(&id).cloned())
-                                            .unwrap_or_else(|| format!("node {node_id}"));
-                                        let reason = undo_error_message(data.as_ref());
-                                        ("stuck", Some(node), Some(reason))
-                                    }
-                                };
-                                let now = Utc::now();
-                                diesel::update(target)
-                                    .set((
-                                        saga::saga_state.eq(state),
-                                        saga::stuck_node.eq(node),
-                                        saga::stuck_reason.eq(reason),
-                                        saga::time_finished.eq(now),
-                                        saga::time_stuck.eq((state == "stuck").then_some(now)),
-                                    ))
-                                    .execute(conn)
-                                    .await?;
-                            }
-                        }
+                        };
+                        let now = Utc::now();
+                        diesel::update(saga::table.filter(saga::id.eq(saga_id)))
+                            .set((
+                                saga::saga_state.eq(state),
+                                saga::stuck_node.eq(node),
+                                saga::stuck_reason.eq(reason),
+                                saga::time_finished.eq(now),
+                                saga::time_stuck.eq((state == "stuck").then_some(now)),
+                            ))
+                            .execute(conn)
+                            .await?;
                         Ok(true)
                     }
                     .boxed()
@@ -437,8 +530,16 @@ impl steno::SecStore for PgSecStore {
         }
         let node_id = u32::from(event.node_id);
         let label = event.event_type.label();
-        let mut batch = {
+        {
             let mut log = lock(&handle.0.log);
+            if matches!(
+                event.event_type,
+                SagaNodeEventType::UndoStarted
+                    | SagaNodeEventType::UndoFinished
+                    | SagaNodeEventType::UndoFailed(_)
+            ) {
+                log.undo_recorded = true;
+            }
             if log.durable.remove(&(node_id, label)) {
                 return;
             }
@@ -446,39 +547,21 @@ impl steno::SecStore for PgSecStore {
                 event.event_type,
                 SagaNodeEventType::Started | SagaNodeEventType::UndoStarted
             );
-            let ends = handle.0.registration.end_node == Some(node_id)
+            let registration = &handle.0.registration;
+            let bookend = (registration.end_node == Some(node_id)
+                || registration.start_node == Some(node_id))
                 && matches!(
                     event.event_type,
                     SagaNodeEventType::Started | SagaNodeEventType::Succeeded(_)
                 );
-            if ends || (deferrable && handle.0.registration.deferred_nodes.contains(&node_id)) {
-                log.deferred.push((event, Utc::now()));
+            let deferred_node = registration.deferred_nodes.contains(&node_id);
+            log.deferred.push((event, Utc::now()));
+            if bookend || (deferrable && deferred_node) {
                 return;
             }
-            let (mine, others): (Vec<_>, Vec<_>) = std::mem::take(&mut log.deferred)
-                .into_iter()
-                .partition(|(e, _)| u32::from(e.node_id) == node_id);
-            log.deferred = others;
-            mine
-        };
-        batch.push((event, Utc::now()));
-        let rows: Result<Vec<EventRow>, DbError> = batch
-            .iter()
-            .map(|(e, time)| {
-                let mut row = EventRow::new(e, self.sec_id)?;
-                row.event_time = *time;
-                Ok(row)
-            })
-            .collect();
-        let rows = match rows {
-            Ok(rows) => rows,
-            Err(error) => {
-                // TODO-robustness An event steno built but serde cannot encode cannot be stored; steno has no
-                // way to hear of it. It does not happen with steno's own event types.
-                tracing::error!(saga_id = %handle.0.saga_id, %error, "event cannot be encoded; dropped");
-                return;
-            }
-        };
+        }
+        // This event, with its node's held-back ones (and the start node's), in one write.
+        let rows = self.take_deferred(&handle, |node| node == node_id);
         if !self
             .write_events_fenced(handle.0.saga_id, handle.owner(), rows)
             .await

@@ -12,6 +12,25 @@ pub async fn begin(conn: &mut AsyncPgConnection) -> Result<(), DieselError> {
     AnsiTransactionManager::begin_transaction_sql(conn, "BEGIN ISOLATION LEVEL SERIALIZABLE").await
 }
 
+/// `BEGIN` a serializable read-write transaction and run `then` (statements without results, such as a
+/// `SAVEPOINT`) in the same round trip. If `then` fails, the transaction is rolled back before the error is
+/// returned: the connection is never left inside a transaction diesel does not know of.
+pub async fn begin_then(conn: &mut AsyncPgConnection, then: &str) -> Result<(), DieselError> {
+    use diesel_async::SimpleAsyncConnection;
+    let sql = format!("BEGIN ISOLATION LEVEL SERIALIZABLE; {then}");
+    match AnsiTransactionManager::begin_transaction_sql(conn, &sql).await {
+        Ok(()) => Ok(()),
+        Err(error) => {
+            // The BEGIN may have run and the statement after it failed: end that transaction. (If the
+            // connection itself failed, this fails too, and the pool discards the connection.)
+            if let Err(rollback) = conn.batch_execute("ROLLBACK").await {
+                tracing::warn!(%rollback, "rollback after a failed BEGIN failed");
+            }
+            Err(error)
+        }
+    }
+}
+
 /// `BEGIN` a serializable read-only transaction: PostgreSQL rejects every write inside it.
 pub async fn begin_read_only(conn: &mut AsyncPgConnection) -> Result<(), DieselError> {
     AnsiTransactionManager::begin_transaction_sql(
