@@ -446,7 +446,6 @@ async fn compensation_in_transaction<S: SagaDef, N: DbNode<S>>(
     if records::is_compensated(conn, saga_id, &run.name).await? {
         return Ok(Compensation::AlreadyCompensated);
     }
-    run.fault(FaultPoint::InCompensation).await?;
     let receipt = records::commit_receipt(conn, saga_id, &run.name).await?;
     let outcome = match receipt {
         None => Compensation::NothingCommitted,
@@ -479,6 +478,8 @@ async fn compensation_in_transaction<S: SagaDef, N: DbNode<S>>(
         }
         Mode::AfterCommit => records::delete_event(conn, saga_id, run.node_id, "succeeded").await?,
     }
+    // Everything of the compensation is written, nothing is committed: a fault here rolls it all back.
+    run.fault(FaultPoint::InCompensation).await?;
     run.alive()?;
     Ok(outcome)
 }

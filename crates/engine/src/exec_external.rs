@@ -83,10 +83,14 @@ async fn forward<S: SagaDef, N: ExternalNode<S>>(
         let plan = match prepared {
             Prepared::Plan(plan) => plan,
             Prepared::AlreadyCompensated => {
-                return Err(run.failure(
-                    "post-commit",
-                    &NodeError::permanent("the node failed after its call and was compensated"),
-                ));
+                // The record may have been written just before a crash cut the compensating call short: make
+                // the call again (by key, so at most once) before failing.
+                return compensate_then_fail::<S, N>(
+                    &run,
+                    &node,
+                    NodeError::permanent("the node failed after its call and was compensated"),
+                )
+                .await;
             }
             Prepared::Replayed(receipt) => {
                 let receipt: N::Receipt =
@@ -181,10 +185,13 @@ async fn prepare<S: SagaDef, N: ExternalNode<S>>(
         if !owner::is_owner(conn, saga_id, run.cx.log.owner()).await? {
             return Err(Stop::Fenced);
         }
+        // A compensation record, with or without a commit record: the forward failed and is being (or has
+        // been) compensated; its call by key must not be sent again (the service would answer it from its
+        // cache, as if the compensation had not happened).
+        if records::is_compensated(conn, saga_id, &run.name).await? {
+            return Ok(Prepared::AlreadyCompensated);
+        }
         if let Some(receipt) = records::commit_receipt(conn, saga_id, &run.name).await? {
-            if records::is_compensated(conn, saga_id, &run.name).await? {
-                return Ok(Prepared::AlreadyCompensated);
-            }
             return Ok(Prepared::Replayed(receipt));
         }
         let mut cx = PrepareCx {
@@ -321,34 +328,90 @@ async fn undo<S: SagaDef, N: ExternalNode<S>>(
     .await
 }
 
-/// One compensation attempt: the call by key, then its record. `after_commit`: the forward is failing (no
-/// undo events; withdraw a recorded `succeeded`).
+/// One compensation attempt.
+///
+/// As steno's undo (`after_commit` false): the call by key, then its record with the undo events (steno's
+/// `undo_started`, durable before the call, makes recovery undo the node again if the record is missing).
+///
+/// As the forward's own failure path (`after_commit` true: withdraw a recorded `succeeded`, no undo events):
+/// the record first, then the call. steno still sees the node running forward, so nothing but the record
+/// tells a later forward attempt (after a crash, a replay) that the call must not stand; the record comes
+/// first, and such an attempt finds it and makes the compensating call again ([`Prepared::AlreadyCompensated`])
+/// before failing. The call is by key: made twice, it is applied once.
 async fn compensate_once<S: SagaDef, N: ExternalNode<S>>(
     run: &NodeRun<'_, S>,
     node: &N,
     after_commit: bool,
 ) -> Result<(), Stop> {
     let saga_id = run.saga_id();
-    let receipt = {
+    let (receipt, recorded) = {
         let mut pooled = run.connection().await?;
         let conn: &mut DbConnection = &mut pooled;
         // As in `prepare`: a stale executor calls nothing (the same TODO-correctness window applies).
         if !owner::is_owner(conn, saga_id, run.cx.log.owner()).await? {
             return Err(Stop::Fenced);
         }
-        if records::is_compensated(conn, saga_id, &run.name).await? {
+        let recorded = records::is_compensated(conn, saga_id, &run.name).await?;
+        if recorded && !after_commit {
             return Ok(());
         }
-        records::commit_receipt(conn, saga_id, &run.name).await?
+        (
+            records::commit_receipt(conn, saga_id, &run.name).await?,
+            recorded,
+        )
     };
-    run.fault(FaultPoint::InCompensation).await?;
     let had_commit = receipt.is_some();
     let receipt: Option<N::Receipt> = receipt.map(|r| decode("commit record", r)).transpose()?;
-    match node.compensate(&external_cx(run), receipt).await {
-        Ok(()) => {}
-        Err(CallError::Refused(error)) => return Err(Stop::Node(error)),
-        Err(CallError::Unknown(message)) => return Err(Stop::Node(NodeError::transient(message))),
+    if after_commit {
+        if !recorded {
+            record_compensation::<S>(run, had_commit, true).await?;
+        }
+        // The record is durable, the call not yet made: a crash here leaves the call to the next attempt.
+        run.fault(FaultPoint::InCompensation).await?;
+        call_compensation::<S, N>(run, node, receipt).await?;
+        if recorded {
+            // A repeated call completing an earlier attempt's compensation: counted and logged then.
+            return Ok(());
+        }
+    } else {
+        call_compensation::<S, N>(run, node, receipt).await?;
+        record_compensation::<S>(run, had_commit, false).await?;
+        run.cx
+            .log
+            .mark_durable(run.node_id, &["undo_started", "undo_finished"]);
     }
+    run.cx
+        .shared
+        .counters
+        .compensations
+        .fetch_add(1, Ordering::Relaxed);
+    tracing::info!(saga_id = %saga_id, node = %run.name, had_commit,
+        "compensated: the external call is undone by key and the compensation recorded");
+    run.fault(FaultPoint::AfterCompensation).await
+}
+
+/// The compensating call, by key.
+async fn call_compensation<S: SagaDef, N: ExternalNode<S>>(
+    run: &NodeRun<'_, S>,
+    node: &N,
+    receipt: Option<N::Receipt>,
+) -> Result<(), Stop> {
+    match node.compensate(&external_cx(run), receipt).await {
+        Ok(()) => Ok(()),
+        Err(CallError::Refused(error)) => Err(Stop::Node(error)),
+        Err(CallError::Unknown(message)) => Err(Stop::Node(NodeError::transient(message))),
+    }
+}
+
+/// The compensation record, in a fenced transaction of its own; `after_commit`: withdraws the node's recorded
+/// `succeeded` (the forward is failing), else writes the undo events. As steno's undo (the call made), a
+/// fault before its `COMMIT` rolls the record back and the retry calls again.
+async fn record_compensation<S: SagaDef>(
+    run: &NodeRun<'_, S>,
+    had_commit: bool,
+    after_commit: bool,
+) -> Result<(), Stop> {
+    let saga_id = run.saga_id();
     let mut pooled = run.connection().await?;
     let conn: &mut DbConnection = &mut pooled;
     tx::begin(conn).await?;
@@ -366,28 +429,18 @@ async fn compensate_once<S: SagaDef, N: ExternalNode<S>>(
                 event_row(run, SagaNodeEventType::UndoFinished, owner.sec_id)?,
             ];
             records::insert_events(conn, &events).await?;
+            // The compensating call is made, its record written but not committed: a fault here rolls the
+            // record back, and the retry calls again (the service answers a repeated key as it did first).
+            run.fault(FaultPoint::InCompensation).await?;
         }
         run.alive()
     }
     .await;
     match result {
-        Ok(()) => tx::commit(conn).await?,
+        Ok(()) => Ok(tx::commit(conn).await?),
         Err(stop) => {
             tx::rollback(conn).await;
-            return Err(stop);
+            Err(stop)
         }
     }
-    if !after_commit {
-        run.cx
-            .log
-            .mark_durable(run.node_id, &["undo_started", "undo_finished"]);
-    }
-    run.cx
-        .shared
-        .counters
-        .compensations
-        .fetch_add(1, Ordering::Relaxed);
-    tracing::info!(saga_id = %saga_id, node = %run.name, had_commit,
-        "compensated: the external call is undone by key and the compensation recorded");
-    run.fault(FaultPoint::AfterCompensation).await
 }

@@ -22,7 +22,9 @@ pub enum FaultPoint {
     BeforeCommit,
     /// Right after `COMMIT` succeeded.
     AfterCommit,
-    /// Inside the compensation, before its `COMMIT` (or its call).
+    /// Inside the compensation transaction, after its writes (the compensation's own, its record, its log
+    /// events), before its `COMMIT`. For an external node: after the compensating call succeeded, before its
+    /// record commits.
     InCompensation,
     /// Right after the compensation committed.
     AfterCompensation,
