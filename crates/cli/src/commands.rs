@@ -299,7 +299,11 @@ async fn recover(args: &Args) -> anyhow::Result<()> {
         };
         *tally.entry(kind).or_default() += 1;
     }
-    let tally: Vec<String> = tally.iter().map(|(k, n)| format!("{n} {k}")).collect();
+    let tally_counts = tally;
+    let tally: Vec<String> = tally_counts
+        .iter()
+        .map(|(k, n)| format!("{n} {k}"))
+        .collect();
     println!(
         "recovered {} saga(s): {}; abandoned {}",
         report.resumed.len(),
@@ -307,5 +311,20 @@ async fn recover(args: &Args) -> anyhow::Result<()> {
         report.abandoned.len()
     );
     engine.shutdown().await;
+    // A script that runs `recover` after a restart learns from the exit status whether an operator is needed.
+    let stuck = tally_of(&tally_counts, "stuck");
+    let not_at_rest = tally_of(&tally_counts, "not at rest");
+    let abandoned = report.abandoned.len();
+    if stuck + not_at_rest + abandoned > 0 {
+        anyhow::bail!(
+            "recovery needs an operator: {stuck} saga(s) stuck (see `ratchet sagas list --state stuck`, fix the \
+             cause, then `ratchet sagas retry-unwind ID`), {abandoned} abandoned (their definitions cannot be \
+             run by this binary), {not_at_rest} not at rest"
+        );
+    }
     Ok(())
+}
+
+fn tally_of(tally: &std::collections::BTreeMap<&str, usize>, kind: &str) -> usize {
+    tally.get(kind).copied().unwrap_or(0)
 }

@@ -3,7 +3,9 @@
 
 mod common;
 
-use common::{assert_refused, assert_says, ratchet, rename_activate_widget};
+use common::{
+    assert_fails_after_saying, assert_refused, assert_says, ratchet, rename_activate_widget,
+};
 use ratchet_engine::example::{self, ProvisionParams, ProvisionWidget};
 use ratchet_engine::{Engine, EngineBuilder, EngineConfig, SagaOutcome};
 use ratchet_store::saga::get_saga;
@@ -272,7 +274,8 @@ async fn adopt_and_recover_finish_another_executors_sagas() {
     let mut conn = second.pool().get().await.unwrap();
     rename_activate_widget(&mut conn, renamed).await;
     let recover = ["recover", "--sec-id", &mine.to_string()];
-    assert_says(
+    // An abandoned saga needs an operator: `recover` says so in its exit status.
+    assert_fails_after_saying(
         &ratchet(&db, &recover),
         &[
             &format!("executor {mine}: resumed 1 saga(s), abandoned 1"),
@@ -281,6 +284,7 @@ async fn adopt_and_recover_finish_another_executors_sagas() {
             &format!("{good}: succeeded"),
             "recovered 1 saga(s): 1 succeeded; abandoned 1",
         ],
+        "recovery needs an operator: 0 saga(s) stuck",
     );
     assert_says(&ratchet(&db, &recover), &["nothing to recover"]);
 }

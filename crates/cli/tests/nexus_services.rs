@@ -4,7 +4,10 @@
 
 mod common;
 
-use common::{RATCHET, Run, assert_refused, assert_says, ratchet, rename_activate_widget};
+use common::{
+    RATCHET, Run, assert_fails_after_saying, assert_refused, assert_says, ratchet,
+    rename_activate_widget,
+};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use ratchet_engine::example::{self, ProvisionParams, ProvisionWidget};
 use ratchet_engine::{EngineBuilder, EngineConfig, FaultEffect, FaultPoint, SagaOutcome};
@@ -257,8 +260,9 @@ async fn recover_refuses_without_the_services_and_recovers_with_them() {
         assert_eq!(&setup.state(*id).await, state, "saga {id} untouched");
     }
 
-    // With them: everything is resumed, and only the truly unknown action is abandoned.
-    assert_says(
+    // With them: everything is resumed, and only the truly unknown action is abandoned (which needs an
+    // operator: the exit status says so).
+    assert_fails_after_saying(
         &setup.ratchet(&recover, true),
         &[
             &format!("executor {sec}: resumed 2 saga(s), abandoned 1"),
@@ -267,6 +271,7 @@ async fn recover_refuses_without_the_services_and_recovers_with_them() {
             &format!("{widget}: succeeded"),
             "recovered 2 saga(s): 2 succeeded; abandoned 1",
         ],
+        "recovery needs an operator: 0 saga(s) stuck",
     );
     assert_eq!(setup.state(nexus).await.0, "done");
     let vmms = setup.services.sled_agent.vmms();

@@ -56,6 +56,15 @@ pub fn assert_refused(run: &Run, message: &str) {
     );
 }
 
+/// Asserts the CLI failed, having said each of `lines` on stdout and `message` on stderr.
+#[track_caller]
+pub fn assert_fails_after_saying(run: &Run, lines: &[&str], message: &str) {
+    assert_refused(run, message);
+    for line in lines {
+        assert!(run.stdout.contains(line), "missing {line:?}: {run:?}");
+    }
+}
+
 /// Asserts the CLI succeeded, saying each of `lines` on stdout.
 #[track_caller]
 pub fn assert_says(run: &Run, lines: &[&str]) {
