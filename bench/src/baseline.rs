@@ -71,9 +71,9 @@ impl BaselineSec {
 /// attempts doubled: parallel nodes of one saga meet serialization failures under load, and neither side
 /// should fail a saga the other would have retried).
 pub(crate) const FORWARD_RETRY: RetryPolicy = RetryPolicy {
-    initial: Duration::from_millis(20),
+    initial: Duration::from_millis(2),
     max_delay: Duration::from_secs(1),
-    max_attempts: Some(16),
+    max_attempts: Some(24),
 };
 
 /// How a baseline action's statements are sent.

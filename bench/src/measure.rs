@@ -139,14 +139,9 @@ pub async fn settled_commits(server: &DatabaseServer, dbname: &str) -> Result<Co
             .bind::<Text, _>(dbname)
             .get_result(&mut admin)
             .await?;
-            let next_xid: Count = diesel::sql_query(
-                "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::int8 AS count",
-            )
-            .get_result(&mut admin)
-            .await?;
             return Ok(Commits {
                 xact_commit: commits.count,
-                next_xid: next_xid.count,
+                next_xid: next_xid_on(&mut admin).await?,
             });
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -154,6 +149,21 @@ pub async fn settled_commits(server: &DatabaseServer, dbname: &str) -> Result<Co
     Err(BenchError::Check(format!(
         "the backends connected to {dbname} did not exit within 5 s"
     )))
+}
+
+/// The server's next transaction id now (reading it takes none).
+pub async fn next_xid(server: &DatabaseServer) -> Result<i64, BenchError> {
+    let mut admin = pool::establish(&server.url("postgres")).await?;
+    next_xid_on(&mut admin).await
+}
+
+async fn next_xid_on(conn: &mut diesel_async::AsyncPgConnection) -> Result<i64, BenchError> {
+    use diesel_async::RunQueryDsl;
+    let next_xid: Count =
+        diesel::sql_query("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::int8 AS count")
+            .get_result(conn)
+            .await?;
+    Ok(next_xid.count)
 }
 
 /// The `q`-quantile (0..=1) of `samples` in microseconds, nearest rank; 0 for no samples.
