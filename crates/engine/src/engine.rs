@@ -610,8 +610,14 @@ impl Engine {
             log: log.clone(),
             app: Arc::clone(&registered.app),
             node_ids,
-            resumed: resumed_from.is_some(),
+            started_in_log: resumed_from
+                .into_iter()
+                .flatten()
+                .filter(|e| matches!(e.event_type, steno::SagaNodeEventType::Started))
+                .map(|e| u32::from(e.node_id))
+                .collect(),
             commit_sent: Mutex::new(HashSet::new()),
+            db_turn: tokio::sync::Mutex::new(()),
         };
         (cx, log)
     }

@@ -130,6 +130,7 @@ async fn attempt_forward<S: SagaDef, N: DbNode<S>>(
     ctx: &ActionContext<Ratchet<S>>,
 ) -> Result<Forward, Stop> {
     run.fault(FaultPoint::BeforePrepare).await?;
+    let _turn = run.cx.db_turn().await;
     let mut pooled = run.connection().await?;
     let conn: &mut DbConnection = &mut pooled;
     let look_up = run.cx.commit_may_exist(run.node_id);

@@ -53,30 +53,49 @@ pub struct SagaCx<S: SagaDef> {
     pub(crate) app: Arc<S::Context>,
     /// Node name to steno node id.
     pub(crate) node_ids: BTreeMap<String, u32>,
-    /// Whether this engine took the saga over from a log (recovery, adoption, retry-unwind) rather than
-    /// creating it: every node of such a saga may have committed before.
-    pub(crate) resumed: bool,
+    /// For a saga this engine took over from a log (recovery, adoption, retry-unwind): the nodes that log
+    /// shows `started`. Empty for a saga created here.
+    pub(crate) started_in_log: HashSet<u32>,
     /// The database nodes for which this engine sent a `COMMIT` that may have landed (see
     /// [`SagaCx::commit_may_exist`]).
     pub(crate) commit_sent: std::sync::Mutex<HashSet<u32>>,
+    /// Held by a database node's transaction of this saga from before `BEGIN` to its end: the saga's
+    /// database transactions run one at a time (see [`SagaCx::db_turn`]).
+    pub(crate) db_turn: tokio::sync::Mutex<()>,
 }
 
 impl<S: SagaDef> SagaCx<S> {
     /// Whether a commit (or compensation) record of `node_id` may already exist, so that a forward attempt
     /// must look for one before it commits (a replay).
     ///
-    /// Only an executor that owned the saga can have written a record. For a saga this engine created, that
-    /// is this engine, in an earlier attempt of the node that sent a `COMMIT` the server did not refuse: it
-    /// committed (steno's repeat injection, a failure after the commit), or its reply was lost. An attempt
-    /// rolled back before its `COMMIT`, or whose `COMMIT` the server answered with an error (a serialization
-    /// failure), wrote nothing. So every other attempt of a node of a saga this engine created has nothing to
-    /// find, and skips the lookup. This matters under SERIALIZABLE: the lookup reads the index page the
+    /// Only an executor that owned the saga can have written a record, and a database node's commit record is
+    /// written in the same transaction as the node's `started` event (only its `succeeded` is ever withdrawn,
+    /// by a compensation right after the commit). So a record can exist only for a node whose log, as loaded
+    /// when this engine took the saga over, shows it `started` (any commit by an earlier owner landed before
+    /// the hand-over, or was fenced out); or one for which this engine sent a `COMMIT` the server did not
+    /// refuse: it committed (steno's repeat injection, a failure after the commit), or its reply was lost.
+    /// An attempt rolled back before its `COMMIT`, or whose `COMMIT` the server answered with an error (a
+    /// serialization failure), wrote nothing. Every other attempt skips the lookup. This matters under SERIALIZABLE: the lookup reads the index page the
     /// saga's records share, so sibling nodes committing in parallel each read the page the other writes,
     /// and PostgreSQL aborts one of them (40001), whose retry would look again. Should another executor
     /// have adopted the saga, the fence check that precedes every write stops this one; and the record's
     /// primary key refuses a second commit record in any case.
     pub(crate) fn commit_may_exist(&self, node_id: u32) -> bool {
-        self.resumed || self.commits_sent().contains(&node_id)
+        self.started_in_log.contains(&node_id) || self.commits_sent().contains(&node_id)
+    }
+
+    /// Waits for this saga's turn to run a database transaction, and holds it while the guard lives.
+    ///
+    /// Parallel database nodes of one saga touch the same rows and index pages (four disks of one project,
+    /// their instance), so under SERIALIZABLE their overlapping transactions abort each other: run side by
+    /// side, instance-create's four `create_disk_record` and four `finalize_disk` transactions cost three
+    /// serialization failures per saga, each followed by a backoff (`ratchet bench`, concurrency 1; the
+    /// plain-steno baseline, whose `started` writes happen to stagger its siblings, lost under one). One
+    /// at a time, each is a millisecond or two, and none aborts another. Parallelism between sagas, and of
+    /// external calls within one, is untouched. The turn is taken before a pool connection, so a waiting
+    /// node holds none.
+    pub(crate) async fn db_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.db_turn.lock().await
     }
 
     /// Notes that a `COMMIT` of `node_id`'s transaction is about to be sent.
