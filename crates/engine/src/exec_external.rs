@@ -253,35 +253,40 @@ async fn call_until_definite<S: SagaDef, N: ExternalNode<S>>(
     }
 }
 
+/// Records the call's receipt and the node's `succeeded` event, fenced, in one statement. A retry after a
+/// lost reply can find the record already there: if it holds this receipt, the first attempt landed.
 async fn record_receipt<S: SagaDef>(
     run: &NodeRun<'_, S>,
     receipt: serde_json::Value,
     output: serde_json::Value,
 ) -> Result<(), Stop> {
+    run.alive()?;
     let mut pooled = run.connection().await?;
     let conn: &mut DbConnection = &mut pooled;
-    tx::begin(conn).await?;
-    let result = async {
-        let owner = run.cx.log.owner();
-        if !owner::lock_if_owner(conn, run.saga_id(), owner).await? {
-            return Err(Stop::Fenced);
-        }
-        records::insert_commit_record(conn, run.saga_id(), &run.name, receipt, owner).await?;
-        let event = event_row(
-            run,
-            SagaNodeEventType::Succeeded(Arc::new(output)),
-            owner.sec_id,
-        )?;
-        records::insert_events(conn, &[event]).await?;
-        run.alive()
-    }
-    .await;
-    match result {
-        Ok(()) => Ok(tx::commit(conn).await?),
-        Err(stop) => {
-            tx::rollback(conn).await;
-            Err(stop)
-        }
+    let owner = run.cx.log.owner();
+    let event = event_row(
+        run,
+        SagaNodeEventType::Succeeded(Arc::new(output)),
+        owner.sec_id,
+    )?;
+    let saga_id = run.saga_id();
+    match records::record_commit_if_owner(
+        conn,
+        saga_id,
+        &run.name,
+        receipt.clone(),
+        owner,
+        &[event],
+    )
+    .await
+    {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(Stop::Fenced),
+        Err(diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::UniqueViolation,
+            _,
+        )) if records::commit_receipt(conn, saga_id, &run.name).await? == Some(receipt) => Ok(()),
+        Err(error) => Err(error.into()),
     }
 }
 

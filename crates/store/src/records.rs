@@ -66,29 +66,6 @@ pub async fn is_compensated(
     Ok(row.is_some())
 }
 
-/// Records that `node_name` committed with `receipt`. Fails with a unique violation if it already did: a
-/// second commit of one node can never land.
-pub async fn insert_commit_record(
-    conn: &mut AsyncPgConnection,
-    saga_id: Uuid,
-    node_name: &str,
-    receipt: serde_json::Value,
-    owner: SagaOwner,
-) -> QueryResult<()> {
-    diesel::insert_into(saga_commit_record::table)
-        .values(CommitRecord {
-            saga_id,
-            node_name: node_name.to_owned(),
-            receipt,
-            time_committed: Utc::now(),
-            creator: owner.sec_id,
-            adopt_generation: owner.generation,
-        })
-        .execute(conn)
-        .await
-        .map(|_| ())
-}
-
 /// Records that `node_name` was compensated (`had_commit`: whether there was a commit to undo). Fails with a
 /// unique violation if it already was.
 pub async fn insert_compensation_record(
