@@ -314,6 +314,19 @@ pub(crate) struct Tracked {
     log: SagaLogHandle,
 }
 
+impl Tracked {
+    /// A saga this engine is about to start (created or resumed): its clock starts now.
+    fn new(id: Uuid, name: &'static str, sec: Arc<Sec>, log: SagaLogHandle) -> Tracked {
+        Tracked {
+            id,
+            name,
+            started: Instant::now(),
+            sec,
+            log,
+        }
+    }
+}
+
 /// A saga created (durably) but not yet started: arm failpoints or steno injections, then run it.
 pub struct PreparedSaga {
     engine: Engine,
@@ -520,13 +533,7 @@ impl Engine {
             engine: self.clone(),
             id,
             future: Mutex::new(future),
-            tracked: Tracked {
-                id,
-                name: S::NAME,
-                started: Instant::now(),
-                sec,
-                log,
-            },
+            tracked: Tracked::new(id, S::NAME, sec, log),
             dag,
             kinds,
         })
@@ -930,13 +937,7 @@ impl Engine {
         };
         tracing::debug!(saga_id = %id, saga = S::NAME, generation = owner.generation, "saga handed to steno");
         Ok(ResumedSaga {
-            tracked: Tracked {
-                id,
-                name: S::NAME,
-                started: Instant::now(),
-                sec,
-                log,
-            },
+            tracked: Tracked::new(id, S::NAME, sec, log),
             future,
         })
     }

@@ -75,9 +75,10 @@ impl<S: SagaDef> SagaCx<S> {
     /// the hand-over, or was fenced out); or one for which this engine sent a `COMMIT` the server did not
     /// refuse: it committed (steno's repeat injection, a failure after the commit), or its reply was lost.
     /// An attempt rolled back before its `COMMIT`, or whose `COMMIT` the server answered with an error (a
-    /// serialization failure), wrote nothing. Every other attempt skips the lookup. This matters under SERIALIZABLE: the lookup reads the index page the
-    /// saga's records share, so sibling nodes committing in parallel each read the page the other writes,
-    /// and PostgreSQL aborts one of them (40001), whose retry would look again. Should another executor
+    /// serialization failure), wrote nothing. Every other attempt skips the lookup. This matters under
+    /// SERIALIZABLE: the lookup reads the index page the saga's records share, so sibling nodes committing in
+    /// parallel each read the page the other writes, and PostgreSQL aborts one of them (40001), whose retry
+    /// would look again. Should another executor
     /// have adopted the saga, the fence check that precedes every write stops this one; and the record's
     /// primary key refuses a second commit record in any case.
     pub(crate) fn commit_may_exist(&self, node_id: u32) -> bool {

@@ -147,26 +147,7 @@ pub async fn record_commit_if_owner(
     owner: SagaOwner,
     events: &[EventRow],
 ) -> QueryResult<bool> {
-    use diesel::sql_types::{BigInt, Jsonb, Text, Timestamptz};
-    let sql = format!(
-        "WITH {owner_cte}, commit_record AS (\
-         INSERT INTO saga_commit_record \
-         (saga_id, node_name, receipt, time_committed, creator, adopt_generation) \
-         SELECT id, $4, $5, $6, $2, $3 FROM owner), events AS ({events}) \
-         SELECT count(*) AS owners FROM owner",
-        owner_cte = crate::owner::OWNER_CTE,
-        events = events_from_owner(7),
-    );
-    let query = diesel::sql_query(sql)
-        .into_boxed()
-        .bind::<diesel::sql_types::Uuid, _>(saga_id)
-        .bind::<diesel::sql_types::Uuid, _>(owner.sec_id)
-        .bind::<BigInt, _>(owner.generation)
-        .bind::<Text, _>(node_name)
-        .bind::<Jsonb, _>(receipt)
-        .bind::<Timestamptz, _>(Utc::now());
-    let row: OwnerCount = bind_event_arrays(query, events).get_result(conn).await?;
-    Ok(row.owners > 0)
+    write_if_owner(conn, saga_id, owner, Some((node_name, receipt)), events).await
 }
 
 /// In one statement: if `owner` still owns `saga_id`, takes the share lock on its row and inserts `events`
@@ -178,17 +159,55 @@ pub async fn insert_events_if_owner(
     owner: SagaOwner,
     events: &[EventRow],
 ) -> QueryResult<bool> {
-    use diesel::sql_types::BigInt;
-    let sql = format!(
-        "WITH {owner_cte}, events AS ({events}) SELECT count(*) AS owners FROM owner",
-        owner_cte = crate::owner::OWNER_CTE,
-        events = events_from_owner(4),
-    );
-    let query = diesel::sql_query(sql)
+    write_if_owner(conn, saga_id, owner, None, events).await
+}
+
+/// The one fenced write behind [`record_commit_if_owner`] (`commit`: the node and its receipt) and
+/// [`insert_events_if_owner`] (`None`). Binds `$1`–`$3` for [`crate::owner::OWNER_CTE`], then the commit
+/// record's `$4`–`$6` if any, then the event arrays.
+async fn write_if_owner(
+    conn: &mut AsyncPgConnection,
+    saga_id: Uuid,
+    owner: SagaOwner,
+    commit: Option<(&str, serde_json::Value)>,
+    events: &[EventRow],
+) -> QueryResult<bool> {
+    use diesel::sql_types::{BigInt, Jsonb, Text, Timestamptz};
+    use std::sync::LazyLock;
+    static WITH_COMMIT_RECORD: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "WITH {owner_cte}, commit_record AS (\
+             INSERT INTO saga_commit_record \
+             (saga_id, node_name, receipt, time_committed, creator, adopt_generation) \
+             SELECT id, $4, $5, $6, $2, $3 FROM owner), events AS ({events}) \
+             SELECT count(*) AS owners FROM owner",
+            owner_cte = crate::owner::OWNER_CTE,
+            events = events_from_owner(7),
+        )
+    });
+    static EVENTS_ONLY: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "WITH {owner_cte}, events AS ({events}) SELECT count(*) AS owners FROM owner",
+            owner_cte = crate::owner::OWNER_CTE,
+            events = events_from_owner(4),
+        )
+    });
+    let sql = if commit.is_some() {
+        &WITH_COMMIT_RECORD
+    } else {
+        &EVENTS_ONLY
+    };
+    let mut query = diesel::sql_query(sql.as_str())
         .into_boxed()
         .bind::<diesel::sql_types::Uuid, _>(saga_id)
         .bind::<diesel::sql_types::Uuid, _>(owner.sec_id)
         .bind::<BigInt, _>(owner.generation);
+    if let Some((node_name, receipt)) = commit {
+        query = query
+            .bind::<Text, _>(node_name.to_owned())
+            .bind::<Jsonb, _>(receipt)
+            .bind::<Timestamptz, _>(Utc::now());
+    }
     let row: OwnerCount = bind_event_arrays(query, events).get_result(conn).await?;
     Ok(row.owners > 0)
 }
