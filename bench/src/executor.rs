@@ -71,6 +71,7 @@ pub(crate) fn pool_config(size: u32) -> PoolConfig {
     PoolConfig {
         max_size: size,
         checkout_timeout: Duration::from_secs(60),
+        ..PoolConfig::default()
     }
 }
 

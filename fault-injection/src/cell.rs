@@ -98,6 +98,7 @@ pub(crate) fn cell_config(url: &str, sec_id: Uuid, fault: Fault) -> EngineConfig
         } else {
             5_000
         }),
+        ..PoolConfig::default()
     };
     config.forward_retry = RetryPolicy {
         initial: Duration::from_millis(5),

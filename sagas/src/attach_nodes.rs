@@ -40,6 +40,7 @@ pub struct AttachDisk {
 }
 
 /// What prepare found.
+#[derive(Serialize, Deserialize)]
 pub enum AttachPlan {
     Attach,
     /// Already attached to this instance, in this slot: nothing to do.
@@ -136,6 +137,7 @@ pub struct DetachDisk {
 }
 
 /// What prepare found.
+#[derive(Serialize, Deserialize)]
 pub enum DetachPlan {
     Detach,
     /// Already detached: nothing to do.

@@ -100,7 +100,7 @@ impl SagaDef for InstanceCreate {
             .db::<ReserveSled>()
             .external::<EnsureVmm>()
             .db::<MarkRunning>()
-            .steno_action(legacy::LEGACY_ATTACH, legacy::legacy_attach_action());
+            .unchecked_steno_action(legacy::LEGACY_ATTACH, legacy::legacy_attach_action());
     }
 
     fn build(p: &InstanceCreateParams, dag: &mut SagaBuilder<Self>) -> Result<(), String> {
@@ -191,7 +191,7 @@ impl SagaDef for InstanceCreate {
             if p.legacy_attach {
                 dag.constant(&legacy::arguments_node(&name), &attach);
                 dag.stage(|stage| {
-                    stage.steno_action(&name, legacy::legacy_attach_action().as_ref());
+                    stage.unchecked_steno_action(&name, legacy::legacy_attach_action().as_ref());
                 });
             } else {
                 dag.db(&name, attach);
@@ -654,7 +654,12 @@ impl ExternalNode<InstanceCreate> for EnsureVmm {
     ) -> Result<(), CallError> {
         cx.context()
             .sled_agent
-            .vmm_unregister(cx.compensation_key(), self.propolis_id)
+            // Names the ensure's key: the sled agent then refuses a late ensure under it.
+            .vmm_unregister(
+                cx.compensation_key(),
+                Some(cx.idempotency_key()),
+                self.propolis_id,
+            )
             .await
             .map_err(crate::errors::call)?;
         Ok(())

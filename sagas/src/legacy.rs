@@ -47,7 +47,7 @@ fn app(ctx: &Cx) -> &NexusApp {
 
 async fn legacy_attach(ctx: Cx) -> Result<(), ActionError> {
     let args = arguments(&ctx)?;
-    let pool = ctx.user_data().pool();
+    let pool = ctx.user_data().unchecked_pool();
     // Claim #1.
     let mut conn = pool
         .get()
@@ -81,7 +81,7 @@ async fn legacy_attach(ctx: Cx) -> Result<(), ActionError> {
 
 async fn legacy_attach_undo(ctx: Cx) -> Result<(), anyhow::Error> {
     let args = arguments(&ctx)?;
-    let mut conn = ctx.user_data().pool().get().await?;
+    let mut conn = ctx.user_data().unchecked_pool().get().await?;
     ds::instance_detach_disk(&mut conn, args.instance_id, args.disk_id, true).await?;
     Ok(())
 }

@@ -247,7 +247,12 @@ impl ExternalNode<SnapshotCreate> for PantryAttach {
     ) -> Result<(), CallError> {
         cx.context()
             .pantry
-            .disk_detach(cx.compensation_key(), self.disk_id)
+            // Names the attach's key: the pantry then refuses a late attach under it.
+            .disk_detach(
+                cx.compensation_key(),
+                Some(cx.idempotency_key()),
+                self.disk_id,
+            )
             .await
             .map_err(call)?;
         Ok(())
@@ -289,7 +294,12 @@ impl ExternalNode<SnapshotCreate> for PantrySnapshot {
     ) -> Result<(), CallError> {
         cx.context()
             .pantry
-            .snapshot_delete(cx.compensation_key(), self.snapshot_id)
+            // Names the snapshot's key: the pantry then refuses a late snapshot under it.
+            .snapshot_delete(
+                cx.compensation_key(),
+                Some(cx.idempotency_key()),
+                self.snapshot_id,
+            )
             .await
             .map_err(call)?;
         Ok(())
@@ -315,7 +325,8 @@ impl ExternalNode<SnapshotCreate> for PantryDetach {
     async fn call(&self, cx: &ExternalCx<'_, SnapshotCreate>, (): &()) -> Result<(), CallError> {
         cx.context()
             .pantry
-            .disk_detach(cx.idempotency_key(), self.disk_id)
+            // A forward step of its own: it undoes no call of this node.
+            .disk_detach(cx.idempotency_key(), None, self.disk_id)
             .await
             .map_err(call)?;
         Ok(())

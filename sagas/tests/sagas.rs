@@ -1103,6 +1103,7 @@ mod retry_budget {
             config.pool = PoolConfig {
                 max_size: 4,
                 checkout_timeout: Duration::from_millis(1_000),
+                ..PoolConfig::default()
             };
         })
         .await;

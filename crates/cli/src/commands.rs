@@ -211,13 +211,15 @@ pub(crate) async fn engine(
 
 /// Applies the saga log's migrations and those of every registered saga's tables.
 pub(crate) async fn prepare_database(url: &str) -> anyhow::Result<()> {
-    pool::run_migrations(url, &ratchet_store::SAGA_LOG_MIGRATIONS)
-        .await
-        .context("applying the saga log's migrations")?;
+    retrying("applying the saga log's migrations", || async {
+        Ok(pool::run_migrations(url, &ratchet_store::SAGA_LOG_MIGRATIONS).await?)
+    })
+    .await?;
     for migrations in engine_setup::saga_migrations() {
-        pool::run_migrations(url, migrations)
-            .await
-            .context("applying the sagas' migrations")?;
+        retrying("applying the sagas' migrations", || async {
+            Ok(pool::run_migrations(url, migrations).await?)
+        })
+        .await?;
     }
     Ok(())
 }
@@ -327,4 +329,56 @@ async fn recover(args: &Args) -> anyhow::Result<()> {
 
 fn tally_of(tally: &std::collections::BTreeMap<&str, usize>, kind: &str) -> usize {
     tally.get(kind).copied().unwrap_or(0)
+}
+
+/// How the CLI retries its own database work (set-up, reports): long enough to ride through a server restart.
+const CLI_RETRY: ratchet_store::RetryPolicy = ratchet_store::RetryPolicy {
+    initial: std::time::Duration::from_millis(50),
+    max_delay: std::time::Duration::from_secs(2),
+    max_attempts: Some(40),
+};
+
+/// Runs `attempt` until it succeeds or fails with an error that is not transient (anywhere in its chain: a
+/// database error the store calls transient, or a connection that broke), as the engine does for its own
+/// work: a backend terminated or a server restarted in the middle of a run must not fail the command whose
+/// sagas all succeeded. Each attempt should take a fresh connection (a pooled one, or a new one), since the
+/// one that failed may be dead.
+pub(crate) async fn retrying<T, F, Fut>(what: &str, mut attempt: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(error) => {
+                let delay = is_transient(&error)
+                    .then(|| CLI_RETRY.delay(attempts))
+                    .flatten();
+                let Some(delay) = delay else {
+                    return Err(error.context(format!("{what} failed")));
+                };
+                eprintln!("{what}: transient failure ({error:#}); retrying in {delay:?}");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+/// Whether an error, anywhere in its chain, is one a retry may get past.
+fn is_transient(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        if let Some(db) = cause.downcast_ref::<ratchet_store::DbError>() {
+            return db.is_transient();
+        }
+        if let Some(query) = cause.downcast_ref::<diesel::result::Error>() {
+            return ratchet_store::is_transient_diesel(query);
+        }
+        if cause.downcast_ref::<diesel::ConnectionError>().is_some() {
+            return true;
+        }
+        ratchet_store::message_is_transient(&cause.to_string())
+    })
 }

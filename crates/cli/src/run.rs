@@ -75,7 +75,6 @@ pub async fn run(args: &Args, saga: &str) -> anyhow::Result<()> {
     let url = commands::database_url(args).await?;
     let sec = commands::sec_id(args)?;
     commands::prepare_database(&url).await?;
-    let mut conn = pool::establish(&url).await?;
     let services = match ServiceAddrs::from_args(args)? {
         Some(addrs) => {
             addrs.check_reachable().await?;
@@ -86,18 +85,27 @@ pub async fn run(args: &Args, saga: &str) -> anyhow::Result<()> {
             RunServices::External(addrs)
         }
         None => {
-            engine_setup::refuse_stranded_nexus_sagas(&mut conn, &[sec], &[], "run", true).await?;
+            commands::retrying("checking for stranded sagas", || async {
+                let mut conn = pool::establish(&url).await?;
+                engine_setup::refuse_stranded_nexus_sagas(&mut conn, &[sec], &[], "run", true).await
+            })
+            .await?;
             RunServices::InProcess(
                 Services::start().context("starting the simulated sled agent and pantry")?,
             )
         }
     };
     let app = services.app();
-    let world = world::seed(&mut conn, &WorldSpec::default()).await?;
+    let world = commands::retrying("seeding the world", || async {
+        let mut conn = pool::establish(&url).await?;
+        Ok(world::seed(&mut conn, &WorldSpec::default()).await?)
+    })
+    .await?;
     let mut config = EngineConfig::new(&url, sec);
     config.pool = PoolConfig {
         max_size: pool_size,
         checkout_timeout: Duration::from_millis(pool_timeout),
+        ..config.pool
     };
     let (engine, recovered) = engine_setup::engine_builder(config, Some(&app))
         .start()
@@ -120,7 +128,16 @@ pub async fn run(args: &Args, saga: &str) -> anyhow::Result<()> {
     // Prerequisites and parameters, one set per saga, made before any saga starts.
     let mut jobs = Vec::with_capacity(count);
     for i in 0..count {
-        jobs.push(prepare(args, saga, &mut conn, &world, i).await?);
+        let job = commands::retrying("preparing a saga's prerequisites", || async {
+            let mut conn = engine
+                .pool()
+                .get()
+                .await
+                .map_err(ratchet_store::DbError::from)?;
+            prepare(args, saga, &mut conn, &world, i).await
+        })
+        .await?;
+        jobs.push(job);
     }
     let started = Instant::now();
     let mut outcomes: BTreeMap<&'static str, usize> = BTreeMap::new();
@@ -185,10 +202,28 @@ pub async fn run(args: &Args, saga: &str) -> anyhow::Result<()> {
     if saga == "instance-create" {
         let want = args.value::<usize>("--disks")?.unwrap_or(0)
             + args.value::<usize>("--create-disks")?.unwrap_or(0);
-        problems.extend(instances_complete_or_gone(&mut conn, &world, want).await?);
+        problems.extend(
+            commands::retrying("checking the instances", || async {
+                let mut conn = engine
+                    .pool()
+                    .get()
+                    .await
+                    .map_err(ratchet_store::DbError::from)?;
+                instances_complete_or_gone(&mut conn, &world, want).await
+            })
+            .await?,
+        );
     }
     let (sled_agent, pantry) = services.clients();
-    let violations = invariants::check(&mut conn, &sled_agent, &pantry).await?;
+    let violations = commands::retrying("checking the invariants", || async {
+        let mut conn = engine
+            .pool()
+            .get()
+            .await
+            .map_err(ratchet_store::DbError::from)?;
+        Ok(invariants::check(&mut conn, &sled_agent, &pantry).await?)
+    })
+    .await?;
     println!("invariant check: {} violation(s)", violations.len());
     for violation in &violations {
         println!("  {}: {}", violation.rule, violation.detail);

@@ -5,12 +5,12 @@
 
 use crate::error::EngineError;
 use crate::failpoint::Failpoints;
-use crate::observe::{Counters, RecentOutcome, RecentOutcomes};
+use crate::observe::{Counters, RecentOutcome, RecentOutcomes, Waiting, WaitingNode};
 use crate::saga_def::{Envelope, NodeKind, NodeRegistry, Ratchet, SagaBuilder, SagaCx, SagaDef};
 use crate::shutdown::{ShutdownState, panic_message, steno_call};
 use futures::FutureExt;
-use ratchet_store::ops::{abandon_saga, dag_action_names};
-use ratchet_store::saga::{list_unfinished, load_logs};
+use ratchet_store::ops::{abandon_saga, claim_unfinished, dag_action_names, unfinished_among};
+use ratchet_store::saga::load_logs;
 use ratchet_store::{
     DbError, DbPool, Liveness, PgSecStore, PoolConfig, RetryPolicy, SagaLogHandle, SagaOwner,
     SagaRegistration, SagaRow, connect_pool, retry_transient, run_migrations,
@@ -37,6 +37,7 @@ pub(crate) struct EngineShared {
     pub(crate) compensation_retry: RetryPolicy,
     pub(crate) shutdown: ShutdownState,
     pub(crate) recent: RecentOutcomes,
+    pub(crate) waiting: Waiting,
 }
 
 /// How to start an engine.
@@ -204,6 +205,9 @@ pub struct Engine {
     /// Sagas created or resumed by this engine and not yet at rest (nor fenced), by id: their definition's
     /// name. Recovery leaves these alone; a shutdown reports them interrupted.
     pub(crate) live: Arc<Mutex<BTreeMap<Uuid, String>>>,
+    /// Held by [`Engine::recover`]: one engine's recoveries take turns, so that one cannot claim (and so fence
+    /// out) a saga another has just claimed and not yet marked live.
+    recovering: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Collects the saga definitions an engine runs, then starts it.
@@ -289,6 +293,7 @@ impl EngineBuilder {
             compensation_retry: self.config.compensation_retry,
             shutdown: ShutdownState::default(),
             recent: RecentOutcomes::default(),
+            waiting: Waiting::default(),
         });
         let engine = Engine {
             sec: Sec::start(&shared, self.config.sec_id),
@@ -298,6 +303,7 @@ impl EngineBuilder {
             resumers: Arc::new(self.resumers),
             running: Arc::default(),
             live: Arc::default(),
+            recovering: Arc::default(),
             registries: Arc::new(self.registries.into_iter().collect()),
         };
         let report = engine.recover().await?;
@@ -456,6 +462,13 @@ impl Engine {
         self.shared.recent.snapshot()
     }
 
+    /// The nodes waiting, right now, for an unknown `COMMIT` outcome to be resolved from the database (see
+    /// the crate docs, "A COMMIT whose outcome is unknown"): the saga is neither failing nor going on, and
+    /// says why.
+    pub fn waiting(&self) -> Vec<WaitingNode> {
+        self.shared.waiting.snapshot()
+    }
+
     /// Whether this engine has "crashed" (a `Crash` fault fired): it writes nothing more.
     pub fn is_crashed(&self) -> bool {
         self.shared.liveness.is_dead()
@@ -506,6 +519,8 @@ impl Engine {
         let sec = Arc::clone(&self.sec);
         let (cx, log) = self.saga_cx::<S>(&registered, &sec, id, owner, &dag, &kinds, None);
         let dag_for_steno = Arc::clone(&dag);
+        // Live before its row exists, so that a recovery of this engine never claims (and fences) it.
+        lock(&self.live).insert(id, S::NAME.to_owned());
         let created = sec
             .call("saga_create", |client| async move {
                 client
@@ -520,6 +535,7 @@ impl Engine {
             .await;
         let future = created.map_err(|error| {
             sec.store.unregister(steno_id(id));
+            lock(&self.live).remove(&id);
             if self.is_shutting_down() {
                 EngineError::ShuttingDown
             } else {
@@ -527,7 +543,6 @@ impl Engine {
             }
         })?;
         self.shared.counters.started.fetch_add(1, Ordering::Relaxed);
-        lock(&self.live).insert(id, S::NAME.to_owned());
         tracing::info!(saga_id = %id, saga = S::NAME, "saga created");
         Ok(PreparedSaga {
             engine: self.clone(),
@@ -624,6 +639,7 @@ impl Engine {
                 .map(|e| u32::from(e.node_id))
                 .collect(),
             commit_sent: Mutex::new(HashSet::new()),
+            commit_unknown: Mutex::new(HashSet::new()),
             db_turn: tokio::sync::Mutex::new(()),
         };
         (cx, log)
@@ -723,23 +739,64 @@ impl Engine {
         });
     }
 
-    /// Resumes every unfinished saga this executor owns. Sagas that cannot be resumed (no such definition in
-    /// this binary, an unregistered action, a log steno refuses) are marked `abandoned` with the reason; the
-    /// others go on.
+    /// Resumes every unfinished saga this executor owns, under a new fencing epoch. Sagas that cannot be
+    /// resumed (no such definition in this binary, an unregistered action, a log steno refuses) are marked
+    /// `abandoned` with the reason; the others go on.
+    ///
+    /// The sagas are claimed [`BATCH`] at a time, each batch in one statement that bumps their
+    /// `adopt_generation` ([`claim_unfinished`]): an executor id is the same across restarts, so a process
+    /// with this id that is still alive (hung, or a second recovery started beside this one) would otherwise
+    /// pass every fence. After the claim it is fenced out exactly like a foreign executor. Sagas this engine
+    /// is already driving are left out of the claim (and reported in [`RecoveryReport::running_here`]);
+    /// recoveries of one engine take turns.
     pub async fn recover(&self) -> Result<RecoveryReport, EngineError> {
         self.refuse_if_shutting_down()?;
-        let rows = {
-            let mut conn = self.shared.pool.get().await.map_err(DbError::from)?;
-            list_unfinished(&mut conn, self.sec_id, BATCH as i64)
-                .await
-                .map_err(DbError::from)?
-        };
-        let report = self.resume_rows(rows).await?;
+        let _turn = self.recovering.lock().await;
+        let driving: Vec<Uuid> = lock(&self.live).keys().copied().collect();
+        let pool = &self.shared.pool;
+        let sec_id = self.sec_id;
+        let mut report = RecoveryReport::default();
+        let mut after = None;
+        loop {
+            let driving = &driving;
+            let rows = retry_transient(
+                RetryPolicy::OPERATOR,
+                "claiming unfinished sagas",
+                || async move {
+                    let mut conn = pool.get().await?;
+                    Ok(claim_unfinished(&mut conn, sec_id, after, driving, BATCH as i64).await?)
+                },
+            )
+            .await?;
+            let last = rows.len() < BATCH;
+            after = rows.last().map(|row| row.id);
+            let resumed = self.resume_rows(rows).await?;
+            report.resumed.extend(resumed.resumed);
+            report.abandoned.extend(resumed.abandoned);
+            report.running_here.extend(resumed.running_here);
+            if last {
+                break;
+            }
+        }
+        if !driving.is_empty() {
+            let driving = &driving;
+            let running = retry_transient(
+                RetryPolicy::OPERATOR,
+                "listing sagas in flight",
+                || async move {
+                    let mut conn = pool.get().await?;
+                    Ok(unfinished_among(&mut conn, sec_id, driving).await?)
+                },
+            )
+            .await?;
+            report.running_here.extend(running);
+        }
         tracing::info!(
             sec_id = %self.sec_id,
             resumed = report.resumed.len(),
             abandoned = report.abandoned.len(),
-            "recovery done"
+            running_here = report.running_here.len(),
+            "recovery done: every unfinished saga of this executor claimed under a new epoch"
         );
         Ok(report)
     }

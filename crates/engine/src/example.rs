@@ -158,6 +158,7 @@ pub struct Charged {
 }
 
 /// The charge's plan.
+#[derive(Serialize, Deserialize)]
 pub struct ChargePlan {
     account_id: Uuid,
     widget_id: Uuid,

@@ -139,6 +139,12 @@ impl<'a, S: SagaDef> NodeRun<'a, S> {
             .map_or(Ok(()), Err)
     }
 
+    /// Whether a [`FaultEffect::LoseReply`] is armed at `point` (`CommitReply` or `CompensationReply`): the
+    /// `COMMIT` that just landed must then be treated as if its reply had been lost.
+    pub(crate) fn reply_lost(&self, point: FaultPoint) -> bool {
+        matches!(self.armed_fault(point), Some(FaultEffect::LoseReply))
+    }
+
     fn armed_fault(&self, point: FaultPoint) -> Option<FaultEffect> {
         self.cx
             .shared
@@ -266,6 +272,36 @@ pub(crate) fn finish_guarded<S: SagaDef, R, O>(
     })
 }
 
+/// Runs one user phase (`what`: "prepare", "commit", "compensation") under a panic guard: a panic becomes a
+/// permanent error naming it, and the engine goes on (it rolls the phase's transaction back and fails the
+/// node, or, for a compensation, records the saga stuck). steno runs each node in a task of its own, so an
+/// uncaught panic would end that task and leave the saga hanging, `running` or `unwinding`, for good.
+///
+/// Only unwinding panics can be caught. A binary built with `panic = "abort"` (Omicron's release profile)
+/// dies instead; see the crate docs ("Panics") for what the engine does about a node that keeps crashing.
+pub(crate) async fn catch_phase<S: SagaDef, T>(
+    run: &NodeRun<'_, S>,
+    what: &str,
+    phase: impl std::future::Future<Output = Result<T, Stop>>,
+) -> Result<T, Stop> {
+    use futures::FutureExt;
+    match AssertUnwindSafe(phase).catch_unwind().await {
+        Ok(result) => result,
+        Err(panic) => {
+            run.cx
+                .shared
+                .counters
+                .panics
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let message = panic_message(panic.as_ref());
+            tracing::error!(phase = what, panic = %message, "a node's phase panicked; the engine caught it");
+            Err(Stop::Node(NodeError::permanent(format!(
+                "the node's {what} panicked: {message}"
+            ))))
+        }
+    }
+}
+
 pub(crate) fn encode<T: serde::Serialize>(
     what: &str,
     value: &T,
@@ -288,11 +324,14 @@ fn stop_for(effect: FaultEffect, point: FaultPoint) -> Option<Stop> {
     Some(match effect {
         FaultEffect::TransientError => Stop::Node(NodeError::transient(what)),
         FaultEffect::PermanentError => Stop::Node(NodeError::permanent(what)),
-        FaultEffect::Panic if point == FaultPoint::InFinish => panic!("{what}"),
+        FaultEffect::Panic if point.is_guarded() => panic!("{what}"),
         FaultEffect::Panic => Stop::Node(NodeError::permanent(format!("panic {what}"))),
         FaultEffect::Crash => Stop::Crash,
         // These slow the node down (handled in `fault`); they never stop it, and mean nothing in `finish`.
-        FaultEffect::Delay { .. } | FaultEffect::ExhaustPool { .. } => return None,
+        // A lost reply is read where a `COMMIT`'s reply arrives ([`NodeRun::reply_lost`]).
+        FaultEffect::Delay { .. } | FaultEffect::ExhaustPool { .. } | FaultEffect::LoseReply => {
+            return None;
+        }
     })
 }
 

@@ -5,15 +5,18 @@
 //! fallible runs on the success path; an injected failure there is compensated inline, from the receipt,
 //! before steno hears of it ([`compensate_after_commit`]).
 
+use crate::commit_outcome::{self, CommitOutcome, resolve};
 use crate::context::{CommitTx, PrepareCx};
 use crate::error::NodeError;
-use crate::exec::{NodeRun, Stop, decode, encode, finish_guarded, with_retries};
+use crate::exec::{NodeRun, Stop, catch_phase, decode, encode, finish_guarded, with_retries};
 use crate::failpoint::FaultPoint;
 use crate::node::DbNode;
 use crate::saga_def::{Ratchet, SagaDef};
 use diesel_async::SimpleAsyncConnection;
+use futures::FutureExt;
 use futures::future::BoxFuture;
 use ratchet_store::event::EventRow;
+use ratchet_store::records::{FencedWrite, RecordKind};
 use ratchet_store::{DbConnection, owner, records, transaction as tx};
 use std::fmt;
 use std::marker::PhantomData;
@@ -21,6 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use steno::{ActionContext, ActionName, SagaNodeEvent, SagaNodeEventType};
 use tracing::Instrument;
+use uuid::Uuid;
 
 /// The steno action of database node type `N` in saga `S`.
 pub(crate) struct DbAction<S, N>(PhantomData<fn() -> (S, N)>);
@@ -131,60 +135,90 @@ async fn attempt_forward<S: SagaDef, N: DbNode<S>>(
 ) -> Result<Forward, Stop> {
     run.fault(FaultPoint::BeforePrepare).await?;
     let _turn = run.cx.db_turn().await;
-    let mut pooled = run.connection().await?;
-    let conn: &mut DbConnection = &mut pooled;
     let look_up = run.cx.commit_may_exist(run.node_id);
-    if look_up {
-        tx::begin(conn).await?;
-    } else {
-        // No record to look up: BEGIN and enter the prepare's savepoint in one round trip.
-        tx::begin_then(conn, &enter_prepare()).await?;
-    }
+    // The token names this attempt's transaction: the fenced write that closes it checks it is still there
+    // (a node that ended the engine's transaction itself is caught, see `records::NODE_TX_SETTING`).
+    let token = Uuid::new_v4();
     let mut start_events = None;
-    let result =
-        forward_in_transaction::<S, N>(run, node, ctx, conn, look_up, &mut start_events).await;
-    let outcome = match result {
-        Ok(output) => {
-            run.cx.note_commit_sent(run.node_id);
-            // -------- the commit point --------
-            match tx::commit(conn).await {
-                Ok(()) => {
-                    if let Some(start) = start_events {
-                        run.cx.log.mark_durable(start, &["started", "succeeded"]);
-                    }
-                    return Ok(Forward::Committed { output });
-                }
-                Err(error) => {
-                    if commit_refused(&error) {
-                        run.cx.note_commit_refused(run.node_id);
-                    }
-                    Err(Stop::from(error))
-                }
+    let sent = {
+        let mut pooled = run.connection().await?;
+        let conn: &mut DbConnection = &mut pooled;
+        let mut begin = records::set_node_tx(token);
+        if !look_up {
+            // No record to look up: BEGIN and enter the prepare's savepoint in one round trip.
+            begin = format!("{begin}; {}", enter_prepare());
+        }
+        tx::begin_then(conn, &begin).await?;
+        let result =
+            forward_in_transaction::<S, N>(run, node, ctx, conn, look_up, token, &mut start_events)
+                .await;
+        match result {
+            Ok(output) => {
+                run.cx.note_commit_sent(run.node_id);
+                // -------- the commit point --------
+                let committed = tx::commit(conn).await;
+                let outcome = CommitOutcome::after(run, FaultPoint::CommitReply, committed);
+                Ok((output, outcome))
+            }
+            Err(early) => {
+                tx::rollback(conn).await;
+                Err(early)
             }
         }
-        Err(Early::Exit(forward)) => {
-            tx::rollback(conn).await;
-            Ok(forward)
-        }
-        Err(Early::Stop(stop)) => {
-            tx::rollback(conn).await;
-            Err(stop)
-        }
+        // The connection goes back to the pool here (or is discarded, if broken): an unknown outcome is
+        // resolved on another one.
     };
-    // The start node's events, if this attempt carried them, did not land (or may not have): the next
-    // write takes them (an event already written is left as it is).
-    if start_events.is_some() {
-        run.cx.log.release_start_events();
+    let outcome = match sent {
+        Ok((output, CommitOutcome::Landed)) => Ok(Forward::Committed { output }),
+        Ok((_, CommitOutcome::Refused(error))) => {
+            run.cx.note_commit_refused(run.node_id);
+            Err(Stop::from(error))
+        }
+        Ok((output, CommitOutcome::Unknown(reason))) => {
+            run.cx.note_commit_unknown(run.node_id);
+            match resolve_commit(run, &reason).await {
+                Ok(true) => Ok(Forward::Committed { output }),
+                Ok(false) => Err(Stop::Node(NodeError::transient(format!(
+                    "the COMMIT's outcome was unknown ({reason}); it did not land: the node runs again"
+                )))),
+                Err(stop) => Err(stop),
+            }
+        }
+        Err(Early::Exit(forward)) => Ok(forward),
+        Err(Early::Stop(stop)) => Err(stop),
+    };
+    // The start node's events, if this attempt carried them: durable with a commit that landed; otherwise
+    // the next write takes them (an event already written is left as it is).
+    if let Some(start) = start_events {
+        if matches!(outcome, Ok(Forward::Committed { .. })) {
+            run.cx.log.mark_durable(start, &["started", "succeeded"]);
+        } else {
+            run.cx.log.release_start_events();
+        }
     }
     outcome
 }
 
-/// Whether the server answered a `COMMIT` with an error, so that the transaction was rolled back for certain
-/// (a serialization failure, a deferred constraint). A lost connection leaves the outcome unknown.
-fn commit_refused(error: &diesel::result::Error) -> bool {
-    use diesel::result::{DatabaseErrorKind, Error};
-    matches!(error, Error::DatabaseError(kind, _)
-        if !matches!(kind, DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand))
+/// Settles a node `COMMIT` whose outcome is unknown: whether its commit record exists, waiting out any
+/// transaction still writing it ([`records::probe_record`]). A record there is this attempt's own (any
+/// earlier one would have failed this attempt's insert of it), unless this executor has since been fenced.
+async fn resolve_commit<S: SagaDef>(run: &NodeRun<'_, S>, reason: &str) -> Result<bool, Stop> {
+    let saga_id = run.saga_id();
+    let owner = run.cx.log.owner();
+    resolve(run, "commit", reason, |conn| {
+        let name = run.name.clone();
+        async move {
+            if !records::probe_record(conn, RecordKind::Commit, saga_id, &name).await? {
+                return Ok(false);
+            }
+            if !owner::is_owner(conn, saga_id, owner).await? {
+                return Err(Stop::Fenced);
+            }
+            Ok(true)
+        }
+        .boxed()
+    })
+    .await
 }
 
 /// The savepoint a database node's prepare runs in.
@@ -225,6 +259,7 @@ async fn forward_in_transaction<S: SagaDef, N: DbNode<S>>(
     ctx: &ActionContext<Ratchet<S>>,
     conn: &mut DbConnection,
     look_up: bool,
+    token: Uuid,
     start_events: &mut Option<u32>,
 ) -> Result<serde_json::Value, Early> {
     let saga_id = run.saga_id();
@@ -244,7 +279,8 @@ async fn forward_in_transaction<S: SagaDef, N: DbNode<S>>(
     }
 
     // Prepare: inside the read-only savepoint. The savepoint is not diesel's: a prepare that opens a
-    // transaction of its own gets a diesel savepoint nested inside this one.
+    // transaction of its own gets a diesel savepoint nested inside this one. A failed (or panicking) prepare
+    // fails the attempt, and the caller rolls the whole transaction back.
     let plan = {
         let mut cx = PrepareCx {
             steno: ctx,
@@ -254,10 +290,12 @@ async fn forward_in_transaction<S: SagaDef, N: DbNode<S>>(
             node_name: &run.name,
             app: &run.cx.app,
         };
-        node.prepare(&mut cx).await
+        catch_phase(run, "prepare", async {
+            run.fault(FaultPoint::InPrepare).await?;
+            Ok(node.prepare(&mut cx).await?)
+        })
+        .await?
     };
-    // A failed prepare fails the attempt, and the caller rolls the whole transaction back.
-    let plan = plan?;
     conn.batch_execute(&leave_prepare()).await?;
     run.fault(FaultPoint::AfterPrepare).await?;
 
@@ -271,7 +309,11 @@ async fn forward_in_transaction<S: SagaDef, N: DbNode<S>>(
             saga_id,
             node_name: &run.name,
         };
-        node.commit(&mut tx, plan).await?
+        catch_phase(run, "commit", async {
+            run.fault(FaultPoint::InCommit).await?;
+            Ok(node.commit(&mut tx, plan).await?)
+        })
+        .await?
     };
     let receipt_json = encode("receipt", &receipt)?;
     // `finish` is pure, so it runs before COMMIT: a panic in it rolls the commit back.
@@ -286,14 +328,55 @@ async fn forward_in_transaction<S: SagaDef, N: DbNode<S>>(
         SagaNodeEventType::Succeeded(Arc::new(output_json.clone())),
         sec_id,
     )?);
-    if !records::record_commit_if_owner(conn, saga_id, &run.name, receipt_json, owner, &events)
-        .await?
-    {
-        return Err(Early::Stop(Stop::Fenced));
+    let written = records::record_commit_if_owner(
+        conn,
+        saga_id,
+        &run.name,
+        receipt_json,
+        owner,
+        &events,
+        Some(token),
+    )
+    .await;
+    match written {
+        Ok(FencedWrite::Written) => {}
+        Ok(FencedWrite::Fenced) => return Err(Early::Stop(Stop::Fenced)),
+        Ok(FencedWrite::ForeignTransaction { found }) => {
+            return Err(Early::Stop(Stop::Node(foreign_transaction(
+                run, "commit", &found,
+            ))));
+        }
+        // The commit record is there already (the insert waited for whoever wrote it): this node committed
+        // before, in an attempt whose `COMMIT` this executor took for refused or never saw. Never a failure:
+        // the next attempt looks it up and replays it.
+        Err(diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::UniqueViolation,
+            _,
+        )) => {
+            run.cx.note_commit_unknown(run.node_id);
+            return Err(Early::Stop(Stop::Node(NodeError::transient(
+                "the node's commit record exists already: it committed before; replaying it",
+            ))));
+        }
+        Err(error) => return Err(error.into()),
     }
     run.fault(FaultPoint::BeforeCommit).await?;
     run.alive()?;
     Ok(output_json)
+}
+
+/// The error of a node that ended the engine's transaction itself (a `COMMIT`, `ROLLBACK` or `BEGIN` sent
+/// through [`CommitTx::conn`]): whatever it wrote before that is outside the engine's guarantees, so the
+/// engine says so as loudly as it can and fails the node (or, from a compensation, makes the saga stuck).
+fn foreign_transaction<S: SagaDef>(run: &NodeRun<'_, S>, phase: &str, found: &str) -> NodeError {
+    let message = format!(
+        "node {:?} ended the engine's transaction during its {phase} (transaction control sent through \
+         CommitTx::conn; the transaction token now reads {found:?}): its writes before that are committed \
+         outside the engine, with no record and no compensation",
+        run.name
+    );
+    tracing::error!(saga_id = %run.saga_id(), node = %run.name, "{message}");
+    NodeError::permanent(message)
 }
 
 /// The log row of one of this node's events, written by the engine's own transaction. A `started` (or
@@ -396,22 +479,62 @@ async fn attempt_compensation<S: SagaDef, N: DbNode<S>>(
     node: &N,
     mode: Mode,
 ) -> Result<Compensation, Stop> {
-    let mut pooled = run.connection().await?;
-    let conn: &mut DbConnection = &mut pooled;
-    tx::begin(conn).await?;
-    let outcome = match compensation_in_transaction::<S, N>(run, node, mode, conn).await {
-        Ok(Compensation::AlreadyCompensated) => {
-            tx::rollback(conn).await;
-            return Ok(Compensation::AlreadyCompensated);
-        }
-        Ok(outcome) => outcome,
-        Err(stop) => {
-            tx::rollback(conn).await;
-            return Err(stop);
+    let token = Uuid::new_v4();
+    let sent = {
+        let mut pooled = run.connection().await?;
+        let conn: &mut DbConnection = &mut pooled;
+        tx::begin_then(conn, &records::set_node_tx(token)).await?;
+        // The whole transaction runs under the panic guard: a panicking compensation rolls back and fails
+        // for good (steno then records the saga stuck, with the message).
+        let result = catch_phase(
+            run,
+            "compensation",
+            compensation_in_transaction::<S, N>(run, node, mode, conn, token),
+        )
+        .await;
+        match result {
+            Ok(Compensation::AlreadyCompensated) => {
+                tx::rollback(conn).await;
+                return Ok(Compensation::AlreadyCompensated);
+            }
+            Ok(outcome) => {
+                // -------- the compensation's commit point --------
+                let committed = tx::commit(conn).await;
+                (
+                    outcome,
+                    CommitOutcome::after(run, FaultPoint::CompensationReply, committed),
+                )
+            }
+            Err(stop) => {
+                tx::rollback(conn).await;
+                return Err(stop);
+            }
         }
     };
-    // -------- the compensation's commit point --------
-    tx::commit(conn).await?;
+    match sent {
+        (outcome, CommitOutcome::Landed) => compensation_landed(run, mode, outcome).await,
+        (_, CommitOutcome::Refused(error)) => Err(Stop::from(error)),
+        (outcome, CommitOutcome::Unknown(reason)) => {
+            run.cx.note_commit_unknown(run.node_id);
+            let landed = commit_outcome::compensation_landed(run, &reason).await?;
+            if landed {
+                compensation_landed(run, mode, outcome).await
+            } else {
+                Err(Stop::Node(NodeError::transient(format!(
+                    "the compensation's COMMIT had an unknown outcome ({reason}); it did not land: \
+                     compensating again"
+                ))))
+            }
+        }
+    }
+}
+
+/// What follows a compensation's `COMMIT` that landed.
+async fn compensation_landed<S: SagaDef>(
+    run: &NodeRun<'_, S>,
+    mode: Mode,
+    outcome: Compensation,
+) -> Result<Compensation, Stop> {
     match mode {
         Mode::Undo => run
             .cx
@@ -438,6 +561,7 @@ async fn compensation_in_transaction<S: SagaDef, N: DbNode<S>>(
     node: &N,
     mode: Mode,
     conn: &mut DbConnection,
+    token: Uuid,
 ) -> Result<Compensation, Stop> {
     let saga_id = run.saga_id();
     let owner = run.cx.log.owner();
@@ -461,14 +585,18 @@ async fn compensation_in_transaction<S: SagaDef, N: DbNode<S>>(
             Compensation::Compensated
         }
     };
-    records::insert_compensation_record(
+    let written = records::insert_compensation_record(
         conn,
         saga_id,
         &run.name,
         outcome == Compensation::Compensated,
         owner,
+        Some(token),
     )
     .await?;
+    if let FencedWrite::ForeignTransaction { found } = written {
+        return Err(Stop::Node(foreign_transaction(run, "compensation", &found)));
+    }
     match mode {
         Mode::Undo => {
             let events = [

@@ -5,14 +5,16 @@
 //! key; when the retry budget is spent, the engine compensates by key (until that answer is definite) and
 //! only then fails the node.
 
+use crate::commit_outcome::{self, CommitOutcome};
 use crate::context::{ExternalCx, PrepareCx};
 use crate::error::NodeError;
-use crate::exec::{NodeRun, Stop, decode, encode, finish_guarded, with_retries};
+use crate::exec::{NodeRun, Stop, catch_phase, decode, encode, finish_guarded, with_retries};
 use crate::exec_db::event_row;
 use crate::failpoint::FaultPoint;
 use crate::node::{CallError, ExternalNode};
 use crate::saga_def::{Ratchet, SagaDef};
 use futures::future::BoxFuture;
+use ratchet_store::records::FencedWrite;
 use ratchet_store::{DbConnection, RetryPolicy, owner, records, transaction as tx};
 use std::fmt;
 use std::marker::PhantomData;
@@ -202,7 +204,12 @@ async fn prepare<S: SagaDef, N: ExternalNode<S>>(
             node_name: &run.name,
             app: &run.cx.app,
         };
-        Ok::<_, Stop>(Prepared::Plan(node.prepare(&mut cx).await?))
+        let plan = catch_phase(run, "prepare", async {
+            run.fault(FaultPoint::InPrepare).await?;
+            Ok(node.prepare(&mut cx).await?)
+        })
+        .await?;
+        Ok::<_, Stop>(Prepared::Plan(plan))
     }
     .await;
     tx::rollback(conn).await;
@@ -210,9 +217,11 @@ async fn prepare<S: SagaDef, N: ExternalNode<S>>(
 }
 
 enum CallFailed {
-    /// Definitely not applied.
+    /// Definitely not applied: every attempt was refused.
     Refused(NodeError),
-    /// Still unknown after the retry budget.
+    /// Maybe applied: some attempt's outcome was unknown (a lost response, a panic), and no later attempt
+    /// applied it for sure (the budget ran out, or the service refused: a refusal of a retry says nothing of
+    /// an earlier attempt that may have landed). The node compensates by key before it fails.
     Unknown(NodeError),
 }
 
@@ -224,20 +233,39 @@ async fn call_until_definite<S: SagaDef, N: ExternalNode<S>>(
     let policy = run.cx.shared.forward_retry;
     let cx = external_cx(run);
     let mut attempts = 0;
+    // Whether any attempt's outcome was unknown: the service may then have applied the call, whatever later
+    // attempts meet, and the node must compensate by key before it fails.
+    let mut unknown_seen = false;
     loop {
         attempts += 1;
-        let error = match node.call(&cx, plan).await {
-            Ok(receipt) => return Ok(receipt),
-            Err(CallError::Refused(error)) if !error.is_transient() => {
-                return Err(CallFailed::Refused(error));
+        let called = catch_phase(run, "call", async {
+            run.fault(FaultPoint::InCommit).await?;
+            Ok(node.call(&cx, plan).await)
+        })
+        .await;
+        let error = match called {
+            Ok(Ok(receipt)) => return Ok(receipt),
+            Ok(Err(CallError::Refused(error))) if !error.is_transient() => {
+                return Err(if unknown_seen {
+                    CallFailed::Unknown(error)
+                } else {
+                    CallFailed::Refused(error)
+                });
             }
-            Err(CallError::Refused(error)) => error,
-            Err(CallError::Unknown(message)) => {
+            Ok(Err(CallError::Refused(error))) => error,
+            Ok(Err(CallError::Unknown(message))) => {
+                unknown_seen = true;
                 NodeError::transient(format!("outcome unknown: {message}"))
             }
+            // A panic in the call: whatever it sent may have been applied.
+            Err(Stop::Node(error)) => {
+                unknown_seen = true;
+                NodeError::transient(format!("outcome unknown: {error}"))
+            }
+            Err(stop) => run.stop_driving(&stop).await,
         };
         let Some(delay) = policy.delay(attempts) else {
-            return Err(if error.message().starts_with("outcome unknown") {
+            return Err(if unknown_seen {
                 CallFailed::Unknown(error)
             } else {
                 CallFailed::Refused(error)
@@ -277,11 +305,12 @@ async fn record_receipt<S: SagaDef>(
         receipt.clone(),
         owner,
         &[event],
+        None,
     )
     .await
     {
-        Ok(true) => Ok(()),
-        Ok(false) => Err(Stop::Fenced),
+        Ok(FencedWrite::Written) => Ok(()),
+        Ok(_) => Err(Stop::Fenced),
         Err(diesel::result::Error::DatabaseError(
             diesel::result::DatabaseErrorKind::UniqueViolation,
             _,
@@ -302,7 +331,11 @@ async fn compensate_then_fail<S: SagaDef, N: ExternalNode<S>>(
         ..run.cx.shared.compensation_retry
     };
     if let Err(error) = with_retries(run, policy, "compensate", |_| {
-        compensate_once::<S, N>(run, node, true)
+        catch_phase(
+            run,
+            "compensation",
+            compensate_once::<S, N>(run, node, true),
+        )
     })
     .await
     {
@@ -324,7 +357,11 @@ async fn undo<S: SagaDef, N: ExternalNode<S>>(
         let node: N = run.node()?;
         let policy = run.cx.shared.compensation_retry;
         with_retries(&run, policy, "compensate", |_| {
-            compensate_once::<S, N>(&run, &node, false)
+            catch_phase(
+                &run,
+                "compensation",
+                compensate_once::<S, N>(&run, &node, false),
+            )
         })
         .await?;
         Ok(())
@@ -425,7 +462,8 @@ async fn record_compensation<S: SagaDef>(
         if !owner::lock_if_owner(conn, saga_id, owner).await? {
             return Err(Stop::Fenced);
         }
-        records::insert_compensation_record(conn, saga_id, &run.name, had_commit, owner).await?;
+        records::insert_compensation_record(conn, saga_id, &run.name, had_commit, owner, None)
+            .await?;
         if after_commit {
             records::delete_event(conn, saga_id, run.node_id, "succeeded").await?;
         } else {
@@ -442,10 +480,27 @@ async fn record_compensation<S: SagaDef>(
     }
     .await;
     match result {
-        Ok(()) => Ok(tx::commit(conn).await?),
+        Ok(()) => {}
         Err(stop) => {
             tx::rollback(conn).await;
-            Err(stop)
+            return Err(stop);
+        }
+    }
+    let committed = tx::commit(conn).await;
+    let outcome = CommitOutcome::after(run, FaultPoint::CompensationReply, committed);
+    drop(pooled);
+    match outcome {
+        CommitOutcome::Landed => Ok(()),
+        CommitOutcome::Refused(error) => Err(Stop::from(error)),
+        CommitOutcome::Unknown(reason) => {
+            let landed = commit_outcome::compensation_landed(run, &reason).await?;
+            if landed {
+                Ok(())
+            } else {
+                Err(Stop::Node(NodeError::transient(format!(
+                    "the compensation record's COMMIT had an unknown outcome ({reason}); it did not land"
+                ))))
+            }
         }
     }
 }

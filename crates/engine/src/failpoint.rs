@@ -13,21 +13,45 @@ use uuid::Uuid;
 pub enum FaultPoint {
     /// Before the node's transaction (or call) begins.
     BeforePrepare,
+    /// Inside the prepare phase, under its panic guard, right before the node's `prepare` runs: a `Panic`
+    /// here is a panic in the node's own prepare.
+    InPrepare,
     /// After prepare returned its plan, before any write.
     AfterPrepare,
+    /// Inside the commit phase, under its panic guard, right before the node's `commit` (an external node's
+    /// call) runs: a `Panic` here is a panic in the node's own commit.
+    InCommit,
     /// Inside the post-commit phase (`finish`), which runs before `COMMIT`.
     InFinish,
     /// Inside the commit transaction, after the node's writes, before `COMMIT` (rolls back). For an external
     /// node: after the call succeeded, before its receipt is recorded.
     BeforeCommit,
+    /// The reply to the node's `COMMIT`: [`FaultEffect::LoseReply`] here makes the engine see the `COMMIT`'s
+    /// outcome as unknown although it landed (a reply lost on the wire).
+    CommitReply,
     /// Right after `COMMIT` succeeded.
     AfterCommit,
     /// Inside the compensation transaction, after its writes (the compensation's own, its record, its log
     /// events), before its `COMMIT`. For an external node: after the compensating call succeeded, before its
     /// record commits.
     InCompensation,
+    /// The reply to the compensation's `COMMIT`, as [`FaultPoint::CommitReply`] for the forward.
+    CompensationReply,
     /// Right after the compensation committed.
     AfterCompensation,
+}
+
+impl FaultPoint {
+    /// Whether the point lies inside a user phase's panic guard, where a `Panic` fault really panics.
+    pub fn is_guarded(self) -> bool {
+        matches!(
+            self,
+            FaultPoint::InPrepare
+                | FaultPoint::InCommit
+                | FaultPoint::InFinish
+                | FaultPoint::InCompensation
+        )
+    }
 }
 
 /// What a fault does.
@@ -38,8 +62,12 @@ pub enum FaultEffect {
     TransientError,
     /// A permanent error.
     PermanentError,
-    /// A panic.
+    /// A panic. Inside a user phase's guard (`InPrepare`, `InCommit`, `InFinish`, `InCompensation`) it is a
+    /// real panic, which the engine catches; elsewhere it acts as a permanent error.
     Panic,
+    /// At `CommitReply` / `CompensationReply`: the `COMMIT` lands, and the engine is told its outcome is
+    /// unknown (as when the connection drops before the reply). Elsewhere it has no effect.
+    LoseReply,
     /// The executor dies as in a power cut: it rolls back what is open and writes nothing more.
     Crash,
     /// The node pauses for this long, then goes on (a slow node; lets a test kill a process mid-phase).

@@ -171,6 +171,7 @@
 //!
 //! [`example`] holds a complete saga (the one `ratchet demo` runs).
 
+mod commit_outcome;
 mod context;
 mod engine;
 mod error;
@@ -191,7 +192,7 @@ pub use engine::{Engine, EngineBuilder, EngineConfig, PreparedSaga, RecoveryRepo
 pub use error::{EngineError, NodeError, NodeFailure};
 pub use failpoint::{Failpoints, FaultEffect, FaultPoint};
 pub use node::{CallError, DbNode, ExternalNode, NodeOutput, NodeReceipt};
-pub use observe::{CounterValues, Counters, RECENT_OUTCOMES, RecentOutcome};
+pub use observe::{CounterValues, Counters, RECENT_OUTCOMES, RecentOutcome, WaitingNode};
 pub use operate::{Abandoned, AdoptedSaga, AdoptionReport, ShutdownReport, abandon};
 pub use saga_def::{
     NodeKind, NodeRegistry, Ratchet, SagaBuilder, SagaCx, SagaDef, Stage, steno_action_params,

@@ -66,8 +66,9 @@ impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> NodeReceipt for T 
 pub trait DbNode<S: SagaDef>: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// The action name persisted in the DAG: stable across releases.
     const NAME: &'static str;
-    /// What prepare decided, handed to commit.
-    type Plan: Send;
+    /// What prepare decided, handed to commit. Serializable data: a value that carries a connection, a pool
+    /// or a client (and so could write outside the node's transaction) does not compile.
+    type Plan: Serialize + DeserializeOwned + Send;
     /// What commit returns, recorded with the commit.
     type Receipt: NodeReceipt;
     /// The node's output, seen by later nodes.
@@ -119,7 +120,8 @@ pub enum CallError {
 /// outcome of its call is unknown: the engine retries, or compensates by key, first.
 pub trait ExternalNode<S: SagaDef>: Serialize + DeserializeOwned + Send + Sync + 'static {
     const NAME: &'static str;
-    type Plan: Send + Sync;
+    /// What prepare decided, handed to the call: serializable data, as for database nodes.
+    type Plan: Serialize + DeserializeOwned + Send + Sync;
     type Receipt: NodeReceipt;
     type Output: NodeOutput;
 

@@ -34,6 +34,11 @@ pub struct Counters {
     pub compensations: AtomicU64,
     /// Retries of transient failures (prepare, commit, compensation, external calls).
     pub retries: AtomicU64,
+    /// `COMMIT`s (of nodes and of compensations) whose outcome was unknown and had to be resolved from the
+    /// database, and external calls whose outcome was unknown after every attempt.
+    pub unknown_outcomes: AtomicU64,
+    /// User phases that panicked (caught by the engine).
+    pub panics: AtomicU64,
     /// Writes refused because another executor had adopted the saga (or it was abandoned): commit and
     /// compensation transactions, log events, state updates. Shared with the saga log store.
     pub fenced: Arc<AtomicU64>,
@@ -50,6 +55,8 @@ pub struct CounterValues {
     pub commits: u64,
     pub compensations: u64,
     pub retries: u64,
+    pub unknown_outcomes: u64,
+    pub panics: u64,
     pub fenced: u64,
 }
 
@@ -66,6 +73,8 @@ impl Counters {
             commits: get(&self.commits),
             compensations: get(&self.compensations),
             retries: get(&self.retries),
+            unknown_outcomes: get(&self.unknown_outcomes),
+            panics: get(&self.panics),
             fenced: get(&self.fenced),
         }
     }
@@ -81,6 +90,69 @@ impl Counters {
             SagaOutcome::Fenced | SagaOutcome::Interrupted { .. } => return,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A node that waits for an unknown outcome to be resolved (see `commit_outcome.rs`): it neither fails nor
+/// goes on until the database answers.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WaitingNode {
+    pub saga_id: Uuid,
+    pub node: String,
+    /// What is being resolved: "commit" or "compensation".
+    pub what: String,
+    /// Why the outcome is unknown (the error the `COMMIT` met).
+    pub reason: String,
+    pub since: DateTime<Utc>,
+}
+
+/// The nodes of one engine that wait for an unknown outcome to be resolved.
+#[derive(Debug, Default)]
+pub(crate) struct Waiting {
+    nodes: Mutex<std::collections::BTreeMap<(Uuid, String), WaitingNode>>,
+}
+
+/// Takes a node off [`Waiting`] when dropped.
+pub(crate) struct WaitingGuard<'a> {
+    waiting: &'a Waiting,
+    key: (Uuid, String),
+}
+
+impl Drop for WaitingGuard<'_> {
+    fn drop(&mut self) {
+        self.waiting
+            .nodes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
+    }
+}
+
+impl Waiting {
+    pub(crate) fn enter(
+        &self,
+        saga_id: Uuid,
+        node: &str,
+        what: &str,
+        reason: &str,
+    ) -> WaitingGuard<'_> {
+        let key = (saga_id, node.to_owned());
+        self.nodes.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            key.clone(),
+            WaitingNode {
+                saga_id,
+                node: node.to_owned(),
+                what: what.to_owned(),
+                reason: reason.to_owned(),
+                since: Utc::now(),
+            },
+        );
+        WaitingGuard { waiting: self, key }
+    }
+
+    pub(crate) fn snapshot(&self) -> Vec<WaitingNode> {
+        let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        nodes.values().cloned().collect()
     }
 }
 

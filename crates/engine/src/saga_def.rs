@@ -59,6 +59,9 @@ pub struct SagaCx<S: SagaDef> {
     /// The database nodes for which this engine sent a `COMMIT` that may have landed (see
     /// [`SagaCx::commit_may_exist`]).
     pub(crate) commit_sent: std::sync::Mutex<HashSet<u32>>,
+    /// The nodes (database nodes, and compensations) one of whose `COMMIT`s had an unknown outcome: never
+    /// forgotten, whatever later attempts meet (see `commit_outcome.rs`).
+    pub(crate) commit_unknown: std::sync::Mutex<HashSet<u32>>,
     /// Held by a database node's transaction of this saga from before `BEGIN` to its end: the saga's
     /// database transactions run one at a time (see [`SagaCx::db_turn`]).
     pub(crate) db_turn: tokio::sync::Mutex<()>,
@@ -82,7 +85,15 @@ impl<S: SagaDef> SagaCx<S> {
     /// have adopted the saga, the fence check that precedes every write stops this one; and the record's
     /// primary key refuses a second commit record in any case.
     pub(crate) fn commit_may_exist(&self, node_id: u32) -> bool {
-        self.started_in_log.contains(&node_id) || self.commits_sent().contains(&node_id)
+        self.started_in_log.contains(&node_id)
+            || self.commits_sent().contains(&node_id)
+            || relock(&self.commit_unknown).contains(&node_id)
+    }
+
+    /// Notes that a `COMMIT` of `node_id`'s transaction had an unknown outcome: every later attempt looks
+    /// for its record first, whatever it meets in between.
+    pub(crate) fn note_commit_unknown(&self, node_id: u32) {
+        relock(&self.commit_unknown).insert(node_id);
     }
 
     /// Waits for this saga's turn to run a database transaction, and holds it while the guard lives.
@@ -112,10 +123,14 @@ impl<S: SagaDef> SagaCx<S> {
     /// A poisoned lock only means a node's attempt panicked while holding it; every critical section is one
     /// insert, removal or lookup, so the set is still valid.
     fn commits_sent(&self) -> std::sync::MutexGuard<'_, HashSet<u32>> {
-        self.commit_sent
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        relock(&self.commit_sent)
     }
+}
+
+/// Locks one of [`SagaCx`]'s sets, recovering from poisoning (every critical section is one insert, removal
+/// or lookup, so the set is valid even if a holder panicked).
+fn relock(set: &std::sync::Mutex<HashSet<u32>>) -> std::sync::MutexGuard<'_, HashSet<u32>> {
+    set.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl<S: SagaDef> fmt::Debug for SagaCx<S> {
@@ -195,11 +210,13 @@ impl<S: SagaDef> NodeRegistry<S> {
         self
     }
 
-    /// A plain steno action, registered as is. It gets none of ratchet's guarantees (no commit record, no
-    /// compensation after a failure, no read-only prepare): this exists so that a fixture written the pre-
-    /// ratchet way (the `legacy` disk-attach) can run inside a ratchet saga, next to the fixed version.
-    /// `name` must be the action's own name (what it was made with).
-    pub fn steno_action(
+    /// **Unchecked**: a plain steno action, registered as is. It gets none of ratchet's guarantees: no commit
+    /// record, no exactly-once replay, no compensation after a failure, no read-only prepare, no panic guard,
+    /// no fencing of its own writes (only of steno's log events). Its commit point is wherever its code puts
+    /// it, and a fallible step after it leaks exactly as in plain steno (Omicron issue 10695). It exists for
+    /// incremental adoption (a saga ported node by node, a plain steno saga recovered beside typed ones) and
+    /// for the pre-fix comparison fixtures. `name` must be the action's own name (what it was made with).
+    pub fn unchecked_steno_action(
         &mut self,
         name: &'static str,
         action: Arc<dyn steno::Action<Ratchet<S>>>,
@@ -217,9 +234,13 @@ impl<S: SagaDef> SagaCx<S> {
         self.saga_id
     }
 
-    /// The engine's connection pool: for plain steno actions ([`NodeRegistry::steno_action`]) only, which
-    /// manage their own connections and transactions the way code did before ratchet.
-    pub fn pool(&self) -> &ratchet_store::DbPool {
+    /// **Unchecked**: the engine's connection pool, for plain steno actions
+    /// ([`NodeRegistry::unchecked_steno_action`]) only, which manage their own connections and transactions the
+    /// way code did before ratchet. A typed node never needs it and must not use it: a write through it is
+    /// outside the node's transaction, so nothing makes it exactly-once or compensates it (the class of bug
+    /// ratchet exists to rule out). Typed nodes get no pool from the engine: only this escape hatch, whose
+    /// name says what it is.
+    pub fn unchecked_pool(&self) -> &ratchet_store::DbPool {
         &self.shared.pool
     }
 
@@ -278,8 +299,9 @@ impl<S: SagaDef> Stage<'_, S> {
         self
     }
 
-    /// A plain steno action node (see [`NodeRegistry::steno_action`]); register the same action there.
-    pub fn steno_action(
+    /// **Unchecked**: a plain steno action node (see [`NodeRegistry::unchecked_steno_action`]); register the
+    /// same action there.
+    pub fn unchecked_steno_action(
         &mut self,
         name: &str,
         action: &dyn steno::Action<Ratchet<S>>,

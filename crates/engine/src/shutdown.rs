@@ -22,7 +22,7 @@
 //! its clients (steno's `Drop` sends the SEC a shutdown message with `try_send`, which cannot panic); when no
 //! saga is parked in a SEC, the engine awaits `shutdown` under a timeout.
 //!
-//! TODO-robustness Plain steno actions ([`crate::NodeRegistry::steno_action`], the legacy comparison fixture)
+//! TODO-robustness Plain steno actions ([`crate::NodeRegistry::unchecked_steno_action`], the legacy comparison fixture)
 //! have no phase boundaries: a shutdown neither waits for nor stops them, and only the store's writes for them
 //! stop. They are not used by ratchet's own sagas.
 //!

@@ -51,21 +51,35 @@ pub fn is_transient_diesel(error: &DieselError) -> bool {
             | DatabaseErrorKind::UnableToSendCommand
             | DatabaseErrorKind::ClosedConnection => true,
             // diesel does not expose the SQLSTATE of other errors; these messages are PostgreSQL's own for
-            // 40P01 (deadlock), 40001 when reported without the code, 57P01 (the server is shutting the
-            // connection) and 25P02 (an earlier statement of this transaction failed, see
+            // 40P01 (deadlock), 40001 when reported without the code, 57P01 and 25P03 (the server is
+            // closing the connection: shut down, backend terminated, idle in a transaction too long), 55P03
+            // and 57014 (a lock or statement timeout) and 25P02 (an earlier statement of this transaction failed, see
             // `ABORTED_TRANSACTION`).
-            DatabaseErrorKind::Unknown => {
-                let message = info.message();
-                message.contains("deadlock detected")
-                    || message.contains("could not serialize")
-                    || message.contains("terminating connection")
-                    || message.contains(ABORTED_TRANSACTION)
-            }
+            DatabaseErrorKind::Unknown => message_is_transient(info.message()),
             _ => false,
         },
         DieselError::BrokenTransactionManager => true,
         _ => false,
     }
+}
+
+/// Whether an error message is one of PostgreSQL's (or the client's) for a failure worth retrying, for errors
+/// that reach us as text only (diesel's `Unknown` kind, an error wrapped by a library that hides its type).
+pub fn message_is_transient(message: &str) -> bool {
+    const TRANSIENT: [&str; 9] = [
+        "deadlock detected",
+        "could not serialize",
+        "terminating connection",
+        ABORTED_TRANSACTION,
+        // 55P03 and 57014: a session limit (`SessionLimits`) ended a wait that may succeed later.
+        "canceling statement due to lock timeout",
+        "canceling statement due to statement timeout",
+        // The client's words for a connection that broke or could not be made.
+        "connection closed",
+        "error communicating with the server",
+        "the database system is",
+    ];
+    TRANSIENT.iter().any(|marker| message.contains(marker))
 }
 
 /// PostgreSQL's message for SQLSTATE 25P02: a statement ran in a transaction that an earlier statement's

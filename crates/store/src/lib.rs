@@ -39,7 +39,7 @@ pub mod sec_store;
 pub mod testing;
 pub mod transaction;
 
-pub use error::{DbError, is_transient_diesel};
+pub use error::{DbError, is_transient_diesel, message_is_transient};
 pub use event::EventRow;
 pub use fence::{Fence, Liveness};
 pub use ops::{Refusal, StuckDiagnosis, stuck_diagnosis};

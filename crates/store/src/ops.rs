@@ -52,6 +52,60 @@ pub async fn adopt_batch(
     Ok(rows)
 }
 
+/// Claims up to `batch` of executor `sec_id`'s own unfinished sagas for a new incarnation of it, in one
+/// statement: `adopt_generation + 1`, `adopt_time = now`, for the lowest ids above `after`, leaving out
+/// `exclude` (the sagas the claiming incarnation is already driving). Returns the claimed rows (with their new
+/// generation), lowest id first; page on with the last id.
+///
+/// An executor id is stable across restarts (a Nexus zone's id), so an owner check on the id alone cannot
+/// tell a new process from an old one that is still alive (hung, or a second `recover` started beside the
+/// first). The bump makes the difference: every write of an older incarnation carries the older generation
+/// and is fenced out exactly like a foreign executor's. Like [`adopt_batch`], the `UPDATE` waits for the
+/// share locks the older incarnation's in-flight transactions hold, so none of its writes lands after it.
+pub async fn claim_unfinished(
+    conn: &mut AsyncPgConnection,
+    sec_id: Uuid,
+    after: Option<Uuid>,
+    exclude: &[Uuid],
+    batch: i64,
+) -> QueryResult<Vec<SagaRow>> {
+    use diesel::sql_types::Array;
+    let mut rows: Vec<SagaRow> = diesel::sql_query(
+        "UPDATE saga SET adopt_generation = adopt_generation + 1, adopt_time = $2 \
+         WHERE current_sec = $1 AND saga_state IN ('running', 'unwinding') \
+           AND id IN (SELECT id FROM saga \
+                      WHERE current_sec = $1 AND saga_state IN ('running', 'unwinding') \
+                        AND id > $3 AND NOT (id = ANY($4)) \
+                      ORDER BY id LIMIT $5) \
+         RETURNING *",
+    )
+    .bind::<SqlUuid, _>(sec_id)
+    .bind::<Timestamptz, _>(Utc::now())
+    .bind::<SqlUuid, _>(after.unwrap_or(Uuid::nil()))
+    .bind::<Array<SqlUuid>, _>(exclude)
+    .bind::<BigInt, _>(batch)
+    .load(conn)
+    .await?;
+    rows.sort_by_key(|row| row.id);
+    Ok(rows)
+}
+
+/// Which of `ids` are unfinished sagas of executor `sec_id`.
+pub async fn unfinished_among(
+    conn: &mut AsyncPgConnection,
+    sec_id: Uuid,
+    ids: &[Uuid],
+) -> QueryResult<Vec<Uuid>> {
+    saga::table
+        .filter(saga::current_sec.eq(sec_id))
+        .filter(saga::saga_state.eq_any(crate::owner::WRITABLE_STATES))
+        .filter(saga::id.eq_any(ids))
+        .select(saga::id)
+        .order(saga::id)
+        .load(conn)
+        .await
+}
+
 /// Why an operator action refuses a saga.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Refusal {

@@ -27,10 +27,13 @@ pub const WRITABLE_STATES: [&str; 2] = ["running", "unwinding"];
 /// [`lock_if_owner`]'s condition as a common table expression named `owner`, for the statements that write only
 /// if the executor still owns the saga ([`crate::records::record_commit_if_owner`],
 /// [`crate::records::insert_events_if_owner`]): the check, the share lock and the writes then cost one round
-/// trip. Binds `$1` the saga id, `$2` the executor id, `$3` its generation; `owner` has one row (`id`) when
-/// the executor owns the saga, none when it has been fenced out. The states are [`WRITABLE_STATES`].
+/// trip. Binds `$1` the saga id, `$2` the executor id, `$3` its generation, `$4` the node transaction's token
+/// (NULL when the write is not made in a node's transaction; see [`crate::records::NODE_TX_SETTING`]);
+/// `owner` has one row (`id`) when the executor owns the saga and the write runs in the transaction that
+/// token names, none otherwise. The states are [`WRITABLE_STATES`].
 pub(crate) const OWNER_CTE: &str = "owner AS (SELECT id FROM saga WHERE id = $1 AND current_sec = $2 \
-     AND adopt_generation = $3 AND saga_state IN ('running', 'unwinding') FOR SHARE)";
+     AND adopt_generation = $3 AND saga_state IN ('running', 'unwinding') \
+     AND ($4::TEXT IS NULL OR coalesce(current_setting('ratchet.node_tx', true), '') = $4) FOR SHARE)";
 
 /// Takes a share lock on `saga_id`'s row if `owner` still owns it and it is unfinished. Returns `false` when
 /// the executor has been fenced out (or the saga is finished or gone): the caller must then write nothing.

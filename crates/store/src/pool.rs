@@ -2,7 +2,7 @@
 
 use crate::DbError;
 use diesel_async::AsyncPgConnection;
-use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use std::time::Duration;
 
@@ -26,6 +26,8 @@ pub struct PoolConfig {
     pub max_size: u32,
     /// How long a checkout may wait before it fails (a transient error: the pool is exhausted).
     pub checkout_timeout: Duration,
+    /// The limits every session of the pool runs under.
+    pub session: SessionLimits,
 }
 
 impl Default for PoolConfig {
@@ -33,14 +35,69 @@ impl Default for PoolConfig {
         PoolConfig {
             max_size: 16,
             checkout_timeout: Duration::from_secs(10),
+            session: SessionLimits::default(),
         }
+    }
+}
+
+/// Limits set on every session the pool opens, so that no transaction of this executor is held forever.
+///
+/// An executor frozen in the middle of a transaction (SIGSTOP, a hung host, a GC-like stall) keeps its
+/// row locks, and the executor that adopts its sagas would wait behind them for as long as the freeze lasts.
+/// With these limits the server itself ends the frozen session after `idle_in_transaction` (rolling its
+/// transaction back and releasing its locks), and a statement that waits for a lock longer than
+/// `lock_timeout` fails with a transient error, to be retried: an adopter makes progress within about
+/// `idle_in_transaction` of its predecessor freezing. When the frozen process thaws, its connection is gone,
+/// its `COMMIT` (if it was about to send one) has an unknown outcome, and the engine resolves it from the
+/// database, where the adoption has fenced it out: it writes nothing.
+///
+/// The engine's own transactions are never idle for long: no call to another service is made inside one,
+/// and a node's phases run between its statements without waiting on anything else. So the defaults are
+/// generous.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// `idle_in_transaction_session_timeout`: a session idle inside a transaction this long is terminated.
+    pub idle_in_transaction: Duration,
+    /// `lock_timeout`: a statement waiting this long for a lock fails (a transient error).
+    pub lock_timeout: Duration,
+    /// `statement_timeout`, if any: a statement running this long fails (a transient error).
+    pub statement_timeout: Option<Duration>,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        SessionLimits {
+            idle_in_transaction: Duration::from_secs(30),
+            lock_timeout: Duration::from_secs(10),
+            statement_timeout: None,
+        }
+    }
+}
+
+impl SessionLimits {
+    /// The `SET` statements that put a session under these limits (session-wide, not `LOCAL`).
+    pub fn set_statements(&self) -> String {
+        let ms = |d: Duration| d.as_millis().max(1);
+        format!(
+            "SET idle_in_transaction_session_timeout = {}; SET lock_timeout = {}; SET statement_timeout = {}",
+            ms(self.idle_in_transaction),
+            ms(self.lock_timeout),
+            self.statement_timeout.map_or(0, ms),
+        )
     }
 }
 
 /// Builds a pool for `url` and checks that one connection can be made, so that a wrong URL or a missing
 /// database is reported here, by name, rather than as a timeout later.
 pub async fn connect_pool(url: &str, config: &PoolConfig) -> Result<DbPool, DbError> {
-    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
+    let limits = config.session;
+    let mut manager_config = ManagerConfig::<AsyncPgConnection>::default();
+    manager_config.custom_setup = Box::new(move |url| {
+        let url = url.to_owned();
+        Box::pin(async move { establish_limited(&url, limits).await })
+    });
+    let manager =
+        AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, manager_config);
     let pool = bb8::Pool::builder()
         .max_size(config.max_size)
         .connection_timeout(config.checkout_timeout)
@@ -54,6 +111,21 @@ pub async fn connect_pool(url: &str, config: &PoolConfig) -> Result<DbPool, DbEr
     Ok(pool)
 }
 
+/// One connection under `limits` (one more round trip when it is made, none per checkout).
+async fn establish_limited(
+    url: &str,
+    limits: SessionLimits,
+) -> diesel::ConnectionResult<AsyncPgConnection> {
+    use diesel_async::{AsyncConnection, SimpleAsyncConnection};
+    let mut conn = AsyncPgConnection::establish(url).await?;
+    conn.batch_execute(&limits.set_statements())
+        .await
+        .map_err(|e| {
+            diesel::ConnectionError::BadConnection(format!("setting session limits: {e}"))
+        })?;
+    Ok(conn)
+}
+
 /// One connection outside any pool.
 pub async fn establish(url: &str) -> Result<AsyncPgConnection, DbError> {
     use diesel_async::AsyncConnection;
@@ -62,7 +134,11 @@ pub async fn establish(url: &str) -> Result<AsyncPgConnection, DbError> {
         .map_err(DbError::from)
 }
 
-/// Applies every pending embedded migration in `migrations` to the database at `url`.
+/// Applies every pending embedded migration in `migrations` to the database at `url`, retrying transient
+/// failures (a backend terminated, the server restarting, a serialization failure) with
+/// [`RetryPolicy::OPERATOR`](crate::RetryPolicy::OPERATOR): each migration runs in a transaction of its own,
+/// so an attempt cut short leaves every migration applied or not, and the next attempt applies what is
+/// pending.
 ///
 /// diesel's migration harness is synchronous, so it runs on a blocking thread through diesel-async's
 /// connection wrapper (which works on either tokio runtime flavour).
@@ -70,17 +146,41 @@ pub async fn run_migrations(
     url: &str,
     migrations: &'static EmbeddedMigrations,
 ) -> Result<(), DbError> {
-    use diesel::Connection;
-    use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
-    let url = url.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(&url)?;
-        conn.run_pending_migrations(StaticMigrations(migrations))
-            .map(|_| ())
-            .map_err(|error| DbError::Migration(error.to_string()))
-    })
+    crate::retry_transient(
+        crate::RetryPolicy::OPERATOR,
+        "applying migrations",
+        || async move {
+            let url = url.to_owned();
+            tokio::task::spawn_blocking(move || {
+                use diesel::Connection;
+                use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
+                let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(&url)?;
+                conn.run_pending_migrations(StaticMigrations(migrations))
+                    .map(|_| ())
+                    .map_err(migration_error)
+            })
+            .await
+            .map_err(|error| DbError::Migration(format!("migration task failed: {error}")))?
+        },
+    )
     .await
-    .map_err(|error| DbError::Migration(format!("migration task failed: {error}")))?
+}
+
+/// A migration harness error as a [`DbError`]: a query's error keeps its kind (so that a transient one is
+/// retried); anything else is a permanent migration error.
+fn migration_error(error: Box<dyn std::error::Error + Send + Sync>) -> DbError {
+    // diesel_migrations wraps a migration's query error in a type it does not export: read its message.
+    let message = error.to_string();
+    if crate::error::message_is_transient(&message) {
+        return DbError::Pool(format!("a migration met a transient failure: {message}"));
+    }
+    match error.downcast::<diesel::result::Error>() {
+        Ok(query) => DbError::Query(*query),
+        Err(other) => match other.downcast::<diesel::ConnectionError>() {
+            Ok(connect) => DbError::Connect(*connect),
+            Err(other) => DbError::Migration(other.to_string()),
+        },
+    }
 }
 
 /// A `&'static EmbeddedMigrations` as a migration source (diesel implements it only for the owned value, which

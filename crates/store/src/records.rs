@@ -66,35 +66,140 @@ pub async fn is_compensated(
     Ok(row.is_some())
 }
 
-/// Records that `node_name` was compensated (`had_commit`: whether there was a commit to undo). Fails with a
-/// unique violation if it already was.
+/// The session setting that names the engine's transaction for a node: the engine sets it (`SET LOCAL`) right
+/// after its `BEGIN`, to a token of its own, and every write that closes the node's transaction (the commit
+/// record, the compensation record) happens only if the setting still holds that token. A node that sent its
+/// own `COMMIT` (or `ROLLBACK`, or `COMMIT; BEGIN`) through the engine's connection has ended the engine's
+/// transaction, and `SET LOCAL` ends with it: the engine then writes no record, sees the token gone, and fails
+/// the node loudly. The writes the node committed on its own are outside every guarantee; this is how the
+/// engine notices them.
+pub const NODE_TX_SETTING: &str = "ratchet.node_tx";
+
+/// `SET LOCAL` of [`NODE_TX_SETTING`] to `token`: one statement to send with the `BEGIN` of a node's
+/// transaction. The token is a UUID (no quoting issue).
+pub fn set_node_tx(token: Uuid) -> String {
+    format!("SET LOCAL {NODE_TX_SETTING} = '{token}'")
+}
+
+/// What a fenced write of a node's transaction found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FencedWrite {
+    /// The executor owns the saga, the transaction is the engine's: the rows are written.
+    Written,
+    /// The executor has been fenced out: nothing is written.
+    Fenced,
+    /// The statement did not run in the transaction the engine opened (its token is gone: the node ended the
+    /// engine's transaction itself): nothing is written. `found` is what the setting held.
+    ForeignTransaction { found: String },
+}
+
+/// Records that `node_name` was compensated (`had_commit`: whether there was a commit to undo), if the
+/// statement runs in the transaction `tx_token` names (see [`NODE_TX_SETTING`]; `None`: any). Returns
+/// [`FencedWrite::ForeignTransaction`], having written nothing, when it does not. Fails with a unique
+/// violation if the node was already compensated.
 pub async fn insert_compensation_record(
     conn: &mut AsyncPgConnection,
     saga_id: Uuid,
     node_name: &str,
     had_commit: bool,
     owner: SagaOwner,
-) -> QueryResult<()> {
-    diesel::insert_into(saga_compensation_record::table)
-        .values(CompensationRecord {
-            saga_id,
-            node_name: node_name.to_owned(),
-            had_commit,
-            time_compensated: Utc::now(),
-            creator: owner.sec_id,
-            adopt_generation: owner.generation,
-        })
-        .execute(conn)
-        .await
-        .map(|_| ())
+    tx_token: Option<Uuid>,
+) -> QueryResult<FencedWrite> {
+    use diesel::sql_types::{BigInt, Bool, Nullable, Text, Timestamptz};
+    type SqlUuid = diesel::sql_types::Uuid;
+    let row: TokenCheck = diesel::sql_query(
+        "WITH written AS (INSERT INTO saga_compensation_record \
+         (saga_id, node_name, had_commit, time_compensated, creator, adopt_generation) \
+         SELECT $1, $2, $3, $4, $5, $6 \
+         WHERE $7::TEXT IS NULL OR coalesce(current_setting('ratchet.node_tx', true), '') = $7 \
+         RETURNING 1) \
+         SELECT (SELECT count(*) FROM written) AS owners, \
+         coalesce(current_setting('ratchet.node_tx', true), '') AS tx_token",
+    )
+    .bind::<SqlUuid, _>(saga_id)
+    .bind::<Text, _>(node_name)
+    .bind::<Bool, _>(had_commit)
+    .bind::<Timestamptz, _>(Utc::now())
+    .bind::<SqlUuid, _>(owner.sec_id)
+    .bind::<BigInt, _>(owner.generation)
+    .bind::<Nullable<Text>, _>(tx_token.map(|t| t.to_string()))
+    .get_result(conn)
+    .await?;
+    Ok(row.outcome(tx_token))
 }
 
-/// The count a fenced write returns: 1 when the executor owned the saga (and the rows were written), 0 when
-/// it has been fenced out (and nothing was).
+/// Which record a [`probe_record`] looks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordKind {
+    Commit,
+    Compensation,
+}
+
+/// Whether `node_name`'s commit (or compensation) record exists, *waiting for any transaction still writing
+/// it*: the one question that settles a `COMMIT` whose outcome is unknown.
+///
+/// A plain read cannot settle it: under MVCC it does not see a transaction that has inserted the record and
+/// not yet committed (its `COMMIT` still in flight, or its client gone and the server not yet aware), so it
+/// would say "not there" and then the record could land. An insert of the same key, by contrast, waits for
+/// that transaction to end (bounded by the session's `lock_timeout`, a transient error), then either
+/// conflicts (the record is there: the commit landed) or goes in (it is not, and no transaction can still
+/// write it). The probe's insert is always rolled back; it opens its own transaction on `conn`.
+pub async fn probe_record(
+    conn: &mut AsyncPgConnection,
+    kind: RecordKind,
+    saga_id: Uuid,
+    node_name: &str,
+) -> QueryResult<bool> {
+    use diesel::sql_types::Text;
+    type SqlUuid = diesel::sql_types::Uuid;
+    #[derive(QueryableByName)]
+    struct Inserted {
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        #[allow(dead_code)] // only the row's presence matters
+        probe: i32,
+    }
+    let sql = match kind {
+        RecordKind::Commit => {
+            "INSERT INTO saga_commit_record \
+             (saga_id, node_name, receipt, time_committed, creator, adopt_generation) \
+             VALUES ($1, $2, 'null'::JSONB, now(), $1, -1) ON CONFLICT DO NOTHING RETURNING 1 AS probe"
+        }
+        RecordKind::Compensation => {
+            "INSERT INTO saga_compensation_record \
+             (saga_id, node_name, had_commit, time_compensated, creator, adopt_generation) \
+             VALUES ($1, $2, false, now(), $1, -1) ON CONFLICT DO NOTHING RETURNING 1 AS probe"
+        }
+    };
+    crate::transaction::begin(conn).await?;
+    let inserted: QueryResult<Vec<Inserted>> = diesel::sql_query(sql)
+        .bind::<SqlUuid, _>(saga_id)
+        .bind::<Text, _>(node_name)
+        .load(conn)
+        .await;
+    crate::transaction::rollback(conn).await;
+    Ok(inserted?.is_empty())
+}
+
+/// What a fenced write's statement returns: how many owner rows it found (1 when it wrote, 0 when it did not)
+/// and the node transaction's token as the statement saw it.
 #[derive(QueryableByName)]
-struct OwnerCount {
+struct TokenCheck {
     #[diesel(sql_type = diesel::sql_types::BigInt)]
     owners: i64,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    tx_token: String,
+}
+
+impl TokenCheck {
+    fn outcome(&self, expected: Option<Uuid>) -> FencedWrite {
+        match expected {
+            Some(token) if self.tx_token != token.to_string() => FencedWrite::ForeignTransaction {
+                found: self.tx_token.clone(),
+            },
+            _ if self.owners > 0 => FencedWrite::Written,
+            _ => FencedWrite::Fenced,
+        }
+    }
 }
 
 /// A raw statement, boxed so that binds can be added in a loop.
@@ -134,11 +239,11 @@ fn events_from_owner(first: usize) -> String {
     )
 }
 
-/// In one statement: if `owner` still owns `saga_id`, takes the share lock on its row, records that
-/// `node_name` committed with `receipt`, and inserts `events` (the node's `started` and `succeeded`, and any
-/// held-back event that lands with them). Returns `false`, having written nothing, when the executor has been
-/// fenced out. Fails with a unique violation if the node's commit was already recorded: a second commit of
-/// one node can never land.
+/// In one statement: if `owner` still owns `saga_id` and the statement runs in the node's transaction
+/// `tx_token` names (see [`NODE_TX_SETTING`]; `None`: any), takes the share lock on the saga's row, records
+/// that `node_name` committed with `receipt`, and inserts `events` (the node's `started` and `succeeded`, and
+/// any held-back event that lands with them). Writes nothing otherwise, and says why. Fails with a unique
+/// violation if the node's commit was already recorded: a second commit of one node can never land.
 pub async fn record_commit_if_owner(
     conn: &mut AsyncPgConnection,
     saga_id: Uuid,
@@ -146,8 +251,17 @@ pub async fn record_commit_if_owner(
     receipt: serde_json::Value,
     owner: SagaOwner,
     events: &[EventRow],
-) -> QueryResult<bool> {
-    write_if_owner(conn, saga_id, owner, Some((node_name, receipt)), events).await
+    tx_token: Option<Uuid>,
+) -> QueryResult<FencedWrite> {
+    write_if_owner(
+        conn,
+        saga_id,
+        owner,
+        Some((node_name, receipt)),
+        events,
+        tx_token,
+    )
+    .await
 }
 
 /// In one statement: if `owner` still owns `saga_id`, takes the share lock on its row and inserts `events`
@@ -159,37 +273,40 @@ pub async fn insert_events_if_owner(
     owner: SagaOwner,
     events: &[EventRow],
 ) -> QueryResult<bool> {
-    write_if_owner(conn, saga_id, owner, None, events).await
+    let written = write_if_owner(conn, saga_id, owner, None, events, None).await?;
+    Ok(written == FencedWrite::Written)
 }
 
 /// The one fenced write behind [`record_commit_if_owner`] (`commit`: the node and its receipt) and
-/// [`insert_events_if_owner`] (`None`). Binds `$1`–`$3` for [`crate::owner::OWNER_CTE`], then the commit
-/// record's `$4`–`$6` if any, then the event arrays.
+/// [`insert_events_if_owner`] (`None`). Binds `$1`–`$4` for [`crate::owner::OWNER_CTE`], then the commit
+/// record's `$5`–`$7` if any, then the event arrays.
 async fn write_if_owner(
     conn: &mut AsyncPgConnection,
     saga_id: Uuid,
     owner: SagaOwner,
     commit: Option<(&str, serde_json::Value)>,
     events: &[EventRow],
-) -> QueryResult<bool> {
-    use diesel::sql_types::{BigInt, Jsonb, Text, Timestamptz};
+    tx_token: Option<Uuid>,
+) -> QueryResult<FencedWrite> {
+    use diesel::sql_types::{BigInt, Jsonb, Nullable, Text, Timestamptz};
     use std::sync::LazyLock;
+    const RESULT: &str = "SELECT (SELECT count(*) FROM owner) AS owners, \
+         coalesce(current_setting('ratchet.node_tx', true), '') AS tx_token";
     static WITH_COMMIT_RECORD: LazyLock<String> = LazyLock::new(|| {
         format!(
             "WITH {owner_cte}, commit_record AS (\
              INSERT INTO saga_commit_record \
              (saga_id, node_name, receipt, time_committed, creator, adopt_generation) \
-             SELECT id, $4, $5, $6, $2, $3 FROM owner), events AS ({events}) \
-             SELECT count(*) AS owners FROM owner",
+             SELECT id, $5, $6, $7, $2, $3 FROM owner), events AS ({events}) {RESULT}",
             owner_cte = crate::owner::OWNER_CTE,
-            events = events_from_owner(7),
+            events = events_from_owner(8),
         )
     });
     static EVENTS_ONLY: LazyLock<String> = LazyLock::new(|| {
         format!(
-            "WITH {owner_cte}, events AS ({events}) SELECT count(*) AS owners FROM owner",
+            "WITH {owner_cte}, events AS ({events}) {RESULT}",
             owner_cte = crate::owner::OWNER_CTE,
-            events = events_from_owner(4),
+            events = events_from_owner(5),
         )
     });
     let sql = if commit.is_some() {
@@ -201,15 +318,16 @@ async fn write_if_owner(
         .into_boxed()
         .bind::<diesel::sql_types::Uuid, _>(saga_id)
         .bind::<diesel::sql_types::Uuid, _>(owner.sec_id)
-        .bind::<BigInt, _>(owner.generation);
+        .bind::<BigInt, _>(owner.generation)
+        .bind::<Nullable<Text>, _>(tx_token.map(|t| t.to_string()));
     if let Some((node_name, receipt)) = commit {
         query = query
             .bind::<Text, _>(node_name.to_owned())
             .bind::<Jsonb, _>(receipt)
             .bind::<Timestamptz, _>(Utc::now());
     }
-    let row: OwnerCount = bind_event_arrays(query, events).get_result(conn).await?;
-    Ok(row.owners > 0)
+    let row: TokenCheck = bind_event_arrays(query, events).get_result(conn).await?;
+    Ok(row.outcome(tx_token))
 }
 
 /// Inserts log events; an event already present (same saga, node and type) is left as it is.

@@ -462,6 +462,9 @@ where
     }
 }
 
+/// How long `saga_create` retries transient failures before it gives steno the error.
+const CREATE_BUDGET: std::time::Duration = std::time::Duration::from_secs(30);
+
 #[async_trait::async_trait]
 impl steno::SecStore for PgSecStore {
     async fn saga_create(&self, params: SagaCreateParams) -> Result<(), anyhow::Error> {
@@ -498,6 +501,7 @@ impl steno::SecStore for PgSecStore {
             time_stuck: None,
         };
         let mut attempts = 0;
+        let started = std::time::Instant::now();
         loop {
             let result: Result<(), DbError> = async {
                 let mut conn = self.pool.get().await?;
@@ -507,7 +511,13 @@ impl steno::SecStore for PgSecStore {
             .await;
             match result {
                 Ok(()) => return Ok(()),
-                Err(error) if error.is_transient() && attempts < 8 => {
+                // An earlier attempt's insert landed although its reply was lost: the saga exists.
+                Err(DbError::Query(diesel::result::Error::DatabaseError(
+                    diesel::result::DatabaseErrorKind::UniqueViolation,
+                    _,
+                ))) if attempts > 0 => return Ok(()),
+                // Long enough to ride through a server restart; steno's create is the one fallible call.
+                Err(error) if error.is_transient() && started.elapsed() < CREATE_BUDGET => {
                     attempts += 1;
                     let delay = RetryPolicy::FOREVER.delay(attempts).unwrap_or_default();
                     tracing::warn!(saga_id = %row.id, %error, "creating saga: transient failure, retrying");

@@ -11,6 +11,15 @@
 //!
 //! Mutating calls take the idempotency key from the caller, who must reuse it when retrying an unknown
 //! outcome: that is what makes the retry safe.
+//!
+//! The removals ([`SledAgentClient::vmm_unregister`], [`PantryClient::disk_detach`],
+//! [`PantryClient::snapshot_delete`]) also take `compensates`: when the call undoes a forward call, the
+//! forward call's idempotency key, sent as `X-Compensates-Key`. Once the service has applied the
+//! compensation it refuses every request under that forward key, so that a late duplicate of the forward
+//! request (a retry still in flight, a stale executor) cannot redo what was undone; the caller of such a
+//! request sees a permanent [`CallOutcomeError::Refused`] whose message starts with
+//! `"409 idempotency_key_compensated: "`. A compensation must name the forward key whether or not the forward
+//! call is known to have been applied. `None` is for a removal that is a forward step of its own.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -26,7 +35,7 @@ use crate::pantry::{
     Attachment, DiskAttachBody, DiskDetachResponse, DiskSnapshotBody, PantryState, Snapshot,
     SnapshotDeleteResponse,
 };
-use crate::service::IDEMPOTENCY_KEY;
+use crate::service::{COMPENSATES_KEY, IDEMPOTENCY_KEY};
 use crate::sled_agent::{Vmm, VmmEnsureBody, VmmUnregisterResponse};
 
 /// How long a call waits for its answer, by default.
@@ -45,6 +54,7 @@ impl Endpoint {
         method: &str,
         path: &str,
         key: Option<Uuid>,
+        compensates: Option<Uuid>,
         body: Option<&impl Serialize>,
     ) -> Result<T, CallOutcomeError> {
         let body = match body.map(serde_json::to_vec).transpose() {
@@ -59,8 +69,9 @@ impl Endpoint {
         let headers: Vec<(&str, String)> = key
             .map(|k| (IDEMPOTENCY_KEY, k.to_string()))
             .into_iter()
+            .chain(compensates.map(|k| (COMPENSATES_KEY, k.to_string())))
             .collect();
-        tracing::debug!(addr = %self.addr, method, path, ?key, "calling simulated service");
+        tracing::debug!(addr = %self.addr, method, path, ?key, ?compensates, "calling simulated service");
         let response = exchange(
             self.addr,
             method,
@@ -144,15 +155,22 @@ impl SledAgentClient {
                 "PUT",
                 &format!("/vmms/{propolis_id}"),
                 Some(key),
+                None,
                 Some(&body),
             )
             .await
     }
 
     /// `DELETE /vmms/{propolis_id}`: unregisters the VMM; succeeds if it does not exist.
+    ///
+    /// `compensates` is the idempotency key of the forward call this undoes (the `vmm_ensure` that created
+    /// the VMM), whether or not that call is known to have been applied: once this is applied, the sled agent
+    /// refuses every request under that key (409 `idempotency_key_compensated`, a permanent
+    /// [`CallOutcomeError::Refused`]). `None` for an unregister that undoes nothing.
     pub async fn vmm_unregister(
         &self,
         key: Uuid,
+        compensates: Option<Uuid>,
         propolis_id: Uuid,
     ) -> Result<VmmUnregisterResponse, CallOutcomeError> {
         self.endpoint
@@ -160,6 +178,7 @@ impl SledAgentClient {
                 "DELETE",
                 &format!("/vmms/{propolis_id}"),
                 Some(key),
+                compensates,
                 None::<&()>,
             )
             .await
@@ -167,7 +186,9 @@ impl SledAgentClient {
 
     /// `GET /vmms`: every registered VMM, by propolis id.
     pub async fn list_vmms(&self) -> Result<Vec<Vmm>, CallOutcomeError> {
-        self.endpoint.call("GET", "/vmms", None, None::<&()>).await
+        self.endpoint
+            .call("GET", "/vmms", None, None, None::<&()>)
+            .await
     }
 }
 
@@ -213,6 +234,7 @@ impl PantryClient {
                 "POST",
                 &format!("/disks/{disk_id}/attach"),
                 Some(key),
+                None,
                 Some(&body),
             )
             .await
@@ -231,15 +253,22 @@ impl PantryClient {
                 "POST",
                 &format!("/disks/{disk_id}/snapshot"),
                 Some(key),
+                None,
                 Some(&body),
             )
             .await
     }
 
     /// `DELETE /disks/{disk_id}`: detaches the disk; succeeds if it is not attached.
+    ///
+    /// `compensates` is, for a detach that undoes an attach, the idempotency key of that `disk_attach` call,
+    /// whether or not it is known to have been applied: once this is applied, the pantry refuses every
+    /// request under that key (409 `idempotency_key_compensated`, a permanent [`CallOutcomeError::Refused`]).
+    /// `None` for a detach that is a forward step of its own.
     pub async fn disk_detach(
         &self,
         key: Uuid,
+        compensates: Option<Uuid>,
         disk_id: Uuid,
     ) -> Result<DiskDetachResponse, CallOutcomeError> {
         self.endpoint
@@ -247,15 +276,22 @@ impl PantryClient {
                 "DELETE",
                 &format!("/disks/{disk_id}"),
                 Some(key),
+                compensates,
                 None::<&()>,
             )
             .await
     }
 
     /// `DELETE /snapshots/{snapshot_id}`: deletes the snapshot; succeeds if it does not exist.
+    ///
+    /// `compensates` is the idempotency key of the forward call this undoes (the `disk_snapshot` that took
+    /// the snapshot), whether or not that call is known to have been applied: once this is applied, the
+    /// pantry refuses every request under that key (409 `idempotency_key_compensated`, a permanent
+    /// [`CallOutcomeError::Refused`]). `None` for a delete that undoes nothing.
     pub async fn snapshot_delete(
         &self,
         key: Uuid,
+        compensates: Option<Uuid>,
         snapshot_id: Uuid,
     ) -> Result<SnapshotDeleteResponse, CallOutcomeError> {
         self.endpoint
@@ -263,6 +299,7 @@ impl PantryClient {
                 "DELETE",
                 &format!("/snapshots/{snapshot_id}"),
                 Some(key),
+                compensates,
                 None::<&()>,
             )
             .await
@@ -270,6 +307,8 @@ impl PantryClient {
 
     /// `GET /state`: every attachment and snapshot.
     pub async fn state(&self) -> Result<PantryState, CallOutcomeError> {
-        self.endpoint.call("GET", "/state", None, None::<&()>).await
+        self.endpoint
+            .call("GET", "/state", None, None, None::<&()>)
+            .await
     }
 }

@@ -24,7 +24,8 @@ pub enum SimError {
 pub enum CallOutcomeError {
     /// The service answered, and its answer says the request was NOT applied: an injected "fail before
     /// applying" (503), a semantic refusal (409: unknown or conflicting resource, idempotency key reused for a
-    /// different request), or a request the service could not accept (4xx). The message starts with the HTTP
+    /// different request, idempotency key tombstoned by a compensation), or a request the service could not
+    /// accept (4xx). The message starts with the HTTP
     /// status code, then the service's error code, e.g. `"503 fail_before_apply: ..."`.
     #[error("refused (not applied): {0}")]
     Refused(String),
@@ -47,7 +48,9 @@ impl CallOutcomeError {
     }
 
     /// True for a refusal that may go the other way if the same request is sent again: the service was
-    /// unavailable (503) and applied nothing. Other refusals (409, 4xx) will be refused again.
+    /// unavailable (503) and applied nothing. Other refusals (409, 4xx) will be refused again; in particular
+    /// a request under a key a compensation has named (`409 idempotency_key_compensated`) is refused for
+    /// good.
     pub fn is_retryable(&self) -> bool {
         matches!(self, Self::Refused(m) if m.starts_with("503 "))
     }

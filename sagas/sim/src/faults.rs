@@ -63,6 +63,16 @@ impl Operation {
             Operation::SnapshotDelete => "snapshot_delete",
         }
     }
+
+    /// Whether a request of this operation may be a compensation, naming in its `X-Compensates-Key` header
+    /// the forward request it undoes: the removals (unregister, detach, delete). A request of another
+    /// operation with that header is refused (400).
+    pub fn can_compensate(self) -> bool {
+        matches!(
+            self,
+            Operation::VmmUnregister | Operation::DiskDetach | Operation::SnapshotDelete
+        )
+    }
 }
 
 impl fmt::Display for Operation {
@@ -89,9 +99,9 @@ impl FromStr for Operation {
 
 /// What happened to the requests of one operation. Every well-formed request counts as `received`; it then
 /// ends in exactly one of `failed_before_apply`, `applied`, `replayed`, `conflicted` (a semantic refusal, or
-/// an idempotency key reused for a different request), unless the connection was closed during an injected
-/// delay. `responses_dropped` counts, in addition, the answers thrown away by
-/// [`Faults::drop_response_after_apply`].
+/// an idempotency key reused for a different request), `refused_tombstoned` (a key a compensation named),
+/// unless the connection was closed during an injected delay. `responses_dropped` counts, in addition, the
+/// answers thrown away by [`Faults::drop_response_after_apply`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OpCounters {
     /// Well-formed requests for this operation that reached the service.
@@ -103,8 +113,12 @@ pub struct OpCounters {
     /// Requests whose idempotency key was already recorded for the same request: answered from the record,
     /// not applied again.
     pub replayed: u64,
-    /// Requests refused with 409, not applied.
+    /// Requests refused with 409, not applied: a semantic refusal, or an idempotency key reused for a
+    /// different request. (Tombstone refusals are counted apart, in `refused_tombstoned`.)
     pub conflicted: u64,
+    /// Requests refused with 409 `idempotency_key_compensated`, not applied: their idempotency key had been
+    /// named by a compensation (a tombstone), whether or not a request under it had been applied before.
+    pub refused_tombstoned: u64,
     /// Answers the server did not send because of [`Faults::drop_response_after_apply`].
     pub responses_dropped: u64,
 }
@@ -135,6 +149,7 @@ pub(crate) enum Outcome {
     Applied,
     Replayed,
     Conflicted,
+    Tombstoned,
 }
 
 impl Faults {
@@ -257,6 +272,7 @@ impl Faults {
             Outcome::Applied => counters.applied += 1,
             Outcome::Replayed => counters.replayed += 1,
             Outcome::Conflicted => counters.conflicted += 1,
+            Outcome::Tombstoned => counters.refused_tombstoned += 1,
         }
     }
 

@@ -15,13 +15,29 @@
 //!
 //! Every mutating request carries an `Idempotency-Key: <uuid>` header; a request without one is refused
 //! (400). A service records, for every key under which it applied a request, a fingerprint of the request
-//! (operation, resource id, canonical JSON body) and the response it gave. Then:
+//! (operation, resource id, compensated key if any, canonical JSON body) and the response it gave. Then:
 //!
 //! - the same key with the same request is answered with the recorded response, byte for byte, and is not
 //!   applied again (the `replayed` counter moves, not `applied`);
 //! - the same key with a different request is refused (409);
 //! - a request the service refuses (409: an older VMM generation, a snapshot of a detached disk, ...) leaves
-//!   no record, so a retry under the same key is judged afresh.
+//!   no record, so a retry under the same key is judged afresh;
+//! - a key that a compensation has named is tombstoned: every later request under it is refused (409
+//!   `idempotency_key_compensated`, permanent), even one the record would have replayed.
+//!
+//! ## Tombstones
+//!
+//! A compensation by key leaves a tombstone at the service: a late forward request with that key is refused.
+//! The compensating request (unregister, detach, delete) carries, next to its own `Idempotency-Key`, an
+//! `X-Compensates-Key: <uuid>` header naming the forward request's key (the clients take it as their
+//! `compensates` argument). When the service applies the compensation it tombstones that key, whether or not
+//! a forward request under it was ever applied: the engine compensates after an unknown outcome without
+//! knowing whether the forward request was applied, lost, or is still on its way (delayed, retried by a
+//! stale executor). Without the tombstone such a late request would be applied after its undo and leak what
+//! it creates; with it, the late request is refused with `applied: false` and changes nothing. Tombstones
+//! live as long as the service (see the `TODO-robustness` in the idempotency module);
+//! [`SledAgentSim::tombstones`] and [`PantrySim::tombstones`] count them, and
+//! [`OpCounters::refused_tombstoned`] counts the refusals.
 //!
 //! The operations are also idempotent by nature, so that compensation is easy: ensuring a VMM at its current
 //! generation, attaching a disk already attached with the same volume, taking a snapshot id that exists for
@@ -48,7 +64,8 @@
 //! - [`clear()`](Faults::clear): every knob off.
 //!
 //! Counters per operation ([`OpCounters`]: received, failed before apply, applied, replayed, conflicted,
-//! responses dropped) let tests check, for instance, that a retried request was applied once.
+//! refused as tombstoned, responses dropped) let tests check, for instance, that a retried request was
+//! applied once.
 //!
 //! ## What "outcome unknown" means to a caller
 //!

@@ -12,6 +12,11 @@
 //! volume it is refused (409). A snapshot needs the disk attached (else 409); taking a snapshot id that exists
 //! for the same disk succeeds, for another disk is refused. Detaching a detached disk and deleting an unknown
 //! snapshot succeed. Snapshots outlive the attachment they were taken through.
+//!
+//! A detach that undoes an attach, and a delete that undoes a snapshot, name the undone request's
+//! idempotency key in `X-Compensates-Key`; from then on a request under that key is refused (409
+//! `idempotency_key_compensated`), so a late duplicate of it cannot attach the disk or take the snapshot
+//! again.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -285,6 +290,13 @@ impl PantrySim {
     /// How many idempotency keys have been recorded (one per applied request).
     pub fn idempotency_records(&self) -> usize {
         self.service.idempotency_records()
+    }
+
+    /// How many forward idempotency keys are tombstoned: named, in `X-Compensates-Key`, by a compensation
+    /// this service applied. Every request under such a key is refused (409 `idempotency_key_compensated`).
+    /// Tombstones are kept for the life of the service.
+    pub fn tombstones(&self) -> usize {
+        self.service.tombstones()
     }
 
     /// Stops the server: no new connections, open ones are closed.

@@ -1,16 +1,34 @@
 //! The request pipeline every mutating operation of a simulated service goes through: validation, injected
 //! faults, idempotency, and the state change itself, in that order.
 //!
-//! 1. The `Idempotency-Key` header and the JSON body are validated; a bad one gets 400 (not applied).
+//! 1. The `Idempotency-Key` header, the optional `X-Compensates-Key` header and the JSON body are validated;
+//!    a bad one gets 400 (not applied).
 //! 2. The request is counted as received, and delayed if a delay knob is set.
 //! 3. If a "fail before apply" is armed, the answer is 503 (not applied).
-//! 4. Under the service's lock, the key is looked up: a recorded key with the same request is answered from the
-//!    record, a recorded key with a different request gets 409; a new key is applied, and a success is
-//!    recorded under the key together with its response. A semantic refusal gets 409 and is not recorded.
+//! 4. Under the service's lock, the key is looked up: a tombstoned key (one a compensation has named) gets
+//!    409 `idempotency_key_compensated`, whatever else is recorded under it; a recorded key with the same
+//!    request is answered from the record, a recorded key with a different request gets 409; a new key is
+//!    applied, and a success is recorded under the key together with its response. A semantic refusal gets
+//!    409 and is not recorded. A compensation that is applied (or replayed) tombstones the key it names.
 //! 5. If a "drop response" is armed, the connection is closed without an answer, whatever the answer was.
 //!
-//! Step 4 holds one lock across lookup, apply and record, so two concurrent requests with the same key apply
-//! at most once.
+//! Step 4 holds one lock across lookup, apply, record and tombstone, so two concurrent requests with the same
+//! key apply at most once, and a forward request and the compensation naming its key are ordered: either the
+//! forward request is applied first and then undone, or it is refused.
+//!
+//! # Tombstones
+//!
+//! The contract with the engine: a compensation by key leaves a tombstone at the service, and a late forward
+//! request with that key is refused. A compensating request (unregister, detach, delete; see
+//! [`Operation::can_compensate`]) carries `X-Compensates-Key: <uuid>`, the idempotency key of the forward
+//! request it undoes, next to its own `Idempotency-Key`. When the service applies it, that forward key is
+//! tombstoned, whether or not a request under it was ever applied: a compensation sent after an unknown
+//! outcome does not know whether the forward request was applied, was lost, or is still on its way. From
+//! then on, any request under the tombstoned key is refused with 409 and the error document
+//! `{"applied": false, "code": "idempotency_key_compensated", ...}`, even one that the idempotency record
+//! would have answered (the compensation wins over the replay). The client sees a permanent
+//! [`CallOutcomeError::Refused`](crate::CallOutcomeError::Refused) (not retryable). Tombstones are kept for
+//! the life of the service; see the `TODO-robustness` on the ledger.
 
 use std::sync::{Mutex, MutexGuard};
 
@@ -25,6 +43,10 @@ use crate::idempotency::{Fingerprint, Ledger, Lookup};
 
 /// The header that carries a mutating request's idempotency key.
 pub(crate) const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
+
+/// The header by which a compensating request names the idempotency key of the forward request it undoes;
+/// the service tombstones that key (see the module documentation).
+pub(crate) const COMPENSATES_KEY: &str = "X-Compensates-Key";
 
 /// A semantic refusal: the request is well-formed but the service will not apply it (409).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,6 +115,11 @@ impl<S> Service<S> {
         self.lock().ledger.len()
     }
 
+    /// How many forward keys are tombstoned.
+    pub(crate) fn tombstones(&self) -> usize {
+        self.lock().ledger.tombstones()
+    }
+
     /// Runs a mutating request through the pipeline. `apply` gets the state, the request's idempotency key and
     /// its decoded body.
     pub(crate) async fn mutate<B, T>(
@@ -124,6 +151,34 @@ impl<S> Service<S> {
                 ));
             }
         };
+        let compensates = match request.header(COMPENSATES_KEY).map(|k| k.parse::<Uuid>()) {
+            None => None,
+            Some(Err(e)) => {
+                return Reply::Send(Response::error(
+                    400,
+                    "bad_compensates_key",
+                    format!("{COMPENSATES_KEY}: {e}"),
+                ));
+            }
+            Some(Ok(_)) if !op.can_compensate() => {
+                return Reply::Send(Response::error(
+                    400,
+                    "bad_compensates_key",
+                    format!("{op} is not a compensation and takes no {COMPENSATES_KEY} header"),
+                ));
+            }
+            Some(Ok(forward)) if forward == key => {
+                return Reply::Send(Response::error(
+                    400,
+                    "bad_compensates_key",
+                    format!(
+                        "{COMPENSATES_KEY} {forward} is the request's own {IDEMPOTENCY_KEY}: a compensation \
+                         needs a key of its own"
+                    ),
+                ));
+            }
+            Some(Ok(forward)) => Some(forward),
+        };
         let body: Value = if request.body.iter().all(u8::is_ascii_whitespace) {
             Value::Null
         } else {
@@ -148,7 +203,7 @@ impl<S> Service<S> {
                 ));
             }
         };
-        let fingerprint = Fingerprint::new(op, resource, &body);
+        let fingerprint = Fingerprint::new(op, resource, compensates, &body);
 
         if let Some(delay) = self.faults.on_received(op) {
             tracing::info!(service = name, %op, ?delay, "injected fault: delaying request");
@@ -166,8 +221,24 @@ impl<S> Service<S> {
         let response = {
             let mut guarded = self.lock();
             match guarded.ledger.lookup(key, &fingerprint) {
+                Lookup::Tombstoned => {
+                    tracing::warn!(service = name, %op, %key, "refusing a request under a compensated key");
+                    self.faults.record(op, Outcome::Tombstoned);
+                    Response::error(
+                        409,
+                        "idempotency_key_compensated",
+                        format!(
+                            "idempotency key {key} was compensated: a compensation named it, so {op} under \
+                             it is refused"
+                        ),
+                    )
+                }
                 Lookup::Replay(response) => {
                     tracing::info!(service = name, %op, %key, "replaying recorded response");
+                    // The tombstone was left when this compensation was applied; leaving it again is a no-op.
+                    if let Some(forward) = compensates {
+                        guarded.ledger.tombstone(forward);
+                    }
                     self.faults.record(op, Outcome::Replayed);
                     response
                 }
@@ -183,8 +254,12 @@ impl<S> Service<S> {
                 Lookup::New => match apply(&mut guarded.state, key, decoded) {
                     Ok(result) => {
                         let response = Response::json(&result);
-                        tracing::info!(service = name, %op, %key, %resource, "applied");
+                        tracing::info!(service = name, %op, %key, %resource, ?compensates, "applied");
                         guarded.ledger.record(key, fingerprint, response.clone());
+                        if let Some(forward) = compensates {
+                            tracing::info!(service = name, %op, %key, %forward, "tombstoned the compensated key");
+                            guarded.ledger.tombstone(forward);
+                        }
                         self.faults.record(op, Outcome::Applied);
                         response
                     }

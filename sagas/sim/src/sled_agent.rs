@@ -9,6 +9,10 @@
 //! Ensure creates the VMM, or moves an existing one to a newer generation; the same generation is a no-op
 //! success. An older generation, or a propolis id that already belongs to another instance, is refused (409).
 //! Unregistering a VMM that does not exist succeeds with `existed: false`.
+//!
+//! An unregister that undoes an ensure names the ensure's idempotency key in `X-Compensates-Key`; from then
+//! on an ensure under that key is refused (409 `idempotency_key_compensated`), so a late duplicate of it
+//! cannot bring the VMM back.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -186,6 +190,13 @@ impl SledAgentSim {
     /// How many idempotency keys have been recorded (one per applied request).
     pub fn idempotency_records(&self) -> usize {
         self.service.idempotency_records()
+    }
+
+    /// How many forward idempotency keys are tombstoned: named, in `X-Compensates-Key`, by a compensation
+    /// this service applied. Every request under such a key is refused (409 `idempotency_key_compensated`).
+    /// Tombstones are kept for the life of the service.
+    pub fn tombstones(&self) -> usize {
+        self.service.tombstones()
     }
 
     /// Stops the server: no new connections, open ones are closed.

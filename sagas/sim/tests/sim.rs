@@ -101,7 +101,7 @@ async fn sled_agent_happy_path() {
     assert_eq!(sim.vmms(), vec![newer.clone()]);
 
     let gone = client
-        .vmm_unregister(id(), propolis)
+        .vmm_unregister(id(), None, propolis)
         .await
         .expect("unregister");
     assert!(gone.existed);
@@ -123,7 +123,7 @@ async fn unregister_of_unknown_vmm_succeeds() {
     let sim = SledAgentSim::start().expect("start");
     let gone = sim
         .client()
-        .vmm_unregister(id(), id())
+        .vmm_unregister(id(), None, id())
         .await
         .expect("unregister");
     assert!(!gone.existed);
@@ -162,12 +162,12 @@ async fn replay_returns_the_recorded_response_and_applies_once() {
     // Unregister replays the same way, even once the VMM is gone.
     let unregister_key = id();
     let gone = client
-        .vmm_unregister(unregister_key, propolis)
+        .vmm_unregister(unregister_key, None, propolis)
         .await
         .expect("unregister");
     assert!(gone.existed);
     let again = client
-        .vmm_unregister(unregister_key, propolis)
+        .vmm_unregister(unregister_key, None, propolis)
         .await
         .expect("replayed unregister");
     assert_eq!(again, gone);
@@ -192,7 +192,7 @@ async fn same_key_with_another_request_is_refused() {
         "idempotency_key_reused",
     );
     assert_refused(
-        client.vmm_unregister(key, propolis).await,
+        client.vmm_unregister(key, None, propolis).await,
         "idempotency_key_reused",
     );
     assert_eq!(sim.vmms().len(), 1);
@@ -239,7 +239,7 @@ async fn fail_before_apply_is_refused_and_changes_nothing() {
     assert_eq!(sim.idempotency_records(), 0);
     // The knob is for ensure only.
     client
-        .vmm_unregister(id(), propolis)
+        .vmm_unregister(id(), None, propolis)
         .await
         .expect("unregister is not faulted");
     // Consumed: the same key now applies.
@@ -261,14 +261,14 @@ async fn fail_before_apply_is_refused_and_changes_nothing() {
     // A global knob matches every operation.
     faults.fail_before_apply(1);
     assert_refused(
-        client.vmm_unregister(id(), propolis).await,
+        client.vmm_unregister(id(), None, propolis).await,
         "fail_before_apply",
     );
     assert_eq!(sim.vmms().len(), 1);
     faults.fail_before_apply(5);
     faults.clear();
     client
-        .vmm_unregister(id(), propolis)
+        .vmm_unregister(id(), None, propolis)
         .await
         .expect("cleared");
     assert!(sim.vmms().is_empty());
@@ -335,7 +335,7 @@ async fn delay_beyond_the_client_timeout_is_unknown() {
         .op(Operation::VmmUnregister)
         .delay(Duration::from_millis(20));
     client
-        .vmm_unregister(id(), propolis)
+        .vmm_unregister(id(), None, propolis)
         .await
         .expect("slow but in time");
 }
@@ -463,7 +463,7 @@ async fn pantry_happy_path() {
 
     assert!(
         client
-            .disk_detach(id(), disk)
+            .disk_detach(id(), None, disk)
             .await
             .expect("detach")
             .was_attached
@@ -476,7 +476,7 @@ async fn pantry_happy_path() {
     );
     assert!(
         client
-            .snapshot_delete(id(), snapshot_id)
+            .snapshot_delete(id(), None, snapshot_id)
             .await
             .expect("delete")
             .existed
@@ -501,14 +501,14 @@ async fn pantry_detach_and_delete_of_unknown_succeed() {
     let client = sim.client();
     assert!(
         !client
-            .disk_detach(id(), id())
+            .disk_detach(id(), None, id())
             .await
             .expect("detach")
             .was_attached
     );
     assert!(
         !client
-            .snapshot_delete(id(), id())
+            .snapshot_delete(id(), None, id())
             .await
             .expect("delete")
             .existed
@@ -575,7 +575,7 @@ async fn pantry_faults() {
     assert_unknown(client.disk_snapshot(key, disk, snapshot_id).await);
     assert_eq!(sim.snapshots().len(), 1);
     // Detach in between: the retry still gets the recorded answer, not a "not attached" refusal.
-    client.disk_detach(id(), disk).await.expect("detach");
+    client.disk_detach(id(), None, disk).await.expect("detach");
     let retry = client
         .disk_snapshot(key, disk, snapshot_id)
         .await
@@ -594,10 +594,10 @@ async fn pantry_faults() {
     // Compensation under a lost answer: delete the snapshot, lose the answer, retry.
     let delete_key = id();
     faults.drop_response_after_apply(1);
-    assert_unknown(client.snapshot_delete(delete_key, snapshot_id).await);
+    assert_unknown(client.snapshot_delete(delete_key, None, snapshot_id).await);
     assert!(sim.snapshots().is_empty());
     let deleted = client
-        .snapshot_delete(delete_key, snapshot_id)
+        .snapshot_delete(delete_key, None, snapshot_id)
         .await
         .expect("retry delete");
     assert!(
@@ -620,7 +620,7 @@ async fn a_stopped_service_is_unknown() {
     drop(pantry);
     // Dropping aborts the server task; give the runtime a moment to close the listener.
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_unknown(client.disk_detach(id(), id()).await);
+    assert_unknown(client.disk_detach(id(), None, id()).await);
 }
 
 /// A one-shot server that answers each connection with `answer` (or closes it, for `None`).
@@ -669,7 +669,7 @@ async fn client_classifies_strange_answers() {
         b"HTTP/1.1 500 Oops\r\nContent-Length: 46\r\n\r\n{\"applied\":true,\"code\":\"x\",\"message\":\"partly\"}",
     ))
     .await;
-    assert_unknown(PantryClient::new(addr).disk_detach(id(), id()).await);
+    assert_unknown(PantryClient::new(addr).disk_detach(id(), None, id()).await);
 }
 
 #[tokio::test]
@@ -684,4 +684,381 @@ async fn services_are_independent() {
         .expect("b is not faulted");
     assert!(a.vmms().is_empty());
     assert_eq!(b.vmms().len(), 1);
+}
+
+/// Asserts a tombstone refusal: a permanent 409 that names `key` and says it was compensated.
+fn assert_tombstoned<T: std::fmt::Debug>(result: Result<T, CallOutcomeError>, key: Uuid) {
+    match result {
+        Err(error @ CallOutcomeError::Refused(_)) => {
+            let message = error.message();
+            assert!(
+                message.starts_with("409 idempotency_key_compensated: "),
+                "not a tombstone refusal: {message:?}"
+            );
+            assert!(
+                message.contains(&format!("idempotency key {key} was compensated")),
+                "refusal {message:?} does not name the compensated key {key}"
+            );
+            assert!(!error.is_retryable(), "a tombstone refusal is permanent");
+        }
+        other => panic!("expected a tombstone refusal of {key}, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn compensation_tombstones_an_applied_forward_key_whose_answer_was_lost() {
+    let sim = SledAgentSim::start().expect("start");
+    let client = sim.client();
+    let faults = sim.faults();
+    let (key, compensation_key, propolis, instance) = (id(), id(), id(), id());
+
+    // The forward call is applied, its answer lost: the caller does not know.
+    faults.op(Operation::VmmEnsure).drop_response_after_apply(1);
+    assert_unknown(client.vmm_ensure(key, propolis, instance, 1).await);
+    assert_eq!(sim.vmms().len(), 1);
+    assert_eq!(sim.tombstones(), 0);
+
+    // The caller compensates by key, naming the forward key.
+    let gone = client
+        .vmm_unregister(compensation_key, Some(key), propolis)
+        .await
+        .expect("compensate");
+    assert!(gone.existed, "the lost ensure had been applied");
+    assert!(sim.vmms().is_empty());
+    assert_eq!(sim.tombstones(), 1);
+
+    // A late duplicate of the forward request: the record would replay it, the tombstone refuses it.
+    assert_tombstoned(client.vmm_ensure(key, propolis, instance, 1).await, key);
+    assert_tombstoned(client.vmm_ensure(key, propolis, instance, 1).await, key);
+    assert!(sim.vmms().is_empty(), "the VMM stays gone");
+    // Under a tombstoned key, even a request that is not the forward one is refused.
+    assert_tombstoned(client.vmm_unregister(key, None, propolis).await, key);
+
+    // The compensation itself still replays (its own key is not tombstoned), and tombstones nothing new.
+    let again = client
+        .vmm_unregister(compensation_key, Some(key), propolis)
+        .await
+        .expect("replayed compensation");
+    assert_eq!(again, gone);
+    // The same compensation key naming another forward key is another request.
+    assert_refused(
+        client
+            .vmm_unregister(compensation_key, Some(id()), propolis)
+            .await,
+        "409 idempotency_key_reused",
+    );
+    assert_eq!(sim.tombstones(), 1);
+
+    let ensure = faults.counters(Operation::VmmEnsure);
+    assert_eq!(
+        (
+            ensure.received,
+            ensure.applied,
+            ensure.replayed,
+            ensure.conflicted,
+            ensure.refused_tombstoned,
+            ensure.responses_dropped
+        ),
+        (3, 1, 0, 0, 2, 1),
+        "{ensure:?}"
+    );
+    let unregister = faults.counters(Operation::VmmUnregister);
+    assert_eq!(
+        (
+            unregister.received,
+            unregister.applied,
+            unregister.replayed,
+            unregister.conflicted,
+            unregister.refused_tombstoned
+        ),
+        (4, 1, 1, 1, 1),
+        "{unregister:?}"
+    );
+    // The ensure under `key` and the compensation: tombstoning keeps the record, it just wins over it.
+    assert_eq!(sim.idempotency_records(), 2);
+}
+
+#[tokio::test]
+async fn compensation_of_a_never_applied_key_blocks_it_later() {
+    let sim = SledAgentSim::start().expect("start");
+    let client = sim.client();
+    let faults = sim.faults();
+    let (key, propolis, instance) = (id(), id(), id());
+
+    // The forward request never arrived (or has not yet); the compensation is applied all the same.
+    let gone = client
+        .vmm_unregister(id(), Some(key), propolis)
+        .await
+        .expect("compensate");
+    assert!(!gone.existed);
+    assert_eq!(sim.tombstones(), 1);
+
+    assert_tombstoned(client.vmm_ensure(key, propolis, instance, 1).await, key);
+    assert!(sim.vmms().is_empty(), "nothing created");
+    let ensure = faults.counters(Operation::VmmEnsure);
+    assert_eq!(
+        (ensure.received, ensure.applied, ensure.refused_tombstoned),
+        (1, 0, 1),
+        "{ensure:?}"
+    );
+    // Only the compensation is recorded.
+    assert_eq!(sim.idempotency_records(), 1);
+}
+
+#[tokio::test]
+async fn a_refused_compensation_leaves_no_tombstone() {
+    let sim = SledAgentSim::start().expect("start");
+    let client = sim.client();
+    let faults = sim.faults();
+    let (key, compensation_key, propolis, instance) = (id(), id(), id(), id());
+
+    faults.op(Operation::VmmUnregister).fail_before_apply(1);
+    assert_refused(
+        client
+            .vmm_unregister(compensation_key, Some(key), propolis)
+            .await,
+        "503 fail_before_apply",
+    );
+    assert_eq!(sim.tombstones(), 0, "a compensation that was not applied");
+    // So the forward key is still free...
+    client
+        .vmm_ensure(key, propolis, instance, 1)
+        .await
+        .expect("ensure");
+    // ...until the compensation's retry is applied.
+    let gone = client
+        .vmm_unregister(compensation_key, Some(key), propolis)
+        .await
+        .expect("compensate");
+    assert!(gone.existed);
+    assert_eq!(sim.tombstones(), 1);
+    assert_tombstoned(client.vmm_ensure(key, propolis, instance, 1).await, key);
+    assert!(sim.vmms().is_empty());
+    assert_eq!(faults.counters(Operation::VmmEnsure).refused_tombstoned, 1);
+}
+
+#[tokio::test]
+async fn a_delayed_forward_request_arriving_after_its_compensation_is_refused() {
+    let sim = SledAgentSim::start().expect("start");
+    let faults = sim.faults();
+    let (key, propolis, instance) = (id(), id(), id());
+
+    // The forward request waits at the service longer than its caller does.
+    faults
+        .op(Operation::VmmEnsure)
+        .delay(Duration::from_millis(400));
+    let impatient = sim.client().with_timeout(Duration::from_millis(100));
+    assert_unknown(impatient.vmm_ensure(key, propolis, instance, 1).await);
+
+    // The caller compensates while the request is still waiting.
+    let gone = sim
+        .client()
+        .vmm_unregister(id(), Some(key), propolis)
+        .await
+        .expect("compensate");
+    assert!(
+        !gone.existed,
+        "compensated before the forward request was handled"
+    );
+
+    // The delayed request is then handled, and refused.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while faults.counters(Operation::VmmEnsure).refused_tombstoned == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the delayed request was never handled: {:?}",
+            faults.counters(Operation::VmmEnsure)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        sim.vmms().is_empty(),
+        "the late request did not re-create the VMM"
+    );
+    let ensure = faults.counters(Operation::VmmEnsure);
+    assert_eq!(
+        (ensure.received, ensure.applied, ensure.refused_tombstoned),
+        (1, 0, 1),
+        "{ensure:?}"
+    );
+}
+
+#[tokio::test]
+async fn pantry_compensations_tombstone_attach_and_snapshot_keys() {
+    let sim = PantrySim::start().expect("start");
+    let client = sim.client();
+    let faults = sim.faults();
+    let (disk, snapshot_id, attach_key, snapshot_key) = (id(), id(), id(), id());
+    let volume = json!({"v": 1});
+
+    faults.drop_response_after_apply(2);
+    assert_unknown(client.disk_attach(attach_key, disk, volume.clone()).await);
+    assert_unknown(client.disk_snapshot(snapshot_key, disk, snapshot_id).await);
+    assert_eq!((sim.attachments().len(), sim.snapshots().len()), (1, 1));
+
+    // Undo, in reverse, each naming the key it compensates.
+    assert!(
+        client
+            .snapshot_delete(id(), Some(snapshot_key), snapshot_id)
+            .await
+            .expect("delete")
+            .existed
+    );
+    assert!(
+        client
+            .disk_detach(id(), Some(attach_key), disk)
+            .await
+            .expect("detach")
+            .was_attached
+    );
+    assert_eq!(sim.tombstones(), 2);
+
+    // Late duplicates of both forward requests are refused and change nothing.
+    assert_tombstoned(
+        client.disk_attach(attach_key, disk, volume.clone()).await,
+        attach_key,
+    );
+    assert_tombstoned(
+        client.disk_snapshot(snapshot_key, disk, snapshot_id).await,
+        snapshot_key,
+    );
+    assert_eq!(sim.state(), Default::default(), "nothing re-created");
+    for op in [Operation::DiskAttach, Operation::DiskSnapshot] {
+        let counters = faults.counters(op);
+        assert_eq!(
+            (
+                counters.received,
+                counters.applied,
+                counters.replayed,
+                counters.refused_tombstoned
+            ),
+            (2, 1, 0, 1),
+            "{op}: {counters:?}"
+        );
+    }
+
+    // An unrelated key still works: the same attach under a new key is applied.
+    let new_key = id();
+    let attachment = client
+        .disk_attach(new_key, disk, volume.clone())
+        .await
+        .expect("attach under an unrelated key");
+    assert_eq!(attachment.attached_at_key, new_key);
+    assert_eq!(sim.attachments(), vec![attachment]);
+    assert_eq!(faults.applied(Operation::DiskAttach), 2);
+    assert_eq!(faults.counters(Operation::DiskAttach).refused_tombstoned, 1);
+    // A detach as a forward step of its own tombstones nothing.
+    client
+        .disk_detach(id(), None, disk)
+        .await
+        .expect("plain detach");
+    assert_eq!(sim.tombstones(), 2);
+}
+
+#[tokio::test]
+async fn unrelated_keys_are_not_tombstoned() {
+    let sim = SledAgentSim::start().expect("start");
+    let client = sim.client();
+    let (key, other_key, propolis, instance) = (id(), id(), id(), id());
+
+    client
+        .vmm_ensure(key, propolis, instance, 1)
+        .await
+        .expect("ensure");
+    client
+        .vmm_unregister(id(), Some(key), propolis)
+        .await
+        .expect("compensate");
+    assert_tombstoned(client.vmm_ensure(key, propolis, instance, 1).await, key);
+
+    // Another key, for the same VMM: applied.
+    let vmm = client
+        .vmm_ensure(other_key, propolis, instance, 1)
+        .await
+        .expect("an unrelated key still works");
+    assert_eq!(sim.vmms(), vec![vmm.clone()]);
+    assert_eq!(
+        client
+            .vmm_ensure(other_key, propolis, instance, 1)
+            .await
+            .expect("and replays"),
+        vmm
+    );
+    // A tombstone is per service: another sled agent knows nothing of it.
+    let other = SledAgentSim::start().expect("start other");
+    other
+        .client()
+        .vmm_ensure(key, propolis, instance, 1)
+        .await
+        .expect("another service");
+    assert_eq!(other.tombstones(), 0);
+
+    let ensure = sim.faults().counters(Operation::VmmEnsure);
+    assert_eq!(
+        (
+            ensure.received,
+            ensure.applied,
+            ensure.replayed,
+            ensure.refused_tombstoned
+        ),
+        (4, 2, 1, 1),
+        "{ensure:?}"
+    );
+    assert_eq!(sim.tombstones(), 1);
+}
+
+#[tokio::test]
+async fn compensates_header_is_validated() {
+    let sim = SledAgentSim::start().expect("start");
+    let addr = sim.addr();
+    let (propolis, key) = (id(), id());
+    let body = format!("{{\"instance_id\":\"{}\",\"generation\":1}}", id());
+    let cases = [
+        // A forward operation is not a compensation.
+        format!(
+            "PUT /vmms/{propolis} HTTP/1.1\r\nIdempotency-Key: {}\r\nX-Compensates-Key: {}\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            id(),
+            id(),
+            body.len()
+        ),
+        format!(
+            "DELETE /vmms/{propolis} HTTP/1.1\r\nIdempotency-Key: {}\r\nX-Compensates-Key: nope\r\n\r\n",
+            id()
+        ),
+        // A compensation needs a key of its own.
+        format!(
+            "DELETE /vmms/{propolis} HTTP/1.1\r\nIdempotency-Key: {key}\r\nx-compensates-key: {key}\r\n\r\n"
+        ),
+    ];
+    for request in cases {
+        let answer = raw_exchange(addr, request.as_bytes()).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 400 ")
+                && answer.contains("\"applied\":false")
+                && answer.contains("bad_compensates_key"),
+            "sent {request:?}, got {answer:?}"
+        );
+    }
+    assert_eq!(sim.tombstones(), 0);
+    assert!(sim.vmms().is_empty());
+    assert!(sim.faults().all_counters().is_empty(), "not counted");
+
+    // The header name is case-insensitive, and a well-formed one is honoured.
+    let forward = id();
+    let answer = raw_exchange(
+        addr,
+        format!(
+            "DELETE /vmms/{propolis} HTTP/1.1\r\nIdempotency-Key: {}\r\nx-compensates-key: {forward}\r\n\r\n",
+            id()
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer:?}");
+    assert_eq!(sim.tombstones(), 1);
+    assert_tombstoned(
+        sim.client().vmm_ensure(forward, propolis, id(), 1).await,
+        forward,
+    );
 }
