@@ -244,6 +244,59 @@ mod instance_create {
         nexus.assert_no_violations().await;
     }
 
+    /// The sled agent applies the VMM ensure and loses its answer; every later attempt is refused. The
+    /// refusals say nothing of the first attempt, which may have landed (it did): the node must undo it by
+    /// key before it fails. The VMM is unregistered, the key tombstoned (a late ensure under it is refused),
+    /// and the saga unwinds with nothing left on the sled agent.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ensure_applied_then_refused_is_compensated_by_key() {
+        let mut nexus = Nexus::with(WorldSpec::default(), |config| {
+            // Slow retries, so that the refusals can be armed between the first attempt and the next.
+            config.forward_retry = ratchet_store::RetryPolicy {
+                initial: std::time::Duration::from_millis(400),
+                max_delay: std::time::Duration::from_millis(400),
+                max_attempts: Some(4),
+            };
+        })
+        .await;
+        let faults = nexus.services.sled_agent.faults();
+        faults
+            .op(ratchet_sim::Operation::VmmEnsure)
+            .drop_response_after_apply(1);
+        let mut params = nexus.instance_params("applied-then-refused");
+        params.start = true;
+        let engine = nexus.engine.clone();
+        let run = tokio::spawn(async move { engine.run::<InstanceCreate>(params).await });
+        tokio::time::timeout(std::time::Duration::from_secs(60), async {
+            while faults
+                .counters(ratchet_sim::Operation::VmmEnsure)
+                .responses_dropped
+                == 0
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+        })
+        .await
+        .expect("the ensure was applied and its answer dropped");
+        faults
+            .op(ratchet_sim::Operation::VmmEnsure)
+            .fail_before_apply(1_000);
+        let (id, outcome) = run.await.unwrap().unwrap();
+        assert_unwound(&outcome, "ensure_vmm", &["503"]);
+        assert_eq!(nexus.saga_state(id).await, "done");
+        let ensure = faults.counters(ratchet_sim::Operation::VmmEnsure);
+        assert_eq!(ensure.applied, 1, "{ensure:?}");
+        assert!(ensure.failed_before_apply >= 1, "{ensure:?}");
+        let unregister = faults.counters(ratchet_sim::Operation::VmmUnregister);
+        assert_eq!(
+            unregister.applied, 1,
+            "compensated by key once: {unregister:?}"
+        );
+        assert!(nexus.services.sled_agent.vmms().is_empty(), "no VMM leaked");
+        assert_eq!(nexus.services.sled_agent.tombstones(), 1);
+        nexus.assert_no_violations().await;
+    }
+
     /// The limits themselves are allowed: 8 NICs, 12 disks (created and existing) in slots 0 to 11.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn eight_nics_and_twelve_disks_fit() {
