@@ -297,6 +297,9 @@ async fn recover(args: &Args) -> anyhow::Result<()> {
             Some(SagaOutcome::Succeeded { .. }) => "succeeded",
             Some(SagaOutcome::Unwound { .. }) => "unwound",
             Some(SagaOutcome::Stuck { .. }) => "stuck",
+            // Another executor, or a newer incarnation of this one (a second `recover`), claimed the saga
+            // after this one did: it drives the saga now, and this process wrote nothing more for it.
+            Some(SagaOutcome::Fenced) => "taken over by a newer claim",
             Some(_) | None => "not at rest",
         };
         *tally.entry(kind).or_default() += 1;

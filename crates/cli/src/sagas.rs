@@ -210,7 +210,10 @@ pub fn describe(outcome: &SagaOutcome) -> String {
             )
         }
         SagaOutcome::Abandoned { reason } => format!("abandoned: {reason}"),
-        SagaOutcome::Fenced => "fenced out: another executor owns it".to_owned(),
+        SagaOutcome::Fenced => {
+            "fenced out: another executor (or a newer incarnation of this one) owns it now"
+                .to_owned()
+        }
         SagaOutcome::Interrupted { reason } => format!("interrupted: {reason}"),
     }
 }
