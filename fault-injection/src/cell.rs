@@ -39,6 +39,10 @@ pub struct Cell {
     /// The saga's last action node (an injected error there unwinds everything before it).
     #[serde(skip)]
     pub last_node: String,
+    /// A fault point the cell's engines never fire (a mutation for the harness's own tests, see
+    /// [`crate::Matrix::disable_point`]).
+    #[serde(skip)]
+    pub disabled_point: Option<FaultPoint>,
 }
 
 impl Cell {
@@ -68,6 +72,9 @@ pub enum Status {
     Fail,
     /// A known-defective saga's defect was *not* seen: the harness has lost its teeth.
     Missed,
+    /// The suite declares the fault unreachable at this node (it calls no service to lose a response of):
+    /// nothing was tested, and the table says so apart from passes.
+    NotApplicable,
 }
 
 /// What one cell did.
@@ -85,6 +92,9 @@ pub struct CellResult {
     /// The saga's event history, for cells that did not pass.
     pub history: Option<serde_json::Value>,
     pub millis: u128,
+    /// Set when the suite declared the fault unreachable at this node.
+    #[serde(skip)]
+    pub not_applicable: bool,
 }
 
 /// The engine configuration of a cell: short retries so that a matrix takes minutes, and a one-connection
@@ -132,12 +142,19 @@ pub(crate) fn expected<T: SagaSuite>(suite: &T, cell: &Cell) -> Expected {
         | Fault::InCommit
         | Fault::AfterCommit
         | Fault::PanicInFinish
-        | Fault::CompensationTransient => Expected::Unwound,
+        | Fault::PanicInPrepare
+        | Fault::CompensationTransient
+        | Fault::CompensationReplyLost
+        | Fault::UnknownThenRefused => Expected::Unwound,
+        // A database node's commit panics before COMMIT: rolled back, the node fails. An external node's
+        // call panics: its outcome is unknown, the call is retried by key and lands.
+        Fault::PanicInCommit if cell.kind == NodeKind::External => Expected::Succeeded,
+        Fault::PanicInCommit => Expected::Unwound,
         // The last node is unwound by an error right after its own commit, compensated inline; when that
         // compensation fails for good the engine lets the commit stand and the node succeed (the saga stays
         // consistent: every commit is part of a successful saga).
-        Fault::CompensationPermanent if is_last => Expected::Succeeded,
-        Fault::CompensationPermanent => Expected::Unwound,
+        Fault::CompensationPermanent | Fault::PanicInCompensation if is_last => Expected::Succeeded,
+        Fault::CompensationPermanent | Fault::PanicInCompensation => Expected::Unwound,
         Fault::CrashInCompensation if is_last => Expected::SucceededOrUnwound,
         Fault::CrashInCompensation => Expected::Unwound,
         Fault::Repeat if is_last => Expected::Succeeded,
@@ -145,7 +162,8 @@ pub(crate) fn expected<T: SagaSuite>(suite: &T, cell: &Cell) -> Expected {
         Fault::CrashBeforeCommit
         | Fault::CrashAfterCommit
         | Fault::PoolExhausted
-        | Fault::ResponseLost => Expected::Succeeded,
+        | Fault::ResponseLost
+        | Fault::CommitReplyLost => Expected::Succeeded,
     }
 }
 
@@ -156,12 +174,16 @@ struct Running<'a, T: SagaSuite> {
     fixture: T::Fixture,
     sec_id: Uuid,
     fault: Fault,
+    disabled_point: Option<FaultPoint>,
 }
 
 impl<T: SagaSuite> Running<'_, T> {
     async fn engine(&self) -> Result<Engine, HarnessError> {
         let builder = EngineBuilder::new(cell_config(&self.db.url, self.sec_id, self.fault));
         let (engine, _) = self.suite.register(builder, &self.fixture).start().await?;
+        if let Some(point) = self.disabled_point {
+            engine.failpoints().disable(point);
+        }
         Ok(engine)
     }
 }
@@ -184,6 +206,7 @@ pub(crate) async fn run_cell<T: SagaSuite>(
         problems: Vec::new(),
         history: None,
         millis: 0,
+        not_applicable: false,
     };
     match run_and_check(suite, server, &cell, expected, &mut result).await {
         Ok(()) => {}
@@ -191,6 +214,7 @@ pub(crate) async fn run_cell<T: SagaSuite>(
     }
     let clean = result.problems.is_empty() && result.violations.is_empty();
     result.status = match (expected, clean) {
+        _ if result.not_applicable => Status::NotApplicable,
         (Expected::Detection, false) => Status::Detected,
         (Expected::Detection, true) => Status::Missed,
         (_, true) => Status::Pass,
@@ -218,6 +242,7 @@ async fn run_and_check<T: SagaSuite>(
         fixture,
         sec_id: Uuid::new_v4(),
         fault: cell.fault,
+        disabled_point: cell.disabled_point,
     };
     let checked = drive_and_check(&running, cell, expected, result).await;
     let Running { db, fixture, .. } = running;
@@ -241,8 +266,9 @@ async fn drive_and_check<T: SagaSuite>(
         .await?;
     let id = saga.id;
     let Some(injections) = arm(running, &engine, &saga, cell) else {
+        result.not_applicable = true;
         result.problems.push(format!(
-            "fault {} cannot be injected at node {}",
+            "not applicable: the suite has no way to inject {} at node {}",
             cell.fault.name(),
             cell.node
         ));
@@ -256,13 +282,22 @@ async fn drive_and_check<T: SagaSuite>(
     if let (Some(other), false) = (&cell.crash_in_compensation_of, crashed) {
         // The pair did not test what it names: the unwind never reached that compensation.
         result.problems.push(format!(
-            "the crash armed in the compensation of {other} never fired"
+            "fault not reached: the crash armed in the compensation of {other} never fired"
         ));
+    }
+    // A cell whose fault never fired tested nothing: its expected outcome is often what a run with no
+    // fault gives, so it must not pass.
+    if cell.crash_in_compensation_of.is_none() {
+        if let Some(missing) = not_reached(running, &engine, id, cell, crashed, &outcome) {
+            result
+                .problems
+                .push(format!("fault not reached: {missing}"));
+        }
     }
 
     // A permanent compensation failure must leave the saga stuck; with the fault cleared, retry-unwind must
     // then finish it.
-    if cell.fault == Fault::CompensationPermanent && expected == Expected::Unwound {
+    if cell.fault.sticks() && expected == Expected::Unwound {
         if !matches!(outcome, SagaOutcome::Stuck { .. }) {
             result
                 .problems
@@ -281,6 +316,67 @@ async fn drive_and_check<T: SagaSuite>(
     }
     result.outcome = Some(outcome.clone());
     check_rest(running, &engine, id, cell, expected, &outcome, result).await
+}
+
+/// Why the cell's single fault did not fire, if it did not. Crash faults are seen by the engine dying; the
+/// engine's own fault points by its failpoint registry; the services' lost responses by their counters;
+/// steno's injected error by the node it failed. (steno's repeat injection and the plain steno nodes' knobs
+/// are not observable here.)
+fn not_reached<T: SagaSuite>(
+    running: &Running<'_, T>,
+    engine: &Engine,
+    id: Uuid,
+    cell: &Cell,
+    crashed: bool,
+    outcome: &SagaOutcome,
+) -> Option<String> {
+    let node = cell.node.as_str();
+    if cell.fault.crashes() {
+        return (!crashed).then(|| format!("the engine never crashed at {node}"));
+    }
+    if matches!(cell.fault, Fault::ResponseLost | Fault::UnknownThenRefused) {
+        return (!running.suite.service_fault_fired(&running.fixture, node))
+            .then(|| format!("the service never dropped a response to {node}"));
+    }
+    if cell.fault == Fault::BeforePrepare {
+        return match outcome {
+            SagaOutcome::Unwound { node: failed, .. } if failed == node => None,
+            other => Some(format!(
+                "steno's injected error at {node} did not fail it: {other:?}"
+            )),
+        };
+    }
+    if cell.kind == NodeKind::Steno {
+        return None;
+    }
+    let point = armed_point(cell.fault)?;
+    (!engine.failpoints().has_fired(id, node, point))
+        .then(|| format!("the fault armed at {node} {point:?} never fired"))
+}
+
+/// The engine fault point a single (non-crash) fault is armed at, if any.
+fn armed_point(fault: Fault) -> Option<FaultPoint> {
+    Some(match fault {
+        Fault::AfterPrepare => FaultPoint::AfterPrepare,
+        Fault::InCommit => FaultPoint::BeforeCommit,
+        Fault::AfterCommit => FaultPoint::AfterCommit,
+        Fault::PanicInFinish => FaultPoint::InFinish,
+        Fault::CompensationTransient
+        | Fault::CompensationPermanent
+        | Fault::PanicInCompensation => FaultPoint::InCompensation,
+        Fault::CommitReplyLost => FaultPoint::CommitReply,
+        Fault::CompensationReplyLost => FaultPoint::CompensationReply,
+        Fault::PanicInPrepare => FaultPoint::InPrepare,
+        Fault::PanicInCommit => FaultPoint::InCommit,
+        Fault::PoolExhausted => FaultPoint::BeforePrepare,
+        Fault::BeforePrepare
+        | Fault::Repeat
+        | Fault::ResponseLost
+        | Fault::UnknownThenRefused
+        | Fault::CrashBeforeCommit
+        | Fault::CrashAfterCommit
+        | Fault::CrashInCompensation => return None,
+    })
 }
 
 /// steno injections still to be sent.
@@ -354,6 +450,25 @@ fn arm<'a, T: SagaSuite>(
             if !running.suite.lose_response(&running.fixture, node) {
                 return None;
             }
+        }
+        Fault::UnknownThenRefused => {
+            if !running
+                .suite
+                .lose_response_then_refuse(&running.fixture, node)
+            {
+                return None;
+            }
+        }
+        Fault::CommitReplyLost => at(FaultPoint::CommitReply, FaultEffect::LoseReply),
+        Fault::CompensationReplyLost => {
+            at(FaultPoint::CompensationReply, FaultEffect::LoseReply);
+            injections.extend(unwind_after(saga, engine, cell));
+        }
+        Fault::PanicInPrepare => at(FaultPoint::InPrepare, FaultEffect::Panic),
+        Fault::PanicInCommit => at(FaultPoint::InCommit, FaultEffect::Panic),
+        Fault::PanicInCompensation => {
+            at(FaultPoint::InCompensation, FaultEffect::Panic);
+            injections.extend(unwind_after(saga, engine, cell));
         }
     }
     Some(injections)
@@ -506,10 +621,7 @@ async fn check_rest<T: SagaSuite>(
         .iter()
         .filter(|e| e.event_type == "undo_failed")
         .count();
-    if undo_failed > 0
-        && cell.fault != Fault::CompensationPermanent
-        && expected != Expected::Detection
-    {
+    if undo_failed > 0 && !cell.fault.sticks() && expected != Expected::Detection {
         problems.push(format!(
             "{undo_failed} undo_failed event(s) with no such fault injected"
         ));

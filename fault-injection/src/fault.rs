@@ -33,10 +33,25 @@ pub enum Fault {
     PoolExhausted,
     /// The service applies the node's call and drops the response.
     ResponseLost,
+    /// The node's `COMMIT` lands and its reply is lost: the engine must resolve the outcome from the commit
+    /// record (neither fail the node, leaking the commit, nor commit again).
+    CommitReplyLost,
+    /// The `COMMIT` of the node's compensation lands and its reply is lost, during an unwind.
+    CompensationReplyLost,
+    /// A panic in the node's prepare.
+    PanicInPrepare,
+    /// A panic in the node's commit (for an external node: in its call, whose outcome is then unknown).
+    PanicInCommit,
+    /// A panic in the node's compensation, during an unwind: the saga must be `stuck` (not hung), then
+    /// `retry-unwind` finishes it.
+    PanicInCompensation,
+    /// The service applies the node's call and drops the response, then refuses every retry: the node must
+    /// compensate by key before it fails.
+    UnknownThenRefused,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 13] = [
+    pub const ALL: [Fault; 19] = [
         Fault::BeforePrepare,
         Fault::AfterPrepare,
         Fault::InCommit,
@@ -50,6 +65,12 @@ impl Fault {
         Fault::Repeat,
         Fault::PoolExhausted,
         Fault::ResponseLost,
+        Fault::CommitReplyLost,
+        Fault::CompensationReplyLost,
+        Fault::PanicInPrepare,
+        Fault::PanicInCommit,
+        Fault::PanicInCompensation,
+        Fault::UnknownThenRefused,
     ];
 
     pub fn name(self) -> &'static str {
@@ -67,6 +88,12 @@ impl Fault {
             Fault::Repeat => "repeat",
             Fault::PoolExhausted => "pool_exhausted",
             Fault::ResponseLost => "response_lost",
+            Fault::CommitReplyLost => "commit_reply_lost",
+            Fault::CompensationReplyLost => "compensation_reply_lost",
+            Fault::PanicInPrepare => "panic_in_prepare",
+            Fault::PanicInCommit => "panic_in_commit",
+            Fault::PanicInCompensation => "panic_in_compensation",
+            Fault::UnknownThenRefused => "unknown_then_refused",
         }
     }
 
@@ -86,6 +113,12 @@ impl Fault {
             Fault::Repeat => "rept",
             Fault::PoolExhausted => "pool",
             Fault::ResponseLost => "lost",
+            Fault::CommitReplyLost => "cRply",
+            Fault::CompensationReplyLost => "pRply",
+            Fault::PanicInPrepare => "pnPrp",
+            Fault::PanicInCommit => "pnCmt",
+            Fault::PanicInCompensation => "pnCmp",
+            Fault::UnknownThenRefused => "unkRf",
         }
     }
 
@@ -95,8 +128,10 @@ impl Fault {
     pub fn applies_to(self, kind: NodeKind) -> bool {
         match kind {
             NodeKind::Constant => false,
-            NodeKind::Db => self != Fault::ResponseLost,
-            NodeKind::External => true,
+            NodeKind::Db => !matches!(self, Fault::ResponseLost | Fault::UnknownThenRefused),
+            // An external node's receipt is one statement, not a transaction of its own: its lost reply is
+            // the `response_lost` cell's (the service's answer), and the record write retries until it lands.
+            NodeKind::External => self != Fault::CommitReplyLost,
             NodeKind::Steno => matches!(
                 self,
                 Fault::BeforePrepare | Fault::AfterCommit | Fault::PoolExhausted | Fault::Repeat
@@ -112,6 +147,15 @@ impl Fault {
         )
     }
 
+    /// Whether this fault leaves the saga `stuck` until `retry-unwind` finishes it (a compensation that fails
+    /// for good), when it hits a node before the last.
+    pub fn sticks(self) -> bool {
+        matches!(
+            self,
+            Fault::CompensationPermanent | Fault::PanicInCompensation
+        )
+    }
+
     /// Whether this fault is about the node's compensation, so an unwind must be made to reach it.
     pub fn needs_unwind(self) -> bool {
         matches!(
@@ -119,6 +163,8 @@ impl Fault {
             Fault::CompensationTransient
                 | Fault::CompensationPermanent
                 | Fault::CrashInCompensation
+                | Fault::CompensationReplyLost
+                | Fault::PanicInCompensation
                 | Fault::Repeat
         )
     }

@@ -90,6 +90,8 @@ pub struct Matrix {
     faults: Vec<Fault>,
     pairs: bool,
     parallel: usize,
+    disabled_point: Option<ratchet_engine::FaultPoint>,
+    only_nodes: Option<Vec<String>>,
 }
 
 impl Default for Matrix {
@@ -106,6 +108,8 @@ impl Matrix {
             faults: Fault::ALL.to_vec(),
             pairs: false,
             parallel: 4,
+            disabled_point: None,
+            only_nodes: None,
         }
     }
 
@@ -125,6 +129,19 @@ impl Matrix {
     /// node before it.
     pub fn pairs(mut self, pairs: bool) -> Matrix {
         self.pairs = pairs;
+        self
+    }
+
+    /// Only these nodes (by name, in every suite); all of them when never called.
+    pub fn nodes(mut self, nodes: &[&str]) -> Matrix {
+        self.only_nodes = Some(nodes.iter().map(|n| (*n).to_owned()).collect());
+        self
+    }
+
+    /// Makes `point` never fire in any cell's engine (see `Failpoints::disable`): a mutation for the harness's
+    /// own tests, whose cells must then fail with "fault not reached".
+    pub fn disable_point(mut self, point: ratchet_engine::FaultPoint) -> Matrix {
+        self.disabled_point = Some(point);
         self
     }
 
@@ -161,9 +178,14 @@ impl Matrix {
                 fault,
                 crash_in_compensation_of: other.map(str::to_owned),
                 last_node: last_node.clone(),
+                disabled_point: self.disabled_point,
             };
             for (index, (node, kind)) in nodes.iter().enumerate() {
-                if !suite.includes(node, *kind) {
+                let chosen = self
+                    .only_nodes
+                    .as_ref()
+                    .is_none_or(|only| only.contains(node));
+                if !suite.includes(node, *kind) || !chosen {
                     continue;
                 }
                 for fault in &self.faults {
@@ -250,12 +272,13 @@ impl MatrixReport {
         self.pairs_table(&mut out);
         let _ = writeln!(
             out,
-            "{} cells: {} ok, {} expected detections, {} FAIL, {} MISSED detections; {:.1} s",
+            "{} cells: {} ok, {} expected detections, {} FAIL, {} MISSED detections, {} not applicable; {:.1} s",
             self.cells.len(),
             self.count(Status::Pass),
             self.count(Status::Detected),
             self.count(Status::Fail),
             self.count(Status::Missed),
+            self.count(Status::NotApplicable),
             self.total_millis as f64 / 1000.0
         );
         for failure in self.failures() {
@@ -367,5 +390,6 @@ fn mark(status: Option<Status>) -> &'static str {
         Some(Status::Detected) => "det",
         Some(Status::Fail) => "FAIL",
         Some(Status::Missed) => "MISS",
+        Some(Status::NotApplicable) => "n/a",
     }
 }

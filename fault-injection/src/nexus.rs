@@ -97,6 +97,41 @@ fn expect(problems: &mut Vec<String>, what: &str, got: i64, want: i64) {
     }
 }
 
+/// The simulated service's fault knobs and operation behind an external node of the Nexus sagas.
+fn service_operation(f: &NexusFixture, node: &str) -> Option<(ratchet_sim::Faults, Operation)> {
+    Some(match node {
+        "ensure_vmm" => (f.services.sled_agent.faults(), Operation::VmmEnsure),
+        "pantry_attach" => (f.services.pantry.faults(), Operation::DiskAttach),
+        "pantry_snapshot" => (f.services.pantry.faults(), Operation::DiskSnapshot),
+        "pantry_detach" => (f.services.pantry.faults(), Operation::DiskDetach),
+        _ => return None,
+    })
+}
+
+/// How many retries the service refuses after dropping a response (`unknown_then_refused`): more than any
+/// cell's forward retry budget.
+const REFUSALS: u64 = 1_000;
+
+/// Makes the service behind `node` apply its next call and drop the response; with `then_refuse`, refuse that
+/// many requests after it. False when `node` calls no service.
+fn lose_response(f: &NexusFixture, node: &str, then_refuse: Option<u64>) -> bool {
+    let Some((faults, operation)) = service_operation(f, node) else {
+        return false;
+    };
+    let op = faults.op(operation);
+    match then_refuse {
+        None => op.drop_response_after_apply(1),
+        Some(n) => op.drop_response_then_refuse(n),
+    };
+    true
+}
+
+/// Whether the service behind `node` dropped a response.
+fn service_fault_fired(f: &NexusFixture, node: &str) -> bool {
+    service_operation(f, node)
+        .is_some_and(|(faults, operation)| faults.counters(operation).responses_dropped > 0)
+}
+
 fn register_all(builder: EngineBuilder, fixture: &NexusFixture) -> EngineBuilder {
     ratchet_sagas::register_all(builder, &fixture.services.app)
 }
@@ -259,15 +294,15 @@ impl SagaSuite for InstanceCreateSuite {
     }
 
     fn lose_response(&self, f: &NexusFixture, node: &str) -> bool {
-        if node != "ensure_vmm" {
-            return false;
-        }
-        f.services
-            .sled_agent
-            .faults()
-            .op(Operation::VmmEnsure)
-            .drop_response_after_apply(1);
-        true
+        lose_response(f, node, None)
+    }
+
+    fn lose_response_then_refuse(&self, f: &NexusFixture, node: &str) -> bool {
+        lose_response(f, node, Some(REFUSALS))
+    }
+
+    fn service_fault_fired(&self, f: &NexusFixture, node: &str) -> bool {
+        service_fault_fired(f, node)
     }
 
     fn fail_after_commit(&self, f: &NexusFixture, node: &str) -> bool {
@@ -493,18 +528,15 @@ impl SagaSuite for SnapshotCreateSuite {
     }
 
     fn lose_response(&self, f: &NexusFixture, node: &str) -> bool {
-        let operation = match node {
-            "pantry_attach" => Operation::DiskAttach,
-            "pantry_snapshot" => Operation::DiskSnapshot,
-            "pantry_detach" => Operation::DiskDetach,
-            _ => return false,
-        };
-        f.services
-            .pantry
-            .faults()
-            .op(operation)
-            .drop_response_after_apply(1);
-        true
+        lose_response(f, node, None)
+    }
+
+    fn lose_response_then_refuse(&self, f: &NexusFixture, node: &str) -> bool {
+        lose_response(f, node, Some(REFUSALS))
+    }
+
+    fn service_fault_fired(&self, f: &NexusFixture, node: &str) -> bool {
+        service_fault_fired(f, node)
     }
 }
 

@@ -60,6 +60,20 @@ pub trait SagaSuite: Send + Sync + 'static {
         false
     }
 
+    /// Makes the service apply `node`'s next call and drop its response, then refuse every retry. Returns
+    /// false when `node` calls no service.
+    fn lose_response_then_refuse(&self, fixture: &Self::Fixture, node: &str) -> bool {
+        let _ = (fixture, node);
+        false
+    }
+
+    /// Whether the service-side fault armed for `node` (by [`SagaSuite::lose_response`] or
+    /// [`SagaSuite::lose_response_then_refuse`]) was reached: a response was dropped.
+    fn service_fault_fired(&self, fixture: &Self::Fixture, node: &str) -> bool {
+        let _ = (fixture, node);
+        false
+    }
+
     /// For a plain steno node (a fixture written without ratchet): makes it fail right after its commit.
     /// Returns false when the node has no such knob.
     fn fail_after_commit(&self, fixture: &Self::Fixture, node: &str) -> bool {

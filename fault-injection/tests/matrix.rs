@@ -3,22 +3,70 @@
 mod common;
 
 use common::{assert_all_pass, run};
+use ratchet_engine::FaultPoint;
 use ratchet_fault_injection::nexus::{
     DiskAttachSuite, DiskDetachSuite, InstanceCreateSuite, SnapshotCreateSuite,
 };
 use ratchet_fault_injection::{Fault, Matrix, Status};
 
+/// How many faults apply to a database node: all but `response_lost` and `unknown_then_refused`.
+const DB_FAULTS: usize = Fault::ALL.len() - 2;
+/// How many faults apply to an external node: all but `commit_reply_lost`.
+const EXTERNAL_FAULTS: usize = Fault::ALL.len() - 1;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn disk_attach_and_detach_pass_every_cell() {
     let report = run(Matrix::new().suite(DiskAttachSuite).suite(DiskDetachSuite)).await;
-    assert!(report.failures().is_empty(), "{}", report.table());
-    assert!(report.count(Status::Pass) >= 2 * 12, "{}", report.table());
+    // One database node each, and every fault but the two that need a service call.
+    assert_all_pass(&report, 2 * DB_FAULTS);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn snapshot_create_passes_every_cell() {
     let report = run(Matrix::new().suite(SnapshotCreateSuite)).await;
-    assert!(report.failures().is_empty(), "{}", report.table());
+    // Five database nodes and three external ones (pantry attach, snapshot, detach).
+    assert_all_pass(&report, 5 * DB_FAULTS + 3 * EXTERNAL_FAULTS);
+}
+
+/// instance-create's whole fault set, on one database node (the disk attach, where Omicron 10695 struck) and
+/// one external node (the sled agent's VMM ensure).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn instance_create_every_fault_at_an_attach_and_the_vmm_ensure() {
+    let report = run(Matrix::new()
+        .suite(InstanceCreateSuite { legacy: false })
+        .nodes(&["attach_disk_0", "ensure_vmm"]))
+    .await;
+    assert_all_pass(&report, DB_FAULTS + EXTERNAL_FAULTS);
+}
+
+/// The harness must not pass what it did not test: with a fault point disabled in the engines' failpoint
+/// registry (a mutation), every cell that arms a fault there fails with "fault not reached".
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_disabled_fault_point_fails_its_cells_as_not_reached() {
+    let report = run(Matrix::new()
+        .suite(SnapshotCreateSuite)
+        .faults(&[Fault::AfterCommit, Fault::CommitReplyLost])
+        .nodes(&["create_snapshot_record", "pantry_snapshot"])
+        .disable_point(FaultPoint::AfterCommit))
+    .await;
+    let after_commit: Vec<_> = report
+        .cells
+        .iter()
+        .filter(|c| c.cell.fault == Fault::AfterCommit)
+        .collect();
+    assert_eq!(after_commit.len(), 2, "{}", report.table());
+    for cell in after_commit {
+        assert_eq!(cell.status, Status::Fail, "{}", report.table());
+        assert!(
+            cell.problems
+                .iter()
+                .any(|p| p.contains("fault not reached")),
+            "{:?}",
+            cell.problems
+        );
+    }
+    // The other point still fires, and its cell passes: only the disabled point's cells fail.
+    assert_eq!(report.count(Status::Pass), 1, "{}", report.table());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -27,7 +75,14 @@ async fn instance_create_after_commit_and_crash_after_commit() {
         .suite(InstanceCreateSuite { legacy: false })
         .faults(&[Fault::AfterCommit, Fault::CrashAfterCommit]))
     .await;
+    // Every node of the saga that is not a constant: two faults each.
     assert!(report.failures().is_empty(), "{}", report.table());
+    assert_eq!(
+        report.count(Status::Pass),
+        report.cells.len(),
+        "{}",
+        report.table()
+    );
 }
 
 /// The harness's teeth: the legacy attach leaks or wedges after its commit, and the harness sees it.
@@ -38,6 +93,9 @@ async fn legacy_attach_defect_is_detected() {
         .faults(&[Fault::AfterCommit, Fault::PoolExhausted]))
     .await;
     assert!(report.failures().is_empty(), "{}", report.table());
+    // Two legacy attach nodes (a created disk, an existing one), two faults each: the created disk's attach
+    // is detected under both, the existing one's under pool exhaustion.
+    assert_eq!(report.cells.len(), 4, "{}", report.table());
     assert!(report.count(Status::Detected) >= 2, "{}", report.table());
 }
 

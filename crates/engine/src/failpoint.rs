@@ -93,6 +93,10 @@ pub struct Failpoints {
     wake: tokio::sync::Notify,
     /// How many nodes of each saga are sleeping in a `Delay` now.
     delaying: Mutex<HashMap<Uuid, usize>>,
+    /// Every (saga, node, point) at which an armed fault fired: a harness checks its fault was reached.
+    fired: Mutex<HashSet<(Uuid, String, FaultPoint)>>,
+    /// Points that never fire (see [`Failpoints::disable`]).
+    disabled: Mutex<HashSet<FaultPoint>>,
 }
 
 impl Failpoints {
@@ -185,9 +189,34 @@ impl Failpoints {
         }
     }
 
+    /// Whether a fault armed at `point` of `node` of saga `saga_id` has fired (at least once).
+    pub fn has_fired(&self, saga_id: Uuid, node: &str, point: FaultPoint) -> bool {
+        self.fired
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&(saga_id, node.to_owned(), point))
+    }
+
+    /// Makes `point` never fire on this engine, whatever is armed there: a mutation for the harness's own
+    /// tests (a matrix whose fault point is never reached must say so, not pass). Never used in production.
+    pub fn disable(&self, point: FaultPoint) {
+        self.disabled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(point);
+    }
+
     /// The effect to apply at this point now, if a fault is armed there.
     pub fn fire(&self, saga_id: Uuid, node: &str, point: FaultPoint) -> Option<FaultEffect> {
         if !self.any_armed.load(Ordering::Relaxed) {
+            return None;
+        }
+        if self
+            .disabled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&point)
+        {
             return None;
         }
         let mut armed = self.armed.lock().unwrap_or_else(|p| p.into_inner());
@@ -198,6 +227,11 @@ impl Failpoints {
         if fault.remaining == 0 {
             armed.remove(&key);
         }
+        drop(armed);
+        self.fired
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((saga_id, node.to_owned(), point));
         tracing::info!(%saga_id, node, ?point, ?effect, "failpoint fired");
         Some(effect)
     }

@@ -11,6 +11,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+use uuid::Uuid;
 
 use serde::{Deserialize, Serialize};
 
@@ -127,6 +128,11 @@ pub struct OpCounters {
 struct Knobs {
     fail_before_apply: u64,
     drop_response_after_apply: u64,
+    /// Once a response of this operation has been dropped, this many retries *under the same idempotency
+    /// key* are refused (503) before they are applied.
+    fail_after_dropped: u64,
+    /// The key whose retries are being refused, and how many refusals remain.
+    refusing: Option<(Uuid, u64)>,
     delay: Option<Duration>,
 }
 
@@ -238,10 +244,21 @@ impl Faults {
             .or(inner.global.delay)
     }
 
-    /// Consumes one "fail before apply" if one is armed for `op`.
-    pub(crate) fn take_fail_before_apply(&self, op: Operation) -> bool {
+    /// Consumes one "fail before apply" if one is armed for `op` (or for retries under `key`).
+    pub(crate) fn take_fail_before_apply(&self, op: Operation, key: Uuid) -> bool {
         let mut inner = self.lock();
-        let taken = take(inner.per_op.get_mut(&op).map(|k| &mut k.fail_before_apply))
+        let retry_refused = inner
+            .per_op
+            .get_mut(&op)
+            .is_some_and(|k| match &mut k.refusing {
+                Some((refused, left)) if *refused == key && *left > 0 => {
+                    *left -= 1;
+                    true
+                }
+                _ => false,
+            });
+        let taken = retry_refused
+            || take(inner.per_op.get_mut(&op).map(|k| &mut k.fail_before_apply))
             || take(Some(&mut inner.global.fail_before_apply));
         if taken {
             inner.counters.entry(op).or_default().failed_before_apply += 1;
@@ -249,8 +266,8 @@ impl Faults {
         taken
     }
 
-    /// Consumes one "drop response" if one is armed for `op`.
-    pub(crate) fn take_drop_response(&self, op: Operation) -> bool {
+    /// Consumes one "drop response" if one is armed for `op`; the dropped request was under `key`.
+    pub(crate) fn take_drop_response(&self, op: Operation, key: Uuid) -> bool {
         let mut inner = self.lock();
         let taken = take(
             inner
@@ -260,6 +277,12 @@ impl Faults {
         ) || take(Some(&mut inner.global.drop_response_after_apply));
         if taken {
             inner.counters.entry(op).or_default().responses_dropped += 1;
+            if let Some(knobs) = inner.per_op.get_mut(&op) {
+                let refusals = std::mem::take(&mut knobs.fail_after_dropped);
+                if refusals > 0 {
+                    knobs.refusing = Some((key, refusals));
+                }
+            }
         }
         taken
     }
@@ -313,6 +336,17 @@ impl OpFaults {
         self
     }
 
+    /// The next request of this operation is applied and its response dropped; the next `n` requests under
+    /// the same idempotency key (its retries) are refused (503) before they are applied: an outcome unknown,
+    /// then refusals that say nothing of it. Requests under other keys (a compensation) are not refused.
+    pub fn drop_response_then_refuse(&self, n: u64) -> &Self {
+        self.faults.with_op(self.op, |k| {
+            k.drop_response_after_apply = 1;
+            k.fail_after_dropped = n;
+        });
+        self
+    }
+
     /// Every request of this operation waits `d` before it is handled, until cleared.
     pub fn delay(&self, d: Duration) -> &Self {
         self.faults.with_op(self.op, |k| k.delay = Some(d));
@@ -335,10 +369,31 @@ mod tests {
         let faults = Faults::new();
         faults.fail_before_apply(1);
         faults.op(Operation::VmmEnsure).fail_before_apply(1);
-        assert!(faults.take_fail_before_apply(Operation::VmmEnsure));
-        assert!(faults.take_fail_before_apply(Operation::VmmEnsure));
-        assert!(!faults.take_fail_before_apply(Operation::VmmEnsure));
+        assert!(faults.take_fail_before_apply(Operation::VmmEnsure, Uuid::nil()));
+        assert!(faults.take_fail_before_apply(Operation::VmmEnsure, Uuid::nil()));
+        assert!(!faults.take_fail_before_apply(Operation::VmmEnsure, Uuid::nil()));
         assert_eq!(faults.counters(Operation::VmmEnsure).failed_before_apply, 2);
+    }
+
+    #[test]
+    fn after_a_dropped_response_only_that_keys_retries_are_refused() {
+        let faults = Faults::new();
+        let (key, other) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        faults
+            .op(Operation::DiskDetach)
+            .drop_response_then_refuse(2);
+        assert!(!faults.take_fail_before_apply(Operation::DiskDetach, key));
+        assert!(faults.take_drop_response(Operation::DiskDetach, key));
+        assert!(faults.take_fail_before_apply(Operation::DiskDetach, key));
+        assert!(!faults.take_fail_before_apply(Operation::DiskDetach, other));
+        assert!(faults.take_fail_before_apply(Operation::DiskDetach, key));
+        assert!(!faults.take_fail_before_apply(Operation::DiskDetach, key));
+        assert!(!faults.take_drop_response(Operation::DiskDetach, key));
+        let counters = faults.counters(Operation::DiskDetach);
+        assert_eq!(
+            (counters.responses_dropped, counters.failed_before_apply),
+            (1, 2)
+        );
     }
 
     #[test]

@@ -209,7 +209,7 @@ impl<S> Service<S> {
             tracing::info!(service = name, %op, ?delay, "injected fault: delaying request");
             tokio::time::sleep(delay).await;
         }
-        if self.faults.take_fail_before_apply(op) {
+        if self.faults.take_fail_before_apply(op, key) {
             tracing::warn!(service = name, %op, %key, "injected fault: failing before apply");
             return Reply::Send(Response::error(
                 503,
@@ -272,7 +272,7 @@ impl<S> Service<S> {
             }
         };
 
-        if self.faults.take_drop_response(op) {
+        if self.faults.take_drop_response(op, key) {
             tracing::warn!(service = name, %op, %key, status = response.status, "injected fault: dropping response");
             return Reply::Drop;
         }
