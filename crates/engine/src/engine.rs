@@ -38,6 +38,7 @@ pub(crate) struct EngineShared {
     pub(crate) shutdown: ShutdownState,
     pub(crate) recent: RecentOutcomes,
     pub(crate) waiting: Waiting,
+    pub(crate) start_limit: Option<u32>,
 }
 
 /// How to start an engine.
@@ -53,6 +54,16 @@ pub struct EngineConfig {
     /// Retries of transient failures in compensations (longer: a compensation that gives up makes the saga
     /// stuck).
     pub compensation_retry: RetryPolicy,
+    /// How many times a node (or its compensation) of a *recovered* saga may be started before the engine
+    /// gives up on it: the forward node fails, a compensation makes the saga stuck. `None`: no limit.
+    ///
+    /// This is the crash-loop guard for binaries built with `panic = "abort"` (Omicron's release profile),
+    /// where a node that panics deterministically kills the process each time it starts, and each restart
+    /// recovers the saga and starts it again. Each start in a recovered saga is counted durably
+    /// (`saga_node_start`, one write per node start, only for recovered sagas). With unwinding panics the
+    /// engine catches a panic in any phase, so the default is a limit only when this crate is built with
+    /// `panic = "abort"`.
+    pub start_limit: Option<u32>,
 }
 
 impl EngineConfig {
@@ -82,9 +93,14 @@ impl EngineConfig {
                 max_delay: Duration::from_secs(5),
                 max_attempts: Some(60),
             },
+            start_limit: cfg!(panic = "abort").then_some(DEFAULT_START_LIMIT),
         }
     }
 }
+
+/// The default [`EngineConfig::start_limit`] under `panic = "abort"`: a node that killed its process this many
+/// times in a row is given up on.
+pub const DEFAULT_START_LIMIT: u32 = 5;
 
 /// How a saga came to rest, or why this engine stopped driving it.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -294,6 +310,7 @@ impl EngineBuilder {
             shutdown: ShutdownState::default(),
             recent: RecentOutcomes::default(),
             waiting: Waiting::default(),
+            start_limit: self.config.start_limit,
         });
         let engine = Engine {
             sec: Sec::start(&shared, self.config.sec_id),
@@ -640,6 +657,7 @@ impl Engine {
                 .collect(),
             commit_sent: Mutex::new(HashSet::new()),
             commit_unknown: Mutex::new(HashSet::new()),
+            resumed: resumed_from.is_some(),
             db_turn: tokio::sync::Mutex::new(()),
         };
         (cx, log)

@@ -93,6 +93,41 @@ impl<'a, S: SagaDef> NodeRun<'a, S> {
             .map_err(ratchet_store::DbError::from)?)
     }
 
+    /// Counts this start of the node's `phase` ("forward" or "compensation") durably, in a saga this engine
+    /// recovered, and refuses it once the [`crate::EngineConfig::start_limit`] is passed: a node that keeps
+    /// killing its process (a deterministic panic under `panic = "abort"`) is given up on instead of crashing
+    /// every executor that recovers it. A no-op without a limit, and for sagas this engine created.
+    pub(crate) async fn count_start(&self, phase: &str) -> Result<(), NodeError> {
+        let Some(limit) = self.cx.shared.start_limit else {
+            return Ok(());
+        };
+        if !self.cx.resumed {
+            return Ok(());
+        }
+        let pool = &self.cx.shared.pool;
+        let (saga_id, name) = (self.saga_id(), self.name.as_str());
+        let starts = ratchet_store::retry_transient(
+            RetryPolicy::OPERATOR,
+            "counting a node start",
+            || async move {
+                let mut conn = pool.get().await?;
+                Ok(ratchet_store::records::count_start(&mut conn, saga_id, name, phase).await?)
+            },
+        )
+        .await?;
+        let starts = u32::try_from(starts).unwrap_or(u32::MAX);
+        if starts > limit {
+            let message = format!(
+                "node {name:?} ({phase}) was started {starts} times in recovered runs of this saga without \
+                 reaching a result (limit {limit}): it is taken to crash its executor every time (a panic \
+                 under panic = \"abort\"?), and is given up on"
+            );
+            tracing::error!(%saga_id, node = name, phase, starts, limit, "{message}");
+            return Err(NodeError::permanent(message));
+        }
+        Ok(())
+    }
+
     /// The node value (its arguments) recorded in the DAG.
     pub(crate) fn node<N: DeserializeOwned>(&self) -> Result<N, NodeError> {
         serde_json::from_value(self.args.clone()).map_err(|e| {

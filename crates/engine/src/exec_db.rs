@@ -71,6 +71,9 @@ async fn forward<S: SagaDef, N: DbNode<S>>(ctx: &ActionContext<Ratchet<S>>) -> s
     let span = tracing::info_span!("node", saga_id = %run.saga_id(), node = %run.name, kind = "db");
     async {
         let node: N = run.node().map_err(|e| run.failure("prepare", &e))?;
+        run.count_start("forward")
+            .await
+            .map_err(|e| run.failure("start", &e))?;
         let policy = run.cx.shared.forward_retry;
         let outcome = with_retries(&run, policy, "commit", |attempt| {
             let span = tracing::info_span!("attempt", attempt);
@@ -442,6 +445,7 @@ async fn undo<S: SagaDef, N: DbNode<S>>(ctx: &ActionContext<Ratchet<S>>) -> sten
     let span = tracing::info_span!("undo", saga_id = %run.saga_id(), node = %run.name, kind = "db");
     async {
         let node: N = run.node()?;
+        run.count_start("compensation").await?;
         let policy = run.cx.shared.compensation_retry;
         let outcome = with_retries(&run, policy, "compensate", |attempt| {
             let span = tracing::info_span!("attempt", attempt);
@@ -470,7 +474,7 @@ pub(crate) enum Compensation {
     Compensated,
     /// A compensation record existed: done before (exactly once).
     AlreadyCompensated,
-    /// No commit record: the forward never committed, so there is nothing to undo (seed 002).
+    /// No commit record: the forward never committed, so there is nothing to undo.
     NothingCommitted,
 }
 

@@ -76,6 +76,9 @@ async fn forward<S: SagaDef, N: ExternalNode<S>>(
         tracing::info_span!("node", saga_id = %run.saga_id(), node = %run.name, kind = "external");
     async {
         let node: N = run.node().map_err(|e| run.failure("prepare", &e))?;
+        run.count_start("forward")
+            .await
+            .map_err(|e| run.failure("start", &e))?;
         let policy = run.cx.shared.forward_retry;
         let prepared = with_retries(&run, policy, "prepare", |_| {
             prepare::<S, N>(&run, &node, ctx)
@@ -355,6 +358,7 @@ async fn undo<S: SagaDef, N: ExternalNode<S>>(
         tracing::info_span!("undo", saga_id = %run.saga_id(), node = %run.name, kind = "external");
     async {
         let node: N = run.node()?;
+        run.count_start("compensation").await?;
         let policy = run.cx.shared.compensation_retry;
         with_retries(&run, policy, "compensate", |_| {
             catch_phase(

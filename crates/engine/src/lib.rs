@@ -36,11 +36,12 @@
 //!
 //! A compensation runs in its own transaction, which writes a **compensation record**; a second compensation
 //! finds it and does nothing. A compensation whose forward has no commit record has nothing to undo and is
-//! skipped (seed 002: compensation must know whether the commit happened).
+//! skipped: a compensation must know whether the commit happened, or it waits forever on rows that were
+//! never created.
 //!
 //! # A failure after the commit never leaks
 //!
-//! Two mechanisms were on the table (DESIGN.md section 3): a guard node before every committing node, whose
+//! Two mechanisms were on the table: a guard node before every committing node, whose
 //! undo is the compensation (Omicron's `*_UNDO` pattern), or compensating inline. ratchet compensates
 //! **inline**: when anything fails after `COMMIT` (only an injected fault can: nothing fallible follows the
 //! commit point), the engine runs the node's compensation from the commit record *before* it returns the
@@ -54,10 +55,74 @@
 //!
 //! # Errors and retries
 //!
-//! [`NodeError`] is transient (connection lost, pool timeout, serialization failure 40001, deadlock) or
-//! permanent. Transient errors in prepare and commit are retried, the whole transaction at a time, with
-//! bounded exponential backoff; compensations are retried longer. A saga is stuck only when a compensation
-//! fails permanently or spends its budget; the store then records it `stuck`, with the node and error.
+//! [`NodeError`] is transient (connection lost, pool timeout, serialization failure 40001, deadlock, a lock
+//! or statement timeout) or permanent. Transient errors in prepare and commit are retried, the whole
+//! transaction at a time, with bounded exponential backoff; compensations are retried longer. A saga is stuck
+//! only when a compensation fails permanently or spends its budget; the store then records it `stuck`, with
+//! the node and error.
+//!
+//! # A COMMIT whose outcome is unknown
+//!
+//! Only a definite refusal of a `COMMIT` (40001, 40P01, 23xxx) proves a rollback. Any other failure after the
+//! `COMMIT` was sent (the connection dropped before the reply, the backend terminated, CockroachDB's 40003)
+//! leaves the outcome unknown, and the node is **never failed while unknown**: the engine settles it from
+//! the commit record on another connection, with an insert probe that waits out any transaction still
+//! writing that record, retrying with backoff and no budget; meanwhile [`Engine::waiting`] lists the node,
+//! with the reason. A record there means the commit landed (the node goes on with it, committed once); none
+//! means it did not (the node runs again). A unique violation on the commit record's key means the node
+//! committed before: it replays, never fails. Compensations follow the same rule with their record. See
+//! `commit_outcome.rs`.
+//!
+//! # Panics
+//!
+//! Every user phase runs under `catch_unwind`: a panic in prepare or commit rolls the transaction back and
+//! fails the node with a permanent error naming the panic; in `finish` (which runs before `COMMIT`) the same;
+//! in a compensation, the saga is recorded stuck with the message; in an external call, the call's outcome is
+//! unknown (it is retried by key, or compensated by key). steno runs each node in a task of its own, and an
+//! uncaught panic would leave the saga hanging forever.
+//!
+//! With `panic = "abort"` (Omicron's release profile) nothing can be caught: a deterministic panic kills the
+//! process, and every recovery starts the node again. [`EngineConfig::start_limit`] bounds that loop: in a
+//! recovered saga each node start is counted durably, and past the limit the node is given up on (a forward
+//! node fails and the saga unwinds; a compensation makes the saga stuck). The limit is on by default only in
+//! builds with `panic = "abort"`.
+//!
+//! # Incarnations
+//!
+//! An executor id is stable across restarts (a Nexus zone's id), so fencing keyed on the id alone cannot tell
+//! a new process from a hung old one. Every engine start, recovery, adoption and retry-unwind therefore takes
+//! a new fencing epoch for the sagas it drives: the statement that claims them bumps their
+//! `adopt_generation` ([`ratchet_store::ops::claim_unfinished`], batched). An older incarnation of the same
+//! id, still alive, is then fenced exactly like a foreign executor.
+//!
+//! # Bounded transactions
+//!
+//! Every session of the engine's pool runs with `idle_in_transaction_session_timeout`, a `lock_timeout`
+//! (treated as transient) and an optional `statement_timeout` ([`ratchet_store::pool::SessionLimits`], in
+//! [`EngineConfig::pool`]). An executor frozen inside a transaction (SIGSTOP, a hung host) holds its locks
+//! only until the server ends its session; an adopter waiting on them fails its statement after the lock
+//! timeout and retries. The frozen executor, thawed, finds its connection gone, resolves its `COMMIT`'s
+//! outcome from the database, and is fenced: it writes nothing.
+//!
+//! # What is a type, what is the runtime, what is convention
+//!
+//! - **Types** (compile-time): `finish` is synchronous, infallible and contextless (it cannot await, return
+//!   an error, or reach a connection); [`CommitTx`] and [`PrepareCx`] can only be made by the engine and do
+//!   not outlive their phase; a node's `Plan` and `Receipt` are serializable data, so neither can carry a
+//!   connection or a pool from one phase to the next (`tests/ui` holds the programs that must not compile).
+//! - **Runtime** (checked by the engine and PostgreSQL as the saga runs): prepare runs read-only (PostgreSQL
+//!   rejects a write); the engine begins and ends every transaction, and detects transaction control a node
+//!   sends through [`CommitTx::conn`] (the transaction carries a token that the commit record's write checks:
+//!   a node that ended it is failed loudly and no record is written); fencing; exactly-once records; unknown
+//!   outcomes resolved; panics caught; the start limit.
+//! - **Convention** (no type or check can enforce it): a node must not reach the database by any other path
+//!   than the connection it is given. Ambient authority cannot be taken away: a node can capture a pool in
+//!   its own value or in the saga's application context ([`SagaDef::Context`]), and a write through it lands
+//!   outside the node's transaction, with no record and no compensation. The engine hands typed nodes no
+//!   pool; the only pool it exposes is [`SagaCx::unchecked_pool`], for plain steno actions
+//!   ([`NodeRegistry::unchecked_steno_action`]), which bypass every guarantee above and exist for
+//!   incremental adoption and the pre-fix fixtures. External services must deduplicate on the idempotency
+//!   key and keep a tombstone per compensated key (see [`ExternalNode`]).
 //!
 //! # Fencing
 //!
@@ -98,9 +163,12 @@
 //!
 //! # External nodes
 //!
-//! An [`ExternalNode`] makes one idempotent call keyed by (saga, node). It never fails while the call's
-//! outcome is unknown: it retries with the same key, or compensates by key, first. Its receipt is recorded as
-//! soon as the outcome is definite, retried until the write lands.
+//! An [`ExternalNode`] makes one idempotent call keyed by (saga, node). Each attempt's outcome is typed:
+//! applied (a receipt), refused (transient or permanent), or unknown (a lost response, a timeout, a panic).
+//! The node never fails while the outcome is unknown: it retries with the same key until the answer is
+//! definite; once any attempt was unknown, it compensates by key before it fails, even if later attempts
+//! were refused (a refusal of a retry says nothing of an earlier attempt that may have landed). Its receipt
+//! is recorded as soon as the outcome is definite, retried until the write lands.
 //!
 //! # A worked example
 //!
@@ -188,7 +256,10 @@ mod shutdown;
 pub mod slog_bridge;
 
 pub use context::{CommitTx, ExternalCx, PrepareCx, derived_id};
-pub use engine::{Engine, EngineBuilder, EngineConfig, PreparedSaga, RecoveryReport, SagaOutcome};
+pub use engine::{
+    DEFAULT_START_LIMIT, Engine, EngineBuilder, EngineConfig, PreparedSaga, RecoveryReport,
+    SagaOutcome,
+};
 pub use error::{EngineError, NodeError, NodeFailure};
 pub use failpoint::{Failpoints, FaultEffect, FaultPoint};
 pub use node::{CallError, DbNode, ExternalNode, NodeOutput, NodeReceipt};

@@ -116,8 +116,22 @@ pub enum CallError {
 /// A node whose effect is one idempotent call to another service (a sled agent, a storage pantry).
 ///
 /// The engine gives every call the node's idempotency key (a UUIDv5 of saga id and node name, the same on
-/// every attempt and after a restart); the service must deduplicate on it. A node never fails while the
-/// outcome of its call is unknown: the engine retries, or compensates by key, first.
+/// every attempt and after a restart). A node never fails while the outcome of its call is unknown: the
+/// engine retries, or compensates by key, first.
+///
+/// # The service's side of the contract
+///
+/// - **Deduplication**: a request under a key already applied is answered as the first was, not applied
+///   again.
+/// - **Tombstones**: the compensating call names the forward key it compensates (pass
+///   `cx.idempotency_key()` along with `cx.compensation_key()`), and the service keeps a tombstone for it: a
+///   forward request under a tombstoned key arriving later (a retry still in flight, a stale executor whose
+///   call slipped past its fence check) is refused, never applied. Without tombstones, compensating by key
+///   after an unknown outcome races the request it compensates. The simulated sled agent and pantry
+///   (`ratchet-sim`) implement both.
+/// - **Typed answers**: `call` says whether the request was applied ([`Ok`]), definitely not applied
+///   ([`CallError::Refused`]), or may have been ([`CallError::Unknown`]). Only a service's explicit "not
+///   applied" is a refusal; a timeout or a dropped connection is unknown.
 pub trait ExternalNode<S: SagaDef>: Serialize + DeserializeOwned + Send + Sync + 'static {
     const NAME: &'static str;
     /// What prepare decided, handed to the call: serializable data, as for database nodes.

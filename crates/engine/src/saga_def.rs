@@ -62,6 +62,9 @@ pub struct SagaCx<S: SagaDef> {
     /// The nodes (database nodes, and compensations) one of whose `COMMIT`s had an unknown outcome: never
     /// forgotten, whatever later attempts meet (see `commit_outcome.rs`).
     pub(crate) commit_unknown: std::sync::Mutex<HashSet<u32>>,
+    /// Whether this engine took the saga over from the database (recovery, adoption, retry-unwind), so that
+    /// a node start may follow a crash in the same node ([`crate::EngineConfig::start_limit`]).
+    pub(crate) resumed: bool,
     /// Held by a database node's transaction of this saga from before `BEGIN` to its end: the saga's
     /// database transactions run one at a time (see [`SagaCx::db_turn`]).
     pub(crate) db_turn: tokio::sync::Mutex<()>,

@@ -361,3 +361,34 @@ pub async fn delete_event(
     .await
     .map(|_| ())
 }
+
+/// Counts one more start of `node_name`'s `phase` ("forward" or "compensation") in saga `saga_id`, durably,
+/// and returns how many there have been (see the `saga_node_start` migration).
+pub async fn count_start(
+    conn: &mut AsyncPgConnection,
+    saga_id: Uuid,
+    node_name: &str,
+    phase: &str,
+) -> QueryResult<i32> {
+    use diesel::sql_types::{Integer, Text, Timestamptz};
+    type SqlUuid = diesel::sql_types::Uuid;
+    #[derive(QueryableByName)]
+    struct Starts {
+        #[diesel(sql_type = Integer)]
+        starts: i32,
+    }
+    let row: Starts = diesel::sql_query(
+        "INSERT INTO saga_node_start (saga_id, node_name, phase, starts, time_last_start) \
+         VALUES ($1, $2, $3, 1, $4) \
+         ON CONFLICT (saga_id, node_name, phase) \
+         DO UPDATE SET starts = saga_node_start.starts + 1, time_last_start = $4 \
+         RETURNING starts",
+    )
+    .bind::<SqlUuid, _>(saga_id)
+    .bind::<Text, _>(node_name)
+    .bind::<Text, _>(phase)
+    .bind::<Timestamptz, _>(Utc::now())
+    .get_result(conn)
+    .await?;
+    Ok(row.starts)
+}

@@ -10,7 +10,16 @@
 //! ratchet-crash-child recover URL SEC_ID SAGA_ID              prints "outcome <json>" when the saga is at rest
 //! ratchet-crash-child adopt   URL SEC_ID FROM_SEC SAGA_ID     adopts FROM_SEC's sagas; prints "adopted <json>",
 //!                                                              then "outcome <json>" when SAGA_ID is at rest
+//! ratchet-crash-child crashloop-start URL SEC_ID ACCOUNT      runs the crash-loop saga (prints "saga <id>"),
+//!                                                              whose second node aborts the process
+//! ratchet-crash-child crashloop-recover URL SEC_ID SAGA_ID LIMIT
+//!                                                              recovers it with `start_limit` LIMIT; prints
+//!                                                              "outcome <json>" if it comes to rest
 //! ```
+//!
+//! The crash-loop saga stands for a node with a deterministic panic in a binary built with `panic = "abort"`
+//! (Omicron's release profile): its prepare calls `std::process::abort()`, so every process that starts it
+//! dies of SIGABRT, and every recovery starts it again.
 //!
 //! Progress goes to stdout, one line per event, so the parent can wait for "fault point reached".
 
@@ -46,9 +55,16 @@ async fn main() -> anyhow::Result<()> {
         ["adopt", url, sec_id, from, saga_id] => {
             adopt(url, sec_id.parse()?, from.parse()?, saga_id.parse()?).await
         }
+        ["crashloop-start", url, sec_id, account] => {
+            crash_loop::start(url, sec_id.parse()?, account.parse()?).await
+        }
+        ["crashloop-recover", url, sec_id, saga_id, limit] => {
+            crash_loop::recover(url, sec_id.parse()?, saga_id.parse()?, limit.parse()?).await
+        }
         _ => bail!(
             "usage: start|pause URL SEC_ID ACCOUNT NODE POINT | recover URL SEC_ID SAGA_ID \
-             | adopt URL SEC_ID FROM_SEC SAGA_ID"
+             | adopt URL SEC_ID FROM_SEC SAGA_ID | crashloop-start URL SEC_ID ACCOUNT \
+             | crashloop-recover URL SEC_ID SAGA_ID LIMIT"
         ),
     }
 }
@@ -138,4 +154,109 @@ fn say(line: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
+}
+
+/// A saga whose second node kills its process every time it starts.
+mod crash_loop {
+    use super::say;
+    use diesel::sql_types::Uuid as SqlUuid;
+    use diesel_async::RunQueryDsl;
+    use ratchet_engine::{
+        CommitTx, DbNode, EngineBuilder, EngineConfig, NodeError, NodeRegistry, PrepareCx,
+        SagaBuilder, SagaDef,
+    };
+    use serde::{Deserialize, Serialize};
+    use std::sync::Arc;
+    use uuid::Uuid;
+
+    pub struct CrashLoop;
+
+    impl SagaDef for CrashLoop {
+        const NAME: &'static str = "test-crash-loop";
+        type Params = Uuid;
+        type Context = ();
+        fn register(registry: &mut NodeRegistry<Self>) {
+            registry.db::<DebitOne>().db::<Detonate>();
+        }
+        fn build(_: &Uuid, dag: &mut SagaBuilder<Self>) -> Result<(), String> {
+            dag.db("debit", DebitOne).db("detonate", Detonate);
+            Ok(())
+        }
+    }
+
+    /// Takes 1 from the account (so that an unwind has something to give back).
+    #[derive(Serialize, Deserialize)]
+    pub struct DebitOne;
+
+    impl DbNode<CrashLoop> for DebitOne {
+        const NAME: &'static str = "test.debit_one";
+        type Plan = Uuid;
+        type Receipt = Uuid;
+        type Output = ();
+        async fn prepare(&self, cx: &mut PrepareCx<'_, CrashLoop>) -> Result<Uuid, NodeError> {
+            Ok(*cx.params())
+        }
+        async fn commit(&self, tx: &mut CommitTx<'_>, account: Uuid) -> Result<Uuid, NodeError> {
+            diesel::sql_query("UPDATE example_account SET balance = balance - 1 WHERE id = $1")
+                .bind::<SqlUuid, _>(account)
+                .execute(tx.conn())
+                .await?;
+            Ok(account)
+        }
+        fn finish(_: Uuid) {}
+        async fn compensate(&self, tx: &mut CommitTx<'_>, account: Uuid) -> Result<(), NodeError> {
+            diesel::sql_query("UPDATE example_account SET balance = balance + 1 WHERE id = $1")
+                .bind::<SqlUuid, _>(account)
+                .execute(tx.conn())
+                .await?;
+            Ok(())
+        }
+    }
+
+    /// Aborts the process in its prepare: a deterministic panic under `panic = "abort"`.
+    #[derive(Serialize, Deserialize)]
+    pub struct Detonate;
+
+    impl DbNode<CrashLoop> for Detonate {
+        const NAME: &'static str = "test.detonate";
+        type Plan = ();
+        type Receipt = ();
+        type Output = ();
+        async fn prepare(&self, _: &mut PrepareCx<'_, CrashLoop>) -> Result<(), NodeError> {
+            say("detonating");
+            std::process::abort()
+        }
+        async fn commit(&self, _: &mut CommitTx<'_>, (): ()) -> Result<(), NodeError> {
+            Ok(())
+        }
+        fn finish((): ()) {}
+        async fn compensate(&self, _: &mut CommitTx<'_>, (): ()) -> Result<(), NodeError> {
+            Ok(())
+        }
+    }
+
+    fn builder(url: &str, sec_id: Uuid, limit: Option<u32>) -> EngineBuilder {
+        let mut config = EngineConfig::new(url, sec_id);
+        config.start_limit = limit;
+        EngineBuilder::new(config).register::<CrashLoop>(Arc::new(()))
+    }
+
+    pub async fn start(url: &str, sec_id: Uuid, account: Uuid) -> anyhow::Result<()> {
+        let (engine, _) = builder(url, sec_id, None).start().await?;
+        let saga = engine.create::<CrashLoop>(account).await?;
+        say(&format!("saga {}", saga.id));
+        let outcome = saga.run().await?;
+        say(&format!("outcome {}", serde_json::to_string(&outcome)?));
+        Ok(())
+    }
+
+    pub async fn recover(url: &str, sec_id: Uuid, saga_id: Uuid, limit: u32) -> anyhow::Result<()> {
+        let (engine, _) = builder(url, sec_id, Some(limit)).start().await?;
+        let outcome = engine
+            .wait(saga_id)
+            .await
+            .ok_or_else(|| anyhow::anyhow!("saga {saga_id} was not resumed by this executor"))?;
+        say(&format!("outcome {}", serde_json::to_string(&outcome)?));
+        Ok(())
+    }
 }
