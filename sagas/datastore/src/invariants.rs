@@ -30,8 +30,8 @@ pub struct Violation {
 pub const RULES: &[Rule] = &[
     Rule {
         name: "disk_attached_to_non_live_instance",
-        description: "a live disk names an instance that is missing, deleted, destroyed or failed \
-                      (the omicron#10695 leak)",
+        description: "a live disk names an instance that is missing, deleted or destroyed \
+                      (the omicron#10695 leak); a failed instance keeps its disks until it is deleted",
         sql: "SELECT 'disk ' || d.id::text || ' (' || d.disk_state || ') is attached to instance ' \
                      || d.attach_instance_id::text || CASE \
                        WHEN i.id IS NULL THEN ', which does not exist' \
@@ -39,7 +39,7 @@ pub const RULES: &[Rule] = &[
                        ELSE ', which is ' || i.state END AS detail \
               FROM disk AS d LEFT JOIN instance AS i ON i.id = d.attach_instance_id \
               WHERE d.time_deleted IS NULL AND d.attach_instance_id IS NOT NULL \
-                AND (i.id IS NULL OR i.time_deleted IS NOT NULL OR i.state IN ('destroyed', 'failed')) \
+                AND (i.id IS NULL OR i.time_deleted IS NOT NULL OR i.state = 'destroyed') \
               ORDER BY d.id",
     },
     Rule {
