@@ -39,6 +39,10 @@ pub(crate) struct EngineShared {
     pub(crate) recent: RecentOutcomes,
     pub(crate) waiting: Waiting,
     pub(crate) start_limit: Option<u32>,
+    /// The database and the `application_name` of this engine's sessions: an injected crash ends them all
+    /// from the server side, as a process's death would.
+    pub(crate) database_url: String,
+    pub(crate) application_name: String,
 }
 
 /// How to start an engine.
@@ -299,7 +303,10 @@ impl EngineBuilder {
             &ratchet_store::SAGA_LOG_MIGRATIONS,
         )
         .await?;
-        let pool = connect_pool(&self.config.database_url, &self.config.pool).await?;
+        // Each start is a new incarnation of the executor; its sessions say which.
+        let mut pool_config = self.config.pool.clone();
+        pool_config.application_name = format!("ratchet/{}", Uuid::new_v4());
+        let pool = connect_pool(&self.config.database_url, &pool_config).await?;
         let shared = Arc::new(EngineShared {
             pool,
             failpoints: Failpoints::default(),
@@ -311,6 +318,8 @@ impl EngineBuilder {
             recent: RecentOutcomes::default(),
             waiting: Waiting::default(),
             start_limit: self.config.start_limit,
+            database_url: self.config.database_url.clone(),
+            application_name: pool_config.application_name,
         });
         let engine = Engine {
             sec: Sec::start(&shared, self.config.sec_id),

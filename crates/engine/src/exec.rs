@@ -161,8 +161,33 @@ impl<'a, S: SagaDef> NodeRun<'a, S> {
                 exhaust_pool(&self.cx.shared.pool, millis).await;
                 Ok(())
             }
+            Some(FaultEffect::Crash) => {
+                self.crash(point).await;
+                Err(Stop::Crash)
+            }
             Some(effect) => stop_for(effect, point).map_or(Ok(()), Err),
             None => Ok(()),
+        }
+    }
+
+    /// An injected crash, as close to a process's death as one process can make it: the executor stops
+    /// writing (every writer waits forever from now on), and every session of this engine incarnation is
+    /// ended from the server side, so that the transaction open here (if any) is rolled back by the server on
+    /// a dropped connection, not by a `ROLLBACK` the engine sends. steno's tasks of this engine stay in
+    /// memory, parked at their next phase boundary; the engine that recovers the saga claims it under a new
+    /// epoch, so any of them that wakes is fenced.
+    async fn crash(&self, point: FaultPoint) {
+        tracing::warn!(saga_id = %self.saga_id(), node = %self.name, ?point,
+            "executor crashed (injected): its sessions end without a word");
+        self.cx.shared.liveness.kill();
+        let shared = &self.cx.shared;
+        match ratchet_store::pool::terminate_sessions(&shared.database_url, &shared.application_name)
+            .await
+        {
+            Ok(ended) => tracing::info!(ended, "the crashed executor's sessions were ended"),
+            Err(error) => {
+                tracing::warn!(%error, "could not end the crashed executor's sessions")
+            }
         }
     }
 

@@ -28,6 +28,9 @@ pub struct PoolConfig {
     pub checkout_timeout: Duration,
     /// The limits every session of the pool runs under.
     pub session: SessionLimits,
+    /// The `application_name` of every session (letters, digits, `-`, `_`, `.`, `/` and `:`; anything else is
+    /// replaced by `_`): it tells this pool's sessions apart in `pg_stat_activity`.
+    pub application_name: String,
 }
 
 impl Default for PoolConfig {
@@ -36,6 +39,7 @@ impl Default for PoolConfig {
             max_size: 16,
             checkout_timeout: Duration::from_secs(10),
             session: SessionLimits::default(),
+            application_name: "ratchet".to_owned(),
         }
     }
 }
@@ -90,11 +94,15 @@ impl SessionLimits {
 /// Builds a pool for `url` and checks that one connection can be made, so that a wrong URL or a missing
 /// database is reported here, by name, rather than as a timeout later.
 pub async fn connect_pool(url: &str, config: &PoolConfig) -> Result<DbPool, DbError> {
-    let limits = config.session;
+    let setup = format!(
+        "{}; SET application_name = '{}'",
+        config.session.set_statements(),
+        application_name(&config.application_name)
+    );
     let mut manager_config = ManagerConfig::<AsyncPgConnection>::default();
     manager_config.custom_setup = Box::new(move |url| {
-        let url = url.to_owned();
-        Box::pin(async move { establish_limited(&url, limits).await })
+        let (url, setup) = (url.to_owned(), setup.clone());
+        Box::pin(async move { establish_with(&url, &setup).await })
     });
     let manager =
         AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, manager_config);
@@ -111,19 +119,49 @@ pub async fn connect_pool(url: &str, config: &PoolConfig) -> Result<DbPool, DbEr
     Ok(pool)
 }
 
-/// One connection under `limits` (one more round trip when it is made, none per checkout).
-async fn establish_limited(
-    url: &str,
-    limits: SessionLimits,
-) -> diesel::ConnectionResult<AsyncPgConnection> {
+/// One connection, set up with `setup` (one more round trip when it is made, none per checkout).
+async fn establish_with(url: &str, setup: &str) -> diesel::ConnectionResult<AsyncPgConnection> {
     use diesel_async::{AsyncConnection, SimpleAsyncConnection};
     let mut conn = AsyncPgConnection::establish(url).await?;
-    conn.batch_execute(&limits.set_statements())
-        .await
-        .map_err(|e| {
-            diesel::ConnectionError::BadConnection(format!("setting session limits: {e}"))
-        })?;
+    conn.batch_execute(setup).await.map_err(|e| {
+        diesel::ConnectionError::BadConnection(format!("setting up the session: {e}"))
+    })?;
     Ok(conn)
+}
+
+/// `name` with every character outside a safe set replaced, so that it can be quoted as is.
+fn application_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_./:".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Ends every session whose `application_name` is `name` (the server rolls back their open transactions
+/// and closes their sockets, as when a process dies), from a connection of its own to `url`. Returns how
+/// many it ended.
+pub async fn terminate_sessions(url: &str, name: &str) -> Result<i64, DbError> {
+    use diesel::sql_types::{BigInt, Text};
+    use diesel_async::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct Ended {
+        #[diesel(sql_type = BigInt)]
+        ended: i64,
+    }
+    let mut conn = establish(url).await?;
+    let row: Ended = diesel::sql_query(
+        "SELECT count(pg_terminate_backend(pid)) AS ended FROM pg_stat_activity \
+         WHERE application_name = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind::<Text, _>(application_name(name))
+    .get_result(&mut conn)
+    .await?;
+    Ok(row.ended)
 }
 
 /// One connection outside any pool.
