@@ -287,12 +287,12 @@ async fn drive_and_check<T: SagaSuite>(
     }
     // A cell whose fault never fired tested nothing: its expected outcome is often what a run with no
     // fault gives, so it must not pass.
-    if cell.crash_in_compensation_of.is_none() {
-        if let Some(missing) = not_reached(running, &engine, id, cell, crashed, &outcome) {
-            result
-                .problems
-                .push(format!("fault not reached: {missing}"));
-        }
+    if cell.crash_in_compensation_of.is_none()
+        && let Some(missing) = not_reached(running, &engine, id, cell, crashed, &outcome)
+    {
+        result
+            .problems
+            .push(format!("fault not reached: {missing}"));
     }
 
     // A permanent compensation failure must leave the saga stuck; with the fault cleared, retry-unwind must
@@ -614,6 +614,26 @@ async fn check_rest<T: SagaSuite>(
             if !compensated.contains(node) {
                 problems.push(format!("node {node} committed and was never compensated"));
             }
+        }
+    }
+    // The log invariant: a commit record with no compensation record implies the node's `succeeded` event
+    // is in the log (the commit and the event land in one transaction; only a compensation withdraws it).
+    let node_ids: std::collections::BTreeMap<String, i64> =
+        ratchet_store::ops::dag_node_names(&history.saga.saga_dag)
+            .into_iter()
+            .map(|(id, name)| (name, id))
+            .collect();
+    for node in committed.iter().filter(|node| !compensated.contains(node)) {
+        let logged = node_ids.get(*node).is_some_and(|id| {
+            history
+                .events
+                .iter()
+                .any(|e| e.node_id == *id && e.event_type == "succeeded")
+        });
+        if !logged {
+            problems.push(format!(
+                "node {node} has a commit record and no compensation record, but no `succeeded` event in the log"
+            ));
         }
     }
     let undo_failed = history

@@ -108,6 +108,83 @@ fn service_operation(f: &NexusFixture, node: &str) -> Option<(ratchet_sim::Fault
     })
 }
 
+/// The external nodes of the Nexus sagas: each one's service operation, and its compensation's.
+const EXTERNAL_NODES: [(&str, Operation, Option<Operation>); 4] = [
+    (
+        "ensure_vmm",
+        Operation::VmmEnsure,
+        Some(Operation::VmmUnregister),
+    ),
+    (
+        "pantry_attach",
+        Operation::DiskAttach,
+        Some(Operation::DiskDetach),
+    ),
+    (
+        "pantry_snapshot",
+        Operation::DiskSnapshot,
+        Some(Operation::SnapshotDelete),
+    ),
+    ("pantry_detach", Operation::DiskDetach, None),
+];
+
+/// The services' books against the saga's external nodes: every request the sled agent or the pantry
+/// applied carried one of the keys the saga's nodes use (a node's idempotency key for its call, its
+/// compensation key for its compensation), and each key was applied at most once. A caller that minted a new
+/// key on a retry would show up as a foreign key, or as the call applied twice.
+async fn service_books(
+    f: &NexusFixture,
+    conn: &mut DbConnection,
+) -> Result<Vec<String>, HarnessError> {
+    #[derive(diesel::QueryableByName)]
+    struct SagaId {
+        #[diesel(sql_type = SqlUuid)]
+        id: Uuid,
+    }
+    // A cell's database holds exactly its own saga.
+    let saga: SagaId = diesel::sql_query("SELECT id FROM saga")
+        .get_result(conn)
+        .await
+        .map_err(ratchet_store::DbError::from)?;
+    let mut allowed: std::collections::BTreeMap<Operation, Vec<Uuid>> = Default::default();
+    for (node, call, compensation) in EXTERNAL_NODES {
+        allowed
+            .entry(call)
+            .or_default()
+            .push(ratchet_engine::derived_id(saga.id, node, "idempotency-key"));
+        if let Some(compensation) = compensation {
+            allowed
+                .entry(compensation)
+                .or_default()
+                .push(ratchet_engine::derived_id(
+                    saga.id,
+                    node,
+                    "compensation-key",
+                ));
+        }
+    }
+    let mut problems = Vec::new();
+    for (operation, keys) in &allowed {
+        let faults = match operation {
+            Operation::VmmEnsure | Operation::VmmUnregister => f.services.sled_agent.faults(),
+            _ => f.services.pantry.faults(),
+        };
+        let applied = faults.applied_keys(*operation);
+        for key in &applied {
+            let times = applied.iter().filter(|k| *k == key).count();
+            if !keys.contains(key) {
+                problems.push(format!(
+                    "{operation} applied under {key}, a key none of the saga's nodes uses"
+                ));
+            } else if times > 1 {
+                problems.push(format!("{operation} applied {times} times under {key}"));
+            }
+        }
+    }
+    problems.dedup();
+    Ok(problems)
+}
+
 /// How many retries the service refuses after dropping a response (`unknown_then_refused`): more than any
 /// cell's forward retry budget.
 const REFUSALS: u64 = 1_000;
@@ -144,6 +221,19 @@ fn migrations() -> Vec<&'static EmbeddedMigrations> {
 /// and start; `legacy` attaches disks with the pre-fix steno action.
 pub struct InstanceCreateSuite {
     pub legacy: bool,
+    /// A mutant for the harness's own tests: the VMM ensure mints a fresh key on every attempt
+    /// (`NexusApp::mint_fresh_keys`). The services' books must show it.
+    pub mint_fresh_keys: bool,
+}
+
+impl InstanceCreateSuite {
+    /// instance-create as written (`legacy`: with the pre-fix attach).
+    pub fn new(legacy: bool) -> InstanceCreateSuite {
+        InstanceCreateSuite {
+            legacy,
+            mint_fresh_keys: false,
+        }
+    }
 }
 
 impl SagaSuite for InstanceCreateSuite {
@@ -163,7 +253,13 @@ impl SagaSuite for InstanceCreateSuite {
     }
 
     async fn fixture(&self, url: &str) -> Result<NexusFixture, HarnessError> {
-        nexus_fixture(url, false).await
+        let fixture = nexus_fixture(url, false).await?;
+        fixture
+            .services
+            .app
+            .mint_fresh_keys
+            .store(self.mint_fresh_keys, std::sync::atomic::Ordering::Relaxed);
+        Ok(fixture)
     }
 
     fn register(&self, builder: EngineBuilder, fixture: &NexusFixture) -> EngineBuilder {
@@ -290,6 +386,7 @@ impl SagaSuite for InstanceCreateSuite {
                 1,
             );
         }
+        problems.extend(service_books(f, conn).await?);
         Ok(problems)
     }
 
@@ -524,6 +621,7 @@ impl SagaSuite for SnapshotCreateSuite {
             f.services.pantry.attachments().len() as i64,
             0,
         );
+        problems.extend(service_books(f, conn).await?);
         Ok(problems)
     }
 
@@ -543,8 +641,8 @@ impl SagaSuite for SnapshotCreateSuite {
 /// Every Nexus suite: the four sagas and the legacy variant.
 pub fn all_suites(matrix: crate::Matrix) -> crate::Matrix {
     matrix
-        .suite(InstanceCreateSuite { legacy: false })
-        .suite(InstanceCreateSuite { legacy: true })
+        .suite(InstanceCreateSuite::new(false))
+        .suite(InstanceCreateSuite::new(true))
         .suite(DiskAttachSuite)
         .suite(DiskDetachSuite)
         .suite(SnapshotCreateSuite)
@@ -562,8 +660,8 @@ pub const SUITE_NAMES: [&str; 5] = [
 /// Adds the named suite.
 pub fn add_suite(matrix: crate::Matrix, name: &str) -> Result<crate::Matrix, String> {
     Ok(match name {
-        "instance-create" => matrix.suite(InstanceCreateSuite { legacy: false }),
-        "legacy-instance-create" => matrix.suite(InstanceCreateSuite { legacy: true }),
+        "instance-create" => matrix.suite(InstanceCreateSuite::new(false)),
+        "legacy-instance-create" => matrix.suite(InstanceCreateSuite::new(true)),
         "disk-attach" => matrix.suite(DiskAttachSuite),
         "disk-detach" => matrix.suite(DiskDetachSuite),
         "snapshot-create" => matrix.suite(SnapshotCreateSuite),

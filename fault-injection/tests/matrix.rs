@@ -33,7 +33,7 @@ async fn snapshot_create_passes_every_cell() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn instance_create_every_fault_at_an_attach_and_the_vmm_ensure() {
     let report = run(Matrix::new()
-        .suite(InstanceCreateSuite { legacy: false })
+        .suite(InstanceCreateSuite::new(false))
         .nodes(&["attach_disk_0", "ensure_vmm"]))
     .await;
     assert_all_pass(&report, DB_FAULTS + EXTERNAL_FAULTS);
@@ -72,7 +72,7 @@ async fn a_disabled_fault_point_fails_its_cells_as_not_reached() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn instance_create_after_commit_and_crash_after_commit() {
     let report = run(Matrix::new()
-        .suite(InstanceCreateSuite { legacy: false })
+        .suite(InstanceCreateSuite::new(false))
         .faults(&[Fault::AfterCommit, Fault::CrashAfterCommit]))
     .await;
     // Every node of the saga that is not a constant: two faults each.
@@ -89,7 +89,7 @@ async fn instance_create_after_commit_and_crash_after_commit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn legacy_attach_defect_is_detected() {
     let report = run(Matrix::new()
-        .suite(InstanceCreateSuite { legacy: true })
+        .suite(InstanceCreateSuite::new(true))
         .faults(&[Fault::AfterCommit, Fault::PoolExhausted]))
     .await;
     assert!(report.failures().is_empty(), "{}", report.table());
@@ -121,5 +121,29 @@ async fn snapshot_create_pairs_pass() {
         ),
         "{}",
         report.table()
+    );
+}
+
+/// The services' books have teeth: a caller that mints a fresh idempotency key on every attempt (a mutant)
+/// gets its VMM ensure applied twice when a response is lost, and the cell fails on the sled agent's books.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_caller_minting_keys_on_retry_fails_the_response_lost_cell() {
+    let report = run(Matrix::new()
+        .suite(InstanceCreateSuite {
+            legacy: false,
+            mint_fresh_keys: true,
+        })
+        .faults(&[Fault::ResponseLost])
+        .nodes(&["ensure_vmm"]))
+    .await;
+    assert_eq!(report.cells.len(), 1, "{}", report.table());
+    let cell = &report.cells[0];
+    assert_eq!(cell.status, Status::Fail, "{}", report.table());
+    assert!(
+        cell.problems
+            .iter()
+            .any(|p| p.contains("a key none of the saga's nodes uses")),
+        "{:?}",
+        cell.problems
     );
 }

@@ -12,6 +12,10 @@ pub struct NexusApp {
     pub pantry: PantryClient,
     /// Knobs of the pre-fix `legacy` disk-attach, which exists only to be shown failing.
     pub legacy: LegacyKnobs,
+    /// A mutant for the fault harness's own tests, never set otherwise: the sled agent's VMM ensure then
+    /// sends a fresh idempotency key on every attempt instead of the node's key, as a client that mints a
+    /// key per retry would. The harness must catch it (the service's books show the call applied twice).
+    pub mint_fresh_keys: std::sync::atomic::AtomicBool,
 }
 
 impl NexusApp {
@@ -20,6 +24,7 @@ impl NexusApp {
             sled_agent,
             pantry,
             legacy: LegacyKnobs::default(),
+            mint_fresh_keys: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }

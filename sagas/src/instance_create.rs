@@ -634,10 +634,18 @@ impl ExternalNode<InstanceCreate> for EnsureVmm {
     }
 
     async fn call(&self, cx: &ExternalCx<'_, InstanceCreate>, (): &()) -> Result<u64, CallError> {
-        let vmm = cx
-            .context()
+        let app = cx.context();
+        let key = if app
+            .mint_fresh_keys
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            Uuid::new_v4() // the harness's mutant (`NexusApp::mint_fresh_keys`), never set otherwise
+        } else {
+            cx.idempotency_key()
+        };
+        let vmm = app
             .sled_agent
-            .vmm_ensure(cx.idempotency_key(), self.propolis_id, self.instance_id, 1)
+            .vmm_ensure(key, self.propolis_id, self.instance_id, 1)
             .await
             .map_err(crate::errors::call)?;
         Ok(vmm.generation)

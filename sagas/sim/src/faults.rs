@@ -141,6 +141,8 @@ struct Inner {
     global: Knobs,
     per_op: HashMap<Operation, Knobs>,
     counters: HashMap<Operation, OpCounters>,
+    /// The idempotency key of every applied request, by operation, in order.
+    applied_keys: HashMap<Operation, Vec<Uuid>>,
 }
 
 /// The fault knobs and counters of one simulated service. Clone it freely: clones share state.
@@ -228,9 +230,27 @@ impl Faults {
         self.counters(op).applied
     }
 
-    /// Zeroes every counter.
+    /// Zeroes every counter (and forgets the applied keys).
     pub fn reset_counters(&self) {
-        self.lock().counters.clear();
+        let mut inner = self.lock();
+        inner.counters.clear();
+        inner.applied_keys.clear();
+    }
+
+    /// The idempotency keys of the requests of `op` the service applied, in order: the service's books, for
+    /// checking that a caller applied each of its calls at most once, under the key it should have used.
+    pub fn applied_keys(&self, op: Operation) -> Vec<Uuid> {
+        self.lock()
+            .applied_keys
+            .get(&op)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Counts an applied request, and notes its key.
+    pub(crate) fn record_applied(&self, op: Operation, key: Uuid) {
+        self.record(op, Outcome::Applied);
+        self.lock().applied_keys.entry(op).or_default().push(key);
     }
 
     /// Counts a received request and returns how long to delay it.

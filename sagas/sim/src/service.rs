@@ -260,7 +260,7 @@ impl<S> Service<S> {
                             tracing::info!(service = name, %op, %key, %forward, "tombstoned the compensated key");
                             guarded.ledger.tombstone(forward);
                         }
-                        self.faults.record(op, Outcome::Applied);
+                        self.faults.record_applied(op, key);
                         response
                     }
                     Err(refusal) => {
