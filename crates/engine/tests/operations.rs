@@ -669,3 +669,41 @@ async fn shutdown_stops_nodes_at_a_phase_boundary_and_the_next_start_recovers() 
         Err(EngineError::ShuttingDown)
     ));
 }
+
+/// steno's own writes (its events and its saga state) of a stale executor are fenced even where they would
+/// change what the database says: A, paused right after charge_account's COMMIT, wakes after B adopted and
+/// finished the saga, and its next node fails. Unfenced, A would record that node `failed` and set the saga
+/// `unwinding` over B's `done`; fenced, nothing of it lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_executors_failure_cannot_reopen_a_finished_saga() {
+    let mut handoff = paused_on_a(FaultPoint::AfterCommit, false).await;
+    handoff.a.failpoints().arm(
+        handoff.id,
+        "activate_widget",
+        FaultPoint::BeforePrepare,
+        FaultEffect::PermanentError,
+        1,
+    );
+    let (_, outcome, history) = handoff.adopt_then_wake_a().await;
+    assert!(
+        matches!(outcome, SagaOutcome::Succeeded { .. }),
+        "{outcome:?}"
+    );
+    assert!(
+        handoff
+            .a
+            .failpoints()
+            .has_fired(handoff.id, "activate_widget", FaultPoint::BeforePrepare),
+        "A's failure happened (the attack ran)"
+    );
+    assert_eq!(history.saga.saga_state, "done", "B's outcome stands");
+    assert!(
+        !history.events.iter().any(|e| e.event_type == "failed"),
+        "no failure recorded: {:?}",
+        history.events
+    );
+    assert!(history.compensations.is_empty(), "nothing unwound");
+    let after = state(&handoff.b, handoff.account).await;
+    assert_eq!((after.balance, after.ledger), (70, vec![-30]));
+    assert!(handoff.a.counters().snapshot().fenced >= 1);
+}
