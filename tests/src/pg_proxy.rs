@@ -1,5 +1,6 @@
 //! A fault-injecting TCP proxy between a PostgreSQL client and a PostgreSQL server, for tests that attack
-//! "a COMMIT whose reply is lost" and "a database outage".
+//! "a COMMIT whose reply is lost", "a COMMIT that never reaches the server while its transaction lives on"
+//! and "a database outage".
 //!
 //! # Design
 //!
@@ -25,10 +26,20 @@
 //! discards. Once the read has been forwarded whole, the hold starts; when it expires the task ends, closing
 //! both sides.
 //!
+//! When such a read completes a `COMMIT` and [`PgProxy::withhold_next_commit`] is armed instead, that read is
+//! not forwarded and the client → server pump ends: nothing more from that client reaches the server. The
+//! connection task then stops relaying and holds the connection: it closes the client's socket when the hold
+//! expires, and reads and discards the server's bytes until the server closes its side (its backend stays
+//! "idle in transaction" until then, e.g. until its `idle_in_transaction_session_timeout`) or until
+//! [`PgProxy::release_withheld`], which closes the server's socket too. Releases use a `watch` channel holding
+//! a generation, bumped by each release; a withheld connection ends once it differs from the one current
+//! when its `COMMIT` was withheld.
+//!
 //! Outages use one `watch` channel holding `(active, generation)`: [`PgProxy::begin_outage`] sets `active` and
 //! bumps `generation`; every connection task waits (first, in a `biased` select) for the generation it was
 //! born in to change and then ends, closing its sockets. The accept task reads the state when it accepts, and
-//! closes the new connection at once while an outage is active.
+//! closes the new connection at once while an outage is active. A withheld connection stops watching once it
+//! holds: an outage closes its client side early, never its server side.
 //!
 //! # Limits
 //!
@@ -41,6 +52,11 @@
 //! - With the extended protocol the fault fires on the Execute, not on the Parse: tokio-postgres parses a
 //!   statement and waits for the answer before binding and executing it (and reuses cached statements
 //!   without parsing), so dropping replies from the Parse on would lose a `COMMIT` that never ran.
+//! - A withheld `COMMIT` takes the rest of its read with it: a Parse and Bind sent with its Execute (as
+//!   tokio-postgres sends them) are withheld too, and so is anything the client pipelined in the same read.
+//!   Messages of the `COMMIT`'s extended-protocol sequence that arrived in an earlier read (a Parse or Bind
+//!   split from its Execute) have been forwarded: the backend then waits for a Sync, reported as `active`
+//!   rather than "idle in transaction", and its `idle_in_transaction_session_timeout` does not apply.
 
 use anyhow::{Context, bail};
 use std::collections::HashSet;
@@ -217,20 +233,41 @@ struct Outage {
     generation: u64,
 }
 
+/// A one-shot fault fired by the next message executing a `COMMIT`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CommitFault {
+    /// [`PgProxy::drop_next_commit_reply`]: forward the `COMMIT`, drop the reply, close both sides after `hold`.
+    DropReply { hold: Duration },
+    /// [`PgProxy::withhold_next_commit`]: do not forward the `COMMIT`, close the client side after `hold`, keep
+    /// the server side until the server closes it or [`PgProxy::release_withheld`].
+    Withhold { hold: Duration },
+}
+
 /// What the proxy's handle and its tasks share.
 #[derive(Debug)]
 struct Shared {
     upstream: Upstream,
-    /// The armed one-shot `COMMIT` fault: how long to hold the connection before closing it.
-    armed_commit_fault: Mutex<Option<Duration>>,
+    /// The armed one-shot `COMMIT` fault, if any.
+    armed_commit_fault: Mutex<Option<CommitFault>>,
     commit_replies_dropped: AtomicUsize,
+    commits_withheld: AtomicUsize,
     connections_accepted: AtomicUsize,
     outage: watch::Sender<Outage>,
+    /// Bumped by every [`PgProxy::release_withheld`]: a connection withheld in an older generation closes.
+    release: watch::Sender<u64>,
 }
 
 impl Shared {
+    /// Arms `fault`, replacing any armed one.
+    fn arm_commit_fault(&self, fault: CommitFault) {
+        *self
+            .armed_commit_fault
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(fault);
+    }
+
     /// Disarms and returns the armed `COMMIT` fault, if any.
-    fn take_commit_fault(&self) -> Option<Duration> {
+    fn take_commit_fault(&self) -> Option<CommitFault> {
         self.armed_commit_fault
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -257,8 +294,10 @@ impl PgProxy {
             upstream,
             armed_commit_fault: Mutex::new(None),
             commit_replies_dropped: AtomicUsize::new(0),
+            commits_withheld: AtomicUsize::new(0),
             connections_accepted: AtomicUsize::new(0),
             outage: watch::Sender::new(Outage::default()),
+            release: watch::Sender::new(0),
         });
         let accept_task = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
         Ok(PgProxy {
@@ -294,19 +333,50 @@ impl PgProxy {
     /// case-insensitively, must be exactly `COMMIT`, `COMMIT TRANSACTION`, `COMMIT WORK`, `END`,
     /// `END TRANSACTION` or `END WORK` (not `COMMIT AND CHAIN`, not a batch such as `SELECT 1; COMMIT`).
     ///
-    /// Arming again before the fault fired replaces `hold`; it still fires once.
+    /// One `COMMIT` fault is armed at a time: arming again, this fault or [`Self::withhold_next_commit`],
+    /// before it fired replaces it (and its `hold`); it still fires once.
     pub fn drop_next_commit_reply(&self, hold: Duration) {
-        *self
-            .shared
-            .armed_commit_fault
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(hold);
+        self.shared
+            .arm_commit_fault(CommitFault::DropReply { hold });
     }
 
     /// How many `COMMIT` replies have been dropped so far: counted when the fault fires, just before the
     /// `COMMIT` message is forwarded (its connection already dropping replies).
     pub fn commit_replies_dropped(&self) -> usize {
         self.shared.commit_replies_dropped.load(Ordering::SeqCst)
+    }
+
+    /// Arms a one-shot fault and returns at once. The next message, on any connection, that executes a
+    /// `COMMIT` (recognized as by [`Self::drop_next_commit_reply`]) is *not* forwarded to the server, nor is
+    /// anything else in the read that brought it (see the module documentation's limits) or anything that
+    /// client sends later. `hold` after that read the proxy closes the connection's client side: the client
+    /// sees its connection closed without any reply. The server side stays open and idle: its backend stays
+    /// "idle in transaction", holding the transaction's locks, until the server ends the session (e.g. its
+    /// `idle_in_transaction_session_timeout`) or [`Self::release_withheld`] closes it. Meanwhile the proxy
+    /// reads and discards whatever the server sends on it, so the server can close it. An outage
+    /// ([`Self::begin_outage`]) closes the client side early but leaves the server side alone; dropping the
+    /// proxy closes both.
+    ///
+    /// One `COMMIT` fault is armed at a time: arming again, this fault or [`Self::drop_next_commit_reply`],
+    /// before it fired replaces it (and its `hold`); it still fires once.
+    pub fn withhold_next_commit(&self, hold: Duration) {
+        self.shared.arm_commit_fault(CommitFault::Withhold { hold });
+    }
+
+    /// Closes the server side (and, if its hold has not expired yet, the client side) of every connection
+    /// whose `COMMIT` was withheld ([`Self::withhold_next_commit`]) before this call: the server sees the
+    /// connection closed and ends its session, rolling back its transaction. Returns at once; the closing
+    /// happens in the connections' tasks, promptly. A `COMMIT` withheld after this call is not released.
+    pub fn release_withheld(&self) {
+        self.shared
+            .release
+            .send_modify(|generation| *generation += 1);
+    }
+
+    /// How many `COMMIT`s have been withheld so far ([`Self::withhold_next_commit`]): counted when the fault
+    /// fires, as the `COMMIT` is read from the client.
+    pub fn commits_withheld(&self) -> usize {
+        self.shared.commits_withheld.load(Ordering::SeqCst)
     }
 
     /// Starts an outage: every open proxied connection is closed (both sides) and, until [`Self::end_outage`],
@@ -371,7 +441,8 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 }
 
 /// Proxies one connection until either side closes, an outage begins, or a dropped `COMMIT` reply's hold
-/// expires; then drops (closes) both sockets.
+/// expires; then drops (closes) both sockets. A connection whose `COMMIT` is withheld is then held
+/// ([`hold_withheld`]) instead.
 async fn serve(
     client: TcpStream,
     shared: Arc<Shared>,
@@ -379,22 +450,39 @@ async fn serve(
     generation: u64,
 ) {
     let proxied = proxy(client, &shared);
-    tokio::select! {
+    let withheld = tokio::select! {
         biased;
         // An error means the sender is gone, i.e. the proxy is being torn down: close too.
         _ = outage.wait_for(|outage| outage.generation != generation) => {
             tracing::debug!("pg proxy: outage, closing a connection");
+            None
         }
-        result = proxied => {
-            if let Err(error) = result {
+        result = proxied => match result {
+            Ok(withheld) => withheld,
+            Err(error) => {
                 tracing::debug!(%error, "pg proxy: connection ended with an error");
+                None
             }
-        }
+        },
+    };
+    if let Some(withheld) = withheld {
+        hold_withheld(withheld, &shared, outage, generation).await;
     }
 }
 
-/// Connects to the upstream and relays.
-async fn proxy(client: TcpStream, shared: &Shared) -> std::io::Result<()> {
+/// A connection whose `COMMIT` was withheld, no longer relaying.
+struct Withheld {
+    client: TcpStream,
+    /// Only read from (and discarded) from now on.
+    server: Box<dyn AsyncRead + Send + Unpin>,
+    /// When to close the client side.
+    close_client_at: Instant,
+    /// The release generation current when the `COMMIT` was withheld.
+    release_generation: u64,
+}
+
+/// Connects to the upstream and relays. Returns the connection if its `COMMIT` was withheld.
+async fn proxy(client: TcpStream, shared: &Shared) -> std::io::Result<Option<Withheld>> {
     // Latency matters more than throughput for a test proxy.
     client.set_nodelay(true)?;
     match &shared.upstream {
@@ -414,6 +502,57 @@ async fn proxy(client: TcpStream, shared: &Shared) -> std::io::Result<()> {
     }
 }
 
+/// Holds a connection whose `COMMIT` was withheld: closes the client side when its hold expires (or an outage
+/// begins), reads and discards the server's bytes, and ends (closing the server side) when the server closes
+/// its side or fails, or on a release ([`PgProxy::release_withheld`]).
+async fn hold_withheld(
+    withheld: Withheld,
+    shared: &Shared,
+    mut outage: watch::Receiver<Outage>,
+    generation: u64,
+) {
+    let Withheld {
+        client,
+        mut server,
+        close_client_at,
+        release_generation,
+    } = withheld;
+    let mut client = Some(client);
+    let mut release = shared.release.subscribe();
+    let mut hold_expired = pin!(tokio::time::sleep_until(close_client_at));
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        tokio::select! {
+            // An error means the sender is gone, i.e. the proxy is being torn down: close too.
+            _ = release.wait_for(|release| *release != release_generation) => {
+                tracing::debug!("pg proxy: releasing a connection whose COMMIT was withheld");
+                return;
+            }
+            () = &mut hold_expired, if client.is_some() => {
+                tracing::debug!("pg proxy: closing the client side of a connection whose COMMIT was withheld");
+                client = None;
+            }
+            _ = outage.wait_for(|outage| outage.generation != generation), if client.is_some() => {
+                tracing::debug!(
+                    "pg proxy: outage, closing the client side of a connection whose COMMIT was withheld"
+                );
+                client = None;
+            }
+            read = server.read(&mut buf) => match read {
+                Ok(0) => {
+                    tracing::debug!("pg proxy: the server closed a connection whose COMMIT was withheld");
+                    return;
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::debug!(%error, "pg proxy: a connection whose COMMIT was withheld failed");
+                    return;
+                }
+            },
+        }
+    }
+}
+
 /// Whether a connection relays the server's bytes or drops them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Replies {
@@ -423,14 +562,47 @@ enum Replies {
     Drop,
     /// Dropped, and the connection closes at this instant.
     DropUntil(Instant),
+    /// Dropped: a `COMMIT` was withheld (and the client → server pump ended); the connection is to be held,
+    /// its client side closing at `close_client_at`, its server side on release generation
+    /// `release_generation`'s end.
+    Withheld {
+        close_client_at: Instant,
+        release_generation: u64,
+    },
 }
 
-/// Relays the start-up exchange, then both directions.
-async fn relay<S>(mut client: TcpStream, mut server: S, shared: &Shared) -> std::io::Result<()>
+/// Relays the start-up exchange, then both directions. Returns the connection if its `COMMIT` was withheld.
+async fn relay<S>(
+    mut client: TcpStream,
+    mut server: S,
+    shared: &Shared,
+) -> std::io::Result<Option<Withheld>>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let scan = negotiate(&mut client, &mut server).await?;
+    let withheld = relay_messages(&mut client, &mut server, scan, shared).await?;
+    Ok(
+        withheld.map(|(close_client_at, release_generation)| Withheld {
+            client,
+            server: Box::new(server),
+            close_client_at,
+            release_generation,
+        }),
+    )
+}
+
+/// Relays both directions after the start-up exchange. Returns `(close_client_at, release_generation)` if the
+/// connection's `COMMIT` was withheld.
+async fn relay_messages<S>(
+    client: &mut TcpStream,
+    server: &mut S,
+    scan: Option<MessageScanner>,
+    shared: &Shared,
+) -> std::io::Result<Option<(Instant, u64)>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let scan = negotiate(&mut client, &mut server).await?;
     let (from_client, to_client) = client.split();
     let (from_server, to_server) = tokio::io::split(server);
     let (replies_tx, replies_rx) = watch::channel(Replies::Relay);
@@ -450,7 +622,7 @@ where
         {
             Ok(replies) => match *replies {
                 Replies::DropUntil(deadline) => Some(deadline),
-                Replies::Relay | Replies::Drop => None,
+                Replies::Relay | Replies::Drop | Replies::Withheld { .. } => None,
             },
             // The sender lives as long as this function's frame, so this is unreachable.
             Err(_) => None,
@@ -474,12 +646,18 @@ where
             }
             () = &mut hold_expired => {
                 tracing::debug!("pg proxy: closing a connection whose COMMIT reply was dropped");
-                return Ok(());
+                return Ok(None);
             }
         };
-        // Normally either side ending ends the connection; once a reply is being dropped, only the hold does.
-        if *replies_tx.borrow() == Replies::Relay {
-            return result;
+        // Normally either side ending ends the connection; once a reply is being dropped, only the hold does;
+        // once a `COMMIT` is withheld (the client → server pump ends as it is), the caller holds it.
+        match *replies_tx.borrow() {
+            Replies::Relay => return result.map(|()| None),
+            Replies::Withheld {
+                close_client_at,
+                release_generation,
+            } => return Ok(Some((close_client_at, release_generation))),
+            Replies::Drop | Replies::DropUntil(_) => {}
         }
         if let Err(error) = result {
             tracing::debug!(%error, "pg proxy: a pump of a connection being held ended");
@@ -532,7 +710,7 @@ where
 
 /// Client → server: forwards every byte as soon as it is read. When a read completes a `COMMIT` and a fault
 /// is armed, the connection's replies are dropped from before that read is forwarded, and its hold starts
-/// once it has been.
+/// once it has been; or, for a withheld `COMMIT`, that read is not forwarded and the pump ends at once.
 async fn pump_client<R, W>(
     mut from: R,
     mut to: W,
@@ -552,10 +730,25 @@ where
         }
         let chunk = &buf[..n];
         let commits = scan.as_mut().is_some_and(|scan| scan.feed(chunk));
-        let hold = if commits && *replies.borrow() == Replies::Relay {
+        let fault = if commits && *replies.borrow() == Replies::Relay {
             shared.take_commit_fault()
         } else {
             None
+        };
+        let hold = match fault {
+            None => None,
+            Some(CommitFault::DropReply { hold }) => Some(hold),
+            Some(CommitFault::Withhold { hold }) => {
+                let release_generation = *shared.release.borrow();
+                replies.send_replace(Replies::Withheld {
+                    close_client_at: Instant::now() + hold,
+                    release_generation,
+                });
+                shared.commits_withheld.fetch_add(1, Ordering::SeqCst);
+                tracing::debug!(?hold, "pg proxy: withholding a COMMIT");
+                // Ending here (with no await since the state changed) is what ends the relaying.
+                return Ok(());
+            }
         };
         if let Some(hold) = hold {
             replies.send_replace(Replies::Drop);
@@ -783,6 +976,12 @@ mod tests {
         present: bool,
     }
 
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+
     /// A fresh database, a proxy in front of its server, and the URL through the proxy.
     async fn proxied_database()
     -> anyhow::Result<(ratchet_store::testing::TestDatabase, PgProxy, String)> {
@@ -823,6 +1022,79 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// The `n` of a query returning one row with a `bigint` column `n`.
+    async fn count(conn: &mut AsyncPgConnection, sql: &str) -> anyhow::Result<i64> {
+        let row: Count =
+            tokio::time::timeout(PATIENCE, diesel::sql_query(sql).get_result(conn)).await??;
+        Ok(row.n)
+    }
+
+    /// How many rows table `t` has.
+    async fn rows_in_t(conn: &mut AsyncPgConnection) -> anyhow::Result<i64> {
+        count(conn, "SELECT count(*) AS n FROM t").await
+    }
+
+    /// How many backends of the connection's database are idle in a transaction.
+    async fn idle_in_transaction(conn: &mut AsyncPgConnection) -> anyhow::Result<i64> {
+        count(
+            conn,
+            "SELECT count(*) AS n FROM pg_stat_activity \
+             WHERE state = 'idle in transaction' AND datname = current_database()",
+        )
+        .await
+    }
+
+    /// Inserts key 1 into table `t`.
+    async fn insert_key_1(conn: &mut AsyncPgConnection) -> anyhow::Result<()> {
+        tokio::time::timeout(
+            PATIENCE,
+            diesel::sql_query("INSERT INTO t VALUES (1)").execute(conn),
+        )
+        .await??;
+        Ok(())
+    }
+
+    fn is_lock_timeout(error: &anyhow::Error) -> bool {
+        format!("{error:#}").contains("lock timeout")
+    }
+
+    /// Inserts key 1 into table `t` on `direct` (whose `lock_timeout` is short), retrying while that times
+    /// out on a lock; fails on another error or after [`PATIENCE`].
+    async fn insert_key_1_once_unlocked(direct: &mut AsyncPgConnection) -> anyhow::Result<()> {
+        let give_up = Instant::now() + PATIENCE;
+        loop {
+            match insert_key_1(direct).await {
+                Ok(()) => return Ok(()),
+                Err(error) if is_lock_timeout(&error) && Instant::now() < give_up => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(error) => return Err(error.context("inserting key 1 directly")),
+            }
+        }
+    }
+
+    /// Waits until no backend of `direct`'s database is idle in a transaction; fails after [`PATIENCE`].
+    async fn wait_for_no_idle_transaction(direct: &mut AsyncPgConnection) -> anyhow::Result<()> {
+        let give_up = Instant::now() + PATIENCE;
+        while idle_in_transaction(direct).await? != 0 {
+            if Instant::now() > give_up {
+                bail!("a backend is still idle in a transaction");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    /// A direct connection to `direct_url` with table `t (x int PRIMARY KEY)` created and a short
+    /// `lock_timeout`.
+    async fn direct_with_table_t(direct_url: &str) -> anyhow::Result<AsyncPgConnection> {
+        let mut direct = connect(direct_url).await?;
+        direct
+            .batch_execute("CREATE TABLE t (x int PRIMARY KEY); SET lock_timeout = '200ms'")
+            .await?;
+        Ok(direct)
     }
 
     #[tokio::test]
@@ -881,6 +1153,146 @@ mod tests {
         eprintln!("the client saw: {error:?} / {error}");
         assert_eq!(proxy.commit_replies_dropped(), 1);
         wait_for_table_t(&db.url).await?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_withheld_commit_never_lands_and_holds_its_locks() -> anyhow::Result<()> {
+        let (db, proxy, url) = proxied_database().await?;
+        let mut direct = direct_with_table_t(&db.url).await?;
+        let mut conn = connect(&url).await?;
+        conn.batch_execute("BEGIN").await?;
+        conn.batch_execute("INSERT INTO t VALUES (1)").await?;
+        let hold = Duration::from_millis(100);
+        proxy.withhold_next_commit(hold);
+        let started = Instant::now();
+        let result = tokio::time::timeout(PATIENCE, conn.batch_execute("COMMIT")).await?;
+        let error = result.expect_err("the COMMIT was withheld");
+        eprintln!("the client saw: {error:?} / {error}");
+        assert!(
+            started.elapsed() >= hold,
+            "the client side was held for {hold:?}, not {:?}",
+            started.elapsed()
+        );
+        assert_eq!(proxy.commits_withheld(), 1);
+        assert_eq!(proxy.commit_replies_dropped(), 0);
+
+        // The COMMIT never landed, and the transaction lives on, holding key 1.
+        assert_eq!(rows_in_t(&mut direct).await?, 0);
+        assert_eq!(idle_in_transaction(&mut direct).await?, 1);
+        let error = insert_key_1(&mut direct)
+            .await
+            .expect_err("the withheld transaction holds key 1");
+        assert!(is_lock_timeout(&error), "{error:#}");
+        assert_eq!(idle_in_transaction(&mut direct).await?, 1, "still held");
+
+        // Released: the server rolls it back.
+        proxy.release_withheld();
+        insert_key_1_once_unlocked(&mut direct).await?;
+        assert_eq!(rows_in_t(&mut direct).await?, 1, "only the direct insert");
+        wait_for_no_idle_transaction(&mut direct).await?;
+
+        // One-shot: the next COMMIT, on a new connection, goes through.
+        let mut conn = connect(&url).await?;
+        conn.batch_execute("BEGIN").await?;
+        conn.batch_execute("INSERT INTO t VALUES (2)").await?;
+        conn.batch_execute("COMMIT").await?;
+        assert_eq!(rows_in_t(&mut direct).await?, 2);
+        assert_eq!(proxy.commits_withheld(), 1);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_withheld_commit_is_ended_by_the_server() -> anyhow::Result<()> {
+        let (db, proxy, url) = proxied_database().await?;
+        let mut direct = direct_with_table_t(&db.url).await?;
+        let mut conn = connect(&url).await?;
+        let idle_timeout = Duration::from_millis(500);
+        conn.batch_execute("SET idle_in_transaction_session_timeout = '500ms'")
+            .await?;
+        conn.batch_execute("BEGIN").await?;
+        conn.batch_execute("INSERT INTO t VALUES (1)").await?;
+        let idle_since = Instant::now();
+        proxy.withhold_next_commit(Duration::from_millis(100));
+        let result = tokio::time::timeout(PATIENCE, conn.batch_execute("COMMIT")).await?;
+        let error = result.expect_err("the COMMIT was withheld");
+        eprintln!("the client saw: {error:?} / {error}");
+        assert_eq!(proxy.commits_withheld(), 1);
+
+        // The client side is closed, the server side not: the backend is still there until its timeout.
+        let idle = idle_in_transaction(&mut direct).await?;
+        assert!(
+            idle == 1 || idle_since.elapsed() >= idle_timeout,
+            "{idle} backends idle in a transaction after {:?}",
+            idle_since.elapsed()
+        );
+
+        // The server ends the session, rolling back; no release.
+        wait_for_no_idle_transaction(&mut direct).await?;
+        insert_key_1_once_unlocked(&mut direct).await?;
+        assert_eq!(rows_in_t(&mut direct).await?, 1, "only the direct insert");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_withheld_prepared_commit() -> anyhow::Result<()> {
+        let (db, proxy, url) = proxied_database().await?;
+        let mut direct = direct_with_table_t(&db.url).await?;
+        let mut conn = connect(&url).await?;
+        // `sql_query(..).execute` uses the extended protocol: Parse (unless cached), Bind, Execute, Sync.
+        conn.batch_execute("BEGIN").await?;
+        diesel::sql_query("COMMIT").execute(&mut conn).await?;
+        conn.batch_execute("BEGIN; INSERT INTO t VALUES (1)")
+            .await?;
+        proxy.withhold_next_commit(Duration::ZERO);
+        let result =
+            tokio::time::timeout(PATIENCE, diesel::sql_query("COMMIT").execute(&mut conn)).await?;
+        let error = result.expect_err("the COMMIT was withheld");
+        eprintln!("the client saw: {error:?} / {error}");
+        assert_eq!(proxy.commits_withheld(), 1);
+        assert_eq!(rows_in_t(&mut direct).await?, 0);
+        assert_eq!(idle_in_transaction(&mut direct).await?, 1);
+
+        proxy.release_withheld();
+        insert_key_1_once_unlocked(&mut direct).await?;
+        assert_eq!(rows_in_t(&mut direct).await?, 1, "only the direct insert");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn an_outage_leaves_a_withheld_transaction_alone() -> anyhow::Result<()> {
+        let (db, proxy, url) = proxied_database().await?;
+        let mut direct = direct_with_table_t(&db.url).await?;
+        let mut conn = connect(&url).await?;
+        conn.batch_execute("BEGIN; INSERT INTO t VALUES (1)")
+            .await?;
+        // A hold longer than the test's patience: only the outage can close the client side in time.
+        proxy.withhold_next_commit(PATIENCE * 3);
+        let commit = tokio::spawn(async move { conn.batch_execute("COMMIT").await });
+        let give_up = Instant::now() + PATIENCE;
+        while proxy.commits_withheld() == 0 {
+            assert!(Instant::now() < give_up, "the COMMIT was not withheld");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        proxy.begin_outage();
+        let error = tokio::time::timeout(PATIENCE, commit)
+            .await??
+            .expect_err("the outage closed the client side");
+        eprintln!("the client saw: {error:?} / {error}");
+        assert_eq!(
+            idle_in_transaction(&mut direct).await?,
+            1,
+            "the server side is left alone"
+        );
+        let error = insert_key_1(&mut direct)
+            .await
+            .expect_err("the withheld transaction holds key 1");
+        assert!(is_lock_timeout(&error), "{error:#}");
+
+        proxy.end_outage();
+        proxy.release_withheld();
+        insert_key_1_once_unlocked(&mut direct).await?;
+        assert_eq!(rows_in_t(&mut direct).await?, 1, "only the direct insert");
         Ok(())
     }
 

@@ -210,3 +210,97 @@ async fn a_lost_compensation_commit_reply_and_a_long_outage_leave_no_stuck_saga(
         1
     );
 }
+
+/// A `COMMIT` that never reaches the server while its transaction lives on, idle, holding the commit
+/// record's key (the client's side of the connection is gone; the server has not noticed). The engine cannot
+/// settle the outcome until the server ends that transaction: meanwhile the saga's row says why it waits,
+/// and `ratchet sagas show` prints it; then the outcome is settled (it did not land), the node runs again,
+/// and the note is cleared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saga_waiting_on_an_unsettled_commit_says_so_in_sagas_show() {
+    // Built (if need be) before the clock starts: `sagas show` must run while the saga waits.
+    let ratchet = ratchet_tests::ratchet_cli();
+    let (db, mut direct, account) = database_with_account().await;
+    let (upstream, _, _) = Upstream::from_url(&db.url).unwrap();
+    let proxy = Arc::new(PgProxy::start(upstream).await.unwrap());
+    let mut config = EngineConfig::new(proxy.url_for(&db.name, "postgres"), Uuid::new_v4());
+    config.pool.session = ratchet_store::pool::SessionLimits {
+        idle_in_transaction: Duration::from_secs(10),
+        lock_timeout: Duration::from_millis(300),
+        statement_timeout: None,
+    };
+    let engine = EngineBuilder::new(config)
+        .register::<ProvisionWidget>(Arc::new(()))
+        .start()
+        .await
+        .expect("engine starts through the proxy")
+        .0;
+    let saga = engine
+        .create::<ProvisionWidget>(params(account))
+        .await
+        .unwrap();
+    let id = saga.id;
+    engine.failpoints().arm(
+        id,
+        "charge_account",
+        FaultPoint::BeforeCommit,
+        FaultEffect::Delay { millis: 60_000 },
+        1,
+    );
+    let run = tokio::spawn(saga.run());
+    until("the charge to pause before its COMMIT", || {
+        engine.failpoints().is_delaying(id)
+    })
+    .await;
+    proxy.withhold_next_commit(Duration::from_millis(100));
+    engine.failpoints().wake(id);
+
+    // The note lands in the saga's row while the withheld transaction still holds the record's key.
+    let note = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if let Some(note) = ratchet_store::saga::waiting(&mut direct, id).await.unwrap() {
+                return note;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the saga's row said it was waiting");
+    assert!(note.0.contains("charge_account"), "{note:?}");
+    let shown = std::process::Command::new(&ratchet)
+        .args(["--database-url", &db.url, "sagas", "show", &id.to_string()])
+        .output()
+        .expect("run ratchet sagas show");
+    let stdout = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&shown.stderr)
+    );
+    assert!(
+        stdout.contains("WAITING since") && stdout.contains("charge_account"),
+        "{stdout}"
+    );
+
+    let outcome = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the saga came to rest once the server ended the withheld transaction")
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(outcome, SagaOutcome::Succeeded { .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(proxy.commits_withheld(), 1, "the fault fired");
+    let state = example::account_state(&mut direct, account).await.unwrap();
+    assert_eq!(
+        (state.balance, state.ledger),
+        (70, vec![-30]),
+        "charged once"
+    );
+    assert_eq!(
+        ratchet_store::saga::waiting(&mut direct, id).await.unwrap(),
+        None,
+        "the note is cleared"
+    );
+}

@@ -74,6 +74,13 @@ pub async fn show(args: &Args, id: &str) -> anyhow::Result<()> {
         .await?
         .with_context(|| format!("no saga with id {id}"))?;
     print_history(&history);
+    if let Some((reason, since)) = ratchet_store::saga::waiting(&mut conn, id).await? {
+        println!(
+            "WAITING since {}: {reason} (the node neither fails nor goes on until the database says whether \
+             the COMMIT landed)",
+            format_time(since)
+        );
+    }
     Ok(())
 }
 

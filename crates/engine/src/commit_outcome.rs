@@ -143,11 +143,33 @@ where
         .counters
         .unknown_outcomes
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let note = format!(
+        "node {} waits for the outcome of its {what}'s COMMIT: {reason}",
+        run.name
+    );
+    let mut noted = false;
     let mut attempts = 0u32;
-    loop {
-        run.alive()?;
+    let answer = loop {
+        if let Err(stop) = run.alive() {
+            break Err(stop);
+        }
         let answer = match run.cx.shared.pool.get().await {
-            Ok(mut conn) => look_up(&mut conn).await,
+            Ok(mut conn) => {
+                // Say so in the saga's row as soon as the database can be written (for `ratchet sagas
+                // show` in another process); the lookup may then still wait on a lock.
+                if !noted {
+                    noted = ratchet_store::saga::note_waiting(
+                        &mut conn,
+                        saga_id,
+                        &run.name,
+                        run.cx.log.owner(),
+                        Some(&note),
+                    )
+                    .await
+                    .is_ok();
+                }
+                look_up(&mut conn).await
+            }
             Err(error) => Err(Stop::from(ratchet_store::DbError::from(error))),
         };
         match answer {
@@ -162,8 +184,31 @@ where
             }
             answer => {
                 tracing::info!(%saga_id, node = %run.name, what, attempts, "unknown COMMIT resolved");
-                return answer;
+                break answer;
             }
         }
+    };
+    if noted {
+        clear_waiting(run).await;
+    }
+    answer
+}
+
+/// Clears the saga's waiting note, retrying transient failures a few times (what is left behind says when
+/// it was written; the saga's next resolution overwrites it).
+async fn clear_waiting<S: SagaDef>(run: &NodeRun<'_, S>) {
+    let (pool, saga_id, owner) = (&run.cx.shared.pool, run.saga_id(), run.cx.log.owner());
+    let name = run.name.as_str();
+    let cleared = ratchet_store::retry_transient(
+        RetryPolicy::OPERATOR,
+        "clearing a waiting note",
+        || async move {
+            let mut conn = pool.get().await?;
+            Ok(ratchet_store::saga::note_waiting(&mut conn, saga_id, name, owner, None).await?)
+        },
+    )
+    .await;
+    if let Err(error) = cleared {
+        tracing::warn!(%saga_id, %error, "could not clear the saga's waiting note");
     }
 }

@@ -42,7 +42,8 @@ pub(crate) struct EngineShared {
     /// The database and the `application_name` of this engine's sessions: an injected crash ends them all
     /// from the server side, as a process's death would.
     pub(crate) database_url: String,
-    pub(crate) application_name: String,
+    /// `None` on a pool the embedder brought: its sessions are the embedder's.
+    pub(crate) application_name: Option<String>,
 }
 
 /// How to start an engine.
@@ -68,6 +69,11 @@ pub struct EngineConfig {
     /// engine catches a panic in any phase, so the default is a limit only when this crate is built with
     /// `panic = "abort"`.
     pub start_limit: Option<u32>,
+    /// Whether [`EngineBuilder::start`] applies the saga log's migrations (ratchet's tables and columns) to
+    /// `database_url` first. An embedder whose own schema tooling applies them (the SQL files are in
+    /// `ratchet_store::pool::MIGRATIONS_SQL`) turns this off; the engine then checks at start that every table
+    /// and column it needs is there, and names what is missing ([`EngineError::SchemaMissing`]).
+    pub run_migrations: bool,
 }
 
 impl EngineConfig {
@@ -98,6 +104,7 @@ impl EngineConfig {
                 max_attempts: Some(60),
             },
             start_limit: cfg!(panic = "abort").then_some(DEFAULT_START_LIMIT),
+            run_migrations: true,
         }
     }
 }
@@ -233,6 +240,8 @@ pub struct Engine {
 /// Collects the saga definitions an engine runs, then starts it.
 pub struct EngineBuilder {
     config: EngineConfig,
+    /// A pool the embedder brought ([`EngineBuilder::with_pool`]).
+    pool: Option<DbPool>,
     resumers: HashMap<&'static str, Resumer>,
     registries: Vec<(&'static str, Arc<dyn std::any::Any + Send + Sync>)>,
     error: Option<EngineError>,
@@ -261,10 +270,25 @@ impl EngineBuilder {
     pub fn new(config: EngineConfig) -> EngineBuilder {
         EngineBuilder {
             config,
+            pool: None,
             resumers: HashMap::new(),
             registries: Vec::new(),
             error: None,
         }
+    }
+
+    /// Runs the engine on the embedder's own pool (a bb8 pool of diesel-async PostgreSQL connections)
+    /// instead of building one from [`EngineConfig::database_url`] and [`EngineConfig::pool`].
+    ///
+    /// A node's transaction holds exactly one connection of it, for the node's transaction only; the engine
+    /// never takes a second one for a node. Its other users are the saga log's writes (one connection per
+    /// statement) and the engine's own bookkeeping. The sessions are the embedder's: set
+    /// `idle_in_transaction_session_timeout` and `lock_timeout` on them (see
+    /// [`ratchet_store::pool::SessionLimits::set_statements`]) so that a frozen executor cannot hold its locks
+    /// forever.
+    pub fn with_pool(mut self, pool: DbPool) -> EngineBuilder {
+        self.pool = Some(pool);
+        self
     }
 
     /// Registers saga definition `S`, whose nodes use `app`.
@@ -298,15 +322,31 @@ impl EngineBuilder {
         if let Some(error) = self.error {
             return Err(error);
         }
-        run_migrations(
-            &self.config.database_url,
-            &ratchet_store::SAGA_LOG_MIGRATIONS,
-        )
+        if self.config.run_migrations {
+            run_migrations(
+                &self.config.database_url,
+                &ratchet_store::SAGA_LOG_MIGRATIONS,
+            )
+            .await?;
+        }
+        let (pool, application_name) = match self.pool {
+            Some(pool) => (pool, None),
+            None => {
+                // Each start is a new incarnation of the executor; its sessions say which.
+                let mut pool_config = self.config.pool.clone();
+                pool_config.application_name = format!("ratchet/{}", Uuid::new_v4());
+                let pool = connect_pool(&self.config.database_url, &pool_config).await?;
+                (pool, Some(pool_config.application_name))
+            }
+        };
+        let missing = retry_transient(RetryPolicy::OPERATOR, "checking the schema", || async {
+            let mut conn = pool.get().await?;
+            Ok(ratchet_store::schema_check::missing(&mut conn).await?)
+        })
         .await?;
-        // Each start is a new incarnation of the executor; its sessions say which.
-        let mut pool_config = self.config.pool.clone();
-        pool_config.application_name = format!("ratchet/{}", Uuid::new_v4());
-        let pool = connect_pool(&self.config.database_url, &pool_config).await?;
+        if !missing.is_empty() {
+            return Err(EngineError::SchemaMissing { missing });
+        }
         let shared = Arc::new(EngineShared {
             pool,
             failpoints: Failpoints::default(),
@@ -319,7 +359,7 @@ impl EngineBuilder {
             waiting: Waiting::default(),
             start_limit: self.config.start_limit,
             database_url: self.config.database_url.clone(),
-            application_name: pool_config.application_name,
+            application_name,
         });
         let engine = Engine {
             sec: Sec::start(&shared, self.config.sec_id),

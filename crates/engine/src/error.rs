@@ -112,6 +112,12 @@ pub enum EngineError {
     NotRetryable { id: uuid::Uuid, reason: String },
     #[error("abandoning a saga needs a reason (it is recorded for whoever finds the saga later)")]
     EmptyReason,
+    #[error(
+        "the database lacks ratchet's schema: missing {}; apply the saga log's migrations \
+         (ratchet_store::pool::MIGRATIONS_SQL, or EngineConfig::run_migrations)",
+        missing.join(", ")
+    )]
+    SchemaMissing { missing: Vec<String> },
 }
 
 impl EngineError {

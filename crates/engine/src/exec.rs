@@ -181,8 +181,13 @@ impl<'a, S: SagaDef> NodeRun<'a, S> {
             "executor crashed (injected): its sessions end without a word");
         self.cx.shared.liveness.kill();
         let shared = &self.cx.shared;
-        match ratchet_store::pool::terminate_sessions(&shared.database_url, &shared.application_name)
-            .await
+        let Some(application_name) = &shared.application_name else {
+            tracing::info!(
+                "the crashed executor runs on the embedder's pool: its sessions are left alone"
+            );
+            return;
+        };
+        match ratchet_store::pool::terminate_sessions(&shared.database_url, application_name).await
         {
             Ok(ended) => tracing::info!(ended, "the crashed executor's sessions were ended"),
             Err(error) => {

@@ -35,6 +35,7 @@ pub mod records;
 mod retry;
 pub mod saga;
 mod schema;
+pub mod schema_check;
 pub mod sec_store;
 pub mod testing;
 pub mod transaction;

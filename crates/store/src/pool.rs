@@ -19,6 +19,27 @@ pub type PooledConnection<'a> =
 /// The saga log's schema, compiled into the binary.
 pub const SAGA_LOG_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
+/// The same migrations as plain SQL, in order, each as (name, up.sql): for an embedder that applies them with
+/// its own schema tooling (and starts the engine with `EngineConfig::run_migrations` off).
+pub const MIGRATIONS_SQL: &[(&str, &str)] = &[
+    (
+        "2026-11-21-000001_saga_log",
+        include_str!("../migrations/2026-11-21-000001_saga_log/up.sql"),
+    ),
+    (
+        "2026-11-21-000002_saga_time_stuck",
+        include_str!("../migrations/2026-11-21-000002_saga_time_stuck/up.sql"),
+    ),
+    (
+        "2026-11-30-000001_saga_node_start",
+        include_str!("../migrations/2026-11-30-000001_saga_node_start/up.sql"),
+    ),
+    (
+        "2026-11-30-000003_saga_waiting",
+        include_str!("../migrations/2026-11-30-000003_saga_waiting/up.sql"),
+    ),
+];
+
 /// How to build a pool.
 #[derive(Clone, Debug)]
 pub struct PoolConfig {
@@ -230,5 +251,23 @@ impl diesel::migration::MigrationSource<diesel::pg::Pg> for StaticMigrations {
         &self,
     ) -> diesel::migration::Result<Vec<Box<dyn diesel::migration::Migration<diesel::pg::Pg>>>> {
         diesel::migration::MigrationSource::<diesel::pg::Pg>::migrations(self.0)
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+    use diesel::migration::MigrationSource;
+
+    #[test]
+    fn the_exported_sql_is_every_embedded_migration_in_order() {
+        let embedded: Vec<String> =
+            MigrationSource::<diesel::pg::Pg>::migrations(&StaticMigrations(&SAGA_LOG_MIGRATIONS))
+                .unwrap()
+                .iter()
+                .map(|m| m.name().to_string())
+                .collect();
+        let exported: Vec<&str> = MIGRATIONS_SQL.iter().map(|(name, _)| *name).collect();
+        assert_eq!(embedded, exported);
     }
 }

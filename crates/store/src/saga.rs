@@ -234,3 +234,66 @@ pub async fn saga_history(
         compensations,
     }))
 }
+
+/// Notes (with `Some`) or clears (with `None`) why node `node_name` of saga `id` is waiting for an unknown
+/// `COMMIT` outcome (the `saga_waiting` table).
+pub async fn note_waiting(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    node_name: &str,
+    owner: SagaOwner,
+    reason: Option<&str>,
+) -> QueryResult<()> {
+    use diesel::sql_types::{Text, Timestamptz, Uuid as SqlUuid};
+    match reason {
+        Some(reason) => {
+            diesel::sql_query(
+                "INSERT INTO saga_waiting (saga_id, node_name, reason, time_waiting, creator) \
+                 VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (saga_id, node_name) DO UPDATE \
+                 SET reason = $3, time_waiting = $4, creator = $5",
+            )
+            .bind::<SqlUuid, _>(id)
+            .bind::<Text, _>(node_name)
+            .bind::<Text, _>(reason)
+            .bind::<Timestamptz, _>(Utc::now())
+            .bind::<SqlUuid, _>(owner.sec_id)
+            .execute(conn)
+            .await?;
+        }
+        None => {
+            diesel::sql_query("DELETE FROM saga_waiting WHERE saga_id = $1 AND node_name = $2")
+                .bind::<SqlUuid, _>(id)
+                .bind::<Text, _>(node_name)
+                .execute(conn)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Why saga `id` is waiting, and since when, if a node of it waits for an unknown `COMMIT` outcome and the
+/// saga is unfinished.
+pub async fn waiting(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+) -> QueryResult<Option<(String, DateTime<Utc>)>> {
+    use diesel::sql_types::{Text, Timestamptz, Uuid as SqlUuid};
+    #[derive(QueryableByName)]
+    struct Waiting {
+        #[diesel(sql_type = Text)]
+        reason: String,
+        #[diesel(sql_type = Timestamptz)]
+        time_waiting: DateTime<Utc>,
+    }
+    let row: Option<Waiting> = diesel::sql_query(
+        "SELECT w.reason, w.time_waiting FROM saga_waiting w JOIN saga s ON s.id = w.saga_id \
+         WHERE w.saga_id = $1 AND s.saga_state IN ('running', 'unwinding') \
+         ORDER BY w.time_waiting LIMIT 1",
+    )
+    .bind::<SqlUuid, _>(id)
+    .get_result(conn)
+    .await
+    .optional()?;
+    Ok(row.map(|w| (w.reason, w.time_waiting)))
+}

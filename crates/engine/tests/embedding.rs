@@ -1,0 +1,108 @@
+//! Embedding the engine in a host service: the host's own pool, the host's own migrations, and a start-up
+//! check that names what of ratchet's schema is missing.
+
+mod common;
+
+use common::*;
+use diesel_async::SimpleAsyncConnection;
+use ratchet_engine::example::{self, ProvisionWidget};
+use ratchet_engine::{EngineBuilder, EngineConfig, EngineError, SagaOutcome};
+use ratchet_store::pool::{MIGRATIONS_SQL, PoolConfig, connect_pool, establish};
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// The engine runs on a pool the host built, and claims connections only from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_on_the_hosts_pool_runs_sagas() {
+    let db = database().await;
+    let host_pool = connect_pool(&db.url, &PoolConfig::default()).await.unwrap();
+    let mut config = EngineConfig::new("postgresql://unused.invalid/none", Uuid::new_v4());
+    config.run_migrations = false;
+    let (engine, _) = EngineBuilder::new(config)
+        .with_pool(host_pool.clone())
+        .register::<ProvisionWidget>(Arc::new(()))
+        .start()
+        .await
+        .expect("the engine starts on the host's pool (its URL is never used)");
+    let account = account(&engine).await;
+    let (_, outcome) = engine
+        .run::<ProvisionWidget>(params(account))
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, SagaOutcome::Succeeded { .. }),
+        "{outcome:?}"
+    );
+    assert!(
+        host_pool.state().connections >= 1,
+        "the host's pool served it"
+    );
+    let mut conn = host_pool.get().await.unwrap();
+    let state = example::account_state(&mut conn, account).await.unwrap();
+    assert_eq!(state.balance, 70);
+}
+
+/// With migrations off, a database that lacks part of ratchet's schema is refused at start, naming exactly
+/// what is missing; nothing runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_migrations_off_what_is_missing_is_named() {
+    let db = database().await;
+    let mut conn = establish(&db.url).await.unwrap();
+    conn.batch_execute("DROP TABLE saga_commit_record; ALTER TABLE saga DROP COLUMN time_stuck")
+        .await
+        .unwrap();
+    let mut config = EngineConfig::new(&db.url, Uuid::new_v4());
+    config.run_migrations = false;
+    let started = EngineBuilder::new(config)
+        .register::<ProvisionWidget>(Arc::new(()))
+        .start()
+        .await;
+    match started {
+        Err(EngineError::SchemaMissing { missing }) => {
+            assert_eq!(
+                missing,
+                vec![
+                    "column saga.time_stuck".to_owned(),
+                    "table saga_commit_record".to_owned()
+                ]
+            );
+        }
+        Err(other) => panic!("expected the missing schema to be named, got {other}"),
+        Ok(_) => panic!("the engine started on a database without its schema"),
+    }
+}
+
+/// The migrations as plain SQL (what a host copies into its own schema tooling) build the whole schema:
+/// applied by hand to a database without it, the engine then starts with migrations off and runs a saga.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_exported_sql_builds_the_whole_schema() {
+    let db = database().await;
+    let mut conn = establish(&db.url).await.unwrap();
+    conn.batch_execute(
+        "DROP TABLE saga, saga_node_event, saga_commit_record, saga_compensation_record, \
+         saga_node_start, saga_waiting, __diesel_schema_migrations",
+    )
+    .await
+    .unwrap();
+    for (name, sql) in MIGRATIONS_SQL {
+        conn.batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("migration {name}: {e}"));
+    }
+    let mut config = EngineConfig::new(&db.url, Uuid::new_v4());
+    config.run_migrations = false;
+    let (engine, _) = EngineBuilder::new(config)
+        .register::<ProvisionWidget>(Arc::new(()))
+        .start()
+        .await
+        .expect("the engine starts on the hand-made schema");
+    let account = account(&engine).await;
+    let (_, outcome) = engine
+        .run::<ProvisionWidget>(params(account))
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, SagaOutcome::Succeeded { .. }),
+        "{outcome:?}"
+    );
+}

@@ -1,0 +1,112 @@
+//! What the saga log needs of the database, checked at start: for an embedder that applies ratchet's
+//! migrations with its own schema tooling (`EngineConfig::run_migrations` off), a missing table or column is
+//! named at once instead of failing the first saga that touches it.
+
+use diesel::sql_types::{Array, Text};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use std::collections::BTreeSet;
+
+/// Every table of the saga log and the columns ratchet reads or writes (the migrations in
+/// [`crate::pool::MIGRATIONS_SQL`] create them all).
+pub const REQUIRED: &[(&str, &[&str])] = &[
+    (
+        "saga",
+        &[
+            "id",
+            "creator",
+            "time_created",
+            "name",
+            "saga_dag",
+            "definition_version",
+            "saga_state",
+            "current_sec",
+            "adopt_generation",
+            "adopt_time",
+            "time_finished",
+            "stuck_node",
+            "stuck_reason",
+            "abandon_reason",
+            "time_stuck",
+        ],
+    ),
+    (
+        "saga_node_event",
+        &[
+            "saga_id",
+            "node_id",
+            "event_type",
+            "data",
+            "event_time",
+            "creator",
+        ],
+    ),
+    (
+        "saga_commit_record",
+        &[
+            "saga_id",
+            "node_name",
+            "receipt",
+            "time_committed",
+            "creator",
+            "adopt_generation",
+        ],
+    ),
+    (
+        "saga_compensation_record",
+        &[
+            "saga_id",
+            "node_name",
+            "had_commit",
+            "time_compensated",
+            "creator",
+            "adopt_generation",
+        ],
+    ),
+    (
+        "saga_node_start",
+        &["saga_id", "node_name", "phase", "starts", "time_last_start"],
+    ),
+    (
+        "saga_waiting",
+        &["saga_id", "node_name", "reason", "time_waiting", "creator"],
+    ),
+];
+
+#[derive(diesel::QueryableByName)]
+struct Column {
+    #[diesel(sql_type = Text)]
+    table_name: String,
+    #[diesel(sql_type = Text)]
+    column_name: String,
+}
+
+/// What of [`REQUIRED`] the database lacks, in its current schema: `table T` for a table missing whole,
+/// `column T.C` for a column. Empty when everything is there.
+pub async fn missing(conn: &mut AsyncPgConnection) -> diesel::QueryResult<Vec<String>> {
+    let tables: Vec<&str> = REQUIRED.iter().map(|(table, _)| *table).collect();
+    let present: Vec<Column> = diesel::sql_query(
+        "SELECT table_name::TEXT AS table_name, column_name::TEXT AS column_name \
+         FROM information_schema.columns \
+         WHERE table_schema = current_schema() AND table_name = ANY($1)",
+    )
+    .bind::<Array<Text>, _>(&tables)
+    .load(conn)
+    .await?;
+    let present: BTreeSet<(String, String)> = present
+        .into_iter()
+        .map(|c| (c.table_name, c.column_name))
+        .collect();
+    let mut missing = Vec::new();
+    for (table, columns) in REQUIRED {
+        if !present.iter().any(|(t, _)| t == table) {
+            missing.push(format!("table {table}"));
+            continue;
+        }
+        for column in *columns {
+            if !present.contains(&((*table).to_owned(), (*column).to_owned())) {
+                missing.push(format!("column {table}.{column}"));
+            }
+        }
+    }
+    Ok(missing)
+}
