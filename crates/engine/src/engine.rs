@@ -232,9 +232,12 @@ pub struct Engine {
     /// Sagas created or resumed by this engine and not yet at rest (nor fenced), by id: their definition's
     /// name. Recovery leaves these alone; a shutdown reports them interrupted.
     pub(crate) live: Arc<Mutex<BTreeMap<Uuid, String>>>,
-    /// Held by [`Engine::recover`]: one engine's recoveries take turns, so that one cannot claim (and so fence
-    /// out) a saga another has just claimed and not yet marked live.
-    recovering: Arc<tokio::sync::Mutex<()>>,
+    /// Taken for writing by every operation that claims sagas under a new epoch ([`Engine::recover`],
+    /// [`Engine::adopt`], [`Engine::retry_unwind`]) until the claimed sagas are live here, and for reading by
+    /// [`Engine::create`] from marking its saga live until its row exists: so that no claim of this engine can
+    /// bump (and so fence out) a saga this engine is creating, or one another claim of it has just taken and
+    /// not yet marked live.
+    pub(crate) recovering: Arc<tokio::sync::RwLock<()>>,
 }
 
 /// Collects the saga definitions an engine runs, then starts it.
@@ -585,7 +588,9 @@ impl Engine {
         let sec = Arc::clone(&self.sec);
         let (cx, log) = self.saga_cx::<S>(&registered, &sec, id, owner, &dag, &kinds, None);
         let dag_for_steno = Arc::clone(&dag);
-        // Live before its row exists, so that a recovery of this engine never claims (and fences) it.
+        // Live before its row exists, and no claim of this engine runs until the row is there: a recovery
+        // never claims (and so fences) it.
+        let creating = self.recovering.read().await;
         lock(&self.live).insert(id, S::NAME.to_owned());
         let created = sec
             .call("saga_create", |client| async move {
@@ -608,6 +613,7 @@ impl Engine {
                 error
             }
         })?;
+        drop(creating);
         self.shared.counters.started.fetch_add(1, Ordering::Relaxed);
         tracing::info!(saga_id = %id, saga = S::NAME, "saga created");
         Ok(PreparedSaga {
@@ -818,7 +824,7 @@ impl Engine {
     /// recoveries of one engine take turns.
     pub async fn recover(&self) -> Result<RecoveryReport, EngineError> {
         self.refuse_if_shutting_down()?;
-        let _turn = self.recovering.lock().await;
+        let _turn = self.recovering.write().await;
         let driving: Vec<Uuid> = lock(&self.live).keys().copied().collect();
         let pool = &self.shared.pool;
         let sec_id = self.sec_id;
@@ -835,8 +841,10 @@ impl Engine {
                 },
             )
             .await?;
-            let last = rows.len() < BATCH;
-            after = rows.last().map(|row| row.id);
+            // Only an empty page ends the claim: a row that changed between the statement's subquery and its
+            // update (an older incarnation finishing it) makes a page short without being the last.
+            let last = rows.is_empty();
+            after = rows.last().map(|row| row.id).or(after);
             let resumed = self.resume_rows(rows).await?;
             report.resumed.extend(resumed.resumed);
             report.abandoned.extend(resumed.abandoned);

@@ -106,15 +106,17 @@ impl<'a, S: SagaDef> NodeRun<'a, S> {
         }
         let pool = &self.cx.shared.pool;
         let (saga_id, name) = (self.saga_id(), self.name.as_str());
-        let starts = ratchet_store::retry_transient(
-            RetryPolicy::OPERATOR,
-            "counting a node start",
-            || async move {
+        // Retried for as long as it takes: a database outage must not fail a node for want of a count.
+        let forever = RetryPolicy {
+            max_attempts: None,
+            ..RetryPolicy::OPERATOR
+        };
+        let starts =
+            ratchet_store::retry_transient(forever, "counting a node start", || async move {
                 let mut conn = pool.get().await?;
                 Ok(ratchet_store::records::count_start(&mut conn, saga_id, name, phase).await?)
-            },
-        )
-        .await?;
+            })
+            .await?;
         let starts = u32::try_from(starts).unwrap_or(u32::MAX);
         if starts > limit {
             let message = format!(

@@ -188,6 +188,7 @@ async fn attempt_forward<S: SagaDef, N: DbNode<S>>(
             }
         }
         Err(Early::Exit(forward)) => Ok(forward),
+        Err(Early::Recorded) => recorded_forward(run).await,
         Err(Early::Stop(stop)) => Err(stop),
     };
     // The start node's events, if this attempt carried them: durable with a commit that landed; otherwise
@@ -200,6 +201,37 @@ async fn attempt_forward<S: SagaDef, N: DbNode<S>>(
         }
     }
     outcome
+}
+
+/// What an earlier attempt's commit record says, for a node whose new commit met that record's key: replay
+/// it (or, if compensated since, report that), looked up until the database answers.
+async fn recorded_forward<S: SagaDef>(run: &NodeRun<'_, S>) -> Result<Forward, Stop> {
+    let saga_id = run.saga_id();
+    let owner = run.cx.log.owner();
+    let reason = "this attempt's commit record met the key of an earlier attempt's";
+    let found = resolve(run, "commit", reason, |conn| {
+        let name = run.name.clone();
+        async move {
+            let Some(receipt) = records::commit_receipt(conn, saga_id, &name).await? else {
+                return Ok(None);
+            };
+            if !owner::is_owner(conn, saga_id, owner).await? {
+                return Err(Stop::Fenced);
+            }
+            if records::is_compensated(conn, saga_id, &name).await? {
+                return Ok(Some(Forward::AlreadyCompensated));
+            }
+            Ok(Some(Forward::Replayed { receipt }))
+        }
+        .boxed()
+    })
+    .await?;
+    // No record after all (records are never deleted, so only a hand-edited log): run the node again.
+    found.ok_or_else(|| {
+        Stop::Node(NodeError::transient(
+            "the commit record that blocked this attempt is gone",
+        ))
+    })
 }
 
 /// Settles a node `COMMIT` whose outcome is unknown: whether its commit record exists, waiting out any
@@ -244,6 +276,9 @@ fn leave_prepare() -> String {
 enum Early {
     /// Nothing to commit: the node was committed or compensated before.
     Exit(Forward),
+    /// The node's commit record is there already (this transaction's insert of it met its key): the node
+    /// committed in an earlier attempt. Looked up after the rollback, in the same attempt.
+    Recorded,
     Stop(Stop),
 }
 
@@ -299,6 +334,7 @@ async fn forward_in_transaction<S: SagaDef, N: DbNode<S>>(
         })
         .await?
     };
+    one_transaction_deep(run, conn, "prepare")?;
     conn.batch_execute(&leave_prepare()).await?;
     run.fault(FaultPoint::AfterPrepare).await?;
 
@@ -318,6 +354,7 @@ async fn forward_in_transaction<S: SagaDef, N: DbNode<S>>(
         })
         .await?
     };
+    one_transaction_deep(run, conn, "commit")?;
     let receipt_json = encode("receipt", &receipt)?;
     // `finish` is pure, so it runs before COMMIT: a panic in it rolls the commit back.
     let output = finish_guarded(run, N::finish, receipt)?;
@@ -351,21 +388,41 @@ async fn forward_in_transaction<S: SagaDef, N: DbNode<S>>(
         }
         // The commit record is there already (the insert waited for whoever wrote it): this node committed
         // before, in an attempt whose `COMMIT` this executor took for refused or never saw. Never a failure:
-        // the next attempt looks it up and replays it.
+        // the record is looked up and replayed, without spending an attempt.
         Err(diesel::result::Error::DatabaseError(
             diesel::result::DatabaseErrorKind::UniqueViolation,
             _,
         )) => {
             run.cx.note_commit_unknown(run.node_id);
-            return Err(Early::Stop(Stop::Node(NodeError::transient(
-                "the node's commit record exists already: it committed before; replaying it",
-            ))));
+            return Err(Early::Recorded);
         }
         Err(error) => return Err(error.into()),
     }
     run.fault(FaultPoint::BeforeCommit).await?;
     run.alive()?;
     Ok(output_json)
+}
+
+/// Fails the node loudly if its phase left a nested transaction (a savepoint diesel opened) unfinished: the
+/// engine's `COMMIT` would then only release that savepoint, report the commit landed, and leave the real
+/// transaction open, to be rolled back when the pool discards the connection.
+fn one_transaction_deep<S: SagaDef>(
+    run: &NodeRun<'_, S>,
+    conn: &mut DbConnection,
+    phase: &str,
+) -> Result<(), Stop> {
+    match tx::depth(conn) {
+        Some(1) => Ok(()),
+        depth => {
+            let message = format!(
+                "node {:?} left a nested transaction unfinished in its {phase} (transaction depth {depth:?}, \
+                 expected 1): its writes cannot be committed as one transaction",
+                run.name
+            );
+            tracing::error!(saga_id = %run.saga_id(), node = %run.name, "{message}");
+            Err(Stop::Node(NodeError::permanent(message)))
+        }
+    }
 }
 
 /// The error of a node that ended the engine's transaction itself (a `COMMIT`, `ROLLBACK` or `BEGIN` sent
@@ -586,6 +643,7 @@ async fn compensation_in_transaction<S: SagaDef, N: DbNode<S>>(
                 node_name: &run.name,
             };
             node.compensate(&mut tx, receipt).await?;
+            one_transaction_deep(run, conn, "compensation")?;
             Compensation::Compensated
         }
     };

@@ -76,15 +76,25 @@ async fn forward<S: SagaDef, N: ExternalNode<S>>(
         tracing::info_span!("node", saga_id = %run.saga_id(), node = %run.name, kind = "external");
     async {
         let node: N = run.node().map_err(|e| run.failure("prepare", &e))?;
-        run.count_start("forward")
-            .await
-            .map_err(|e| run.failure("start", &e))?;
+        // An earlier run of this node (before a crash) may have made its call: the log says `started`, and
+        // a `started` external node's call outcome is unknown until its record says otherwise. Any failure
+        // before this run's own call must then undo that call by key before the node fails.
+        let may_have_called = run.cx.started_in_log.contains(&run.node_id);
+        if let Err(error) = run.count_start("forward").await {
+            return fail_before_calling::<S, N>(&run, &node, may_have_called, "start", error).await;
+        }
         let policy = run.cx.shared.forward_retry;
-        let prepared = with_retries(&run, policy, "prepare", |_| {
+        let prepared = match with_retries(&run, policy, "prepare", |_| {
             prepare::<S, N>(&run, &node, ctx)
         })
         .await
-        .map_err(|e| run.failure("prepare", &e))?;
+        {
+            Ok(prepared) => prepared,
+            Err(error) => {
+                return fail_before_calling::<S, N>(&run, &node, may_have_called, "prepare", error)
+                    .await;
+            }
+        };
         let plan = match prepared {
             Prepared::Plan(plan) => plan,
             Prepared::AlreadyCompensated => {
@@ -113,7 +123,10 @@ async fn forward<S: SagaDef, N: ExternalNode<S>>(
         };
         if let Err(stop) = run.fault(FaultPoint::AfterPrepare).await {
             return match stop {
-                Stop::Node(error) => Err(run.failure("prepare", &error)),
+                Stop::Node(error) => {
+                    fail_before_calling::<S, N>(&run, &node, may_have_called, "prepare", error)
+                        .await
+                }
                 stop => run.stop_driving(&stop).await,
             };
         }
@@ -217,6 +230,22 @@ async fn prepare<S: SagaDef, N: ExternalNode<S>>(
     .await;
     tx::rollback(conn).await;
     result
+}
+
+/// Fails the node before this run's call: plainly if no earlier run can have called out, else after undoing
+/// by key whatever an earlier run's call did.
+async fn fail_before_calling<S: SagaDef, N: ExternalNode<S>>(
+    run: &NodeRun<'_, S>,
+    node: &N,
+    may_have_called: bool,
+    phase: &str,
+    error: NodeError,
+) -> steno::ActionResult {
+    if may_have_called {
+        compensate_then_fail::<S, N>(run, node, error).await
+    } else {
+        Err(run.failure(phase, &error))
+    }
 }
 
 enum CallFailed {

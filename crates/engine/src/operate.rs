@@ -89,13 +89,17 @@ impl Engine {
         };
         let pool = &self.shared.pool;
         let to_sec = self.sec_id;
+        // No other claim of this engine runs until the adopted sagas are live here (see `Engine::recovering`).
+        let _turn = self.recovering.write().await;
         loop {
             let rows = retry_transient(RetryPolicy::OPERATOR, "adopting sagas", || async {
                 let mut conn = pool.get().await?;
                 Ok(adopt_batch(&mut conn, from_sec, to_sec, BATCH as i64).await?)
             })
             .await?;
-            let last = rows.len() < BATCH;
+            // Only an empty batch ends the adoption: a row that changed between the statement's subquery and
+            // its update makes a batch short without being the last.
+            let last = rows.is_empty();
             for row in &rows {
                 tracing::info!(saga_id = %row.id, saga = %row.name, from = %from_sec, to = %to_sec,
                     generation = row.adopt_generation, state = %row.saga_state,
@@ -145,6 +149,8 @@ impl Engine {
                 .ok_or_else(|| EngineError::UnknownSaga(row.name.clone()))?,
         );
         let sec_id = self.sec_id;
+        // No other claim of this engine runs until the saga is live here (see `Engine::recovering`).
+        let turn = self.recovering.write().await;
         let row = retry_transient(
             RetryPolicy::OPERATOR,
             "taking a stuck saga back",
@@ -173,6 +179,7 @@ impl Engine {
         // recovery resumes it, or abandons it with the reason. Nothing has run, so nothing leaks.
         let saga = resume(self, row, events).await?;
         self.start_resumed(saga).await?;
+        drop(turn);
         self.wait(id)
             .await
             .ok_or_else(|| EngineError::NotRetryable {

@@ -420,6 +420,81 @@ impl SagaDef for EndsItsTransaction {
     }
 }
 
+/// A saga whose node leaves a nested transaction (a diesel savepoint) open, as a `conn.transaction(..)`
+/// future dropped half-way (a timeout around it) does.
+struct LeavesASavepointOpen;
+
+#[derive(Serialize, Deserialize)]
+struct HalfATransaction;
+
+impl SagaDef for LeavesASavepointOpen {
+    const NAME: &'static str = "test-leaves-a-savepoint-open";
+    type Params = Uuid;
+    type Context = ();
+    fn register(registry: &mut NodeRegistry<Self>) {
+        registry.db::<HalfATransaction>();
+    }
+    fn build(_: &Uuid, dag: &mut SagaBuilder<Self>) -> Result<(), String> {
+        dag.db("half", HalfATransaction);
+        Ok(())
+    }
+}
+
+impl DbNode<LeavesASavepointOpen> for HalfATransaction {
+    const NAME: &'static str = "test.half_a_transaction";
+    type Plan = Uuid;
+    type Receipt = ();
+    type Output = ();
+    async fn prepare(
+        &self,
+        cx: &mut PrepareCx<'_, LeavesASavepointOpen>,
+    ) -> Result<Uuid, NodeError> {
+        Ok(*cx.params())
+    }
+    async fn commit(&self, tx: &mut CommitTx<'_>, account: Uuid) -> Result<(), NodeError> {
+        use diesel_async::{AnsiTransactionManager, TransactionManager};
+        AnsiTransactionManager::begin_transaction(tx.conn()).await?;
+        diesel::sql_query("UPDATE example_account SET balance = balance - 1 WHERE id = $1")
+            .bind::<SqlUuid, _>(account)
+            .execute(tx.conn())
+            .await?;
+        Ok(())
+    }
+    fn finish((): ()) {}
+    async fn compensate(&self, _: &mut CommitTx<'_>, (): ()) -> Result<(), NodeError> {
+        Ok(())
+    }
+}
+
+/// A node that leaves a savepoint open is failed: the engine's COMMIT would only have released the savepoint,
+/// reported a commit that the pool then rolls back, and let the saga go on with its output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_leaves_a_savepoint_open_is_failed_not_taken_for_committed() {
+    let db = database().await;
+    let (engine, _) = EngineBuilder::new(config(&db, Uuid::new_v4()))
+        .register::<LeavesASavepointOpen>(Arc::new(()))
+        .register::<ProvisionWidget>(Arc::new(()))
+        .start()
+        .await
+        .unwrap();
+    let account = account(&engine).await;
+    let (id, outcome) = engine.run::<LeavesASavepointOpen>(account).await.unwrap();
+    match &outcome {
+        SagaOutcome::Unwound { node, error } => {
+            assert_eq!(node, "half");
+            assert!(error.contains("nested transaction"), "{error}");
+        }
+        other => panic!("expected the node to fail, got {other:?}"),
+    }
+    let (commits, _) = records(&engine, id).await;
+    assert!(commits.is_empty());
+    assert_eq!(
+        state(&engine, account).await.balance,
+        100,
+        "nothing committed"
+    );
+}
+
 impl DbNode<EndsItsTransaction> for CommitsOnItsOwn {
     const NAME: &'static str = "test.commits_on_its_own";
     type Plan = Uuid;

@@ -77,3 +77,16 @@ where
         }
     }
 }
+
+/// How deep diesel's transaction nesting on `conn` is: 1 inside the engine's own transaction, more when a
+/// caller began a nested transaction (a savepoint) and did not end it (a `conn.transaction(..)` future dropped
+/// half-way does that), `None` outside any transaction.
+pub fn depth(conn: &mut AsyncPgConnection) -> Option<u32> {
+    <AnsiTransactionManager as TransactionManager<AsyncPgConnection>>::transaction_manager_status_mut(
+        conn,
+    )
+    .transaction_depth()
+    .ok()
+    .flatten()
+    .map(|depth| depth.get())
+}
