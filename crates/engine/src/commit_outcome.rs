@@ -133,6 +133,11 @@ where
     let saga_id = run.saga_id();
     tracing::warn!(%saga_id, node = %run.name, what, reason,
         "the outcome of a COMMIT is unknown: resolving it from its record before the node goes on");
+    run.host_event(
+        slog::Level::Warning,
+        "unknown_outcome",
+        &format!("the outcome of the {what}'s COMMIT is unknown ({reason}): resolving it"),
+    );
     let _waiting = run
         .cx
         .shared

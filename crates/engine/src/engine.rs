@@ -5,7 +5,7 @@
 
 use crate::error::EngineError;
 use crate::failpoint::Failpoints;
-use crate::observe::{Counters, RecentOutcome, RecentOutcomes, Waiting, WaitingNode};
+use crate::observe::{Counters, HostLog, RecentOutcome, RecentOutcomes, Waiting, WaitingNode};
 use crate::saga_def::{Envelope, NodeKind, NodeRegistry, Ratchet, SagaBuilder, SagaCx, SagaDef};
 use crate::shutdown::{ShutdownState, panic_message, steno_call};
 use futures::FutureExt;
@@ -44,6 +44,7 @@ pub(crate) struct EngineShared {
     pub(crate) database_url: String,
     /// `None` on a pool the embedder brought: its sessions are the embedder's.
     pub(crate) application_name: Option<String>,
+    pub(crate) host_log: HostLog,
 }
 
 /// How to start an engine.
@@ -74,6 +75,9 @@ pub struct EngineConfig {
     /// `ratchet_store::pool::MIGRATIONS_SQL`) turns this off; the engine then checks at start that every table
     /// and column it needs is there, and names what is missing ([`EngineError::SchemaMissing`]).
     pub run_migrations: bool,
+    /// The embedder's `slog` logger (Omicron's convention): steno's log and ratchet's own events go to it
+    /// (see the crate docs, "Observability"). Without one, steno's log is bridged into `tracing`.
+    pub log: Option<slog::Logger>,
 }
 
 impl EngineConfig {
@@ -105,6 +109,7 @@ impl EngineConfig {
             },
             start_limit: cfg!(panic = "abort").then_some(DEFAULT_START_LIMIT),
             run_migrations: true,
+            log: None,
         }
     }
 }
@@ -177,7 +182,12 @@ impl Sec {
             Arc::clone(&shared.liveness),
             Arc::clone(&shared.counters.fenced),
         ));
-        let log = slog::Logger::root(crate::slog_bridge::TracingDrain, slog::o!());
+        let log = match &shared.host_log.0 {
+            Some(host) => {
+                host.new(slog::o!("component" => "steno", "sec_id" => sec_id.to_string()))
+            }
+            None => slog::Logger::root(crate::slog_bridge::TracingDrain, slog::o!()),
+        };
         let client = steno::sec(log, Arc::clone(&store) as Arc<dyn steno::SecStore>);
         Arc::new(Sec {
             client: Mutex::new(Some(Arc::new(client))),
@@ -363,6 +373,7 @@ impl EngineBuilder {
             start_limit: self.config.start_limit,
             database_url: self.config.database_url.clone(),
             application_name,
+            host_log: HostLog(self.config.log.clone()),
         });
         let engine = Engine {
             sec: Sec::start(&shared, self.config.sec_id),
@@ -778,6 +789,28 @@ impl Engine {
             // Some write of this executor was refused: whatever steno concluded in memory is not what the
             // database holds. The executor that adopted the saga owns its outcome.
             outcome = SagaOutcome::Fenced;
+        }
+        let host = &self.shared.host_log;
+        match &outcome {
+            SagaOutcome::Fenced => host.event(
+                slog::Level::Info,
+                "fenced",
+                id,
+                None,
+                "fenced out: another executor (or a newer incarnation) drives this saga now",
+            ),
+            SagaOutcome::Stuck {
+                undo_node,
+                undo_error,
+                ..
+            } => host.event(
+                slog::Level::Error,
+                "stuck",
+                id,
+                Some(undo_node),
+                &format!("saga stuck: the compensation of {undo_node} failed: {undo_error}"),
+            ),
+            _ => {}
         }
         match &outcome {
             SagaOutcome::Fenced => tracing::info!(saga_id = %id, saga = name,

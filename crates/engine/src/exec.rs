@@ -260,12 +260,25 @@ impl<'a, S: SagaDef> NodeRun<'a, S> {
                 tracing::info!(%saga_id, node = %self.name, owner = ?self.cx.log.owner(),
                     "fenced out: another executor adopted this saga (or it was abandoned); this executor's \
                      write was refused and it stops driving the saga, without unwinding it");
+                self.host_event(
+                    slog::Level::Info,
+                    "fenced",
+                    "a write was refused: another executor owns the saga; this one stops driving it",
+                );
                 self.cx.log.fence().raise();
             }
         }
         self.active.release();
         futures::future::pending::<()>().await;
         unreachable!("a pending future never resolves")
+    }
+
+    /// One of ratchet's events about this node, to the embedder's `slog` logger if it gave one.
+    pub(crate) fn host_event(&self, level: slog::Level, event: &'static str, message: &str) {
+        self.cx
+            .shared
+            .host_log
+            .event(level, event, self.saga_id(), Some(&self.name), message);
     }
 
     /// steno's error for a failed node.

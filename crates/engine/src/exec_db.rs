@@ -115,6 +115,7 @@ async fn forward<S: SagaDef, N: DbNode<S>>(ctx: &ActionContext<Ratchet<S>>) -> s
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::info!(saga_id = %run.saga_id(), node = %run.name,
                     "committed: the node's writes, its commit record and its log events are durable");
+                run.host_event(slog::Level::Info, "commit", "committed");
                 match run.fault(FaultPoint::AfterCommit).await {
                     Ok(()) => Ok(Arc::new(output)),
                     Err(Stop::Node(error)) => {
@@ -611,6 +612,7 @@ async fn compensation_landed<S: SagaDef>(
             .fetch_add(1, Ordering::Relaxed);
         tracing::info!(saga_id = %run.saga_id(), node = %run.name, ?mode,
             "compensated: the commit is undone and the compensation record is durable");
+        run.host_event(slog::Level::Info, "compensation", "compensated");
     }
     // A failure after the compensation committed is retried: the next attempt finds the record.
     run.fault(FaultPoint::AfterCompensation).await?;

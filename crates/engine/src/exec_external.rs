@@ -171,6 +171,11 @@ async fn forward<S: SagaDef, N: ExternalNode<S>>(
             .fetch_add(1, Ordering::Relaxed);
         tracing::info!(saga_id = %run.saga_id(), node = %run.name,
             "committed: the external call is applied and its receipt recorded");
+        run.host_event(
+            slog::Level::Info,
+            "commit",
+            "committed (external call applied)",
+        );
         match run.fault(FaultPoint::AfterCommit).await {
             Ok(()) => Ok(Arc::new(output_json)),
             Err(Stop::Node(error)) => {
@@ -462,6 +467,7 @@ async fn compensate_once<S: SagaDef, N: ExternalNode<S>>(
         .fetch_add(1, Ordering::Relaxed);
     tracing::info!(saga_id = %saga_id, node = %run.name, had_commit,
         "compensated: the external call is undone by key and the compensation recorded");
+    run.host_event(slog::Level::Info, "compensation", "compensated (by key)");
     run.fault(FaultPoint::AfterCompensation).await
 }
 

@@ -157,9 +157,13 @@
 //!
 //! # Observability
 //!
-//! [`Counters`] (started, succeeded, unwound, stuck, abandoned, commits, compensations, retries, fenced
-//! writes), a ring of the last [`RECENT_OUTCOMES`] outcomes ([`Engine::recent_outcomes`]), and an info-level
-//! log line, with the saga id and node, for every commit, compensation, adoption and fenced write.
+//! [`Counters`] (started, succeeded, unwound, stuck, abandoned, commits, compensations, retries, unknown
+//! outcomes, panics, fenced writes), a ring of the last [`RECENT_OUTCOMES`] outcomes ([`Engine::recent_outcomes`]),
+//! the nodes waiting on an unknown outcome ([`Engine::waiting`]), and an info-level `tracing` event, with the
+//! saga id and node, for every commit, compensation, adoption and fenced write. An embedder that logs
+//! through `slog` (Omicron) passes its logger in [`EngineConfig::log`]: steno's log and those events (commits,
+//! compensations, adoptions, fenced writes, unknown outcomes, stuck sagas) then go to it, each with `event`,
+//! `saga_id` and `node` keys. The library installs no `tracing` subscriber and no `slog` drain.
 //!
 //! # External nodes
 //!

@@ -93,6 +93,52 @@ impl Counters {
     }
 }
 
+/// The embedder's `slog` logger, if it gave one ([`crate::EngineConfig::log`]): it receives steno's log and
+/// ratchet's own events (commits, compensations, adoptions, fenced writes, unknown outcomes, stuck sagas),
+/// each with `saga_id`, `node` (where there is one) and `event` keys. ratchet also emits every one of these as
+/// a `tracing` event, as it does without a logger; the library installs no subscriber and no drain of its own.
+#[derive(Clone, Default)]
+pub(crate) struct HostLog(pub(crate) Option<slog::Logger>);
+
+impl std::fmt::Debug for HostLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "HostLog(slog)"
+        } else {
+            "HostLog(none)"
+        })
+    }
+}
+
+impl HostLog {
+    /// One of ratchet's events, to the embedder's logger (a no-op without one).
+    pub(crate) fn event(
+        &self,
+        level: slog::Level,
+        event: &'static str,
+        saga_id: Uuid,
+        node: Option<&str>,
+        message: &str,
+    ) {
+        let Some(log) = &self.0 else {
+            return;
+        };
+        let saga_id = saga_id.to_string();
+        let node = node.unwrap_or("").to_owned();
+        match level {
+            slog::Level::Critical | slog::Level::Error => {
+                slog::error!(log, "{}", message; "event" => event, "saga_id" => saga_id, "node" => node)
+            }
+            slog::Level::Warning => {
+                slog::warn!(log, "{}", message; "event" => event, "saga_id" => saga_id, "node" => node)
+            }
+            _ => {
+                slog::info!(log, "{}", message; "event" => event, "saga_id" => saga_id, "node" => node)
+            }
+        }
+    }
+}
+
 /// A node that waits for an unknown outcome to be resolved (see `commit_outcome.rs`): it neither fails nor
 /// goes on until the database answers.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -104,6 +104,16 @@ impl Engine {
                 tracing::info!(saga_id = %row.id, saga = %row.name, from = %from_sec, to = %to_sec,
                     generation = row.adopt_generation, state = %row.saga_state,
                     "adopted saga from another executor; the old executor is fenced out of it");
+                self.shared.host_log.event(
+                    slog::Level::Info,
+                    "adoption",
+                    row.id,
+                    None,
+                    &format!(
+                        "adopted from executor {from_sec} at generation {}",
+                        row.adopt_generation
+                    ),
+                );
                 report.adopted.push(AdoptedSaga {
                     id: row.id,
                     name: row.name.clone(),

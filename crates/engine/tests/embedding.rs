@@ -106,3 +106,96 @@ async fn the_exported_sql_builds_the_whole_schema() {
         "{outcome:?}"
     );
 }
+
+/// A `slog` drain that keeps every record's message and its `event` and `component` keys.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<(String, String, String)>>>);
+
+struct Keys {
+    event: String,
+    component: String,
+}
+
+impl slog::Serializer for Keys {
+    fn emit_arguments(&mut self, key: slog::Key, value: &std::fmt::Arguments<'_>) -> slog::Result {
+        match key {
+            "event" => self.event = value.to_string(),
+            "component" => self.component = value.to_string(),
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+impl slog::Drain for Captured {
+    type Ok = ();
+    type Err = slog::Never;
+    fn log(
+        &self,
+        record: &slog::Record<'_>,
+        values: &slog::OwnedKVList,
+    ) -> Result<(), slog::Never> {
+        let mut keys = Keys {
+            event: String::new(),
+            component: String::new(),
+        };
+        let _ = slog::KV::serialize(&record.kv(), record, &mut keys);
+        let _ = slog::KV::serialize(values, record, &mut keys);
+        self.0
+            .lock()
+            .unwrap()
+            .push((record.msg().to_string(), keys.event, keys.component));
+        Ok(())
+    }
+}
+
+/// The host's `slog` logger receives steno's log and ratchet's own events: here a commit, the failure right
+/// after it, and its compensation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hosts_slog_logger_gets_commits_compensations_and_stenos_log() {
+    let db = database().await;
+    let captured = Captured::default();
+    let mut config = EngineConfig::new(&db.url, Uuid::new_v4());
+    config.log = Some(slog::Logger::root(
+        captured.clone(),
+        slog::o!("host" => "test"),
+    ));
+    let (engine, _) = EngineBuilder::new(config)
+        .register::<ProvisionWidget>(Arc::new(()))
+        .start()
+        .await
+        .unwrap();
+    let account = account(&engine).await;
+    let saga = engine
+        .create::<ProvisionWidget>(params(account))
+        .await
+        .unwrap();
+    engine.failpoints().arm(
+        saga.id,
+        "charge_account",
+        ratchet_engine::FaultPoint::AfterCommit,
+        ratchet_engine::FaultEffect::PermanentError,
+        1,
+    );
+    let outcome = saga.run().await.unwrap();
+    assert!(
+        matches!(outcome, SagaOutcome::Unwound { .. }),
+        "{outcome:?}"
+    );
+    let records = captured.0.lock().unwrap().clone();
+    let events: Vec<&str> = records.iter().map(|(_, e, _)| e.as_str()).collect();
+    assert_eq!(
+        events.iter().filter(|e| **e == "commit").count(),
+        2,
+        "reserve_widget and charge_account committed: {records:?}"
+    );
+    assert_eq!(
+        events.iter().filter(|e| **e == "compensation").count(),
+        2,
+        "both compensated: {records:?}"
+    );
+    assert!(
+        records.iter().any(|(_, _, component)| component == "steno"),
+        "steno's own log reaches the host's logger: {records:?}"
+    );
+}

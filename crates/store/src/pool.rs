@@ -185,10 +185,10 @@ pub async fn terminate_sessions(url: &str, name: &str) -> Result<i64, DbError> {
     Ok(row.ended)
 }
 
-/// One connection outside any pool.
+/// One connection outside any pool, under the default [`SessionLimits`] (so that no session ratchet opens,
+/// the CLI's included, can hold a transaction forever).
 pub async fn establish(url: &str) -> Result<AsyncPgConnection, DbError> {
-    use diesel_async::AsyncConnection;
-    AsyncPgConnection::establish(url)
+    establish_with(url, &SessionLimits::default().set_statements())
         .await
         .map_err(DbError::from)
 }
