@@ -15,7 +15,7 @@
 //! Then, on the database and the sled agent:
 //! - every saga is `done` (none running, unwinding, stuck or abandoned), and all 200 exist;
 //! - the invariant checker (database rules, sled agent, pantry) reports nothing;
-//! - no commit was applied twice: at most one commit and one compensation record per (saga, node); a saga that
+//! - no commit was applied twice, measured on the domain: a saga that
 //!   succeeded has exactly the commits its DAG implies and no compensation; a saga that unwound compensated
 //!   every commit it made (serialization conflicts can exhaust a node's retries, so under this load many sagas
 //!   unwind: that is a clean failure, not a leak);
@@ -237,20 +237,9 @@ async fn two_hundred_instance_creates_survive_repeated_sigkills() {
         "invariant violations: {violations:#?}"
     );
 
-    // Exactly-once, from the records.
-    for table in ["saga_commit_record", "saga_compensation_record"] {
-        let repeated: Vec<Count> = diesel::sql_query(format!(
-            "SELECT saga_id::text || ' ' || node_name AS key, count(*) AS count FROM {table} \
-             GROUP BY saga_id, node_name HAVING count(*) > 1"
-        ))
-        .load(&mut conn)
-        .await
-        .unwrap();
-        assert!(
-            repeated.is_empty(),
-            "repeated rows in {table}: {repeated:?}"
-        );
-    }
+    // Exactly-once is measured on the domain below (rows per resource, calls applied per key): the saga log's
+    // primary keys already make a second commit or compensation record per node impossible, so counting those
+    // could not fail.
     let sagas: Vec<SagaRecords> = diesel::sql_query(
         "SELECT s.id AS saga_id, \
                 EXISTS (SELECT 1 FROM saga_node_event e \
