@@ -858,6 +858,8 @@ impl Engine {
     pub async fn recover(&self) -> Result<RecoveryReport, EngineError> {
         self.refuse_if_shutting_down()?;
         let _turn = self.recovering.write().await;
+        // A shutdown may have come while this waited for its turn: claim nothing then.
+        self.refuse_if_shutting_down()?;
         let driving: Vec<Uuid> = lock(&self.live).keys().copied().collect();
         let pool = &self.shared.pool;
         let sec_id = self.sec_id;
@@ -944,27 +946,36 @@ impl Engine {
                     .map(|e| e.to_steno())
                     .collect();
                 let result = match (self.resumers.get(row.name.as_str()), events) {
-                    (None, _) => Err(format!(
+                    (None, _) => Err(Unresumed::Unrecoverable(format!(
                         "no saga definition named {:?} in this binary",
                         row.name
-                    )),
-                    (_, Err(error)) => Err(format!("its log does not load: {error}")),
+                    ))),
+                    (_, Err(error)) => Err(Unresumed::Unrecoverable(format!(
+                        "its log does not load: {error}"
+                    ))),
                     (Some(resume), Ok(events)) => resume(self, row.clone(), events)
                         .await
-                        .map_err(|e| e.to_string()),
+                        .map_err(Unresumed::from),
                 };
                 match result {
                     Ok(saga) => resumed.push((row, saga)),
-                    Err(reason) => self.unrecoverable(row, &reason, &mut report).await?,
+                    Err(Unresumed::Unrecoverable(reason)) => {
+                        self.unrecoverable(row, &reason, &mut report).await?
+                    }
+                    Err(Unresumed::Interrupted) => {
+                        lock(&self.live).remove(&row.id);
+                    }
                 }
             }
         }
         for (row, saga) in resumed {
-            match self.start_resumed(saga).await {
+            match self.start_resumed(saga).await.map_err(Unresumed::from) {
                 Ok(()) => report.resumed.push(row.id),
-                Err(error) => {
-                    self.unrecoverable(row, &error.to_string(), &mut report)
-                        .await?
+                Err(Unresumed::Unrecoverable(reason)) => {
+                    self.unrecoverable(row, &reason, &mut report).await?
+                }
+                Err(Unresumed::Interrupted) => {
+                    lock(&self.live).remove(&row.id);
                 }
             }
         }
@@ -1105,6 +1116,22 @@ impl Engine {
             tracked: Tracked::new(id, S::NAME, sec, log),
             future,
         })
+    }
+}
+
+/// Why a claimed saga was not resumed: something about the saga (it is abandoned, with the reason), or this
+/// engine stopping (shutdown, steno's executor gone): then it stays unfinished, for the next start.
+enum Unresumed {
+    Unrecoverable(String),
+    Interrupted,
+}
+
+impl From<EngineError> for Unresumed {
+    fn from(error: EngineError) -> Self {
+        match error {
+            EngineError::ShuttingDown | EngineError::SecGone(_) => Unresumed::Interrupted,
+            other => Unresumed::Unrecoverable(other.to_string()),
+        }
     }
 }
 

@@ -414,6 +414,12 @@ fn one_transaction_deep<S: SagaDef>(
 ) -> Result<(), Stop> {
     match tx::depth(conn) {
         Some(1) => Ok(()),
+        // No transaction at all: the node ended the engine's (a COMMIT through diesel's manager).
+        None => Err(Stop::Node(foreign_transaction(
+            run,
+            phase,
+            "no transaction",
+        ))),
         depth => {
             let message = format!(
                 "node {:?} left a nested transaction unfinished in its {phase} (transaction depth {depth:?}, \

@@ -91,15 +91,19 @@ impl Engine {
         let to_sec = self.sec_id;
         // No other claim of this engine runs until the adopted sagas are live here (see `Engine::recovering`).
         let _turn = self.recovering.write().await;
+        // A shutdown may have come while this waited for its turn: adopt nothing then.
+        self.refuse_if_shutting_down()?;
+        let mut after = None;
         loop {
             let rows = retry_transient(RetryPolicy::OPERATOR, "adopting sagas", || async {
                 let mut conn = pool.get().await?;
-                Ok(adopt_batch(&mut conn, from_sec, to_sec, BATCH as i64).await?)
+                Ok(adopt_batch(&mut conn, from_sec, to_sec, after, BATCH as i64).await?)
             })
             .await?;
             // Only an empty batch ends the adoption: a row that changed between the statement's subquery and
             // its update makes a batch short without being the last.
             let last = rows.is_empty();
+            after = rows.last().map(|row| row.id).or(after);
             for row in &rows {
                 tracing::info!(saga_id = %row.id, saga = %row.name, from = %from_sec, to = %to_sec,
                     generation = row.adopt_generation, state = %row.saga_state,
@@ -161,6 +165,7 @@ impl Engine {
         let sec_id = self.sec_id;
         // No other claim of this engine runs until the saga is live here (see `Engine::recovering`).
         let turn = self.recovering.write().await;
+        self.refuse_if_shutting_down()?;
         let row = retry_transient(
             RetryPolicy::OPERATOR,
             "taking a stuck saga back",

@@ -19,8 +19,8 @@ use futures::FutureExt;
 use std::collections::{BTreeMap, BTreeSet};
 use uuid::Uuid;
 
-/// Moves up to `batch` unfinished (`running` / `unwinding`) sagas of executor `from` to executor `to`, in one
-/// statement: `current_sec = to`, `adopt_generation + 1`, `adopt_time = now`. Returns the adopted rows (with
+/// Moves up to `batch` unfinished (`running` / `unwinding`) sagas of executor `from` with ids above `after` to
+/// executor `to`, in one statement: `current_sec = to`, `adopt_generation + 1`, `adopt_time = now`. Returns the adopted rows (with
 /// their new generation), lowest id first.
 ///
 /// The `UPDATE` waits for the row locks that `from`'s in-flight transactions hold on those sagas
@@ -30,6 +30,7 @@ pub async fn adopt_batch(
     conn: &mut AsyncPgConnection,
     from: Uuid,
     to: Uuid,
+    after: Option<Uuid>,
     batch: i64,
 ) -> QueryResult<Vec<SagaRow>> {
     // One statement; the outer WHERE re-checks the row actually updated, in case it changed after the
@@ -39,6 +40,7 @@ pub async fn adopt_batch(
          WHERE current_sec = $1 AND saga_state IN ('running', 'unwinding') \
            AND id IN (SELECT id FROM saga \
                       WHERE current_sec = $1 AND saga_state IN ('running', 'unwinding') \
+                        AND id > $5 \
                       ORDER BY id LIMIT $4) \
          RETURNING *",
     )
@@ -46,6 +48,7 @@ pub async fn adopt_batch(
     .bind::<SqlUuid, _>(to)
     .bind::<Timestamptz, _>(Utc::now())
     .bind::<BigInt, _>(batch)
+    .bind::<SqlUuid, _>(after.unwrap_or(Uuid::nil()))
     .load(conn)
     .await?;
     rows.sort_by_key(|row| row.id);
