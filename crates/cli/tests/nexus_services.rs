@@ -234,11 +234,10 @@ async fn recover_refuses_without_the_services_and_recovers_with_them() {
         ),
         "--sled-agent needs --pantry ADDR too",
     );
-    // A port that was free a moment ago: nothing listens there (the listener is dropped at the block's end).
-    let nobody = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().to_string()
-    };
+    // A port where nothing answers: bound for the whole test (so no other process can take it meanwhile)
+    // and never accepted on, so the CLI's request gets no answer within its timeout.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nobody = silent.local_addr().unwrap().to_string();
     let pantry = setup.services.pantry.addr().to_string();
     assert_refused(
         &setup.ratchet(
