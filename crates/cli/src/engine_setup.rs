@@ -11,7 +11,7 @@
 //! # Invariant: no engine abandons a Nexus saga for want of its services
 //!
 //! Starting an engine recovers this executor's unfinished sagas, and recovery abandons a saga whose
-//! definition the engine does not register (DESIGN.md section 5). For a saga this binary *does* know but
+//! definition the engine does not register (see `Engine::recover`). For a saga this binary *does* know but
 //! cannot run without the services it calls, abandoning would be wrong: its commits stay in effect and
 //! nothing would ever compensate them. So before an engine without the services starts,
 //! [`refuse_stranded_nexus_sagas`] looks for unfinished Nexus sagas among the ones it would resume, and if
