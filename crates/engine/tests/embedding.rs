@@ -199,3 +199,89 @@ async fn the_hosts_slog_logger_gets_commits_compensations_and_stenos_log() {
         "steno's own log reaches the host's logger: {records:?}"
     );
 }
+
+/// Listing sagas as a library call, with filters, says when the list was cut short.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sagas_are_listed_with_filters_and_the_list_says_when_it_is_truncated() {
+    use ratchet_store::saga::{SagaFilter, SagaState, list_sagas_where};
+    let db = database().await;
+    let sec_id = Uuid::new_v4();
+    let (engine, _) = builder(&db, sec_id).start().await.unwrap();
+    let account = account(&engine).await;
+    for _ in 0..3 {
+        let (_, outcome) = engine
+            .run::<ProvisionWidget>(params(account))
+            .await
+            .unwrap();
+        assert!(
+            matches!(outcome, SagaOutcome::Succeeded { .. }),
+            "{outcome:?}"
+        );
+    }
+    let mut conn = engine.pool().get().await.unwrap();
+    let all = SagaFilter::default();
+    let page = list_sagas_where(&mut conn, &all).await.unwrap();
+    assert_eq!((page.sagas.len(), page.truncated), (3, false));
+    let two = SagaFilter {
+        limit: 2,
+        ..all.clone()
+    };
+    let page = list_sagas_where(&mut conn, &two).await.unwrap();
+    assert_eq!((page.sagas.len(), page.truncated), (2, true));
+    let done = SagaFilter {
+        state: Some(SagaState::Done),
+        name: Some("example-provision".to_owned()),
+        executor: Some(sec_id),
+        ..all.clone()
+    };
+    assert_eq!(
+        list_sagas_where(&mut conn, &done)
+            .await
+            .unwrap()
+            .sagas
+            .len(),
+        3
+    );
+    let elsewhere = SagaFilter {
+        executor: Some(Uuid::new_v4()),
+        ..all.clone()
+    };
+    assert!(
+        list_sagas_where(&mut conn, &elsewhere)
+            .await
+            .unwrap()
+            .sagas
+            .is_empty()
+    );
+    let later = SagaFilter {
+        since: Some(chrono::Utc::now() + chrono::Duration::hours(1)),
+        ..all.clone()
+    };
+    assert!(
+        list_sagas_where(&mut conn, &later)
+            .await
+            .unwrap()
+            .sagas
+            .is_empty()
+    );
+    let stuck = SagaFilter {
+        state: Some(SagaState::Stuck),
+        ..all
+    };
+    assert!(
+        list_sagas_where(&mut conn, &stuck)
+            .await
+            .unwrap()
+            .sagas
+            .is_empty()
+    );
+    // The page is serializable, for a host's API.
+    let json = serde_json::to_value(&page_json_probe(&mut conn).await).unwrap();
+    assert_eq!(json["truncated"], false);
+}
+
+async fn page_json_probe(conn: &mut ratchet_store::DbConnection) -> ratchet_store::saga::SagaPage {
+    ratchet_store::saga::list_sagas_where(conn, &ratchet_store::saga::SagaFilter::default())
+        .await
+        .unwrap()
+}

@@ -14,7 +14,7 @@ use uuid::Uuid;
 /// A saga's state as ratchet records it. steno knows only running / unwinding / done; ratchet adds `stuck`
 /// (a compensation failed permanently: steno calls that `done`) and `abandoned` (an operator or recovery gave
 /// up on it).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SagaState {
     Running,
@@ -126,15 +126,74 @@ pub async fn list_sagas(
     state: Option<SagaState>,
     limit: i64,
 ) -> QueryResult<Vec<SagaRow>> {
+    let filter = SagaFilter {
+        state,
+        limit,
+        ..SagaFilter::default()
+    };
+    list_sagas_where(conn, &filter).await.map(|page| page.sagas)
+}
+
+/// Which sagas [`list_sagas_where`] lists.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct SagaFilter {
+    pub state: Option<SagaState>,
+    /// The saga definition's name (`instance-create`).
+    pub name: Option<String>,
+    /// The executor driving the saga (`current_sec`).
+    pub executor: Option<Uuid>,
+    /// Created at or after.
+    pub since: Option<DateTime<Utc>>,
+    /// At most this many.
+    pub limit: i64,
+}
+
+impl Default for SagaFilter {
+    fn default() -> Self {
+        SagaFilter {
+            state: None,
+            name: None,
+            executor: None,
+            since: None,
+            limit: 1000,
+        }
+    }
+}
+
+/// A page of sagas, and whether more matched than the limit let through.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SagaPage {
+    pub sagas: Vec<SagaRow>,
+    pub truncated: bool,
+}
+
+/// The sagas `filter` selects, newest first, at most `filter.limit`, saying whether the list was truncated.
+pub async fn list_sagas_where(
+    conn: &mut AsyncPgConnection,
+    filter: &SagaFilter,
+) -> QueryResult<SagaPage> {
     let mut query = saga::table.select(SagaRow::as_select()).into_boxed();
-    if let Some(state) = state {
+    if let Some(state) = filter.state {
         query = query.filter(saga::saga_state.eq(state.as_str()));
     }
-    query
+    if let Some(name) = &filter.name {
+        query = query.filter(saga::name.eq(name.clone()));
+    }
+    if let Some(executor) = filter.executor {
+        query = query.filter(saga::current_sec.eq(executor));
+    }
+    if let Some(since) = filter.since {
+        query = query.filter(saga::time_created.ge(since));
+    }
+    let limit = filter.limit.max(0);
+    let mut sagas: Vec<SagaRow> = query
         .order((saga::time_created.desc(), saga::id))
-        .limit(limit)
+        .limit(limit.saturating_add(1))
         .load(conn)
-        .await
+        .await?;
+    let truncated = sagas.len() as i64 > limit;
+    sagas.truncate(limit as usize);
+    Ok(SagaPage { sagas, truncated })
 }
 
 /// The unfinished sagas (`running` / `unwinding`) of executor `sec_id`, in pages of `batch` by id.
