@@ -707,3 +707,93 @@ async fn a_stale_executors_failure_cannot_reopen_a_finished_saga() {
     assert_eq!((after.balance, after.ledger), (70, vec![-30]));
     assert!(handoff.a.counters().snapshot().fenced >= 1);
 }
+
+/// An operator abandons a saga while its owner is alive and in the middle of it: the owner, woken, commits
+/// nothing, records nothing and stops; the saga stays `abandoned`, its rows as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandon_against_a_live_owner_fences_it() {
+    let mut handoff = paused_on_a(FaultPoint::AfterPrepare, false).await;
+    let id = handoff.id;
+    let abandoned = ratchet_engine::abandon(handoff.b.pool(), id, "operator: wedged in testing")
+        .await
+        .unwrap();
+    assert_eq!(abandoned.previous_state, "running");
+    handoff.a.failpoints().wake(id);
+    let a_run = handoff.a_run.take().expect("A's run");
+    assert_eq!(outcome_within(a_run).await, SagaOutcome::Fenced);
+    let mut conn = handoff.b.pool().get().await.unwrap();
+    let history = saga_history(&mut conn, id).await.unwrap().unwrap();
+    assert_eq!(history.saga.saga_state, "abandoned");
+    let commits: Vec<&str> = history
+        .commits
+        .iter()
+        .map(|c| c.node_name.as_str())
+        .collect();
+    assert_eq!(commits, ["reserve_widget"], "A committed nothing after");
+    let after = state(&handoff.b, handoff.account).await;
+    assert_eq!((after.balance, after.ledger.len()), (100, 0), "no charge");
+    assert!(handoff.a.counters().snapshot().fenced >= 1);
+}
+
+/// A compensation that keeps failing transiently spends its budget: the saga is `stuck` (not hung
+/// `unwinding`), with the error; once the cause is gone, retry-unwind finishes the unwind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compensation_that_spends_its_budget_leaves_the_saga_stuck_then_retry_unwind_finishes() {
+    let db = database().await;
+    let mut config = ratchet_engine::EngineConfig::new(&db.url, Uuid::new_v4());
+    config.compensation_retry = ratchet_store::RetryPolicy {
+        initial: Duration::from_millis(5),
+        max_delay: Duration::from_millis(20),
+        max_attempts: Some(4),
+    };
+    let (engine, _) = ratchet_engine::EngineBuilder::new(config)
+        .register::<ProvisionWidget>(std::sync::Arc::new(()))
+        .start()
+        .await
+        .unwrap();
+    let account = account(&engine).await;
+    let saga = engine
+        .create::<ProvisionWidget>(params(account))
+        .await
+        .unwrap();
+    let id = saga.id;
+    let points = engine.failpoints();
+    points.arm(
+        id,
+        "activate_widget",
+        FaultPoint::BeforePrepare,
+        FaultEffect::PermanentError,
+        1,
+    );
+    points.arm(
+        id,
+        "charge_account",
+        FaultPoint::InCompensation,
+        FaultEffect::TransientError,
+        u32::MAX,
+    );
+    let outcome = saga.run().await.unwrap();
+    match &outcome {
+        SagaOutcome::Stuck {
+            undo_node,
+            undo_error,
+            ..
+        } => {
+            assert_eq!(undo_node, "charge_account");
+            assert!(undo_error.contains("transient"), "{undo_error}");
+        }
+        other => panic!("expected a stuck saga, got {other:?}"),
+    }
+    assert_eq!(saga_state(&engine, id).await, "stuck");
+    assert!(
+        engine.counters().snapshot().retries >= 3,
+        "the budget was spent"
+    );
+    engine.failpoints().clear(id);
+    let outcome = engine.retry_unwind(id).await.unwrap();
+    assert!(
+        matches!(outcome, SagaOutcome::Unwound { .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(state(&engine, account).await, untouched());
+}
