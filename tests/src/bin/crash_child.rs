@@ -7,6 +7,9 @@
 //! ratchet-crash-child pause   URL SEC_ID ACCOUNT NODE POINT   the same, but a line "wake" on stdin ends the
 //!                                                              pause; prints "outcome <json>" and
 //!                                                              "counters <json>" when the run returns
+//! ratchet-crash-child start-unwinding URL SEC_ID ACCOUNT NODE POINT
+//!                                                              as start, with activate_widget failing, so the
+//!                                                              saga unwinds (pause in a compensation)
 //! ratchet-crash-child recover URL SEC_ID SAGA_ID              prints "outcome <json>" when the saga is at rest
 //! ratchet-crash-child adopt   URL SEC_ID FROM_SEC SAGA_ID     adopts FROM_SEC's sagas; prints "adopted <json>",
 //!                                                              then "outcome <json>" when SAGA_ID is at rest
@@ -51,6 +54,10 @@ async fn main() -> anyhow::Result<()> {
         ["pause", url, sec_id, account, node, point] => {
             start(url, sec_id.parse()?, account.parse()?, node, point, true).await
         }
+        ["start-unwinding", url, sec_id, account, node, point] => {
+            UNWIND.store(true, std::sync::atomic::Ordering::Relaxed);
+            start(url, sec_id.parse()?, account.parse()?, node, point, false).await
+        }
         ["recover", url, sec_id, saga_id] => recover(url, sec_id.parse()?, saga_id.parse()?).await,
         ["adopt", url, sec_id, from, saga_id] => {
             adopt(url, sec_id.parse()?, from.parse()?, saga_id.parse()?).await
@@ -62,12 +69,15 @@ async fn main() -> anyhow::Result<()> {
             crash_loop::recover(url, sec_id.parse()?, saga_id.parse()?, limit.parse()?).await
         }
         _ => bail!(
-            "usage: start|pause URL SEC_ID ACCOUNT NODE POINT | recover URL SEC_ID SAGA_ID \
+            "usage: start|pause|start-unwinding URL SEC_ID ACCOUNT NODE POINT | recover URL SEC_ID SAGA_ID \
              | adopt URL SEC_ID FROM_SEC SAGA_ID | crashloop-start URL SEC_ID ACCOUNT \
              | crashloop-recover URL SEC_ID SAGA_ID LIMIT"
         ),
     }
 }
+
+/// Set by `start-unwinding`: the saga is made to unwind.
+static UNWIND: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 async fn engine(url: &str, sec_id: Uuid) -> anyhow::Result<Engine> {
     let (engine, report) = EngineBuilder::new(EngineConfig::new(url, sec_id))
@@ -104,6 +114,16 @@ async fn start(
         FaultEffect::Delay { millis: 600_000 },
         1,
     );
+    if UNWIND.load(std::sync::atomic::Ordering::Relaxed) {
+        // The saga unwinds: its last node fails, so the pause comes in a compensation.
+        engine.failpoints().arm(
+            saga.id,
+            "activate_widget",
+            FaultPoint::BeforePrepare,
+            FaultEffect::PermanentError,
+            1,
+        );
+    }
     say(&format!("saga {}", saga.id));
     if wake_on_stdin {
         let (engine, id) = (engine.clone(), saga.id);
