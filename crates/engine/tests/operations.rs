@@ -186,7 +186,33 @@ async fn adoption_waits_for_a_commit_in_flight_and_nothing_commits_twice() {
         let b = b.clone();
         async move { b.adopt(sec_a).await }
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The adoption's UPDATE waits on the share lock A's open commit holds on the saga row: wait until the
+    // server says so, rather than for a while.
+    let mut conn = b.pool().get().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            #[derive(diesel::QueryableByName)]
+            struct Waiting {
+                #[diesel(sql_type = BigInt)]
+                waiting: i64,
+            }
+            let row: Waiting = diesel::sql_query(
+                "SELECT count(*) AS waiting FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock' \
+                 AND query LIKE 'UPDATE saga SET current_sec%'",
+            )
+            .get_result(&mut conn)
+            .await
+            .unwrap();
+            if row.waiting > 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the adoption waits on A's lock");
+    drop(conn);
     assert!(
         !adopt.is_finished(),
         "the adoption waits for A's open commit"

@@ -86,9 +86,13 @@ pub async fn run_until_crash(first: &Engine, account: Uuid, node: &str, point: F
         .arm(saga.id, node, point, FaultEffect::Crash, 1);
     let id = saga.id;
     let run = tokio::spawn(saga.run());
-    while !first.is_crashed() {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while !first.is_crashed() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the engine crashed at the armed point");
     run.abort();
     id
 }
