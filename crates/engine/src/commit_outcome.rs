@@ -124,7 +124,7 @@ pub(crate) async fn resolve<S, T, F>(
     run: &NodeRun<'_, S>,
     what: &'static str,
     reason: &str,
-    mut look_up: F,
+    look_up: F,
 ) -> Result<T, Stop>
 where
     S: SagaDef,
@@ -152,6 +152,24 @@ where
         "node {} waits for the outcome of its {what}'s COMMIT: {reason}",
         run.name
     );
+    until_answered(run, what, Some(&note), look_up).await
+}
+
+/// Runs `look_up` on a pooled connection until it answers (anything but a node error), retrying with backoff
+/// and no budget; stops if the executor is fenced, crashes or shuts down. With `note`, says in the
+/// `saga_waiting` table why the saga waits, as soon as the database can be written, and clears it once
+/// answered.
+pub(crate) async fn until_answered<S, T, F>(
+    run: &NodeRun<'_, S>,
+    what: &'static str,
+    note: Option<&str>,
+    mut look_up: F,
+) -> Result<T, Stop>
+where
+    S: SagaDef,
+    F: for<'c> FnMut(&'c mut DbConnection) -> BoxFuture<'c, Result<T, Stop>>,
+{
+    let saga_id = run.saga_id();
     let mut noted = false;
     let mut attempts = 0u32;
     let answer = loop {
@@ -162,13 +180,13 @@ where
             Ok(mut conn) => {
                 // Say so in the saga's row as soon as the database can be written (for `ratchet sagas
                 // show` in another process); the lookup may then still wait on a lock.
-                if !noted {
+                if let (Some(note), false) = (note, noted) {
                     noted = ratchet_store::saga::note_waiting(
                         &mut conn,
                         saga_id,
                         &run.name,
                         run.cx.log.owner(),
-                        Some(&note),
+                        Some(note),
                     )
                     .await
                     .is_ok();

@@ -5,7 +5,7 @@
 //! fallible runs on the success path; an injected failure there is compensated inline, from the receipt,
 //! before steno hears of it ([`compensate_after_commit`]).
 
-use crate::commit_outcome::{self, CommitOutcome, resolve};
+use crate::commit_outcome::{self, CommitOutcome, resolve, until_answered};
 use crate::context::{CommitTx, PrepareCx};
 use crate::error::NodeError;
 use crate::exec::{NodeRun, Stop, catch_phase, decode, encode, finish_guarded, with_retries};
@@ -209,8 +209,8 @@ async fn attempt_forward<S: SagaDef, N: DbNode<S>>(
 async fn recorded_forward<S: SagaDef>(run: &NodeRun<'_, S>) -> Result<Forward, Stop> {
     let saga_id = run.saga_id();
     let owner = run.cx.log.owner();
-    let reason = "this attempt's commit record met the key of an earlier attempt's";
-    let found = resolve(run, "commit", reason, |conn| {
+    // A definite answer to look up, not an unknown outcome: no waiting note, no unknown-outcome count.
+    let found = until_answered(run, "commit", None, |conn| {
         let name = run.name.clone();
         async move {
             let Some(receipt) = records::commit_receipt(conn, saga_id, &name).await? else {
