@@ -553,3 +553,68 @@ async fn waiting_is_empty_on_an_idle_engine() {
         Err(EngineError::NoSuchSaga(_))
     ));
 }
+
+/// A commit this engine never heard of (an earlier attempt whose COMMIT it took for refused): the node's new
+/// attempt meets the commit record's key. It is not failed, and it spends no retry: its own writes roll back
+/// and the recorded receipt is replayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_record_already_there_is_replayed_not_failed() {
+    let db = database().await;
+    let engine = start(config(&db, Uuid::new_v4())).await;
+    let account = account(&engine).await;
+    let saga = engine
+        .create::<ProvisionWidget>(params(account))
+        .await
+        .unwrap();
+    let id = saga.id;
+    // Hold charge_account before its transaction begins, and plant the record of a commit the engine did
+    // not see (its receipt: a charge that left the balance at 70).
+    engine
+        .failpoints()
+        .arm(id, "charge_account", FaultPoint::BeforePrepare, LONG, 1);
+    let run = tokio::spawn(saga.run());
+    until_delaying(&engine, id).await;
+    let receipt = serde_json::json!({
+        "ledger_id": Uuid::new_v4(), "account_id": account, "widget_id": Uuid::new_v4(),
+        "amount": 30, "balance": 70,
+    });
+    {
+        let mut conn = engine.pool().get().await.unwrap();
+        diesel::sql_query(
+            "INSERT INTO saga_commit_record \
+             (saga_id, node_name, receipt, time_committed, creator, adopt_generation) \
+             VALUES ($1, 'charge_account', $2, now(), $3, 1)",
+        )
+        .bind::<SqlUuid, _>(id)
+        .bind::<diesel::sql_types::Jsonb, _>(receipt)
+        .bind::<SqlUuid, _>(engine.sec_id())
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+    let retries_before = engine.counters().snapshot().retries;
+    engine.failpoints().wake(id);
+    let outcome = within("the saga", run).await.unwrap().unwrap();
+    assert!(
+        matches!(outcome, SagaOutcome::Succeeded { .. }),
+        "{outcome:?}"
+    );
+    // The node's own charge rolled back with its attempt: only the planted commit stands.
+    let after = state(&engine, account).await;
+    assert_eq!((after.balance, after.ledger.len()), (100, 0), "{after:?}");
+    let (commits, compensations) = records(&engine, id).await;
+    assert_eq!(
+        commits,
+        names(&["activate_widget", "charge_account", "reserve_widget"])
+    );
+    assert!(compensations.is_empty());
+    let counters = engine.counters().snapshot();
+    assert_eq!(
+        counters.retries, retries_before,
+        "no retry spent: {counters:?}"
+    );
+    assert_eq!(
+        counters.unknown_outcomes, 0,
+        "a definite answer: {counters:?}"
+    );
+}
