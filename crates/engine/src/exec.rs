@@ -106,35 +106,19 @@ impl<'a, S: SagaDef> NodeRun<'a, S> {
         }
         let pool = &self.cx.shared.pool;
         let (saga_id, name) = (self.saga_id(), self.name.as_str());
-        // Retried for as long as it takes (a database outage must not fail a node for want of a count), but
-        // each retry is a phase boundary: a crash, a fence or a shutdown stops the node there.
-        let mut attempts = 0u32;
-        let starts = loop {
-            if let Err(stop) = self.alive() {
-                self.stop_driving(&stop).await;
-            }
-            let counted = async {
-                let mut conn = pool.get().await.map_err(ratchet_store::DbError::from)?;
-                Ok::<_, ratchet_store::DbError>(
-                    ratchet_store::records::count_start(&mut conn, saga_id, name, phase).await?,
-                )
-            }
-            .await;
-            match counted {
-                Ok(starts) => break starts,
-                Err(error) if error.is_transient() => {
-                    attempts += 1;
-                    let delay = RetryPolicy::OPERATOR
-                        .delay(1)
-                        .map(|first| first * attempts.min(50))
-                        .unwrap_or(RetryPolicy::OPERATOR.max_delay)
-                        .min(RetryPolicy::OPERATOR.max_delay);
-                    tracing::info!(%saga_id, node = name, %error, attempts, "counting a node start: retrying");
-                    tokio::time::sleep(delay).await;
-                }
-                Err(error) => return Err(error.into()),
-            }
+        // Retried for as long as it takes (a database outage must not fail a node for want of a count);
+        // `with_retries` makes each retry a phase boundary: a crash, a fence or a shutdown stops the node there.
+        let forever = RetryPolicy {
+            max_attempts: None,
+            ..RetryPolicy::OPERATOR
         };
+        let starts = with_retries(self, forever, "count start", |_| async {
+            let mut conn = pool.get().await.map_err(ratchet_store::DbError::from)?;
+            Ok::<_, Stop>(
+                ratchet_store::records::count_start(&mut conn, saga_id, name, phase).await?,
+            )
+        })
+        .await?;
         let starts = u32::try_from(starts).unwrap_or(u32::MAX);
         if starts > limit {
             let message = format!(
