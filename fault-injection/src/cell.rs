@@ -10,6 +10,7 @@
 
 use crate::HarnessError;
 use crate::fault::{Expected, Fault};
+use crate::real_crash::{self, Driven};
 use crate::suite::SagaSuite;
 use futures::future::BoxFuture;
 use ratchet_engine::{
@@ -24,7 +25,7 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 /// How long a saga may take to come to rest before the cell fails.
-const REST_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const REST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Which cell.
 #[derive(Clone, Debug, Serialize)]
@@ -43,6 +44,10 @@ pub struct Cell {
     /// [`crate::Matrix::disable_point`]).
     #[serde(skip)]
     pub disabled_point: Option<FaultPoint>,
+    /// When set, a crash cell runs its saga in this child program and kills it with `SIGKILL` (see
+    /// [`crate::real_crash`]).
+    #[serde(skip)]
+    pub child: Option<crate::real_crash::ChildProgram>,
 }
 
 impl Cell {
@@ -168,17 +173,17 @@ pub(crate) fn expected<T: SagaSuite>(suite: &T, cell: &Cell) -> Expected {
 }
 
 /// Everything one cell holds while it runs.
-struct Running<'a, T: SagaSuite> {
-    suite: &'a T,
-    db: TestDatabase,
-    fixture: T::Fixture,
-    sec_id: Uuid,
+pub(crate) struct Running<'a, T: SagaSuite> {
+    pub(crate) suite: &'a T,
+    pub(crate) db: TestDatabase,
+    pub(crate) fixture: T::Fixture,
+    pub(crate) sec_id: Uuid,
     fault: Fault,
     disabled_point: Option<FaultPoint>,
 }
 
 impl<T: SagaSuite> Running<'_, T> {
-    async fn engine(&self) -> Result<Engine, HarnessError> {
+    pub(crate) async fn engine(&self) -> Result<Engine, HarnessError> {
         let builder = EngineBuilder::new(cell_config(&self.db.url, self.sec_id, self.fault));
         let (engine, _) = self.suite.register(builder, &self.fixture).start().await?;
         if let Some(point) = self.disabled_point {
@@ -260,25 +265,29 @@ async fn drive_and_check<T: SagaSuite>(
     expected: Expected,
     result: &mut CellResult,
 ) -> Result<(), HarnessError> {
-    let engine = running.engine().await?;
-    let saga = engine
-        .create::<T::Saga>(running.suite.params(&running.fixture))
-        .await?;
-    let id = saga.id;
-    let Some(injections) = arm(running, &engine, &saga, cell) else {
-        result.not_applicable = true;
-        result.problems.push(format!(
-            "not applicable: the suite has no way to inject {} at node {}",
-            cell.fault.name(),
-            cell.node
-        ));
-        return Ok(());
+    let driven = match &cell.child {
+        Some(child) if cell.crashes() => {
+            real_crash::drive_in_child(running, cell, child, &mut result.problems).await?
+        }
+        _ => {
+            let Some(driven) = drive_here(running, cell).await? else {
+                result.not_applicable = true;
+                result.problems.push(format!(
+                    "not applicable: the suite has no way to inject {} at node {}",
+                    cell.fault.name(),
+                    cell.node
+                ));
+                return Ok(());
+            };
+            driven
+        }
     };
-    for injection in injections {
-        injection.await?;
-    }
-    let (engine, mut outcome, crashed) =
-        drive_to_rest(running, engine, saga, cell.crashes()).await?;
+    let Driven {
+        engine,
+        id,
+        mut outcome,
+        crashed,
+    } = driven;
     if let (Some(other), false) = (&cell.crash_in_compensation_of, crashed) {
         // The pair did not test what it names: the unwind never reached that compensation.
         result.problems.push(format!(
@@ -316,6 +325,32 @@ async fn drive_and_check<T: SagaSuite>(
     }
     result.outcome = Some(outcome.clone());
     check_rest(running, &engine, id, cell, expected, &outcome, result).await
+}
+
+/// Runs the cell's saga in this process (a crash is the in-process one). `None` when the suite cannot inject
+/// the cell's fault at its node.
+async fn drive_here<T: SagaSuite>(
+    running: &Running<'_, T>,
+    cell: &Cell,
+) -> Result<Option<Driven>, HarnessError> {
+    let engine = running.engine().await?;
+    let saga = engine
+        .create::<T::Saga>(running.suite.params(&running.fixture))
+        .await?;
+    let id = saga.id;
+    let Some(injections) = arm(running, &engine, &saga, cell) else {
+        return Ok(None);
+    };
+    for injection in injections {
+        injection.await?;
+    }
+    let (engine, outcome, crashed) = drive_to_rest(running, engine, saga, cell.crashes()).await?;
+    Ok(Some(Driven {
+        engine,
+        id,
+        outcome,
+        crashed,
+    }))
 }
 
 /// Why the cell's single fault did not fire, if it did not. Crash faults are seen by the engine dying; the
@@ -476,7 +511,7 @@ fn arm<'a, T: SagaSuite>(
 
 /// Makes the saga unwind through `cell.node`'s compensation: an error injected at the last node, or (when
 /// the node is the last) an error right after its own commit, which the engine compensates inline.
-fn unwind_after<'a>(
+pub(crate) fn unwind_after<'a>(
     saga: &'a PreparedSaga,
     engine: &Engine,
     cell: &'a Cell,

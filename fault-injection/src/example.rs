@@ -55,6 +55,14 @@ impl SagaSuite for ProvisionSuite {
         builder.register::<ProvisionWidget>(Arc::new(()))
     }
 
+    fn register_remote(
+        &self,
+        builder: EngineBuilder,
+        _: &serde_json::Value,
+    ) -> Result<EngineBuilder, HarnessError> {
+        Ok(builder.register::<ProvisionWidget>(Arc::new(())))
+    }
+
     fn params(&self, account: &Uuid) -> ProvisionParams {
         ProvisionParams {
             account_id: *account,

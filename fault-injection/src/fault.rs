@@ -1,10 +1,10 @@
 //! The fault points of the matrix: where each one fires, and what a clean run must then look like.
 
 use ratchet_engine::NodeKind;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One fault, injected at one node per run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Fault {
     /// steno's own injection: the action is replaced by an error and never runs.

@@ -53,11 +53,13 @@ pub mod example;
 pub mod fault;
 mod matrix;
 pub mod nexus;
+pub mod real_crash;
 mod suite;
 
 pub use cell::{CellResult, Status};
 pub use fault::{Expected, Fault};
 pub use matrix::{Matrix, MatrixReport};
+pub use real_crash::{ChildProgram, ChildSpec};
 pub use suite::SagaSuite;
 
 /// Why the harness itself could not run a cell (as opposed to a cell's findings).

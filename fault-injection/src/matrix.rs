@@ -14,6 +14,7 @@
 use crate::HarnessError;
 use crate::cell::{Cell, CellResult, Status, cell_config, run_cell};
 use crate::fault::Fault;
+use crate::real_crash::{ChildProgram, ChildSpec, child_cell};
 use crate::suite::SagaSuite;
 use futures::StreamExt;
 use futures::future::BoxFuture;
@@ -36,6 +37,7 @@ trait ErasedSuite: Send + Sync {
         server: &'a DatabaseServer,
     ) -> BoxFuture<'a, Result<Vec<(String, NodeKind)>, HarnessError>>;
     fn run<'a>(&'a self, server: &'a DatabaseServer, cell: Cell) -> BoxFuture<'a, CellResult>;
+    fn child(&self, spec: ChildSpec) -> BoxFuture<'_, Result<(), HarnessError>>;
 }
 
 struct Erased<T>(T);
@@ -82,6 +84,10 @@ impl<T: SagaSuite> ErasedSuite for Erased<T> {
     fn run<'a>(&'a self, server: &'a DatabaseServer, cell: Cell) -> BoxFuture<'a, CellResult> {
         Box::pin(run_cell(&self.0, server, cell))
     }
+
+    fn child(&self, spec: ChildSpec) -> BoxFuture<'_, Result<(), HarnessError>> {
+        Box::pin(child_cell(&self.0, spec))
+    }
 }
 
 /// A matrix to run.
@@ -92,6 +98,7 @@ pub struct Matrix {
     parallel: usize,
     disabled_point: Option<ratchet_engine::FaultPoint>,
     only_nodes: Option<Vec<String>>,
+    child: Option<ChildProgram>,
 }
 
 impl Default for Matrix {
@@ -110,6 +117,7 @@ impl Matrix {
             parallel: 4,
             disabled_point: None,
             only_nodes: None,
+            child: None,
         }
     }
 
@@ -143,6 +151,28 @@ impl Matrix {
     pub fn disable_point(mut self, point: ratchet_engine::FaultPoint) -> Matrix {
         self.disabled_point = Some(point);
         self
+    }
+
+    /// Runs every crash cell (the single crash faults and the pairs) with a real crash: its saga runs in
+    /// `child`, which is killed with `SIGKILL` at the fault point, in the middle of the `COMMIT`'s round trip
+    /// where the point is a database node's `COMMIT` (see [`crate::real_crash`]). `child`'s `main` must call
+    /// [`Matrix::run_child`] on a matrix holding the same suites.
+    pub fn real_crash(mut self, child: ChildProgram) -> Matrix {
+        self.child = Some(child);
+        self
+    }
+
+    /// The child's side of a real-crash cell: runs the saga `spec` (JSON, as the harness passed it) names,
+    /// with the suite of that label, and prints its progress on stdout until the harness kills it.
+    pub async fn run_child(&self, spec: &str) -> Result<(), HarnessError> {
+        let spec: ChildSpec = serde_json::from_str(spec)
+            .map_err(|e| HarnessError::Fixture(format!("the child's spec: {e}")))?;
+        let suite = self
+            .suites
+            .iter()
+            .find(|suite| suite.label() == spec.suite)
+            .ok_or_else(|| HarnessError::Fixture(format!("no suite labelled {:?}", spec.suite)))?;
+        suite.child(spec).await
     }
 
     /// How many cells run at once.
@@ -179,6 +209,7 @@ impl Matrix {
                 crash_in_compensation_of: other.map(str::to_owned),
                 last_node: last_node.clone(),
                 disabled_point: self.disabled_point,
+                child: self.child.clone(),
             };
             for (index, (node, kind)) in nodes.iter().enumerate() {
                 let chosen = self

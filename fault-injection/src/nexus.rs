@@ -213,6 +213,43 @@ fn register_all(builder: EngineBuilder, fixture: &NexusFixture) -> EngineBuilder
     ratchet_sagas::register_all(builder, &fixture.services.app)
 }
 
+/// What a child process needs to call this fixture's services (see [`crate::real_crash`]).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ServicesHandle {
+    sled_agent: std::net::SocketAddr,
+    pantry: std::net::SocketAddr,
+    mint_fresh_keys: bool,
+}
+
+fn services_handle(fixture: &NexusFixture) -> serde_json::Value {
+    serde_json::json!(ServicesHandle {
+        sled_agent: fixture.services.sled_agent.addr(),
+        pantry: fixture.services.pantry.addr(),
+        mint_fresh_keys: std::sync::atomic::AtomicBool::load(
+            &fixture.services.app.mint_fresh_keys,
+            std::sync::atomic::Ordering::Relaxed,
+        ),
+    })
+}
+
+/// Registers the Nexus sagas in a child process, with clients of the harness's services.
+fn register_remote(
+    builder: EngineBuilder,
+    handle: &serde_json::Value,
+) -> Result<EngineBuilder, HarnessError> {
+    let handle: ServicesHandle = serde_json::from_value(handle.clone()).map_err(fixture_error)?;
+    let app = ratchet_sagas::NexusApp::new(
+        ratchet_sim::SledAgentClient::new(handle.sled_agent),
+        ratchet_sim::PantryClient::new(handle.pantry),
+    );
+    app.mint_fresh_keys
+        .store(handle.mint_fresh_keys, std::sync::atomic::Ordering::Relaxed);
+    Ok(ratchet_sagas::register_all(
+        builder,
+        &std::sync::Arc::new(app),
+    ))
+}
+
 fn migrations() -> Vec<&'static EmbeddedMigrations> {
     vec![&DATASTORE_MIGRATIONS]
 }
@@ -264,6 +301,18 @@ impl SagaSuite for InstanceCreateSuite {
 
     fn register(&self, builder: EngineBuilder, fixture: &NexusFixture) -> EngineBuilder {
         register_all(builder, fixture)
+    }
+
+    fn services_handle(&self, fixture: &NexusFixture) -> serde_json::Value {
+        services_handle(fixture)
+    }
+
+    fn register_remote(
+        &self,
+        builder: EngineBuilder,
+        handle: &serde_json::Value,
+    ) -> Result<EngineBuilder, HarnessError> {
+        register_remote(builder, handle)
     }
 
     fn params(&self, f: &NexusFixture) -> InstanceCreateParams {
@@ -450,6 +499,18 @@ impl SagaSuite for DiskAttachSuite {
         register_all(builder, fixture)
     }
 
+    fn services_handle(&self, fixture: &NexusFixture) -> serde_json::Value {
+        services_handle(fixture)
+    }
+
+    fn register_remote(
+        &self,
+        builder: EngineBuilder,
+        handle: &serde_json::Value,
+    ) -> Result<EngineBuilder, HarnessError> {
+        register_remote(builder, handle)
+    }
+
     fn params(&self, f: &NexusFixture) -> DiskInstanceParams {
         DiskInstanceParams {
             instance_id: f.instance_id,
@@ -526,6 +587,18 @@ impl SagaSuite for DiskDetachSuite {
         register_all(builder, fixture)
     }
 
+    fn services_handle(&self, fixture: &NexusFixture) -> serde_json::Value {
+        services_handle(fixture)
+    }
+
+    fn register_remote(
+        &self,
+        builder: EngineBuilder,
+        handle: &serde_json::Value,
+    ) -> Result<EngineBuilder, HarnessError> {
+        register_remote(builder, handle)
+    }
+
     fn params(&self, f: &NexusFixture) -> DiskInstanceParams {
         DiskInstanceParams {
             instance_id: f.instance_id,
@@ -572,6 +645,18 @@ impl SagaSuite for SnapshotCreateSuite {
 
     fn register(&self, builder: EngineBuilder, fixture: &NexusFixture) -> EngineBuilder {
         register_all(builder, fixture)
+    }
+
+    fn services_handle(&self, fixture: &NexusFixture) -> serde_json::Value {
+        services_handle(fixture)
+    }
+
+    fn register_remote(
+        &self,
+        builder: EngineBuilder,
+        handle: &serde_json::Value,
+    ) -> Result<EngineBuilder, HarnessError> {
+        register_remote(builder, handle)
     }
 
     fn params(&self, f: &NexusFixture) -> SnapshotCreateParams {

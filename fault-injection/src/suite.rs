@@ -81,6 +81,27 @@ pub trait SagaSuite: Send + Sync + 'static {
         false
     }
 
+    /// What a child process needs to reach this fixture's services (real-crash cells, see
+    /// [`crate::real_crash`]): their addresses, as JSON. `Null` for a saga that calls no service.
+    fn services_handle(&self, fixture: &Self::Fixture) -> serde_json::Value {
+        let _ = fixture;
+        serde_json::Value::Null
+    }
+
+    /// Registers the saga with an engine in a child process, against the services `handle` names (from
+    /// [`SagaSuite::services_handle`]). Without it, the suite's real-crash cells fail saying so.
+    fn register_remote(
+        &self,
+        builder: EngineBuilder,
+        handle: &serde_json::Value,
+    ) -> Result<EngineBuilder, HarnessError> {
+        let _ = (builder, handle);
+        Err(HarnessError::Fixture(format!(
+            "suite {} cannot run in a child process (no register_remote)",
+            self.label()
+        )))
+    }
+
     /// Whether the matrix runs cells for this node (all nodes by default).
     fn includes(&self, node: &str, kind: ratchet_engine::NodeKind) -> bool {
         let _ = (node, kind);

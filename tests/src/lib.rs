@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-pub mod pg_proxy;
+pub use ratchet_test_utils::pg_proxy;
 
 /// The `ratchet` binary (package `ratchet-cli`), up to date: `RATCHET_BIN` if set; otherwise this function
 /// builds it with `cargo build -p ratchet-cli --bin ratchet`, in this test's target directory and profile,

@@ -119,7 +119,7 @@ impl EngineConfig {
 pub const DEFAULT_START_LIMIT: u32 = 5;
 
 /// How a saga came to rest, or why this engine stopped driving it.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case", tag = "outcome")]
 pub enum SagaOutcome {
     /// Every node succeeded; the saga's output.

@@ -154,7 +154,7 @@ pub(crate) struct Envelope<P> {
 }
 
 /// What kind of node a DAG node is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NodeKind {
     Db,

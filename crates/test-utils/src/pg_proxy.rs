@@ -58,7 +58,6 @@
 //!   split from its Execute) have been forwarded: the backend then waits for a Sync, reported as `active`
 //!   rather than "idle in transaction", and its `idle_in_transaction_session_timeout` does not apply.
 
-use anyhow::{Context, bail};
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -71,6 +70,29 @@ use tokio::net::{TcpListener, TcpStream, UnixStream};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
+
+/// A URL the proxy cannot forward to: what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadUrl(String);
+
+/// Names what went wrong while reading a URL, for an `Option` (nothing there) or a `Result` (the cause is
+/// appended).
+trait Context<T> {
+    fn with_context(self, what: impl FnOnce() -> String) -> Result<T, BadUrl>;
+}
+
+impl<T> Context<T> for Option<T> {
+    fn with_context(self, what: impl FnOnce() -> String) -> Result<T, BadUrl> {
+        self.ok_or_else(|| BadUrl(what()))
+    }
+}
+
+impl<T, E: std::fmt::Display> Context<T> for Result<T, E> {
+    fn with_context(self, what: impl FnOnce() -> String) -> Result<T, BadUrl> {
+        self.map_err(|error| BadUrl(format!("{}: {error}", what())))
+    }
+}
 
 /// The start-up code of an `SSLRequest`.
 const SSL_REQUEST: u32 = 80_877_103;
@@ -104,7 +126,7 @@ impl Upstream {
     /// and path, as libpq does. The user defaults to `postgres` and the database to the user. Components are
     /// percent-decoded. A password is accepted but dropped: the proxied URL ([`PgProxy::url_for`]) carries
     /// none, so the server must trust the connection (the embedded test server does).
-    pub fn from_url(url: &str) -> anyhow::Result<(Upstream, String, String)> {
+    pub fn from_url(url: &str) -> Result<(Upstream, String, String), BadUrl> {
         let rest = url
             .strip_prefix("postgresql://")
             .or_else(|| url.strip_prefix("postgres://"))
@@ -154,7 +176,7 @@ impl Upstream {
         let dbname = dbname.unwrap_or_else(|| user.clone());
         let host = host.with_context(|| format!("no host in {url:?}"))?;
         if host.contains(',') {
-            bail!("several hosts are not supported: {url:?}");
+            return Err(BadUrl(format!("several hosts are not supported: {url:?}")));
         }
         let upstream = if host.starts_with('/') {
             Upstream::Unix(PathBuf::from(host).join(format!(".s.PGSQL.{port}")))
@@ -175,7 +197,7 @@ impl Upstream {
 }
 
 /// Splits `host[:port]` / `[v6]:port` (either part may be empty) into its parts.
-fn split_host_port(hostport: &str) -> anyhow::Result<(Option<String>, Option<u16>)> {
+fn split_host_port(hostport: &str) -> Result<(Option<String>, Option<u16>), BadUrl> {
     let (host, port) = if let Some(bracketed) = hostport.strip_prefix('[') {
         let (host, after) = bracketed
             .split_once(']')
@@ -203,7 +225,7 @@ fn split_host_port(hostport: &str) -> anyhow::Result<(Option<String>, Option<u16
 }
 
 /// Decodes `%XX` escapes.
-fn percent_decode(text: &str) -> anyhow::Result<String> {
+fn percent_decode(text: &str) -> Result<String, BadUrl> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -958,6 +980,7 @@ fn sql_is_commit(sql: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use anyhow::bail;
     use diesel::QueryableByName;
     use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 
