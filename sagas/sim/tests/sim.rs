@@ -1087,3 +1087,146 @@ async fn compensates_header_is_validated() {
         forward,
     );
 }
+
+/// A `PUT /vmms/{propolis}` under `key`, as raw bytes with a `Content-Length` body.
+fn raw_ensure(key: Uuid, propolis: Uuid, instance: Uuid, generation: u64) -> Vec<u8> {
+    let body = format!("{{\"instance_id\":\"{instance}\",\"generation\":{generation}}}");
+    format!(
+        "PUT /vmms/{propolis} HTTP/1.1\r\nIdempotency-Key: {key}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// The body of a raw answer: everything after the head.
+fn raw_body(answer: &str) -> &str {
+    answer
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body)
+        .unwrap_or_else(|| panic!("no head end in {answer:?}"))
+}
+
+#[tokio::test]
+async fn a_dropped_response_closes_the_connection_without_a_byte() {
+    let sim = SledAgentSim::start().expect("start");
+    let faults = sim.faults();
+    let request = raw_ensure(id(), id(), id(), 1);
+
+    faults.op(Operation::VmmEnsure).drop_response_after_apply(1);
+    let answer = raw_exchange(sim.addr(), &request).await;
+    assert_eq!(answer, "", "a lost response sends nothing at all");
+    let counters = faults.counters(Operation::VmmEnsure);
+    assert_eq!(
+        (
+            counters.received,
+            counters.applied,
+            counters.responses_dropped
+        ),
+        (1, 1, 1)
+    );
+    assert_eq!(sim.vmms().len(), 1, "applied although the answer was lost");
+
+    // The knob was for one response: the same request is now answered, from the record.
+    let answer = raw_exchange(sim.addr(), &request).await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer:?}");
+    let counters = faults.counters(Operation::VmmEnsure);
+    assert_eq!((counters.applied, counters.replayed), (1, 1));
+}
+
+#[tokio::test]
+async fn a_replay_is_the_recorded_answer_byte_for_byte() {
+    let sim = SledAgentSim::start().expect("start");
+    let (key, propolis, instance) = (id(), id(), id());
+    let first = raw_exchange(sim.addr(), &raw_ensure(key, propolis, instance, 1)).await;
+    assert!(first.starts_with("HTTP/1.1 200 "), "{first:?}");
+    // Move the VMM on under another key: answering the replay afresh would say generation 5.
+    sim.client()
+        .vmm_ensure(id(), propolis, instance, 5)
+        .await
+        .expect("newer");
+    let replay = raw_exchange(sim.addr(), &raw_ensure(key, propolis, instance, 1)).await;
+    assert!(replay.starts_with("HTTP/1.1 200 "), "{replay:?}");
+    assert_eq!(raw_body(&replay), raw_body(&first));
+    assert!(raw_body(&replay).contains("\"generation\":1"), "{replay:?}");
+    assert_eq!(sim.faults().counters(Operation::VmmEnsure).replayed, 1);
+}
+
+#[tokio::test]
+async fn a_chunked_request_body_is_read_like_any_other() {
+    let sim = SledAgentSim::start().expect("start");
+    let (propolis, instance) = (id(), id());
+    let body = format!("{{\"instance_id\":\"{instance}\",\"generation\":7}}");
+    let (a, b) = body.split_at(10);
+    let request = format!(
+        "PUT /vmms/{propolis} HTTP/1.1\r\nIdempotency-Key: {}\r\nTransfer-Encoding: chunked\r\n\r\n\
+         {:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n",
+        id(),
+        a.len(),
+        b.len()
+    );
+    let answer = raw_exchange(sim.addr(), request.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer:?}");
+    assert_eq!(sim.vmms().len(), 1);
+    assert_eq!(sim.vmms()[0].generation, 7);
+}
+
+#[tokio::test]
+async fn one_request_per_connection() {
+    let sim = SledAgentSim::start().expect("start");
+    let request = "GET /vmms HTTP/1.1\r\nHost: sim\r\n\r\n";
+    let answer = raw_exchange(sim.addr(), format!("{request}{request}").as_bytes()).await;
+    assert_eq!(
+        answer.matches("HTTP/1.1 ").count(),
+        1,
+        "a second request on the connection was answered: {answer:?}"
+    );
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_reset_connection_is_unknown() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf).await;
+            // Closing with a zero linger sends a reset instead of a FIN.
+            stream.set_zero_linger().expect("SO_LINGER");
+            drop(stream);
+        }
+    });
+    assert_unknown(
+        SledAgentClient::new(addr)
+            .vmm_ensure(id(), id(), id(), 1)
+            .await,
+    );
+}
+
+#[tokio::test]
+async fn dropping_the_sim_abandons_the_requests_it_was_handling() {
+    let sim = SledAgentSim::start().expect("start");
+    let faults = sim.faults();
+    faults.delay(Duration::from_millis(300));
+    let client = sim.client();
+    let call = tokio::spawn(async move { client.vmm_ensure(id(), id(), id(), 1).await });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while faults.received(Operation::VmmEnsure) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the request never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(sim);
+    assert_unknown(call.await.expect("join"));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        faults.applied(Operation::VmmEnsure),
+        0,
+        "a stopped service applied a request"
+    );
+}
