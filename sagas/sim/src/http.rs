@@ -225,9 +225,9 @@ async fn serve_connection<H: Handler>(name: &'static str, stream: TcpStream, han
     let service = service_fn(move |request| read_request(request, exchanges.clone()));
     let connection = hyper::server::conn::http1::Builder::new()
         .keep_alive(false)
-        // A client that shuts down its side after sending the request still gets the answer. (Without this,
-        // hyper would close the connection on that EOF; it does not matter for the handling, which does not
-        // run in hyper's service future.)
+        // A client that shuts down its sending side after the request still gets the answer: hyper does not
+        // take that EOF for the client going away. (The handling does not depend on it either way: it does
+        // not run in hyper's service future.)
         .half_close(true)
         .max_header_size(MAX_HEAD)
         .max_headers(MAX_HEADERS)
@@ -276,8 +276,8 @@ async fn serve_connection<H: Handler>(name: &'static str, stream: TcpStream, han
             }
         }
         Reply::Drop => {
-            // hyper writes nothing before the service future resolves, and it never will: dropping the
-            // connection closes the socket with no response byte sent.
+            // hyper writes nothing of the response before the service future resolves, and it never will:
+            // dropping the connection closes the socket with no response byte sent.
             tracing::debug!(service = name, "closing the connection without a response");
         }
     }
@@ -306,8 +306,11 @@ async fn read_request(
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<LengthLimitError>() => return too_large(),
         Err(e) => {
-            let response =
-                Response::error(400, "bad_request", format!("failed to read the body: {e}"));
+            let response = Response::error(
+                400,
+                "bad_request",
+                format!("failed to read the body: {}", with_sources(&*e)),
+            );
             return Ok(response.into_hyper());
         }
     };
@@ -370,7 +373,7 @@ pub(crate) async fn exchange(
             let body = Limited::new(response.into_body(), MAX_BODY)
                 .collect()
                 .await
-                .map_err(|e| format!("read response body: {e}"))?
+                .map_err(|e| format!("read response body: {}", with_sources(&*e)))?
                 .to_bytes();
             Ok(Response {
                 status,
@@ -393,6 +396,18 @@ fn describe_client_error(e: hyper::Error) -> String {
     if e.is_incomplete_message() {
         "the server closed the connection without a complete response".to_string()
     } else {
-        format!("exchange failed: {e}")
+        format!("exchange failed: {}", with_sources(&e))
     }
+}
+
+/// An error and its sources, for a message: hyper's own say little (`connection error`) without the I/O
+/// error under them.
+fn with_sources(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        message.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    message
 }
