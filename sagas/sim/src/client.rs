@@ -24,6 +24,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use hyper::Method;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -51,7 +52,7 @@ struct Endpoint {
 impl Endpoint {
     async fn call<T: DeserializeOwned>(
         &self,
-        method: &str,
+        method: Method,
         path: &str,
         key: Option<Uuid>,
         compensates: Option<Uuid>,
@@ -71,23 +72,23 @@ impl Endpoint {
             .into_iter()
             .chain(compensates.map(|k| (COMPENSATES_KEY, k.to_string())))
             .collect();
-        tracing::debug!(addr = %self.addr, method, path, ?key, ?compensates, "calling simulated service");
+        tracing::debug!(addr = %self.addr, %method, path, ?key, ?compensates, "calling simulated service");
         let response = exchange(
             self.addr,
-            method,
+            method.clone(),
             path,
             &headers,
-            body.as_deref(),
+            body,
             self.timeout,
         )
         .await
         .map_err(|e| CallOutcomeError::Unknown(format!("{method} {path}: {e}")))?;
-        classify(method, path, response)
+        classify(&method, path, response)
     }
 }
 
 fn classify<T: DeserializeOwned>(
-    method: &str,
+    method: &Method,
     path: &str,
     response: Response,
 ) -> Result<T, CallOutcomeError> {
@@ -152,7 +153,7 @@ impl SledAgentClient {
         };
         self.endpoint
             .call(
-                "PUT",
+                Method::PUT,
                 &format!("/vmms/{propolis_id}"),
                 Some(key),
                 None,
@@ -175,7 +176,7 @@ impl SledAgentClient {
     ) -> Result<VmmUnregisterResponse, CallOutcomeError> {
         self.endpoint
             .call(
-                "DELETE",
+                Method::DELETE,
                 &format!("/vmms/{propolis_id}"),
                 Some(key),
                 compensates,
@@ -187,7 +188,7 @@ impl SledAgentClient {
     /// `GET /vmms`: every registered VMM, by propolis id.
     pub async fn list_vmms(&self) -> Result<Vec<Vmm>, CallOutcomeError> {
         self.endpoint
-            .call("GET", "/vmms", None, None, None::<&()>)
+            .call(Method::GET, "/vmms", None, None, None::<&()>)
             .await
     }
 }
@@ -231,7 +232,7 @@ impl PantryClient {
         let body = DiskAttachBody { volume };
         self.endpoint
             .call(
-                "POST",
+                Method::POST,
                 &format!("/disks/{disk_id}/attach"),
                 Some(key),
                 None,
@@ -250,7 +251,7 @@ impl PantryClient {
         let body = DiskSnapshotBody { snapshot_id };
         self.endpoint
             .call(
-                "POST",
+                Method::POST,
                 &format!("/disks/{disk_id}/snapshot"),
                 Some(key),
                 None,
@@ -273,7 +274,7 @@ impl PantryClient {
     ) -> Result<DiskDetachResponse, CallOutcomeError> {
         self.endpoint
             .call(
-                "DELETE",
+                Method::DELETE,
                 &format!("/disks/{disk_id}"),
                 Some(key),
                 compensates,
@@ -296,7 +297,7 @@ impl PantryClient {
     ) -> Result<SnapshotDeleteResponse, CallOutcomeError> {
         self.endpoint
             .call(
-                "DELETE",
+                Method::DELETE,
                 &format!("/snapshots/{snapshot_id}"),
                 Some(key),
                 compensates,
@@ -308,7 +309,7 @@ impl PantryClient {
     /// `GET /state`: every attachment and snapshot.
     pub async fn state(&self) -> Result<PantryState, CallOutcomeError> {
         self.endpoint
-            .call("GET", "/state", None, None, None::<&()>)
+            .call(Method::GET, "/state", None, None, None::<&()>)
             .await
     }
 }

@@ -1,74 +1,66 @@
-//! Just enough HTTP/1.1, over tokio's TCP types, for the simulated services and their clients.
+//! HTTP/1.1 for the simulated services and their clients, on hyper over tokio's TCP types.
 //!
-//! One request per connection: every response carries `Connection: close` and the server closes the connection
-//! after writing it. Bodies are delimited by `Content-Length` only; a request with `Transfer-Encoding` is
-//! answered with 501. The head is limited to [`MAX_HEAD`] bytes and the body to [`MAX_BODY`] bytes. A request
-//! that cannot be parsed gets a 400 (or 413, 431, 501) with an [`ErrorBody`]; the parser never panics.
+//! hyper reads and writes the wire format; this module only decides what a connection does. One request per
+//! connection: the server turns keep-alive off (hyper answers with `connection: close` and closes after the
+//! response) and the client asks for `Connection: close`. A request whose head hyper cannot parse is
+//! answered by hyper itself (400, or 431 for a head over [`MAX_HEAD`] bytes) with an empty body. A request
+//! whose head parses but whose body cannot be read (cut short, over [`MAX_BODY`] bytes) gets a 400 or 413
+//! with an [`ErrorBody`]. Either way the connection ends and the server keeps serving.
 //!
-//! The server is a task that accepts connections and runs a [`Handler`] on each one, in a task of its own
-//! owned by a `JoinSet`, so stopping the server (or dropping it) stops every connection too. A handler may
-//! answer [`Reply::Drop`], which closes the connection without writing anything: that is how a lost response
-//! is simulated.
+//! The server is a task that accepts connections and serves each one in a task of its own owned by a
+//! `JoinSet`, so stopping the server (or dropping it) stops every connection too. In that task, hyper's
+//! service future only reads the request and waits for the answer; the [`Handler`] runs outside it, in the
+//! connection task, while the hyper connection is not polled. So a caller that goes away (times out,
+//! disconnects) does not cancel the handling: a delayed request is still applied. A handler may answer
+//! [`Reply::Drop`]: the connection task then drops the hyper connection, and with it the socket, before
+//! hyper has written a byte of the response: that is how a lost response is simulated.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::{Body, Bytes, Incoming};
+use hyper::header::{CONNECTION, CONTENT_TYPE, HOST, HeaderMap, HeaderValue};
+use hyper::service::service_fn;
+use hyper::{Method, StatusCode};
+use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::error::{ErrorBody, SimError};
 
-/// Largest message head (start line and headers) accepted, in bytes.
+/// Largest request head (request line and headers) accepted, in bytes.
 pub(crate) const MAX_HEAD: usize = 16 * 1024;
 /// Largest message body accepted, in bytes.
 pub(crate) const MAX_BODY: usize = 1024 * 1024;
 /// Largest number of header lines accepted.
 const MAX_HEADERS: usize = 100;
-/// How long the server waits for a complete request before giving up on the connection.
-const SERVER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long the server keeps reading (and discarding) after answering a request it could not parse, so the
-/// client gets the answer instead of a reset.
-const LINGER: Duration = Duration::from_millis(500);
+/// How long the server waits for a complete request, and then for its answer to be written, before giving up
+/// on the connection.
+const SERVER_IO_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Reading or parsing an HTTP message failed.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum HttpError {
-    /// The peer closed the connection before sending a single byte.
-    #[error("connection closed before any data")]
-    ClosedEmpty,
-    /// The peer closed the connection in the middle of a message.
-    #[error("connection closed in the middle of a message")]
-    Truncated,
-    #[error("i/o error: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("malformed message: {0}")]
-    Malformed(String),
-    #[error("message head exceeds {MAX_HEAD} bytes")]
-    HeadTooLarge,
-    #[error("message body exceeds {MAX_BODY} bytes")]
-    BodyTooLarge,
-    #[error("unsupported: {0}")]
-    Unsupported(String),
-}
-
-/// A parsed request.
+/// A request, read in full.
 #[derive(Debug, Clone)]
 pub(crate) struct Request {
     pub(crate) method: String,
-    /// The request target without its query string, e.g. `/vmms/<uuid>`.
+    /// The request target's path, without its query string, e.g. `/vmms/<uuid>`.
     pub(crate) path: String,
-    headers: Vec<(String, String)>,
-    pub(crate) body: Vec<u8>,
+    headers: HeaderMap,
+    pub(crate) body: Bytes,
 }
 
 impl Request {
-    /// The value of the first header named `name` (case-insensitive).
-    pub(crate) fn header(&self, name: &str) -> Option<&str> {
-        find_header(&self.headers, name)
+    /// The value of the first header named `name` (case-insensitive). A value that is not visible ASCII is
+    /// returned lossily decoded, so that it is present but parses as nothing.
+    pub(crate) fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
     }
 
     /// The path split into its non-empty segments.
@@ -77,7 +69,7 @@ impl Request {
     }
 }
 
-/// A response to write.
+/// A response to write, or one that was read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Response {
     pub(crate) status: u16,
@@ -110,6 +102,19 @@ impl Response {
             br#"{"applied":false,"code":"internal","message":"unserializable error"}"#.to_vec()
         });
         Response { status, body }
+    }
+
+    /// The response as hyper writes it: the status, `Content-Type: application/json` and the body (hyper
+    /// adds `Content-Length`).
+    fn into_hyper(self) -> hyper::Response<Full<Bytes>> {
+        let mut response = hyper::Response::new(Full::new(Bytes::from(self.body)));
+        // Every status this crate writes is a literal between 200 and 599.
+        *response.status_mut() =
+            StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        response
     }
 }
 
@@ -209,339 +214,121 @@ async fn accept_loop<H: Handler>(
     // Dropping `connections` aborts the connections still open.
 }
 
-async fn serve_connection<H: Handler>(name: &'static str, mut stream: TcpStream, handler: Arc<H>) {
-    let request = match tokio::time::timeout(SERVER_READ_TIMEOUT, read_request(&mut stream)).await {
+/// A request read by hyper's service future, handed to the connection task with the way back for its answer.
+struct Exchange {
+    request: Request,
+    answer: oneshot::Sender<Response>,
+}
+
+async fn serve_connection<H: Handler>(name: &'static str, stream: TcpStream, handler: Arc<H>) {
+    let (exchanges, mut received) = mpsc::channel::<Exchange>(1);
+    let service = service_fn(move |request| read_request(request, exchanges.clone()));
+    let connection = hyper::server::conn::http1::Builder::new()
+        .keep_alive(false)
+        // A client that shuts down its sending side after the request still gets the answer: hyper does not
+        // take that EOF for the client going away. (The handling does not depend on it either way: it does
+        // not run in hyper's service future.)
+        .half_close(true)
+        .max_header_size(MAX_HEAD)
+        .max_headers(MAX_HEADERS)
+        .serve_connection(TokioIo::new(stream), service);
+    let mut connection = pin!(connection);
+
+    let reading = async {
+        tokio::select! {
+            // Ends when hyper answered by itself (a head it could not parse), `read_request` answered an error,
+            // or the peer went away.
+            ended = connection.as_mut() => Err(ended),
+            // `received` yields `None` only once the service is dropped, with the connection: never here.
+            Some(exchange) = received.recv() => Ok(exchange),
+        }
+    };
+    let Exchange { request, answer } = match tokio::time::timeout(SERVER_IO_TIMEOUT, reading).await
+    {
         Err(_) => {
             tracing::debug!(service = name, "timed out reading a request");
             return;
         }
-        Ok(Err(HttpError::ClosedEmpty)) => return,
-        Ok(Err(e)) => {
-            let (status, code) = match &e {
-                HttpError::HeadTooLarge => (431, "head_too_large"),
-                HttpError::BodyTooLarge => (413, "body_too_large"),
-                HttpError::Unsupported(_) => (501, "unsupported"),
-                _ => (400, "bad_request"),
-            };
-            tracing::info!(service = name, error = %e, status, "rejecting malformed request");
-            let response = Response::error(status, code, e.to_string());
-            if let Err(e) = write_response(&mut stream, &response).await {
-                tracing::debug!(service = name, error = %e, "failed to write error response");
-                return;
+        Ok(Err(ended)) => {
+            if let Err(e) = ended {
+                tracing::debug!(service = name, error = %e, "connection ended without a request");
             }
-            linger(&mut stream).await;
             return;
         }
-        Ok(Ok(request)) => request,
+        Ok(Ok(exchange)) => exchange,
     };
+
     tracing::debug!(service = name, method = %request.method, path = %request.path, "request");
+    // The connection is not polled while the handler runs: the caller going away cancels nothing.
     match handler.handle(request).await {
         Reply::Send(response) => {
-            if let Err(e) = write_response(&mut stream, &response).await {
-                tracing::debug!(service = name, error = %e, "failed to write response");
+            if answer.send(response).is_err() {
+                // Cannot happen: the service future waiting for the answer lives in `connection`.
+                tracing::debug!(service = name, "the answer had nowhere to go");
+                return;
+            }
+            match tokio::time::timeout(SERVER_IO_TIMEOUT, connection).await {
+                Err(_) => tracing::debug!(service = name, "timed out writing a response"),
+                Ok(Err(e)) => {
+                    tracing::debug!(service = name, error = %e, "failed to write response")
+                }
+                Ok(Ok(())) => {}
             }
         }
         Reply::Drop => {
+            // hyper writes nothing of the response before the service future resolves, and it never will:
+            // dropping the connection closes the socket with no response byte sent.
             tracing::debug!(service = name, "closing the connection without a response");
         }
     }
 }
 
-/// After answering a request that may not have been read in full: close our side, then discard what the client
-/// still sends for a short while, so that closing does not reset the connection before the client has read the
-/// answer.
-async fn linger(stream: &mut TcpStream) {
-    let _ = stream.shutdown().await;
-    let mut sink = [0u8; 4096];
-    let mut discarded = 0usize;
-    let _ = tokio::time::timeout(LINGER, async {
-        while discarded < MAX_BODY {
-            match stream.read(&mut sink).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => discarded += n,
-            }
-        }
-    })
-    .await;
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        409 => "Conflict",
-        413 => "Payload Too Large",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        501 => "Not Implemented",
-        503 => "Service Unavailable",
-        _ => "Unknown",
-    }
-}
-
-async fn write_response(stream: &mut TcpStream, response: &Response) -> std::io::Result<()> {
-    let head = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        response.status,
-        reason(response.status),
-        response.body.len()
-    );
-    let mut bytes = head.into_bytes();
-    bytes.extend_from_slice(&response.body);
-    stream.write_all(&bytes).await?;
-    stream.flush().await?;
-    stream.shutdown().await
-}
-
-/// A message head: its start line and headers.
-#[derive(Debug)]
-struct Head {
-    start_line: String,
-    headers: Vec<(String, String)>,
-}
-
-fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
-}
-
-/// Where the head ends in `buf`: (end of the head, start of the body). Accepts CRLF and, leniently, bare LF.
-fn find_head_end(buf: &[u8]) -> Option<(usize, usize)> {
-    (0..buf.len()).find_map(|i| {
-        let rest = &buf[i..];
-        if rest.starts_with(b"\r\n\r\n") {
-            Some((i, i + 4))
-        } else if rest.starts_with(b"\n\n") {
-            Some((i, i + 2))
-        } else {
-            None
-        }
-    })
-}
-
-fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
-
-fn parse_head(bytes: &[u8]) -> Result<Head, HttpError> {
-    let text =
-        std::str::from_utf8(bytes).map_err(|_| HttpError::Malformed("head is not UTF-8".into()))?;
-    let mut lines = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
-    let start_line = lines.next().unwrap_or_default().to_string();
-    if start_line.is_empty() {
-        return Err(HttpError::Malformed("empty start line".into()));
-    }
-    let mut headers = Vec::new();
-    for line in lines {
-        if headers.len() >= MAX_HEADERS {
-            return Err(HttpError::HeadTooLarge);
-        }
-        let Some((name, value)) = line.split_once(':') else {
-            return Err(HttpError::Malformed(format!(
-                "header line without a colon: {line:?}"
-            )));
-        };
-        if !is_token(name) {
-            return Err(HttpError::Malformed(format!(
-                "invalid header name: {name:?}"
-            )));
-        }
-        headers.push((name.to_string(), value.trim().to_string()));
-    }
-    Ok(Head {
-        start_line,
-        headers,
-    })
-}
-
-/// Reads up to the end of the head; returns the head and the body bytes read past it.
-async fn read_head<R: AsyncRead + Unpin>(reader: &mut R) -> Result<(Head, Vec<u8>), HttpError> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 4096];
-    loop {
-        let n = reader.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(if buf.is_empty() {
-                HttpError::ClosedEmpty
-            } else {
-                HttpError::Truncated
-            });
-        }
-        // Only the region that could contain a new terminator needs searching.
-        let search_from = buf.len().saturating_sub(3);
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some((head_end, body_start)) = find_head_end(&buf[search_from..]) {
-            let (head_end, body_start) = (search_from + head_end, search_from + body_start);
-            if head_end > MAX_HEAD {
-                return Err(HttpError::HeadTooLarge);
-            }
-            let head = parse_head(&buf[..head_end])?;
-            return Ok((head, buf[body_start..].to_vec()));
-        }
-        if buf.len() > MAX_HEAD {
-            return Err(HttpError::HeadTooLarge);
-        }
-    }
-}
-
-/// The value of the `Content-Length` header, if there is one. Conflicting duplicates are malformed.
-fn content_length(headers: &[(String, String)]) -> Result<Option<usize>, HttpError> {
-    let mut length = None;
-    for (_, value) in headers
-        .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-    {
-        if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(HttpError::Malformed(format!(
-                "invalid Content-Length: {value:?}"
-            )));
-        }
-        let parsed: usize = value
-            .parse()
-            .map_err(|_| HttpError::Malformed(format!("invalid Content-Length: {value:?}")))?;
-        if length.is_some_and(|l| l != parsed) {
-            return Err(HttpError::Malformed(
-                "conflicting Content-Length headers".into(),
-            ));
-        }
-        length = Some(parsed);
-    }
-    if length.is_some_and(|l| l > MAX_BODY) {
-        return Err(HttpError::BodyTooLarge);
-    }
-    Ok(length)
-}
-
-/// Reads the rest of a body of `length` bytes, `already` of which have been read.
-async fn read_body<R: AsyncRead + Unpin>(
-    reader: &mut R,
-    mut already: Vec<u8>,
-    length: usize,
-) -> Result<Vec<u8>, HttpError> {
-    if already.len() >= length {
-        // Anything past the body (a pipelined request) is ignored: one request per connection.
-        already.truncate(length);
-        return Ok(already);
-    }
-    let mut rest = vec![0u8; length - already.len()];
-    reader
-        .read_exact(&mut rest)
-        .await
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => HttpError::Truncated,
-            _ => HttpError::Io(e),
-        })?;
-    already.extend_from_slice(&rest);
-    Ok(already)
-}
-
-/// Reads a body delimited by the end of the connection.
-async fn read_to_eof<R: AsyncRead + Unpin>(
-    reader: &mut R,
-    mut already: Vec<u8>,
-) -> Result<Vec<u8>, HttpError> {
-    let mut chunk = [0u8; 4096];
-    loop {
-        if already.len() > MAX_BODY {
-            return Err(HttpError::BodyTooLarge);
-        }
-        let n = reader.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(already);
-        }
-        already.extend_from_slice(&chunk[..n]);
-    }
-}
-
-/// Reads and parses one request.
-pub(crate) async fn read_request<R: AsyncRead + Unpin>(
-    reader: &mut R,
-) -> Result<Request, HttpError> {
-    let (head, already) = read_head(reader).await?;
-    let mut parts = head.start_line.split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(HttpError::Malformed(format!(
-            "invalid request line: {:?}",
-            head.start_line
-        )));
+/// hyper's service: reads the body, hands the request to the connection task, and answers what that task
+/// sends back. A body that cannot be read is answered here, with an error document.
+async fn read_request(
+    request: hyper::Request<Incoming>,
+    exchanges: mpsc::Sender<Exchange>,
+) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
+    let (parts, body) = request.into_parts();
+    let too_large = || {
+        let response = Response::error(
+            413,
+            "body_too_large",
+            format!("message body exceeds {MAX_BODY} bytes"),
+        );
+        Ok(response.into_hyper())
     };
-    if !is_token(method) {
-        return Err(HttpError::Malformed(format!("invalid method: {method:?}")));
+    // A declared length over the limit is refused before a byte of the body is read.
+    if body.size_hint().lower() > MAX_BODY as u64 {
+        return too_large();
     }
-    if !target.starts_with('/') {
-        return Err(HttpError::Malformed(format!(
-            "invalid request target: {target:?}"
-        )));
-    }
-    if version != "HTTP/1.1" && version != "HTTP/1.0" {
-        return Err(HttpError::Malformed(format!(
-            "unsupported HTTP version: {version:?}"
-        )));
-    }
-    if find_header(&head.headers, "transfer-encoding").is_some() {
-        return Err(HttpError::Unsupported(
-            "Transfer-Encoding (send Content-Length)".into(),
-        ));
-    }
-    let body = match content_length(&head.headers)? {
-        Some(length) => read_body(reader, already, length).await?,
-        None => Vec::new(),
+    let body = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<LengthLimitError>() => return too_large(),
+        Err(e) => {
+            let response = Response::error(
+                400,
+                "bad_request",
+                format!("failed to read the body: {}", with_sources(&*e)),
+            );
+            return Ok(response.into_hyper());
+        }
     };
-    let path = target
-        .split_once('?')
-        .map_or(target, |(p, _)| p)
-        .to_string();
-    Ok(Request {
-        method: method.to_string(),
-        path,
-        headers: head.headers,
+    let request = Request {
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_string(),
+        headers: parts.headers,
         body,
-    })
-}
-
-/// Reads and parses one response (the status code and the body).
-pub(crate) async fn read_response<R: AsyncRead + Unpin>(
-    reader: &mut R,
-) -> Result<Response, HttpError> {
-    let (head, already) = read_head(reader).await?;
-    let mut parts = head.start_line.splitn(3, ' ');
-    let (Some(version), Some(status)) = (parts.next(), parts.next()) else {
-        return Err(HttpError::Malformed(format!(
-            "invalid status line: {:?}",
-            head.start_line
-        )));
     };
-    if version != "HTTP/1.1" && version != "HTTP/1.0" {
-        return Err(HttpError::Malformed(format!(
-            "unsupported HTTP version: {version:?}"
-        )));
+    let (answer, answered) = oneshot::channel();
+    if exchanges.send(Exchange { request, answer }).await.is_ok()
+        && let Ok(response) = answered.await
+    {
+        return Ok(response.into_hyper());
     }
-    let status = match status.parse::<u16>() {
-        Ok(s) if (100..=599).contains(&s) && status.len() == 3 => s,
-        _ => {
-            return Err(HttpError::Malformed(format!(
-                "invalid status code: {status:?}"
-            )));
-        }
-    };
-    if find_header(&head.headers, "transfer-encoding").is_some() {
-        return Err(HttpError::Unsupported(
-            "Transfer-Encoding in a response".into(),
-        ));
-    }
-    let body = match content_length(&head.headers)? {
-        Some(length) => read_body(reader, already, length).await?,
-        None => read_to_eof(reader, already).await?,
-    };
-    Ok(Response { status, body })
+    // The connection task is gone, or chose not to answer: it is dropping this connection. Answering anything
+    // now could only send a response the handler did not give, so never resolve.
+    std::future::pending().await
 }
 
 /// Sends one request on a fresh connection and reads the response, all within `timeout`.
@@ -550,47 +337,54 @@ pub(crate) async fn read_response<R: AsyncRead + Unpin>(
 /// mean the same thing, that the outcome is unknown.
 pub(crate) async fn exchange(
     addr: SocketAddr,
-    method: &str,
+    method: Method,
     path: &str,
     headers: &[(&str, String)],
-    body: Option<&[u8]>,
+    body: Option<Vec<u8>>,
     timeout: Duration,
 ) -> Result<Response, String> {
-    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let mut request = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(HOST, addr.to_string())
+        .header(CONNECTION, "close");
     for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
+        request = request.header(*name, value);
     }
-    if let Some(body) = body {
-        request.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            body.len()
-        ));
-    } else {
-        request.push_str("Content-Length: 0\r\n");
+    if body.is_some() {
+        request = request.header(CONTENT_TYPE, "application/json");
     }
-    request.push_str("\r\n");
-    let mut bytes = request.into_bytes();
-    if let Some(body) = body {
-        bytes.extend_from_slice(body);
-    }
+    let request = request
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))
+        .map_err(|e| format!("invalid request: {e}"))?;
     let attempt = async {
-        let mut stream = TcpStream::connect(addr)
+        let stream = TcpStream::connect(addr)
             .await
             .map_err(|e| format!("connect to {addr}: {e}"))?;
-        stream
-            .write_all(&bytes)
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| format!("write request: {e}"))?;
-        stream
-            .flush()
-            .await
-            .map_err(|e| format!("write request: {e}"))?;
-        read_response(&mut stream).await.map_err(|e| match e {
-            HttpError::ClosedEmpty => {
-                "the server closed the connection without a response".to_string()
-            }
-            e => format!("read response: {e}"),
-        })
+            .map_err(|e| format!("handshake: {e}"))?;
+        let answer = async {
+            let response = sender
+                .send_request(request)
+                .await
+                .map_err(describe_client_error)?;
+            let status = response.status().as_u16();
+            let body = Limited::new(response.into_body(), MAX_BODY)
+                .collect()
+                .await
+                .map_err(|e| format!("read response body: {}", with_sources(&*e)))?
+                .to_bytes();
+            Ok(Response {
+                status,
+                body: body.to_vec(),
+            })
+        };
+        tokio::select! {
+            answer = answer => answer,
+            // A connection that ends cleanly has delivered the answer; wait for it in the other branch.
+            Err(e) = connection => Err(describe_client_error(e)),
+        }
     };
     match tokio::time::timeout(timeout, attempt).await {
         Ok(result) => result,
@@ -598,81 +392,22 @@ pub(crate) async fn exchange(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    async fn parse(bytes: &[u8]) -> Result<Request, HttpError> {
-        let mut reader = bytes;
-        read_request(&mut reader).await
+fn describe_client_error(e: hyper::Error) -> String {
+    if e.is_incomplete_message() {
+        "the server closed the connection without a complete response".to_string()
+    } else {
+        format!("exchange failed: {}", with_sources(&e))
     }
+}
 
-    #[tokio::test]
-    async fn parses_a_request() {
-        let r = parse(
-            b"PUT /vmms/x?q=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nX-A:  b \r\n\r\n{}extra",
-        )
-        .await
-        .expect("parses");
-        assert_eq!(r.method, "PUT");
-        assert_eq!(r.path, "/vmms/x");
-        assert_eq!(r.segments(), vec!["vmms", "x"]);
-        assert_eq!(r.header("x-a"), Some("b"));
-        assert_eq!(r.body, b"{}");
+/// An error and its sources, for a message: hyper's own say little (`connection error`) without the I/O
+/// error under them.
+fn with_sources(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        message.push_str(&format!(": {cause}"));
+        source = cause.source();
     }
-
-    #[tokio::test]
-    async fn rejects_malformed_requests() {
-        let cases: &[&[u8]] = &[
-            b"GARBAGE\r\n\r\n",
-            b"GET / HTTP/1.1 extra\r\n\r\n",
-            b"GET nopath HTTP/1.1\r\n\r\n",
-            b"GET / HTTP/9\r\n\r\n",
-            b"GET / HTTP/1.1\r\nno colon\r\n\r\n",
-            b"GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
-            b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
-            b"GET / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n",
-            b"GET / HTTP/1.1\r\nContent-Length: 10\r\n\r\nshort",
-            b"\xff\xfe / HTTP/1.1\r\n\r\n",
-            b"GET / HTTP/1.1\r\n",
-            b"",
-        ];
-        for case in cases {
-            assert!(
-                parse(case).await.is_err(),
-                "accepted {:?}",
-                String::from_utf8_lossy(case)
-            );
-        }
-    }
-
-    #[tokio::test]
-    async fn enforces_limits() {
-        let mut big = b"GET / HTTP/1.1\r\nX: ".to_vec();
-        big.extend(std::iter::repeat_n(b'a', MAX_HEAD + 10));
-        big.extend_from_slice(b"\r\n\r\n");
-        assert!(matches!(parse(&big).await, Err(HttpError::HeadTooLarge)));
-        let huge = format!("GET / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", MAX_BODY + 1);
-        assert!(matches!(
-            parse(huge.as_bytes()).await,
-            Err(HttpError::BodyTooLarge)
-        ));
-        let chunked = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
-        assert!(matches!(
-            parse(chunked).await,
-            Err(HttpError::Unsupported(_))
-        ));
-    }
-
-    #[tokio::test]
-    async fn parses_responses() {
-        let mut ok: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
-        let r = read_response(&mut ok).await.expect("parses");
-        assert_eq!((r.status, r.body.as_slice()), (200, &b"{}"[..]));
-        let mut eof: &[u8] = b"HTTP/1.0 503 Nope\r\n\r\nbody";
-        let r = read_response(&mut eof).await.expect("parses");
-        assert_eq!((r.status, r.body.as_slice()), (503, &b"body"[..]));
-        let mut bad: &[u8] = b"HTTP/1.1 2000 OK\r\n\r\n";
-        assert!(read_response(&mut bad).await.is_err());
-    }
+    message
 }

@@ -7,9 +7,11 @@
 //! and the node not know it. This crate makes that situation real, so the engine's handling of it can be
 //! tested: [`SledAgentSim`] and [`PantrySim`] are real HTTP/1.1 servers on `127.0.0.1`, each on an ephemeral
 //! port, each with its own in-memory state, idempotency records and fault knobs. Clients ([`SledAgentClient`],
-//! [`PantryClient`]) talk to them over TCP; nothing is mocked. The HTTP is the crate's own minimal
-//! implementation over tokio (one request per connection, `Content-Length` bodies, JSON), and the server
-//! answers anything it cannot parse with 400 and keeps serving.
+//! [`PantryClient`]) talk to them over TCP; nothing is mocked. The HTTP is hyper's, server and client, over
+//! tokio: one request per connection, JSON bodies. A request whose head does not parse gets hyper's own bare
+//! 400 (431 for a head over 16 KiB); a request that parses but cannot be accepted (a body cut short or over
+//! 1 MiB, a missing or malformed idempotency key, a bad JSON body, an unknown path) gets a 4xx with the
+//! service's error document. Either way the server keeps serving.
 //!
 //! ## Idempotency
 //!
