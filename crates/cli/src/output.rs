@@ -38,6 +38,30 @@ pub fn interactive() -> bool {
     std::io::stdout().is_terminal() && std::io::stderr().is_terminal()
 }
 
+/// The bar being drawn, if any: the engine's log lines are written around it (see [`StderrAroundBar`]).
+static ACTIVE_BAR: Mutex<Option<ProgressBar>> = Mutex::new(None);
+
+fn active_bar() -> Option<ProgressBar> {
+    ACTIVE_BAR.lock().map(|bar| bar.clone()).unwrap_or_default()
+}
+
+/// stderr for the engine's log: a line is written with the progress bar (if one is drawn) cleared, then the
+/// bar redrawn below it, so that the two do not tear each other.
+pub struct StderrAroundBar;
+
+impl Write for StderrAroundBar {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match active_bar() {
+            Some(bar) => bar.suspend(|| std::io::stderr().write(buf)),
+            None => std::io::stderr().write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
 /// Progress through `total` steps: a bar on stderr when a person is watching, plain lines otherwise.
 pub struct Progress {
     bar: Option<ProgressBar>,
@@ -63,6 +87,9 @@ impl Progress {
             bar.set_style(style);
             bar.set_draw_target(ProgressDrawTarget::stderr());
             bar.enable_steady_tick(std::time::Duration::from_millis(200));
+            if let Ok(mut active) = ACTIVE_BAR.lock() {
+                *active = Some(bar.clone());
+            }
             bar
         });
         Progress { bar, say }
@@ -101,6 +128,9 @@ impl Progress {
     pub fn finish(&self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
+            if let Ok(mut active) = ACTIVE_BAR.lock() {
+                *active = None;
+            }
         }
     }
 }
@@ -159,7 +189,7 @@ pub fn init_log(to_file: Option<&str>) -> Option<LogFile> {
     }
     builder
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
+        .with_writer(|| StderrAroundBar)
         .init();
     None
 }

@@ -177,16 +177,16 @@ pub async fn run(global: &Global, saga: &RunSaga) -> anyhow::Result<()> {
             _ => String::new(),
         };
         let line = format!("[{done:>4}/{count}] saga {id}: {kind}{detail}");
-        progress.message(format!(
-            "{} succeeded",
-            outcomes.get("succeeded").copied().unwrap_or(0)
-        ));
         if matches!(outcome, SagaOutcome::Succeeded { .. }) {
             progress.step(line);
         } else {
             progress.note(line);
             progress.inc();
         }
+        progress.message(format!(
+            "{} succeeded",
+            outcomes.get("succeeded").copied().unwrap_or(0)
+        ));
         by_saga.insert(id, outcome);
     }
     progress.finish();
