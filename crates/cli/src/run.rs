@@ -115,6 +115,8 @@ pub async fn run(global: &Global, saga: &RunSaga) -> anyhow::Result<()> {
 
     // Prerequisites and parameters, one set per saga, made before any saga starts.
     let mut jobs = Vec::with_capacity(count);
+    let preparing = Progress::new(Some(count as u64), say);
+    preparing.message("preparing each saga's instance, disks and parameters");
     for i in 0..count {
         let job = commands::retrying("preparing a saga's prerequisites", || async {
             let mut conn = engine
@@ -126,7 +128,9 @@ pub async fn run(global: &Global, saga: &RunSaga) -> anyhow::Result<()> {
         })
         .await?;
         jobs.push(job);
+        preparing.inc();
     }
+    preparing.finish();
     let started = Instant::now();
     let mut outcomes: BTreeMap<&'static str, usize> = BTreeMap::new();
     let mut by_saga: BTreeMap<Uuid, SagaOutcome> = BTreeMap::new();
