@@ -40,7 +40,7 @@ impl NodeState {
             NodeState::Running => "lightblue",
             NodeState::Succeeded => "palegreen",
             NodeState::Failed => "salmon",
-            NodeState::Compensating => "lightgoldenrod",
+            NodeState::Compensating => "orange",
             NodeState::Compensated => "khaki",
             NodeState::Stuck => "red",
         }
@@ -101,10 +101,22 @@ pub fn render(history: &SagaHistory) -> String {
     );
     for (id, name) in &names {
         let state = states.get(id).copied().unwrap_or(NodeState::NotRun);
+        // A node that failed after its commit undid that commit itself (a compensation record), or left it
+        // in effect: say which.
+        let committed = history.commits.iter().any(|c| &c.node_name == name);
+        let undone = history
+            .compensations
+            .iter()
+            .any(|c| &c.node_name == name && c.had_commit);
+        let detail = match (state, committed, undone) {
+            (NodeState::Failed, true, true) => " (its commit undone)",
+            (NodeState::Failed, true, false) => " (its commit in effect)",
+            _ => "",
+        };
         let _ = writeln!(
             out,
             "  n{id} [label={}, fillcolor={}];",
-            quote(&format!("{name}\n{}", state.label())).replace("\n", "\\n"),
+            quote(&format!("{name}\n{}{detail}", state.label())).replace("\n", "\\n"),
             quote(state.colour())
         );
     }

@@ -252,6 +252,19 @@ async fn show_prints_receipts_whole_with_full_and_the_dag_with_dot() {
     assert!(node("reserve_widget").contains("\\nsucceeded\""), "{dot:?}");
     assert!(dot.stdout.contains(" -> "), "{dot:?}");
     assert!(dot.stdout.trim_end().ends_with('}'), "{dot:?}");
+    // A node that failed after its commit undid the commit itself: the DAG says so.
+    let unwound = unwound_saga(&engine, account).await;
+    let dot = ratchet(&db, &["sagas", "show", &unwound.to_string(), "--dot"]);
+    assert!(
+        dot.stdout
+            .contains("label=\"activate_widget\\nfailed (its commit undone)\""),
+        "{dot:?}"
+    );
+    assert!(
+        dot.stdout
+            .contains("label=\"charge_account\\ncompensated\""),
+        "{dot:?}"
+    );
     assert_usage_error(
         &ratchet(&db, &["sagas", "show", &id_s, "--dot", "--json"]),
         "cannot be used with",
