@@ -26,7 +26,7 @@
 //! To add a saga definition: one `.register::<Saga>(context)` line in [`engine_builder`], and its tables'
 //! migrations in [`saga_migrations`].
 
-use crate::args::Args;
+use crate::cli::ServiceArgs;
 use anyhow::{Context, bail};
 use diesel::sql_types::{Array, BigInt, Text, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
@@ -40,9 +40,6 @@ use ratchet_sim::{PantryClient, SledAgentClient};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use uuid::Uuid;
-
-/// The options that name the services the Nexus sagas call.
-pub const SERVICE_OPTIONS: [&str; 2] = ["--sled-agent", "--pantry"];
 
 /// The names of the sagas that need the sled agent and the pantry.
 pub const NEXUS_SAGAS: [&str; 4] = [
@@ -60,21 +57,11 @@ pub struct ServiceAddrs {
 }
 
 impl ServiceAddrs {
-    /// `--sled-agent ADDR --pantry ADDR`: both, or neither (`None`).
-    pub fn from_args(args: &Args) -> anyhow::Result<Option<ServiceAddrs>> {
-        let sled_agent = args.value::<SocketAddr>("--sled-agent")?;
-        let pantry = args.value::<SocketAddr>("--pantry")?;
-        match (sled_agent, pantry) {
-            (Some(sled_agent), Some(pantry)) => Ok(Some(ServiceAddrs { sled_agent, pantry })),
-            (None, None) => Ok(None),
-            (Some(_), None) => bail!(
-                "--sled-agent needs --pantry ADDR too (the Nexus sagas call both; `ratchet sim` prints both \
-                 addresses)"
-            ),
-            (None, Some(_)) => bail!(
-                "--pantry needs --sled-agent ADDR too (the Nexus sagas call both; `ratchet sim` prints both \
-                 addresses)"
-            ),
+    /// `--sled-agent ADDR --pantry ADDR`: both, or neither (`None`; clap refuses one without the other).
+    pub fn from_args(args: &ServiceArgs) -> Option<ServiceAddrs> {
+        match (args.sled_agent, args.pantry) {
+            (Some(sled_agent), Some(pantry)) => Some(ServiceAddrs { sled_agent, pantry }),
+            _ => None,
         }
     }
 

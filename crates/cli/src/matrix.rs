@@ -1,38 +1,37 @@
 //! `ratchet matrix`: the fault-injection matrix on the embedded PostgreSQL (or `--database-url`'s server).
+//!
+//! On a terminal a progress bar counts the cells (and prints the ones that fail); otherwise each cell is one
+//! line. The engine's log of the faults the matrix injects on purpose goes to a file (see `main`).
 
-use crate::args::Args;
+use crate::cli::{Global, MatrixArgs};
 use crate::commands;
+use crate::output::{Progress, Say};
 use anyhow::{Context, bail};
-use ratchet_fault_injection::{Fault, Matrix, Status, nexus};
-use std::io::Write;
+use ratchet_fault_injection::{Matrix, Status, nexus};
 
-pub async fn matrix(args: &Args) -> anyhow::Result<()> {
-    args.only(&["--saga", "--fault", "--json", "--parallel", "--pairs"])?;
+pub async fn matrix(global: &Global, args: &MatrixArgs) -> anyhow::Result<()> {
     // --pairs adds, for every database and external node N, an error right after N's COMMIT followed by a
     // crash in the compensation of N or of a node before it (see ratchet_fault_injection::cell).
-    let mut matrix = Matrix::new().pairs(args.flag("--pairs"));
-    let sagas = args.values("--saga")?;
-    if sagas.is_empty() {
+    let mut matrix = Matrix::new().pairs(args.pairs);
+    if args.saga.is_empty() {
         matrix = nexus::all_suites(matrix);
     }
-    for saga in &sagas {
+    for saga in &args.saga {
         matrix = nexus::add_suite(matrix, saga).map_err(anyhow::Error::msg)?;
     }
-    let faults = args
-        .values("--fault")?
-        .iter()
-        .map(|f| f.parse::<Fault>().map_err(anyhow::Error::msg))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    if !faults.is_empty() {
-        matrix = matrix.faults(&faults);
+    if !args.fault.is_empty() {
+        matrix = matrix.faults(&args.fault);
     }
-    matrix = matrix.parallel(args.value::<usize>("--parallel")?.unwrap_or(4));
+    matrix = matrix.parallel(usize::from(args.parallel));
 
-    let server = commands::database_server(args).await?;
+    let server = commands::database_server(global).await?;
     quiet_injected_panics();
     println!("running the fault matrix (each cell on a fresh database)...");
+    let mut progress: Option<Progress> = None;
     let report = matrix
         .run(&server, |cell, done, total| {
+            let progress = progress
+                .get_or_insert_with(|| Progress::new(Some(total as u64), Say { json: false }));
             let mark = match cell.status {
                 Status::Pass => "ok",
                 Status::Detected => "detected (expected)",
@@ -40,20 +39,27 @@ pub async fn matrix(args: &Args) -> anyhow::Result<()> {
                 Status::Missed => "MISSED DETECTION",
                 Status::NotApplicable => "not applicable",
             };
-            println!(
+            let line = format!(
                 "[{done:>3}/{total}] {} / {} / {}: {mark} ({} ms)",
                 cell.saga,
                 cell.cell.node,
                 cell.cell.label(),
                 cell.millis
             );
-            let _ = std::io::stdout().flush();
+            progress.message(format!("{} / {}", cell.saga, cell.cell.node));
+            if matches!(cell.status, Status::Fail | Status::Missed) {
+                progress.note(&line);
+                progress.inc();
+            } else {
+                progress.step(line);
+            }
         })
         .await?;
+    drop(progress);
     println!("\n{}", report.table());
-    if let Some(path) = args.value::<std::path::PathBuf>("--json")? {
+    if let Some(path) = &args.json {
         let json = serde_json::to_string_pretty(&report)?;
-        std::fs::write(&path, json).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
         println!("wrote {}", path.display());
     }
     let failures = report.failures().len();

@@ -11,9 +11,10 @@
 //! `--create-first` records every saga durably before any runs (as if all the requests had arrived at once),
 //! so that a crash leaves every unfinished one for recovery to resume.
 
-use crate::args::Args;
+use crate::cli::{Global, InstanceCreateArgs, RunSaga};
 use crate::commands;
-use crate::engine_setup::{self, SERVICE_OPTIONS, ServiceAddrs};
+use crate::engine_setup::{self, ServiceAddrs};
+use crate::output::{Progress, Say, print_json};
 use anyhow::{Context, bail};
 use futures::StreamExt;
 use ratchet_datastore as ds;
@@ -26,62 +27,43 @@ use ratchet_sagas::{
 use ratchet_sim::{PantryClient, SledAgentClient};
 use ratchet_store::{PoolConfig, pool};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
-const COMMON: [&str; 7] = [
-    "--count",
-    "--concurrency",
-    "--pool-size",
-    "--pool-timeout-ms",
-    "--create-first",
-    SERVICE_OPTIONS[0],
-    SERVICE_OPTIONS[1],
-];
+/// What `ratchet run --json` prints: how each saga came to rest, and the check that followed.
+#[derive(serde::Serialize)]
+struct RunSummary {
+    saga: &'static str,
+    count: usize,
+    elapsed_secs: f64,
+    /// How many sagas ended each way (`succeeded`, `unwound`, `STUCK`, ...).
+    tally: BTreeMap<&'static str, usize>,
+    outcomes: BTreeMap<Uuid, SagaOutcome>,
+    violations: Vec<ratchet_datastore::Violation>,
+    /// Instances neither complete nor gone.
+    incomplete: Vec<String>,
+}
 
-pub async fn run(args: &Args, saga: &str) -> anyhow::Result<()> {
-    let mut known: Vec<&str> = COMMON.to_vec();
-    if saga == "instance-create" {
-        known.extend([
-            "--disks",
-            "--create-disks",
-            "--nics",
-            "--external-ip",
-            "--start",
-            "--legacy-attach",
-            "--fail-refetch",
-        ]);
-    }
-    args.only(&known)?;
-    if ![
-        "instance-create",
-        "disk-attach",
-        "disk-detach",
-        "snapshot-create",
-    ]
-    .contains(&saga)
-    {
-        bail!(
-            "unknown saga {saga:?} (instance-create, disk-attach, disk-detach or snapshot-create)"
-        );
-    }
-    let count = args.value::<usize>("--count")?.unwrap_or(10);
-    let concurrency = args.value::<usize>("--concurrency")?.unwrap_or(4).max(1);
-    let pool_size = args.value::<u32>("--pool-size")?.unwrap_or(16).max(1);
-    let pool_timeout = args.value::<u64>("--pool-timeout-ms")?.unwrap_or(1_000);
+pub async fn run(global: &Global, saga: &RunSaga) -> anyhow::Result<()> {
+    let common = saga.common();
+    let json = common.output.json();
+    let say = Say { json };
+    let name = saga.name();
+    let count = common.count;
+    let concurrency = common.concurrency as usize;
+    let pool_size = common.pool_size;
+    let pool_timeout = common.pool_timeout_ms;
 
-    let url = commands::database_url(args).await?;
-    let sec = commands::sec_id(args)?;
-    commands::prepare_database(&url).await?;
-    let services = match ServiceAddrs::from_args(args)? {
+    let (url, executor) = commands::open(global, "run").await?;
+    let sec = executor.id;
+    let services = match ServiceAddrs::from_args(&common.services) {
         Some(addrs) => {
             addrs.check_reachable().await?;
-            println!(
+            say.line(format_args!(
                 "using the sled agent at {} and the pantry at {}",
                 addrs.sled_agent, addrs.pantry
-            );
+            ));
             RunServices::External(addrs)
         }
         None => {
@@ -111,22 +93,30 @@ pub async fn run(args: &Args, saga: &str) -> anyhow::Result<()> {
         .start()
         .await?;
     if !recovered.resumed.is_empty() || !recovered.abandoned.is_empty() {
-        println!(
+        say.line(format_args!(
             "recovered {} unfinished saga(s) first (abandoned {}); they finish alongside this run's",
             recovered.resumed.len(),
             recovered.abandoned.len()
-        );
+        ));
     }
-    if let Some(n) = args.value::<u64>("--fail-refetch")? {
-        app.legacy.fail_refetch(n);
-        println!("the legacy attach's re-fetch will fail {n} time(s) (LegacyKnobs::fail_refetch)");
+    if let RunSaga::InstanceCreate(InstanceCreateArgs {
+        fail_refetch: Some(n),
+        ..
+    }) = saga
+    {
+        app.legacy.fail_refetch(*n);
+        say.line(format_args!(
+            "the legacy attach's re-fetch will fail {n} time(s) (LegacyKnobs::fail_refetch)"
+        ));
     }
-    println!(
-        "running {count} {saga} saga(s), {concurrency} at a time, pool of {pool_size} (checkout timeout {pool_timeout} ms)"
-    );
+    say.line(format_args!(
+        "running {count} {name} saga(s), {concurrency} at a time, pool of {pool_size} (checkout timeout {pool_timeout} ms)"
+    ));
 
     // Prerequisites and parameters, one set per saga, made before any saga starts.
     let mut jobs = Vec::with_capacity(count);
+    let preparing = Progress::new(Some(count as u64), say);
+    preparing.message("preparing each saga's instance, disks and parameters");
     for i in 0..count {
         let job = commands::retrying("preparing a saga's prerequisites", || async {
             let mut conn = engine
@@ -134,21 +124,23 @@ pub async fn run(args: &Args, saga: &str) -> anyhow::Result<()> {
                 .get()
                 .await
                 .map_err(ratchet_store::DbError::from)?;
-            prepare(args, saga, &mut conn, &world, i).await
+            prepare(saga, &mut conn, &world, i).await
         })
         .await?;
         jobs.push(job);
+        preparing.inc();
     }
+    preparing.finish();
     let started = Instant::now();
     let mut outcomes: BTreeMap<&'static str, usize> = BTreeMap::new();
+    let mut by_saga: BTreeMap<Uuid, SagaOutcome> = BTreeMap::new();
     let mut done = 0;
-    let mut results = if args.flag("--create-first") {
+    let mut results = if common.create_first {
         let mut created = Vec::with_capacity(count);
         for job in jobs {
             created.push(job.create(&engine).await?);
         }
-        println!("created {count} saga(s); running them");
-        let _ = std::io::stdout().flush();
+        say.line(format_args!("created {count} saga(s); running them"));
         futures::stream::iter(created)
             .map(|saga| async move {
                 let id = saga.id;
@@ -166,6 +158,7 @@ pub async fn run(args: &Args, saga: &str) -> anyhow::Result<()> {
             .buffer_unordered(concurrency)
             .boxed()
     };
+    let progress = Progress::new(Some(count as u64), say);
     while let Some(result) = results.next().await {
         done += 1;
         let (id, outcome) = result?;
@@ -187,21 +180,31 @@ pub async fn run(args: &Args, saga: &str) -> anyhow::Result<()> {
             } => format!(" (undo of {undo_node} failed: {undo_error})"),
             _ => String::new(),
         };
-        println!("[{done:>4}/{count}] saga {id}: {kind}{detail}");
-        let _ = std::io::stdout().flush();
+        let line = format!("[{done:>4}/{count}] saga {id}: {kind}{detail}");
+        if matches!(outcome, SagaOutcome::Succeeded { .. }) {
+            progress.step(line);
+        } else {
+            progress.note(line);
+            progress.inc();
+        }
+        progress.message(format!(
+            "{} succeeded",
+            outcomes.get("succeeded").copied().unwrap_or(0)
+        ));
+        by_saga.insert(id, outcome);
     }
+    progress.finish();
     let elapsed = started.elapsed();
     let summary: Vec<String> = outcomes.iter().map(|(k, n)| format!("{n} {k}")).collect();
-    println!(
+    say.line(format_args!(
         "\n{count} saga(s) in {:.2} s: {}",
         elapsed.as_secs_f64(),
         summary.join(", ")
-    );
+    ));
 
     let mut problems = Vec::new();
-    if saga == "instance-create" {
-        let want = args.value::<usize>("--disks")?.unwrap_or(0)
-            + args.value::<usize>("--create-disks")?.unwrap_or(0);
+    if let RunSaga::InstanceCreate(args) = saga {
+        let want = args.disks + args.create_disks;
         problems.extend(
             commands::retrying("checking the instances", || async {
                 let mut conn = engine
@@ -209,7 +212,7 @@ pub async fn run(args: &Args, saga: &str) -> anyhow::Result<()> {
                     .get()
                     .await
                     .map_err(ratchet_store::DbError::from)?;
-                instances_complete_or_gone(&mut conn, &world, want).await
+                instances_complete_or_gone(&mut conn, &world, want, say).await
             })
             .await?,
         );
@@ -224,12 +227,27 @@ pub async fn run(args: &Args, saga: &str) -> anyhow::Result<()> {
         Ok(invariants::check(&mut conn, &sled_agent, &pantry).await?)
     })
     .await?;
-    println!("invariant check: {} violation(s)", violations.len());
+    say.line(format_args!(
+        "invariant check: {} violation(s)",
+        violations.len()
+    ));
     for violation in &violations {
-        println!("  {}: {}", violation.rule, violation.detail);
+        say.line(format_args!("  {}: {}", violation.rule, violation.detail));
     }
     for problem in &problems {
-        println!("  {problem}");
+        say.line(format_args!("  {problem}"));
+    }
+    engine.shutdown().await;
+    if json {
+        print_json(&RunSummary {
+            saga: name,
+            count,
+            elapsed_secs: elapsed.as_secs_f64(),
+            tally: outcomes.clone(),
+            outcomes: by_saga,
+            violations: violations.clone(),
+            incomplete: problems.clone(),
+        })?;
     }
     let stuck = outcomes.get("STUCK").copied().unwrap_or(0);
     if stuck > 0 || !violations.is_empty() || !problems.is_empty() {
@@ -295,27 +313,26 @@ impl RunServices {
 }
 
 async fn prepare(
-    args: &Args,
-    saga: &str,
+    saga: &RunSaga,
     conn: &mut ratchet_store::DbConnection,
     world: &World,
     i: usize,
 ) -> anyhow::Result<Job> {
     let tag = &Uuid::new_v4().simple().to_string()[..8];
     Ok(match saga {
-        "instance-create" => {
+        RunSaga::InstanceCreate(args) => {
             let mut attach_disks = Vec::new();
-            for d in 0..args.value::<usize>("--disks")?.unwrap_or(0) {
+            for d in 0..args.disks {
                 attach_disks
                     .push(world::detached_disk(conn, world, &format!("disk-{tag}-{d}")).await?);
             }
-            let nics = (0..args.value::<usize>("--nics")?.unwrap_or(1))
+            let nics = (0..args.nics)
                 .map(|n| NicSpec {
                     name: format!("net{n}"),
                     subnet_id: world.subnet_id,
                 })
                 .collect();
-            let create_disks = (0..args.value::<usize>("--create-disks")?.unwrap_or(0))
+            let create_disks = (0..args.create_disks)
                 .map(|d| DiskSpec {
                     name: format!("inst-{tag}-disk-{d}"),
                     size_bytes: 1 << 30,
@@ -328,29 +345,29 @@ async fn prepare(
                 memory: 1 << 30,
                 nics,
                 ip_pool_id: world.ip_pool_id,
-                external_ip: args.flag("--external-ip"),
+                external_ip: args.external_ip,
                 create_disks,
                 attach_disks,
                 boot_disk: true,
-                start: args.flag("--start"),
-                legacy_attach: args.flag("--legacy-attach"),
+                start: args.start,
+                legacy_attach: args.legacy_attach,
             })
         }
-        "disk-attach" | "disk-detach" => {
+        RunSaga::DiskAttach(_) | RunSaga::DiskDetach(_) => {
             let instance = world::stopped_instance(conn, world, &format!("inst-{tag}")).await?;
             let disk = world::detached_disk(conn, world, &format!("disk-{tag}")).await?;
             let params = DiskInstanceParams {
                 instance_id: instance,
                 disk_id: disk,
             };
-            if saga == "disk-detach" {
+            if matches!(saga, RunSaga::DiskDetach(_)) {
                 ds::instance_attach_disk(conn, instance, disk, ds::MAX_DISKS_PER_INSTANCE).await?;
                 Job::DiskDetach(params)
             } else {
                 Job::DiskAttach(params)
             }
         }
-        _ => Job::SnapshotCreate(SnapshotCreateParams {
+        RunSaga::SnapshotCreate(_) => Job::SnapshotCreate(SnapshotCreateParams {
             project_id: world.project_id,
             disk_id: world::detached_disk(conn, world, &format!("disk-{tag}")).await?,
             name: format!("snap-{tag}"),
@@ -363,6 +380,7 @@ async fn instances_complete_or_gone(
     conn: &mut ratchet_store::DbConnection,
     world: &World,
     disks: usize,
+    say: Say,
 ) -> anyhow::Result<Vec<String>> {
     #[derive(diesel::QueryableByName)]
     struct Row {
@@ -388,9 +406,9 @@ async fn instances_complete_or_gone(
         .iter()
         .filter(|r| r.attached as usize == disks && r.slots as usize == disks)
         .count();
-    println!(
+    say.line(format_args!(
         "instances: {complete} complete ({disks} disk(s) attached in distinct slots), the rest gone"
-    );
+    ));
     Ok(rows
         .iter()
         .filter(|r| !(r.attached as usize == disks && r.slots as usize == disks))

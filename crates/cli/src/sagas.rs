@@ -1,80 +1,183 @@
-//! `ratchet sagas …`: list, show (a saga's node-by-node timeline and its stuck diagnosis), retry-unwind,
-//! abandon, adopt.
+//! `ratchet sagas …`: list, show (a saga's node-by-node timeline and its stuck diagnosis, or its DAG for
+//! Graphviz), retry-unwind, abandon, adopt.
 //!
-//! What is printed is meant for someone who was not at the machine: every line says what happened, when, and
-//! by which executor, and a stuck saga says what to do next.
+//! What is printed is meant for someone who was not at the machine: every line says what happened, when (in
+//! RFC 3339, with its zone), and by which executor, and a stuck saga says what to do next. With `--json` each
+//! command prints the library's own report types instead.
+//!
+//! `list` and `show` only read (see [`commands::read_only`]). `retry-unwind`, `abandon` and `adopt` take
+//! `--dry-run` (say what would be done, from the database as it is, and change nothing) and, on a
+//! `--database-url`, ask before changing anything unless given `--yes` ([`output::confirm`]).
 
-use crate::args::Args;
-use crate::commands::{Also, database_url, engine};
-use crate::engine_setup::SERVICE_OPTIONS;
+use crate::cli::{AbandonArgs, AdoptArgs, Global, ListArgs, RetryUnwindArgs, ShowArgs};
+use crate::commands::{self, Also, Executor};
+use crate::engine_setup::{self, NEXUS_SAGAS, ServiceAddrs};
+use crate::output::{self, Say, print_json};
 use anyhow::{Context, bail};
-use chrono::{DateTime, Utc};
-use ratchet_engine::{Engine, SagaOutcome};
-use ratchet_store::ops::{UncompensatedCommit, dag_node_names};
-use ratchet_store::saga::{SagaHistory, list_sagas, saga_history};
-use ratchet_store::{PoolConfig, SagaState, pool};
-use std::collections::BTreeMap;
+use chrono::{DateTime, SecondsFormat, Utc};
+use diesel_async::RunQueryDsl;
+use ratchet_engine::{AdoptionReport, Engine};
+use ratchet_engine::{EngineError, RecoveryReport, SagaOutcome};
+use ratchet_store::ops::{FailedUndo, StuckDiagnosis, UncompensatedCommit, dag_node_names};
+use ratchet_store::saga::{SagaFilter, SagaHistory, SagaPage, list_sagas_where, saga_history};
+use ratchet_store::{DbConnection, PoolConfig, pool};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use uuid::Uuid;
 
-/// A saga id from the command line.
-pub fn parse_id(id: &str) -> anyhow::Result<Uuid> {
-    id.parse()
-        .with_context(|| format!("{id:?} is not a saga id (a UUID)"))
+/// How a `done` saga ended: every node succeeded, or a node failed and the saga unwound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ending {
+    Succeeded,
+    Unwound,
 }
 
-/// A connection to the database, with the saga log's schema in place (so an empty database lists nothing
-/// instead of failing).
-async fn connect(args: &Args) -> anyhow::Result<(String, ratchet_store::DbConnection)> {
-    let url = database_url(args).await?;
-    pool::run_migrations(&url, &ratchet_store::SAGA_LOG_MIGRATIONS).await?;
-    let conn = pool::establish(&url).await?;
-    Ok((url, conn))
+/// How each `done` saga among `rows` ended. A saga unwinds exactly when one of its nodes fails (steno records
+/// `failed` for it), so a `done` saga with a `failed` event unwound, and one without succeeded.
+async fn endings(
+    conn: &mut DbConnection,
+    rows: &[ratchet_store::SagaRow],
+) -> anyhow::Result<BTreeMap<Uuid, Ending>> {
+    let done: Vec<Uuid> = rows
+        .iter()
+        .filter(|row| row.saga_state == "done")
+        .map(|row| row.id)
+        .collect();
+    if done.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    #[derive(diesel::QueryableByName)]
+    struct Failed {
+        #[diesel(sql_type = diesel::sql_types::Uuid)]
+        saga_id: Uuid,
+    }
+    let failed: Vec<Failed> = diesel::sql_query(
+        "SELECT DISTINCT saga_id FROM saga_node_event WHERE saga_id = ANY($1) AND event_type = 'failed'",
+    )
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(&done)
+    .load(conn)
+    .await
+    .context("reading how the done sagas ended")?;
+    let failed: BTreeSet<Uuid> = failed.into_iter().map(|f| f.saga_id).collect();
+    Ok(done
+        .into_iter()
+        .map(|id| {
+            let ending = if failed.contains(&id) {
+                Ending::Unwound
+            } else {
+                Ending::Succeeded
+            };
+            (id, ending)
+        })
+        .collect())
 }
 
-pub async fn list(args: &Args) -> anyhow::Result<()> {
-    args.only(&["--state"])?;
-    let state = args
-        .value::<String>("--state")?
-        .map(|s| s.parse::<SagaState>().map_err(anyhow::Error::msg))
-        .transpose()?;
-    let (_, mut conn) = connect(args).await?;
-    let rows = list_sagas(&mut conn, state, 1000).await?;
-    if rows.is_empty() {
-        match state {
-            Some(state) => println!("no {state} sagas"),
-            None => println!("no sagas"),
+/// What `sagas list --json` prints: the library's [`SagaPage`] (`sagas`, `truncated`), and how each `done`
+/// saga ended.
+#[derive(serde::Serialize)]
+struct ListOutput<'a> {
+    #[serde(flatten)]
+    page: &'a SagaPage,
+    endings: BTreeMap<Uuid, Ending>,
+}
+
+pub async fn list(global: &Global, args: &ListArgs) -> anyhow::Result<()> {
+    let (_, mut conn) = commands::read_only(global, "sagas list").await?;
+    let filter = SagaFilter {
+        state: args.state.map(Into::into),
+        name: args.name.clone(),
+        executor: args.executor,
+        since: args.since,
+        limit: args.limit,
+    };
+    let page = list_sagas_where(&mut conn, &filter).await?;
+    let endings = endings(&mut conn, &page.sagas).await?;
+    if args.output.json() {
+        return print_json(&ListOutput {
+            page: &page,
+            endings,
+        });
+    }
+    let filtered = filter.name.is_some() || filter.executor.is_some() || filter.since.is_some();
+    if page.sagas.is_empty() {
+        match (filter.state, filtered) {
+            (_, true) => println!("no sagas match"),
+            (Some(state), false) => println!("no {state} sagas"),
+            (None, false) => println!("no sagas"),
         }
         return Ok(());
     }
     println!(
-        "{:<36}  {:<20} {:<10} {:>7}  {:<23}  executor",
+        "{:<36}  {:<20} {:<16} {:>7}  {:<24}  executor",
         "id", "name", "state", "version", "created"
     );
-    for row in &rows {
+    for row in &page.sagas {
+        let state = match endings.get(&row.id) {
+            Some(Ending::Succeeded) => "done (succeeded)".to_owned(),
+            Some(Ending::Unwound) => "done (unwound)".to_owned(),
+            None => row.saga_state.clone(),
+        };
         println!(
-            "{:<36}  {:<20} {:<10} {:>7}  {:<23}  {}",
+            "{:<36}  {:<20} {:<16} {:>7}  {:<24}  {}",
             row.id,
             row.name,
-            row.saga_state,
+            state,
             row.definition_version,
-            row.time_created.format("%Y-%m-%d %H:%M:%S%.3f"),
+            format_time(row.time_created),
             row.current_sec.map(|s| s.to_string()).unwrap_or_default()
         );
     }
-    println!("{} saga(s)", rows.len());
+    if page.truncated {
+        println!(
+            "{} saga(s) shown, the newest: more match (raise --limit, now {}, or narrow the list with --state, \
+             --name, --executor or --since)",
+            page.sagas.len(),
+            args.limit
+        );
+    } else {
+        println!("{} saga(s)", page.sagas.len());
+    }
     Ok(())
 }
 
-pub async fn show(args: &Args, id: &str) -> anyhow::Result<()> {
-    args.only(&[])?;
-    let id = parse_id(id)?;
-    let (_, mut conn) = connect(args).await?;
+/// Why a saga waits, and since when (`ratchet_store::saga::waiting`).
+#[derive(serde::Serialize)]
+struct Waiting {
+    reason: String,
+    since: DateTime<Utc>,
+}
+
+/// What `sagas show --json` prints: the library's [`SagaHistory`] (`saga`, `events`, `commits`,
+/// `compensations`), its [`StuckDiagnosis`], and why it waits, if it does.
+#[derive(serde::Serialize)]
+struct ShowOutput<'a> {
+    #[serde(flatten)]
+    history: &'a SagaHistory,
+    diagnosis: StuckDiagnosis,
+    waiting: Option<Waiting>,
+}
+
+pub async fn show(global: &Global, args: &ShowArgs) -> anyhow::Result<()> {
+    let id = args.id;
+    let (_, mut conn) = commands::read_only(global, "sagas show").await?;
     let history = saga_history(&mut conn, id)
         .await?
-        .with_context(|| format!("no saga with id {id}"))?;
-    print_history(&history);
-    if let Some((reason, since)) = ratchet_store::saga::waiting(&mut conn, id).await? {
+        .ok_or(EngineError::NoSuchSaga(id))?;
+    let waiting = ratchet_store::saga::waiting(&mut conn, id).await?;
+    if args.dot {
+        print!("{}", crate::dot::render(&history));
+        return Ok(());
+    }
+    if args.output.json() {
+        return print_json(&ShowOutput {
+            history: &history,
+            diagnosis: history.diagnosis(),
+            waiting: waiting.map(|(reason, since)| Waiting { reason, since }),
+        });
+    }
+    print_history(&history, args.full);
+    if let Some((reason, since)) = waiting {
         println!(
             "WAITING since {}: {reason} (the node neither fails nor goes on until the database says whether \
              the COMMIT landed)",
@@ -84,21 +187,181 @@ pub async fn show(args: &Args, id: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn retry_unwind(args: &Args, id: &str) -> anyhow::Result<()> {
-    args.only(&SERVICE_OPTIONS)?;
-    let id = parse_id(id)?;
-    let engine = started(args, "sagas retry-unwind", Also::Saga(id)).await?;
-    println!(
+/// The saga definitions an engine of this command registers (see [`engine_setup::engine_builder`]).
+fn registered(services: Option<ServiceAddrs>) -> Vec<&'static str> {
+    let mut names =
+        vec![<ratchet_engine::example::ProvisionWidget as ratchet_engine::SagaDef>::NAME];
+    if services.is_some() {
+        names.extend(NEXUS_SAGAS);
+    }
+    names
+}
+
+/// The history of saga `id`, or the engine's own refusal for an unknown id.
+async fn history_of(conn: &mut DbConnection, id: Uuid) -> anyhow::Result<SagaHistory> {
+    Ok(saga_history(conn, id)
+        .await?
+        .ok_or(EngineError::NoSuchSaga(id))?)
+}
+
+/// What `sagas retry-unwind --dry-run` finds it would do.
+#[derive(serde::Serialize)]
+struct RetryUnwindPlan {
+    dry_run: bool,
+    saga_id: Uuid,
+    name: String,
+    executor: Uuid,
+    /// The generation this executor would take the saga at (fencing out whoever drove it).
+    generation: i64,
+    previous_executor: Option<Uuid>,
+    /// The compensations that failed: they run again first.
+    failed_undos: Vec<FailedUndo>,
+    uncompensated: Vec<UncompensatedCommit>,
+    /// The unfinished sagas this executor owns, which its engine's start recovers first.
+    own_unfinished: usize,
+}
+
+impl RetryUnwindPlan {
+    fn text(&self, executor: &Executor) -> String {
+        let mut out = format!(
+            "would retry the unwind of saga {} ({}) as executor {} ({}), taking it at generation {}",
+            self.saga_id, self.name, self.executor, executor.origin, self.generation
+        );
+        if let Some(previous) = self.previous_executor {
+            out += &format!(" (executor {previous} is fenced out of it)");
+        }
+        for failed in &self.failed_undos {
+            out += &format!(
+                "\n  the compensation of {} runs again (it failed at {}: {})",
+                failed.node,
+                format_time(failed.time),
+                failed.error
+            );
+        }
+        out += "\n  then those of the nodes before it that never ran";
+        if !self.uncompensated.is_empty() {
+            out += "; commits not yet compensated, oldest first:";
+            out += &commits_text("    ", &self.uncompensated);
+        }
+        if self.own_unfinished > 0 {
+            out += &format!(
+                "\n  first, starting, the executor recovers its own {} unfinished saga(s)",
+                self.own_unfinished
+            );
+        }
+        out
+    }
+}
+
+/// Reads what a retry of saga `args.id`'s unwind would do, refusing as the real one would.
+async fn retry_unwind_plan(
+    global: &Global,
+    args: &RetryUnwindArgs,
+    executor: &Executor,
+) -> anyhow::Result<RetryUnwindPlan> {
+    let id = args.id;
+    let (url, mut conn) = commands::read_only(global, "sagas retry-unwind").await?;
+    let history = history_of(&mut conn, id).await?;
+    let saga = &history.saga;
+    if saga.saga_state != "stuck" {
+        bail!(EngineError::WrongState {
+            id,
+            state: saga.saga_state.clone(),
+            wanted: "stuck",
+        });
+    }
+    let services = ServiceAddrs::from_args(&args.services);
+    if services.is_none() {
+        engine_setup::refuse_stranded_nexus_sagas(
+            &mut conn,
+            &[executor.id],
+            &[id],
+            "sagas retry-unwind",
+            false,
+        )
+        .await?;
+    }
+    if !registered(services).contains(&saga.name.as_str()) {
+        bail!(EngineError::UnknownSaga(saga.name.clone()));
+    }
+    let diagnosis = history.diagnosis();
+    if diagnosis.failed_undos.is_empty() {
+        bail!(EngineError::NotRetryable {
+            id,
+            reason: format!(
+                "it is stuck at node {} ({}) without a failed undo in its log: steno never undoes a failed \
+                 node; compensate that node by hand, then abandon the saga",
+                diagnosis.stuck_node.as_deref().unwrap_or("?"),
+                diagnosis
+                    .stuck_reason
+                    .as_deref()
+                    .unwrap_or("no reason recorded"),
+            ),
+        });
+    }
+    Ok(RetryUnwindPlan {
+        dry_run: args.safety.dry_run,
+        saga_id: id,
+        name: saga.name.clone(),
+        executor: executor.id,
+        generation: saga.adopt_generation + 1,
+        previous_executor: saga.current_sec.filter(|sec| *sec != executor.id),
+        failed_undos: diagnosis.failed_undos,
+        uncompensated: diagnosis.uncompensated,
+        own_unfinished: commands::unfinished_of(&url, executor.id).await?,
+    })
+}
+
+/// What `sagas retry-unwind --json` prints.
+#[derive(serde::Serialize)]
+struct RetryUnwindOutput {
+    saga_id: Uuid,
+    executor: Uuid,
+    /// What the engine's start recovered of this executor's own sagas first.
+    recovered_first: RecoveryReport,
+    outcome: SagaOutcome,
+}
+
+pub async fn retry_unwind(global: &Global, args: &RetryUnwindArgs) -> anyhow::Result<()> {
+    const COMMAND: &str = "sagas retry-unwind";
+    let id = args.id;
+    let json = args.output.json();
+    let say = Say { json };
+    let external = global.database_url.is_some();
+    if args.safety.dry_run {
+        let executor = commands::executor(global, COMMAND, false)?;
+        let plan = retry_unwind_plan(global, args, &executor).await?;
+        return print_plan(json, &plan, || plan.text(&executor));
+    }
+    let executor = commands::executor(global, COMMAND, true)?;
+    if output::must_ask(COMMAND, external, args.safety.yes)? {
+        let plan = retry_unwind_plan(global, args, &executor).await?;
+        output::ask(&plan.text(&executor))?;
+    }
+    let (url, _) = commands::open(global, COMMAND).await?;
+    let (engine, recovered) =
+        commands::start_engine(&url, &executor, &args.services, COMMAND, Also::Saga(id)).await?;
+    say_recovered_first(&engine, &recovered, say);
+    say.line(format_args!(
         "retrying the unwind of saga {id} as executor {}",
         engine.sec_id()
-    );
+    ));
     let outcome = engine.retry_unwind(id).await;
     engine.shutdown().await;
     let outcome = outcome?;
-    println!("saga {id}: {}", describe(&outcome));
+    if json {
+        print_json(&RetryUnwindOutput {
+            saga_id: id,
+            executor: executor.id,
+            recovered_first: recovered,
+            outcome: outcome.clone(),
+        })?;
+    } else {
+        println!("saga {id}: {}", describe(&outcome));
+    }
     match outcome {
         SagaOutcome::Unwound { .. } => {
-            println!("the unwind completed: every commit is compensated, and the saga is done");
+            say.line("the unwind completed: every commit is compensated, and the saga is done");
             Ok(())
         }
         SagaOutcome::Stuck { .. } => {
@@ -108,15 +371,79 @@ pub async fn retry_unwind(args: &Args, id: &str) -> anyhow::Result<()> {
     }
 }
 
-pub async fn abandon(args: &Args, id: &str) -> anyhow::Result<()> {
-    args.only(&["--reason"])?;
-    let id = parse_id(id)?;
-    let reason = args.value::<String>("--reason")?.context(
-        "`ratchet sagas abandon ID` needs --reason TEXT (it is recorded with the saga for whoever finds it)",
-    )?;
-    let (url, _) = connect(args).await?;
+/// What `sagas abandon --dry-run` finds it would do.
+#[derive(serde::Serialize)]
+struct AbandonPlan {
+    dry_run: bool,
+    saga_id: Uuid,
+    name: String,
+    state: String,
+    reason: String,
+    /// The commits that would stay in effect, nothing compensating them.
+    uncompensated: Vec<UncompensatedCommit>,
+}
+
+impl AbandonPlan {
+    fn text(&self) -> String {
+        let mut out = format!(
+            "would abandon saga {} ({}), now {}, recording the reason: {}\n\
+             its rows would be left as they are: nothing is compensated, and its log, commit records and \
+             compensation records are kept",
+            self.saga_id, self.name, self.state, self.reason
+        );
+        if self.uncompensated.is_empty() {
+            out += "\nno commit of it is in effect";
+        } else {
+            out += "\ncommits that would stay in effect (not compensated), oldest first:";
+            out += &commits_text("  ", &self.uncompensated);
+        }
+        out
+    }
+}
+
+async fn abandon_plan(conn: &mut DbConnection, args: &AbandonArgs) -> anyhow::Result<AbandonPlan> {
+    let id = args.id;
+    let history = history_of(conn, id).await?;
+    let state = history.saga.saga_state.clone();
+    if !matches!(state.as_str(), "running" | "unwinding" | "stuck") {
+        bail!(EngineError::WrongState {
+            id,
+            state,
+            wanted: "running, unwinding or stuck",
+        });
+    }
+    Ok(AbandonPlan {
+        dry_run: args.safety.dry_run,
+        saga_id: id,
+        name: history.saga.name.clone(),
+        state,
+        reason: args.reason.clone(),
+        uncompensated: history.diagnosis().uncompensated,
+    })
+}
+
+pub async fn abandon(global: &Global, args: &AbandonArgs) -> anyhow::Result<()> {
+    const COMMAND: &str = "sagas abandon";
+    let id = args.id;
+    let json = args.output.json();
+    let external = global.database_url.is_some();
+    if args.reason.trim().is_empty() {
+        bail!(EngineError::EmptyReason);
+    }
+    let (url, mut conn) = commands::read_only(global, COMMAND).await?;
+    if args.safety.dry_run {
+        let plan = abandon_plan(&mut conn, args).await?;
+        return print_plan(json, &plan, || plan.text());
+    }
+    if output::must_ask(COMMAND, external, args.safety.yes)? {
+        output::ask(&abandon_plan(&mut conn, args).await?.text())?;
+    }
+    drop(conn);
     let pool = pool::connect_pool(&url, &PoolConfig::default()).await?;
-    let abandoned = ratchet_engine::abandon(&pool, id, &reason).await?;
+    let abandoned = ratchet_engine::abandon(&pool, id, &args.reason).await?;
+    if json {
+        return print_json(&abandoned);
+    }
     println!(
         "saga {id} ({}) is abandoned; it was {}",
         abandoned.name, abandoned.previous_state
@@ -130,19 +457,146 @@ pub async fn abandon(args: &Args, id: &str) -> anyhow::Result<()> {
         println!("no commit of it is still in effect");
     } else {
         println!("commits still in effect (not compensated), oldest first:");
-        print_commits("  ", &abandoned.uncompensated);
+        println!(
+            "{}",
+            commits_text("  ", &abandoned.uncompensated).trim_start_matches('\n')
+        );
     }
     Ok(())
 }
 
-pub async fn adopt(args: &Args) -> anyhow::Result<()> {
-    args.only(&["--from", SERVICE_OPTIONS[0], SERVICE_OPTIONS[1]])?;
-    let from: Uuid = args.value("--from")?.context(
-        "`ratchet sagas adopt` needs --from SEC_ID (the executor whose unfinished sagas to take over)",
-    )?;
-    let engine = started(args, "sagas adopt", Also::Executor(from)).await?;
-    let report = engine.adopt(from).await;
-    let report = match report {
+/// One saga an adoption would take.
+#[derive(serde::Serialize)]
+struct WouldAdopt {
+    id: Uuid,
+    name: String,
+    state: String,
+    generation: i64,
+    /// Whether this binary runs the saga's definition (if not, the adoption abandons it, with the reason).
+    runnable: bool,
+}
+
+/// What `sagas adopt --dry-run` finds it would do.
+#[derive(serde::Serialize)]
+struct AdoptPlan {
+    dry_run: bool,
+    from_sec: Uuid,
+    to_sec: Uuid,
+    sagas: Vec<WouldAdopt>,
+    /// The unfinished sagas this executor owns, which its engine's start recovers first.
+    own_unfinished: usize,
+}
+
+impl AdoptPlan {
+    fn text(&self, executor: &Executor) -> String {
+        let mut out = if self.sagas.is_empty() {
+            format!(
+                "executor {} has no running or unwinding sagas: nothing would be adopted",
+                self.from_sec
+            )
+        } else {
+            format!(
+                "executor {} ({}) would adopt {} saga(s) from executor {}, fencing it out of them:",
+                self.to_sec,
+                executor.origin,
+                self.sagas.len(),
+                self.from_sec
+            )
+        };
+        for saga in &self.sagas {
+            out += &format!(
+                "\n  {} ({}, {}) at generation {}",
+                saga.id, saga.name, saga.state, saga.generation
+            );
+            if !saga.runnable {
+                out += ": this binary does not run it, so it would be abandoned";
+            }
+        }
+        if self.own_unfinished > 0 {
+            out += &format!(
+                "\nfirst, starting, the executor recovers its own {} unfinished saga(s)",
+                self.own_unfinished
+            );
+        }
+        out
+    }
+}
+
+async fn adopt_plan(
+    global: &Global,
+    args: &AdoptArgs,
+    executor: &Executor,
+) -> anyhow::Result<AdoptPlan> {
+    let (url, mut conn) = commands::read_only(global, "sagas adopt").await?;
+    let services = ServiceAddrs::from_args(&args.services);
+    if services.is_none() {
+        engine_setup::refuse_stranded_nexus_sagas(
+            &mut conn,
+            &[executor.id, args.from],
+            &[],
+            "sagas adopt",
+            false,
+        )
+        .await?;
+    }
+    let runnable = registered(services);
+    let rows = ratchet_store::saga::list_unfinished(&mut conn, args.from, 1000).await?;
+    Ok(AdoptPlan {
+        dry_run: args.safety.dry_run,
+        from_sec: args.from,
+        to_sec: executor.id,
+        sagas: rows
+            .into_iter()
+            .map(|row| WouldAdopt {
+                runnable: runnable.contains(&row.name.as_str()),
+                id: row.id,
+                name: row.name,
+                state: row.saga_state,
+                generation: row.adopt_generation + 1,
+            })
+            .collect(),
+        own_unfinished: commands::unfinished_of(&url, executor.id).await?,
+    })
+}
+
+/// What `sagas adopt --json` prints.
+#[derive(serde::Serialize)]
+struct AdoptOutput<'a> {
+    /// What the engine's start recovered of this executor's own sagas first.
+    recovered_first: &'a RecoveryReport,
+    adoption: &'a AdoptionReport,
+    /// How each resumed saga came to rest (`null`: no longer tracked).
+    outcomes: BTreeMap<Uuid, Option<SagaOutcome>>,
+}
+
+pub async fn adopt(global: &Global, args: &AdoptArgs) -> anyhow::Result<()> {
+    const COMMAND: &str = "sagas adopt";
+    let from = args.from;
+    let json = args.output.json();
+    let say = Say { json };
+    let external = global.database_url.is_some();
+    let executor = commands::executor(global, COMMAND, !args.safety.dry_run)?;
+    if from == executor.id {
+        bail!(EngineError::AdoptFromSelf(from));
+    }
+    if args.safety.dry_run {
+        let plan = adopt_plan(global, args, &executor).await?;
+        return print_plan(json, &plan, || plan.text(&executor));
+    }
+    if output::must_ask(COMMAND, external, args.safety.yes)? {
+        output::ask(&adopt_plan(global, args, &executor).await?.text(&executor))?;
+    }
+    let (url, _) = commands::open(global, COMMAND).await?;
+    let (engine, recovered) = commands::start_engine(
+        &url,
+        &executor,
+        &args.services,
+        COMMAND,
+        Also::Executor(from),
+    )
+    .await?;
+    say_recovered_first(&engine, &recovered, say);
+    let report = match engine.adopt(from).await {
         Ok(report) => report,
         Err(error) => {
             engine.shutdown().await;
@@ -150,51 +604,74 @@ pub async fn adopt(args: &Args) -> anyhow::Result<()> {
         }
     };
     if report.adopted.is_empty() {
-        println!("executor {from} has no running or unwinding sagas: nothing adopted");
-        engine.shutdown().await;
-        return Ok(());
+        say.line(format_args!(
+            "executor {from} has no running or unwinding sagas: nothing adopted"
+        ));
+    } else {
+        say.line(format_args!(
+            "executor {} adopted {} saga(s) from executor {from}, which is fenced out of them:",
+            report.to_sec,
+            report.adopted.len()
+        ));
     }
-    println!(
-        "executor {} adopted {} saga(s) from executor {from}, which is fenced out of them:",
-        report.to_sec,
-        report.adopted.len()
-    );
     for saga in &report.adopted {
-        println!(
+        say.line(format_args!(
             "  {} ({}) now at generation {}",
             saga.id, saga.name, saga.generation
-        );
+        ));
     }
     for (id, reason) in &report.abandoned {
-        println!("  {id}: could not be resumed, abandoned: {reason}");
+        say.line(format_args!(
+            "  {id}: could not be resumed, abandoned: {reason}"
+        ));
     }
+    let mut outcomes = BTreeMap::new();
     for id in &report.resumed {
-        print_outcome(&engine, *id).await;
+        outcomes.insert(*id, wait_outcome(&engine, *id, say).await);
     }
     engine.shutdown().await;
+    if json {
+        print_json(&AdoptOutput {
+            recovered_first: &recovered,
+            adoption: &report,
+            outcomes,
+        })?;
+    }
     Ok(())
 }
 
-/// An engine for this executor, saying what the recovery it runs first did (if anything).
-async fn started(args: &Args, command: &str, also: Also) -> anyhow::Result<Engine> {
-    let (engine, recovery) = engine(args, command, also).await?;
+/// Prints a dry run's plan: as JSON, or as text followed by a reminder that nothing changed.
+fn print_plan<T: serde::Serialize>(
+    json: bool,
+    plan: &T,
+    text: impl FnOnce() -> String,
+) -> anyhow::Result<()> {
+    if json {
+        return print_json(plan);
+    }
+    println!("{}", text());
+    println!("nothing was changed (--dry-run)");
+    Ok(())
+}
+
+/// Says what the recovery an engine runs first did (if anything).
+fn say_recovered_first(engine: &Engine, recovery: &RecoveryReport, say: Say) {
     if !recovery.resumed.is_empty() || !recovery.abandoned.is_empty() {
-        println!(
+        say.line(format_args!(
             "(executor {} first recovered its own unfinished sagas: resumed {}, abandoned {})",
             engine.sec_id(),
             recovery.resumed.len(),
             recovery.abandoned.len()
-        );
+        ));
     }
-    Ok(engine)
 }
 
-/// Waits for saga `id`, resumed by `engine`, and prints its outcome.
-pub async fn print_outcome(engine: &Engine, id: Uuid) -> Option<SagaOutcome> {
+/// Waits for saga `id`, resumed by `engine`, and says its outcome.
+pub async fn wait_outcome(engine: &Engine, id: Uuid, say: Say) -> Option<SagaOutcome> {
     let outcome = engine.wait(id).await;
     match &outcome {
-        Some(outcome) => println!("  {id}: {}", describe(outcome)),
-        None => println!("  {id}: no longer tracked"),
+        Some(outcome) => say.line(format_args!("  {id}: {}", describe(outcome))),
+        None => say.line(format_args!("  {id}: no longer tracked")),
     }
     outcome
 }
@@ -225,20 +702,25 @@ pub fn describe(outcome: &SagaOutcome) -> String {
     }
 }
 
-fn print_commits(indent: &str, commits: &[UncompensatedCommit]) {
-    for commit in commits {
-        println!(
-            "{indent}{:<20} committed {} by executor {} at generation {}",
-            commit.node,
-            format_time(commit.time_committed),
-            commit.creator,
-            commit.adopt_generation
-        );
-    }
+/// One line per commit, each starting on a new line.
+fn commits_text(indent: &str, commits: &[UncompensatedCommit]) -> String {
+    commits
+        .iter()
+        .map(|commit| {
+            format!(
+                "\n{indent}{:<20} committed {} by executor {} at generation {}",
+                commit.node,
+                format_time(commit.time_committed),
+                commit.creator,
+                commit.adopt_generation
+            )
+        })
+        .collect()
 }
 
-fn format_time(time: DateTime<Utc>) -> String {
-    time.format("%Y-%m-%d %H:%M:%S%.3f UTC").to_string()
+/// A time in RFC 3339, in UTC with its `Z`, to the millisecond.
+pub fn format_time(time: DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 fn format_duration(duration: Duration) -> String {
@@ -274,7 +756,7 @@ fn event_rank(event_type: &str) -> u8 {
 
 /// A `failed` event's error: ratchet's `NodeFailure` (`{"ActionFailed": {"source_error": {node, phase,
 /// message}}}`) as "phase: message"; anything else as JSON.
-fn failure_message(data: &serde_json::Value) -> String {
+fn failure_message(data: &serde_json::Value, full: bool) -> String {
     let source = data.pointer("/ActionFailed/source_error");
     let field = |name: &str| {
         source
@@ -283,12 +765,19 @@ fn failure_message(data: &serde_json::Value) -> String {
     };
     match (field("phase"), field("message")) {
         (Some(phase), Some(message)) => format!("in {phase}: {message}"),
-        _ => clip(data.to_string(), 100),
+        _ => clip(data.to_string(), full),
     }
 }
 
-/// At most `max` characters of `text`.
-fn clip(text: String, max: usize) -> String {
+/// At most [`CLIP`] characters of `text`, unless `full`.
+fn clip(text: String, full: bool) -> String {
+    clip_to(text, if full { usize::MAX } else { CLIP })
+}
+
+/// How much of a receipt or an event's data `sagas show` prints without `--full`.
+const CLIP: usize = 100;
+
+fn clip_to(text: String, max: usize) -> String {
     if text.chars().count() <= max {
         text
     } else {
@@ -297,8 +786,9 @@ fn clip(text: String, max: usize) -> String {
 }
 
 /// A saga's header, its node-by-node timeline (events, with how long each phase took, and the commit and
-/// compensation records), and the stuck diagnosis when there is something to diagnose.
-pub fn print_history(history: &SagaHistory) {
+/// compensation records), and the stuck diagnosis when there is something to diagnose. Event data and
+/// receipts are cut at 100 characters unless `full`.
+pub fn print_history(history: &SagaHistory, full: bool) {
     let saga = &history.saga;
     println!(
         "saga {} ({}, definition version {})",
@@ -354,11 +844,15 @@ pub fn print_history(history: &SagaHistory) {
         };
         let data = match event.event_type.as_str() {
             "undo_failed" => ratchet_store::event::undo_error_message(event.data.as_ref()),
-            "failed" => event.data.as_ref().map(failure_message).unwrap_or_default(),
+            "failed" => event
+                .data
+                .as_ref()
+                .map(|d| failure_message(d, full))
+                .unwrap_or_default(),
             _ => event
                 .data
                 .as_ref()
-                .map(|d| clip(d.to_string(), 100))
+                .map(|d| clip(d.to_string(), full))
                 .unwrap_or_default(),
         };
         lines.entry(name_of(event.node_id)).or_default().push((
@@ -377,7 +871,7 @@ pub fn print_history(history: &SagaHistory) {
                 "",
                 commit.creator,
                 commit.adopt_generation,
-                clip(commit.receipt.to_string(), 100)
+                clip(commit.receipt.to_string(), full)
             ),
         ));
     }
@@ -417,7 +911,7 @@ pub fn print_history(history: &SagaHistory) {
         node_lines.sort_by_key(|(time, rank, _)| (*time, *rank));
         println!("  {name}");
         for (time, _, line) in node_lines {
-            println!("    {}  {line}", time.format("%H:%M:%S%.3f"));
+            println!("    {}  {}", format_time(time), line.trim_end());
         }
     }
     for (name, _) in lines {
@@ -454,8 +948,10 @@ fn print_diagnosis(history: &SagaHistory) {
     if diagnosis.uncompensated.is_empty() {
         println!("  no commit awaits compensation");
     } else {
-        println!("  commits not yet compensated, oldest first:");
-        print_commits("    ", &diagnosis.uncompensated);
+        println!(
+            "  commits not yet compensated, oldest first:{}",
+            commits_text("    ", &diagnosis.uncompensated)
+        );
     }
     if let (Some(since), Some(stuck_for)) = (diagnosis.stuck_since, diagnosis.stuck_for) {
         println!(
@@ -490,6 +986,9 @@ mod test {
         assert_eq!(format_duration(Duration::from_secs(192)), "3m 12s");
         assert_eq!(format_duration(Duration::from_secs(7_500)), "2h 5m");
         assert_eq!(format_duration(Duration::from_secs(81 * 86_400)), "81d 0h");
-        assert_eq!(clip("abcdef".to_owned(), 3), "abc…");
+        assert_eq!(clip_to("abcdef".to_owned(), 3), "abc…");
+        let long = "x".repeat(150);
+        assert_eq!(clip(long.clone(), true), long);
+        assert_eq!(clip(long, false).chars().count(), CLIP + 1);
     }
 }

@@ -24,9 +24,10 @@
 //! Both services listen on ephemeral ports: the simulators (`ratchet-sim`) bind `127.0.0.1:0` and offer no
 //! fixed address.
 
-use crate::args::Args;
+use crate::cli::{CheckArgs, Global};
 use crate::commands;
-use crate::engine_setup::{SERVICE_OPTIONS, ServiceAddrs};
+use crate::engine_setup::ServiceAddrs;
+use crate::output::print_json;
 use anyhow::{Context, bail};
 use diesel::sql_types::{BigInt, Text};
 use diesel_async::RunQueryDsl;
@@ -36,8 +37,7 @@ use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use tokio::io::AsyncBufReadExt;
 
-pub async fn sim(args: &Args) -> anyhow::Result<()> {
-    args.only(&[])?;
+pub async fn sim() -> anyhow::Result<()> {
     let sled_agent = SledAgentSim::start().context("starting the simulated sled agent")?;
     let pantry = PantrySim::start().context("starting the simulated pantry")?;
     println!(
@@ -100,14 +100,28 @@ fn counters(faults: &Faults, ops: &[Operation]) -> BTreeMap<&'static str, serde_
         .collect()
 }
 
+/// What `ratchet check --json` prints.
+#[derive(serde::Serialize)]
+struct CheckOutput {
+    /// How many sagas are in each state.
+    sagas: BTreeMap<String, i64>,
+    /// Sagas running or unwinding: the rules hold only at rest.
+    not_at_rest: i64,
+    /// Whether the Nexus tables are there (their rules are checked only then).
+    datastore_checked: bool,
+    /// Whether the sled agent's and the pantry's rules were checked (with --sled-agent and --pantry).
+    services_checked: bool,
+    violations: Vec<ratchet_datastore::Violation>,
+}
+
 /// `ratchet check [--sled-agent ADDR --pantry ADDR]`: the invariant check on the database, and on the
-/// services when given. Fails when a rule is broken.
-pub async fn check(args: &Args) -> anyhow::Result<()> {
-    args.only(&SERVICE_OPTIONS)?;
-    let url = commands::database_url(args).await?;
-    commands::prepare_database(&url).await?;
-    let services = ServiceAddrs::from_args(args)?;
-    let mut conn = ratchet_store::pool::establish(&url).await?;
+/// services when given. Fails when a rule is broken. Reads only: on a database without the saga log it fails
+/// and creates nothing, and without the Nexus tables it checks only what is there.
+pub async fn check(global: &Global, args: &CheckArgs) -> anyhow::Result<()> {
+    let json = args.output.json();
+    let say = crate::output::Say { json };
+    let (_, mut conn) = commands::read_only(global, "check").await?;
+    let services = ServiceAddrs::from_args(&args.services);
 
     #[derive(diesel::QueryableByName)]
     struct StateCount {
@@ -125,43 +139,97 @@ pub async fn check(args: &Args) -> anyhow::Result<()> {
         .iter()
         .map(|s| format!("{} {}", s.count, s.saga_state))
         .collect();
-    println!(
+    say.line(format_args!(
         "sagas: {}",
         if summary.is_empty() {
             "none".to_owned()
         } else {
             summary.join(", ")
         }
-    );
+    ));
     let unfinished: i64 = states
         .iter()
         .filter(|s| matches!(s.saga_state.as_str(), "running" | "unwinding"))
         .map(|s| s.count)
         .sum();
     if unfinished > 0 {
-        println!(
+        say.line(format_args!(
             "note: {unfinished} saga(s) are not at rest; the rules hold only at rest, so what they are doing \
              may show below (recover them first: `ratchet recover`)"
-        );
+        ));
     }
 
-    let violations = match &services {
-        Some(services) => {
+    let datastore = datastore_present(&mut conn).await?;
+    let violations = match (&services, datastore) {
+        (_, false) => {
+            say.line(
+                "the Nexus tables are not in this database (no Nexus saga has run on it): their rules are not \
+                 checked",
+            );
+            vec![]
+        }
+        (Some(services), true) => {
             invariants::check(&mut conn, &services.sled_agent(), &services.pantry()).await?
         }
-        None => {
-            println!(
-                "the sled agent and pantry rules are not checked: pass --sled-agent ADDR --pantry ADDR"
+        (None, true) => {
+            say.line(
+                "the sled agent and pantry rules are not checked: pass --sled-agent ADDR --pantry ADDR",
             );
             ratchet_datastore::check_invariants(&mut conn).await?
         }
     };
-    println!("invariant check: {} violation(s)", violations.len());
-    for violation in &violations {
-        println!("  {}: {}", violation.rule, violation.detail);
+    if json {
+        print_json(&CheckOutput {
+            sagas: states
+                .iter()
+                .map(|s| (s.saga_state.clone(), s.count))
+                .collect(),
+            not_at_rest: unfinished,
+            datastore_checked: datastore,
+            services_checked: datastore && services.is_some(),
+            violations: violations.clone(),
+        })?;
+    } else {
+        println!("invariant check: {} violation(s)", violations.len());
+        for violation in &violations {
+            println!("  {}: {}", violation.rule, violation.detail);
+        }
     }
     if !violations.is_empty() {
         bail!("{} invariant violation(s)", violations.len());
     }
     Ok(())
+}
+
+/// Whether every migration of the Nexus tables (`ratchet_sagas::DATASTORE_MIGRATIONS`) is applied, read from
+/// diesel's migration table without creating it.
+async fn datastore_present(conn: &mut ratchet_store::DbConnection) -> anyhow::Result<bool> {
+    use diesel::migration::MigrationSource;
+    let wanted: Vec<String> =
+        MigrationSource::<diesel::pg::Pg>::migrations(&ratchet_sagas::DATASTORE_MIGRATIONS)
+            .map_err(|e| anyhow::anyhow!("listing the Nexus tables' migrations: {e}"))?
+            .iter()
+            .map(|m| m.name().version().to_string())
+            .collect();
+    #[derive(diesel::QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = BigInt)]
+        count: i64,
+    }
+    let table: Count = diesel::sql_query(
+        "SELECT count(*) AS count FROM information_schema.tables \
+         WHERE table_schema = current_schema() AND table_name = '__diesel_schema_migrations'",
+    )
+    .get_result(conn)
+    .await?;
+    if table.count == 0 {
+        return Ok(false);
+    }
+    let applied: Count = diesel::sql_query(
+        "SELECT count(*) AS count FROM __diesel_schema_migrations WHERE version = ANY($1)",
+    )
+    .bind::<diesel::sql_types::Array<Text>, _>(&wanted)
+    .get_result(conn)
+    .await?;
+    Ok(applied.count == wanted.len() as i64)
 }

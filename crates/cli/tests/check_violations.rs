@@ -1,7 +1,6 @@
 //! `ratchet check` shown a violation: on a world at rest it says `0 violation(s)` and exits 0; with one
 //! violation planted (a database row, or a service's state) it lists it by rule and row and exits 1.
 
-#[allow(dead_code)]
 mod common;
 
 use common::RATCHET;

@@ -1,15 +1,19 @@
 //! The `ratchet` binary run as a user would, against a fresh database (`--database-url`): listing and showing
-//! sagas, retry-unwind, abandon, adopt and recover, each with a right and a wrong id or state.
+//! sagas, retry-unwind, abandon, adopt and recover, each with a right and a wrong id or state; their JSON, their
+//! dry runs, their refusals; and the command line itself (exit status 2 for a usage error).
 
 mod common;
 
 use common::{
-    assert_fails_after_saying, assert_refused, assert_says, ratchet, rename_activate_widget,
+    Run, assert_fails_after_saying, assert_refused, assert_says, assert_usage_error, ratchet,
+    ratchet_at, redacted, rename_activate_widget,
 };
+use diesel::sql_types::BigInt;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use ratchet_engine::example::{self, ProvisionParams, ProvisionWidget};
-use ratchet_engine::{Engine, EngineBuilder, EngineConfig, SagaOutcome};
-use ratchet_store::saga::get_saga;
-use ratchet_store::testing::{TestDatabase, fresh_database};
+use ratchet_engine::{Engine, EngineBuilder, EngineConfig, FaultEffect, FaultPoint, SagaOutcome};
+use ratchet_store::saga::{SagaFilter, get_saga, list_sagas_where, saga_history};
+use ratchet_store::testing::{DatabaseServer, TestDatabase, fresh_database};
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -48,31 +52,56 @@ async fn stuck_saga(engine: &Engine, account: Uuid) -> Uuid {
     id
 }
 
+/// A saga that failed after `activate_widget`'s commit and unwound cleanly: `done`, but not succeeded.
+async fn unwound_saga(engine: &Engine, account: Uuid) -> Uuid {
+    let saga = engine
+        .create::<ProvisionWidget>(params(account))
+        .await
+        .unwrap();
+    engine.failpoints().arm(
+        saga.id,
+        "activate_widget",
+        FaultPoint::AfterCommit,
+        FaultEffect::PermanentError,
+        1,
+    );
+    let id = saga.id;
+    let outcome = saga.run().await.unwrap();
+    assert!(
+        matches!(outcome, SagaOutcome::Unwound { .. }),
+        "{outcome:?}"
+    );
+    id
+}
+
 async fn saga_row(engine: &Engine, id: Uuid) -> ratchet_store::SagaRow {
     let mut conn = engine.pool().get().await.unwrap();
     get_saga(&mut conn, id).await.unwrap().unwrap()
 }
 
+/// Everything recorded about saga `id` (row, events, records), as JSON: what must not change.
+async fn everything(engine: &Engine, id: Uuid) -> serde_json::Value {
+    let mut conn = engine.pool().get().await.unwrap();
+    let history = saga_history(&mut conn, id).await.unwrap().unwrap();
+    serde_json::to_value(&history).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_and_show_with_the_stuck_diagnosis() {
     let db = database().await;
-    let engine = engine(&db, Uuid::new_v4()).await;
+    let sec = Uuid::new_v4();
+    let engine = engine(&db, sec).await;
     let account = account(&engine).await;
     let (done, _) = engine
         .run::<ProvisionWidget>(params(account))
         .await
         .unwrap();
     let stuck = stuck_saga(&engine, account).await;
+    let labels = [(done, "DONE"), (stuck, "STUCK"), (sec, "SEC")];
 
     let all = ratchet(&db, &["sagas", "list"]);
-    assert_says(&all, &["2 saga(s)"]);
-    for (id, state) in [(done, "done"), (stuck, "stuck")] {
-        let line = all.stdout.lines().find(|l| l.starts_with(&id.to_string()));
-        assert!(
-            line.is_some_and(|l| l.contains(state) && l.contains("example-provision")),
-            "{all:?}"
-        );
-    }
+    assert!(all.ok, "{all:?}");
+    redacted(&labels).bind(|| insta::assert_snapshot!("sagas_list", all.stdout));
     let only_stuck = ratchet(&db, &["sagas", "list", "--state", "stuck"]);
     assert_says(&only_stuck, &[&stuck.to_string(), "1 saga(s)"]);
     assert!(
@@ -83,40 +112,15 @@ async fn list_and_show_with_the_stuck_diagnosis() {
         &ratchet(&db, &["sagas", "list", "--state", "abandoned"]),
         &["no abandoned sagas"],
     );
-    assert_refused(
+    assert_usage_error(
         &ratchet(&db, &["sagas", "list", "--state", "wedged"]),
-        "unknown saga state \"wedged\"",
+        "invalid value 'wedged' for '--state <STATE>'",
     );
 
+    // The stuck saga: its timeline, then the diagnosis and what to do next.
     let show = ratchet(&db, &["sagas", "show", &stuck.to_string()]);
-    assert_says(
-        &show,
-        &[
-            "(example-provision, definition version 1)",
-            "state      stuck",
-            "nodes, in DAG order:",
-            "  reserve_widget",
-            "  charge_account",
-            "  activate_widget",
-            "commit record",
-            "undo_failed",
-            "diagnosis:",
-            "the compensation of charge_account failed",
-            "injected at InCompensation",
-            "commits not yet compensated, oldest first:",
-            "stuck for ",
-            &format!("ratchet sagas retry-unwind {stuck}"),
-        ],
-    );
-    let uncompensated = show
-        .stdout
-        .split("commits not yet compensated")
-        .nth(1)
-        .unwrap();
-    assert!(
-        uncompensated.contains("reserve_widget") && uncompensated.contains("charge_account"),
-        "{show:?}"
-    );
+    assert!(show.ok, "{show:?}");
+    redacted(&labels).bind(|| insta::assert_snapshot!("sagas_show_stuck", show.stdout));
     let show_done = ratchet(&db, &["sagas", "show", &done.to_string()]);
     assert_says(&show_done, &["state      done", "succeeded"]);
     assert!(!show_done.stdout.contains("diagnosis:"), "{show_done:?}");
@@ -126,11 +130,145 @@ async fn list_and_show_with_the_stuck_diagnosis() {
         &ratchet(&db, &["sagas", "show", &missing]),
         &format!("no saga with id {missing}"),
     );
-    assert_refused(
+    assert_usage_error(
         &ratchet(&db, &["sagas", "show", "saga-17"]),
         "\"saga-17\" is not a saga id",
     );
-    assert_refused(&ratchet(&db, &["sagas", "show"]), "needs a saga id");
+    assert_usage_error(&ratchet(&db, &["sagas", "show"]), "<ID>");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_filters_limits_and_tells_succeeded_from_unwound() {
+    let db = database().await;
+    let (sec, other) = (Uuid::new_v4(), Uuid::new_v4());
+    let engine = engine(&db, sec).await;
+    let account = account(&engine).await;
+    let (succeeded, _) = engine
+        .run::<ProvisionWidget>(params(account))
+        .await
+        .unwrap();
+    let unwound = unwound_saga(&engine, account).await;
+    let second = self::engine(&db, other).await;
+    let orphan = second
+        .create::<ProvisionWidget>(params(account))
+        .await
+        .unwrap()
+        .id;
+    second.shutdown().await;
+
+    let all = ratchet(&db, &["sagas", "list"]);
+    let line = |run: &Run, id: Uuid| {
+        run.stdout
+            .lines()
+            .find(|l| l.starts_with(&id.to_string()))
+            .map(str::to_owned)
+    };
+    assert!(
+        line(&all, succeeded).is_some_and(|l| l.contains("done (succeeded)")),
+        "{all:?}"
+    );
+    assert!(
+        line(&all, unwound).is_some_and(|l| l.contains("done (unwound)")),
+        "{all:?}"
+    );
+    // Times carry their zone.
+    assert!(
+        line(&all, orphan).is_some_and(|l| l.contains("running") && l.contains("Z ")),
+        "{all:?}"
+    );
+    assert_says(&all, &["3 saga(s)"]);
+
+    let newest = ratchet(&db, &["sagas", "list", "--limit", "1"]);
+    assert_says(
+        &newest,
+        &[
+            &orphan.to_string(),
+            "1 saga(s) shown, the newest: more match",
+        ],
+    );
+    assert!(line(&newest, succeeded).is_none(), "{newest:?}");
+
+    let by_executor = ratchet(&db, &["sagas", "list", "--executor", &other.to_string()]);
+    assert_says(&by_executor, &[&orphan.to_string(), "1 saga(s)"]);
+    let by_name = ratchet(&db, &["sagas", "list", "--name", "instance-create"]);
+    assert_says(&by_name, &["no sagas match"]);
+    let since = ratchet(&db, &["sagas", "list", "--since", "1h"]);
+    assert_says(&since, &["3 saga(s)"]);
+    let future = ratchet(&db, &["sagas", "list", "--since", "2999-01-01"]);
+    assert_says(&future, &["no sagas match"]);
+    assert_usage_error(
+        &ratchet(&db, &["sagas", "list", "--since", "yesterday"]),
+        "is not a time",
+    );
+    assert_usage_error(&ratchet(&db, &["sagas", "list", "--limit", "0"]), "--limit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_prints_receipts_whole_with_full_and_the_dag_with_dot() {
+    let db = database().await;
+    let engine = engine(&db, Uuid::new_v4()).await;
+    let account = account(&engine).await;
+    let (id, _) = engine
+        .run::<ProvisionWidget>(params(account))
+        .await
+        .unwrap();
+    let id_s = id.to_string();
+    // charge_account's receipt (account, amount, balance, ledger and widget ids) is longer than 100 characters.
+    let receipt_line = |run: &Run| {
+        run.stdout
+            .lines()
+            .skip_while(|l| l.trim() != "charge_account")
+            .find_map(|l| l.split_once("receipt ").map(|(_, r)| r.to_owned()))
+            .unwrap_or_else(|| panic!("no receipt of charge_account: {run:?}"))
+    };
+    let short = ratchet(&db, &["sagas", "show", &id_s]);
+    assert!(short.ok && receipt_line(&short).ends_with('…'), "{short:?}");
+    let full = ratchet(&db, &["sagas", "show", &id_s, "--full"]);
+    assert!(full.ok, "{full:?}");
+    let mut conn = engine.pool().get().await.unwrap();
+    let history = saga_history(&mut conn, id).await.unwrap().unwrap();
+    let receipt = history
+        .commits
+        .iter()
+        .find(|c| c.node_name == "charge_account")
+        .map(|c| c.receipt.clone());
+    let printed: serde_json::Value = serde_json::from_str(&receipt_line(&full)).unwrap();
+    assert!(printed.to_string().chars().count() > 100, "{printed}");
+    assert_eq!(Some(printed), receipt, "printed whole");
+
+    let stuck = stuck_saga(&engine, account).await;
+    let dot = ratchet(&db, &["sagas", "show", &stuck.to_string(), "--dot"]);
+    assert!(dot.ok && dot.stdout.starts_with("digraph "), "{dot:?}");
+    let node = |name: &str| {
+        dot.stdout
+            .lines()
+            .find(|l| l.contains(&format!("label=\"{name}\\n")))
+            .unwrap_or_else(|| panic!("no node {name}: {dot:?}"))
+            .to_owned()
+    };
+    // run_stuck: activate_widget fails, then the compensation of charge_account fails for good.
+    assert!(node("activate_widget").contains("\\nfailed\""), "{dot:?}");
+    assert!(node("charge_account").contains("\\nstuck\""), "{dot:?}");
+    assert!(node("reserve_widget").contains("\\nsucceeded\""), "{dot:?}");
+    assert!(dot.stdout.contains(" -> "), "{dot:?}");
+    assert!(dot.stdout.trim_end().ends_with('}'), "{dot:?}");
+    // A node that failed after its commit undid the commit itself: the DAG says so.
+    let unwound = unwound_saga(&engine, account).await;
+    let dot = ratchet(&db, &["sagas", "show", &unwound.to_string(), "--dot"]);
+    assert!(
+        dot.stdout
+            .contains("label=\"activate_widget\\nfailed (its commit undone)\""),
+        "{dot:?}"
+    );
+    assert!(
+        dot.stdout
+            .contains("label=\"charge_account\\ncompensated\""),
+        "{dot:?}"
+    );
+    assert_usage_error(
+        &ratchet(&db, &["sagas", "show", &id_s, "--dot", "--json"]),
+        "cannot be used with",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,11 +278,30 @@ async fn retry_unwind_finishes_a_stuck_saga_and_refuses_the_rest() {
     let account = account(&engine).await;
     let stuck = stuck_saga(&engine, account).await;
     let (id, cli_sec) = (stuck.to_string(), Uuid::new_v4().to_string());
+    let retry = ["sagas", "retry-unwind", &id, "--sec-id", &cli_sec];
+
+    // A dry run says what would happen and changes nothing.
+    let before = everything(&engine, stuck).await;
+    let dry = ratchet(&db, &[&retry[..], &["--dry-run"]].concat());
+    assert_says(
+        &dry,
+        &[
+            &format!(
+                "would retry the unwind of saga {id} (example-provision) as executor {cli_sec}"
+            ),
+            "at generation 2",
+            "the compensation of charge_account runs again",
+            "nothing was changed (--dry-run)",
+        ],
+    );
+    // On a --database-url, without --yes and without a terminal: refused, naming --yes.
+    assert_refused(&ratchet(&db, &retry), "pass --yes to go ahead");
+    assert_eq!(everything(&engine, stuck).await, before, "untouched");
 
     // The cause (this process's failpoint) does not exist in the CLI's engine: the compensation now succeeds.
-    let retry = ratchet(&db, &["sagas", "retry-unwind", &id, "--sec-id", &cli_sec]);
+    let retried = ratchet(&db, &[&retry[..], &["--yes"]].concat());
     assert_says(
-        &retry,
+        &retried,
         &[
             "unwound cleanly after activate_widget failed",
             "the unwind completed",
@@ -164,15 +321,27 @@ async fn retry_unwind_finishes_a_stuck_saga_and_refuses_the_rest() {
         "no leak: {after:?}"
     );
 
+    let wrong_state = format!("saga {id} is done, but this operation needs it stuck");
     assert_refused(
-        &ratchet(&db, &["sagas", "retry-unwind", &id, "--sec-id", &cli_sec]),
-        &format!("saga {id} is done, but this operation needs it stuck"),
+        &ratchet(&db, &[&retry[..], &["--yes"]].concat()),
+        &wrong_state,
+    );
+    assert_refused(
+        &ratchet(&db, &[&retry[..], &["--dry-run"]].concat()),
+        &wrong_state,
     );
     let missing = Uuid::new_v4().to_string();
     assert_refused(
         &ratchet(
             &db,
-            &["sagas", "retry-unwind", &missing, "--sec-id", &cli_sec],
+            &[
+                "sagas",
+                "retry-unwind",
+                &missing,
+                "--sec-id",
+                &cli_sec,
+                "--yes",
+            ],
         ),
         &format!("no saga with id {missing}"),
     );
@@ -186,13 +355,30 @@ async fn abandon_records_the_reason_and_says_the_rows_stay() {
     let stuck = stuck_saga(&engine, account).await;
     let id = stuck.to_string();
     let reason = "volume deleted by hand (ticket 42)";
+    let abandon = ["sagas", "abandon", &id, "--reason", reason];
 
-    assert_refused(
-        &ratchet(&db, &["sagas", "abandon", &id]),
-        "needs --reason TEXT",
+    assert_usage_error(
+        &ratchet(&db, &["sagas", "abandon", &id, "--yes"]),
+        "--reason <TEXT>",
     );
+    let before = everything(&engine, stuck).await;
     assert_says(
-        &ratchet(&db, &["sagas", "abandon", &id, "--reason", reason]),
+        &ratchet(&db, &[&abandon[..], &["--dry-run"]].concat()),
+        &[
+            &format!(
+                "would abandon saga {id} (example-provision), now stuck, recording the reason: {reason}"
+            ),
+            "commits that would stay in effect",
+            "reserve_widget",
+            "charge_account",
+            "nothing was changed (--dry-run)",
+        ],
+    );
+    assert_refused(&ratchet(&db, &abandon), "pass --yes to go ahead");
+    assert_eq!(everything(&engine, stuck).await, before, "untouched");
+
+    assert_says(
+        &ratchet(&db, &[&abandon[..], &["--yes"]].concat()),
         &[
             &format!("saga {id} (example-provision) is abandoned; it was stuck"),
             &format!("reason recorded: {reason}"),
@@ -206,13 +392,27 @@ async fn abandon_records_the_reason_and_says_the_rows_stay() {
     assert_eq!(row.saga_state, "abandoned");
     assert_eq!(row.abandon_reason.as_deref(), Some(reason));
 
+    let wrong_state = "is abandoned, but this operation needs it running, unwinding or stuck";
     assert_refused(
-        &ratchet(&db, &["sagas", "abandon", &id, "--reason", "again"]),
-        "is abandoned, but this operation needs it running, unwinding or stuck",
+        &ratchet(
+            &db,
+            &["sagas", "abandon", &id, "--reason", "again", "--yes"],
+        ),
+        wrong_state,
+    );
+    assert_refused(
+        &ratchet(
+            &db,
+            &["sagas", "abandon", &id, "--reason", "again", "--dry-run"],
+        ),
+        wrong_state,
     );
     let missing = Uuid::new_v4().to_string();
     assert_refused(
-        &ratchet(&db, &["sagas", "abandon", &missing, "--reason", "x"]),
+        &ratchet(
+            &db,
+            &["sagas", "abandon", &missing, "--reason", "x", "--yes"],
+        ),
         &format!("no saga with id {missing}"),
     );
 }
@@ -232,6 +432,19 @@ async fn adopt_and_recover_finish_another_executors_sagas() {
         .id;
 
     let adopt = ["sagas", "adopt", "--from", &dead_s, "--sec-id", &cli_s];
+    let before = everything(&first, orphan).await;
+    assert_says(
+        &ratchet(&db, &[&adopt[..], &["--dry-run"]].concat()),
+        &[
+            &format!("executor {cli} (from --sec-id) would adopt 1 saga(s) from executor {dead}"),
+            &format!("{orphan} (example-provision, running) at generation 2"),
+            "nothing was changed (--dry-run)",
+        ],
+    );
+    assert_refused(&ratchet(&db, &adopt), "pass --yes to go ahead");
+    assert_eq!(everything(&first, orphan).await, before, "untouched");
+
+    let adopt = [&adopt[..], &["--yes"]].concat();
     assert_says(
         &ratchet(&db, &adopt),
         &[
@@ -249,16 +462,19 @@ async fn adopt_and_recover_finish_another_executors_sagas() {
     assert_refused(
         &ratchet(
             &db,
-            &["sagas", "adopt", "--from", &cli_s, "--sec-id", &cli_s],
+            &[
+                "sagas", "adopt", "--from", &cli_s, "--sec-id", &cli_s, "--yes",
+            ],
         ),
         "cannot adopt its own sagas",
     );
-    assert_refused(
-        &ratchet(&db, &["sagas", "adopt", "--sec-id", &cli_s]),
-        "needs --from SEC_ID",
+    assert_usage_error(
+        &ratchet(&db, &["sagas", "adopt", "--sec-id", &cli_s, "--yes"]),
+        "--from <SEC_ID>",
     );
 
-    // `recover` resumes this executor's own unfinished sagas, abandoning one whose action is gone.
+    // `recover` says which executor it is and what it owns, then resumes its unfinished sagas, abandoning one
+    // whose action is gone.
     let mine = Uuid::new_v4();
     let second = engine(&db, mine).await;
     let good = second
@@ -275,16 +491,338 @@ async fn adopt_and_recover_finish_another_executors_sagas() {
     rename_activate_widget(&mut conn, renamed).await;
     let recover = ["recover", "--sec-id", &mine.to_string()];
     // An abandoned saga needs an operator: `recover` says so in its exit status.
+    let recovered = ratchet(&db, &recover);
     assert_fails_after_saying(
-        &ratchet(&db, &recover),
+        &recovered,
         &[
-            &format!("executor {mine}: resumed 1 saga(s), abandoned 1"),
-            &format!("abandoned {renamed}: unrecoverable: node \"activate_widget\""),
-            "\"example.activate_widget_v0\"",
+            &format!("executor {mine} (from --sec-id): owns 2 unfinished saga(s)"),
             &format!("{good}: succeeded"),
-            "recovered 1 saga(s): 1 succeeded; abandoned 1",
         ],
         "recovery needs an operator: 0 saga(s) stuck",
     );
-    assert_says(&ratchet(&db, &recover), &["nothing to recover"]);
+    redacted(&[(mine, "SEC"), (good, "GOOD"), (renamed, "RENAMED")])
+        .bind(|| insta::assert_snapshot!("recover", recovered.stdout));
+    assert_says(
+        &ratchet(&db, &recover),
+        &["owns 0 unfinished", "nothing to recover"],
+    );
+    // The id may come from the environment too.
+    let from_env = ratchet_at(
+        None,
+        &["--database-url", &db.url, "recover"],
+        &[("RATCHET_SEC_ID", &mine.to_string())],
+    );
+    assert_says(
+        &from_env,
+        &[&format!("executor {mine} (from RATCHET_SEC_ID)")],
+    );
+}
+
+/// Every command's `--json` parses, and is the library's own serialization of what it reports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_output_is_the_librarys_report() {
+    let db = database().await;
+    let sec = Uuid::new_v4();
+    let engine = engine(&db, sec).await;
+    let account = account(&engine).await;
+    let (done, _) = engine
+        .run::<ProvisionWidget>(params(account))
+        .await
+        .unwrap();
+    let stuck = stuck_saga(&engine, account).await;
+    let other_stuck = stuck_saga(&engine, account).await;
+    let mut conn = AsyncPgConnection::establish(&db.url).await.unwrap();
+
+    // sagas list: SagaPage, field for field, and how each done saga ended.
+    let list = ratchet(&db, &["sagas", "list", "--json"]).json();
+    let page = list_sagas_where(&mut conn, &SagaFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(list["sagas"], serde_json::to_value(&page.sagas).unwrap());
+    assert_eq!(list["truncated"], false);
+    assert_eq!(list["endings"][done.to_string()], "succeeded");
+    let limited = ratchet(&db, &["sagas", "list", "-o", "json", "--limit", "1"]).json();
+    assert_eq!(limited["truncated"], true);
+    assert_eq!(limited["sagas"].as_array().map(Vec::len), Some(1));
+
+    // sagas show: SagaHistory, its diagnosis, and whether it waits.
+    let show = ratchet(&db, &["sagas", "show", &stuck.to_string(), "--json"]).json();
+    let history = saga_history(&mut conn, stuck).await.unwrap().unwrap();
+    let expected = serde_json::to_value(&history).unwrap();
+    for field in ["saga", "events", "commits", "compensations"] {
+        assert_eq!(show[field], expected[field], "{field}");
+    }
+    assert_eq!(show["diagnosis"]["state"], "stuck");
+    assert_eq!(
+        show["diagnosis"]["failed_undos"][0]["node"],
+        "charge_account"
+    );
+    assert_eq!(show["waiting"], serde_json::Value::Null);
+
+    // Dry runs: their plans.
+    let cli = Uuid::new_v4().to_string();
+    let plan = ratchet(
+        &db,
+        &[
+            "sagas",
+            "retry-unwind",
+            &stuck.to_string(),
+            "--sec-id",
+            &cli,
+            "--dry-run",
+            "--json",
+        ],
+    )
+    .json();
+    assert_eq!(plan["dry_run"], true);
+    assert_eq!(plan["generation"], history.saga.adopt_generation + 1);
+
+    // sagas retry-unwind: the SagaOutcome.
+    let retried = ratchet(
+        &db,
+        &[
+            "sagas",
+            "retry-unwind",
+            &stuck.to_string(),
+            "--sec-id",
+            &cli,
+            "--yes",
+            "--json",
+        ],
+    )
+    .json();
+    assert_eq!(retried["saga_id"], stuck.to_string());
+    assert_eq!(retried["outcome"]["outcome"], "unwound");
+    assert_eq!(retried["outcome"]["node"], "activate_widget");
+
+    // sagas abandon: Abandoned.
+    let diagnosis = saga_history(&mut conn, other_stuck)
+        .await
+        .unwrap()
+        .unwrap()
+        .diagnosis();
+    let abandoned = ratchet(
+        &db,
+        &[
+            "sagas",
+            "abandon",
+            &other_stuck.to_string(),
+            "--reason",
+            "r",
+            "--yes",
+            "--json",
+        ],
+    )
+    .json();
+    assert_eq!(abandoned["id"], other_stuck.to_string());
+    assert_eq!(abandoned["previous_state"], "stuck");
+    assert_eq!(abandoned["reason"], "r");
+    assert_eq!(
+        abandoned["uncompensated"],
+        serde_json::to_value(&diagnosis.uncompensated).unwrap()
+    );
+
+    // sagas adopt: the AdoptionReport, with each resumed saga's outcome.
+    let dead = Uuid::new_v4();
+    let first = self::engine(&db, dead).await;
+    let orphan = first
+        .create::<ProvisionWidget>(params(self::account(&first).await))
+        .await
+        .unwrap()
+        .id;
+    first.shutdown().await;
+    let adopted = ratchet(
+        &db,
+        &[
+            "sagas",
+            "adopt",
+            "--from",
+            &dead.to_string(),
+            "--sec-id",
+            &cli,
+            "--yes",
+            "--json",
+        ],
+    )
+    .json();
+    assert_eq!(adopted["adoption"]["from_sec"], dead.to_string());
+    assert_eq!(adopted["adoption"]["to_sec"], cli);
+    assert_eq!(adopted["adoption"]["adopted"][0]["id"], orphan.to_string());
+    assert_eq!(adopted["adoption"]["adopted"][0]["generation"], 2);
+    assert_eq!(
+        adopted["outcomes"][orphan.to_string()]["outcome"],
+        "succeeded"
+    );
+
+    // recover: the RecoveryReport, and the outcomes.
+    let mine = Uuid::new_v4();
+    let third = self::engine(&db, mine).await;
+    let resumed = third
+        .create::<ProvisionWidget>(params(self::account(&third).await))
+        .await
+        .unwrap()
+        .id;
+    third.shutdown().await;
+    let recovered = ratchet(&db, &["recover", "--sec-id", &mine.to_string(), "--json"]);
+    assert!(recovered.ok, "{recovered:?}");
+    let recovered = recovered.json();
+    assert_eq!(recovered["executor"], mine.to_string());
+    assert_eq!(recovered["unfinished_owned"], 1);
+    assert_eq!(recovered["recovery"]["resumed"][0], resumed.to_string());
+    assert_eq!(recovered["recovery"]["abandoned"], serde_json::json!([]));
+    assert_eq!(
+        recovered["outcomes"][resumed.to_string()]["outcome"],
+        "succeeded"
+    );
+    assert_eq!(recovered["needs_operator"], false);
+
+    // check: sagas by state and the violations (none; the commands above made the Nexus tables).
+    let checked = ratchet(&db, &["check", "--json"]);
+    assert!(checked.ok, "{checked:?}");
+    let checked = checked.json();
+    assert_eq!(checked["sagas"]["abandoned"], 1);
+    assert_eq!(checked["violations"], serde_json::json!([]));
+    assert_eq!(checked["datastore_checked"], true);
+    assert_eq!(checked["services_checked"], false);
+    assert_usage_error(
+        &ratchet(&db, &["check", "--json", "-o", "text"]),
+        "cannot be used with",
+    );
+}
+
+/// `sagas list`, `sagas show` and `check` only read: on a database without the saga log they fail, naming
+/// what creates it, and leave it as empty as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_commands_create_nothing() {
+    let server = DatabaseServer::for_tests().await.unwrap();
+    let name = format!("ratchet_empty_{}", Uuid::new_v4().simple());
+    let mut admin = AsyncPgConnection::establish(&server.url("postgres"))
+        .await
+        .unwrap();
+    diesel::sql_query(format!("CREATE DATABASE \"{name}\""))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let db = TestDatabase {
+        url: server.url(&name),
+        name,
+    };
+    let id = Uuid::new_v4().to_string();
+    for command in [
+        &["sagas", "list"][..],
+        &["sagas", "show", &id],
+        &["check"],
+        &["check", "--json"],
+        &["sagas", "abandon", &id, "--reason", "r", "--dry-run"],
+    ] {
+        let run = ratchet(&db, command);
+        assert_refused(&run, "this database has no saga log");
+        assert_refused(&run, "missing: table saga");
+        assert_refused(&run, "nothing was created");
+        assert_refused(&run, "`ratchet recover`");
+    }
+    #[derive(diesel::QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = BigInt)]
+        count: i64,
+    }
+    let mut conn = AsyncPgConnection::establish(&db.url).await.unwrap();
+    let tables: Count = diesel::sql_query(
+        "SELECT count(*) AS count FROM information_schema.tables WHERE table_schema = 'public'",
+    )
+    .get_result(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(tables.count, 0, "the database is still empty");
+    drop(conn);
+    server.drop_database(&db).await.unwrap();
+}
+
+/// The commands that drive sagas need this executor's id on a `--database-url`: a made-up default would be a
+/// new executor each time, whose sagas no `recover` finds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn driving_sagas_on_a_database_url_needs_an_executor_id() {
+    let db = database().await;
+    let id = Uuid::new_v4().to_string();
+    for command in [
+        &["recover"][..],
+        &["demo"],
+        &["run", "disk-attach", "--count", "1"],
+        &["sagas", "retry-unwind", &id, "--yes"],
+        &["sagas", "adopt", "--from", &id, "--yes"],
+    ] {
+        let run = ratchet(&db, command);
+        assert_refused(&run, "pass --sec-id UUID (or set RATCHET_SEC_ID)");
+        assert_refused(&run, "Nothing was changed");
+    }
+}
+
+#[test]
+fn usage_errors_exit_2_and_help_and_version_exit_0() {
+    let version = ratchet_at(None, &["--version"], &[]);
+    assert!(
+        version.code == Some(0) && version.stdout.starts_with("ratchet "),
+        "{version:?}"
+    );
+    let help = ratchet_at(None, &["sagas", "list", "-h"], &[]);
+    assert!(
+        help.code == Some(0)
+            && help.stdout.contains("--limit <N>")
+            && help.stdout.contains("Exit status:"),
+        "{help:?}"
+    );
+    let help = ratchet_at(None, &["--help"], &[]);
+    assert!(
+        help.code == Some(0) && help.stdout.contains("2  usage error"),
+        "{help:?}"
+    );
+    // A typo is a usage error that names the argument, with a suggestion.
+    let typo = ratchet_at(None, &["run", "instance-create", "--disk", "2"], &[]);
+    assert_usage_error(&typo, "unexpected argument '--disk'");
+    assert_usage_error(&typo, "a similar argument exists: '--disks'");
+    // instance-create's options belong to it alone.
+    assert_usage_error(
+        &ratchet_at(None, &["run", "disk-attach", "--disks", "2"], &[]),
+        "unexpected argument '--disks'",
+    );
+    assert_usage_error(
+        &ratchet_at(None, &["run", "instance-crate"], &[]),
+        "'instance-create'",
+    );
+    assert_usage_error(&ratchet_at(None, &["sagas", "lst"], &[]), "'list'");
+    assert_usage_error(
+        &ratchet_at(None, &["frobnicate"], &[]),
+        "unrecognized subcommand",
+    );
+    assert_usage_error(
+        &ratchet_at(None, &["recover", "--sled-agent", "127.0.0.1:1"], &[]),
+        "--pantry <ADDR>",
+    );
+    assert_usage_error(
+        &ratchet_at(
+            None,
+            &[
+                "recover",
+                "--sled-agent",
+                "nowhere",
+                "--pantry",
+                "127.0.0.1:1",
+            ],
+            &[],
+        ),
+        "invalid value 'nowhere' for '--sled-agent <ADDR>'",
+    );
+    assert_usage_error(
+        &ratchet_at(None, &["matrix", "--fault", "after-commit"], &[]),
+        "invalid value 'after-commit'",
+    );
+    assert_usage_error(
+        &ratchet_at(None, &["--sec-id", "me", "recover"], &[]),
+        "invalid value 'me' for '--sec-id <UUID>'",
+    );
+    let bare = ratchet_at(None, &[], &[]);
+    assert!(
+        bare.code == Some(2) && bare.stderr.contains("Usage: ratchet"),
+        "{bare:?}"
+    );
 }

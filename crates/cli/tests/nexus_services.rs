@@ -5,8 +5,8 @@
 mod common;
 
 use common::{
-    RATCHET, Run, assert_fails_after_saying, assert_refused, assert_says, ratchet,
-    rename_activate_widget,
+    RATCHET, Run, assert_fails_after_saying, assert_refused, assert_says, assert_usage_error,
+    ratchet, rename_activate_widget,
 };
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use ratchet_engine::example::{self, ProvisionParams, ProvisionWidget};
@@ -215,7 +215,9 @@ async fn recover_refuses_without_the_services_and_recovers_with_them() {
     );
     assert_refused(
         &setup.ratchet(
-            &["sagas", "adopt", "--from", &sec_s, "--sec-id", &other_s],
+            &[
+                "sagas", "adopt", "--from", &sec_s, "--sec-id", &other_s, "--yes",
+            ],
             false,
         ),
         &format!("1 instance-create of executor {other}, executor {sec}"),
@@ -227,12 +229,12 @@ async fn recover_refuses_without_the_services_and_recovers_with_them() {
         ),
         "would start new, empty simulated services",
     );
-    assert_refused(
+    assert_usage_error(
         &setup.ratchet(
             &["recover", "--sec-id", &sec_s, "--sled-agent", "127.0.0.1:1"],
             false,
         ),
-        "--sled-agent needs --pantry ADDR too",
+        "the following required arguments were not provided:\n  --pantry <ADDR>",
     );
     // A port where nothing answers: bound for the whole test (so no other process can take it meanwhile)
     // and never accepted on, so the CLI's request gets no answer within its timeout.
@@ -319,13 +321,33 @@ async fn retry_unwind_of_a_stuck_nexus_saga_needs_the_services() {
     engine.shutdown().await;
 
     let cli = Uuid::new_v4().to_string();
-    let retry = ["sagas", "retry-unwind", &id.to_string(), "--sec-id", &cli];
+    let retry = [
+        "sagas",
+        "retry-unwind",
+        &id.to_string(),
+        "--sec-id",
+        &cli,
+        "--yes",
+    ];
     let refused = setup.ratchet(&retry, false);
     assert_refused(
         &refused,
         &format!("1 instance-create of executor {cli}, saga {id}"),
     );
     assert_refused(&refused, "Pass --sled-agent ADDR --pantry ADDR");
+    // A dry run refuses as the real one would, and with the services says what it would do.
+    let dry_run = [&retry[..5], &["--dry-run"]].concat();
+    assert_refused(
+        &setup.ratchet(&dry_run, false),
+        "Pass --sled-agent ADDR --pantry ADDR",
+    );
+    assert_says(
+        &setup.ratchet(&dry_run, true),
+        &[
+            "the compensation of create_instance_record runs again",
+            "nothing was changed (--dry-run)",
+        ],
+    );
     assert_eq!(setup.state(id).await.0, "stuck", "refused, untouched");
     assert_says(
         &setup.ratchet(&retry, true),
@@ -337,5 +359,46 @@ async fn retry_unwind_of_a_stuck_nexus_saga_needs_the_services() {
     assert_says(
         &setup.ratchet(&["check"], true),
         &["invariant check: 0 violation(s)"],
+    );
+}
+
+/// `ratchet run --json`: the summary (how each saga came to rest, and the invariant check) as JSON on stdout,
+/// the running commentary on stderr.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_prints_its_summary_as_json() {
+    let db = fresh_database(&[&DATASTORE_MIGRATIONS, &example::MIGRATIONS])
+        .await
+        .expect("test database");
+    let sec = Uuid::new_v4().to_string();
+    let run = ratchet(
+        &db,
+        &[
+            "run",
+            "disk-attach",
+            "--count",
+            "3",
+            "--concurrency",
+            "2",
+            "--sec-id",
+            &sec,
+            "--json",
+        ],
+    );
+    assert!(run.ok, "{run:?}");
+    let summary = run.json();
+    assert_eq!(summary["saga"], "disk-attach");
+    assert_eq!(summary["count"], 3);
+    assert_eq!(summary["tally"]["succeeded"], 3);
+    assert_eq!(summary["violations"], serde_json::json!([]));
+    assert_eq!(summary["incomplete"], serde_json::json!([]));
+    let outcomes = summary["outcomes"].as_object().expect("outcomes");
+    assert_eq!(outcomes.len(), 3, "{summary}");
+    assert!(
+        outcomes.values().all(|o| o["outcome"] == "succeeded"),
+        "{summary}"
+    );
+    assert!(
+        run.stderr.contains("running 3 disk-attach saga(s)"),
+        "{run:?}"
     );
 }

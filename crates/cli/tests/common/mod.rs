@@ -1,16 +1,20 @@
+#![allow(dead_code)]
+
 //! What the CLI's test files share: running the `ratchet` binary as a user would, and asserting on what it
 //! printed.
 
 use diesel::sql_types::Uuid as SqlUuid;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use ratchet_store::testing::TestDatabase;
+use std::path::Path;
 use std::process::Command;
 use uuid::Uuid;
 
 pub const RATCHET: &str = env!("CARGO_BIN_EXE_ratchet");
 
-/// What one run of the CLI printed.
+/// What one run of the CLI printed, and its exit status.
 pub struct Run {
+    pub code: Option<i32>,
     pub ok: bool,
     pub stdout: String,
     pub stderr: String,
@@ -20,38 +24,81 @@ impl std::fmt::Debug for Run {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "exit ok: {}\n--- stdout\n{}--- stderr\n{}",
-            self.ok, self.stdout, self.stderr
+            "exit status: {:?}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
         )
+    }
+}
+
+impl Run {
+    /// stdout as JSON.
+    #[track_caller]
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
     }
 }
 
 /// Runs `ratchet --database-url URL ARGS…` in a scratch directory (so that nothing lands in the repository).
 pub fn ratchet(db: &TestDatabase, args: &[&str]) -> Run {
-    let scratch =
-        std::env::temp_dir().join(format!("ratchet-cli-test-{}", Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&scratch).unwrap();
+    let mut all = vec!["--database-url", db.url.as_str()];
+    all.extend_from_slice(args);
+    ratchet_at(None, &all, &[])
+}
+
+/// A scratch directory of its own, removed when dropped.
+pub struct Scratch(pub std::path::PathBuf);
+
+impl Scratch {
+    pub fn new(what: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("ratchet-{what}-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs `ratchet ARGS…` in `dir` (a scratch directory when `None`), with `env` set and neither
+/// `DATABASE_URL`, `RATCHET_SEC_ID` nor `RATCHET_LOG` inherited, stdin closed.
+pub fn ratchet_at(dir: Option<&Path>, args: &[&str], env: &[(&str, &str)]) -> Run {
+    let scratch = Scratch::new("cli-test");
     let output = Command::new(RATCHET)
-        .arg("--database-url")
-        .arg(&db.url)
         .args(args)
-        .current_dir(&scratch)
+        .current_dir(dir.unwrap_or(&scratch.0))
         .env_remove("DATABASE_URL")
+        .env_remove("RATCHET_SEC_ID")
+        .env_remove("RATCHET_LOG")
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
         .output()
         .expect("run ratchet");
-    let _ = std::fs::remove_dir_all(&scratch);
     Run {
+        code: output.status.code(),
         ok: output.status.success(),
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     }
 }
 
-/// Asserts the CLI refused, saying `message` on stderr.
+/// Asserts the CLI refused the command line (exit status 2), saying `message` on stderr.
+#[track_caller]
+pub fn assert_usage_error(run: &Run, message: &str) {
+    assert!(
+        run.code == Some(2) && run.stderr.contains(message),
+        "expected a usage error saying {message:?}: {run:?}"
+    );
+}
+
+/// Asserts the CLI refused (exit status 1), saying `message` on stderr.
 #[track_caller]
 pub fn assert_refused(run: &Run, message: &str) {
     assert!(
-        !run.ok && run.stderr.contains(message),
+        run.code == Some(1) && run.stderr.contains(message),
         "expected a refusal saying {message:?}: {run:?}"
     );
 }
@@ -85,4 +132,30 @@ pub async fn rename_activate_widget(conn: &mut AsyncPgConnection, id: Uuid) {
     .execute(conn)
     .await
     .unwrap();
+}
+
+/// Snapshot settings that replace what changes from run to run: the ids in `labels` by their label, any
+/// other UUID by `[UUID]` (and 32 hex digits by `[HEX]`), times by `[TIME]`, durations by `[DURATION]`.
+pub fn redacted(labels: &[(Uuid, &str)]) -> insta::Settings {
+    let mut settings = insta::Settings::clone_current();
+    settings.set_prepend_module_to_snapshot(false);
+    for (id, label) in labels {
+        settings.add_filter(&id.to_string(), format!("[{label}]"));
+    }
+    settings.add_filter(
+        r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
+        "[UUID]",
+    );
+    settings.add_filter(r"[0-9a-f]{32}", "[HEX]");
+    // The start of an id cut short (`sagas show` clips long receipts).
+    settings.add_filter(r"[0-9a-f][0-9a-f-]{0,34}…", "[UUID…]");
+    settings.add_filter(
+        r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})",
+        "[TIME]",
+    );
+    // A duration's width varies: one padded in a column keeps two spaces after it.
+    let duration = r"\b(\d+(\.\d+)? (ms|s)|\d+m \d+s|\d+h \d+m|\d+d \d+h)\b";
+    settings.add_filter(&format!("{duration} {{2,}}"), "[DURATION]  ");
+    settings.add_filter(duration, "[DURATION]");
+    settings
 }
