@@ -126,7 +126,7 @@ async fn frozen_executor() {
         &ratchet,
         scratch.path(),
         "sagas adopt (executor Y)",
-        as_executor(y, &["sagas", "adopt", "--from", &x.to_string()]),
+        as_executor(y, &["sagas", "adopt", "--yes", "--from", &x.to_string()]),
         false,
     );
     let (status, stdout) = adopt.finish_by(frozen + AT_REST_WITHIN);

@@ -100,6 +100,12 @@ pub enum Command {
     /// List, show and operate on sagas
     #[command(subcommand)]
     Sagas(SagasCommand),
+    /// The child process of `matrix --real-crash`: one crash cell's saga, run until the parent kills it
+    #[command(hide = true)]
+    MatrixChild {
+        /// The cell, as JSON
+        spec: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -141,6 +147,10 @@ pub struct MatrixArgs {
     /// Also a crash in the unwind an after-commit error caused (every node before it)
     #[arg(long)]
     pub pairs: bool,
+    /// Crash cells run their saga in a child process killed with SIGKILL at the fault point (at a
+    /// database node's COMMIT: in the middle of its round trip), then recovered by this process
+    #[arg(long)]
+    pub real_crash: bool,
     /// Write the report as JSON to FILE
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,

@@ -37,6 +37,7 @@ pub async fn dispatch(global: &Global, command: Command) -> anyhow::Result<()> {
         Command::Sim => crate::sim::sim().await,
         Command::Check(args) => crate::sim::check(global, &args).await,
         Command::Matrix(args) => crate::matrix::matrix(global, &args).await,
+        Command::MatrixChild { spec } => crate::matrix::child(&spec).await,
         Command::Bench(args) => crate::bench::bench(global, &args).await,
     }
 }

@@ -7,7 +7,7 @@ use crate::cli::{Global, MatrixArgs};
 use crate::commands;
 use crate::output::{Progress, Say};
 use anyhow::{Context, bail};
-use ratchet_fault_injection::{Matrix, Status, nexus};
+use ratchet_fault_injection::{ChildProgram, Matrix, Status, nexus};
 
 pub async fn matrix(global: &Global, args: &MatrixArgs) -> anyhow::Result<()> {
     // --pairs adds, for every database and external node N, an error right after N's COMMIT followed by a
@@ -23,6 +23,12 @@ pub async fn matrix(global: &Global, args: &MatrixArgs) -> anyhow::Result<()> {
         matrix = matrix.faults(&args.fault);
     }
     matrix = matrix.parallel(usize::from(args.parallel));
+    if args.real_crash {
+        // Each crash cell runs its saga in a child `ratchet matrix-child SPEC`, killed with SIGKILL at the
+        // fault point (see ratchet_fault_injection::real_crash).
+        let me = std::env::current_exe().context("finding this program, to run it as a child")?;
+        matrix = matrix.real_crash(ChildProgram::new(me, &["matrix-child"]));
+    }
 
     let server = commands::database_server(global).await?;
     quiet_injected_panics();
@@ -66,6 +72,12 @@ pub async fn matrix(global: &Global, args: &MatrixArgs) -> anyhow::Result<()> {
     if failures > 0 {
         bail!("{failures} cell(s) failed");
     }
+    Ok(())
+}
+
+/// `ratchet matrix-child SPEC`: one real-crash cell's saga, run until the parent kills it.
+pub async fn child(spec: &str) -> anyhow::Result<()> {
+    nexus::all_suites(Matrix::new()).run_child(spec).await?;
     Ok(())
 }
 
