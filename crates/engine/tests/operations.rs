@@ -636,15 +636,24 @@ async fn shutdown_stops_nodes_at_a_phase_boundary_and_the_next_start_recovers() 
         let engine = engine.clone();
         async move { engine.shutdown().await }
     });
+    // The shutdown has begun once the engine refuses new sagas (a condition, with a deadline)...
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !matches!(
+        engine.create::<ProvisionWidget>(params(account)).await,
+        Err(EngineError::ShuttingDown)
+    ) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the shutdown never began"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // ...and it does not end while the node is in flight (an observation window, not synchronisation).
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         !shutdown.is_finished(),
         "shutdown waits for the node in flight"
     );
-    assert!(matches!(
-        engine.create::<ProvisionWidget>(params(account)).await,
-        Err(EngineError::ShuttingDown)
-    ));
     engine.failpoints().wake(id);
     let report = tokio::time::timeout(Duration::from_secs(60), shutdown)
         .await

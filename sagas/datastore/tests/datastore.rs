@@ -1520,6 +1520,10 @@ async fn racing_attaches(isolation: &str) {
         .expect("database");
     let mut a = AsyncPgConnection::establish(&db.url).await.expect("a");
     let mut b = AsyncPgConnection::establish(&db.url).await.expect("b");
+    let mut watcher = AsyncPgConnection::establish(&db.url)
+        .await
+        .expect("watcher");
+    let b_pid = backend_pid(&mut b).await;
     let project = project_create(&mut a, Uuid::new_v4(), "p")
         .await
         .expect("project");
@@ -1540,7 +1544,8 @@ async fn racing_attaches(isolation: &str) {
         let result = instance_attach_disk(&mut b, instance.id, d2.id, 12).await;
         (b, result)
     });
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // The server shows b waiting for a lock (a's, on the instance) before a commits.
+    wait_until_blocked_on_a_lock(&mut watcher, b_pid).await;
     assert!(
         !second.is_finished(),
         "b waits for a's lock on the instance"
@@ -1821,5 +1826,47 @@ async fn every_rule_finds_its_planted_violation() {
             rule.name
         );
         assert_eq!(violations.len(), 1, "{violations:#?}");
+    }
+}
+
+#[derive(diesel::QueryableByName)]
+struct Pid {
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    pid: i32,
+}
+
+async fn backend_pid(conn: &mut AsyncPgConnection) -> i32 {
+    let row: Pid = diesel::sql_query("SELECT pg_backend_pid() AS pid")
+        .get_result(conn)
+        .await
+        .expect("backend pid");
+    row.pid
+}
+
+/// Waits (at most 30 s, else fails) until the server shows backend `pid` waiting for a lock.
+async fn wait_until_blocked_on_a_lock(watcher: &mut AsyncPgConnection, pid: i32) {
+    #[derive(diesel::QueryableByName)]
+    struct Blocked {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        blocked: bool,
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let row: Blocked = diesel::sql_query(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity \
+             WHERE pid = $1 AND wait_event_type = 'Lock') AS blocked",
+        )
+        .bind::<diesel::sql_types::Integer, _>(pid)
+        .get_result(watcher)
+        .await
+        .expect("pg_stat_activity");
+        if row.blocked {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "backend {pid} never waited for a lock"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
 }

@@ -642,9 +642,17 @@ async fn a_stopped_service_is_unknown() {
 
     let pantry = PantrySim::start().expect("start");
     let client = pantry.client();
+    let addr = pantry.addr();
     drop(pantry);
-    // Dropping aborts the server task; give the runtime a moment to close the listener.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Dropping aborts the server task, which closes the listener on its next poll: wait for a refused connect.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the dropped pantry still accepts connections"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     assert_unknown(client.disk_detach(id(), None, id()).await);
 }
 
@@ -1223,6 +1231,8 @@ async fn dropping_the_sim_abandons_the_requests_it_was_handling() {
     }
     drop(sim);
     assert_unknown(call.await.expect("join"));
+    // Not synchronisation but an observation window: twice the delay the request was waiting out, had its
+    // handling survived the drop, it would have been applied by now.
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(
         faults.applied(Operation::VmmEnsure),
