@@ -14,7 +14,7 @@ use crate::real_crash::{self, Driven};
 use crate::suite::SagaSuite;
 use futures::future::BoxFuture;
 use ratchet_engine::{
-    Engine, EngineBuilder, EngineConfig, FaultEffect, FaultPoint, NodeKind, PreparedSaga,
+    Engine, EngineBuilder, EngineConfig, FaultEffect, FaultPoint, NodeKind, PreparedSaga, SagaDef,
     SagaOutcome,
 };
 use ratchet_store::saga::{get_saga, saga_history};
@@ -184,13 +184,25 @@ pub(crate) struct Running<'a, T: SagaSuite> {
 
 impl<T: SagaSuite> Running<'_, T> {
     pub(crate) async fn engine(&self) -> Result<Engine, HarnessError> {
-        let builder = EngineBuilder::new(cell_config(&self.db.url, self.sec_id, self.fault));
-        let (engine, _) = self.suite.register(builder, &self.fixture).start().await?;
-        if let Some(point) = self.disabled_point {
-            engine.failpoints().disable(point);
-        }
-        Ok(engine)
+        start_engine(self.builder(), self.disabled_point).await
     }
+
+    /// The cell's engine, registered, not started.
+    fn builder(&self) -> EngineBuilder {
+        let builder = EngineBuilder::new(cell_config(&self.db.url, self.sec_id, self.fault));
+        self.suite.register(builder, &self.fixture)
+    }
+}
+
+async fn start_engine(
+    builder: EngineBuilder,
+    disabled_point: Option<FaultPoint>,
+) -> Result<Engine, HarnessError> {
+    let (engine, _) = builder.start().await?;
+    if let Some(point) = disabled_point {
+        engine.failpoints().disable(point);
+    }
+    Ok(engine)
 }
 
 /// Runs one cell. Never panics; every failure is a `Fail` with its reason.
@@ -333,6 +345,9 @@ async fn drive_here<T: SagaSuite>(
     running: &Running<'_, T>,
     cell: &Cell,
 ) -> Result<Option<Driven>, HarnessError> {
+    if cell.crashes() {
+        return drive_crashing(running, cell).await;
+    }
     let engine = running.engine().await?;
     let saga = engine
         .create::<T::Saga>(running.suite.params(&running.fixture))
@@ -344,13 +359,167 @@ async fn drive_here<T: SagaSuite>(
     for injection in injections {
         injection.await?;
     }
-    let (engine, outcome, crashed) = drive_to_rest(running, engine, saga, cell.crashes()).await?;
+    let outcome = tokio::time::timeout(REST_TIMEOUT, saga.run())
+        .await
+        .map_err(|_| HarnessError::Timeout("the saga".to_owned()))??;
     Ok(Some(Driven {
         engine,
         id,
         outcome,
-        crashed,
+        crashed: false,
     }))
+}
+
+/// How the first engine of a crash cell ended.
+enum FirstEngine {
+    /// The crash fired.
+    Crashed { id: Uuid },
+    /// The saga came to rest without the crash firing.
+    AtRest { id: Uuid, outcome: SagaOutcome },
+}
+
+/// A crash cell in this process. The first engine runs on a tokio runtime of its own, on a thread of its own;
+/// when the crash fires (its sessions are ended from the server side, see the engine's `NodeRun::crash`), the
+/// runtime is shut down, which aborts every task of that engine, steno's included, as a process's death
+/// would. A new engine under the same executor id (a new epoch) then recovers the saga. (`Matrix::real_crash`
+/// runs crash cells in a child process killed with SIGKILL instead.)
+///
+/// The first engine's runtime is not driven from the harness's task (`block_in_place` would stall the other
+/// cells of that task meanwhile, and deadlock on anything one of them holds): the harness awaits the thread's
+/// answer.
+async fn drive_crashing<T: SagaSuite>(
+    running: &Running<'_, T>,
+    cell: &Cell,
+) -> Result<Option<Driven>, HarnessError> {
+    let builder = running.builder();
+    let params = running.suite.params(&running.fixture);
+    let disabled_point = running.disabled_point;
+    let crashing = cell.clone();
+    let (answer, first) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let result = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| HarnessError::Engine(format!("the crashing engine's runtime: {e}")))
+            .and_then(|runtime| {
+                let first = runtime.block_on(first_engine::<T::Saga>(
+                    builder,
+                    params,
+                    disabled_point,
+                    &crashing,
+                ));
+                // Every task of the first engine ends here, wherever it was.
+                runtime.shutdown_background();
+                first
+            });
+        let _ = answer.send(result);
+    });
+    let first = first
+        .await
+        .map_err(|_| HarnessError::Engine("the crashing engine's thread died".to_owned()))??;
+    Ok(match first {
+        FirstEngine::AtRest { id, outcome } => Some(Driven {
+            engine: running.engine().await?,
+            id,
+            outcome,
+            crashed: false,
+        }),
+        FirstEngine::Crashed { id } => {
+            let (engine, outcome) = recover_saga(running, id).await?;
+            Some(Driven {
+                engine,
+                id,
+                outcome,
+                crashed: true,
+            })
+        }
+    })
+}
+
+/// The first engine of a crash cell: runs the saga with the crash armed until the crash fires or the saga is
+/// at rest.
+async fn first_engine<S: SagaDef>(
+    builder: EngineBuilder,
+    params: S::Params,
+    disabled_point: Option<FaultPoint>,
+    cell: &Cell,
+) -> Result<FirstEngine, HarnessError> {
+    let engine = start_engine(builder, disabled_point).await?;
+    let saga = engine.create::<S>(params).await?;
+    let id = saga.id;
+    if let Some(injection) = arm_crash(&engine, &saga, cell) {
+        injection.await?;
+    }
+    let run = tokio::spawn(saga.run());
+    let deadline = Instant::now() + REST_TIMEOUT;
+    while !engine.is_crashed() && !run.is_finished() {
+        if Instant::now() > deadline {
+            return Err(HarnessError::Timeout("the crash".to_owned()));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    if engine.is_crashed() {
+        return Ok(FirstEngine::Crashed { id });
+    }
+    // The fault never fired (the node did not reach that point); the saga is at rest already.
+    let outcome = run
+        .await
+        .map_err(|e| HarnessError::Engine(e.to_string()))??;
+    Ok(FirstEngine::AtRest { id, outcome })
+}
+
+/// Arms a crash cell's crash (a pair's error after N's commit and crash in M's compensation; a single crash
+/// fault at its point, with what makes the saga unwind for a crash in a compensation). Returns the steno
+/// injection still to be sent, if any.
+fn arm_crash<'a>(
+    engine: &Engine,
+    saga: &'a PreparedSaga,
+    cell: &'a Cell,
+) -> Option<BoxFuture<'a, Result<(), ratchet_engine::EngineError>>> {
+    let failpoints = engine.failpoints();
+    let (id, node) = (saga.id, cell.node.as_str());
+    if let Some(other) = &cell.crash_in_compensation_of {
+        // A pair: the error after N's commit starts the unwind; the crash then hits `other`'s compensation.
+        failpoints.arm(
+            id,
+            node,
+            FaultPoint::AfterCommit,
+            FaultEffect::PermanentError,
+            1,
+        );
+        failpoints.arm(id, other, FaultPoint::InCompensation, FaultEffect::Crash, 1);
+        return None;
+    }
+    let point = match cell.fault {
+        Fault::CrashBeforeCommit => FaultPoint::BeforeCommit,
+        Fault::CrashAfterCommit => FaultPoint::AfterCommit,
+        Fault::CrashInCompensation => FaultPoint::InCompensation,
+        _ => return None,
+    };
+    failpoints.arm(id, node, point, FaultEffect::Crash, 1);
+    if cell.fault == Fault::CrashInCompensation {
+        return unwind_after(saga, engine, cell);
+    }
+    None
+}
+
+/// A new engine under the cell's executor id (a new epoch) recovers saga `id` from the database and runs it
+/// to rest.
+pub(crate) async fn recover_saga<T: SagaSuite>(
+    running: &Running<'_, T>,
+    id: Uuid,
+) -> Result<(Engine, SagaOutcome), HarnessError> {
+    let engine = running.engine().await?;
+    let outcome = tokio::time::timeout(REST_TIMEOUT, engine.wait(id))
+        .await
+        .map_err(|_| HarnessError::Timeout("the recovered saga".to_owned()))?
+        .ok_or_else(|| {
+            HarnessError::Engine(format!(
+                "saga {id} was not resumed by the recovering engine"
+            ))
+        })?;
+    Ok((engine, outcome))
 }
 
 /// Why the cell's single fault did not fire, if it did not. Crash faults are seen by the engine dying; the
@@ -431,10 +600,8 @@ fn arm<'a, T: SagaSuite>(
     let at = |point, effect| failpoints.arm(id, node, point, effect, 1);
     let plain = cell.kind == NodeKind::Steno;
     let mut injections: Injections<'a> = Vec::new();
-    if let Some(other) = &cell.crash_in_compensation_of {
-        // A pair: the error after N's commit starts the unwind; the crash then hits `other`'s compensation.
-        at(FaultPoint::AfterCommit, FaultEffect::PermanentError);
-        failpoints.arm(id, other, FaultPoint::InCompensation, FaultEffect::Crash, 1);
+    if cell.crashes() {
+        injections.extend(arm_crash(engine, saga, cell));
         return Some(injections);
     }
     match cell.fault {
@@ -448,8 +615,6 @@ fn arm<'a, T: SagaSuite>(
         }
         Fault::AfterCommit => at(FaultPoint::AfterCommit, FaultEffect::PermanentError),
         Fault::PanicInFinish => at(FaultPoint::InFinish, FaultEffect::Panic),
-        Fault::CrashBeforeCommit => at(FaultPoint::BeforeCommit, FaultEffect::Crash),
-        Fault::CrashAfterCommit => at(FaultPoint::AfterCommit, FaultEffect::Crash),
         Fault::CompensationTransient => {
             at(FaultPoint::InCompensation, FaultEffect::TransientError);
             injections.extend(unwind_after(saga, engine, cell));
@@ -462,10 +627,6 @@ fn arm<'a, T: SagaSuite>(
                 FaultEffect::PermanentError,
                 u32::MAX,
             );
-            injections.extend(unwind_after(saga, engine, cell));
-        }
-        Fault::CrashInCompensation => {
-            at(FaultPoint::InCompensation, FaultEffect::Crash);
             injections.extend(unwind_after(saga, engine, cell));
         }
         Fault::Repeat => {
@@ -505,6 +666,8 @@ fn arm<'a, T: SagaSuite>(
             at(FaultPoint::InCompensation, FaultEffect::Panic);
             injections.extend(unwind_after(saga, engine, cell));
         }
+        // Armed above (`cell.crashes()`).
+        Fault::CrashBeforeCommit | Fault::CrashAfterCommit | Fault::CrashInCompensation => {}
     }
     Some(injections)
 }
@@ -527,51 +690,6 @@ pub(crate) fn unwind_after<'a>(
         1,
     );
     None
-}
-
-/// Runs the saga to rest. A crash fault kills the engine; a new engine with the same executor id then
-/// recovers the saga from the database, as after a power cut. Returns whether the engine crashed.
-async fn drive_to_rest<T: SagaSuite>(
-    running: &Running<'_, T>,
-    engine: Engine,
-    saga: PreparedSaga,
-    crashes: bool,
-) -> Result<(Engine, SagaOutcome, bool), HarnessError> {
-    let id = saga.id;
-    if !crashes {
-        let outcome = tokio::time::timeout(REST_TIMEOUT, saga.run())
-            .await
-            .map_err(|_| HarnessError::Timeout("the saga".to_owned()))??;
-        return Ok((engine, outcome, false));
-    }
-    let run = tokio::spawn(saga.run());
-    let deadline = Instant::now() + REST_TIMEOUT;
-    while !engine.is_crashed() && !run.is_finished() {
-        if Instant::now() > deadline {
-            run.abort();
-            return Err(HarnessError::Timeout("the crash".to_owned()));
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    if !engine.is_crashed() {
-        // The fault never fired (the node did not reach that point); the saga is at rest already.
-        let outcome = run
-            .await
-            .map_err(|e| HarnessError::Engine(e.to_string()))??;
-        return Ok((engine, outcome, false));
-    }
-    run.abort();
-    drop(engine);
-    let recovered = running.engine().await?;
-    let outcome = tokio::time::timeout(REST_TIMEOUT, recovered.wait(id))
-        .await
-        .map_err(|_| HarnessError::Timeout("the recovered saga".to_owned()))?
-        .ok_or_else(|| {
-            HarnessError::Engine(format!(
-                "saga {id} was not resumed by the recovering engine"
-            ))
-        })?;
-    Ok((recovered, outcome, true))
 }
 
 async fn saga_state(engine: &Engine, id: Uuid) -> Result<String, HarnessError> {

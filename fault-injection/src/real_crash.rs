@@ -35,7 +35,7 @@
 //! fails as "fault not reached". The child prints one line per event on stdout and nothing else there.
 
 use crate::HarnessError;
-use crate::cell::{Cell, REST_TIMEOUT, Running, cell_config, unwind_after};
+use crate::cell::{Cell, Running, cell_config, recover_saga, unwind_after};
 use crate::fault::Fault;
 use crate::suite::SagaSuite;
 use ratchet_engine::{Engine, EngineBuilder, FaultEffect, FaultPoint, NodeKind, SagaOutcome};
@@ -405,15 +405,7 @@ pub(crate) async fn drive_in_child<T: SagaSuite>(
     }
 
     // A new engine under the same executor id recovers the saga from the database (a new epoch).
-    let engine = running.engine().await?;
-    let outcome = tokio::time::timeout(REST_TIMEOUT, engine.wait(id))
-        .await
-        .map_err(|_| HarnessError::Timeout("the recovered saga".to_owned()))?
-        .ok_or_else(|| {
-            HarnessError::Engine(format!(
-                "saga {id} was not resumed by the recovering engine"
-            ))
-        })?;
+    let (engine, outcome) = recover_saga(running, id).await?;
     drop(proxy);
     Ok(Driven {
         engine,
