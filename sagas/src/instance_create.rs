@@ -26,7 +26,6 @@
 
 use crate::app::NexusApp;
 use crate::attach_nodes::{AttachDisk, MAX_DISKS_PER_INSTANCE};
-use crate::errors::db;
 use crate::legacy;
 use ratchet_datastore::{self as ds, InstanceState, IpAttachState, IpKind};
 use ratchet_engine::{
@@ -254,9 +253,7 @@ impl DbNode<InstanceCreate> for CreateInstanceRecord {
     type Output = Uuid;
 
     async fn prepare(&self, cx: &mut PrepareCx<'_, InstanceCreate>) -> Result<(), NodeError> {
-        ds::project_fetch(cx.conn(), self.project_id)
-            .await
-            .map_err(db)?;
+        ds::project_fetch(cx.conn(), self.project_id).await?;
         Ok(())
     }
 
@@ -269,8 +266,7 @@ impl DbNode<InstanceCreate> for CreateInstanceRecord {
             self.ncpus,
             self.memory,
         )
-        .await
-        .map_err(db)?;
+        .await?;
         Ok(row.id)
     }
 
@@ -279,9 +275,7 @@ impl DbNode<InstanceCreate> for CreateInstanceRecord {
     }
 
     async fn compensate(&self, tx: &mut CommitTx<'_>, instance_id: Uuid) -> Result<(), NodeError> {
-        ds::instance_soft_delete(tx.conn(), instance_id)
-            .await
-            .map_err(db)?;
+        ds::instance_soft_delete(tx.conn(), instance_id).await?;
         Ok(())
     }
 }
@@ -305,9 +299,7 @@ impl DbNode<InstanceCreate> for CreateNic {
     type Output = String;
 
     async fn prepare(&self, cx: &mut PrepareCx<'_, InstanceCreate>) -> Result<(), NodeError> {
-        ds::vpc_subnet_fetch(cx.conn(), self.subnet_id)
-            .await
-            .map_err(db)?;
+        ds::vpc_subnet_fetch(cx.conn(), self.subnet_id).await?;
         Ok(())
     }
 
@@ -321,8 +313,7 @@ impl DbNode<InstanceCreate> for CreateNic {
             self.slot,
             self.primary,
         )
-        .await
-        .map_err(db)?;
+        .await?;
         Ok(nic.ip)
     }
 
@@ -331,9 +322,7 @@ impl DbNode<InstanceCreate> for CreateNic {
     }
 
     async fn compensate(&self, tx: &mut CommitTx<'_>, _: String) -> Result<(), NodeError> {
-        ds::network_interface_soft_delete(tx.conn(), self.nic_id)
-            .await
-            .map_err(db)?;
+        ds::network_interface_soft_delete(tx.conn(), self.nic_id).await?;
         Ok(())
     }
 }
@@ -368,8 +357,7 @@ impl DbNode<InstanceCreate> for AllocateExternalIp {
             self.kind,
             IpAttachState::Attached,
         )
-        .await
-        .map_err(db)?;
+        .await?;
         Ok(ip.ip)
     }
 
@@ -378,9 +366,7 @@ impl DbNode<InstanceCreate> for AllocateExternalIp {
     }
 
     async fn compensate(&self, tx: &mut CommitTx<'_>, _: String) -> Result<(), NodeError> {
-        ds::external_ip_soft_delete(tx.conn(), self.ip_id)
-            .await
-            .map_err(db)?;
+        ds::external_ip_soft_delete(tx.conn(), self.ip_id).await?;
         Ok(())
     }
 }
@@ -407,9 +393,7 @@ impl DbNode<InstanceCreate> for CreateDiskRecord {
 
     async fn commit(&self, tx: &mut CommitTx<'_>, (): ()) -> Result<Uuid, NodeError> {
         let volume = serde_json::json!({ "type": "blank", "size_bytes": self.size_bytes });
-        ds::volume_create(tx.conn(), self.volume_id, &volume)
-            .await
-            .map_err(db)?;
+        ds::volume_create(tx.conn(), self.volume_id, &volume).await?;
         let disk = ds::disk_create(
             tx.conn(),
             self.disk_id,
@@ -418,8 +402,7 @@ impl DbNode<InstanceCreate> for CreateDiskRecord {
             self.size_bytes,
             self.volume_id,
         )
-        .await
-        .map_err(db)?;
+        .await?;
         Ok(disk.id)
     }
 
@@ -430,10 +413,8 @@ impl DbNode<InstanceCreate> for CreateDiskRecord {
     /// Nexus's `project_delete_disk_no_auth`: refuses a disk that is attached. With typed nodes the attach
     /// has always been undone first; with the legacy attach it may not have been (10695).
     async fn compensate(&self, tx: &mut CommitTx<'_>, disk_id: Uuid) -> Result<(), NodeError> {
-        ds::disk_soft_delete(tx.conn(), disk_id).await.map_err(db)?;
-        ds::volume_soft_delete(tx.conn(), self.volume_id)
-            .await
-            .map_err(db)?;
+        ds::disk_soft_delete(tx.conn(), disk_id).await?;
+        ds::volume_soft_delete(tx.conn(), self.volume_id).await?;
         Ok(())
     }
 }
@@ -456,9 +437,7 @@ impl DbNode<InstanceCreate> for FinalizeDisk {
     }
 
     async fn commit(&self, tx: &mut CommitTx<'_>, (): ()) -> Result<i64, NodeError> {
-        let disk = ds::disk_finalize(tx.conn(), self.disk_id)
-            .await
-            .map_err(db)?;
+        let disk = ds::disk_finalize(tx.conn(), self.disk_id).await?;
         Ok(disk.state_generation)
     }
 
@@ -490,9 +469,7 @@ impl DbNode<InstanceCreate> for SetBootDisk {
     }
 
     async fn commit(&self, tx: &mut CommitTx<'_>, (): ()) -> Result<Uuid, NodeError> {
-        ds::instance_set_boot_disk(tx.conn(), self.instance_id, Some(self.disk_id))
-            .await
-            .map_err(db)?;
+        ds::instance_set_boot_disk(tx.conn(), self.instance_id, Some(self.disk_id)).await?;
         Ok(self.disk_id)
     }
 
@@ -501,9 +478,7 @@ impl DbNode<InstanceCreate> for SetBootDisk {
     }
 
     async fn compensate(&self, tx: &mut CommitTx<'_>, _: Uuid) -> Result<(), NodeError> {
-        ds::instance_set_boot_disk(tx.conn(), self.instance_id, None)
-            .await
-            .map_err(db)?;
+        ds::instance_set_boot_disk(tx.conn(), self.instance_id, None).await?;
         Ok(())
     }
 }
@@ -523,9 +498,7 @@ impl DbNode<InstanceCreate> for MoveToStopped {
     type Output = i64;
 
     async fn prepare(&self, cx: &mut PrepareCx<'_, InstanceCreate>) -> Result<i64, NodeError> {
-        let instance = ds::instance_fetch(cx.conn(), self.instance_id)
-            .await
-            .map_err(db)?;
+        let instance = ds::instance_fetch(cx.conn(), self.instance_id).await?;
         Ok(instance.state_generation)
     }
 
@@ -537,8 +510,7 @@ impl DbNode<InstanceCreate> for MoveToStopped {
             InstanceState::Creating,
             InstanceState::NoVmm,
         )
-        .await
-        .map_err(db)?;
+        .await?;
         Ok(instance.state_generation)
     }
 
@@ -550,9 +522,7 @@ impl DbNode<InstanceCreate> for MoveToStopped {
     /// generation is read in this transaction: later nodes' compensations (mark_running's) have moved it on
     /// since this node's commit, so the receipt's generation would be stale (the fault matrix found this).
     async fn compensate(&self, tx: &mut CommitTx<'_>, _: i64) -> Result<(), NodeError> {
-        let instance = ds::instance_fetch(tx.conn(), self.instance_id)
-            .await
-            .map_err(db)?;
+        let instance = ds::instance_fetch(tx.conn(), self.instance_id).await?;
         if instance.state == InstanceState::NoVmm {
             ds::instance_transition(
                 tx.conn(),
@@ -561,8 +531,7 @@ impl DbNode<InstanceCreate> for MoveToStopped {
                 InstanceState::NoVmm,
                 InstanceState::Creating,
             )
-            .await
-            .map_err(db)?;
+            .await?;
         }
         Ok(())
     }
@@ -598,8 +567,7 @@ impl DbNode<InstanceCreate> for ReserveSled {
             0,
             self.reservoir_ram,
         )
-        .await
-        .map_err(db)?;
+        .await?;
         Ok(reservation.sled_id)
     }
 
@@ -608,9 +576,7 @@ impl DbNode<InstanceCreate> for ReserveSled {
     }
 
     async fn compensate(&self, tx: &mut CommitTx<'_>, _: Uuid) -> Result<(), NodeError> {
-        ds::sled_reservation_delete(tx.conn(), self.propolis_id)
-            .await
-            .map_err(db)?;
+        ds::sled_reservation_delete(tx.conn(), self.propolis_id).await?;
         Ok(())
     }
 }
@@ -688,17 +654,13 @@ impl DbNode<InstanceCreate> for MarkRunning {
     type Output = i64;
 
     async fn prepare(&self, cx: &mut PrepareCx<'_, InstanceCreate>) -> Result<i64, NodeError> {
-        let instance = ds::instance_fetch(cx.conn(), self.instance_id)
-            .await
-            .map_err(db)?;
+        let instance = ds::instance_fetch(cx.conn(), self.instance_id).await?;
         Ok(instance.state_generation)
     }
 
     async fn commit(&self, tx: &mut CommitTx<'_>, generation: i64) -> Result<i64, NodeError> {
         let instance =
-            ds::instance_set_vmm(tx.conn(), self.instance_id, generation, self.propolis_id)
-                .await
-                .map_err(db)?;
+            ds::instance_set_vmm(tx.conn(), self.instance_id, generation, self.propolis_id).await?;
         Ok(instance.state_generation)
     }
 
@@ -707,9 +669,7 @@ impl DbNode<InstanceCreate> for MarkRunning {
     }
 
     async fn compensate(&self, tx: &mut CommitTx<'_>, _: i64) -> Result<(), NodeError> {
-        ds::instance_clear_vmm(tx.conn(), self.instance_id, self.propolis_id)
-            .await
-            .map_err(db)?;
+        ds::instance_clear_vmm(tx.conn(), self.instance_id, self.propolis_id).await?;
         Ok(())
     }
 }

@@ -20,7 +20,7 @@
 //! retried with the same key until definite, so the disk never stays in `maintenance`.
 
 use crate::app::NexusApp;
-use crate::errors::{call, db};
+use crate::errors::call;
 use ratchet_datastore::{self as ds, DiskState};
 use ratchet_engine::{
     CallError, CommitTx, DbNode, ExternalCx, ExternalNode, NodeError, NodeRegistry, PrepareCx,
@@ -109,7 +109,7 @@ impl DbNode<SnapshotCreate> for CreateSnapshotRecord {
     type Output = Uuid;
 
     async fn prepare(&self, cx: &mut PrepareCx<'_, SnapshotCreate>) -> Result<i64, NodeError> {
-        let disk = ds::disk_fetch(cx.conn(), self.disk_id).await.map_err(db)?;
+        let disk = ds::disk_fetch(cx.conn(), self.disk_id).await?;
         if disk.disk_state != DiskState::Detached {
             return Err(NodeError::permanent(format!(
                 "disk {} is in state {}: only a detached disk can be snapshotted through the pantry",
@@ -129,8 +129,7 @@ impl DbNode<SnapshotCreate> for CreateSnapshotRecord {
             &self.name,
             size_bytes,
         )
-        .await
-        .map_err(db)?;
+        .await?;
         Ok(snapshot.id)
     }
 
@@ -139,9 +138,7 @@ impl DbNode<SnapshotCreate> for CreateSnapshotRecord {
     }
 
     async fn compensate(&self, tx: &mut CommitTx<'_>, snapshot_id: Uuid) -> Result<(), NodeError> {
-        ds::snapshot_soft_delete(tx.conn(), snapshot_id)
-            .await
-            .map_err(db)?;
+        ds::snapshot_soft_delete(tx.conn(), snapshot_id).await?;
         Ok(())
     }
 }
@@ -161,14 +158,12 @@ impl DbNode<SnapshotCreate> for DiskToMaintenance {
     type Output = i64;
 
     async fn prepare(&self, cx: &mut PrepareCx<'_, SnapshotCreate>) -> Result<i64, NodeError> {
-        let disk = ds::disk_fetch(cx.conn(), self.disk_id).await.map_err(db)?;
+        let disk = ds::disk_fetch(cx.conn(), self.disk_id).await?;
         Ok(disk.state_generation)
     }
 
     async fn commit(&self, tx: &mut CommitTx<'_>, generation: i64) -> Result<i64, NodeError> {
-        let disk = ds::disk_set_maintenance(tx.conn(), self.disk_id, generation)
-            .await
-            .map_err(db)?;
+        let disk = ds::disk_set_maintenance(tx.conn(), self.disk_id, generation).await?;
         Ok(disk.state_generation)
     }
 
@@ -191,9 +186,7 @@ async fn restore_detached(
     disk_id: Uuid,
     generation_written: i64,
 ) -> Result<(), NodeError> {
-    let restored = ds::disk_restore_detached(tx.conn(), disk_id, generation_written)
-        .await
-        .map_err(db)?;
+    let restored = ds::disk_restore_detached(tx.conn(), disk_id, generation_written).await?;
     if restored.is_none() {
         tracing::info!(%disk_id, generation_written,
             "disk is no longer at the generation this saga wrote: left as it is");
@@ -218,10 +211,8 @@ impl ExternalNode<SnapshotCreate> for PantryAttach {
         &self,
         cx: &mut PrepareCx<'_, SnapshotCreate>,
     ) -> Result<serde_json::Value, NodeError> {
-        let disk = ds::disk_fetch(cx.conn(), self.disk_id).await.map_err(db)?;
-        let volume = ds::volume_fetch(cx.conn(), disk.volume_id)
-            .await
-            .map_err(db)?;
+        let disk = ds::disk_fetch(cx.conn(), self.disk_id).await?;
+        let volume = ds::volume_fetch(cx.conn(), disk.volume_id).await?;
         Ok(serde_json::json!({ "volume_id": volume.id, "data": volume.data }))
     }
 
@@ -364,9 +355,7 @@ impl DbNode<SnapshotCreate> for CreateSnapshotVolume {
 
     async fn commit(&self, tx: &mut CommitTx<'_>, (): ()) -> Result<Uuid, NodeError> {
         let data = serde_json::json!({ "type": "snapshot", "of_disk": self.disk_id });
-        let volume = ds::volume_create(tx.conn(), self.volume_id, &data)
-            .await
-            .map_err(db)?;
+        let volume = ds::volume_create(tx.conn(), self.volume_id, &data).await?;
         Ok(volume.id)
     }
 
@@ -375,9 +364,7 @@ impl DbNode<SnapshotCreate> for CreateSnapshotVolume {
     }
 
     async fn compensate(&self, tx: &mut CommitTx<'_>, volume_id: Uuid) -> Result<(), NodeError> {
-        ds::volume_soft_delete(tx.conn(), volume_id)
-            .await
-            .map_err(db)?;
+        ds::volume_soft_delete(tx.conn(), volume_id).await?;
         Ok(())
     }
 }
@@ -399,9 +386,7 @@ impl DbNode<SnapshotCreate> for FinalizeSnapshot {
     }
 
     async fn commit(&self, tx: &mut CommitTx<'_>, (): ()) -> Result<(), NodeError> {
-        ds::snapshot_finalize(tx.conn(), self.snapshot_id)
-            .await
-            .map_err(db)?;
+        ds::snapshot_finalize(tx.conn(), self.snapshot_id).await?;
         Ok(())
     }
 

@@ -17,7 +17,9 @@
 //! undo, and wedged its unwind trying to delete a disk that was still attached. Here a statement that writes
 //! nothing also returns what it found (the row's current state, "found" flags, counts), and the refusal is
 //! computed from that in Rust, without a second query. Refusals are typed ([`DatastoreError`]); only
-//! [`DatastoreError::Database`] can be transient ([`DatastoreError::is_transient`]).
+//! [`DatastoreError::Database`] can be transient ([`DatastoreError::is_transient`]). A saga node's phase
+//! applies a datastore error with `?`: it converts into the engine's `NodeError`, transient or permanent by
+//! that same rule.
 //!
 //! # Tables (migration `2026-11-21-200000_nexus_datastore`)
 //!
