@@ -60,7 +60,7 @@
 //! # Attach and detach
 //!
 //! [`instance_attach_disk`] and [`instance_detach_disk`] are single CTEs in the shape of Nexus's
-//! `collection_attach.rs` / `collection_detach.rs` (the statement is in [`attach`]'s docs). They lock the
+//! `collection_attach.rs` / `collection_detach.rs` (their shape is in [`attach`]'s docs). They lock the
 //! instance and then the disk `FOR UPDATE`, compute whether the update may happen (instance live and without a
 //! VMM, disk live and in an attachable state, fewer than `max_disks` attached, a free slot), perform it, and
 //! return the instance as locked, the disk before, and the disk after. Because a data-modifying CTE and its
