@@ -29,8 +29,8 @@ use crate::attach_nodes::{AttachDisk, MAX_DISKS_PER_INSTANCE};
 use crate::legacy;
 use ratchet_datastore::{self as ds, InstanceState, IpAttachState, IpKind};
 use ratchet_engine::{
-    CallError, CommitTx, DbNode, ExternalCx, ExternalNode, NodeError, NodeRegistry, PrepareCx,
-    SagaBuilder, SagaDef,
+    CallError, CallOnlyExternalNode, CommitOnlyDbNode, CommitTx, DbNode, ExternalCx, NodeError,
+    NodeRegistry, PrepareCx, SagaBuilder, SagaDef,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -337,18 +337,14 @@ pub struct AllocateExternalIp {
     pub kind: IpKind,
 }
 
-impl DbNode<InstanceCreate> for AllocateExternalIp {
+impl CommitOnlyDbNode for AllocateExternalIp {
+    type Saga = InstanceCreate;
     const NAME: &'static str = "instance_create.allocate_external_ip";
-    type Plan = ();
     /// The address.
     type Receipt = String;
     type Output = String;
 
-    async fn prepare(&self, _: &mut PrepareCx<'_, InstanceCreate>) -> Result<(), NodeError> {
-        Ok(())
-    }
-
-    async fn commit(&self, tx: &mut CommitTx<'_>, (): ()) -> Result<String, NodeError> {
+    async fn commit(&self, tx: &mut CommitTx<'_>) -> Result<String, NodeError> {
         let ip = ds::external_ip_allocate(
             tx.conn(),
             self.ip_id,
@@ -381,17 +377,13 @@ pub struct CreateDiskRecord {
     pub size_bytes: i64,
 }
 
-impl DbNode<InstanceCreate> for CreateDiskRecord {
+impl CommitOnlyDbNode for CreateDiskRecord {
+    type Saga = InstanceCreate;
     const NAME: &'static str = "instance_create.create_disk_record";
-    type Plan = ();
     type Receipt = Uuid;
     type Output = Uuid;
 
-    async fn prepare(&self, _: &mut PrepareCx<'_, InstanceCreate>) -> Result<(), NodeError> {
-        Ok(())
-    }
-
-    async fn commit(&self, tx: &mut CommitTx<'_>, (): ()) -> Result<Uuid, NodeError> {
+    async fn commit(&self, tx: &mut CommitTx<'_>) -> Result<Uuid, NodeError> {
         let volume = serde_json::json!({ "type": "blank", "size_bytes": self.size_bytes });
         ds::volume_create(tx.conn(), self.volume_id, &volume).await?;
         let disk = ds::disk_create(
@@ -425,18 +417,14 @@ pub struct FinalizeDisk {
     pub disk_id: Uuid,
 }
 
-impl DbNode<InstanceCreate> for FinalizeDisk {
+impl CommitOnlyDbNode for FinalizeDisk {
+    type Saga = InstanceCreate;
     const NAME: &'static str = "instance_create.finalize_disk";
-    type Plan = ();
     type Receipt = i64;
     /// The disk's generation after finalizing.
     type Output = i64;
 
-    async fn prepare(&self, _: &mut PrepareCx<'_, InstanceCreate>) -> Result<(), NodeError> {
-        Ok(())
-    }
-
-    async fn commit(&self, tx: &mut CommitTx<'_>, (): ()) -> Result<i64, NodeError> {
+    async fn commit(&self, tx: &mut CommitTx<'_>) -> Result<i64, NodeError> {
         let disk = ds::disk_finalize(tx.conn(), self.disk_id).await?;
         Ok(disk.state_generation)
     }
@@ -458,17 +446,13 @@ pub struct SetBootDisk {
     pub disk_id: Uuid,
 }
 
-impl DbNode<InstanceCreate> for SetBootDisk {
+impl CommitOnlyDbNode for SetBootDisk {
+    type Saga = InstanceCreate;
     const NAME: &'static str = "instance_create.set_boot_disk";
-    type Plan = ();
     type Receipt = Uuid;
     type Output = Uuid;
 
-    async fn prepare(&self, _: &mut PrepareCx<'_, InstanceCreate>) -> Result<(), NodeError> {
-        Ok(())
-    }
-
-    async fn commit(&self, tx: &mut CommitTx<'_>, (): ()) -> Result<Uuid, NodeError> {
+    async fn commit(&self, tx: &mut CommitTx<'_>) -> Result<Uuid, NodeError> {
         ds::instance_set_boot_disk(tx.conn(), self.instance_id, Some(self.disk_id)).await?;
         Ok(self.disk_id)
     }
@@ -547,18 +531,14 @@ pub struct ReserveSled {
     pub reservoir_ram: i64,
 }
 
-impl DbNode<InstanceCreate> for ReserveSled {
+impl CommitOnlyDbNode for ReserveSled {
+    type Saga = InstanceCreate;
     const NAME: &'static str = "instance_create.reserve_sled";
-    type Plan = ();
     /// The sled chosen.
     type Receipt = Uuid;
     type Output = Uuid;
 
-    async fn prepare(&self, _: &mut PrepareCx<'_, InstanceCreate>) -> Result<(), NodeError> {
-        Ok(())
-    }
-
-    async fn commit(&self, tx: &mut CommitTx<'_>, (): ()) -> Result<Uuid, NodeError> {
+    async fn commit(&self, tx: &mut CommitTx<'_>) -> Result<Uuid, NodeError> {
         let reservation = ds::sled_reservation_create(
             tx.conn(),
             self.propolis_id,
@@ -588,18 +568,14 @@ pub struct EnsureVmm {
     pub instance_id: Uuid,
 }
 
-impl ExternalNode<InstanceCreate> for EnsureVmm {
+impl CallOnlyExternalNode for EnsureVmm {
+    type Saga = InstanceCreate;
     const NAME: &'static str = "instance_create.ensure_vmm";
-    type Plan = ();
     /// The VMM's generation on the sled agent.
     type Receipt = u64;
     type Output = u64;
 
-    async fn prepare(&self, _: &mut PrepareCx<'_, InstanceCreate>) -> Result<(), NodeError> {
-        Ok(())
-    }
-
-    async fn call(&self, cx: &ExternalCx<'_, InstanceCreate>, (): &()) -> Result<u64, CallError> {
+    async fn call(&self, cx: &ExternalCx<'_, InstanceCreate>) -> Result<u64, CallError> {
         let app = cx.context();
         let key = if app
             .mint_fresh_keys

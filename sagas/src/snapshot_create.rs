@@ -23,8 +23,8 @@ use crate::app::NexusApp;
 use crate::errors::call;
 use ratchet_datastore::{self as ds, DiskState};
 use ratchet_engine::{
-    CallError, CommitTx, DbNode, ExternalCx, ExternalNode, NodeError, NodeRegistry, PrepareCx,
-    SagaBuilder, SagaDef,
+    CallError, CallOnlyExternalNode, CommitOnlyDbNode, CommitTx, DbNode, ExternalCx, ExternalNode,
+    NodeError, NodeRegistry, PrepareCx, SagaBuilder, SagaDef,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -257,17 +257,13 @@ pub struct PantrySnapshot {
     pub snapshot_id: Uuid,
 }
 
-impl ExternalNode<SnapshotCreate> for PantrySnapshot {
+impl CallOnlyExternalNode for PantrySnapshot {
+    type Saga = SnapshotCreate;
     const NAME: &'static str = "snapshot_create.pantry_snapshot";
-    type Plan = ();
     type Receipt = ();
     type Output = ();
 
-    async fn prepare(&self, _: &mut PrepareCx<'_, SnapshotCreate>) -> Result<(), NodeError> {
-        Ok(())
-    }
-
-    async fn call(&self, cx: &ExternalCx<'_, SnapshotCreate>, (): &()) -> Result<(), CallError> {
+    async fn call(&self, cx: &ExternalCx<'_, SnapshotCreate>) -> Result<(), CallError> {
         cx.context()
             .pantry
             .disk_snapshot(cx.idempotency_key(), self.disk_id, self.snapshot_id)
@@ -303,17 +299,13 @@ pub struct PantryDetach {
     pub disk_id: Uuid,
 }
 
-impl ExternalNode<SnapshotCreate> for PantryDetach {
+impl CallOnlyExternalNode for PantryDetach {
+    type Saga = SnapshotCreate;
     const NAME: &'static str = "snapshot_create.pantry_detach";
-    type Plan = ();
     type Receipt = ();
     type Output = ();
 
-    async fn prepare(&self, _: &mut PrepareCx<'_, SnapshotCreate>) -> Result<(), NodeError> {
-        Ok(())
-    }
-
-    async fn call(&self, cx: &ExternalCx<'_, SnapshotCreate>, (): &()) -> Result<(), CallError> {
+    async fn call(&self, cx: &ExternalCx<'_, SnapshotCreate>) -> Result<(), CallError> {
         cx.context()
             .pantry
             // A forward step of its own: it undoes no call of this node.
@@ -343,17 +335,13 @@ pub struct CreateSnapshotVolume {
     pub disk_id: Uuid,
 }
 
-impl DbNode<SnapshotCreate> for CreateSnapshotVolume {
+impl CommitOnlyDbNode for CreateSnapshotVolume {
+    type Saga = SnapshotCreate;
     const NAME: &'static str = "snapshot_create.create_volume_record";
-    type Plan = ();
     type Receipt = Uuid;
     type Output = Uuid;
 
-    async fn prepare(&self, _: &mut PrepareCx<'_, SnapshotCreate>) -> Result<(), NodeError> {
-        Ok(())
-    }
-
-    async fn commit(&self, tx: &mut CommitTx<'_>, (): ()) -> Result<Uuid, NodeError> {
+    async fn commit(&self, tx: &mut CommitTx<'_>) -> Result<Uuid, NodeError> {
         let data = serde_json::json!({ "type": "snapshot", "of_disk": self.disk_id });
         let volume = ds::volume_create(tx.conn(), self.volume_id, &data).await?;
         Ok(volume.id)
@@ -375,17 +363,13 @@ pub struct FinalizeSnapshot {
     pub snapshot_id: Uuid,
 }
 
-impl DbNode<SnapshotCreate> for FinalizeSnapshot {
+impl CommitOnlyDbNode for FinalizeSnapshot {
+    type Saga = SnapshotCreate;
     const NAME: &'static str = "snapshot_create.finalize_snapshot";
-    type Plan = ();
     type Receipt = ();
     type Output = ();
 
-    async fn prepare(&self, _: &mut PrepareCx<'_, SnapshotCreate>) -> Result<(), NodeError> {
-        Ok(())
-    }
-
-    async fn commit(&self, tx: &mut CommitTx<'_>, (): ()) -> Result<(), NodeError> {
+    async fn commit(&self, tx: &mut CommitTx<'_>) -> Result<(), NodeError> {
         ds::snapshot_finalize(tx.conn(), self.snapshot_id).await?;
         Ok(())
     }

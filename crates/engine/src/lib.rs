@@ -17,6 +17,9 @@
 //! | `finish` | compute the output from the receipt | pure: no `self`, no context, no `Result`, not `async` |
 //! | `compensate` | reverse the commit, given its receipt | a transaction of its own |
 //!
+//! A node with nothing to read before its commit implements [`CommitOnlyDbNode`] instead, which is a
+//! [`DbNode`] whose prepare reads nothing ([`CallOnlyExternalNode`] is its external twin).
+//!
 //! The engine begins and ends every transaction. [`PrepareCx`] and [`CommitTx`] can only be built by the
 //! engine and borrow the one connection for one phase. A node's output is computed by `finish` from the
 //! commit's receipt, never from a re-read; since `finish` is pure, the engine runs it *before* `COMMIT`, so
@@ -266,7 +269,10 @@ pub use engine::{
 };
 pub use error::{EngineError, NodeError, NodeFailure};
 pub use failpoint::{Failpoints, FaultEffect, FaultPoint};
-pub use node::{CallError, DbNode, ExternalNode, NodeOutput, NodeReceipt};
+pub use node::{
+    CallError, CallOnlyExternalNode, CommitOnlyDbNode, DbNode, ExternalNode, NodeOutput,
+    NodeReceipt,
+};
 pub use observe::{CounterValues, Counters, RECENT_OUTCOMES, RecentOutcome, WaitingNode};
 pub use operate::{Abandoned, AdoptedSaga, AdoptionReport, ShutdownReport, abandon};
 pub use saga_def::{
