@@ -1,20 +1,8 @@
 //! instance-create: Nexus's `instance_create` saga on typed nodes.
 //!
-//! ```text
-//! create_instance_record                 INSERT instance (creating)
-//! create_nic_0 .. create_nic_{n-1}       INSERT network_interface, IP allocated in the same statement
-//! allocate_snat_ip                       INSERT external_ip (snat)
-//! [allocate_ephemeral_ip]                INSERT external_ip (ephemeral, attached): one transaction
-//! create_disk_record_i   (parallel)      INSERT volume + disk (creating)
-//! finalize_disk_i        (parallel)      disk creating -> detached
-//! attach_disk_0 .. attach_disk_{d-1}     the attach CTE (or, in the legacy variant, the pre-fix steno action)
-//! [set_boot_disk]                        instance.boot_disk_id
-//! move_to_stopped                        instance creating -> no_vmm
-//! with start:
-//! reserve_sled                           INSERT sled_resource_vmm on a sled with room
-//! ensure_vmm                             sled agent: PUT /vmms/{propolis_id} (external, keyed)
-//! mark_running                           instance no_vmm -> vmm, active_propolis_id
-//! ```
+//! Its node types are declared once, in DAG order and with what each commits, in the `declare_saga_nodes!`
+//! list of `impl SagaDef for InstanceCreate`; `build` lays them out (one node a NIC, a disk, an IP), and each
+//! node type's doc says what it does.
 //!
 //! Every id (instance, NICs, IPs, disks, volumes, propolis) is generated when the DAG is built and carried in
 //! the node's arguments, so a replayed node writes the same rows. Each node's commit point is its one
@@ -30,7 +18,7 @@ use crate::legacy;
 use ratchet_datastore::{self as ds, InstanceState, IpAttachState, IpKind};
 use ratchet_engine::{
     CallError, CallOnlyExternalNode, CommitOnlyDbNode, CommitTx, DbNode, ExternalCx, NodeError,
-    NodeRegistry, PrepareCx, SagaBuilder, SagaDef,
+    PrepareCx, SagaBuilder, SagaDef,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -86,20 +74,23 @@ impl SagaDef for InstanceCreate {
     type Params = InstanceCreateParams;
     type Context = NexusApp;
 
-    fn register(registry: &mut NodeRegistry<Self>) {
-        registry
-            .db::<CreateInstanceRecord>()
-            .db::<CreateNic>()
-            .db::<AllocateExternalIp>()
-            .db::<CreateDiskRecord>()
-            .db::<FinalizeDisk>()
-            .db::<AttachDisk>()
-            .db::<SetBootDisk>()
-            .db::<MoveToStopped>()
-            .db::<ReserveSled>()
-            .external::<EnsureVmm>()
-            .db::<MarkRunning>()
-            .unchecked_steno_action(legacy::LEGACY_ATTACH, legacy::legacy_attach_action());
+    // The node types, in DAG order, with what each commits. `build` lays out one node a NIC, an IP or a disk
+    // (a stage of parallel nodes for the disks it creates, then one to finalize them), and the boot disk,
+    // the ephemeral IP and the start only when the parameters ask.
+    ratchet_engine::declare_saga_nodes! {
+        db CreateInstanceRecord,    // INSERT instance (creating)
+        db CreateNic,               // INSERT network_interface, its IP allocated in the same statement
+        db AllocateExternalIp,      // INSERT external_ip (snat, or ephemeral), attached: one transaction
+        db CreateDiskRecord,        // INSERT volume + disk (creating)
+        db FinalizeDisk,            // disk creating -> detached
+        db AttachDisk,              // the attach CTE
+        // The pre-fix attach, a plain steno action, in place of AttachDisk in the legacy variant.
+        unchecked legacy::LEGACY_ATTACH => legacy::legacy_attach_action(),
+        db SetBootDisk,             // instance.boot_disk_id
+        db MoveToStopped,           // instance creating -> no_vmm
+        db ReserveSled,             // INSERT sled_resource_vmm on a sled with room
+        external EnsureVmm,         // sled agent: PUT /vmms/{propolis_id}, keyed
+        db MarkRunning,             // instance no_vmm -> vmm, active_propolis_id
     }
 
     fn build(p: &InstanceCreateParams, dag: &mut SagaBuilder<Self>) -> Result<(), String> {

@@ -1,18 +1,7 @@
 //! snapshot-create: Nexus's `snapshot_create` saga (the pantry path) on typed nodes.
 //!
-//! ```text
-//! create_snapshot_record      INSERT snapshot (creating)
-//! disk_to_maintenance         disk detached -> maintenance, guarded by state_generation; the receipt carries
-//!                             the generation this node wrote (no re-fetch: the 10695 shape of Nexus's
-//!                             ssc_attach_disk_to_pantry)
-//! pantry_attach               pantry: attach the disk's volume            (external, keyed)
-//! pantry_snapshot             pantry: take the snapshot                   (external, keyed)
-//! pantry_detach               pantry: detach                              (external, keyed)
-//! create_volume_record        INSERT volume for the snapshot
-//! finalize_snapshot           snapshot creating -> ready
-//! restore_disk                disk maintenance -> detached, only if its generation is still the one
-//!                             disk_to_maintenance wrote
-//! ```
+//! Its node types are declared once, in DAG order (a chain) and with what each commits, in the
+//! `declare_saga_nodes!` list of `impl SagaDef for SnapshotCreate`; each node type's doc says what it does.
 //!
 //! Undo, in reverse: the pantry snapshot is deleted and the disk detached from the pantry by key, the disk
 //! goes back to `detached` (again only at the generation this saga wrote: a disk someone else has since
@@ -24,7 +13,7 @@ use crate::errors::call;
 use ratchet_datastore::{self as ds, DiskState};
 use ratchet_engine::{
     CallError, CallOnlyExternalNode, CommitOnlyDbNode, CommitTx, DbNode, ExternalCx, ExternalNode,
-    NodeError, NodeRegistry, PrepareCx, SagaBuilder, SagaDef,
+    NodeError, PrepareCx, SagaBuilder, SagaDef,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -45,16 +34,19 @@ impl SagaDef for SnapshotCreate {
     type Params = SnapshotCreateParams;
     type Context = NexusApp;
 
-    fn register(registry: &mut NodeRegistry<Self>) {
-        registry
-            .db::<CreateSnapshotRecord>()
-            .db::<DiskToMaintenance>()
-            .external::<PantryAttach>()
-            .external::<PantrySnapshot>()
-            .external::<PantryDetach>()
-            .db::<CreateSnapshotVolume>()
-            .db::<FinalizeSnapshot>()
-            .db::<RestoreDisk>();
+    // The node types, in DAG order (a chain), with what each commits.
+    ratchet_engine::declare_saga_nodes! {
+        db CreateSnapshotRecord,    // INSERT snapshot (creating)
+        // disk detached -> maintenance, guarded by state_generation; the receipt carries the generation this
+        // node wrote (no re-fetch: the 10695 shape of Nexus's ssc_attach_disk_to_pantry)
+        db DiskToMaintenance,
+        external PantryAttach,      // pantry: attach the disk's volume, keyed
+        external PantrySnapshot,    // pantry: take the snapshot, keyed
+        external PantryDetach,      // pantry: detach, keyed
+        db CreateSnapshotVolume,    // INSERT volume for the snapshot
+        db FinalizeSnapshot,        // snapshot creating -> ready
+        // disk maintenance -> detached, only if its generation is still the one DiskToMaintenance wrote
+        db RestoreDisk,
     }
 
     fn build(p: &SnapshotCreateParams, dag: &mut SagaBuilder<Self>) -> Result<(), String> {
