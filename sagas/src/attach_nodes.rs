@@ -8,7 +8,6 @@
 //! does nothing either.
 
 use crate::app::NexusApp;
-use crate::errors::db;
 use ratchet_datastore::{self as ds, DiskState, InstanceState};
 use ratchet_engine::{CommitTx, DbNode, NodeError, PrepareCx, SagaDef};
 use serde::{Deserialize, Serialize};
@@ -64,11 +63,9 @@ impl<S: SagaDef<Context = NexusApp>> DbNode<S> for AttachDisk {
     type Output = i16;
 
     async fn prepare(&self, cx: &mut PrepareCx<'_, S>) -> Result<AttachPlan, NodeError> {
-        let instance = ds::instance_fetch(cx.conn(), self.instance_id)
-            .await
-            .map_err(db)?;
+        let instance = ds::instance_fetch(cx.conn(), self.instance_id).await?;
         check_stopped(&instance, "attach")?;
-        let disk = ds::disk_fetch(cx.conn(), self.disk_id).await.map_err(db)?;
+        let disk = ds::disk_fetch(cx.conn(), self.disk_id).await?;
         match (disk.disk_state, disk.attach_instance_id, disk.slot) {
             (DiskState::Attached, Some(owner), Some(slot)) if owner == self.instance_id => {
                 Ok(AttachPlan::AlreadyAttached(slot))
@@ -99,8 +96,7 @@ impl<S: SagaDef<Context = NexusApp>> DbNode<S> for AttachDisk {
                     self.disk_id,
                     MAX_DISKS_PER_INSTANCE,
                 )
-                .await
-                .map_err(db)?;
+                .await?;
                 let slot = disk.slot.ok_or_else(|| {
                     NodeError::permanent(format!("disk {} was attached without a slot", disk.id))
                 })?;
@@ -121,9 +117,7 @@ impl<S: SagaDef<Context = NexusApp>> DbNode<S> for AttachDisk {
         if receipt.attached_here {
             // The boot-disk node (later in the DAG) has already been undone, so detaching the boot disk is
             // allowed here.
-            ds::instance_detach_disk(tx.conn(), self.instance_id, self.disk_id, true)
-                .await
-                .map_err(db)?;
+            ds::instance_detach_disk(tx.conn(), self.instance_id, self.disk_id, true).await?;
         }
         Ok(())
     }
@@ -159,11 +153,9 @@ impl<S: SagaDef<Context = NexusApp>> DbNode<S> for DetachDisk {
     type Output = ();
 
     async fn prepare(&self, cx: &mut PrepareCx<'_, S>) -> Result<DetachPlan, NodeError> {
-        let instance = ds::instance_fetch(cx.conn(), self.instance_id)
-            .await
-            .map_err(db)?;
+        let instance = ds::instance_fetch(cx.conn(), self.instance_id).await?;
         check_stopped(&instance, "detach")?;
-        let disk = ds::disk_fetch(cx.conn(), self.disk_id).await.map_err(db)?;
+        let disk = ds::disk_fetch(cx.conn(), self.disk_id).await?;
         match (disk.disk_state, disk.attach_instance_id) {
             (DiskState::Detached, None) => Ok(DetachPlan::AlreadyDetached),
             (DiskState::Attached, Some(owner)) if owner == self.instance_id => {
@@ -190,9 +182,7 @@ impl<S: SagaDef<Context = NexusApp>> DbNode<S> for DetachDisk {
         let detached_here = match plan {
             DetachPlan::AlreadyDetached => false,
             DetachPlan::Detach => {
-                ds::instance_detach_disk(tx.conn(), self.instance_id, self.disk_id, false)
-                    .await
-                    .map_err(db)?;
+                ds::instance_detach_disk(tx.conn(), self.instance_id, self.disk_id, false).await?;
                 true
             }
         };
@@ -212,8 +202,7 @@ impl<S: SagaDef<Context = NexusApp>> DbNode<S> for DetachDisk {
                 self.disk_id,
                 MAX_DISKS_PER_INSTANCE,
             )
-            .await
-            .map_err(db)?;
+            .await?;
         }
         Ok(())
     }

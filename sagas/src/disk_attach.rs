@@ -6,7 +6,7 @@
 
 use crate::app::NexusApp;
 use crate::attach_nodes::{AttachDisk, DetachDisk};
-use ratchet_engine::{NodeRegistry, SagaBuilder, SagaDef};
+use ratchet_engine::{SagaBuilder, SagaDef};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -25,8 +25,8 @@ impl SagaDef for DiskAttach {
     type Params = DiskInstanceParams;
     type Context = NexusApp;
 
-    fn register(registry: &mut NodeRegistry<Self>) {
-        registry.db::<AttachDisk>();
+    ratchet_engine::declare_saga_nodes! {
+        db AttachDisk,
     }
 
     fn build(p: &DiskInstanceParams, dag: &mut SagaBuilder<Self>) -> Result<(), String> {
@@ -49,8 +49,8 @@ impl SagaDef for DiskDetach {
     type Params = DiskInstanceParams;
     type Context = NexusApp;
 
-    fn register(registry: &mut NodeRegistry<Self>) {
-        registry.db::<DetachDisk>();
+    ratchet_engine::declare_saga_nodes! {
+        db DetachDisk,
     }
 
     fn build(p: &DiskInstanceParams, dag: &mut SagaBuilder<Self>) -> Result<(), String> {

@@ -1,20 +1,8 @@
 //! instance-create: Nexus's `instance_create` saga on typed nodes.
 //!
-//! ```text
-//! create_instance_record                 INSERT instance (creating)
-//! create_nic_0 .. create_nic_{n-1}       INSERT network_interface, IP allocated in the same statement
-//! allocate_snat_ip                       INSERT external_ip (snat)
-//! [allocate_ephemeral_ip]                INSERT external_ip (ephemeral, attached): one transaction
-//! create_disk_record_i   (parallel)      INSERT volume + disk (creating)
-//! finalize_disk_i        (parallel)      disk creating -> detached
-//! attach_disk_0 .. attach_disk_{d-1}     the attach CTE (or, in the legacy variant, the pre-fix steno action)
-//! [set_boot_disk]                        instance.boot_disk_id
-//! move_to_stopped                        instance creating -> no_vmm
-//! with start:
-//! reserve_sled                           INSERT sled_resource_vmm on a sled with room
-//! ensure_vmm                             sled agent: PUT /vmms/{propolis_id} (external, keyed)
-//! mark_running                           instance no_vmm -> vmm, active_propolis_id
-//! ```
+//! Its node types are declared once, in DAG order and with what each commits, in the `declare_saga_nodes!`
+//! list of `impl SagaDef for InstanceCreate`; `build` lays them out (one node a NIC, a disk, an IP), and each
+//! node type's doc says what it does.
 //!
 //! Every id (instance, NICs, IPs, disks, volumes, propolis) is generated when the DAG is built and carried in
 //! the node's arguments, so a replayed node writes the same rows. Each node's commit point is its one
@@ -26,12 +14,11 @@
 
 use crate::app::NexusApp;
 use crate::attach_nodes::{AttachDisk, MAX_DISKS_PER_INSTANCE};
-use crate::errors::db;
 use crate::legacy;
 use ratchet_datastore::{self as ds, InstanceState, IpAttachState, IpKind};
 use ratchet_engine::{
-    CallError, CommitTx, DbNode, ExternalCx, ExternalNode, NodeError, NodeRegistry, PrepareCx,
-    SagaBuilder, SagaDef,
+    CallError, CallOnlyExternalNode, CommitOnlyDbNode, CommitTx, DbNode, ExternalCx, NodeError,
+    PrepareCx, SagaBuilder, SagaDef,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -87,20 +74,23 @@ impl SagaDef for InstanceCreate {
     type Params = InstanceCreateParams;
     type Context = NexusApp;
 
-    fn register(registry: &mut NodeRegistry<Self>) {
-        registry
-            .db::<CreateInstanceRecord>()
-            .db::<CreateNic>()
-            .db::<AllocateExternalIp>()
-            .db::<CreateDiskRecord>()
-            .db::<FinalizeDisk>()
-            .db::<AttachDisk>()
-            .db::<SetBootDisk>()
-            .db::<MoveToStopped>()
-            .db::<ReserveSled>()
-            .external::<EnsureVmm>()
-            .db::<MarkRunning>()
-            .unchecked_steno_action(legacy::LEGACY_ATTACH, legacy::legacy_attach_action());
+    // The node types, in DAG order, with what each commits. `build` lays out one node a NIC, an IP or a disk
+    // (a stage of parallel nodes for the disks it creates, then one to finalize them), and the boot disk,
+    // the ephemeral IP and the start only when the parameters ask.
+    ratchet_engine::declare_saga_nodes! {
+        db CreateInstanceRecord,    // INSERT instance (creating)
+        db CreateNic,               // INSERT network_interface, its IP allocated in the same statement
+        db AllocateExternalIp,      // INSERT external_ip (snat, or ephemeral), attached: one transaction
+        db CreateDiskRecord,        // INSERT volume + disk (creating)
+        db FinalizeDisk,            // disk creating -> detached
+        db AttachDisk,              // the attach CTE
+        // The pre-fix attach, a plain steno action, in place of AttachDisk in the legacy variant.
+        unchecked legacy::LEGACY_ATTACH => legacy::legacy_attach_action(),
+        db SetBootDisk,             // instance.boot_disk_id
+        db MoveToStopped,           // instance creating -> no_vmm
+        db ReserveSled,             // INSERT sled_resource_vmm on a sled with room
+        external EnsureVmm,         // sled agent: PUT /vmms/{propolis_id}, keyed
+        db MarkRunning,             // instance no_vmm -> vmm, active_propolis_id
     }
 
     fn build(p: &InstanceCreateParams, dag: &mut SagaBuilder<Self>) -> Result<(), String> {
@@ -254,9 +244,7 @@ impl DbNode<InstanceCreate> for CreateInstanceRecord {
     type Output = Uuid;
 
     async fn prepare(&self, cx: &mut PrepareCx<'_, InstanceCreate>) -> Result<(), NodeError> {
-        ds::project_fetch(cx.conn(), self.project_id)
-            .await
-            .map_err(db)?;
+        ds::project_fetch(cx.conn(), self.project_id).await?;
         Ok(())
     }
 
@@ -269,8 +257,7 @@ impl DbNode<InstanceCreate> for CreateInstanceRecord {
             self.ncpus,
             self.memory,
         )
-        .await
-        .map_err(db)?;
+        .await?;
         Ok(row.id)
     }
 
@@ -279,9 +266,7 @@ impl DbNode<InstanceCreate> for CreateInstanceRecord {
     }
 
     async fn compensate(&self, tx: &mut CommitTx<'_>, instance_id: Uuid) -> Result<(), NodeError> {
-        ds::instance_soft_delete(tx.conn(), instance_id)
-            .await
-            .map_err(db)?;
+        ds::instance_soft_delete(tx.conn(), instance_id).await?;
         Ok(())
     }
 }
@@ -305,9 +290,7 @@ impl DbNode<InstanceCreate> for CreateNic {
     type Output = String;
 
     async fn prepare(&self, cx: &mut PrepareCx<'_, InstanceCreate>) -> Result<(), NodeError> {
-        ds::vpc_subnet_fetch(cx.conn(), self.subnet_id)
-            .await
-            .map_err(db)?;
+        ds::vpc_subnet_fetch(cx.conn(), self.subnet_id).await?;
         Ok(())
     }
 
@@ -321,8 +304,7 @@ impl DbNode<InstanceCreate> for CreateNic {
             self.slot,
             self.primary,
         )
-        .await
-        .map_err(db)?;
+        .await?;
         Ok(nic.ip)
     }
 
@@ -331,9 +313,7 @@ impl DbNode<InstanceCreate> for CreateNic {
     }
 
     async fn compensate(&self, tx: &mut CommitTx<'_>, _: String) -> Result<(), NodeError> {
-        ds::network_interface_soft_delete(tx.conn(), self.nic_id)
-            .await
-            .map_err(db)?;
+        ds::network_interface_soft_delete(tx.conn(), self.nic_id).await?;
         Ok(())
     }
 }
@@ -348,18 +328,14 @@ pub struct AllocateExternalIp {
     pub kind: IpKind,
 }
 
-impl DbNode<InstanceCreate> for AllocateExternalIp {
+impl CommitOnlyDbNode for AllocateExternalIp {
+    type Saga = InstanceCreate;
     const NAME: &'static str = "instance_create.allocate_external_ip";
-    type Plan = ();
     /// The address.
     type Receipt = String;
     type Output = String;
 
-    async fn prepare(&self, _: &mut PrepareCx<'_, InstanceCreate>) -> Result<(), NodeError> {
-        Ok(())
-    }
-
-    async fn commit(&self, tx: &mut CommitTx<'_>, (): ()) -> Result<String, NodeError> {
+    async fn commit(&self, tx: &mut CommitTx<'_>) -> Result<String, NodeError> {
         let ip = ds::external_ip_allocate(
             tx.conn(),
             self.ip_id,
@@ -368,8 +344,7 @@ impl DbNode<InstanceCreate> for AllocateExternalIp {
             self.kind,
             IpAttachState::Attached,
         )
-        .await
-        .map_err(db)?;
+        .await?;
         Ok(ip.ip)
     }
 
@@ -378,9 +353,7 @@ impl DbNode<InstanceCreate> for AllocateExternalIp {
     }
 
     async fn compensate(&self, tx: &mut CommitTx<'_>, _: String) -> Result<(), NodeError> {
-        ds::external_ip_soft_delete(tx.conn(), self.ip_id)
-            .await
-            .map_err(db)?;
+        ds::external_ip_soft_delete(tx.conn(), self.ip_id).await?;
         Ok(())
     }
 }
@@ -395,21 +368,15 @@ pub struct CreateDiskRecord {
     pub size_bytes: i64,
 }
 
-impl DbNode<InstanceCreate> for CreateDiskRecord {
+impl CommitOnlyDbNode for CreateDiskRecord {
+    type Saga = InstanceCreate;
     const NAME: &'static str = "instance_create.create_disk_record";
-    type Plan = ();
     type Receipt = Uuid;
     type Output = Uuid;
 
-    async fn prepare(&self, _: &mut PrepareCx<'_, InstanceCreate>) -> Result<(), NodeError> {
-        Ok(())
-    }
-
-    async fn commit(&self, tx: &mut CommitTx<'_>, (): ()) -> Result<Uuid, NodeError> {
+    async fn commit(&self, tx: &mut CommitTx<'_>) -> Result<Uuid, NodeError> {
         let volume = serde_json::json!({ "type": "blank", "size_bytes": self.size_bytes });
-        ds::volume_create(tx.conn(), self.volume_id, &volume)
-            .await
-            .map_err(db)?;
+        ds::volume_create(tx.conn(), self.volume_id, &volume).await?;
         let disk = ds::disk_create(
             tx.conn(),
             self.disk_id,
@@ -418,8 +385,7 @@ impl DbNode<InstanceCreate> for CreateDiskRecord {
             self.size_bytes,
             self.volume_id,
         )
-        .await
-        .map_err(db)?;
+        .await?;
         Ok(disk.id)
     }
 
@@ -430,10 +396,8 @@ impl DbNode<InstanceCreate> for CreateDiskRecord {
     /// Nexus's `project_delete_disk_no_auth`: refuses a disk that is attached. With typed nodes the attach
     /// has always been undone first; with the legacy attach it may not have been (10695).
     async fn compensate(&self, tx: &mut CommitTx<'_>, disk_id: Uuid) -> Result<(), NodeError> {
-        ds::disk_soft_delete(tx.conn(), disk_id).await.map_err(db)?;
-        ds::volume_soft_delete(tx.conn(), self.volume_id)
-            .await
-            .map_err(db)?;
+        ds::disk_soft_delete(tx.conn(), disk_id).await?;
+        ds::volume_soft_delete(tx.conn(), self.volume_id).await?;
         Ok(())
     }
 }
@@ -444,21 +408,15 @@ pub struct FinalizeDisk {
     pub disk_id: Uuid,
 }
 
-impl DbNode<InstanceCreate> for FinalizeDisk {
+impl CommitOnlyDbNode for FinalizeDisk {
+    type Saga = InstanceCreate;
     const NAME: &'static str = "instance_create.finalize_disk";
-    type Plan = ();
     type Receipt = i64;
     /// The disk's generation after finalizing.
     type Output = i64;
 
-    async fn prepare(&self, _: &mut PrepareCx<'_, InstanceCreate>) -> Result<(), NodeError> {
-        Ok(())
-    }
-
-    async fn commit(&self, tx: &mut CommitTx<'_>, (): ()) -> Result<i64, NodeError> {
-        let disk = ds::disk_finalize(tx.conn(), self.disk_id)
-            .await
-            .map_err(db)?;
+    async fn commit(&self, tx: &mut CommitTx<'_>) -> Result<i64, NodeError> {
+        let disk = ds::disk_finalize(tx.conn(), self.disk_id).await?;
         Ok(disk.state_generation)
     }
 
@@ -479,20 +437,14 @@ pub struct SetBootDisk {
     pub disk_id: Uuid,
 }
 
-impl DbNode<InstanceCreate> for SetBootDisk {
+impl CommitOnlyDbNode for SetBootDisk {
+    type Saga = InstanceCreate;
     const NAME: &'static str = "instance_create.set_boot_disk";
-    type Plan = ();
     type Receipt = Uuid;
     type Output = Uuid;
 
-    async fn prepare(&self, _: &mut PrepareCx<'_, InstanceCreate>) -> Result<(), NodeError> {
-        Ok(())
-    }
-
-    async fn commit(&self, tx: &mut CommitTx<'_>, (): ()) -> Result<Uuid, NodeError> {
-        ds::instance_set_boot_disk(tx.conn(), self.instance_id, Some(self.disk_id))
-            .await
-            .map_err(db)?;
+    async fn commit(&self, tx: &mut CommitTx<'_>) -> Result<Uuid, NodeError> {
+        ds::instance_set_boot_disk(tx.conn(), self.instance_id, Some(self.disk_id)).await?;
         Ok(self.disk_id)
     }
 
@@ -501,9 +453,7 @@ impl DbNode<InstanceCreate> for SetBootDisk {
     }
 
     async fn compensate(&self, tx: &mut CommitTx<'_>, _: Uuid) -> Result<(), NodeError> {
-        ds::instance_set_boot_disk(tx.conn(), self.instance_id, None)
-            .await
-            .map_err(db)?;
+        ds::instance_set_boot_disk(tx.conn(), self.instance_id, None).await?;
         Ok(())
     }
 }
@@ -523,9 +473,7 @@ impl DbNode<InstanceCreate> for MoveToStopped {
     type Output = i64;
 
     async fn prepare(&self, cx: &mut PrepareCx<'_, InstanceCreate>) -> Result<i64, NodeError> {
-        let instance = ds::instance_fetch(cx.conn(), self.instance_id)
-            .await
-            .map_err(db)?;
+        let instance = ds::instance_fetch(cx.conn(), self.instance_id).await?;
         Ok(instance.state_generation)
     }
 
@@ -537,8 +485,7 @@ impl DbNode<InstanceCreate> for MoveToStopped {
             InstanceState::Creating,
             InstanceState::NoVmm,
         )
-        .await
-        .map_err(db)?;
+        .await?;
         Ok(instance.state_generation)
     }
 
@@ -550,9 +497,7 @@ impl DbNode<InstanceCreate> for MoveToStopped {
     /// generation is read in this transaction: later nodes' compensations (mark_running's) have moved it on
     /// since this node's commit, so the receipt's generation would be stale (the fault matrix found this).
     async fn compensate(&self, tx: &mut CommitTx<'_>, _: i64) -> Result<(), NodeError> {
-        let instance = ds::instance_fetch(tx.conn(), self.instance_id)
-            .await
-            .map_err(db)?;
+        let instance = ds::instance_fetch(tx.conn(), self.instance_id).await?;
         if instance.state == InstanceState::NoVmm {
             ds::instance_transition(
                 tx.conn(),
@@ -561,8 +506,7 @@ impl DbNode<InstanceCreate> for MoveToStopped {
                 InstanceState::NoVmm,
                 InstanceState::Creating,
             )
-            .await
-            .map_err(db)?;
+            .await?;
         }
         Ok(())
     }
@@ -578,18 +522,14 @@ pub struct ReserveSled {
     pub reservoir_ram: i64,
 }
 
-impl DbNode<InstanceCreate> for ReserveSled {
+impl CommitOnlyDbNode for ReserveSled {
+    type Saga = InstanceCreate;
     const NAME: &'static str = "instance_create.reserve_sled";
-    type Plan = ();
     /// The sled chosen.
     type Receipt = Uuid;
     type Output = Uuid;
 
-    async fn prepare(&self, _: &mut PrepareCx<'_, InstanceCreate>) -> Result<(), NodeError> {
-        Ok(())
-    }
-
-    async fn commit(&self, tx: &mut CommitTx<'_>, (): ()) -> Result<Uuid, NodeError> {
+    async fn commit(&self, tx: &mut CommitTx<'_>) -> Result<Uuid, NodeError> {
         let reservation = ds::sled_reservation_create(
             tx.conn(),
             self.propolis_id,
@@ -598,8 +538,7 @@ impl DbNode<InstanceCreate> for ReserveSled {
             0,
             self.reservoir_ram,
         )
-        .await
-        .map_err(db)?;
+        .await?;
         Ok(reservation.sled_id)
     }
 
@@ -608,9 +547,7 @@ impl DbNode<InstanceCreate> for ReserveSled {
     }
 
     async fn compensate(&self, tx: &mut CommitTx<'_>, _: Uuid) -> Result<(), NodeError> {
-        ds::sled_reservation_delete(tx.conn(), self.propolis_id)
-            .await
-            .map_err(db)?;
+        ds::sled_reservation_delete(tx.conn(), self.propolis_id).await?;
         Ok(())
     }
 }
@@ -622,18 +559,14 @@ pub struct EnsureVmm {
     pub instance_id: Uuid,
 }
 
-impl ExternalNode<InstanceCreate> for EnsureVmm {
+impl CallOnlyExternalNode for EnsureVmm {
+    type Saga = InstanceCreate;
     const NAME: &'static str = "instance_create.ensure_vmm";
-    type Plan = ();
     /// The VMM's generation on the sled agent.
     type Receipt = u64;
     type Output = u64;
 
-    async fn prepare(&self, _: &mut PrepareCx<'_, InstanceCreate>) -> Result<(), NodeError> {
-        Ok(())
-    }
-
-    async fn call(&self, cx: &ExternalCx<'_, InstanceCreate>, (): &()) -> Result<u64, CallError> {
+    async fn call(&self, cx: &ExternalCx<'_, InstanceCreate>) -> Result<u64, CallError> {
         let app = cx.context();
         let key = if app
             .mint_fresh_keys
@@ -688,17 +621,13 @@ impl DbNode<InstanceCreate> for MarkRunning {
     type Output = i64;
 
     async fn prepare(&self, cx: &mut PrepareCx<'_, InstanceCreate>) -> Result<i64, NodeError> {
-        let instance = ds::instance_fetch(cx.conn(), self.instance_id)
-            .await
-            .map_err(db)?;
+        let instance = ds::instance_fetch(cx.conn(), self.instance_id).await?;
         Ok(instance.state_generation)
     }
 
     async fn commit(&self, tx: &mut CommitTx<'_>, generation: i64) -> Result<i64, NodeError> {
         let instance =
-            ds::instance_set_vmm(tx.conn(), self.instance_id, generation, self.propolis_id)
-                .await
-                .map_err(db)?;
+            ds::instance_set_vmm(tx.conn(), self.instance_id, generation, self.propolis_id).await?;
         Ok(instance.state_generation)
     }
 
@@ -707,9 +636,7 @@ impl DbNode<InstanceCreate> for MarkRunning {
     }
 
     async fn compensate(&self, tx: &mut CommitTx<'_>, _: i64) -> Result<(), NodeError> {
-        ds::instance_clear_vmm(tx.conn(), self.instance_id, self.propolis_id)
-            .await
-            .map_err(db)?;
+        ds::instance_clear_vmm(tx.conn(), self.instance_id, self.propolis_id).await?;
         Ok(())
     }
 }

@@ -1,18 +1,7 @@
 //! snapshot-create: Nexus's `snapshot_create` saga (the pantry path) on typed nodes.
 //!
-//! ```text
-//! create_snapshot_record      INSERT snapshot (creating)
-//! disk_to_maintenance         disk detached -> maintenance, guarded by state_generation; the receipt carries
-//!                             the generation this node wrote (no re-fetch: the 10695 shape of Nexus's
-//!                             ssc_attach_disk_to_pantry)
-//! pantry_attach               pantry: attach the disk's volume            (external, keyed)
-//! pantry_snapshot             pantry: take the snapshot                   (external, keyed)
-//! pantry_detach               pantry: detach                              (external, keyed)
-//! create_volume_record        INSERT volume for the snapshot
-//! finalize_snapshot           snapshot creating -> ready
-//! restore_disk                disk maintenance -> detached, only if its generation is still the one
-//!                             disk_to_maintenance wrote
-//! ```
+//! Its node types are declared once, in DAG order (a chain) and with what each commits, in the
+//! `declare_saga_nodes!` list of `impl SagaDef for SnapshotCreate`; each node type's doc says what it does.
 //!
 //! Undo, in reverse: the pantry snapshot is deleted and the disk detached from the pantry by key, the disk
 //! goes back to `detached` (again only at the generation this saga wrote: a disk someone else has since
@@ -20,11 +9,11 @@
 //! retried with the same key until definite, so the disk never stays in `maintenance`.
 
 use crate::app::NexusApp;
-use crate::errors::{call, db};
+use crate::errors::call;
 use ratchet_datastore::{self as ds, DiskState};
 use ratchet_engine::{
-    CallError, CommitTx, DbNode, ExternalCx, ExternalNode, NodeError, NodeRegistry, PrepareCx,
-    SagaBuilder, SagaDef,
+    CallError, CallOnlyExternalNode, CommitOnlyDbNode, CommitTx, DbNode, ExternalCx, ExternalNode,
+    NodeError, PrepareCx, SagaBuilder, SagaDef,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -45,16 +34,19 @@ impl SagaDef for SnapshotCreate {
     type Params = SnapshotCreateParams;
     type Context = NexusApp;
 
-    fn register(registry: &mut NodeRegistry<Self>) {
-        registry
-            .db::<CreateSnapshotRecord>()
-            .db::<DiskToMaintenance>()
-            .external::<PantryAttach>()
-            .external::<PantrySnapshot>()
-            .external::<PantryDetach>()
-            .db::<CreateSnapshotVolume>()
-            .db::<FinalizeSnapshot>()
-            .db::<RestoreDisk>();
+    // The node types, in DAG order (a chain), with what each commits.
+    ratchet_engine::declare_saga_nodes! {
+        db CreateSnapshotRecord,    // INSERT snapshot (creating)
+        // disk detached -> maintenance, guarded by state_generation; the receipt carries the generation this
+        // node wrote (no re-fetch: the 10695 shape of Nexus's ssc_attach_disk_to_pantry)
+        db DiskToMaintenance,
+        external PantryAttach,      // pantry: attach the disk's volume, keyed
+        external PantrySnapshot,    // pantry: take the snapshot, keyed
+        external PantryDetach,      // pantry: detach, keyed
+        db CreateSnapshotVolume,    // INSERT volume for the snapshot
+        db FinalizeSnapshot,        // snapshot creating -> ready
+        // disk maintenance -> detached, only if its generation is still the one DiskToMaintenance wrote
+        db RestoreDisk,
     }
 
     fn build(p: &SnapshotCreateParams, dag: &mut SagaBuilder<Self>) -> Result<(), String> {
@@ -109,7 +101,7 @@ impl DbNode<SnapshotCreate> for CreateSnapshotRecord {
     type Output = Uuid;
 
     async fn prepare(&self, cx: &mut PrepareCx<'_, SnapshotCreate>) -> Result<i64, NodeError> {
-        let disk = ds::disk_fetch(cx.conn(), self.disk_id).await.map_err(db)?;
+        let disk = ds::disk_fetch(cx.conn(), self.disk_id).await?;
         if disk.disk_state != DiskState::Detached {
             return Err(NodeError::permanent(format!(
                 "disk {} is in state {}: only a detached disk can be snapshotted through the pantry",
@@ -129,8 +121,7 @@ impl DbNode<SnapshotCreate> for CreateSnapshotRecord {
             &self.name,
             size_bytes,
         )
-        .await
-        .map_err(db)?;
+        .await?;
         Ok(snapshot.id)
     }
 
@@ -139,9 +130,7 @@ impl DbNode<SnapshotCreate> for CreateSnapshotRecord {
     }
 
     async fn compensate(&self, tx: &mut CommitTx<'_>, snapshot_id: Uuid) -> Result<(), NodeError> {
-        ds::snapshot_soft_delete(tx.conn(), snapshot_id)
-            .await
-            .map_err(db)?;
+        ds::snapshot_soft_delete(tx.conn(), snapshot_id).await?;
         Ok(())
     }
 }
@@ -161,14 +150,12 @@ impl DbNode<SnapshotCreate> for DiskToMaintenance {
     type Output = i64;
 
     async fn prepare(&self, cx: &mut PrepareCx<'_, SnapshotCreate>) -> Result<i64, NodeError> {
-        let disk = ds::disk_fetch(cx.conn(), self.disk_id).await.map_err(db)?;
+        let disk = ds::disk_fetch(cx.conn(), self.disk_id).await?;
         Ok(disk.state_generation)
     }
 
     async fn commit(&self, tx: &mut CommitTx<'_>, generation: i64) -> Result<i64, NodeError> {
-        let disk = ds::disk_set_maintenance(tx.conn(), self.disk_id, generation)
-            .await
-            .map_err(db)?;
+        let disk = ds::disk_set_maintenance(tx.conn(), self.disk_id, generation).await?;
         Ok(disk.state_generation)
     }
 
@@ -191,9 +178,7 @@ async fn restore_detached(
     disk_id: Uuid,
     generation_written: i64,
 ) -> Result<(), NodeError> {
-    let restored = ds::disk_restore_detached(tx.conn(), disk_id, generation_written)
-        .await
-        .map_err(db)?;
+    let restored = ds::disk_restore_detached(tx.conn(), disk_id, generation_written).await?;
     if restored.is_none() {
         tracing::info!(%disk_id, generation_written,
             "disk is no longer at the generation this saga wrote: left as it is");
@@ -218,10 +203,8 @@ impl ExternalNode<SnapshotCreate> for PantryAttach {
         &self,
         cx: &mut PrepareCx<'_, SnapshotCreate>,
     ) -> Result<serde_json::Value, NodeError> {
-        let disk = ds::disk_fetch(cx.conn(), self.disk_id).await.map_err(db)?;
-        let volume = ds::volume_fetch(cx.conn(), disk.volume_id)
-            .await
-            .map_err(db)?;
+        let disk = ds::disk_fetch(cx.conn(), self.disk_id).await?;
+        let volume = ds::volume_fetch(cx.conn(), disk.volume_id).await?;
         Ok(serde_json::json!({ "volume_id": volume.id, "data": volume.data }))
     }
 
@@ -266,17 +249,13 @@ pub struct PantrySnapshot {
     pub snapshot_id: Uuid,
 }
 
-impl ExternalNode<SnapshotCreate> for PantrySnapshot {
+impl CallOnlyExternalNode for PantrySnapshot {
+    type Saga = SnapshotCreate;
     const NAME: &'static str = "snapshot_create.pantry_snapshot";
-    type Plan = ();
     type Receipt = ();
     type Output = ();
 
-    async fn prepare(&self, _: &mut PrepareCx<'_, SnapshotCreate>) -> Result<(), NodeError> {
-        Ok(())
-    }
-
-    async fn call(&self, cx: &ExternalCx<'_, SnapshotCreate>, (): &()) -> Result<(), CallError> {
+    async fn call(&self, cx: &ExternalCx<'_, SnapshotCreate>) -> Result<(), CallError> {
         cx.context()
             .pantry
             .disk_snapshot(cx.idempotency_key(), self.disk_id, self.snapshot_id)
@@ -312,17 +291,13 @@ pub struct PantryDetach {
     pub disk_id: Uuid,
 }
 
-impl ExternalNode<SnapshotCreate> for PantryDetach {
+impl CallOnlyExternalNode for PantryDetach {
+    type Saga = SnapshotCreate;
     const NAME: &'static str = "snapshot_create.pantry_detach";
-    type Plan = ();
     type Receipt = ();
     type Output = ();
 
-    async fn prepare(&self, _: &mut PrepareCx<'_, SnapshotCreate>) -> Result<(), NodeError> {
-        Ok(())
-    }
-
-    async fn call(&self, cx: &ExternalCx<'_, SnapshotCreate>, (): &()) -> Result<(), CallError> {
+    async fn call(&self, cx: &ExternalCx<'_, SnapshotCreate>) -> Result<(), CallError> {
         cx.context()
             .pantry
             // A forward step of its own: it undoes no call of this node.
@@ -352,21 +327,15 @@ pub struct CreateSnapshotVolume {
     pub disk_id: Uuid,
 }
 
-impl DbNode<SnapshotCreate> for CreateSnapshotVolume {
+impl CommitOnlyDbNode for CreateSnapshotVolume {
+    type Saga = SnapshotCreate;
     const NAME: &'static str = "snapshot_create.create_volume_record";
-    type Plan = ();
     type Receipt = Uuid;
     type Output = Uuid;
 
-    async fn prepare(&self, _: &mut PrepareCx<'_, SnapshotCreate>) -> Result<(), NodeError> {
-        Ok(())
-    }
-
-    async fn commit(&self, tx: &mut CommitTx<'_>, (): ()) -> Result<Uuid, NodeError> {
+    async fn commit(&self, tx: &mut CommitTx<'_>) -> Result<Uuid, NodeError> {
         let data = serde_json::json!({ "type": "snapshot", "of_disk": self.disk_id });
-        let volume = ds::volume_create(tx.conn(), self.volume_id, &data)
-            .await
-            .map_err(db)?;
+        let volume = ds::volume_create(tx.conn(), self.volume_id, &data).await?;
         Ok(volume.id)
     }
 
@@ -375,9 +344,7 @@ impl DbNode<SnapshotCreate> for CreateSnapshotVolume {
     }
 
     async fn compensate(&self, tx: &mut CommitTx<'_>, volume_id: Uuid) -> Result<(), NodeError> {
-        ds::volume_soft_delete(tx.conn(), volume_id)
-            .await
-            .map_err(db)?;
+        ds::volume_soft_delete(tx.conn(), volume_id).await?;
         Ok(())
     }
 }
@@ -388,20 +355,14 @@ pub struct FinalizeSnapshot {
     pub snapshot_id: Uuid,
 }
 
-impl DbNode<SnapshotCreate> for FinalizeSnapshot {
+impl CommitOnlyDbNode for FinalizeSnapshot {
+    type Saga = SnapshotCreate;
     const NAME: &'static str = "snapshot_create.finalize_snapshot";
-    type Plan = ();
     type Receipt = ();
     type Output = ();
 
-    async fn prepare(&self, _: &mut PrepareCx<'_, SnapshotCreate>) -> Result<(), NodeError> {
-        Ok(())
-    }
-
-    async fn commit(&self, tx: &mut CommitTx<'_>, (): ()) -> Result<(), NodeError> {
-        ds::snapshot_finalize(tx.conn(), self.snapshot_id)
-            .await
-            .map_err(db)?;
+    async fn commit(&self, tx: &mut CommitTx<'_>) -> Result<(), NodeError> {
+        ds::snapshot_finalize(tx.conn(), self.snapshot_id).await?;
         Ok(())
     }
 

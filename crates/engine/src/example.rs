@@ -1,12 +1,8 @@
 //! A complete example saga: provision a widget and charge for it.
 //!
-//! `ratchet demo` runs it, and the engine's tests use it. Three database nodes in a chain:
-//!
-//! ```text
-//! reserve_widget  ->  charge_account  ->  activate_widget
-//! INSERT widget       UPDATE balance,      UPDATE widget
-//!                     INSERT ledger row    SET state = 'active'
-//! ```
+//! `ratchet demo` runs it, and the engine's tests use it. Three database nodes in a chain, declared once in
+//! `ProvisionWidget`'s `declare_saga_nodes!` list (each node type's doc says what it writes): a widget is
+//! reserved, the account charged, the widget activated.
 //!
 //! `charge_account` is deliberately not idempotent (it subtracts and appends a ledger row), so "exactly once"
 //! is visible as exactly one ledger row and one subtraction; its compensation adds the price back, so a second
@@ -14,7 +10,7 @@
 
 use crate::{
     CommitTx, DbNode, Engine, EngineError, FaultEffect, FaultPoint, NodeError, NodeOutput,
-    NodeRegistry, PrepareCx, SagaBuilder, SagaDef, SagaOutcome,
+    PrepareCx, SagaBuilder, SagaDef, SagaOutcome,
 };
 use diesel::sql_types::{BigInt, Text, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
@@ -41,11 +37,10 @@ impl SagaDef for ProvisionWidget {
     type Params = ProvisionParams;
     type Context = ();
 
-    fn register(registry: &mut NodeRegistry<Self>) {
-        registry
-            .db::<ReserveWidget>()
-            .db::<ChargeAccount>()
-            .db::<ActivateWidget>();
+    crate::declare_saga_nodes! {
+        db ReserveWidget,
+        db ChargeAccount,
+        db ActivateWidget,
     }
 
     fn build(params: &ProvisionParams, dag: &mut SagaBuilder<Self>) -> Result<(), String> {

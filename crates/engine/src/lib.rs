@@ -17,6 +17,11 @@
 //! | `finish` | compute the output from the receipt | pure: no `self`, no context, no `Result`, not `async` |
 //! | `compensate` | reverse the commit, given its receipt | a transaction of its own |
 //!
+//! A node with nothing to read before its commit implements [`CommitOnlyDbNode`] instead, which is a
+//! [`DbNode`] whose prepare reads nothing ([`CallOnlyExternalNode`] is its external twin). A saga declares its
+//! node types once, with [`declare_saga_nodes!`]; a node its DAG uses that the list lacks fails the saga's
+//! creation.
+//!
 //! The engine begins and ends every transaction. [`PrepareCx`] and [`CommitTx`] can only be built by the
 //! engine and borrow the one connection for one phase. A node's output is computed by `finish` from the
 //! commit's receipt, never from a re-read; since `finish` is pure, the engine runs it *before* `COMMIT`, so
@@ -184,13 +189,13 @@
 //! use diesel_async::RunQueryDsl;
 //! use ratchet_engine::{CommitTx, DbNode, NodeError, PrepareCx, SagaDef};
 //! use serde::{Deserialize, Serialize};
-//! # use ratchet_engine::{NodeRegistry, SagaBuilder};
+//! # use ratchet_engine::SagaBuilder;
 //! # struct Billing;
 //! # impl SagaDef for Billing {
 //! #     const NAME: &'static str = "billing";
 //! #     type Params = uuid::Uuid;
 //! #     type Context = ();
-//! #     fn register(registry: &mut NodeRegistry<Self>) { registry.db::<Debit>(); }
+//! #     ratchet_engine::declare_saga_nodes! { db Debit }
 //! #     fn build(_: &uuid::Uuid, dag: &mut SagaBuilder<Self>) -> Result<(), String> {
 //! #         dag.db("debit", Debit { amount: 5 }); Ok(())
 //! #     }
@@ -266,7 +271,10 @@ pub use engine::{
 };
 pub use error::{EngineError, NodeError, NodeFailure};
 pub use failpoint::{Failpoints, FaultEffect, FaultPoint};
-pub use node::{CallError, DbNode, ExternalNode, NodeOutput, NodeReceipt};
+pub use node::{
+    CallError, CallOnlyExternalNode, CommitOnlyDbNode, DbNode, ExternalNode, NodeOutput,
+    NodeReceipt,
+};
 pub use observe::{CounterValues, Counters, RECENT_OUTCOMES, RecentOutcome, WaitingNode};
 pub use operate::{Abandoned, AdoptedSaga, AdoptionReport, ShutdownReport, abandon};
 pub use saga_def::{

@@ -1,5 +1,5 @@
 //! The typed nodes: database nodes and external nodes, each split into prepare, commit, post-commit (finish)
-//! and compensate.
+//! and compensate; and their commit-only forms, for nodes with nothing to prepare.
 
 use crate::context::{CommitTx, ExternalCx, PrepareCx};
 use crate::error::NodeError;
@@ -101,6 +101,81 @@ pub trait DbNode<S: SagaDef>: Serialize + DeserializeOwned + Send + Sync + 'stat
     ) -> impl Future<Output = Result<(), NodeError>> + Send;
 }
 
+/// A database node with nothing to read or decide before its commit: its arguments (fixed when the DAG was
+/// built) are all its commit needs.
+///
+/// Implementing it implements [`DbNode`] for [`CommitOnlyDbNode::Saga`], with `Plan = ()` and a prepare that
+/// reads nothing; commit (which loses only its `plan` argument), finish and compensate are [`DbNode`]'s, with
+/// the same signatures, bounds and guarantees, and run the same way (see [`DbNode`]). A node that reads before
+/// it writes (to refuse early, or to carry what it read to the commit) implements [`DbNode`] itself; one type
+/// cannot do both (the two impls conflict).
+///
+/// The saga is an associated type, not a parameter as in [`DbNode`], so a commit-only node serves one saga.
+/// That keeps the blanket impl coherent with nodes that implement [`DbNode`] for every saga of a context (a
+/// parameter would let another crate make such a node commit-only for a saga of its own, and rustc refuses
+/// the possible overlap).
+pub trait CommitOnlyDbNode: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// The saga whose DAG the node belongs to.
+    type Saga: SagaDef;
+    /// The action name persisted in the DAG: stable across releases.
+    const NAME: &'static str;
+    /// What commit returns, recorded with the commit.
+    type Receipt: NodeReceipt;
+    /// The node's output, seen by later nodes.
+    type Output: NodeOutput;
+
+    /// Every write of the node, as [`DbNode::commit`].
+    fn commit(
+        &self,
+        tx: &mut CommitTx<'_>,
+    ) -> impl Future<Output = Result<Self::Receipt, NodeError>> + Send;
+
+    /// The post-commit phase, as [`DbNode::finish`]: pure, synchronous and infallible.
+    fn finish(receipt: Self::Receipt) -> Self::Output;
+
+    /// Reverses the commit, as [`DbNode::compensate`].
+    fn compensate(
+        &self,
+        tx: &mut CommitTx<'_>,
+        receipt: Self::Receipt,
+    ) -> impl Future<Output = Result<(), NodeError>> + Send;
+}
+
+impl<N: CommitOnlyDbNode> DbNode<N::Saga> for N {
+    const NAME: &'static str = <N as CommitOnlyDbNode>::NAME;
+    type Plan = ();
+    type Receipt = N::Receipt;
+    type Output = N::Output;
+
+    /// Reads nothing: there is nothing to decide.
+    fn prepare(
+        &self,
+        _: &mut PrepareCx<'_, N::Saga>,
+    ) -> impl Future<Output = Result<(), NodeError>> + Send {
+        std::future::ready(Ok(()))
+    }
+
+    fn commit(
+        &self,
+        tx: &mut CommitTx<'_>,
+        (): (),
+    ) -> impl Future<Output = Result<N::Receipt, NodeError>> + Send {
+        CommitOnlyDbNode::commit(self, tx)
+    }
+
+    fn finish(receipt: N::Receipt) -> N::Output {
+        <N as CommitOnlyDbNode>::finish(receipt)
+    }
+
+    fn compensate(
+        &self,
+        tx: &mut CommitTx<'_>,
+        receipt: N::Receipt,
+    ) -> impl Future<Output = Result<(), NodeError>> + Send {
+        CommitOnlyDbNode::compensate(self, tx, receipt)
+    }
+}
+
 /// Why an external call did not give a receipt.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CallError {
@@ -162,4 +237,71 @@ pub trait ExternalNode<S: SagaDef>: Serialize + DeserializeOwned + Send + Sync +
         cx: &ExternalCx<'_, S>,
         receipt: Option<Self::Receipt>,
     ) -> impl Future<Output = Result<(), CallError>> + Send;
+}
+
+/// An external node with nothing to read or decide before its call: the external twin of
+/// [`CommitOnlyDbNode`].
+///
+/// Implementing it implements [`ExternalNode`] for [`CallOnlyExternalNode::Saga`], with `Plan = ()` and a
+/// prepare that reads nothing; call (which loses only its `plan` argument), finish and compensate are
+/// [`ExternalNode`]'s, with the same contract (idempotent on the node's key; see [`ExternalNode`]). The saga is
+/// an associated type for the reason given at [`CommitOnlyDbNode`].
+pub trait CallOnlyExternalNode: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// The saga whose DAG the node belongs to.
+    type Saga: SagaDef;
+    /// The action name persisted in the DAG: stable across releases.
+    const NAME: &'static str;
+    type Receipt: NodeReceipt;
+    type Output: NodeOutput;
+
+    /// The call, as [`ExternalNode::call`]: idempotent on `cx.idempotency_key()`.
+    fn call(
+        &self,
+        cx: &ExternalCx<'_, Self::Saga>,
+    ) -> impl Future<Output = Result<Self::Receipt, CallError>> + Send;
+
+    /// The post-commit phase, as [`ExternalNode::finish`].
+    fn finish(receipt: Self::Receipt) -> Self::Output;
+
+    /// Undoes the call by key, as [`ExternalNode::compensate`].
+    fn compensate(
+        &self,
+        cx: &ExternalCx<'_, Self::Saga>,
+        receipt: Option<Self::Receipt>,
+    ) -> impl Future<Output = Result<(), CallError>> + Send;
+}
+
+impl<N: CallOnlyExternalNode> ExternalNode<N::Saga> for N {
+    const NAME: &'static str = <N as CallOnlyExternalNode>::NAME;
+    type Plan = ();
+    type Receipt = N::Receipt;
+    type Output = N::Output;
+
+    /// Reads nothing: there is nothing to decide.
+    fn prepare(
+        &self,
+        _: &mut PrepareCx<'_, N::Saga>,
+    ) -> impl Future<Output = Result<(), NodeError>> + Send {
+        std::future::ready(Ok(()))
+    }
+
+    fn call(
+        &self,
+        cx: &ExternalCx<'_, N::Saga>,
+        (): &(),
+    ) -> impl Future<Output = Result<N::Receipt, CallError>> + Send {
+        CallOnlyExternalNode::call(self, cx)
+    }
+
+    fn finish(receipt: N::Receipt) -> N::Output {
+        <N as CallOnlyExternalNode>::finish(receipt)
+    }
+
+    fn compensate(
+        &self,
+        cx: &ExternalCx<'_, N::Saga>,
+        receipt: Option<N::Receipt>,
+    ) -> impl Future<Output = Result<(), CallError>> + Send {
+        CallOnlyExternalNode::compensate(self, cx, receipt)
+    }
 }

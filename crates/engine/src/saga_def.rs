@@ -19,6 +19,11 @@ use uuid::Uuid;
 /// `register` names every node type the saga may use (recovery needs them without the parameters); `build`
 /// lays out the DAG for one set of parameters. Node names in the DAG and node `NAME`s are persisted: keep them
 /// stable across releases, and bump `VERSION` when the DAG's shape changes.
+///
+/// Write `register` with [`declare_saga_nodes!`](crate::declare_saga_nodes), the one list of the saga's node
+/// types. A node that `build` lays out but that list lacks (or whose `NAME` the list gives to another type)
+/// fails the saga's creation with [`EngineError::BadDag`](crate::EngineError::BadDag), naming the node and
+/// its type, before anything is written.
 pub trait SagaDef: Sized + Send + Sync + 'static {
     const NAME: &'static str;
     const VERSION: i32 = 1;
@@ -26,10 +31,60 @@ pub trait SagaDef: Sized + Send + Sync + 'static {
     /// What external nodes (and prepares) may use: clients of other services, configuration.
     type Context: Send + Sync + 'static;
 
+    /// Registers every node type the saga may use: write it with
+    /// [`declare_saga_nodes!`](crate::declare_saga_nodes).
     fn register(registry: &mut NodeRegistry<Self>);
 
     /// Lays out the DAG. Fails (with a message naming the problem) on parameters that make no saga.
     fn build(params: &Self::Params, builder: &mut SagaBuilder<Self>) -> Result<(), String>;
+}
+
+/// Declares a saga's node types, once, and generates its [`SagaDef::register`] from them. It goes inside
+/// `impl SagaDef for MySaga`, where `register` would be:
+///
+/// ```ignore
+/// impl SagaDef for InstanceCreate {
+///     // NAME, Params, Context …
+///     ratchet_engine::declare_saga_nodes! {
+///         db CreateInstanceRecord,          // a `DbNode<Self>` (or `CommitOnlyDbNode`)
+///         external EnsureVmm,               // an `ExternalNode<Self>` (or `CallOnlyExternalNode`)
+///         unchecked LEGACY_ATTACH => legacy_attach_action(), // a plain steno action: name => action
+///     }
+///     fn build(/* … */) { /* … */ }
+/// }
+/// ```
+///
+/// The list is the only place a saga names its node types: `build` only lays them out. A type `build` uses
+/// and the list lacks fails every creation of a saga whose DAG holds it (see [`SagaDef`]). The check runs when
+/// a saga is created rather than at compile time, so that sagas written without this macro (a `register` by
+/// hand) keep compiling: `SagaBuilder` cannot require a declaration they lack. A complete saga using it is
+/// [`crate::example`].
+#[macro_export]
+macro_rules! declare_saga_nodes {
+    ($($nodes:tt)*) => {
+        fn register(registry: &mut $crate::NodeRegistry<Self>) {
+            $crate::__register_saga_nodes!(registry; $($nodes)*);
+        }
+    };
+}
+
+/// The muncher behind [`declare_saga_nodes!`](crate::declare_saga_nodes): one registration a list item.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __register_saga_nodes {
+    ($registry:ident;) => {};
+    ($registry:ident; db $node:ty $(, $($rest:tt)*)?) => {
+        $registry.db::<$node>();
+        $crate::__register_saga_nodes!($registry; $($($rest)*)?);
+    };
+    ($registry:ident; external $node:ty $(, $($rest:tt)*)?) => {
+        $registry.external::<$node>();
+        $crate::__register_saga_nodes!($registry; $($($rest)*)?);
+    };
+    ($registry:ident; unchecked $name:expr => $action:expr $(, $($rest:tt)*)?) => {
+        $registry.unchecked_steno_action($name, $action);
+        $crate::__register_saga_nodes!($registry; $($($rest)*)?);
+    };
 }
 
 /// steno's saga type for a ratchet saga definition.
@@ -224,12 +279,15 @@ impl<S: SagaDef> NodeRegistry<S> {
         name: &'static str,
         action: Arc<dyn steno::Action<Ratchet<S>>>,
     ) -> &mut Self {
-        if self.claim::<Arc<dyn steno::Action<Ratchet<S>>>>(name) {
+        if self.claim::<UncheckedAction<S>>(name) {
             self.actions.register(action);
         }
         self
     }
 }
+
+/// The type a plain steno action is registered (and laid out) as: every such action of a saga shares it.
+type UncheckedAction<S> = Arc<dyn steno::Action<Ratchet<S>>>;
 
 impl<S: SagaDef> SagaCx<S> {
     /// The saga's id.
@@ -272,6 +330,9 @@ pub struct SagaBuilder<S: SagaDef> {
     stages: Vec<Vec<steno::Node>>,
     pub(crate) node_args: BTreeMap<String, serde_json::Value>,
     pub(crate) kinds: BTreeMap<String, NodeKind>,
+    /// The saga's declared node types ([`SagaDef::register`]), by action name: every node laid out must be
+    /// one of them.
+    declared: BTreeMap<steno::ActionName, TypeId>,
     error: Option<String>,
     _saga: PhantomData<S>,
 }
@@ -285,20 +346,19 @@ pub struct Stage<'a, S: SagaDef> {
 impl<S: SagaDef> Stage<'_, S> {
     pub fn db<N: DbNode<S>>(&mut self, name: &str, node: N) -> &mut Self {
         let action = DbAction::<S, N>::new();
-        if let Some(n) = self.builder.planned(name, &node, NodeKind::Db, &action) {
-            self.nodes.push(n);
-        }
+        let node = self
+            .builder
+            .planned::<N, _>(name, &node, NodeKind::Db, &action);
+        self.nodes.extend(node);
         self
     }
 
     pub fn external<N: ExternalNode<S>>(&mut self, name: &str, node: N) -> &mut Self {
         let action = ExternalAction::<S, N>::new();
-        if let Some(n) = self
+        let node = self
             .builder
-            .planned(name, &node, NodeKind::External, &action)
-        {
-            self.nodes.push(n);
-        }
+            .planned::<N, _>(name, &node, NodeKind::External, &action);
+        self.nodes.extend(node);
         self
     }
 
@@ -309,9 +369,12 @@ impl<S: SagaDef> Stage<'_, S> {
         name: &str,
         action: &dyn steno::Action<Ratchet<S>>,
     ) -> &mut Self {
-        let node = self
-            .builder
-            .planned(name, &serde_json::Value::Null, NodeKind::Steno, action);
+        let node = self.builder.planned::<UncheckedAction<S>, _>(
+            name,
+            &serde_json::Value::Null,
+            NodeKind::Steno,
+            action,
+        );
         self.nodes.extend(node);
         self
     }
@@ -334,11 +397,20 @@ impl<S: SagaDef> Stage<'_, S> {
 }
 
 impl<S: SagaDef> SagaBuilder<S> {
+    /// A builder for one saga of `S`, which knows `S`'s declared node types (from [`SagaDef::register`]).
     pub(crate) fn new() -> Self {
+        let mut registry = NodeRegistry::<S>::new();
+        S::register(&mut registry);
+        let declared = registry
+            .names
+            .into_iter()
+            .map(|(name, type_id)| (steno::ActionName::new(name), type_id))
+            .collect();
         SagaBuilder {
             stages: Vec::new(),
             node_args: BTreeMap::new(),
             kinds: BTreeMap::new(),
+            declared,
             error: None,
             _saga: PhantomData,
         }
@@ -348,13 +420,31 @@ impl<S: SagaDef> SagaBuilder<S> {
         self.error.get_or_insert(message);
     }
 
-    fn planned<T: Serialize>(
+    /// Node `name`, of type `N` (as [`NodeRegistry`] records it), running `action`; or `None`, with the
+    /// builder failed, when its arguments do not encode or `N` is not one of the saga's declared node types.
+    /// steno would refuse an undeclared action too, but only by name: an action name declared for another
+    /// type would run that type's phases on this node's arguments.
+    fn planned<N: 'static, T: Serialize>(
         &mut self,
         name: &str,
         node: &T,
         kind: NodeKind,
         action: &dyn steno::Action<Ratchet<S>>,
     ) -> Option<steno::Node> {
+        let action_name = action.name();
+        let declared = self.declared.get(&action_name).copied();
+        if declared != Some(TypeId::of::<N>()) {
+            let node_type = std::any::type_name::<N>();
+            let problem = match declared {
+                None => "no node type of that name is",
+                Some(_) => "that name is declared for another type, and this one is not",
+            };
+            self.fail(format!(
+                "node {name:?} is a {node_type} (action {action_name:?}), but {problem} in the saga's \
+                 node list (SagaDef::register, declare_saga_nodes!)"
+            ));
+            return None;
+        }
         match serde_json::to_value(node) {
             Ok(args) => {
                 self.node_args.insert(name.to_owned(), args);
@@ -415,5 +505,100 @@ impl<S: SagaDef> SagaBuilder<S> {
         }
         let dag = dag.build().map_err(|e| e.to_string())?;
         Ok((dag, self.node_args, self.kinds))
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::{SagaBuilder, SagaDef};
+    use crate::{CommitOnlyDbNode, CommitTx, NodeError};
+    use serde::{Deserialize, Serialize};
+
+    /// A saga whose node list declares `Listed` only; its parameters say which node `build` lays out.
+    struct Declares;
+
+    impl SagaDef for Declares {
+        const NAME: &'static str = "test-declares";
+        type Params = String;
+        type Context = ();
+
+        crate::declare_saga_nodes! {
+            db Listed,
+        }
+
+        fn build(node: &String, dag: &mut SagaBuilder<Self>) -> Result<(), String> {
+            match node.as_str() {
+                "listed" => dag.db("listed", Listed),
+                "unlisted" => dag.db("unlisted", Unlisted),
+                _ => dag.stage(|stage| {
+                    stage.db("listed", Listed).db("impostor", Impostor);
+                }),
+            };
+            Ok(())
+        }
+    }
+
+    macro_rules! commit_only_nodes {
+        ($($node:ident = $name:literal),*) => {$(
+            #[derive(Serialize, Deserialize)]
+            struct $node;
+
+            impl CommitOnlyDbNode for $node {
+                type Saga = Declares;
+                const NAME: &'static str = $name;
+                type Receipt = ();
+                type Output = ();
+
+                async fn commit(&self, _: &mut CommitTx<'_>) -> Result<(), NodeError> {
+                    Ok(())
+                }
+
+                fn finish((): ()) {}
+
+                async fn compensate(&self, _: &mut CommitTx<'_>, (): ()) -> Result<(), NodeError> {
+                    Ok(())
+                }
+            }
+        )*};
+    }
+
+    // The impostor takes the listed node's action name.
+    commit_only_nodes!(
+        Listed = "test.listed",
+        Unlisted = "test.unlisted",
+        Impostor = "test.listed"
+    );
+
+    fn built(node: &str) -> Result<(), String> {
+        let mut builder = SagaBuilder::<Declares>::new();
+        Declares::build(&node.to_owned(), &mut builder)?;
+        builder.build_dag().map(drop)
+    }
+
+    #[test]
+    fn a_declared_node_builds() {
+        assert_eq!(built("listed"), Ok(()));
+    }
+
+    #[test]
+    fn an_undeclared_node_fails_the_build_naming_it() {
+        let error = built("unlisted").unwrap_err();
+        assert!(
+            error.contains("\"unlisted\"")
+                && error.contains("Unlisted")
+                && error.contains("no node type of that name"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_node_taking_a_declared_name_fails_the_build() {
+        let error = built("impostor").unwrap_err();
+        assert!(
+            error.contains("\"impostor\"")
+                && error.contains("Impostor")
+                && error.contains("declared for another type"),
+            "{error}"
+        );
     }
 }

@@ -8,35 +8,24 @@
 //! instance as it locked it and the disk as it wrote it, and when it writes nothing it returns what it found,
 //! from which the refusal is computed without another query.
 //!
-//! The attach statement (`$1` instance, `$2` disk, `$3` max disks):
+//! Both statements have one shape (Nexus's, with the instance as the collection and the disk as the
+//! resource); the SQL itself is written once, in `ATTACH_SQL` and `DETACH_SQL` below. `$1` is the instance,
+//! `$2` the disk, `$3` the attach's max disks or the detach's `allow_boot_disk`:
 //!
-//! ```sql
-//! WITH collection_by_id AS (SELECT * FROM instance WHERE id = $1 AND time_deleted IS NULL FOR UPDATE),
-//!      resource_by_id   AS (SELECT * FROM disk WHERE id = $2 AND time_deleted IS NULL FOR UPDATE),
-//!      resource_count   AS (SELECT count(*) AS attached_count FROM disk
-//!                           WHERE attach_instance_id = $1 AND time_deleted IS NULL),
-//!      collection_info  AS (SELECT id FROM collection_by_id
-//!                           WHERE state IN ('creating', 'no_vmm') AND active_propolis_id IS NULL),
-//!      resource_info    AS (SELECT id FROM resource_by_id
-//!                           WHERE attach_instance_id IS NULL AND disk_state IN ('creating', 'detached')),
-//!      free_slot        AS (SELECT s.slot FROM generate_series(0, 11) AS s(slot)
-//!                           LEFT JOIN disk AS d ON d.attach_instance_id = $1 AND d.time_deleted IS NULL
-//!                                              AND d.slot = s.slot
-//!                           WHERE d.id IS NULL ORDER BY s.slot LIMIT 1),
-//!      do_update        AS (SELECT EXISTS (SELECT 1 FROM collection_info)
-//!                              AND EXISTS (SELECT 1 FROM resource_info)
-//!                              AND (SELECT attached_count FROM resource_count) < $3
-//!                              AND EXISTS (SELECT 1 FROM free_slot) AS ok),
-//!      updated_resource AS (UPDATE disk SET disk_state = 'attached', attach_instance_id = $1,
-//!                                  slot = (SELECT slot FROM free_slot),
-//!                                  state_generation = state_generation + 1, time_modified = now()
-//!                           WHERE id = $2 AND time_deleted IS NULL AND (SELECT ok FROM do_update)
-//!                           RETURNING *)
-//! SELECT (SELECT attached_count FROM resource_count) AS attached_count,
-//!        EXISTS (SELECT 1 FROM free_slot)             AS slot_available,
-//!        (SELECT to_jsonb(c) FROM collection_by_id c) AS instance,
-//!        (SELECT to_jsonb(r) FROM resource_by_id r)   AS disk_before,
-//!        (SELECT to_jsonb(u) FROM updated_resource u) AS disk_after
+//! ```text
+//! WITH collection_by_id  AS (<the live instance $1> FOR UPDATE),
+//!      resource_by_id    AS (<the live disk $2> FOR UPDATE),
+//!      resource_count    AS (<how many live disks are attached to $1>),            -- attach only
+//!      collection_info   AS (<collection_by_id, if the instance's state allows the change>),
+//!      resource_info     AS (<resource_by_id, if the disk's state allows the change>),
+//!      free_slot         AS (<the lowest slot 0..=11 no live disk of $1 holds>),   -- attach only
+//!      do_update         AS (SELECT <every guard above holds> AS ok),
+//!      updated_resource  AS (UPDATE disk SET <attached in free_slot | detached>, <generation + 1>
+//!                            WHERE id = $2 AND <ok> RETURNING *),
+//!      cleared_boot_disk AS (UPDATE instance SET boot_disk_id = NULL
+//!                            WHERE <$2 is its boot disk> AND <ok>)                  -- detach only
+//! SELECT <collection_by_id> AS instance, <resource_by_id> AS disk_before, <updated_resource> AS disk_after
+//!        [, <resource_count>, <whether free_slot has a row>]                        -- attach only
 //! ```
 //!
 //! Differences from Nexus, all deliberate: a plain boolean expression instead of CockroachDB's
@@ -71,6 +60,7 @@ struct AttachRow {
     disk_after: Option<serde_json::Value>,
 }
 
+/// The attach statement (its shape is in the module docs).
 const ATTACH_SQL: &str = "\
 WITH \
   collection_by_id AS ( \
@@ -197,6 +187,7 @@ struct DetachRow {
     disk_after: Option<serde_json::Value>,
 }
 
+/// The detach statement (its shape is in the module docs).
 const DETACH_SQL: &str = "\
 WITH \
   collection_by_id AS ( \

@@ -85,14 +85,12 @@ macro_rules! label_enum {
 }
 pub(crate) use label_enum;
 
-/// The result of the "update it, or tell me what it is now" statements:
+/// The result of the "update it, or tell me what it is now" statements, whose shape is
 ///
-/// ```sql
+/// ```text
 /// WITH cur AS (SELECT <cols> FROM t WHERE id = $1),
 ///      upd AS (UPDATE t SET ... WHERE id = $1 AND <guards> RETURNING <cols>)
-/// SELECT TRUE AS updated, upd.* FROM upd
-/// UNION ALL
-/// SELECT FALSE AS updated, cur.* FROM cur WHERE NOT EXISTS (SELECT 1 FROM upd)
+/// <OUTCOME_TAIL: upd's row with updated = TRUE, else cur's with updated = FALSE>
 /// ```
 ///
 /// No row: the id does not exist. `updated`: `row` is what the statement wrote. Otherwise `row` is the row as

@@ -1,6 +1,7 @@
 //! The datastore's errors.
 
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use ratchet_engine::NodeError;
 use uuid::Uuid;
 
 /// Why a datastore operation did not happen.
@@ -73,6 +74,19 @@ impl DatastoreError {
     }
 }
 
+/// A datastore error as a saga node's error, so that `?` applies it in a node's phases: transient exactly when
+/// [`DatastoreError::is_transient`] says a new transaction may succeed (the engine then retries the node's
+/// whole transaction), permanent for every refusal, with the error's message either way.
+impl From<DatastoreError> for NodeError {
+    fn from(error: DatastoreError) -> Self {
+        if error.is_transient() {
+            NodeError::transient(error.to_string())
+        } else {
+            NodeError::permanent(error.to_string())
+        }
+    }
+}
+
 /// Whether a diesel error is worth retrying: the engine's rules (`ratchet_store::is_transient_diesel`:
 /// serialization failures, deadlocks, lost connections, a transaction a lost error aborted), plus a unique
 /// violation on an index over a value the statement chose ([`ALLOCATION_INDEXES`]).
@@ -130,6 +144,7 @@ pub type DatastoreResult<T> = Result<T, DatastoreError>;
 mod test {
     use super::{DatastoreError, DieselError};
     use diesel::result::DatabaseErrorKind;
+    use ratchet_engine::NodeError;
 
     fn unknown(message: &str) -> DatastoreError {
         DatastoreError::Database(DieselError::DatabaseError(
@@ -149,5 +164,17 @@ mod test {
         assert!(unknown("deadlock detected").is_transient());
         assert!(!unknown("syntax error at or near \"SELEC\"").is_transient());
         assert!(!DatastoreError::Limit("12 disks".to_owned()).is_transient());
+    }
+
+    #[test]
+    fn node_error_keeps_the_classification_and_the_message() {
+        let transient = unknown("deadlock detected");
+        let message = transient.to_string();
+        assert_eq!(NodeError::from(transient), NodeError::transient(message));
+        let refusal = DatastoreError::Limit("12 disks".to_owned());
+        let message = refusal.to_string();
+        assert_eq!(NodeError::from(refusal), NodeError::permanent(message));
+        let syntax = unknown("syntax error at or near \"SELEC\"");
+        assert!(!NodeError::from(syntax).is_transient());
     }
 }

@@ -17,7 +17,9 @@
 //! undo, and wedged its unwind trying to delete a disk that was still attached. Here a statement that writes
 //! nothing also returns what it found (the row's current state, "found" flags, counts), and the refusal is
 //! computed from that in Rust, without a second query. Refusals are typed ([`DatastoreError`]); only
-//! [`DatastoreError::Database`] can be transient ([`DatastoreError::is_transient`]).
+//! [`DatastoreError::Database`] can be transient ([`DatastoreError::is_transient`]). A saga node's phase
+//! applies a datastore error with `?`: it converts into the engine's `NodeError`, transient or permanent by
+//! that same rule.
 //!
 //! # Tables (migration `2026-11-21-200000_nexus_datastore`)
 //!
@@ -58,7 +60,7 @@
 //! # Attach and detach
 //!
 //! [`instance_attach_disk`] and [`instance_detach_disk`] are single CTEs in the shape of Nexus's
-//! `collection_attach.rs` / `collection_detach.rs` (the statement is in [`attach`]'s docs). They lock the
+//! `collection_attach.rs` / `collection_detach.rs` (their shape is in [`attach`]'s docs). They lock the
 //! instance and then the disk `FOR UPDATE`, compute whether the update may happen (instance live and without a
 //! VMM, disk live and in an attachable state, fewer than `max_disks` attached, a free slot), perform it, and
 //! return the instance as locked, the disk before, and the disk after. Because a data-modifying CTE and its

@@ -1,4 +1,6 @@
-// Shared by the compile-fail cases: a saga definition with nothing in it, and a valid node to vary.
+// Shared by the compile-fail cases: a saga definition with nothing in it, and a valid node to vary. A case
+// need not use every import (a commit-only node has no prepare).
+#[allow(unused_imports)]
 use ratchet_engine::{CommitTx, DbNode, NodeError, NodeRegistry, PrepareCx, SagaBuilder, SagaDef};
 use serde::{Deserialize, Serialize};
 
