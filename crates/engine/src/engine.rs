@@ -233,6 +233,8 @@ pub struct Engine {
     pub(crate) extra_secs: Arc<Mutex<Vec<Arc<Sec>>>>,
     pub(crate) sec_id: Uuid,
     pub(crate) resumers: Arc<HashMap<&'static str, Resumer>>,
+    /// What recovery and adoption check a saga against before they take it: see [`Definitions`].
+    pub(crate) definitions: Arc<Definitions>,
     registries: Arc<HashMap<&'static str, Arc<dyn std::any::Any + Send + Sync>>>,
     /// The outcome of each saga this engine resumed, for [`Engine::wait`].
     //
@@ -256,8 +258,41 @@ pub struct EngineBuilder {
     /// A pool the embedder brought ([`EngineBuilder::with_pool`]).
     pool: Option<DbPool>,
     resumers: HashMap<&'static str, Resumer>,
+    definitions: Definitions,
     registries: Vec<(&'static str, Arc<dyn std::any::Any + Send + Sync>)>,
     error: Option<EngineError>,
+}
+
+/// The saga definitions an engine registers, as recovery and adoption see a saga before they take it: each
+/// definition's name, version and every action it registers.
+///
+/// A saga whose name is not here, or whose DAG runs an action that its name's definition here does not
+/// register (another release of it renamed or removed the action), is one whose definition, at its version,
+/// this binary lacks. Such a saga may be another binary's (a database shared with other services, a release
+/// rolling out): recovery and adoption leave it alone, unless an adoption is told to abandon it
+/// ([`crate::AdoptOptions::abandon_unknown`]).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Definitions(HashMap<&'static str, (i32, HashSet<&'static str>)>);
+
+impl Definitions {
+    /// Why this binary cannot run `row`'s saga (the reason recorded for it), or `None` if it can.
+    pub(crate) fn lacks(&self, row: &SagaRow) -> Option<String> {
+        let missing = format!(
+            "no definition of saga {:?} v{} here",
+            row.name, row.definition_version
+        );
+        let Some((version, actions)) = self.0.get(row.name.as_str()) else {
+            return Some(missing);
+        };
+        let (node, action) = dag_action_names(&row.saga_dag)
+            .into_iter()
+            .find(|(_, action)| !actions.contains(action.as_str()))?;
+        Some(format!(
+            "{missing}: its node {node:?} runs action {action:?}, which this binary's {:?} (v{version}) does not \
+             register",
+            row.name
+        ))
+    }
 }
 
 struct Registered<S: SagaDef> {
@@ -269,11 +304,17 @@ struct Registered<S: SagaDef> {
 }
 
 /// What recovery (or the resuming half of an adoption) did.
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RecoveryReport {
     pub resumed: Vec<Uuid>,
-    /// Sagas that could not be resumed, marked `abandoned`, with the reason.
+    /// Sagas that could not be resumed though this binary has their definition (a DAG or a log that does not
+    /// load, a log steno refuses), marked `abandoned`, with the reason.
     pub abandoned: Vec<(Uuid, String)>,
+    /// Sagas whose definition (at their version) this binary lacks, with the reason ("no definition of saga
+    /// X vN here"): left unfinished and not driven, for a binary that has the definition (or an operator's
+    /// `abandon`). Recovery never abandons them.
+    #[serde(default)]
+    pub left_alone: Vec<(Uuid, String)>,
     /// Unfinished sagas left alone because this engine is already driving them (created or resumed here):
     /// recovering them again would drive one saga twice under one owner.
     pub running_here: Vec<Uuid>,
@@ -285,6 +326,7 @@ impl EngineBuilder {
             config,
             pool: None,
             resumers: HashMap::new(),
+            definitions: Definitions::default(),
             registries: Vec::new(),
             error: None,
         }
@@ -325,8 +367,18 @@ impl EngineBuilder {
             Box::pin(async move { engine.resume_one::<S>(&registered, row, events).await })
         });
         self.resumers.insert(S::NAME, resumer);
+        self.definitions
+            .0
+            .insert(S::NAME, (S::VERSION, registered.actions.clone()));
         self.registries.push((S::NAME, registered));
         self
+    }
+
+    /// Why an engine of this builder could not run saga `row` (no definition of its name here, or one that
+    /// lacks an action its DAG runs), or `None` if it could: what recovery and adoption check before they take
+    /// a saga, for a caller that wants to know without starting an engine (a dry run).
+    pub fn lacks_definition(&self, row: &SagaRow) -> Option<String> {
+        self.definitions.lacks(row)
     }
 
     /// Applies the saga log's migrations, builds the pool, and recovers every unfinished saga this executor
@@ -381,6 +433,7 @@ impl EngineBuilder {
             extra_secs: Arc::default(),
             sec_id: self.config.sec_id,
             resumers: Arc::new(self.resumers),
+            definitions: Arc::new(self.definitions),
             running: Arc::default(),
             live: Arc::default(),
             recovering: Arc::default(),
@@ -845,9 +898,19 @@ impl Engine {
         });
     }
 
-    /// Resumes every unfinished saga this executor owns, under a new fencing epoch. Sagas that cannot be
-    /// resumed (no such definition in this binary, an unregistered action, a log steno refuses) are marked
-    /// `abandoned` with the reason; the others go on.
+    /// Why this engine cannot run saga `row` (see [`EngineBuilder::lacks_definition`]), or `None` if it can.
+    pub fn lacks_definition(&self, row: &SagaRow) -> Option<String> {
+        self.definitions.lacks(row)
+    }
+
+    /// Resumes every unfinished saga this executor owns, under a new fencing epoch.
+    ///
+    /// A saga whose definition (at its version) this binary lacks (no definition of its name, or an action
+    /// of its DAG not registered) is left unfinished and not driven, and reported in
+    /// [`RecoveryReport::left_alone`] with the reason: it may be a saga of another release of this binary,
+    /// which can still finish it, and abandoning it would leave its commits in effect for good. A saga whose
+    /// definition is here but which cannot be resumed (its DAG or its log does not load, steno refuses its
+    /// log) is marked `abandoned` with the reason ([`RecoveryReport::abandoned`]); the others go on.
     ///
     /// The sagas are claimed [`BATCH`] at a time, each batch in one statement that bumps their
     /// `adopt_generation` ([`claim_unfinished`]): an executor id is the same across restarts, so a process
@@ -887,7 +950,7 @@ impl Engine {
             after = rows.last().map(|row| row.id);
             claimed.extend(rows);
         }
-        let mut report = self.resume_rows(claimed).await?;
+        let mut report = self.resume_rows(claimed, false).await?;
         if !driving.is_empty() {
             let driving = &driving;
             let running = retry_transient(
@@ -905,6 +968,7 @@ impl Engine {
             sec_id = %self.sec_id,
             resumed = report.resumed.len(),
             abandoned = report.abandoned.len(),
+            left_alone = report.left_alone.len(),
             running_here = report.running_here.len(),
             "recovery done: every unfinished saga of this executor claimed under a new epoch"
         );
@@ -912,10 +976,12 @@ impl Engine {
     }
 
     /// Resumes `rows` (sagas this executor owns), loading their logs [`BATCH`] sagas per query; abandons, with
-    /// the reason, those that cannot be resumed.
+    /// the reason, those that cannot be resumed; leaves alone (reported, not driven) those whose definition this
+    /// binary lacks, unless `abandon_unknown`, which abandons them too.
     pub(crate) async fn resume_rows(
         &self,
         rows: Vec<SagaRow>,
+        abandon_unknown: bool,
     ) -> Result<RecoveryReport, EngineError> {
         let mut report = RecoveryReport::default();
         // Pass 1: hand every saga to steno. Pass 2 (below): start them all.
@@ -945,51 +1011,63 @@ impl Engine {
                     .iter()
                     .map(|e| e.to_steno())
                     .collect();
-                let result = match (self.resumers.get(row.name.as_str()), events) {
-                    (None, _) => Err(Unresumed::Unrecoverable(format!(
-                        "no saga definition named {:?} in this binary",
-                        row.name
+                let lacks = self.definitions.lacks(row);
+                let result = match (self.resumers.get(row.name.as_str()), lacks, events) {
+                    (_, Some(reason), _) => Err(Unresumed::Unknown(reason)),
+                    (None, None, _) => Err(Unresumed::Unknown(format!(
+                        "no definition of saga {:?} v{} here",
+                        row.name, row.definition_version
                     ))),
-                    (_, Err(error)) => Err(Unresumed::Unrecoverable(format!(
+                    (_, None, Err(error)) => Err(Unresumed::Unrecoverable(format!(
                         "its log does not load: {error}"
                     ))),
-                    (Some(resume), Ok(events)) => resume(self, row.clone(), events)
+                    (Some(resume), None, Ok(events)) => resume(self, row.clone(), events)
                         .await
                         .map_err(Unresumed::from),
                 };
                 match result {
                     Ok(saga) => resumed.push((row, saga)),
-                    Err(Unresumed::Unrecoverable(reason)) => {
-                        self.unrecoverable(row, &reason, &mut report).await?
-                    }
-                    Err(Unresumed::Interrupted) => {
-                        lock(&self.live).remove(&row.id);
+                    Err(unresumed) => {
+                        self.unresumed(row, unresumed, abandon_unknown, &mut report)
+                            .await?
                     }
                 }
             }
         }
         for (row, saga) in resumed {
-            match self.start_resumed(saga).await.map_err(Unresumed::from) {
+            match self.start_resumed(saga).await {
                 Ok(()) => report.resumed.push(row.id),
-                Err(Unresumed::Unrecoverable(reason)) => {
-                    self.unrecoverable(row, &reason, &mut report).await?
-                }
-                Err(Unresumed::Interrupted) => {
-                    lock(&self.live).remove(&row.id);
+                Err(error) => {
+                    self.unresumed(row, error.into(), abandon_unknown, &mut report)
+                        .await?
                 }
             }
         }
         Ok(report)
     }
 
-    /// A saga recovery could not resume (or start): released, and marked `abandoned` with the reason.
-    async fn unrecoverable(
+    /// A saga recovery could not resume (or start), released: left alone (reported) when this binary lacks its
+    /// definition and `abandon_unknown` is off; marked `abandoned` with the reason when it cannot be resumed
+    /// otherwise (or `abandon_unknown` is on); left as it is when this engine is stopping.
+    async fn unresumed(
         &self,
         row: &SagaRow,
-        reason: &str,
+        why: Unresumed,
+        abandon_unknown: bool,
         report: &mut RecoveryReport,
     ) -> Result<(), EngineError> {
         lock(&self.live).remove(&row.id);
+        let reason = match why {
+            Unresumed::Interrupted => return Ok(()),
+            Unresumed::Unknown(reason) if !abandon_unknown => {
+                tracing::info!(saga_id = %row.id, saga = %row.name, %reason,
+                    "saga left alone: this binary cannot run it; a binary with its definition can");
+                report.left_alone.push((row.id, reason));
+                return Ok(());
+            }
+            Unresumed::Unknown(reason) => reason,
+            Unresumed::Unrecoverable(reason) => reason,
+        };
         let reason = format!("unrecoverable: {reason}");
         if self.abandon_unrecoverable(row, &reason).await? {
             report.abandoned.push((row.id, reason));
@@ -1119,9 +1197,11 @@ impl Engine {
     }
 }
 
-/// Why a claimed saga was not resumed: something about the saga (it is abandoned, with the reason), or this
+/// Why a claimed saga was not resumed: this binary lacks its definition (it is left alone, unless the caller
+/// asked to abandon such sagas), something else about the saga (it is abandoned, with the reason), or this
 /// engine stopping (shutdown, steno's executor gone): then it stays unfinished, for the next start.
 enum Unresumed {
+    Unknown(String),
     Unrecoverable(String),
     Interrupted,
 }
@@ -1130,6 +1210,9 @@ impl From<EngineError> for Unresumed {
     fn from(error: EngineError) -> Self {
         match error {
             EngineError::ShuttingDown | EngineError::SecGone(_) => Unresumed::Interrupted,
+            EngineError::UnknownSaga(_) | EngineError::UnknownAction { .. } => {
+                Unresumed::Unknown(error.to_string())
+            }
             other => Unresumed::Unrecoverable(other.to_string()),
         }
     }
