@@ -16,8 +16,8 @@ use uuid::Uuid;
 pub const EXIT_STATUS: &str = "\
 Exit status:
   0  the command did what it was asked
-  1  it failed, or something needs an operator (`recover`: a saga ended stuck, abandoned or not at rest;
-     `check`: an invariant is broken; `matrix`: a cell failed)
+  1  it failed, or something needs an operator (`recover`: a saga ended stuck, abandoned, left alone for want
+     of its definition, or not at rest; `check`: an invariant is broken; `matrix`: a cell failed)
   2  usage error: an unknown command or option, a missing or malformed value
 
 Environment:
@@ -293,7 +293,8 @@ pub enum SagasCommand {
     RetryUnwind(RetryUnwindArgs),
     /// Mark a saga abandoned with a reason, leaving its rows as they are
     Abandon(AbandonArgs),
-    /// Take over another executor's unfinished sagas and finish them
+    /// Take over another executor's unfinished sagas and finish them (those this binary has the definition
+    /// of: the others stay with their executor, untouched, unless --abandon-unknown)
     Adopt(AdoptArgs),
 }
 
@@ -388,6 +389,11 @@ pub struct AdoptArgs {
     /// The executor whose unfinished sagas to take over (a dead or expunged one)
     #[arg(long, value_name = "SEC_ID")]
     pub from: Uuid,
+    /// Also take the sagas whose definition (at their version) this binary lacks, and mark them abandoned
+    /// with the reason, their commits left in effect. Without it they stay with --from's executor, untouched
+    /// (another binary sharing the database may run them); use it only when no binary will ever run them
+    #[arg(long)]
+    pub abandon_unknown: bool,
     #[command(flatten)]
     pub services: ServiceArgs,
     #[command(flatten)]

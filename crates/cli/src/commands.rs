@@ -405,7 +405,7 @@ struct RecoverOutput<'a> {
     recovery: &'a RecoveryReport,
     /// How each resumed saga came to rest (`null`: no longer tracked).
     outcomes: BTreeMap<Uuid, Option<SagaOutcome>>,
-    /// Whether a saga ended stuck, abandoned or not at rest (the exit status is then 1).
+    /// Whether a saga ended stuck, abandoned, left alone or not at rest (the exit status is then 1).
     needs_operator: bool,
 }
 
@@ -421,7 +421,7 @@ async fn recover(global: &Global, args: &RecoverArgs) -> anyhow::Result<()> {
     ));
     let (engine, report) =
         start_engine(&url, &executor, &args.services, "recover", Also::Nothing).await?;
-    if report.resumed.is_empty() && report.abandoned.is_empty() {
+    if report.resumed.is_empty() && report.abandoned.is_empty() && report.left_alone.is_empty() {
         engine.shutdown().await;
         if json {
             return print_json(&RecoverOutput {
@@ -436,12 +436,18 @@ async fn recover(global: &Global, args: &RecoverArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     say.line(format_args!(
-        "executor {sec}: resumed {} saga(s), abandoned {}",
+        "executor {sec}: resumed {} saga(s), abandoned {}, left alone {}",
         report.resumed.len(),
-        report.abandoned.len()
+        report.abandoned.len(),
+        report.left_alone.len()
     ));
     for (id, reason) in &report.abandoned {
         say.line(format_args!("  abandoned {id}: {reason}"));
+    }
+    for (id, reason) in &report.left_alone {
+        say.line(format_args!(
+            "  left alone {id} (unfinished, not driven): {reason}"
+        ));
     }
     let mut tally: BTreeMap<&str, usize> = BTreeMap::new();
     let mut outcomes = BTreeMap::new();
@@ -461,17 +467,19 @@ async fn recover(global: &Global, args: &RecoverArgs) -> anyhow::Result<()> {
     }
     let summary: Vec<String> = tally.iter().map(|(k, n)| format!("{n} {k}")).collect();
     say.line(format_args!(
-        "recovered {} saga(s): {}; abandoned {}",
+        "recovered {} saga(s): {}; abandoned {}; left alone {}",
         report.resumed.len(),
         summary.join(", "),
-        report.abandoned.len()
+        report.abandoned.len(),
+        report.left_alone.len()
     ));
     engine.shutdown().await;
     // A script that runs `recover` after a restart learns from the exit status whether an operator is needed.
     let stuck = tally.get("stuck").copied().unwrap_or(0);
     let not_at_rest = tally.get("not at rest").copied().unwrap_or(0);
     let abandoned = report.abandoned.len();
-    let needs_operator = stuck + not_at_rest + abandoned > 0;
+    let left_alone = report.left_alone.len();
+    let needs_operator = stuck + not_at_rest + abandoned + left_alone > 0;
     if json {
         print_json(&RecoverOutput {
             executor: sec,
@@ -484,8 +492,9 @@ async fn recover(global: &Global, args: &RecoverArgs) -> anyhow::Result<()> {
     if needs_operator {
         bail!(
             "recovery needs an operator: {stuck} saga(s) stuck (see `ratchet sagas list --state stuck`, fix the \
-             cause, then `ratchet sagas retry-unwind ID`), {abandoned} abandoned (their definitions cannot be \
-             run by this binary), {not_at_rest} not at rest"
+             cause, then `ratchet sagas retry-unwind ID`), {abandoned} abandoned (they could not be resumed), \
+             {left_alone} left alone (this binary lacks their definitions: recover them with a binary that has \
+             them, or `ratchet sagas abandon ID --reason TEXT`), {not_at_rest} not at rest"
         );
     }
     Ok(())

@@ -8,15 +8,17 @@
 //!   has the sled agent and the pantry they call ([`Services`]): in process for `ratchet run`, or at the
 //!   addresses given by `--sled-agent ADDR --pantry ADDR` (what `ratchet sim` prints).
 //!
-//! # Invariant: no engine abandons a Nexus saga for want of its services
+//! # Invariant: no engine strands a Nexus saga for want of its services
 //!
-//! Starting an engine recovers this executor's unfinished sagas, and recovery abandons a saga whose
-//! definition the engine does not register (see `Engine::recover`). For a saga this binary *does* know but
-//! cannot run without the services it calls, abandoning would be wrong: its commits stay in effect and
-//! nothing would ever compensate them. So before an engine without the services starts,
-//! [`refuse_stranded_nexus_sagas`] looks for unfinished Nexus sagas among the ones it would resume, and if
-//! there are any the command fails, naming the missing options, before anything is written. A saga whose
-//! definition is really unknown (renamed, removed) is still abandoned by recovery, with the reason.
+//! Starting an engine recovers this executor's unfinished sagas; recovery and adoption leave alone (unfinished,
+//! not driven, reported) a saga whose definition the engine does not register, and `sagas adopt
+//! --abandon-unknown` abandons it (see `Engine::recover`, `Engine::adopt_with`). For a saga this binary *does*
+//! know but cannot run without the services it calls, neither is what the operator wants: left alone it
+//! waits for nobody, and abandoned its commits stay in effect with nothing to compensate them. So before an
+//! engine without the services starts, [`refuse_stranded_nexus_sagas`] looks for unfinished Nexus sagas among
+//! the ones it would resume, and if there are any the command fails, naming the missing options, before
+//! anything is written. A saga whose definition is really unknown (renamed, removed, another binary's) is left
+//! alone, with the reason.
 //!
 //! The same holds for services started in process (`ratchet run` without addresses): they are new and empty,
 //! while an unfinished saga from an earlier process called the earlier ones. Such sagas must be recovered
@@ -28,8 +30,6 @@
 
 use crate::cli::ServiceArgs;
 use anyhow::{Context, bail};
-use diesel::sql_types::{Array, BigInt, Text, Uuid as SqlUuid};
-use diesel_async::RunQueryDsl;
 use diesel_migrations::EmbeddedMigrations;
 use ratchet_engine::example::{self, ProvisionWidget};
 use ratchet_engine::{EngineBuilder, EngineConfig, SagaDef};
@@ -125,33 +125,15 @@ pub async fn refuse_stranded_nexus_sagas(
     command: &str,
     in_process: bool,
 ) -> anyhow::Result<()> {
-    #[derive(diesel::QueryableByName)]
-    struct Pending {
-        #[diesel(sql_type = Text)]
-        name: String,
-        #[diesel(sql_type = BigInt)]
-        count: i64,
-    }
-    let names: Vec<String> = NEXUS_SAGAS.iter().map(|n| (*n).to_owned()).collect();
-    let pending: Vec<Pending> = diesel::sql_query(
-        "SELECT name, count(*) AS count FROM saga \
-         WHERE name = ANY($1) \
-           AND ((saga_state IN ('running', 'unwinding') AND current_sec = ANY($2)) \
-                OR (saga_state = 'stuck' AND id = ANY($3))) \
-         GROUP BY name ORDER BY name",
-    )
-    .bind::<Array<Text>, _>(names)
-    .bind::<Array<SqlUuid>, _>(executors)
-    .bind::<Array<SqlUuid>, _>(sagas)
-    .load(conn)
-    .await
-    .context("looking for unfinished Nexus sagas")?;
+    let pending = ratchet_store::ops::unfinished_by_name(conn, &NEXUS_SAGAS, executors, sagas)
+        .await
+        .context("looking for unfinished Nexus sagas")?;
     if pending.is_empty() {
         return Ok(());
     }
     let which: Vec<String> = pending
         .iter()
-        .map(|p| format!("{} {}", p.count, p.name))
+        .map(|(name, count)| format!("{count} {name}"))
         .collect();
     let whose: Vec<String> = executors
         .iter()
@@ -166,8 +148,8 @@ pub async fn refuse_stranded_nexus_sagas(
         )
     } else {
         (
-            "was not given their addresses, without which it would abandon those sagas (or fail to re-drive \
-             them) with their commits in effect",
+            "was not given their addresses, without which it would leave those sagas unfinished (or fail to \
+             re-drive them) with their commits in effect",
             "",
         )
     };

@@ -92,11 +92,16 @@ pub async fn run(global: &Global, saga: &RunSaga) -> anyhow::Result<()> {
     let (engine, recovered) = engine_setup::engine_builder(config, Some(&app))
         .start()
         .await?;
-    if !recovered.resumed.is_empty() || !recovered.abandoned.is_empty() {
+    if !recovered.resumed.is_empty()
+        || !recovered.abandoned.is_empty()
+        || !recovered.left_alone.is_empty()
+    {
         say.line(format_args!(
-            "recovered {} unfinished saga(s) first (abandoned {}); they finish alongside this run's",
+            "recovered {} unfinished saga(s) first (abandoned {}, left alone {}); they finish alongside this \
+             run's",
             recovered.resumed.len(),
-            recovered.abandoned.len()
+            recovered.abandoned.len(),
+            recovered.left_alone.len()
         ));
     }
     if let RunSaga::InstanceCreate(InstanceCreateArgs {

@@ -13,74 +13,16 @@ use crate::cli::{AbandonArgs, AdoptArgs, Global, ListArgs, RetryUnwindArgs, Show
 use crate::commands::{self, Also, Executor};
 use crate::engine_setup::{self, NEXUS_SAGAS, ServiceAddrs};
 use crate::output::{self, Say, print_json};
-use anyhow::{Context, bail};
+use anyhow::bail;
 use chrono::{DateTime, SecondsFormat, Utc};
-use diesel_async::RunQueryDsl;
-use ratchet_engine::{AdoptionReport, Engine};
+use ratchet_engine::{AdoptOptions, AdoptionReport, Engine, EngineConfig};
 use ratchet_engine::{EngineError, RecoveryReport, SagaOutcome};
 use ratchet_store::ops::{FailedUndo, StuckDiagnosis, UncompensatedCommit, dag_node_names};
-use ratchet_store::saga::{SagaFilter, SagaHistory, SagaPage, list_sagas_where, saga_history};
+use ratchet_store::saga::{SagaEnd, SagaFilter, SagaHistory, list_sagas_where, saga_history};
 use ratchet_store::{DbConnection, PoolConfig, pool};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 use uuid::Uuid;
-
-/// How a `done` saga ended: every node succeeded, or a node failed and the saga unwound.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Ending {
-    Succeeded,
-    Unwound,
-}
-
-/// How each `done` saga among `rows` ended. A saga unwinds exactly when one of its nodes fails (steno records
-/// `failed` for it), so a `done` saga with a `failed` event unwound, and one without succeeded.
-async fn endings(
-    conn: &mut DbConnection,
-    rows: &[ratchet_store::SagaRow],
-) -> anyhow::Result<BTreeMap<Uuid, Ending>> {
-    let done: Vec<Uuid> = rows
-        .iter()
-        .filter(|row| row.saga_state == "done")
-        .map(|row| row.id)
-        .collect();
-    if done.is_empty() {
-        return Ok(BTreeMap::new());
-    }
-    #[derive(diesel::QueryableByName)]
-    struct Failed {
-        #[diesel(sql_type = diesel::sql_types::Uuid)]
-        saga_id: Uuid,
-    }
-    let failed: Vec<Failed> = diesel::sql_query(
-        "SELECT DISTINCT saga_id FROM saga_node_event WHERE saga_id = ANY($1) AND event_type = 'failed'",
-    )
-    .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(&done)
-    .load(conn)
-    .await
-    .context("reading how the done sagas ended")?;
-    let failed: BTreeSet<Uuid> = failed.into_iter().map(|f| f.saga_id).collect();
-    Ok(done
-        .into_iter()
-        .map(|id| {
-            let ending = if failed.contains(&id) {
-                Ending::Unwound
-            } else {
-                Ending::Succeeded
-            };
-            (id, ending)
-        })
-        .collect())
-}
-
-/// What `sagas list --json` prints: the library's [`SagaPage`] (`sagas`, `truncated`), and how each `done`
-/// saga ended.
-#[derive(serde::Serialize)]
-struct ListOutput<'a> {
-    #[serde(flatten)]
-    page: &'a SagaPage,
-    endings: BTreeMap<Uuid, Ending>,
-}
 
 pub async fn list(global: &Global, args: &ListArgs) -> anyhow::Result<()> {
     let (_, mut conn) = commands::read_only(global, "sagas list").await?;
@@ -92,12 +34,8 @@ pub async fn list(global: &Global, args: &ListArgs) -> anyhow::Result<()> {
         limit: args.limit,
     };
     let page = list_sagas_where(&mut conn, &filter).await?;
-    let endings = endings(&mut conn, &page.sagas).await?;
     if args.output.json() {
-        return print_json(&ListOutput {
-            page: &page,
-            endings,
-        });
+        return print_json(&page);
     }
     let filtered = filter.name.is_some() || filter.executor.is_some() || filter.since.is_some();
     if page.sagas.is_empty() {
@@ -113,11 +51,7 @@ pub async fn list(global: &Global, args: &ListArgs) -> anyhow::Result<()> {
         "id", "name", "state", "version", "created"
     );
     for row in &page.sagas {
-        let state = match endings.get(&row.id) {
-            Some(Ending::Succeeded) => "done (succeeded)".to_owned(),
-            Some(Ending::Unwound) => "done (unwound)".to_owned(),
-            None => row.saga_state.clone(),
-        };
+        let state = state_text(&row.saga_state, page.endings.get(&row.id).copied());
         println!(
             "{:<36}  {:<20} {:<16} {:>7}  {:<24}  {}",
             row.id,
@@ -141,6 +75,15 @@ pub async fn list(global: &Global, args: &ListArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A saga's state, and how it ended when it is `done`: `done (succeeded)` or `done (unwound)`.
+fn state_text(state: &str, ended: Option<SagaEnd>) -> String {
+    match ended {
+        Some(SagaEnd::Succeeded) => format!("{state} (succeeded)"),
+        Some(SagaEnd::Unwound) => format!("{state} (unwound)"),
+        None => state.to_owned(),
+    }
+}
+
 /// Why a saga waits, and since when (`ratchet_store::saga::waiting`).
 #[derive(serde::Serialize)]
 struct Waiting {
@@ -149,11 +92,13 @@ struct Waiting {
 }
 
 /// What `sagas show --json` prints: the library's [`SagaHistory`] (`saga`, `events`, `commits`,
-/// `compensations`), its [`StuckDiagnosis`], and why it waits, if it does.
+/// `compensations`), how it ended if it is done ([`SagaHistory::ended`]), its [`StuckDiagnosis`], and why it
+/// waits, if it does.
 #[derive(serde::Serialize)]
 struct ShowOutput<'a> {
     #[serde(flatten)]
     history: &'a SagaHistory,
+    ended: Option<SagaEnd>,
     diagnosis: StuckDiagnosis,
     waiting: Option<Waiting>,
 }
@@ -172,6 +117,7 @@ pub async fn show(global: &Global, args: &ShowArgs) -> anyhow::Result<()> {
     if args.output.json() {
         return print_json(&ShowOutput {
             history: &history,
+            ended: history.ended(),
             diagnosis: history.diagnosis(),
             waiting: waiting.map(|(reason, since)| Waiting { reason, since }),
         });
@@ -472,7 +418,8 @@ struct WouldAdopt {
     name: String,
     state: String,
     generation: i64,
-    /// Whether this binary runs the saga's definition (if not, the adoption abandons it, with the reason).
+    /// Whether this binary runs the saga's definition (if not, it is adopted only with --abandon-unknown,
+    /// which abandons it, with the reason).
     runnable: bool,
 }
 
@@ -482,7 +429,12 @@ struct AdoptPlan {
     dry_run: bool,
     from_sec: Uuid,
     to_sec: Uuid,
+    abandon_unknown: bool,
+    /// The sagas it would take (with --abandon-unknown, those it cannot run too, to abandon them).
     sagas: Vec<WouldAdopt>,
+    /// The sagas whose definition this binary lacks, with the reason, left with `from_sec` untouched (none
+    /// with --abandon-unknown).
+    left_alone: Vec<(Uuid, String)>,
     /// The unfinished sagas this executor owns, which its engine's start recovers first.
     own_unfinished: usize,
 }
@@ -491,7 +443,8 @@ impl AdoptPlan {
     fn text(&self, executor: &Executor) -> String {
         let mut out = if self.sagas.is_empty() {
             format!(
-                "executor {} has no running or unwinding sagas: nothing would be adopted",
+                "executor {} has no running or unwinding sagas that this binary can run: nothing would be \
+                 adopted",
                 self.from_sec
             )
         } else {
@@ -509,8 +462,18 @@ impl AdoptPlan {
                 saga.id, saga.name, saga.state, saga.generation
             );
             if !saga.runnable {
-                out += ": this binary does not run it, so it would be abandoned";
+                out +=
+                    ": this binary does not run it, so it would be abandoned (--abandon-unknown)";
             }
+        }
+        if !self.left_alone.is_empty() {
+            out += &format!(
+                "\nleft with executor {}, untouched ({} saga(s) this binary cannot run; --abandon-unknown \
+                 would abandon them):",
+                self.from_sec,
+                self.left_alone.len()
+            );
+            out += &left_alone_text(&self.left_alone);
         }
         if self.own_unfinished > 0 {
             out += &format!(
@@ -520,6 +483,14 @@ impl AdoptPlan {
         }
         out
     }
+}
+
+/// One line per saga left alone, each starting on a new line.
+fn left_alone_text(left_alone: &[(Uuid, String)]) -> String {
+    left_alone
+        .iter()
+        .map(|(id, reason)| format!("\n  {id}: {reason}"))
+        .collect()
 }
 
 async fn adopt_plan(
@@ -539,22 +510,32 @@ async fn adopt_plan(
         )
         .await?;
     }
-    let runnable = registered(services);
+    // The engine the command would start, not started: it says which sagas it could run.
+    let app = services.map(|s| s.app());
+    let engine = engine_setup::engine_builder(EngineConfig::new(&url, executor.id), app.as_ref());
     let rows = ratchet_store::saga::list_unfinished(&mut conn, args.from, 1000).await?;
-    Ok(AdoptPlan {
-        dry_run: args.safety.dry_run,
-        from_sec: args.from,
-        to_sec: executor.id,
-        sagas: rows
-            .into_iter()
-            .map(|row| WouldAdopt {
-                runnable: runnable.contains(&row.name.as_str()),
+    let mut sagas = Vec::new();
+    let mut left_alone = Vec::new();
+    for row in rows {
+        let lacks = engine.lacks_definition(&row);
+        match lacks {
+            Some(reason) if !args.abandon_unknown => left_alone.push((row.id, reason)),
+            _ => sagas.push(WouldAdopt {
+                runnable: lacks.is_none(),
                 id: row.id,
                 name: row.name,
                 state: row.saga_state,
                 generation: row.adopt_generation + 1,
-            })
-            .collect(),
+            }),
+        }
+    }
+    Ok(AdoptPlan {
+        dry_run: args.safety.dry_run,
+        from_sec: args.from,
+        to_sec: executor.id,
+        abandon_unknown: args.abandon_unknown,
+        sagas,
+        left_alone,
         own_unfinished: commands::unfinished_of(&url, executor.id).await?,
     })
 }
@@ -596,16 +577,23 @@ pub async fn adopt(global: &Global, args: &AdoptArgs) -> anyhow::Result<()> {
     )
     .await?;
     say_recovered_first(&engine, &recovered, say);
-    let report = match engine.adopt(from).await {
+    let options = AdoptOptions {
+        abandon_unknown: args.abandon_unknown,
+    };
+    let report = match engine.adopt_with(from, options).await {
         Ok(report) => report,
         Err(error) => {
             engine.shutdown().await;
             return Err(error.into());
         }
     };
-    if report.adopted.is_empty() {
+    if report.adopted.is_empty() && report.left_alone.is_empty() {
         say.line(format_args!(
             "executor {from} has no running or unwinding sagas: nothing adopted"
+        ));
+    } else if report.adopted.is_empty() {
+        say.line(format_args!(
+            "executor {from} has no running or unwinding sagas that this binary can run: nothing adopted"
         ));
     } else {
         say.line(format_args!(
@@ -623,6 +611,14 @@ pub async fn adopt(global: &Global, args: &AdoptArgs) -> anyhow::Result<()> {
     for (id, reason) in &report.abandoned {
         say.line(format_args!(
             "  {id}: could not be resumed, abandoned: {reason}"
+        ));
+    }
+    if !report.left_alone.is_empty() {
+        say.line(format_args!(
+            "left with executor {from}, untouched: {} saga(s) this binary cannot run (another binary with \
+             their definitions can adopt them; `--abandon-unknown` abandons them):{}",
+            report.left_alone.len(),
+            left_alone_text(&report.left_alone)
         ));
     }
     let mut outcomes = BTreeMap::new();
@@ -656,12 +652,17 @@ fn print_plan<T: serde::Serialize>(
 
 /// Says what the recovery an engine runs first did (if anything).
 fn say_recovered_first(engine: &Engine, recovery: &RecoveryReport, say: Say) {
-    if !recovery.resumed.is_empty() || !recovery.abandoned.is_empty() {
+    if !recovery.resumed.is_empty()
+        || !recovery.abandoned.is_empty()
+        || !recovery.left_alone.is_empty()
+    {
         say.line(format_args!(
-            "(executor {} first recovered its own unfinished sagas: resumed {}, abandoned {})",
+            "(executor {} first recovered its own unfinished sagas: resumed {}, abandoned {}, left alone {} \
+             (no definition here))",
             engine.sec_id(),
             recovery.resumed.len(),
-            recovery.abandoned.len()
+            recovery.abandoned.len(),
+            recovery.left_alone.len()
         ));
     }
 }
@@ -794,7 +795,10 @@ pub fn print_history(history: &SagaHistory, full: bool) {
         "saga {} ({}, definition version {})",
         saga.id, saga.name, saga.definition_version
     );
-    println!("  state      {}", saga.saga_state);
+    println!(
+        "  state      {}",
+        state_text(&saga.saga_state, history.ended())
+    );
     println!(
         "  created    {} by executor {}",
         format_time(saga.time_created),

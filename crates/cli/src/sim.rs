@@ -29,8 +29,6 @@ use crate::commands;
 use crate::engine_setup::ServiceAddrs;
 use crate::output::print_json;
 use anyhow::{Context, bail};
-use diesel::sql_types::{BigInt, Text};
-use diesel_async::RunQueryDsl;
 use ratchet_sagas::invariants;
 use ratchet_sim::{Faults, Operation, PantrySim, SledAgentSim};
 use std::collections::BTreeMap;
@@ -123,21 +121,10 @@ pub async fn check(global: &Global, args: &CheckArgs) -> anyhow::Result<()> {
     let (_, mut conn) = commands::read_only(global, "check").await?;
     let services = ServiceAddrs::from_args(&args.services);
 
-    #[derive(diesel::QueryableByName)]
-    struct StateCount {
-        #[diesel(sql_type = Text)]
-        saga_state: String,
-        #[diesel(sql_type = BigInt)]
-        count: i64,
-    }
-    let states: Vec<StateCount> = diesel::sql_query(
-        "SELECT saga_state, count(*) AS count FROM saga GROUP BY saga_state ORDER BY saga_state",
-    )
-    .load(&mut conn)
-    .await?;
+    let states = ratchet_store::saga::count_by_state(&mut conn).await?;
     let summary: Vec<String> = states
         .iter()
-        .map(|s| format!("{} {}", s.count, s.saga_state))
+        .map(|(state, count)| format!("{count} {state}"))
         .collect();
     say.line(format_args!(
         "sagas: {}",
@@ -149,8 +136,8 @@ pub async fn check(global: &Global, args: &CheckArgs) -> anyhow::Result<()> {
     ));
     let unfinished: i64 = states
         .iter()
-        .filter(|s| matches!(s.saga_state.as_str(), "running" | "unwinding"))
-        .map(|s| s.count)
+        .filter(|(state, _)| matches!(state.as_str(), "running" | "unwinding"))
+        .map(|(_, count)| count)
         .sum();
     if unfinished > 0 {
         say.line(format_args!(
@@ -180,10 +167,7 @@ pub async fn check(global: &Global, args: &CheckArgs) -> anyhow::Result<()> {
     };
     if json {
         print_json(&CheckOutput {
-            sagas: states
-                .iter()
-                .map(|s| (s.saga_state.clone(), s.count))
-                .collect(),
+            sagas: states.clone(),
             not_at_rest: unfinished,
             datastore_checked: datastore,
             services_checked: datastore && services.is_some(),
@@ -204,32 +188,8 @@ pub async fn check(global: &Global, args: &CheckArgs) -> anyhow::Result<()> {
 /// Whether every migration of the Nexus tables (`ratchet_sagas::DATASTORE_MIGRATIONS`) is applied, read from
 /// diesel's migration table without creating it.
 async fn datastore_present(conn: &mut ratchet_store::DbConnection) -> anyhow::Result<bool> {
-    use diesel::migration::MigrationSource;
-    let wanted: Vec<String> =
-        MigrationSource::<diesel::pg::Pg>::migrations(&ratchet_sagas::DATASTORE_MIGRATIONS)
-            .map_err(|e| anyhow::anyhow!("listing the Nexus tables' migrations: {e}"))?
-            .iter()
-            .map(|m| m.name().version().to_string())
-            .collect();
-    #[derive(diesel::QueryableByName)]
-    struct Count {
-        #[diesel(sql_type = BigInt)]
-        count: i64,
-    }
-    let table: Count = diesel::sql_query(
-        "SELECT count(*) AS count FROM information_schema.tables \
-         WHERE table_schema = current_schema() AND table_name = '__diesel_schema_migrations'",
+    Ok(
+        ratchet_store::schema_check::migrations_applied(conn, &ratchet_sagas::DATASTORE_MIGRATIONS)
+            .await?,
     )
-    .get_result(conn)
-    .await?;
-    if table.count == 0 {
-        return Ok(false);
-    }
-    let applied: Count = diesel::sql_query(
-        "SELECT count(*) AS count FROM __diesel_schema_migrations WHERE version = ANY($1)",
-    )
-    .bind::<diesel::sql_types::Array<Text>, _>(&wanted)
-    .get_result(conn)
-    .await?;
-    Ok(applied.count == wanted.len() as i64)
 }

@@ -11,8 +11,14 @@ use common::{
 use diesel::sql_types::BigInt;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use ratchet_engine::example::{self, ProvisionParams, ProvisionWidget};
-use ratchet_engine::{Engine, EngineBuilder, EngineConfig, FaultEffect, FaultPoint, SagaOutcome};
-use ratchet_store::saga::{SagaFilter, get_saga, list_sagas_where, saga_history};
+use ratchet_engine::{
+    Abandoned, AdoptedSaga, AdoptionReport, Engine, EngineBuilder, EngineConfig, FaultEffect,
+    FaultPoint, RecoveryReport, SagaOutcome,
+};
+use ratchet_store::StuckDiagnosis;
+use ratchet_store::saga::{
+    SagaEnd, SagaFilter, SagaHistory, SagaPage, get_saga, list_sagas_where, saga_history,
+};
 use ratchet_store::testing::{DatabaseServer, TestDatabase, fresh_database};
 use std::sync::Arc;
 use uuid::Uuid;
@@ -177,6 +183,18 @@ async fn list_filters_limits_and_tells_succeeded_from_unwound() {
         "{all:?}"
     );
     assert_says(&all, &["3 saga(s)"]);
+    // The same from the store, as JSON: how each done saga ended, and nothing for the others.
+    let page: SagaPage = parse(&ratchet(&db, &["sagas", "list", "--json"]).json());
+    assert_eq!(
+        page.endings,
+        [(succeeded, SagaEnd::Succeeded), (unwound, SagaEnd::Unwound)]
+            .into_iter()
+            .collect()
+    );
+    assert_says(
+        &ratchet(&db, &["sagas", "show", &unwound.to_string()]),
+        &["state      done (unwound)"],
+    );
 
     let newest = ratchet(&db, &["sagas", "list", "--limit", "1"]);
     assert_says(
@@ -473,8 +491,8 @@ async fn adopt_and_recover_finish_another_executors_sagas() {
         "--from <SEC_ID>",
     );
 
-    // `recover` says which executor it is and what it owns, then resumes its unfinished sagas, abandoning one
-    // whose action is gone.
+    // `recover` says which executor it is and what it owns, then resumes its unfinished sagas, leaving alone
+    // (unfinished, reported) one whose action this binary lacks.
     let mine = Uuid::new_v4();
     let second = engine(&db, mine).await;
     let good = second
@@ -490,7 +508,7 @@ async fn adopt_and_recover_finish_another_executors_sagas() {
     let mut conn = second.pool().get().await.unwrap();
     rename_activate_widget(&mut conn, renamed).await;
     let recover = ["recover", "--sec-id", &mine.to_string()];
-    // An abandoned saga needs an operator: `recover` says so in its exit status.
+    // A saga left alone needs an operator: `recover` says so in its exit status.
     let recovered = ratchet(&db, &recover);
     assert_fails_after_saying(
         &recovered,
@@ -498,10 +516,35 @@ async fn adopt_and_recover_finish_another_executors_sagas() {
             &format!("executor {mine} (from --sec-id): owns 2 unfinished saga(s)"),
             &format!("{good}: succeeded"),
         ],
-        "recovery needs an operator: 0 saga(s) stuck",
+        "1 left alone (this binary lacks their definitions",
     );
     redacted(&[(mine, "SEC"), (good, "GOOD"), (renamed, "RENAMED")])
         .bind(|| insta::assert_snapshot!("recover", recovered.stdout));
+    let row = saga_row(&second, renamed).await;
+    assert_eq!(
+        (row.saga_state.as_str(), row.current_sec),
+        ("running", Some(mine))
+    );
+    // Until an operator gives up on it (or a binary that has its definition recovers it), every recover says so.
+    assert_fails_after_saying(
+        &ratchet(&db, &recover),
+        &["owns 1 unfinished", &format!("left alone {renamed}")],
+        "recovery needs an operator",
+    );
+    assert_says(
+        &ratchet(
+            &db,
+            &[
+                "sagas",
+                "abandon",
+                &renamed.to_string(),
+                "--reason",
+                "its release is gone",
+                "--yes",
+            ],
+        ),
+        &["is abandoned; it was running"],
+    );
     assert_says(
         &ratchet(&db, &recover),
         &["owns 0 unfinished", "nothing to recover"],
@@ -518,7 +561,15 @@ async fn adopt_and_recover_finish_another_executors_sagas() {
     );
 }
 
-/// Every command's `--json` parses, and is the library's own serialization of what it reports.
+/// `value` (a command's JSON, or a part of it) read back as the library type `T`.
+#[track_caller]
+fn parse<T: serde::de::DeserializeOwned>(value: &serde_json::Value) -> T {
+    serde_json::from_value(value.clone())
+        .unwrap_or_else(|e| panic!("not a {} ({e}): {value}", std::any::type_name::<T>()))
+}
+
+/// Every command's `--json` parses, and is the library's own serialization of what it reports: read back into
+/// the library's type, it is what the library returns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_output_is_the_librarys_report() {
     let db = database().await;
@@ -533,31 +584,40 @@ async fn json_output_is_the_librarys_report() {
     let other_stuck = stuck_saga(&engine, account).await;
     let mut conn = AsyncPgConnection::establish(&db.url).await.unwrap();
 
-    // sagas list: SagaPage, field for field, and how each done saga ended.
-    let list = ratchet(&db, &["sagas", "list", "--json"]).json();
+    // sagas list: SagaPage (with how each done saga ended).
+    let list: SagaPage = parse(&ratchet(&db, &["sagas", "list", "--json"]).json());
     let page = list_sagas_where(&mut conn, &SagaFilter::default())
         .await
         .unwrap();
-    assert_eq!(list["sagas"], serde_json::to_value(&page.sagas).unwrap());
-    assert_eq!(list["truncated"], false);
-    assert_eq!(list["endings"][done.to_string()], "succeeded");
-    let limited = ratchet(&db, &["sagas", "list", "-o", "json", "--limit", "1"]).json();
-    assert_eq!(limited["truncated"], true);
-    assert_eq!(limited["sagas"].as_array().map(Vec::len), Some(1));
+    assert_eq!(list, page);
+    assert!(!list.truncated);
+    assert_eq!(
+        list.endings,
+        [(done, SagaEnd::Succeeded)].into_iter().collect()
+    );
+    let limited: SagaPage =
+        parse(&ratchet(&db, &["sagas", "list", "-o", "json", "--limit", "1"]).json());
+    assert!(limited.truncated);
+    assert_eq!(limited.sagas.len(), 1);
 
-    // sagas show: SagaHistory, its diagnosis, and whether it waits.
+    // sagas show: SagaHistory, how it ended, its diagnosis, and whether it waits.
     let show = ratchet(&db, &["sagas", "show", &stuck.to_string(), "--json"]).json();
     let history = saga_history(&mut conn, stuck).await.unwrap().unwrap();
-    let expected = serde_json::to_value(&history).unwrap();
-    for field in ["saga", "events", "commits", "compensations"] {
-        assert_eq!(show[field], expected[field], "{field}");
-    }
-    assert_eq!(show["diagnosis"]["state"], "stuck");
-    assert_eq!(
-        show["diagnosis"]["failed_undos"][0]["node"],
-        "charge_account"
-    );
+    assert_eq!(parse::<SagaHistory>(&show), history);
+    assert_eq!(show["ended"], serde_json::Value::Null);
+    // `stuck_for` is as of the moment each side computed it.
+    let mut shown: StuckDiagnosis = parse(&show["diagnosis"]);
+    let mut diagnosis = history.diagnosis();
+    assert!(shown.stuck_for.is_some() && diagnosis.stuck_for.is_some());
+    (shown.stuck_for, diagnosis.stuck_for) = (None, None);
+    assert_eq!(shown, diagnosis);
+    assert_eq!(shown.failed_undos[0].node, "charge_account");
     assert_eq!(show["waiting"], serde_json::Value::Null);
+    let show_done = ratchet(&db, &["sagas", "show", &done.to_string(), "--json"]).json();
+    assert_eq!(
+        parse::<Option<SagaEnd>>(&show_done["ended"]),
+        Some(SagaEnd::Succeeded)
+    );
 
     // Dry runs: their plans.
     let cli = Uuid::new_v4().to_string();
@@ -592,8 +652,14 @@ async fn json_output_is_the_librarys_report() {
     )
     .json();
     assert_eq!(retried["saga_id"], stuck.to_string());
-    assert_eq!(retried["outcome"]["outcome"], "unwound");
-    assert_eq!(retried["outcome"]["node"], "activate_widget");
+    assert!(
+        matches!(parse(&retried["outcome"]), SagaOutcome::Unwound { node, .. } if node == "activate_widget"),
+        "{retried}"
+    );
+    assert_eq!(
+        parse::<RecoveryReport>(&retried["recovered_first"]),
+        RecoveryReport::default()
+    );
 
     // sagas abandon: Abandoned.
     let diagnosis = saga_history(&mut conn, other_stuck)
@@ -614,12 +680,15 @@ async fn json_output_is_the_librarys_report() {
         ],
     )
     .json();
-    assert_eq!(abandoned["id"], other_stuck.to_string());
-    assert_eq!(abandoned["previous_state"], "stuck");
-    assert_eq!(abandoned["reason"], "r");
     assert_eq!(
-        abandoned["uncompensated"],
-        serde_json::to_value(&diagnosis.uncompensated).unwrap()
+        parse::<Abandoned>(&abandoned),
+        Abandoned {
+            id: other_stuck,
+            name: "example-provision".to_owned(),
+            previous_state: "stuck".to_owned(),
+            reason: "r".to_owned(),
+            uncompensated: diagnosis.uncompensated,
+        }
     );
 
     // sagas adopt: the AdoptionReport, with each resumed saga's outcome.
@@ -645,13 +714,30 @@ async fn json_output_is_the_librarys_report() {
         ],
     )
     .json();
-    assert_eq!(adopted["adoption"]["from_sec"], dead.to_string());
-    assert_eq!(adopted["adoption"]["to_sec"], cli);
-    assert_eq!(adopted["adoption"]["adopted"][0]["id"], orphan.to_string());
-    assert_eq!(adopted["adoption"]["adopted"][0]["generation"], 2);
     assert_eq!(
-        adopted["outcomes"][orphan.to_string()]["outcome"],
-        "succeeded"
+        parse::<AdoptionReport>(&adopted["adoption"]),
+        AdoptionReport {
+            from_sec: dead,
+            to_sec: cli.parse().unwrap(),
+            adopted: vec![AdoptedSaga {
+                id: orphan,
+                name: "example-provision".to_owned(),
+                generation: 2,
+            }],
+            resumed: vec![orphan],
+            abandoned: vec![],
+            left_alone: vec![],
+        }
+    );
+    assert_eq!(
+        parse::<RecoveryReport>(&adopted["recovered_first"]),
+        RecoveryReport::default()
+    );
+    let outcomes: std::collections::BTreeMap<Uuid, Option<SagaOutcome>> =
+        parse(&adopted["outcomes"]);
+    assert!(
+        matches!(outcomes[&orphan], Some(SagaOutcome::Succeeded { .. })),
+        "{outcomes:?}"
     );
 
     // recover: the RecoveryReport, and the outcomes.
@@ -668,15 +754,23 @@ async fn json_output_is_the_librarys_report() {
     let recovered = recovered.json();
     assert_eq!(recovered["executor"], mine.to_string());
     assert_eq!(recovered["unfinished_owned"], 1);
-    assert_eq!(recovered["recovery"]["resumed"][0], resumed.to_string());
-    assert_eq!(recovered["recovery"]["abandoned"], serde_json::json!([]));
     assert_eq!(
-        recovered["outcomes"][resumed.to_string()]["outcome"],
-        "succeeded"
+        parse::<RecoveryReport>(&recovered["recovery"]),
+        RecoveryReport {
+            resumed: vec![resumed],
+            ..RecoveryReport::default()
+        }
+    );
+    let outcomes: std::collections::BTreeMap<Uuid, Option<SagaOutcome>> =
+        parse(&recovered["outcomes"]);
+    assert!(
+        matches!(outcomes[&resumed], Some(SagaOutcome::Succeeded { .. })),
+        "{outcomes:?}"
     );
     assert_eq!(recovered["needs_operator"], false);
 
-    // check: sagas by state and the violations (none; the commands above made the Nexus tables).
+    // check: sagas by state and the violations (none; the commands above made the Nexus tables). A violation
+    // (`ratchet_datastore::Violation`, in the Nexus datastore) is not read back: it is not `Deserialize`.
     let checked = ratchet(&db, &["check", "--json"]);
     assert!(checked.ok, "{checked:?}");
     let checked = checked.json();
@@ -688,6 +782,105 @@ async fn json_output_is_the_librarys_report() {
         &ratchet(&db, &["check", "--json", "-o", "text"]),
         "cannot be used with",
     );
+}
+
+/// `sagas adopt` takes only the sagas this binary can run: another binary's saga (a definition it does not
+/// register) stays with its executor, untouched, and is named with the reason; `--abandon-unknown` takes it and
+/// abandons it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adopt_leaves_a_saga_it_has_no_definition_of_untouched() {
+    let db = database().await;
+    let (dead, cli) = (Uuid::new_v4(), Uuid::new_v4());
+    let (dead_s, cli_s) = (dead.to_string(), cli.to_string());
+    let first = engine(&db, dead).await;
+    let account = account(&first).await;
+    let create = || first.create::<ProvisionWidget>(params(account));
+    let orphan = create().await.unwrap().id;
+    let foreign = create().await.unwrap().id;
+    let mut conn = AsyncPgConnection::establish(&db.url).await.unwrap();
+    // Another binary's saga, sharing the database.
+    diesel::sql_query("UPDATE saga SET name = 'someone-elses-saga' WHERE id = $1")
+        .bind::<diesel::sql_types::Uuid, _>(foreign)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let before = everything(&first, foreign).await;
+    let reason = "no definition of saga \"someone-elses-saga\" v1 here";
+
+    let adopt = ["sagas", "adopt", "--from", &dead_s, "--sec-id", &cli_s];
+    assert_says(
+        &ratchet(&db, &[&adopt[..], &["--dry-run"]].concat()),
+        &[
+            &format!("would adopt 1 saga(s) from executor {dead}"),
+            &format!("{orphan} (example-provision, running) at generation 2"),
+            &format!("left with executor {dead}, untouched (1 saga(s) this binary cannot run"),
+            &format!("{foreign}: {reason}"),
+        ],
+    );
+    let adopted = ratchet(&db, &[&adopt[..], &["--yes"]].concat());
+    assert_says(
+        &adopted,
+        &[
+            &format!("adopted 1 saga(s) from executor {dead}"),
+            &format!("{orphan}: succeeded"),
+            &format!("left with executor {dead}, untouched: 1 saga(s) this binary cannot run"),
+            &format!("{foreign}: {reason}"),
+        ],
+    );
+    assert!(!adopted.stdout.contains("abandoned"), "{adopted:?}");
+    // Untouched: the same executor, state and generation, and every row as it was.
+    let row = saga_row(&first, foreign).await;
+    assert_eq!(
+        (
+            row.saga_state.as_str(),
+            row.current_sec,
+            row.adopt_generation
+        ),
+        ("running", Some(dead), 1)
+    );
+    assert_eq!(everything(&first, foreign).await, before, "untouched");
+    // Again, as JSON: the AdoptionReport says so.
+    let again = ratchet(&db, &[&adopt[..], &["--yes", "--json"]].concat());
+    assert!(again.ok, "{again:?}");
+    let report: AdoptionReport = parse(&again.json()["adoption"]);
+    assert!(report.adopted.is_empty(), "{report:?}");
+    assert_eq!(report.left_alone, vec![(foreign, reason.to_owned())]);
+    assert_says(
+        &ratchet(&db, &[&adopt[..], &["--yes"]].concat()),
+        &["has no running or unwinding sagas that this binary can run: nothing adopted"],
+    );
+    assert_eq!(everything(&first, foreign).await, before, "still untouched");
+
+    // The opt-in, documented in the help, takes it and abandons it.
+    assert_says(
+        &ratchet(&db, &["sagas", "adopt", "--help"]),
+        &["--abandon-unknown", "untouched"],
+    );
+    let abandon = [&adopt[..], &["--abandon-unknown"]].concat();
+    assert_says(
+        &ratchet(&db, &[&abandon[..], &["--dry-run"]].concat()),
+        &[&format!(
+            "{foreign} (someone-elses-saga, running) at generation 2: this binary does not run it, so it \
+             would be abandoned"
+        )],
+    );
+    assert_eq!(
+        everything(&first, foreign).await,
+        before,
+        "a dry run changes nothing"
+    );
+    assert_says(
+        &ratchet(&db, &[&abandon[..], &["--yes"]].concat()),
+        &[&format!(
+            "{foreign}: could not be resumed, abandoned: unrecoverable: {reason}"
+        )],
+    );
+    let row = saga_row(&first, foreign).await;
+    assert_eq!(
+        (row.saga_state.as_str(), row.current_sec),
+        ("abandoned", Some(cli))
+    );
+    assert_eq!(row.abandon_reason, Some(format!("unrecoverable: {reason}")));
 }
 
 /// `sagas list`, `sagas show` and `check` only read: on a database without the saga log they fail, naming

@@ -182,7 +182,7 @@ async fn recover_refuses_without_the_services_and_recovers_with_them() {
         .await
         .unwrap()
         .id;
-    // A saga whose action this binary really does not have: recovery must still abandon it.
+    // A saga whose action this binary really does not have: recovery leaves it alone, with the reason.
     let renamed = engine
         .create::<ProvisionWidget>(provision())
         .await
@@ -256,24 +256,25 @@ async fn recover_refuses_without_the_services_and_recovers_with_them() {
         ),
         &format!("no sled agent answers at {nobody} (--sled-agent)"),
     );
-    // Nothing was touched: not the Nexus saga, not the example sagas, not even the unrecoverable one.
+    // Nothing was touched: not the Nexus saga, not the example sagas, not even the one this binary cannot run.
     for (id, state) in before.iter().zip(&states) {
         assert_eq!(&setup.state(*id).await, state, "saga {id} untouched");
     }
 
-    // With them: everything is resumed, and only the truly unknown action is abandoned (which needs an
-    // operator: the exit status says so).
+    // With them: everything is resumed, and only the truly unknown action is left alone, unfinished (which
+    // needs an operator: the exit status says so).
     assert_fails_after_saying(
         &setup.ratchet(&recover, true),
         &[
-            &format!("executor {sec}: resumed 2 saga(s), abandoned 1"),
-            &format!("abandoned {renamed}: unrecoverable"),
+            &format!("executor {sec}: resumed 2 saga(s), abandoned 0, left alone 1"),
+            &format!("left alone {renamed} (unfinished, not driven): no definition of saga"),
             &format!("{nexus}: succeeded"),
             &format!("{widget}: succeeded"),
-            "recovered 2 saga(s): 2 succeeded; abandoned 1",
+            "recovered 2 saga(s): 2 succeeded; abandoned 0; left alone 1",
         ],
         "recovery needs an operator: 0 saga(s) stuck",
     );
+    assert_eq!(setup.state(renamed).await, ("running".to_owned(), 2));
     assert_eq!(setup.state(nexus).await.0, "done");
     let vmms = setup.services.sled_agent.vmms();
     assert_eq!(
@@ -284,10 +285,14 @@ async fn recover_refuses_without_the_services_and_recovers_with_them() {
     assert_says(
         &setup.ratchet(&["check"], true),
         &[
-            "sagas: 1 abandoned, 2 done",
+            "sagas: 2 done, 1 running",
             "invariant check: 0 violation(s)",
         ],
     );
+    // An operator gives up on it; then there is nothing left to recover.
+    let renamed_s = renamed.to_string();
+    let abandon = ["sagas", "abandon", &renamed_s, "--reason", "gone", "--yes"];
+    assert_says(&setup.ratchet(&abandon, false), &["is abandoned"]);
     assert_says(&setup.ratchet(&recover, false), &["nothing to recover"]);
 }
 

@@ -154,6 +154,17 @@
 //! engine reports the saga [`SagaOutcome::Fenced`]. [`Engine::adopt`] is how an executor takes over another's
 //! sagas; `retry_unwind` and `abandon` take or end ownership the same way (see `operate.rs`).
 //!
+//! # Sagas this binary cannot run
+//!
+//! A database may hold sagas of definitions this binary does not register, or of another release of one it
+//! does whose DAG runs an action this one lacks: another binary's (Nexus's database is shared), or a release
+//! rolling out. Neither recovery nor adoption ever abandons such a saga on its own: [`Engine::adopt`] leaves it
+//! with its executor, untouched, and [`Engine::recover`] leaves this executor's own unfinished and not
+//! driven; both report it with the reason ([`AdoptionReport::left_alone`], [`RecoveryReport::left_alone`]).
+//! Abandoning it takes an explicit [`AdoptOptions::abandon_unknown`] (or an operator's [`Engine::abandon`]).
+//! Only a saga whose definition is here but which cannot be resumed (a DAG or log that does not load, a log
+//! steno refuses) is abandoned by recovery, with the reason.
+//!
 //! # Shutdown
 //!
 //! [`Engine::shutdown`] stops taking work, lets every node in flight reach its next phase boundary and stop
@@ -276,7 +287,7 @@ pub use node::{
     NodeReceipt,
 };
 pub use observe::{CounterValues, Counters, RECENT_OUTCOMES, RecentOutcome, WaitingNode};
-pub use operate::{Abandoned, AdoptedSaga, AdoptionReport, ShutdownReport, abandon};
+pub use operate::{Abandoned, AdoptOptions, AdoptedSaga, AdoptionReport, ShutdownReport, abandon};
 pub use saga_def::{
     NodeKind, NodeRegistry, Ratchet, SagaBuilder, SagaCx, SagaDef, Stage, steno_action_params,
 };

@@ -45,7 +45,7 @@ pub struct Counters {
 }
 
 /// A point-in-time copy of [`Counters`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CounterValues {
     pub started: u64,
     pub succeeded: u64,
@@ -203,7 +203,7 @@ impl Waiting {
 }
 
 /// One saga that came to rest in this engine (or that this engine stopped driving).
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RecentOutcome {
     pub saga_id: Uuid,
     pub saga_name: String,

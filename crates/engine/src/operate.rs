@@ -3,12 +3,18 @@
 //!
 //! # Adoption
 //!
-//! [`Engine::adopt`] moves every unfinished saga of another executor to this one, [`BATCH`] at a time, each
-//! batch in one `UPDATE … RETURNING` that bumps the sagas' `adopt_generation`
-//! ([`ratchet_store::ops::adopt_batch`]), then resumes them exactly as recovery does. The other executor may
+//! [`Engine::adopt`] moves the unfinished sagas of another executor that this binary can run to this one,
+//! [`BATCH`] at a time: it reads a page of them ([`ratchet_store::saga::unfinished_after`]), then claims those
+//! it has the definition of in one `UPDATE … RETURNING` that bumps their `adopt_generation`
+//! ([`ratchet_store::ops::adopt_sagas`]), then resumes them exactly as recovery does. The other executor may
 //! still be alive: every write it makes for those sagas is conditional on the old generation, so none lands
 //! after the adoption; it notices at its next write (or its next replay, or before its next external call),
 //! logs why, and stops driving the saga without unwinding it (see the `fencing` section of the crate docs).
+//!
+//! Invariant: an adoption never takes a saga whose definition (at its version) this binary lacks, unless told
+//! to ([`AdoptOptions::abandon_unknown`]). Such a saga stays with its owner, untouched (same executor, state
+//! and generation), and is reported in [`AdoptionReport::left_alone`]: against a database shared with other
+//! binaries (Nexus's), it may be theirs to run.
 //!
 //! # Stuck sagas
 //!
@@ -21,17 +27,27 @@
 use crate::engine::{BATCH, Engine, SagaOutcome, lock};
 use crate::error::EngineError;
 use ratchet_store::ops::{
-    UncompensatedCommit, abandon_saga, adopt_batch, stuck_diagnosis, take_for_retry_unwind,
+    UncompensatedCommit, abandon_saga, adopt_sagas, stuck_diagnosis, take_for_retry_unwind,
 };
-use ratchet_store::saga::{get_saga, load_logs};
+use ratchet_store::saga::{get_saga, load_logs, unfinished_after};
 use ratchet_store::{DbError, DbPool, RetryPolicy, retry_transient};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use uuid::Uuid;
 
+/// How [`Engine::adopt_with`] treats what this binary cannot run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AdoptOptions {
+    /// Also take the sagas whose definition (at their version) this binary lacks, and mark them `abandoned`
+    /// with the reason, their commits left in effect. Off by default: they are left with their owner,
+    /// untouched. Turn it on only when no binary that can run them will ever adopt them (their definition was
+    /// removed for good).
+    pub abandon_unknown: bool,
+}
+
 /// What [`Engine::adopt`] did.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AdoptionReport {
     pub from_sec: Uuid,
     pub to_sec: Uuid,
@@ -39,12 +55,17 @@ pub struct AdoptionReport {
     pub adopted: Vec<AdoptedSaga>,
     /// The adopted sagas now running here.
     pub resumed: Vec<Uuid>,
-    /// The adopted sagas that could not be resumed, marked `abandoned`, with the reason.
+    /// The adopted sagas that could not be resumed, marked `abandoned`, with the reason (with
+    /// [`AdoptOptions::abandon_unknown`], those whose definition this binary lacks too).
     pub abandoned: Vec<(Uuid, String)>,
+    /// The unfinished sagas of `from_sec` whose definition (at their version) this binary lacks, with the
+    /// reason ("no definition of saga X vN here"): not adopted, left with `from_sec` as they were.
+    #[serde(default)]
+    pub left_alone: Vec<(Uuid, String)>,
 }
 
 /// One adopted saga.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AdoptedSaga {
     pub id: Uuid,
     pub name: String,
@@ -52,7 +73,7 @@ pub struct AdoptedSaga {
 }
 
 /// What [`Engine::abandon`] did: the saga is `abandoned`, and everything else is as it was.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Abandoned {
     pub id: Uuid,
     pub name: String,
@@ -63,7 +84,7 @@ pub struct Abandoned {
 }
 
 /// What [`Engine::shutdown`] did.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ShutdownReport {
     /// Sagas that were not at rest: they stay `running` / `unwinding` in the database for the next start.
     pub interrupted: Vec<Uuid>,
@@ -74,8 +95,20 @@ pub struct ShutdownReport {
 
 impl Engine {
     /// Adopts every unfinished saga of executor `from_sec` (a dead or expunged one, or a live one being drained)
-    /// and resumes it here. The old executor is fenced out of each saga from the moment its batch commits.
+    /// that this binary can run, and resumes it here. The old executor is fenced out of each saga from the
+    /// moment its batch commits. The sagas whose definition this binary lacks stay with `from_sec`, untouched,
+    /// and are reported in [`AdoptionReport::left_alone`] (see [`Engine::adopt_with`] to abandon them).
     pub async fn adopt(&self, from_sec: Uuid) -> Result<AdoptionReport, EngineError> {
+        self.adopt_with(from_sec, AdoptOptions::default()).await
+    }
+
+    /// [`Engine::adopt`], with `options`: [`AdoptOptions::abandon_unknown`] also takes the sagas this binary
+    /// cannot run, and marks them `abandoned` with the reason.
+    pub async fn adopt_with(
+        &self,
+        from_sec: Uuid,
+        options: AdoptOptions,
+    ) -> Result<AdoptionReport, EngineError> {
         self.refuse_if_shutting_down()?;
         if from_sec == self.sec_id {
             return Err(EngineError::AdoptFromSelf(from_sec));
@@ -86,6 +119,7 @@ impl Engine {
             adopted: Vec::new(),
             resumed: Vec::new(),
             abandoned: Vec::new(),
+            left_alone: Vec::new(),
         };
         let pool = &self.shared.pool;
         let to_sec = self.sec_id;
@@ -95,15 +129,33 @@ impl Engine {
         self.refuse_if_shutting_down()?;
         let mut after = None;
         loop {
-            let rows = retry_transient(RetryPolicy::OPERATOR, "adopting sagas", || async {
+            let page = retry_transient(RetryPolicy::OPERATOR, "listing sagas to adopt", || async {
                 let mut conn = pool.get().await?;
-                Ok(adopt_batch(&mut conn, from_sec, to_sec, after, BATCH as i64).await?)
+                Ok(unfinished_after(&mut conn, from_sec, after, BATCH as i64).await?)
             })
             .await?;
-            // Only an empty batch ends the adoption: a row that changed between the statement's subquery and
-            // its update makes a batch short without being the last.
-            let last = rows.is_empty();
-            after = rows.last().map(|row| row.id).or(after);
+            // The page is read, not claimed, so no row of it can be skipped: only an empty page ends it.
+            let Some(last) = page.last() else {
+                break;
+            };
+            after = Some(last.id);
+            let mut take = Vec::with_capacity(page.len());
+            for row in &page {
+                match self.definitions.lacks(row) {
+                    Some(reason) if !options.abandon_unknown => {
+                        tracing::info!(saga_id = %row.id, saga = %row.name, from = %from_sec, %reason,
+                            "saga not adopted: this binary cannot run it; it stays with its executor");
+                        report.left_alone.push((row.id, reason));
+                    }
+                    _ => take.push(row.id),
+                }
+            }
+            let take = &take;
+            let rows = retry_transient(RetryPolicy::OPERATOR, "adopting sagas", || async {
+                let mut conn = pool.get().await?;
+                Ok(adopt_sagas(&mut conn, from_sec, to_sec, take).await?)
+            })
+            .await?;
             for row in &rows {
                 tracing::info!(saga_id = %row.id, saga = %row.name, from = %from_sec, to = %to_sec,
                     generation = row.adopt_generation, state = %row.saga_state,
@@ -124,15 +176,14 @@ impl Engine {
                     generation: row.adopt_generation,
                 });
             }
-            let resumed = self.resume_rows(rows).await?;
+            let resumed = self.resume_rows(rows, options.abandon_unknown).await?;
             report.resumed.extend(resumed.resumed);
             report.abandoned.extend(resumed.abandoned);
-            if last {
-                break;
-            }
+            report.left_alone.extend(resumed.left_alone);
         }
         tracing::info!(from = %from_sec, to = %to_sec, adopted = report.adopted.len(),
-            resumed = report.resumed.len(), abandoned = report.abandoned.len(), "adoption done");
+            resumed = report.resumed.len(), abandoned = report.abandoned.len(),
+            left_alone = report.left_alone.len(), "adoption done");
         Ok(report)
     }
 

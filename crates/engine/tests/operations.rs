@@ -8,7 +8,7 @@ use common::*;
 use diesel::sql_types::{BigInt, Text, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
 use ratchet_engine::example::ProvisionWidget;
-use ratchet_engine::{Engine, EngineError, FaultEffect, FaultPoint, SagaOutcome};
+use ratchet_engine::{AdoptOptions, Engine, EngineError, FaultEffect, FaultPoint, SagaOutcome};
 use ratchet_store::saga::{SagaHistory, get_saga, saga_history};
 use ratchet_store::stuck_diagnosis;
 use std::time::Duration;
@@ -199,7 +199,7 @@ async fn adoption_waits_for_a_commit_in_flight_and_nothing_commits_twice() {
             let row: Waiting = diesel::sql_query(
                 "SELECT count(*) AS waiting FROM pg_stat_activity \
                  WHERE datname = current_database() AND wait_event_type = 'Lock' \
-                 AND query LIKE 'UPDATE saga SET current_sec%'",
+                 AND query LIKE 'UPDATE \"saga\" SET \"current_sec\"%'",
             )
             .get_result(&mut conn)
             .await
@@ -359,41 +359,171 @@ async fn adopting_from_oneself_or_from_an_idle_executor() {
     assert!(report.adopted.is_empty() && report.resumed.is_empty());
 }
 
-/// Recovery abandons, with a reason, a saga whose DAG names an action this binary does not register, one
-/// whose log steno refuses, and one whose log does not decode; it resumes the others.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn recovery_abandons_what_it_cannot_run_and_resumes_the_rest() {
-    let db = database().await;
-    let sec = Uuid::new_v4();
-    let (good, unknown_action, refused_log, corrupt_row, account) = {
-        let first = start(&db, sec).await;
-        let account = account(&first).await;
-        let mut ids = Vec::new();
-        for _ in 0..4 {
-            // Created, never started: `running`, owned by `sec`, for the next start to recover.
-            ids.push(
-                first
-                    .create::<ProvisionWidget>(params(account))
-                    .await
-                    .unwrap()
-                    .id,
-            );
-        }
-        (ids[0], ids[1], ids[2], ids[3], account)
-    };
-    {
-        let mut conn = ratchet_store::pool::establish(&db.url).await.unwrap();
-        // A newer release renamed charge_account's action.
-        let updated = diesel::sql_query(
-            "UPDATE saga SET saga_dag = jsonb_set(saga_dag, '{graph,nodes,1,Action,action_name}', \
-             '\"example.charge_account_v0\"') WHERE id = $1 \
-             AND saga_dag #>> '{graph,nodes,1,Action,name}' = 'charge_account'",
-        )
-        .bind::<SqlUuid, _>(unknown_action)
+/// `count` example sagas created by executor `sec` and never started (`running`, owned by `sec` at generation
+/// 1, as a crash leaves them), and the account they charge; the engine that created them is shut down.
+async fn unstarted_sagas(
+    db: &ratchet_store::testing::TestDatabase,
+    sec: Uuid,
+    count: usize,
+) -> (Vec<Uuid>, Uuid) {
+    let first = start(db, sec).await;
+    let account = account(&first).await;
+    let mut ids = Vec::new();
+    for _ in 0..count {
+        ids.push(
+            first
+                .create::<ProvisionWidget>(params(account))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    first.shutdown().await;
+    (ids, account)
+}
+
+/// Renames saga `id`'s definition to `name`, as if another binary (sharing the database) had created it.
+async fn make_foreign(db: &ratchet_store::testing::TestDatabase, id: Uuid, name: &str) {
+    let mut conn = ratchet_store::pool::establish(&db.url).await.unwrap();
+    let updated = diesel::sql_query("UPDATE saga SET name = $2 WHERE id = $1")
+        .bind::<SqlUuid, _>(id)
+        .bind::<Text, _>(name)
         .execute(&mut conn)
         .await
         .unwrap();
-        assert_eq!(updated, 1);
+    assert_eq!(updated, 1);
+}
+
+/// Points node `charge_account` of saga `id` at an action this binary does not register, as a newer release
+/// of the definition that renamed it would have created it.
+async fn rename_charge_account(db: &ratchet_store::testing::TestDatabase, id: Uuid) {
+    let mut conn = ratchet_store::pool::establish(&db.url).await.unwrap();
+    let updated = diesel::sql_query(
+        "UPDATE saga SET saga_dag = jsonb_set(saga_dag, '{graph,nodes,1,Action,action_name}', \
+         '\"example.charge_account_v0\"') WHERE id = $1 \
+         AND saga_dag #>> '{graph,nodes,1,Action,name}' = 'charge_account'",
+    )
+    .bind::<SqlUuid, _>(id)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(updated, 1);
+}
+
+/// An adoption takes only what this binary can run: a saga of a definition it does not register, and one whose
+/// DAG runs an action its definition here lacks, stay with their executor exactly as they were (owner, state,
+/// generation, log) and are reported with the reason. Only with `abandon_unknown` are they taken, and
+/// abandoned with that reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adoption_leaves_what_this_binary_cannot_run_with_its_owner() {
+    let db = database().await;
+    let (dead, adopter) = (Uuid::new_v4(), Uuid::new_v4());
+    let (ids, account) = unstarted_sagas(&db, dead, 3).await;
+    let [good, foreign, renamed] = ids[..] else {
+        unreachable!()
+    };
+    make_foreign(&db, foreign, "someone-elses-saga").await;
+    rename_charge_account(&db, renamed).await;
+    let history = |id: Uuid| {
+        let url = db.url.clone();
+        async move {
+            let mut conn = ratchet_store::pool::establish(&url).await.unwrap();
+            saga_history(&mut conn, id).await.unwrap().unwrap()
+        }
+    };
+    let before = (history(foreign).await, history(renamed).await);
+
+    let engine = start(&db, adopter).await;
+    let report = engine.adopt(dead).await.unwrap();
+    let adopted: Vec<Uuid> = report.adopted.iter().map(|a| a.id).collect();
+    assert_eq!(adopted, vec![good], "{report:?}");
+    assert_eq!(report.resumed, vec![good]);
+    assert!(report.abandoned.is_empty(), "{report:?}");
+    let reasons: std::collections::BTreeMap<Uuid, String> =
+        report.left_alone.iter().cloned().collect();
+    assert_eq!(reasons.len(), 2, "{report:?}");
+    assert_eq!(
+        reasons[&foreign],
+        "no definition of saga \"someone-elses-saga\" v1 here"
+    );
+    assert!(
+        reasons[&renamed].starts_with("no definition of saga \"example-provision\" v1 here")
+            && reasons[&renamed].contains("\"example.charge_account_v0\""),
+        "{}",
+        reasons[&renamed]
+    );
+    assert!(matches!(
+        engine.wait(good).await,
+        Some(SagaOutcome::Succeeded { .. })
+    ));
+    // Untouched: the same executor, state and generation, and not a row of their log changed.
+    let after = (history(foreign).await, history(renamed).await);
+    for (before, after) in [(&before.0, &after.0), (&before.1, &after.1)] {
+        assert_eq!(after.saga.current_sec, Some(dead));
+        assert_eq!(after.saga.saga_state, "running");
+        assert_eq!(after.saga.adopt_generation, 1);
+        assert_eq!(before, after);
+    }
+    assert_eq!(engine.counters().snapshot().abandoned, 0);
+    assert_eq!(state(&engine, account).await.ledger, vec![-30]);
+
+    // Asked to, the adoption takes them and abandons them, with the reason.
+    let report = engine
+        .adopt_with(
+            dead,
+            AdoptOptions {
+                abandon_unknown: true,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(report.left_alone.is_empty(), "{report:?}");
+    let mut adopted: Vec<(Uuid, i64)> = report
+        .adopted
+        .iter()
+        .map(|a| (a.id, a.generation))
+        .collect();
+    adopted.sort();
+    let mut expected = vec![(foreign, 2), (renamed, 2)];
+    expected.sort();
+    assert_eq!(adopted, expected);
+    let abandoned: std::collections::BTreeMap<Uuid, String> =
+        report.abandoned.iter().cloned().collect();
+    assert_eq!(
+        abandoned.keys().copied().collect::<Vec<_>>(),
+        reasons.keys().copied().collect::<Vec<_>>()
+    );
+    for (id, reason) in &abandoned {
+        assert_eq!(reason, &format!("unrecoverable: {}", reasons[id]));
+        let row = history(*id).await.saga;
+        assert_eq!(row.saga_state, "abandoned");
+        assert_eq!(row.current_sec, Some(adopter));
+        assert_eq!(row.abandon_reason.as_ref(), Some(reason));
+    }
+    assert_eq!(engine.counters().snapshot().abandoned, 2);
+    assert_eq!(
+        state(&engine, account).await.ledger,
+        vec![-30],
+        "nothing of theirs ran"
+    );
+}
+
+/// Recovery leaves unfinished, and reports with the reason, a saga of a definition this binary does not
+/// register and one whose DAG names an action this binary does not register; it abandons, with a reason, one
+/// whose log steno refuses and one whose log does not decode; it resumes the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_leaves_alone_what_it_cannot_run_and_abandons_what_does_not_load() {
+    let db = database().await;
+    let sec = Uuid::new_v4();
+    let (ids, account) = unstarted_sagas(&db, sec, 5).await;
+    let [good, unknown_action, refused_log, corrupt_row, foreign] = ids[..] else {
+        unreachable!()
+    };
+    // A newer release renamed charge_account's action; another binary's saga.
+    rename_charge_account(&db, unknown_action).await;
+    make_foreign(&db, foreign, "someone-elses-saga").await;
+    {
+        let mut conn = ratchet_store::pool::establish(&db.url).await.unwrap();
         // activate_widget (node 2) succeeded while its parents never started: steno refuses this log.
         // A `failed` event whose error does not decode: the log cannot even be read.
         for (id, node, event, data) in [
@@ -417,14 +547,28 @@ async fn recovery_abandons_what_it_cannot_run_and_resumes_the_rest() {
 
     let (second, report) = builder(&db, sec).start().await.unwrap();
     assert_eq!(report.resumed, vec![good], "{report:?}");
-    let reasons: std::collections::BTreeMap<Uuid, String> =
-        report.abandoned.iter().cloned().collect();
-    assert_eq!(reasons.len(), 3, "{report:?}");
-    let unknown = &reasons[&unknown_action];
+    let left_alone: std::collections::BTreeMap<Uuid, String> =
+        report.left_alone.iter().cloned().collect();
+    assert_eq!(
+        left_alone
+            .keys()
+            .copied()
+            .collect::<std::collections::BTreeSet<_>>(),
+        [unknown_action, foreign].into_iter().collect(),
+        "{report:?}"
+    );
+    let unknown = &left_alone[&unknown_action];
     assert!(
         unknown.contains("\"example.charge_account_v0\"") && unknown.contains("\"charge_account\""),
         "the reason names the node and the action: {unknown}"
     );
+    assert_eq!(
+        left_alone[&foreign],
+        "no definition of saga \"someone-elses-saga\" v1 here"
+    );
+    let reasons: std::collections::BTreeMap<Uuid, String> =
+        report.abandoned.iter().cloned().collect();
+    assert_eq!(reasons.len(), 2, "{report:?}");
     assert!(
         reasons[&refused_log].contains("steno refused"),
         "{}",
@@ -447,18 +591,27 @@ async fn recovery_abandons_what_it_cannot_run_and_resumes_the_rest() {
         assert_eq!(row.saga_state, "abandoned");
         assert_eq!(row.abandon_reason.as_ref(), Some(reason));
     }
+    // Left unfinished, with this executor, for a binary that has their definitions.
+    for id in left_alone.keys() {
+        let row = get_saga(&mut conn, *id).await.unwrap().unwrap();
+        assert_eq!(
+            (row.saga_state.as_str(), row.current_sec),
+            ("running", Some(sec))
+        );
+        assert_eq!(row.abandon_reason, None);
+    }
     assert_eq!(
         state(&second, account).await.ledger,
         vec![-30],
         "only the good saga ran"
     );
-    assert_eq!(second.counters().snapshot().abandoned, 3);
+    assert_eq!(second.counters().snapshot().abandoned, 2);
     let abandoned_outcomes = second
         .recent_outcomes()
         .iter()
         .filter(|r| matches!(r.outcome, SagaOutcome::Abandoned { .. }))
         .count();
-    assert_eq!(abandoned_outcomes, 3);
+    assert_eq!(abandoned_outcomes, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

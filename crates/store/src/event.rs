@@ -8,15 +8,32 @@ use steno::{SagaId, SagaNodeEvent, SagaNodeEventType};
 use uuid::Uuid;
 
 /// One row of `saga_node_event`.
-#[derive(Clone, Debug, Queryable, Selectable, Insertable, serde::Serialize)]
+#[derive(
+    Clone, Debug, PartialEq, Queryable, Selectable, Insertable, serde::Serialize, serde::Deserialize,
+)]
 #[diesel(table_name = saga_node_event)]
 pub struct EventRow {
     pub saga_id: Uuid,
     pub node_id: i64,
     pub event_type: String,
+    /// The event's data: `None` (SQL `NULL`) for `started`, `undo_started` and `undo_finished`; for the others
+    /// a JSON value, which may be JSON `null` (the start node's output). In serde's form the field is absent
+    /// for `None` and present (possibly `null`) for `Some`, so that the two round-trip apart.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     pub data: Option<serde_json::Value>,
     pub event_time: DateTime<Utc>,
     pub creator: Uuid,
+}
+
+/// A field that is present, whatever its value (JSON `null` included), is `Some` (see [`EventRow::data`]).
+fn present<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<serde_json::Value>, D::Error> {
+    serde::Deserialize::deserialize(deserializer).map(Some)
 }
 
 impl EventRow {
@@ -103,6 +120,27 @@ fn to_json<T: serde::Serialize>(value: &T) -> Result<serde_json::Value, DbError>
 mod test {
     use super::*;
     use steno::{ActionError, UndoActionError};
+
+    #[test]
+    fn no_data_and_null_data_round_trip_apart_as_json() {
+        let row = |data| EventRow {
+            saga_id: Uuid::new_v4(),
+            node_id: 3,
+            event_type: "succeeded".to_owned(),
+            data,
+            event_time: Utc::now(),
+            creator: Uuid::new_v4(),
+        };
+        for row in [
+            row(None),
+            row(Some(serde_json::Value::Null)),
+            row(Some(serde_json::json!({"a": 1}))),
+        ] {
+            let json = serde_json::to_string(&row).unwrap();
+            let back: EventRow = serde_json::from_str(&json).unwrap();
+            assert_eq!(back, row, "{json}");
+        }
+    }
 
     #[test]
     fn every_event_type_round_trips() {

@@ -13,43 +13,43 @@ use crate::schema::{saga, saga_node_event};
 use crate::transaction::in_transaction;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use futures::FutureExt;
 use std::collections::{BTreeMap, BTreeSet};
 use uuid::Uuid;
 
-/// Moves up to `batch` unfinished (`running` / `unwinding`) sagas of executor `from` with ids above `after` to
-/// executor `to`, in one statement: `current_sec = to`, `adopt_generation + 1`, `adopt_time = now`. Returns the adopted rows (with
-/// their new generation), lowest id first.
+/// Moves those of `ids` that are still unfinished (`running` / `unwinding`) sagas of executor `from` to
+/// executor `to`, in one statement: `current_sec = to`, `adopt_generation + 1`, `adopt_time = now`. Returns the
+/// adopted rows (with their new generation), lowest id first. A saga of `ids` that finished, or that another
+/// executor took, meanwhile is left as it is and not returned.
 ///
-/// The `UPDATE` waits for the row locks that `from`'s in-flight transactions hold on those sagas
-/// ([`crate::owner::lock_if_owner`] takes `FOR SHARE`), so no write of `from` lands after it. Only safe to use
-/// while `from` may still be running *because* of that fencing: `from` notices at its next write and stops.
-pub async fn adopt_batch(
+/// The caller picks `ids` (from a page of [`crate::saga::unfinished_after`]): an engine adopts only the sagas
+/// it can run, and leaves the others with their owner, untouched. The `UPDATE` waits for the row locks that
+/// `from`'s in-flight transactions hold on those sagas ([`crate::owner::lock_if_owner`] takes `FOR SHARE`), so
+/// no write of `from` lands after it. Only safe to use while `from` may still be running *because* of that
+/// fencing: `from` notices at its next write and stops.
+pub async fn adopt_sagas(
     conn: &mut AsyncPgConnection,
     from: Uuid,
     to: Uuid,
-    after: Option<Uuid>,
-    batch: i64,
+    ids: &[Uuid],
 ) -> QueryResult<Vec<SagaRow>> {
-    // One statement; the outer WHERE re-checks the row actually updated, in case it changed after the
-    // subquery read it. (diesel's DSL cannot update a table filtered by a subquery on itself.)
-    let mut rows: Vec<SagaRow> = diesel::sql_query(
-        "UPDATE saga SET current_sec = $2, adopt_generation = adopt_generation + 1, adopt_time = $3 \
-         WHERE current_sec = $1 AND saga_state IN ('running', 'unwinding') \
-           AND id IN (SELECT id FROM saga \
-                      WHERE current_sec = $1 AND saga_state IN ('running', 'unwinding') \
-                        AND id > $5 \
-                      ORDER BY id LIMIT $4) \
-         RETURNING *",
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut rows: Vec<SagaRow> = diesel::update(
+        saga::table
+            .filter(saga::current_sec.eq(from))
+            .filter(saga::saga_state.eq_any(crate::owner::WRITABLE_STATES))
+            .filter(saga::id.eq_any(ids)),
     )
-    .bind::<SqlUuid, _>(from)
-    .bind::<SqlUuid, _>(to)
-    .bind::<Timestamptz, _>(Utc::now())
-    .bind::<BigInt, _>(batch)
-    .bind::<SqlUuid, _>(after.unwrap_or(Uuid::nil()))
-    .load(conn)
+    .set((
+        saga::current_sec.eq(to),
+        saga::adopt_generation.eq(saga::adopt_generation + 1),
+        saga::adopt_time.eq(Utc::now()),
+    ))
+    .returning(SagaRow::as_returning())
+    .get_results(conn)
     .await?;
     rows.sort_by_key(|row| row.id);
     Ok(rows)
@@ -63,7 +63,7 @@ pub async fn adopt_batch(
 /// An executor id is stable across restarts (a Nexus zone's id), so an owner check on the id alone cannot
 /// tell a new process from an old one that is still alive (hung, or a second `recover` started beside the
 /// first). The bump makes the difference: every write of an older incarnation carries the older generation
-/// and is fenced out exactly like a foreign executor's. Like [`adopt_batch`], the `UPDATE` waits for the
+/// and is fenced out exactly like a foreign executor's. Like [`adopt_sagas`], the `UPDATE` waits for the
 /// share locks the older incarnation's in-flight transactions hold, so none of its writes lands after it.
 pub async fn claim_unfinished(
     conn: &mut AsyncPgConnection,
@@ -72,7 +72,7 @@ pub async fn claim_unfinished(
     exclude: &[Uuid],
     batch: i64,
 ) -> QueryResult<Vec<SagaRow>> {
-    use diesel::sql_types::Array;
+    use diesel::sql_types::{Array, BigInt, Timestamptz, Uuid as SqlUuid};
     let mut rows: Vec<SagaRow> = diesel::sql_query(
         "UPDATE saga SET adopt_generation = adopt_generation + 1, adopt_time = $2 \
          WHERE current_sec = $1 AND saga_state IN ('running', 'unwinding') \
@@ -107,6 +107,30 @@ pub async fn unfinished_among(
         .order(saga::id)
         .load(conn)
         .await
+}
+
+/// How many sagas of each of `names` are unfinished (`running` / `unwinding`) under one of `executors`, or
+/// `stuck` among `sagas`, by name (a name with none has no entry). A command checks with it, before it starts
+/// an engine, whether that engine would have to resume sagas it cannot run as asked (the CLI's Nexus sagas
+/// without their services).
+pub async fn unfinished_by_name(
+    conn: &mut AsyncPgConnection,
+    names: &[&str],
+    executors: &[Uuid],
+    sagas: &[Uuid],
+) -> QueryResult<BTreeMap<String, i64>> {
+    let unfinished = saga::saga_state
+        .eq_any(crate::owner::WRITABLE_STATES)
+        .and(saga::current_sec.eq_any(executors));
+    let stuck = saga::saga_state.eq("stuck").and(saga::id.eq_any(sagas));
+    let counts: Vec<(String, i64)> = saga::table
+        .filter(saga::name.eq_any(names))
+        .filter(unfinished.or(stuck))
+        .group_by(saga::name)
+        .select((saga::name, diesel::dsl::count_star()))
+        .load(conn)
+        .await?;
+    Ok(counts.into_iter().collect())
 }
 
 /// Why an operator action refuses a saga.
@@ -227,7 +251,7 @@ async fn lock_saga(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option
 }
 
 /// A node whose compensation failed: its `undo_failed` event.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct FailedUndo {
     pub node_id: i64,
     pub node: String,
@@ -236,7 +260,7 @@ pub struct FailedUndo {
 }
 
 /// A node whose commit happened and has not been compensated.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct UncompensatedCommit {
     pub node: String,
     pub time_committed: DateTime<Utc>,
@@ -250,7 +274,7 @@ pub struct UncompensatedCommit {
 ///
 /// Computed for any saga (an `unwinding` saga also has commits not yet compensated); for one that is not
 /// stuck, `failed_undos` is empty and the stuck fields are `None`.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct StuckDiagnosis {
     pub saga_id: Uuid,
     pub state: String,

@@ -12,7 +12,9 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 /// A row of `saga_commit_record`.
-#[derive(Clone, Debug, Queryable, Selectable, Insertable, serde::Serialize)]
+#[derive(
+    Clone, Debug, PartialEq, Queryable, Selectable, Insertable, serde::Serialize, serde::Deserialize,
+)]
 #[diesel(table_name = saga_commit_record)]
 pub struct CommitRecord {
     pub saga_id: Uuid,
@@ -24,7 +26,9 @@ pub struct CommitRecord {
 }
 
 /// A row of `saga_compensation_record`.
-#[derive(Clone, Debug, Queryable, Selectable, Insertable, serde::Serialize)]
+#[derive(
+    Clone, Debug, PartialEq, Queryable, Selectable, Insertable, serde::Serialize, serde::Deserialize,
+)]
 #[diesel(table_name = saga_compensation_record)]
 pub struct CompensationRecord {
     pub saga_id: Uuid,

@@ -8,7 +8,7 @@ use crate::schema::{saga, saga_commit_record, saga_compensation_record, saga_nod
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use uuid::Uuid;
 
 /// A saga's state as ratchet records it. steno knows only running / unwinding / done; ratchet adds `stuck`
@@ -63,7 +63,17 @@ impl std::str::FromStr for SagaState {
 }
 
 /// A row of `saga`.
-#[derive(Clone, Debug, Queryable, QueryableByName, Selectable, Insertable, serde::Serialize)]
+#[derive(
+    Clone,
+    Debug,
+    PartialEq,
+    Queryable,
+    QueryableByName,
+    Selectable,
+    Insertable,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 #[diesel(table_name = saga)]
 pub struct SagaRow {
     pub id: Uuid,
@@ -160,14 +170,81 @@ impl Default for SagaFilter {
     }
 }
 
-/// A page of sagas, and whether more matched than the limit let through.
-#[derive(Clone, Debug, serde::Serialize)]
+/// A page of sagas, whether more matched than the limit let through, and how each `done` saga of the page
+/// ended.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SagaPage {
     pub sagas: Vec<SagaRow>,
     pub truncated: bool,
+    /// For each `done` saga of `sagas` (and only those): whether it succeeded or unwound ([`saga_endings`]).
+    pub endings: BTreeMap<Uuid, SagaEnd>,
 }
 
-/// The sagas `filter` selects, newest first, at most `filter.limit`, saying whether the list was truncated.
+/// How a `done` saga ended. steno records both a saga whose every node succeeded and one that unwound
+/// cleanly as `done`; the log tells them apart: a saga unwinds exactly when one of its nodes fails, and steno
+/// then records `failed` for that node (a node failed after its commit included: the engine withdraws its
+/// `succeeded` event, so its log reads `started, failed`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SagaEnd {
+    /// Every node succeeded.
+    Succeeded,
+    /// A node failed, and every commit before it was compensated.
+    Unwound,
+}
+
+/// How each `done` saga among `sagas` ended (one query, over the `failed` events of those sagas); the
+/// others (unfinished, stuck, abandoned) have no entry.
+pub async fn saga_endings(
+    conn: &mut AsyncPgConnection,
+    sagas: &[SagaRow],
+) -> QueryResult<BTreeMap<Uuid, SagaEnd>> {
+    let done: Vec<Uuid> = sagas
+        .iter()
+        .filter(|row| row.saga_state == SagaState::Done.as_str())
+        .map(|row| row.id)
+        .collect();
+    if done.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let failed: BTreeSet<Uuid> = saga_node_event::table
+        .filter(saga_node_event::saga_id.eq_any(&done))
+        .filter(saga_node_event::event_type.eq("failed"))
+        .select(saga_node_event::saga_id)
+        .distinct()
+        .load::<Uuid>(conn)
+        .await?
+        .into_iter()
+        .collect();
+    Ok(done
+        .into_iter()
+        .map(|id| (id, SagaEnd::of(failed.contains(&id))))
+        .collect())
+}
+
+impl SagaEnd {
+    /// A `done` saga's end, from whether a node of it failed.
+    fn of(a_node_failed: bool) -> SagaEnd {
+        if a_node_failed {
+            SagaEnd::Unwound
+        } else {
+            SagaEnd::Succeeded
+        }
+    }
+}
+
+/// How many sagas are in each state (a state no saga is in has no entry).
+pub async fn count_by_state(conn: &mut AsyncPgConnection) -> QueryResult<BTreeMap<String, i64>> {
+    let counts: Vec<(String, i64)> = saga::table
+        .group_by(saga::saga_state)
+        .select((saga::saga_state, diesel::dsl::count_star()))
+        .load(conn)
+        .await?;
+    Ok(counts.into_iter().collect())
+}
+
+/// The sagas `filter` selects, newest first, at most `filter.limit`, saying whether the list was truncated
+/// and how each `done` saga of it ended.
 pub async fn list_sagas_where(
     conn: &mut AsyncPgConnection,
     filter: &SagaFilter,
@@ -193,7 +270,12 @@ pub async fn list_sagas_where(
         .await?;
     let truncated = sagas.len() as i64 > limit;
     sagas.truncate(limit as usize);
-    Ok(SagaPage { sagas, truncated })
+    let endings = saga_endings(conn, &sagas).await?;
+    Ok(SagaPage {
+        sagas,
+        truncated,
+        endings,
+    })
 }
 
 /// The unfinished sagas (`running` / `unwinding`) of executor `sec_id`, in pages of `batch` by id.
@@ -205,17 +287,7 @@ pub async fn list_unfinished(
     let mut all = Vec::new();
     let mut after: Option<Uuid> = None;
     loop {
-        let mut query = saga::table
-            .filter(saga::current_sec.eq(sec_id))
-            .filter(saga::saga_state.eq_any(WRITABLE_STATES))
-            .select(SagaRow::as_select())
-            .order(saga::id)
-            .limit(batch)
-            .into_boxed();
-        if let Some(after) = after {
-            query = query.filter(saga::id.gt(after));
-        }
-        let page = query.load(conn).await?;
+        let page = unfinished_after(conn, sec_id, after, batch).await?;
         let done = (page.len() as i64) < batch;
         after = page.last().map(|row| row.id);
         all.extend(page);
@@ -223,6 +295,28 @@ pub async fn list_unfinished(
             return Ok(all);
         }
     }
+}
+
+/// One page of [`list_unfinished`]: up to `batch` unfinished sagas of executor `sec_id` with ids above
+/// `after`, lowest id first. Reads only: an adoption reads a page to decide which sagas it can run, then
+/// claims those ([`crate::ops::adopt_sagas`]).
+pub async fn unfinished_after(
+    conn: &mut AsyncPgConnection,
+    sec_id: Uuid,
+    after: Option<Uuid>,
+    batch: i64,
+) -> QueryResult<Vec<SagaRow>> {
+    let mut query = saga::table
+        .filter(saga::current_sec.eq(sec_id))
+        .filter(saga::saga_state.eq_any(WRITABLE_STATES))
+        .select(SagaRow::as_select())
+        .order(saga::id)
+        .limit(batch)
+        .into_boxed();
+    if let Some(after) = after {
+        query = query.filter(saga::id.gt(after));
+    }
+    query.load(conn).await
 }
 
 /// The logs of many sagas at once (one query per `batch` sagas), each in a stable order.
@@ -252,12 +346,20 @@ pub async fn load_logs(
 }
 
 /// Everything recorded about one saga: its events in time order, and its commit and compensation records.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SagaHistory {
     pub saga: SagaRow,
     pub events: Vec<EventRow>,
     pub commits: Vec<CommitRecord>,
     pub compensations: Vec<CompensationRecord>,
+}
+
+impl SagaHistory {
+    /// How the saga ended, if it is `done` (see [`SagaEnd`]); `None` for any other state.
+    pub fn ended(&self) -> Option<SagaEnd> {
+        (self.saga.saga_state == SagaState::Done.as_str())
+            .then(|| SagaEnd::of(self.events.iter().any(|e| e.event_type == "failed")))
+    }
 }
 
 /// The history of saga `id`, or `None` if there is no such saga.

@@ -110,3 +110,41 @@ pub async fn missing(conn: &mut AsyncPgConnection) -> diesel::QueryResult<Vec<St
     }
     Ok(missing)
 }
+
+/// Whether every migration of `migrations` is applied to the database, read from diesel's migration table
+/// (`__diesel_schema_migrations`) without creating it: a command that only reads asks this before it reads
+/// tables those migrations make (the CLI's `check`, for the Nexus tables).
+pub async fn migrations_applied(
+    conn: &mut AsyncPgConnection,
+    migrations: &'static diesel_migrations::EmbeddedMigrations,
+) -> Result<bool, crate::DbError> {
+    use diesel::migration::MigrationSource;
+    use diesel::sql_types::BigInt;
+    let wanted: Vec<String> =
+        MigrationSource::<diesel::pg::Pg>::migrations(&crate::pool::StaticMigrations(migrations))
+            .map_err(|e| crate::DbError::Migration(format!("listing the migrations: {e}")))?
+            .iter()
+            .map(|m| m.name().version().to_string())
+            .collect();
+    #[derive(diesel::QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = BigInt)]
+        count: i64,
+    }
+    let table: Count = diesel::sql_query(
+        "SELECT count(*) AS count FROM information_schema.tables \
+         WHERE table_schema = current_schema() AND table_name = '__diesel_schema_migrations'",
+    )
+    .get_result(conn)
+    .await?;
+    if table.count == 0 {
+        return Ok(false);
+    }
+    let applied: Count = diesel::sql_query(
+        "SELECT count(*) AS count FROM __diesel_schema_migrations WHERE version = ANY($1)",
+    )
+    .bind::<Array<Text>, _>(&wanted)
+    .get_result(conn)
+    .await?;
+    Ok(applied.count == wanted.len() as i64)
+}

@@ -122,7 +122,7 @@ pub fn assert_says(run: &Run, lines: &[&str]) {
 }
 
 /// Renames the action of example saga `id`'s `activate_widget` node to one this binary does not register, as
-/// a saga created by an older release would name it: recovery must abandon that saga, with the reason.
+/// a saga created by another release would name it: recovery must leave that saga alone, with the reason.
 pub async fn rename_activate_widget(conn: &mut AsyncPgConnection, id: Uuid) {
     diesel::sql_query(
         "UPDATE saga SET saga_dag = jsonb_set(saga_dag, '{graph,nodes,2,Action,action_name}', \

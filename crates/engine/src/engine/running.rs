@@ -1,0 +1,483 @@
+//! Running sagas: creating one ([`Engine::create`]), running it ([`PreparedSaga`]), and following any
+//! started saga (created or resumed) to rest.
+//!
+//! # Design
+//!
+//! [`Engine::create`] builds the saga's DAG, registers the saga with the SEC's store ([`Engine::saga_cx`]:
+//! which nodes are database nodes, whose `started` event their own transaction writes) and has steno record
+//! it durably; nothing runs until [`PreparedSaga::run`]. Every started saga, created or resumed, is then
+//! followed by [`Engine::finish`], which waits for the first of steno's result, a fence, or the engine's
+//! shutdown, and turns it into a [`SagaOutcome`].
+//!
+//! # Invariants
+//!
+//! - A saga is in [`Engine::live`] from before its row exists until it comes to rest (or is fenced, or
+//!   interrupted): recovery never claims a saga this engine is creating or driving.
+//! - A fenced saga's outcome is [`SagaOutcome::Fenced`], whatever steno concluded in memory: the executor that
+//!   adopted the saga owns its outcome.
+//! - Every outcome is counted once and recorded in the ring of recent outcomes, and the saga's registration
+//!   with the store is dropped.
+
+use super::{Engine, Registered, SagaOutcome, Sec, lock};
+use crate::error::EngineError;
+use crate::observe::RecentOutcome;
+use crate::saga_def::{Envelope, NodeKind, SagaBuilder, SagaCx, SagaDef};
+use crate::shutdown::panic_message;
+use futures::FutureExt;
+use ratchet_store::{SagaLogHandle, SagaOwner, SagaRegistration};
+use std::collections::{BTreeMap, HashSet};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use steno::{SagaDag, SagaId, SagaResultErr};
+use uuid::Uuid;
+
+/// What the engine needs to bring one started saga to rest.
+pub(crate) struct Tracked {
+    pub(super) id: Uuid,
+    pub(super) name: &'static str,
+    started: Instant,
+    sec: Arc<Sec>,
+    log: SagaLogHandle,
+}
+
+impl Tracked {
+    /// A saga this engine is about to start (created or resumed): its clock starts now.
+    pub(super) fn new(id: Uuid, name: &'static str, sec: Arc<Sec>, log: SagaLogHandle) -> Tracked {
+        Tracked {
+            id,
+            name,
+            started: Instant::now(),
+            sec,
+            log,
+        }
+    }
+}
+
+/// A saga created (durably) but not yet started: arm failpoints or steno injections, then run it.
+pub struct PreparedSaga {
+    engine: Engine,
+    pub id: Uuid,
+    /// steno's future for the saga's result. In a mutex only so that `PreparedSaga` is `Sync` (a boxed future
+    /// is `Send` but not `Sync`), so that a `&PreparedSaga` can be held across an `.await`; it is never locked
+    /// while contended.
+    future: Mutex<futures::future::BoxFuture<'static, steno::SagaResult>>,
+    tracked: Tracked,
+    dag: Arc<SagaDag>,
+    kinds: BTreeMap<String, NodeKind>,
+}
+
+// `PreparedSaga` stays `Send + Sync`: callers hold a `&PreparedSaga` across `.await`s (steno injections) in
+// futures that must be `Send`.
+const _: fn() = || {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<PreparedSaga>();
+};
+
+impl PreparedSaga {
+    /// The saga's nodes in DAG order (steno's node order: insertion order), with their kinds; the start and
+    /// end nodes are left out.
+    pub fn nodes(&self) -> Vec<(String, NodeKind)> {
+        let mut nodes: Vec<(u32, String, NodeKind)> = self
+            .dag
+            .get_nodes()
+            .filter_map(|node| {
+                let name = node.name().as_ref().to_owned();
+                let kind = *self.kinds.get(&name)?;
+                Some((node.index().index() as u32, name, kind))
+            })
+            .collect();
+        nodes.sort_by_key(|(index, _, _)| *index);
+        nodes
+            .into_iter()
+            .map(|(_, name, kind)| (name, kind))
+            .collect()
+    }
+
+    /// steno's node index of `node` (for `saga_inject_*`).
+    pub fn node_index(&self, node: &str) -> Result<steno::SagaNodeId, EngineError> {
+        let index = self
+            .dag
+            .get_index(node)
+            .map_err(|e| EngineError::Steno(e.to_string()))?;
+        Ok(steno::SagaNodeId::from(index.index() as u32))
+    }
+
+    /// Replaces `node`'s action with an error (steno's own injection: the action body never runs).
+    pub async fn inject_error(&self, node: &str) -> Result<(), EngineError> {
+        let index = self
+            .dag
+            .get_index(node)
+            .map_err(|e| EngineError::Steno(e.to_string()))?;
+        let id = steno_id(self.id);
+        self.tracked
+            .sec
+            .call("saga_inject_error", |sec| async move {
+                sec.saga_inject_error(id, index).await
+            })
+            .await
+    }
+
+    /// Runs `node`'s action `action` times and its undo `undo` times (steno's repeat injection).
+    pub async fn inject_repeat(
+        &self,
+        node: &str,
+        action: u32,
+        undo: u32,
+    ) -> Result<(), EngineError> {
+        let index = self
+            .dag
+            .get_index(node)
+            .map_err(|e| EngineError::Steno(e.to_string()))?;
+        let repeat = steno::RepeatInjected {
+            action: std::num::NonZeroU32::new(action.max(1)).unwrap_or(std::num::NonZeroU32::MIN),
+            undo: std::num::NonZeroU32::new(undo.max(1)).unwrap_or(std::num::NonZeroU32::MIN),
+        };
+        let id = steno_id(self.id);
+        self.tracked
+            .sec
+            .call("saga_inject_repeat", |sec| async move {
+                sec.saga_inject_repeat(id, index, repeat).await
+            })
+            .await
+    }
+
+    /// Starts the saga and waits for it to come to rest. Refused once the engine is shutting down (the saga
+    /// stays `running` in the database, for recovery).
+    pub async fn run(self) -> Result<SagaOutcome, EngineError> {
+        let engine = self.engine;
+        engine.refuse_if_shutting_down()?;
+        engine.start_in_steno(&self.tracked).await?;
+        let future = self
+            .future
+            .into_inner()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        Ok(engine.finish(self.tracked, future).await)
+    }
+}
+
+pub(crate) fn steno_id(id: Uuid) -> SagaId {
+    newtype_uuid::GenericUuid::from_untyped_uuid(id)
+}
+
+impl Engine {
+    /// Creates saga `S` with `params`: builds its DAG and records it durably. Nothing runs until
+    /// [`PreparedSaga::run`]. Refused once the engine is shutting down.
+    pub async fn create<S: SagaDef>(&self, params: S::Params) -> Result<PreparedSaga, EngineError> {
+        self.refuse_if_shutting_down()?;
+        let registered = self.registered::<S>()?;
+        let mut builder = SagaBuilder::<S>::new();
+        S::build(&params, &mut builder).map_err(|message| EngineError::BadParams {
+            saga: S::NAME.to_owned(),
+            message,
+        })?;
+        let (dag, node_args, kinds) =
+            builder.build_dag().map_err(|message| EngineError::BadDag {
+                saga: S::NAME.to_owned(),
+                message,
+            })?;
+        let envelope = serde_json::to_value(Envelope {
+            params,
+            nodes: node_args,
+        })
+        .map_err(|e| EngineError::BadParams {
+            saga: S::NAME.to_owned(),
+            message: e.to_string(),
+        })?;
+        let dag = Arc::new(SagaDag::new(dag, envelope));
+        let id = Uuid::new_v4();
+        let owner = SagaOwner {
+            sec_id: self.sec_id,
+            generation: 1,
+        };
+        let sec = Arc::clone(&self.sec);
+        let (cx, log) = self.saga_cx::<S>(&registered, &sec, id, owner, &dag, &kinds, None);
+        let dag_for_steno = Arc::clone(&dag);
+        // Live before its row exists, and no claim of this engine runs until the row is there: a recovery
+        // never claims (and so fences) it.
+        let creating = self.recovering.read().await;
+        lock(&self.live).insert(id, S::NAME.to_owned());
+        let created = sec
+            .call("saga_create", |client| async move {
+                client
+                    .saga_create(
+                        steno_id(id),
+                        Arc::new(cx),
+                        Arc::clone(&dag_for_steno),
+                        Arc::clone(&registered.registry),
+                    )
+                    .await
+            })
+            .await;
+        let future = created.map_err(|error| {
+            sec.store.unregister(steno_id(id));
+            lock(&self.live).remove(&id);
+            if self.is_shutting_down() {
+                EngineError::ShuttingDown
+            } else {
+                error
+            }
+        })?;
+        drop(creating);
+        self.shared.counters.started.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(saga_id = %id, saga = S::NAME, "saga created");
+        Ok(PreparedSaga {
+            engine: self.clone(),
+            id,
+            future: Mutex::new(future),
+            tracked: Tracked::new(id, S::NAME, sec, log),
+            dag,
+            kinds,
+        })
+    }
+
+    /// Creates and runs saga `S` to rest.
+    pub async fn run<S: SagaDef>(
+        &self,
+        params: S::Params,
+    ) -> Result<(Uuid, SagaOutcome), EngineError> {
+        let saga = self.create::<S>(params).await?;
+        let id = saga.id;
+        Ok((id, saga.run().await?))
+    }
+
+    /// Waits for a saga this engine resumed (recovery, adoption, retry-unwind) to come to rest; `None` if it
+    /// did not resume it.
+    pub async fn wait(&self, id: Uuid) -> Option<SagaOutcome> {
+        let mut receiver = lock(&self.running).get(&id).cloned()?;
+        receiver
+            .wait_for(|o| o.is_some())
+            .await
+            .ok()
+            .and_then(|outcome| outcome.clone())
+    }
+
+    /// The per-saga context and its registration with `sec`'s store. `resumed_from`: the log a resumed saga
+    /// was loaded from (`None` for a saga created here).
+    // Every argument is one fact about the saga being registered; a struct to carry them would be built at two
+    // call sites only to be taken apart here.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn saga_cx<S: SagaDef>(
+        &self,
+        registered: &Registered<S>,
+        sec: &Sec,
+        id: Uuid,
+        owner: SagaOwner,
+        dag: &SagaDag,
+        kinds: &BTreeMap<String, NodeKind>,
+        resumed_from: Option<&[steno::SagaNodeEvent]>,
+    ) -> (SagaCx<S>, SagaLogHandle) {
+        let mut node_ids = BTreeMap::new();
+        let mut deferred = HashSet::new();
+        let mut names = BTreeMap::new();
+        for node in dag.get_nodes() {
+            let index = node.index().index() as u32;
+            let name = node.name().as_ref().to_owned();
+            if kinds.get(&name) == Some(&NodeKind::Db) {
+                deferred.insert(index);
+            }
+            names.insert(index, name.clone());
+            node_ids.insert(name, index);
+        }
+        let (start_node, end_node) = dag_bookends(dag);
+        let log = sec.store.register(
+            steno_id(id),
+            SagaRegistration {
+                owner,
+                definition_version: S::VERSION,
+                deferred_nodes: deferred,
+                node_names: names,
+                end_node,
+                start_node,
+                undo_failed_logged: resumed_from.is_some_and(|events| {
+                    events
+                        .iter()
+                        .any(|e| matches!(e.event_type, steno::SagaNodeEventType::UndoFailed(_)))
+                }),
+            },
+        );
+        let cx = SagaCx {
+            saga_id: id,
+            shared: Arc::clone(&self.shared),
+            log: log.clone(),
+            app: Arc::clone(&registered.app),
+            node_ids,
+            started_in_log: resumed_from
+                .into_iter()
+                .flatten()
+                .filter(|e| matches!(e.event_type, steno::SagaNodeEventType::Started))
+                .map(|e| u32::from(e.node_id))
+                .collect(),
+            commit_sent: Mutex::new(HashSet::new()),
+            commit_unknown: Mutex::new(HashSet::new()),
+            resumed: resumed_from.is_some(),
+            db_turn: tokio::sync::Mutex::new(()),
+        };
+        (cx, log)
+    }
+
+    /// Tells steno to start a created or resumed saga.
+    pub(super) async fn start_in_steno(&self, tracked: &Tracked) -> Result<(), EngineError> {
+        let id = steno_id(tracked.id);
+        let started = tracked
+            .sec
+            .call(
+                "saga_start",
+                |client| async move { client.saga_start(id).await },
+            )
+            .await;
+        if let Err(error) = started {
+            tracked.sec.store.unregister(steno_id(tracked.id));
+            return Err(error);
+        }
+        tracked.sec.unresolved.fetch_add(1, Ordering::SeqCst);
+        lock(&self.live).insert(tracked.id, tracked.name.to_owned());
+        Ok(())
+    }
+
+    /// Waits for steno's result (or a fence, or the engine's shutdown) and turns it into an outcome.
+    pub(super) async fn finish(
+        &self,
+        tracked: Tracked,
+        future: futures::future::BoxFuture<'static, steno::SagaResult>,
+    ) -> SagaOutcome {
+        let Tracked {
+            id,
+            name,
+            started,
+            sec,
+            log,
+        } = tracked;
+        let fence = Arc::clone(log.fence());
+        let mut outcome = tokio::select! {
+            biased;
+            result = AssertUnwindSafe(future).catch_unwind() => {
+                sec.unresolved.fetch_sub(1, Ordering::SeqCst);
+                match result {
+                    Ok(result) => outcome_of(result),
+                    Err(panic) => {
+                        let reason = format!(
+                            "steno's executor dropped the saga ({}); it stays unfinished in the database",
+                            panic_message(panic.as_ref())
+                        );
+                        tracing::error!(saga_id = %id, %reason, "saga interrupted");
+                        SagaOutcome::Interrupted { reason }
+                    }
+                }
+            }
+            () = fence.raised() => SagaOutcome::Fenced,
+            () = self.shared.shutdown.stopped() => SagaOutcome::Interrupted {
+                reason: "the engine shut down before the saga came to rest; it stays unfinished in the \
+                         database for the next start to recover"
+                    .to_owned(),
+            },
+        };
+        if fence.is_raised() {
+            // Some write of this executor was refused: whatever steno concluded in memory is not what the
+            // database holds. The executor that adopted the saga owns its outcome.
+            outcome = SagaOutcome::Fenced;
+        }
+        let host = &self.shared.host_log;
+        match &outcome {
+            SagaOutcome::Fenced => host.event(
+                slog::Level::Info,
+                "fenced",
+                id,
+                None,
+                "fenced out: another executor (or a newer incarnation) drives this saga now",
+            ),
+            SagaOutcome::Stuck {
+                undo_node,
+                undo_error,
+                ..
+            } => host.event(
+                slog::Level::Error,
+                "stuck",
+                id,
+                Some(undo_node),
+                &format!("saga stuck: the compensation of {undo_node} failed: {undo_error}"),
+            ),
+            _ => {}
+        }
+        match &outcome {
+            SagaOutcome::Fenced => tracing::info!(saga_id = %id, saga = name,
+                "fenced out: another executor adopted this saga (or it was abandoned); this executor stopped \
+                 driving it without unwinding it"),
+            SagaOutcome::Interrupted { reason } => {
+                tracing::info!(saga_id = %id, saga = name, %reason, "saga left unfinished")
+            }
+            outcome => tracing::info!(saga_id = %id, saga = name, ?outcome, "saga at rest"),
+        }
+        self.shared.counters.count_outcome(&outcome);
+        self.record_outcome(id, name, outcome.clone(), started.elapsed());
+        sec.store.unregister(steno_id(id));
+        lock(&self.live).remove(&id);
+        outcome
+    }
+
+    /// Adds an entry to the ring of recent outcomes.
+    pub(crate) fn record_outcome(
+        &self,
+        id: Uuid,
+        name: &str,
+        outcome: SagaOutcome,
+        duration: Duration,
+    ) {
+        self.shared.recent.push(RecentOutcome {
+            saga_id: id,
+            saga_name: name.to_owned(),
+            outcome,
+            finished_at: chrono::Utc::now(),
+            duration,
+        });
+    }
+}
+
+/// steno's indexes of the DAG's start and end nodes (steno keeps them private; its serialized form names
+/// them). `None` only if steno's serialized form changes, which costs two durable commits per saga each,
+/// never correctness.
+fn dag_bookends(dag: &SagaDag) -> (Option<u32>, Option<u32>) {
+    let Ok(serialized) = serde_json::to_value(dag) else {
+        return (None, None);
+    };
+    let index = |which: &str| {
+        serialized
+            .get(which)?
+            .as_u64()
+            .and_then(|index| u32::try_from(index).ok())
+    };
+    (index("start_node"), index("end_node"))
+}
+
+fn outcome_of(result: steno::SagaResult) -> SagaOutcome {
+    match result.kind {
+        Ok(ok) => SagaOutcome::Succeeded {
+            output: ok
+                .saga_output::<serde_json::Value>()
+                .unwrap_or(serde_json::Value::Null),
+        },
+        Err(SagaResultErr {
+            error_node_name,
+            error_source,
+            undo_failure,
+        }) => {
+            let error = match error_source.clone().convert::<crate::error::NodeFailure>() {
+                Ok(failure) => failure.message,
+                Err(_) => error_source.to_string(),
+            };
+            match undo_failure {
+                None => SagaOutcome::Unwound {
+                    node: error_node_name.as_ref().to_owned(),
+                    error,
+                },
+                Some((undo_node, undo_error)) => SagaOutcome::Stuck {
+                    node: error_node_name.as_ref().to_owned(),
+                    error,
+                    undo_node: undo_node.as_ref().to_owned(),
+                    undo_error: undo_error.to_string(),
+                },
+            }
+        }
+    }
+}
