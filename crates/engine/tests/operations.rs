@@ -789,18 +789,19 @@ async fn shutdown_stops_nodes_at_a_phase_boundary_and_the_next_start_recovers() 
         let engine = engine.clone();
         async move { engine.shutdown().await }
     });
-    // The shutdown has begun once the engine refuses new sagas (a condition, with a deadline)...
+    // The shutdown has begun (a condition, with a deadline), and new sagas are refused...
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !matches!(
-        engine.create::<ProvisionWidget>(params(account)).await,
-        Err(EngineError::ShuttingDown)
-    ) {
+    while !engine.is_shutting_down() {
         assert!(
             std::time::Instant::now() < deadline,
             "the shutdown never began"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    assert!(matches!(
+        engine.create::<ProvisionWidget>(params(account)).await,
+        Err(EngineError::ShuttingDown)
+    ));
     // ...and it does not end while the node is in flight (an observation window, not synchronisation).
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
