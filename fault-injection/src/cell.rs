@@ -18,8 +18,8 @@ use ratchet_engine::{
     SagaOutcome,
 };
 use ratchet_store::saga::{get_saga, saga_history};
-use ratchet_store::testing::{DatabaseServer, TestDatabase};
 use ratchet_store::{PoolConfig, RetryPolicy};
+use ratchet_test_utils::testing::{DatabaseServer, TestDatabase};
 use serde::Serialize;
 use std::time::{Duration, Instant};
 use uuid::Uuid;

@@ -12,7 +12,6 @@ use common::{assert_all_pass, run};
 use diesel::sql_types::{BigInt, Text, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
 use diesel_migrations::EmbeddedMigrations;
-use ratchet_engine::example::{self};
 use ratchet_engine::{
     CommitTx, DbNode, EngineBuilder, NodeError, NodeKind, NodeRegistry, PrepareCx, SagaBuilder,
     SagaDef,
@@ -20,6 +19,7 @@ use ratchet_engine::{
 use ratchet_fault_injection::example::{self as checks, ProvisionSuite};
 use ratchet_fault_injection::{CellResult, Fault, HarnessError, Matrix, SagaSuite, Status};
 use ratchet_store::DbConnection;
+use ratchet_test_utils::example::{self};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use uuid::Uuid;

@@ -91,18 +91,19 @@ pub fn after<'a>(lines: &'a [String], prefix: &str) -> Option<&'a str> {
 
 /// A fresh database with the example saga's tables, a connection to it, and an account holding 100.
 pub async fn database_with_account() -> (
-    ratchet_store::testing::TestDatabase,
+    ratchet_test_utils::testing::TestDatabase,
     diesel_async::AsyncPgConnection,
     uuid::Uuid,
 ) {
     use diesel_async::AsyncConnection;
-    let db = ratchet_store::testing::fresh_database(&[&ratchet_engine::example::MIGRATIONS])
-        .await
-        .expect("database");
+    let db =
+        ratchet_test_utils::testing::fresh_database(&[&ratchet_test_utils::example::MIGRATIONS])
+            .await
+            .expect("database");
     let mut conn = diesel_async::AsyncPgConnection::establish(&db.url)
         .await
         .expect("connect");
-    let account = ratchet_engine::example::create_account(&mut conn, 100)
+    let account = ratchet_test_utils::example::create_account(&mut conn, 100)
         .await
         .expect("account");
     (db, conn, account)

@@ -7,10 +7,10 @@
 //! node); one that ran again would charge twice. The engine waits, resolves the outcome from the commit
 //! record once the database answers, and goes on: one charge, one commit record, the saga done.
 
-use ratchet_engine::example::{self, ProvisionParams, ProvisionWidget};
 use ratchet_engine::{Engine, EngineBuilder, EngineConfig, FaultEffect, FaultPoint, SagaOutcome};
 use ratchet_store::RetryPolicy;
 use ratchet_store::saga::saga_history;
+use ratchet_test_utils::example::{self, ProvisionParams, ProvisionWidget};
 use ratchet_tests::database_with_account;
 use ratchet_tests::pg_proxy::{PgProxy, Upstream};
 use std::sync::Arc;

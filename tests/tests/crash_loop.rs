@@ -4,8 +4,8 @@
 //! start limit, the engine counts those starts durably and, past the limit, gives the node up: it fails, the
 //! saga unwinds (the node before it is compensated), and the loop ends.
 
-use ratchet_engine::example;
 use ratchet_store::saga::saga_history;
+use ratchet_test_utils::example;
 use ratchet_tests::{after, database_with_account, lines_of};
 use std::io::BufRead;
 use std::os::unix::process::ExitStatusExt;

@@ -17,7 +17,7 @@ use diesel::sql_types::{BigInt, Text};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use ratchet_embedded_pg::Cluster;
 use ratchet_sagas::DATASTORE_MIGRATIONS;
-use ratchet_store::testing::fresh_database;
+use ratchet_test_utils::testing::fresh_database;
 use ratchet_tests::{Child, InstanceCreateShape, NoLine, Scratch, ratchet_cli, saga_states};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

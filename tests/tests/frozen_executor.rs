@@ -22,7 +22,7 @@
 use diesel::sql_types::{BigInt, Nullable, Text, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use ratchet_sagas::{DATASTORE_MIGRATIONS, invariants};
-use ratchet_store::testing::fresh_database;
+use ratchet_test_utils::testing::fresh_database;
 use ratchet_tests::{
     Child, Count, InstanceCreateShape, Scratch, Sim, assert_no_saga_given_up,
     check_instance_create_domain, ratchet_cli, saga_states,

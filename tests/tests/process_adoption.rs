@@ -5,8 +5,8 @@
 //! operator's `retry-unwind` and `abandon`, run as `ratchet` processes against a live owner, are attacked the
 //! same way.
 
-use ratchet_engine::example;
 use ratchet_store::saga::saga_history;
+use ratchet_test_utils::example;
 use ratchet_tests::{Scratch, after, database_with_account, lines_of, ratchet_cli, read_until};
 use std::io::Write;
 use std::process::{Command, Stdio};

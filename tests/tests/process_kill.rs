@@ -7,8 +7,8 @@
 //! transaction back when the connection dies), and right after `COMMIT` (the charge is durable; the commit
 //! record makes the recovering process skip it).
 
-use ratchet_engine::example;
 use ratchet_store::saga::{get_saga, saga_history};
+use ratchet_test_utils::example;
 use ratchet_tests::{after, database_with_account, lines_of, read_until};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};

@@ -27,7 +27,7 @@
 
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use ratchet_sagas::{DATASTORE_MIGRATIONS, invariants};
-use ratchet_store::testing::{DatabaseServer, fresh_database};
+use ratchet_test_utils::testing::{DatabaseServer, fresh_database};
 use ratchet_tests::{
     Child, InstanceCreateShape, Scratch, Sim, SplitMix64, assert_no_saga_given_up,
     check_instance_create_domain, ratchet_cli, saga_states, test_seed,

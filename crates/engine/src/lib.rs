@@ -257,13 +257,12 @@
 //! }
 //! ```
 //!
-//! [`example`] holds a complete saga (the one `ratchet demo` runs).
+//! The `ratchet-test-utils` crate's `example` module holds a complete saga (the one `ratchet demo` runs).
 
 mod commit_outcome;
 mod context;
 mod engine;
 mod error;
-pub mod example;
 mod exec;
 mod exec_db;
 mod exec_external;

@@ -5,9 +5,9 @@ mod common;
 
 use common::*;
 use diesel_async::SimpleAsyncConnection;
-use ratchet_engine::example::{self, ProvisionWidget};
 use ratchet_engine::{EngineBuilder, EngineConfig, EngineError, SagaOutcome};
 use ratchet_store::pool::{MIGRATIONS_SQL, PoolConfig, connect_pool, establish};
+use ratchet_test_utils::example::{self, ProvisionWidget};
 use std::sync::Arc;
 use uuid::Uuid;
 

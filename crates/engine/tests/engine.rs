@@ -5,13 +5,13 @@ mod common;
 use common::*;
 use diesel::sql_types::{Text, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
-use ratchet_engine::example::{AccountState, ProvisionWidget};
 use ratchet_engine::{
     CommitTx, DbNode, Engine, FaultEffect, FaultPoint, NodeError, NodeRegistry, PrepareCx,
     SagaBuilder, SagaDef, SagaOutcome,
 };
 use ratchet_store::saga::{get_saga, saga_history};
-use ratchet_store::testing::TestDatabase;
+use ratchet_test_utils::example::{AccountState, ProvisionWidget};
+use ratchet_test_utils::testing::TestDatabase;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use uuid::Uuid;

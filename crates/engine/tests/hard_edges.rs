@@ -11,7 +11,6 @@ mod common;
 use common::*;
 use diesel::sql_types::Uuid as SqlUuid;
 use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
-use ratchet_engine::example::{AccountState, ProvisionWidget};
 use ratchet_engine::store::pool::SessionLimits;
 use ratchet_engine::{
     CommitTx, DbNode, Engine, EngineBuilder, EngineConfig, EngineError, FaultEffect, FaultPoint,
@@ -19,7 +18,8 @@ use ratchet_engine::{
 };
 use ratchet_store::RetryPolicy;
 use ratchet_store::saga::get_saga;
-use ratchet_store::testing::TestDatabase;
+use ratchet_test_utils::example::{AccountState, ProvisionWidget};
+use ratchet_test_utils::testing::TestDatabase;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;

@@ -37,7 +37,6 @@ pub mod saga;
 mod schema;
 pub mod schema_check;
 pub mod sec_store;
-pub mod testing;
 pub mod transaction;
 
 pub use error::{DbError, is_transient_diesel, message_is_transient};

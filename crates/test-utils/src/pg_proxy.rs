@@ -1006,9 +1006,8 @@ mod tests {
     }
 
     /// A fresh database, a proxy in front of its server, and the URL through the proxy.
-    async fn proxied_database()
-    -> anyhow::Result<(ratchet_store::testing::TestDatabase, PgProxy, String)> {
-        let db = ratchet_store::testing::fresh_database(&[]).await?;
+    async fn proxied_database() -> anyhow::Result<(crate::testing::TestDatabase, PgProxy, String)> {
+        let db = crate::testing::fresh_database(&[]).await?;
         let (upstream, user, dbname) = Upstream::from_url(&db.url)?;
         let proxy = PgProxy::start(upstream).await?;
         let url = proxy.url_for(&dbname, &user);

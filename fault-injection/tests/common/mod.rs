@@ -1,7 +1,7 @@
 //! What the harness's test files share: running a matrix on the test server, and the all-pass check.
 
 use ratchet_fault_injection::{Matrix, MatrixReport, Status};
-use ratchet_store::testing::DatabaseServer;
+use ratchet_test_utils::testing::DatabaseServer;
 
 /// Runs `matrix` four cells at a time on the test server and prints its table.
 pub async fn run(matrix: Matrix) -> MatrixReport {

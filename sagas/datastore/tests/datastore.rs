@@ -8,7 +8,7 @@ use uuid::Uuid;
 const GIB: i64 = 1 << 30;
 
 async fn connect() -> AsyncPgConnection {
-    let db = ratchet_store::testing::fresh_database(&[&ratchet_datastore::MIGRATIONS])
+    let db = ratchet_test_utils::testing::fresh_database(&[&ratchet_datastore::MIGRATIONS])
         .await
         .expect("a fresh test database");
     AsyncPgConnection::establish(&db.url)
@@ -1472,7 +1472,7 @@ async fn reads_work_in_a_read_only_transaction() {
 
 #[tokio::test]
 async fn serialization_failures_are_transient() {
-    let db = ratchet_store::testing::fresh_database(&[&ratchet_datastore::MIGRATIONS])
+    let db = ratchet_test_utils::testing::fresh_database(&[&ratchet_datastore::MIGRATIONS])
         .await
         .expect("database");
     let mut a = AsyncPgConnection::establish(&db.url).await.expect("a");
@@ -1515,7 +1515,7 @@ async fn serialization_failures_are_transient() {
 /// Two attaches to one instance race: the second waits on the instance lock, then either takes the next slot
 /// or fails transiently (it must never take the same slot, or fail permanently).
 async fn racing_attaches(isolation: &str) {
-    let db = ratchet_store::testing::fresh_database(&[&ratchet_datastore::MIGRATIONS])
+    let db = ratchet_test_utils::testing::fresh_database(&[&ratchet_datastore::MIGRATIONS])
         .await
         .expect("database");
     let mut a = AsyncPgConnection::establish(&db.url).await.expect("a");

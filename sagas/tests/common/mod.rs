@@ -1,7 +1,7 @@
 //! The fixture of the saga acceptance tests: one Nexus world on a fresh database, its simulated services, and
 //! an engine with every Nexus-shaped saga registered; plus the readers the tests assert with.
 //!
-//! [`Nexus::start`] does what `ratchet run` does (`crates/cli/src/run.rs`), on a database of its own:
+//! [`Nexus::start`] does what `ratchet run` does (`cli/src/run.rs`), on a database of its own:
 //!
 //! 1. a fresh database from the test server ([`DatabaseServer::for_tests`]), cloned from a template holding
 //!    the saga log's and the datastore's migrations;
@@ -23,7 +23,7 @@ use ratchet_sagas::{
     WorldSpec, invariants, world,
 };
 use ratchet_store::DbConnection;
-use ratchet_store::testing::DatabaseServer;
+use ratchet_test_utils::testing::DatabaseServer;
 use std::collections::BTreeMap;
 use uuid::Uuid;
 

@@ -27,8 +27,8 @@
 //! Progress goes to stdout, one line per event, so the parent can wait for "fault point reached".
 
 use anyhow::{Context, bail};
-use ratchet_engine::example::{ProvisionParams, ProvisionWidget};
 use ratchet_engine::{Engine, EngineBuilder, EngineConfig, FaultEffect, FaultPoint};
+use ratchet_test_utils::example::{ProvisionParams, ProvisionWidget};
 use std::io::Write;
 use std::sync::Arc;
 use tokio::io::{AsyncBufReadExt, BufReader};

@@ -3,10 +3,10 @@
 
 #![allow(dead_code)] // each test file uses its own subset
 
-use ratchet_engine::example::{self, AccountState, ProvisionParams, ProvisionWidget};
 use ratchet_engine::{Engine, EngineBuilder, EngineConfig, FaultEffect, FaultPoint, SagaOutcome};
 use ratchet_store::saga::{get_saga, saga_history};
-use ratchet_store::testing::{TestDatabase, fresh_database};
+use ratchet_test_utils::example::{self, AccountState, ProvisionParams, ProvisionWidget};
+use ratchet_test_utils::testing::{TestDatabase, fresh_database};
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{ratchet_at, redacted};
-use ratchet_store::testing::DatabaseServer;
+use ratchet_test_utils::testing::DatabaseServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn matrix_prints_its_table_and_keeps_the_injected_faults_log_apart() {

@@ -8,13 +8,13 @@
 //! is visible as exactly one ledger row and one subtraction; its compensation adds the price back, so a second
 //! compensation would show as a balance above the original.
 
-use crate::{
-    CommitTx, DbNode, Engine, EngineError, FaultEffect, FaultPoint, NodeError, NodeOutput,
-    PrepareCx, SagaBuilder, SagaDef, SagaOutcome,
-};
 use diesel::sql_types::{BigInt, Text, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
+use ratchet_engine::{
+    CommitTx, DbNode, Engine, EngineError, FaultEffect, FaultPoint, NodeError, NodeOutput,
+    PrepareCx, SagaBuilder, SagaDef, SagaOutcome,
+};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -37,7 +37,7 @@ impl SagaDef for ProvisionWidget {
     type Params = ProvisionParams;
     type Context = ();
 
-    crate::declare_saga_nodes! {
+    ratchet_engine::declare_saga_nodes! {
         db ReserveWidget,
         db ChargeAccount,
         db ActivateWidget,

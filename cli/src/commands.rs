@@ -8,11 +8,11 @@ use anyhow::{Context, bail};
 use diesel::sql_types::Text;
 use diesel_async::RunQueryDsl;
 use ratchet_embedded_pg::{Cluster, ClusterStatus};
-use ratchet_engine::example::{self, ProvisionParams, ProvisionWidget};
 use ratchet_engine::{Engine, EngineConfig, FaultEffect, FaultPoint, RecoveryReport, SagaOutcome};
 use ratchet_store::pool;
 use ratchet_store::saga::saga_history;
-use ratchet_store::testing::DatabaseServer;
+use ratchet_test_utils::example::{self, ProvisionParams, ProvisionWidget};
+use ratchet_test_utils::testing::DatabaseServer;
 use std::collections::BTreeMap;
 use uuid::Uuid;
 

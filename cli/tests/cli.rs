@@ -10,7 +10,6 @@ use common::{
 };
 use diesel::sql_types::BigInt;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use ratchet_engine::example::{self, ProvisionParams, ProvisionWidget};
 use ratchet_engine::{
     Abandoned, AdoptedSaga, AdoptionReport, Engine, EngineBuilder, EngineConfig, FaultEffect,
     FaultPoint, RecoveryReport, SagaOutcome,
@@ -19,7 +18,8 @@ use ratchet_store::StuckDiagnosis;
 use ratchet_store::saga::{
     SagaEnd, SagaFilter, SagaHistory, SagaPage, get_saga, list_sagas_where, saga_history,
 };
-use ratchet_store::testing::{DatabaseServer, TestDatabase, fresh_database};
+use ratchet_test_utils::example::{self, ProvisionParams, ProvisionWidget};
+use ratchet_test_utils::testing::{DatabaseServer, TestDatabase, fresh_database};
 use std::sync::Arc;
 use uuid::Uuid;
 

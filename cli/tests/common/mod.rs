@@ -5,7 +5,7 @@
 
 use diesel::sql_types::Uuid as SqlUuid;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use ratchet_store::testing::TestDatabase;
+use ratchet_test_utils::testing::TestDatabase;
 use std::path::Path;
 use std::process::Command;
 use uuid::Uuid;

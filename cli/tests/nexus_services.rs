@@ -9,7 +9,6 @@ use common::{
     ratchet, rename_activate_widget,
 };
 use diesel_async::{AsyncConnection, AsyncPgConnection};
-use ratchet_engine::example::{self, ProvisionParams, ProvisionWidget};
 use ratchet_engine::{EngineBuilder, EngineConfig, FaultEffect, FaultPoint, SagaOutcome};
 use ratchet_sagas::{
     DATASTORE_MIGRATIONS, InstanceCreate, InstanceCreateParams, NicSpec, Services, World,
@@ -17,7 +16,8 @@ use ratchet_sagas::{
 };
 use ratchet_sim::{PantryClient, SledAgentClient};
 use ratchet_store::saga::get_saga;
-use ratchet_store::testing::{TestDatabase, fresh_database};
+use ratchet_test_utils::example::{self, ProvisionParams, ProvisionWidget};
+use ratchet_test_utils::testing::{TestDatabase, fresh_database};
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};

@@ -31,12 +31,12 @@
 use crate::cli::ServiceArgs;
 use anyhow::{Context, bail};
 use diesel_migrations::EmbeddedMigrations;
-use ratchet_engine::example::{self, ProvisionWidget};
 use ratchet_engine::{EngineBuilder, EngineConfig, SagaDef};
 use ratchet_sagas::{
     DATASTORE_MIGRATIONS, DiskAttach, DiskDetach, InstanceCreate, NexusApp, SnapshotCreate,
 };
 use ratchet_sim::{PantryClient, SledAgentClient};
+use ratchet_test_utils::example::{self, ProvisionWidget};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use uuid::Uuid;

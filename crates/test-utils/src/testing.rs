@@ -6,12 +6,12 @@
 //! left running for the others (nextest runs every test in its own process). The template is published
 //! atomically by renaming it into place, so concurrent test processes never see a half-migrated one.
 
-use crate::{DbError, pool};
 use diesel::migration::MigrationSource;
 use diesel::sql_types::Text;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::EmbeddedMigrations;
 use ratchet_embedded_pg::Cluster;
+use ratchet_store::{DbError, pool};
 use std::path::PathBuf;
 
 /// A fresh, migrated database of the test server.
