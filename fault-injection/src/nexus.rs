@@ -232,6 +232,24 @@ fn services_handle(fixture: &NexusFixture) -> serde_json::Value {
     })
 }
 
+/// The two [`SagaSuite`] methods that let a Nexus suite run in a child process (real-crash cells): every Nexus
+/// suite's are the same.
+macro_rules! in_a_child_process {
+    () => {
+        fn services_handle(&self, fixture: &NexusFixture) -> serde_json::Value {
+            services_handle(fixture)
+        }
+
+        fn register_remote(
+            &self,
+            builder: EngineBuilder,
+            handle: &serde_json::Value,
+        ) -> Result<EngineBuilder, HarnessError> {
+            register_remote(builder, handle)
+        }
+    };
+}
+
 /// Registers the Nexus sagas in a child process, with clients of the harness's services.
 fn register_remote(
     builder: EngineBuilder,
@@ -303,17 +321,7 @@ impl SagaSuite for InstanceCreateSuite {
         register_all(builder, fixture)
     }
 
-    fn services_handle(&self, fixture: &NexusFixture) -> serde_json::Value {
-        services_handle(fixture)
-    }
-
-    fn register_remote(
-        &self,
-        builder: EngineBuilder,
-        handle: &serde_json::Value,
-    ) -> Result<EngineBuilder, HarnessError> {
-        register_remote(builder, handle)
-    }
+    in_a_child_process!();
 
     fn params(&self, f: &NexusFixture) -> InstanceCreateParams {
         InstanceCreateParams {
@@ -499,17 +507,7 @@ impl SagaSuite for DiskAttachSuite {
         register_all(builder, fixture)
     }
 
-    fn services_handle(&self, fixture: &NexusFixture) -> serde_json::Value {
-        services_handle(fixture)
-    }
-
-    fn register_remote(
-        &self,
-        builder: EngineBuilder,
-        handle: &serde_json::Value,
-    ) -> Result<EngineBuilder, HarnessError> {
-        register_remote(builder, handle)
-    }
+    in_a_child_process!();
 
     fn params(&self, f: &NexusFixture) -> DiskInstanceParams {
         DiskInstanceParams {
@@ -587,17 +585,7 @@ impl SagaSuite for DiskDetachSuite {
         register_all(builder, fixture)
     }
 
-    fn services_handle(&self, fixture: &NexusFixture) -> serde_json::Value {
-        services_handle(fixture)
-    }
-
-    fn register_remote(
-        &self,
-        builder: EngineBuilder,
-        handle: &serde_json::Value,
-    ) -> Result<EngineBuilder, HarnessError> {
-        register_remote(builder, handle)
-    }
+    in_a_child_process!();
 
     fn params(&self, f: &NexusFixture) -> DiskInstanceParams {
         DiskInstanceParams {
@@ -647,17 +635,7 @@ impl SagaSuite for SnapshotCreateSuite {
         register_all(builder, fixture)
     }
 
-    fn services_handle(&self, fixture: &NexusFixture) -> serde_json::Value {
-        services_handle(fixture)
-    }
-
-    fn register_remote(
-        &self,
-        builder: EngineBuilder,
-        handle: &serde_json::Value,
-    ) -> Result<EngineBuilder, HarnessError> {
-        register_remote(builder, handle)
-    }
+    in_a_child_process!();
 
     fn params(&self, f: &NexusFixture) -> SnapshotCreateParams {
         SnapshotCreateParams {
