@@ -5,8 +5,6 @@ use crate::engine_setup::{self, ServiceAddrs};
 use crate::output::{Say, print_json};
 use crate::sagas;
 use anyhow::{Context, bail};
-use diesel::sql_types::Text;
-use diesel_async::RunQueryDsl;
 use ratchet_embedded_pg::{Cluster, ClusterStatus};
 use ratchet_engine::{Engine, EngineConfig, FaultEffect, FaultPoint, RecoveryReport, SagaOutcome};
 use ratchet_store::pool;
@@ -108,29 +106,13 @@ pub(crate) async fn database_server(global: &Global) -> anyhow::Result<DatabaseS
 
 /// Whether `ratchet` database exists on the embedded cluster (which must be running).
 async fn embedded_database_exists(cluster: &Cluster) -> anyhow::Result<bool> {
-    let mut admin = pool::establish(&cluster.url("postgres")).await?;
-    #[derive(diesel::QueryableByName)]
-    struct Count {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        count: i64,
-    }
-    let count: Count =
-        diesel::sql_query("SELECT count(*) AS count FROM pg_database WHERE datname = $1")
-            .bind::<Text, _>(DATABASE)
-            .get_result(&mut admin)
-            .await?;
-    Ok(count.count > 0)
+    Ok(pool::database_exists(&cluster.url("postgres"), DATABASE).await?)
 }
 
 /// Starts the embedded cluster and makes sure its `ratchet` database exists. Returns that database's URL.
 async fn start_embedded(cluster: &Cluster) -> anyhow::Result<String> {
     start_cluster(cluster).await?;
-    if !embedded_database_exists(cluster).await? {
-        let mut admin = pool::establish(&cluster.url("postgres")).await?;
-        diesel::sql_query(format!("CREATE DATABASE {DATABASE}"))
-            .execute(&mut admin)
-            .await?;
-    }
+    pool::create_database_if_missing(&cluster.url("postgres"), DATABASE).await?;
     Ok(cluster.url(DATABASE))
 }
 

@@ -387,26 +387,7 @@ async fn instances_complete_or_gone(
     disks: usize,
     say: Say,
 ) -> anyhow::Result<Vec<String>> {
-    #[derive(diesel::QueryableByName)]
-    struct Row {
-        #[diesel(sql_type = diesel::sql_types::Uuid)]
-        id: Uuid,
-        #[diesel(sql_type = diesel::sql_types::Text)]
-        state: String,
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        attached: i64,
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        slots: i64,
-    }
-    use diesel_async::RunQueryDsl;
-    let rows: Vec<Row> = diesel::sql_query(
-        "SELECT i.id, i.state, count(d.id) AS attached, count(DISTINCT d.slot) AS slots \
-         FROM instance i LEFT JOIN disk d ON d.attach_instance_id = i.id AND d.time_deleted IS NULL \
-         WHERE i.project_id = $1 AND i.time_deleted IS NULL GROUP BY i.id, i.state",
-    )
-    .bind::<diesel::sql_types::Uuid, _>(world.project_id)
-    .load(conn)
-    .await?;
+    let rows = ratchet_datastore::project_instance_attachments(conn, world.project_id).await?;
     let complete = rows
         .iter()
         .filter(|r| r.attached as usize == disks && r.slots as usize == disks)

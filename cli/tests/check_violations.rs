@@ -111,6 +111,19 @@ async fn check_fails_naming_a_planted_database_violation() {
         &check(&db, &[]),
         &format!("disk_in_transitional_state: disk {spare} is maintenance"),
     );
+    // The same as JSON: the library's `Violation`, read back.
+    let json = check(&db, &["--json"]);
+    assert_eq!(json.code, Some(1), "{json:#?}");
+    let printed: serde_json::Value = serde_json::from_str(&json.stdout).expect("check's JSON");
+    let violations: Vec<ratchet_datastore::Violation> =
+        serde_json::from_value(printed["violations"].clone()).expect("violations");
+    assert_eq!(
+        violations,
+        vec![ratchet_datastore::Violation {
+            rule: "disk_in_transitional_state".into(),
+            detail: format!("disk {spare} is maintenance"),
+        }]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -770,7 +770,7 @@ async fn json_output_is_the_librarys_report() {
     assert_eq!(recovered["needs_operator"], false);
 
     // check: sagas by state and the violations (none; the commands above made the Nexus tables). A violation
-    // (`ratchet_datastore::Violation`, in the Nexus datastore) is not read back: it is not `Deserialize`.
+    // read back as `ratchet_datastore::Violation`: `check_violations.rs`.
     let checked = ratchet(&db, &["check", "--json"]);
     assert!(checked.ok, "{checked:?}");
     let checked = checked.json();

@@ -74,7 +74,7 @@ pub async fn check(
                 running.insert(vmm.propolis_id);
             }
             owner => violations.push(Violation {
-                rule: "vmm_without_live_owner",
+                rule: "vmm_without_live_owner".into(),
                 detail: format!(
                     "VMM {} on the sled agent belongs to instance {}, which is {}",
                     vmm.propolis_id,
@@ -92,7 +92,7 @@ pub async fn check(
             && !running.contains(&propolis)
         {
             violations.push(Violation {
-                rule: "running_instance_without_vmm",
+                rule: "running_instance_without_vmm".into(),
                 detail: format!(
                     "instance {} is vmm with propolis {propolis}, which the sled agent does not run",
                     instance.id
@@ -114,7 +114,7 @@ pub async fn check(
         let disk_state = disks.get(&attachment.disk_id);
         if disk_state.map(String::as_str) != Some("maintenance") {
             violations.push(Violation {
-                rule: "pantry_attachment_without_owner",
+                rule: "pantry_attachment_without_owner".into(),
                 detail: format!(
                     "disk {} is attached to the pantry but is {}",
                     attachment.disk_id,
@@ -131,7 +131,7 @@ pub async fn check(
     for snapshot in &state.snapshots {
         if !snapshots.contains(&snapshot.snapshot_id) {
             violations.push(Violation {
-                rule: "pantry_snapshot_without_record",
+                rule: "pantry_snapshot_without_record".into(),
                 detail: format!(
                     "snapshot {} of disk {} exists on the pantry with no live snapshot record",
                     snapshot.snapshot_id, snapshot.disk_id

@@ -396,7 +396,7 @@ async fn run_rules(nexus: &mut Nexus, rules: &[(&'static str, String)]) -> Vec<V
             .await
             .unwrap_or_else(|e| panic!("rule {name}: {e}"));
         violations.extend(rows.into_iter().map(|row| Violation {
-            rule: name,
+            rule: (*name).into(),
             detail: row.detail,
         }));
     }
@@ -546,7 +546,7 @@ async fn a_mutant_rule_is_the_real_rule_reporting_nothing() {
         world.plant(rule).await;
     }
     let real = ds::check_invariants(&mut world.nexus.conn).await.unwrap();
-    let found: BTreeSet<&str> = real.iter().map(|v| v.rule).collect();
+    let found: BTreeSet<&str> = real.iter().map(|v| v.rule.as_ref()).collect();
     assert_eq!(
         found,
         BTreeSet::from([

@@ -482,7 +482,10 @@ mod instance_create {
         // The only violation is the test's own maintenance disk; once it is restored, there is none.
         let violations = nexus.violations().await;
         assert_eq!(
-            violations.iter().map(|v| v.rule).collect::<Vec<_>>(),
+            violations
+                .iter()
+                .map(|v| v.rule.as_ref())
+                .collect::<Vec<_>>(),
             ["disk_in_transitional_state"]
         );
         nexus.release_maintenance(busy, busy_disk).await;

@@ -23,6 +23,9 @@ pub enum DbError {
     /// A row in the saga log could not be decoded.
     #[error("corrupt saga log row: {0}")]
     CorruptRow(String),
+    /// A database name that is not a plain identifier.
+    #[error("not a plain database name (letters, digits and `_`): {0:?}")]
+    BadName(String),
 }
 
 impl From<PoolRunError> for DbError {
@@ -38,7 +41,7 @@ impl DbError {
         match self {
             DbError::Query(error) => is_transient_diesel(error),
             DbError::Pool(_) | DbError::Connect(_) => true,
-            DbError::Migration(_) | DbError::CorruptRow(_) => false,
+            DbError::Migration(_) | DbError::CorruptRow(_) | DbError::BadName(_) => false,
         }
     }
 }

@@ -1,8 +1,8 @@
 //! Connections: the pool every executor shares, and the embedded schema migrations.
 
 use crate::DbError;
-use diesel_async::AsyncPgConnection;
 use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use std::time::Duration;
 
@@ -252,6 +252,38 @@ impl diesel::migration::MigrationSource<diesel::pg::Pg> for StaticMigrations {
     ) -> diesel::migration::Result<Vec<Box<dyn diesel::migration::Migration<diesel::pg::Pg>>>> {
         diesel::migration::MigrationSource::<diesel::pg::Pg>::migrations(self.0)
     }
+}
+
+/// Whether database `name` exists on the server whose `postgres` database `admin_url` names.
+pub async fn database_exists(admin_url: &str, name: &str) -> Result<bool, DbError> {
+    #[derive(diesel::QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        count: i64,
+    }
+    let mut admin = establish(admin_url).await?;
+    let found: Count =
+        diesel::sql_query("SELECT count(*) AS count FROM pg_database WHERE datname = $1")
+            .bind::<diesel::sql_types::Text, _>(name)
+            .get_result(&mut admin)
+            .await?;
+    Ok(found.count > 0)
+}
+
+/// Creates database `name` (a plain identifier: letters, digits and `_`) on the server whose `postgres`
+/// database `admin_url` names, unless it exists. Returns whether it created it.
+pub async fn create_database_if_missing(admin_url: &str, name: &str) -> Result<bool, DbError> {
+    if database_exists(admin_url, name).await? {
+        return Ok(false);
+    }
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(DbError::BadName(name.to_owned()));
+    }
+    let mut admin = establish(admin_url).await?;
+    diesel::sql_query(format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await?;
+    Ok(true)
 }
 
 #[cfg(test)]

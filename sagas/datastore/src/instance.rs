@@ -401,3 +401,32 @@ pub async fn instance_set_boot_disk(
         ))),
     }
 }
+
+/// One live instance of a project and its live attached disks: how many, in how many distinct slots (a load
+/// run's "every instance complete or gone" check).
+#[derive(Clone, Debug, PartialEq, Eq, QueryableByName, Serialize, Deserialize)]
+pub struct InstanceAttachments {
+    #[diesel(sql_type = SqlUuid)]
+    pub id: Uuid,
+    #[diesel(sql_type = Text)]
+    pub state: String,
+    #[diesel(sql_type = BigInt)]
+    pub attached: i64,
+    #[diesel(sql_type = BigInt)]
+    pub slots: i64,
+}
+
+/// Every live instance of `project_id`, with its attached disks counted.
+pub async fn project_instance_attachments(
+    conn: &mut AsyncPgConnection,
+    project_id: Uuid,
+) -> DatastoreResult<Vec<InstanceAttachments>> {
+    Ok(diesel::sql_query(
+        "SELECT i.id, i.state, count(d.id) AS attached, count(DISTINCT d.slot) AS slots \
+         FROM instance i LEFT JOIN disk d ON d.attach_instance_id = i.id AND d.time_deleted IS NULL \
+         WHERE i.project_id = $1 AND i.time_deleted IS NULL GROUP BY i.id, i.state",
+    )
+    .bind::<SqlUuid, _>(project_id)
+    .load(conn)
+    .await?)
+}

@@ -18,10 +18,11 @@ pub struct Rule {
 }
 
 /// A row that breaks a rule.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Violation {
-    /// The rule's name, one of [`RULES`].
-    pub rule: &'static str,
+    /// The rule's name, one of [`RULES`] (borrowed from the rule when the checker reports it; owned when read
+    /// back from JSON).
+    pub rule: std::borrow::Cow<'static, str>,
     /// Which row, and what is wrong with it.
     pub detail: String,
 }
@@ -168,7 +169,7 @@ pub async fn check_invariants(conn: &mut AsyncPgConnection) -> DatastoreResult<V
     for rule in RULES {
         let rows: Vec<DetailRow> = diesel::sql_query(rule.sql).load(conn).await?;
         violations.extend(rows.into_iter().map(|row| Violation {
-            rule: rule.name,
+            rule: rule.name.into(),
             detail: row.detail,
         }));
     }

@@ -130,8 +130,9 @@ pub use external_ip::{
     ip_pool_range_add, ip_pool_ranges_count,
 };
 pub use instance::{
-    Instance, InstanceState, instance_clear_vmm, instance_fetch, instance_insert,
-    instance_set_boot_disk, instance_set_vmm, instance_soft_delete, instance_transition,
+    Instance, InstanceAttachments, InstanceState, instance_clear_vmm, instance_fetch,
+    instance_insert, instance_set_boot_disk, instance_set_vmm, instance_soft_delete,
+    instance_transition, project_instance_attachments,
 };
 pub use invariants::{RULES, Rule, Violation, check_invariants};
 pub use network::{

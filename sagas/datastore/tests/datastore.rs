@@ -80,8 +80,8 @@ async fn start(conn: &mut AsyncPgConnection, instance: &Instance) -> Instance {
         .expect("set vmm")
 }
 
-fn rules_of(violations: &[Violation]) -> BTreeSet<&'static str> {
-    violations.iter().map(|v| v.rule).collect()
+fn rules_of(violations: &[Violation]) -> BTreeSet<&str> {
+    violations.iter().map(|v| v.rule.as_ref()).collect()
 }
 
 // --- projects and instances ------------------------------------------------------------------------------
