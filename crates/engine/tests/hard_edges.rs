@@ -618,3 +618,69 @@ async fn a_commit_record_already_there_is_replayed_not_failed() {
         "a definite answer: {counters:?}"
     );
 }
+
+/// The waiting note is fenced: an executor that no longer owns the saga (an older generation, or another
+/// executor) cannot leave a note, and a note its former owner left before an adoption is not shown as the
+/// saga's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_executor_cannot_leave_a_waiting_note() {
+    use ratchet_store::owner::SagaOwner;
+    use ratchet_store::saga::{note_waiting, waiting};
+    let db = database().await;
+    let sec = Uuid::new_v4();
+    let engine = start(config(&db, sec)).await;
+    let account = account(&engine).await;
+    let saga = engine
+        .create::<ProvisionWidget>(params(account))
+        .await
+        .unwrap();
+    let id = saga.id;
+    let mut conn = engine.pool().get().await.unwrap();
+    let generation = get_saga(&mut conn, id)
+        .await
+        .unwrap()
+        .unwrap()
+        .adopt_generation;
+    let owner = SagaOwner {
+        sec_id: sec,
+        generation,
+    };
+
+    // An older incarnation, and another executor: no note.
+    for stale in [
+        SagaOwner {
+            sec_id: sec,
+            generation: generation - 1,
+        },
+        SagaOwner {
+            sec_id: Uuid::new_v4(),
+            generation,
+        },
+    ] {
+        note_waiting(&mut conn, id, "charge_account", stale, Some("stale"))
+            .await
+            .unwrap();
+        assert_eq!(waiting(&mut conn, id).await.unwrap(), None, "{stale:?}");
+    }
+    // The owner: a note.
+    note_waiting(&mut conn, id, "charge_account", owner, Some("the owner's"))
+        .await
+        .unwrap();
+    let (reason, _) = waiting(&mut conn, id)
+        .await
+        .unwrap()
+        .expect("the owner's note");
+    assert_eq!(reason, "the owner's");
+    // Adopted by another executor: the former owner's note is no longer the saga's.
+    diesel::sql_query(
+        "UPDATE saga SET current_sec = $2, adopt_generation = adopt_generation + 1 WHERE id = $1",
+    )
+    .bind::<SqlUuid, _>(id)
+    .bind::<SqlUuid, _>(Uuid::new_v4())
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(waiting(&mut conn, id).await.unwrap(), None);
+    drop(conn);
+    drop(saga);
+}

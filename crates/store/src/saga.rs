@@ -398,6 +398,11 @@ pub async fn saga_history(
 
 /// Notes (with `Some`) or clears (with `None`) why node `node_name` of saga `id` is waiting for an unknown
 /// `COMMIT` outcome (the `saga_waiting` table).
+///
+/// Fenced: a note is written only while `owner` still owns the saga (its executor, at its generation, the
+/// saga unfinished), so a stale executor cannot leave a note about a saga another one drives. (The check is a
+/// plain read of the saga row: it does not wait for the unsettled transaction, which holds the fence's share
+/// lock on that row.)
 pub async fn note_waiting(
     conn: &mut AsyncPgConnection,
     id: Uuid,
@@ -410,7 +415,9 @@ pub async fn note_waiting(
         Some(reason) => {
             diesel::sql_query(
                 "INSERT INTO saga_waiting (saga_id, node_name, reason, time_waiting, creator) \
-                 VALUES ($1, $2, $3, $4, $5) \
+                 SELECT $1, $2, $3, $4, $5 WHERE EXISTS ( \
+                     SELECT 1 FROM saga WHERE id = $1 AND current_sec = $5 AND adopt_generation = $6 \
+                       AND saga_state IN ('running', 'unwinding')) \
                  ON CONFLICT (saga_id, node_name) DO UPDATE \
                  SET reason = $3, time_waiting = $4, creator = $5",
             )
@@ -419,6 +426,7 @@ pub async fn note_waiting(
             .bind::<Text, _>(reason)
             .bind::<Timestamptz, _>(Utc::now())
             .bind::<SqlUuid, _>(owner.sec_id)
+            .bind::<diesel::sql_types::BigInt, _>(owner.generation)
             .execute(conn)
             .await?;
         }
@@ -434,7 +442,8 @@ pub async fn note_waiting(
 }
 
 /// Why saga `id` is waiting, and since when, if a node of it waits for an unknown `COMMIT` outcome and the
-/// saga is unfinished.
+/// saga is unfinished. Only a note by the saga's current executor counts (one left by an executor the saga
+/// was adopted from is stale).
 pub async fn waiting(
     conn: &mut AsyncPgConnection,
     id: Uuid,
@@ -450,6 +459,7 @@ pub async fn waiting(
     let row: Option<Waiting> = diesel::sql_query(
         "SELECT w.reason, w.time_waiting FROM saga_waiting w JOIN saga s ON s.id = w.saga_id \
          WHERE w.saga_id = $1 AND s.saga_state IN ('running', 'unwinding') \
+           AND w.creator = s.current_sec \
          ORDER BY w.time_waiting LIMIT 1",
     )
     .bind::<SqlUuid, _>(id)
