@@ -626,12 +626,43 @@ pub async fn adopt(global: &Global, args: &AdoptArgs) -> anyhow::Result<()> {
         outcomes.insert(*id, wait_outcome(&engine, *id, say).await);
     }
     engine.shutdown().await;
+    // As for `recover`, the exit status says whether an operator is needed: a saga stuck or not at rest, one
+    // that could not be resumed, or one left with the executor adopted from, which nobody drives now. (With
+    // `--abandon-unknown`, the abandonments were asked for.)
+    let not_settled = outcomes
+        .values()
+        .filter(|outcome| {
+            !matches!(
+                outcome,
+                Some(SagaOutcome::Succeeded { .. } | SagaOutcome::Unwound { .. })
+            )
+        })
+        .count();
+    let unasked_abandoned = if args.abandon_unknown {
+        0
+    } else {
+        report.abandoned.len()
+    };
+    let needs_operator = not_settled
+        + unasked_abandoned
+        + report.left_alone.len()
+        + recovered.abandoned.len()
+        + recovered.left_alone.len()
+        > 0;
     if json {
         print_json(&AdoptOutput {
             recovered_first: &recovered,
             adoption: &report,
             outcomes,
         })?;
+    }
+    if needs_operator {
+        bail!(
+            "the adoption needs an operator: {not_settled} adopted saga(s) stuck, abandoned or not at rest, {} \
+             could not be resumed, {} left alone (this binary lacks their definitions)",
+            unasked_abandoned + recovered.abandoned.len(),
+            report.left_alone.len() + recovered.left_alone.len()
+        );
     }
     Ok(())
 }

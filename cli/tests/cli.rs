@@ -817,8 +817,9 @@ async fn adopt_leaves_a_saga_it_has_no_definition_of_untouched() {
             &format!("{foreign}: {reason}"),
         ],
     );
+    // The saga left behind has no executor driving it now: the exit status says an operator is needed.
     let adopted = ratchet(&db, &[&adopt[..], &["--yes"]].concat());
-    assert_says(
+    assert_fails_after_saying(
         &adopted,
         &[
             &format!("adopted 1 saga(s) from executor {dead}"),
@@ -826,6 +827,7 @@ async fn adopt_leaves_a_saga_it_has_no_definition_of_untouched() {
             &format!("left with executor {dead}, untouched: 1 saga(s) this binary cannot run"),
             &format!("{foreign}: {reason}"),
         ],
+        "the adoption needs an operator",
     );
     assert!(!adopted.stdout.contains("abandoned"), "{adopted:?}");
     // Untouched: the same executor, state and generation, and every row as it was.
@@ -841,13 +843,14 @@ async fn adopt_leaves_a_saga_it_has_no_definition_of_untouched() {
     assert_eq!(everything(&first, foreign).await, before, "untouched");
     // Again, as JSON: the AdoptionReport says so.
     let again = ratchet(&db, &[&adopt[..], &["--yes", "--json"]].concat());
-    assert!(again.ok, "{again:?}");
+    assert_eq!(again.code, Some(1), "{again:?}");
     let report: AdoptionReport = parse(&again.json()["adoption"]);
     assert!(report.adopted.is_empty(), "{report:?}");
     assert_eq!(report.left_alone, vec![(foreign, reason.to_owned())]);
-    assert_says(
+    assert_fails_after_saying(
         &ratchet(&db, &[&adopt[..], &["--yes"]].concat()),
         &["has no running or unwinding sagas that this binary can run: nothing adopted"],
+        "1 left alone",
     );
     assert_eq!(everything(&first, foreign).await, before, "still untouched");
 

@@ -390,12 +390,22 @@ pub(crate) async fn drive_in_child<T: SagaSuite>(
     }
     match kill {
         Kill::AtPoint => {}
-        // The COMMIT never reached the server: the server ends the session and rolls the transaction back.
-        Kill::CommitWithheld => proxy.release_withheld(),
+        // The COMMIT never reached the server: the server ends the session and rolls the transaction back. It
+        // was this node's COMMIT the proxy withheld only if the node has no commit record (another
+        // connection's COMMIT caught instead would let the node's own go through before the kill).
+        Kill::CommitWithheld => {
+            proxy.release_withheld();
+            if commit_record_within(running, id, &cell.node, Duration::ZERO).await? {
+                problems.push(format!(
+                    "the COMMIT withheld before the kill was not {}'s: it committed",
+                    cell.node
+                ));
+            }
+        }
         // The COMMIT reached the server; its reply died with the process. It was this node's COMMIT if the
         // node's commit record is there.
         Kill::CommitReplyInFlight => {
-            if !commit_record_lands(running, id, &cell.node).await? {
+            if !commit_record_within(running, id, &cell.node, Duration::from_secs(10)).await? {
                 problems.push(format!(
                     "the COMMIT delivered before the kill was not {}'s: no commit record",
                     cell.node
@@ -415,15 +425,16 @@ pub(crate) async fn drive_in_child<T: SagaSuite>(
     })
 }
 
-/// Whether `node`'s commit record appears within a few seconds (the delivered `COMMIT` may still be running
-/// on the server when the child dies).
-async fn commit_record_lands<T: SagaSuite>(
+/// Whether `node`'s commit record is there, or appears within `patience` (a delivered `COMMIT` may still be
+/// running on the server when the child dies).
+async fn commit_record_within<T: SagaSuite>(
     running: &Running<'_, T>,
     id: Uuid,
     node: &str,
+    patience: Duration,
 ) -> Result<bool, HarnessError> {
     let mut conn = ratchet_store::pool::establish(&running.db.url).await?;
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + patience;
     loop {
         let history = saga_history(&mut conn, id)
             .await

@@ -227,6 +227,11 @@ pub struct EngineBuilder {
 pub(crate) struct Definitions(HashMap<&'static str, (i32, HashSet<&'static str>)>);
 
 impl Definitions {
+    /// The name of every saga definition registered here.
+    pub(crate) fn names(&self) -> Vec<String> {
+        self.0.keys().map(|name| (*name).to_owned()).collect()
+    }
+
     /// Why this binary cannot run `row`'s saga (the reason recorded for it), or `None` if it can.
     pub(crate) fn lacks(&self, row: &SagaRow) -> Option<String> {
         let missing = format!(

@@ -545,6 +545,15 @@ async fn recovery_leaves_alone_what_it_cannot_run_and_abandons_what_does_not_loa
         }
     }
 
+    let foreign_generation = {
+        let mut conn = ratchet_store::pool::establish(&db.url).await.unwrap();
+        get_saga(&mut conn, foreign)
+            .await
+            .unwrap()
+            .unwrap()
+            .adopt_generation
+    };
+
     let (second, report) = builder(&db, sec).start().await.unwrap();
     assert_eq!(report.resumed, vec![good], "{report:?}");
     let left_alone: std::collections::BTreeMap<Uuid, String> =
@@ -600,6 +609,10 @@ async fn recovery_leaves_alone_what_it_cannot_run_and_abandons_what_does_not_loa
         );
         assert_eq!(row.abandon_reason, None);
     }
+    // Another binary's saga is not even claimed: its generation is unchanged, so a process of that binary
+    // under this executor id goes on driving it.
+    let row = get_saga(&mut conn, foreign).await.unwrap().unwrap();
+    assert_eq!(row.adopt_generation, foreign_generation);
     assert_eq!(
         state(&second, account).await.ledger,
         vec![-30],

@@ -68,17 +68,18 @@ pub async fn adopt_sagas(
 pub async fn claim_unfinished(
     conn: &mut AsyncPgConnection,
     sec_id: Uuid,
+    names: &[String],
     after: Option<Uuid>,
     exclude: &[Uuid],
     batch: i64,
 ) -> QueryResult<Vec<SagaRow>> {
-    use diesel::sql_types::{Array, BigInt, Timestamptz, Uuid as SqlUuid};
+    use diesel::sql_types::{Array, BigInt, Text, Timestamptz, Uuid as SqlUuid};
     let mut rows: Vec<SagaRow> = diesel::sql_query(
         "UPDATE saga SET adopt_generation = adopt_generation + 1, adopt_time = $2 \
-         WHERE current_sec = $1 AND saga_state IN ('running', 'unwinding') \
+         WHERE current_sec = $1 AND saga_state IN ('running', 'unwinding') AND name = ANY($6) \
            AND id IN (SELECT id FROM saga \
                       WHERE current_sec = $1 AND saga_state IN ('running', 'unwinding') \
-                        AND id > $3 AND NOT (id = ANY($4)) \
+                        AND name = ANY($6) AND id > $3 AND NOT (id = ANY($4)) \
                       ORDER BY id LIMIT $5) \
          RETURNING *",
     )
@@ -87,10 +88,30 @@ pub async fn claim_unfinished(
     .bind::<SqlUuid, _>(after.unwrap_or(Uuid::nil()))
     .bind::<Array<SqlUuid>, _>(exclude)
     .bind::<BigInt, _>(batch)
+    .bind::<Array<Text>, _>(names)
     .load(conn)
     .await?;
     rows.sort_by_key(|row| row.id);
     Ok(rows)
+}
+
+/// The unfinished sagas of executor `sec_id` whose name is none of `names` (sagas of a definition some other
+/// binary registers), oldest id first, at most `limit`. Reads only.
+pub async fn unfinished_not_named(
+    conn: &mut AsyncPgConnection,
+    sec_id: Uuid,
+    names: &[String],
+    limit: i64,
+) -> QueryResult<Vec<SagaRow>> {
+    saga::table
+        .filter(saga::current_sec.eq(sec_id))
+        .filter(saga::saga_state.eq_any(crate::owner::WRITABLE_STATES))
+        .filter(saga::name.ne_all(names))
+        .order(saga::id)
+        .limit(limit)
+        .select(SagaRow::as_select())
+        .load(conn)
+        .await
 }
 
 /// Which of `ids` are unfinished sagas of executor `sec_id`.

@@ -25,7 +25,9 @@ use super::{Engine, Registered, SagaOutcome, Sec, lock};
 use crate::error::EngineError;
 use crate::saga_def::{NodeKind, SagaDef};
 use crate::shutdown::steno_call;
-use ratchet_store::ops::{abandon_saga, claim_unfinished, dag_action_names, unfinished_among};
+use ratchet_store::ops::{
+    abandon_saga, claim_unfinished, dag_action_names, unfinished_among, unfinished_not_named,
+};
 use ratchet_store::saga::load_logs;
 use ratchet_store::{DbError, RetryPolicy, SagaRow, retry_transient};
 use std::collections::{BTreeMap, HashSet};
@@ -95,16 +97,26 @@ impl Engine {
         // Every batch is claimed before any saga is resumed: resumed sagas start running, and their writes
         // (and steno's queue) would slow the claims and loads still to come (10,000 sagas resumed in 27 s
         // batch by batch, against about 6 s all at once).
+        // Only sagas of a definition registered here are claimed: a saga of a name this binary does not know
+        // may belong to another binary running under this executor id (a release rolling out), which the bump
+        // would fence out of it. They are reported, untouched, below.
+        // TODO-robustness a saga whose name is registered but whose DAG runs an action this release lacks is
+        // claimed (its generation bumped) before `resume_rows` leaves it alone: deciding that needs its DAG,
+        // which the claim statement does not parse.
+        let names = self.definitions.names();
         let mut claimed = Vec::new();
         let mut after = None;
         loop {
-            let driving = &driving;
+            let (driving, names) = (&driving, &names);
             let rows = retry_transient(
                 RetryPolicy::OPERATOR,
                 "claiming unfinished sagas",
                 || async move {
                     let mut conn = pool.get().await?;
-                    Ok(claim_unfinished(&mut conn, sec_id, after, driving, BATCH as i64).await?)
+                    Ok(
+                        claim_unfinished(&mut conn, sec_id, names, after, driving, BATCH as i64)
+                            .await?,
+                    )
                 },
             )
             .await?;
@@ -117,6 +129,21 @@ impl Engine {
             claimed.extend(rows);
         }
         let mut report = self.resume_rows(claimed, false).await?;
+        let names = &names;
+        let unknown = retry_transient(
+            RetryPolicy::OPERATOR,
+            "listing sagas of definitions this binary lacks",
+            || async move {
+                let mut conn = pool.get().await?;
+                Ok(unfinished_not_named(&mut conn, sec_id, names, BATCH as i64).await?)
+            },
+        )
+        .await?;
+        report.left_alone.extend(
+            unknown
+                .iter()
+                .filter_map(|row| Some((row.id, self.definitions.lacks(row)?))),
+        );
         if !driving.is_empty() {
             let driving = &driving;
             let running = retry_transient(
