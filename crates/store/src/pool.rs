@@ -256,16 +256,19 @@ impl diesel::migration::MigrationSource<diesel::pg::Pg> for StaticMigrations {
 
 /// Whether database `name` exists on the server whose `postgres` database `admin_url` names.
 pub async fn database_exists(admin_url: &str, name: &str) -> Result<bool, DbError> {
+    exists_on(&mut establish(admin_url).await?, name).await
+}
+
+async fn exists_on(admin: &mut AsyncPgConnection, name: &str) -> Result<bool, DbError> {
     #[derive(diesel::QueryableByName)]
     struct Count {
         #[diesel(sql_type = diesel::sql_types::BigInt)]
         count: i64,
     }
-    let mut admin = establish(admin_url).await?;
     let found: Count =
         diesel::sql_query("SELECT count(*) AS count FROM pg_database WHERE datname = $1")
             .bind::<diesel::sql_types::Text, _>(name)
-            .get_result(&mut admin)
+            .get_result(admin)
             .await?;
     Ok(found.count > 0)
 }
@@ -273,13 +276,13 @@ pub async fn database_exists(admin_url: &str, name: &str) -> Result<bool, DbErro
 /// Creates database `name` (a plain identifier: letters, digits and `_`) on the server whose `postgres`
 /// database `admin_url` names, unless it exists. Returns whether it created it.
 pub async fn create_database_if_missing(admin_url: &str, name: &str) -> Result<bool, DbError> {
-    if database_exists(admin_url, name).await? {
-        return Ok(false);
-    }
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
         return Err(DbError::BadName(name.to_owned()));
     }
     let mut admin = establish(admin_url).await?;
+    if exists_on(&mut admin, name).await? {
+        return Ok(false);
+    }
     diesel::sql_query(format!("CREATE DATABASE {name}"))
         .execute(&mut admin)
         .await?;
