@@ -39,7 +39,7 @@ impl BaselineSecStore {
         diesel::sql_query(
             "INSERT INTO saga (id, creator, time_created, name, saga_dag, definition_version, saga_state, \
                  current_sec, adopt_generation, adopt_time) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $2, 1, $3)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7::saga_state, $2, 1, $3)",
         )
         .bind::<SqlUuid, _>(uuid_of(params.id))
         .bind::<SqlUuid, _>(self.sec_id)
@@ -73,7 +73,7 @@ impl BaselineSecStore {
     async fn update_state(&self, id: Uuid, state: &str) -> Result<(), DbError> {
         let mut conn = self.pool.get().await?;
         diesel::sql_query(
-            "UPDATE saga SET saga_state = $2, \
+            "UPDATE saga SET saga_state = $2::saga_state, \
                  time_finished = CASE WHEN $2 = 'done' THEN now() ELSE time_finished END \
              WHERE id = $1 AND current_sec = $3 AND adopt_generation = $4",
         )

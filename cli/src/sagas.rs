@@ -51,13 +51,13 @@ pub async fn list(global: &Global, args: &ListArgs) -> anyhow::Result<()> {
         "id", "name", "state", "version", "created"
     );
     for row in &page.sagas {
-        let state = state_text(&row.saga_state, page.endings.get(&row.id).copied());
+        let state = state_text(row.saga_state.as_str(), page.endings.get(&row.id).copied());
         println!(
             "{:<36}  {:<20} {:<16} {:>7}  {:<24}  {}",
             row.id,
             row.name,
             state,
-            row.definition_version,
+            version_text(row.definition_version),
             format_time(row.time_created),
             row.current_sec.map(|s| s.to_string()).unwrap_or_default()
         );
@@ -212,7 +212,7 @@ async fn retry_unwind_plan(
     if saga.saga_state != "stuck" {
         bail!(EngineError::WrongState {
             id,
-            state: saga.saga_state.clone(),
+            state: saga.saga_state.to_string(),
             wanted: "stuck",
         });
     }
@@ -350,7 +350,7 @@ impl AbandonPlan {
 async fn abandon_plan(conn: &mut DbConnection, args: &AbandonArgs) -> anyhow::Result<AbandonPlan> {
     let id = args.id;
     let history = history_of(conn, id).await?;
-    let state = history.saga.saga_state.clone();
+    let state = history.saga.saga_state.to_string();
     if !matches!(state.as_str(), "running" | "unwinding" | "stuck") {
         bail!(EngineError::WrongState {
             id,
@@ -524,7 +524,7 @@ async fn adopt_plan(
                 runnable: lacks.is_none(),
                 id: row.id,
                 name: row.name,
-                state: row.saga_state,
+                state: row.saga_state.to_string(),
                 generation: row.adopt_generation + 1,
             }),
         }
@@ -817,6 +817,11 @@ fn clip_to(text: String, max: usize) -> String {
     }
 }
 
+/// A saga definition's version as shown: the number, or `-` for a saga plain steno created (none recorded).
+fn version_text(version: Option<i32>) -> String {
+    version.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
 /// A saga's header, its node-by-node timeline (events, with how long each phase took, and the commit and
 /// compensation records), and the stuck diagnosis when there is something to diagnose. Event data and
 /// receipts are cut at 100 characters unless `full`.
@@ -824,11 +829,13 @@ pub fn print_history(history: &SagaHistory, full: bool) {
     let saga = &history.saga;
     println!(
         "saga {} ({}, definition version {})",
-        saga.id, saga.name, saga.definition_version
+        saga.id,
+        saga.name,
+        version_text(saga.definition_version)
     );
     println!(
         "  state      {}",
-        state_text(&saga.saga_state, history.ended())
+        state_text(saga.saga_state.as_str(), history.ended())
     );
     println!(
         "  created    {} by executor {}",
@@ -850,7 +857,9 @@ pub fn print_history(history: &SagaHistory, full: bool) {
         );
     }
     if let Some(reason) = &saga.abandon_reason {
-        println!("  abandoned  {reason}");
+        let when = saga.abandon_time.map(format_time).unwrap_or_default();
+        let comment = saga.abandon_comment.as_deref().unwrap_or_default();
+        println!("  abandoned  {when} ({reason}): {comment}");
     }
 
     // Per node, in DAG order: its events and its records, in time order.

@@ -14,10 +14,10 @@ use ratchet_engine::{
     Abandoned, AdoptedSaga, AdoptionReport, Engine, EngineBuilder, EngineConfig, FaultEffect,
     FaultPoint, RecoveryReport, SagaOutcome,
 };
-use ratchet_store::StuckDiagnosis;
 use ratchet_store::saga::{
     SagaEnd, SagaFilter, SagaHistory, SagaPage, get_saga, list_sagas_where, saga_history,
 };
+use ratchet_store::{AbandonReason, StuckDiagnosis};
 use ratchet_test_utils::example::{self, ProvisionParams, ProvisionWidget};
 use ratchet_test_utils::testing::{DatabaseServer, TestDatabase, fresh_database};
 use std::sync::Arc;
@@ -408,7 +408,11 @@ async fn abandon_records_the_reason_and_says_the_rows_stay() {
     );
     let row = saga_row(&engine, stuck).await;
     assert_eq!(row.saga_state, "abandoned");
-    assert_eq!(row.abandon_reason.as_deref(), Some(reason));
+    assert_eq!(
+        (row.abandon_reason, row.abandon_comment.as_deref()),
+        (Some(AbandonReason::Omdb), Some(reason))
+    );
+    assert!(row.abandon_time.is_some());
 
     let wrong_state = "is abandoned, but this operation needs it running, unwinding or stuck";
     assert_refused(
@@ -883,7 +887,13 @@ async fn adopt_leaves_a_saga_it_has_no_definition_of_untouched() {
         (row.saga_state.as_str(), row.current_sec),
         ("abandoned", Some(cli))
     );
-    assert_eq!(row.abandon_reason, Some(format!("unrecoverable: {reason}")));
+    assert_eq!(
+        (row.abandon_reason, row.abandon_comment),
+        (
+            Some(AbandonReason::Unrecoverable),
+            Some(format!("unrecoverable: {reason}"))
+        )
+    );
 }
 
 /// `sagas list`, `sagas show` and `check` only read: on a database without the saga log they fail, naming

@@ -154,7 +154,7 @@ impl Setup {
 
     async fn state(&mut self, id: Uuid) -> (String, i64) {
         let row = get_saga(&mut self.conn, id).await.unwrap().unwrap();
-        (row.saga_state, row.adopt_generation)
+        (row.saga_state.to_string(), row.adopt_generation)
     }
 }
 

@@ -701,7 +701,7 @@ async fn saga_state(engine: &Engine, id: Uuid) -> Result<String, HarnessError> {
     Ok(get_saga(&mut conn, id)
         .await
         .map_err(ratchet_store::DbError::from)?
-        .map(|row| row.saga_state)
+        .map(|row| row.saga_state.to_string())
         .unwrap_or_else(|| "missing".to_owned()))
 }
 

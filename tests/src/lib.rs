@@ -548,7 +548,7 @@ pub async fn assert_no_saga_given_up(
     }
     let given_up: Vec<Count> = diesel::sql_query(
         "SELECT id::text || ' ' || saga_state || ' at ' || COALESCE(stuck_node, '-') || ': ' \
-                || COALESCE(stuck_reason, abandon_reason, '-') AS key, 1::int8 AS count \
+                || COALESCE(stuck_reason, abandon_comment, '-') AS key, 1::int8 AS count \
          FROM saga WHERE saga_state IN ('stuck', 'abandoned') ORDER BY id",
     )
     .load(conn)

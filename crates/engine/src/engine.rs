@@ -234,10 +234,7 @@ impl Definitions {
 
     /// Why this binary cannot run `row`'s saga (the reason recorded for it), or `None` if it can.
     pub(crate) fn lacks(&self, row: &SagaRow) -> Option<String> {
-        let missing = format!(
-            "no definition of saga {:?} v{} here",
-            row.name, row.definition_version
-        );
+        let missing = format!("no definition of saga {} here", row.definition());
         let Some((version, actions)) = self.0.get(row.name.as_str()) else {
             return Some(missing);
         };

@@ -87,12 +87,12 @@ pub enum EngineError {
         wanted: &'static str,
     },
     #[error(
-        "node {node:?} of saga {saga:?} (definition version {version}) runs action {action:?}, which this binary \
-         does not register: a release removed or renamed it"
+        "node {node:?} of saga {saga} runs action {action:?}, which this binary does not register: a release \
+         removed or renamed it"
     )]
     UnknownAction {
+        /// The saga's definition: its name and version ([`ratchet_store::SagaRow::definition`]).
         saga: String,
-        version: i32,
         node: String,
         action: String,
     },

@@ -259,6 +259,7 @@
 //!
 //! The `ratchet-test-utils` crate's `example` module holds a complete saga (the one `ratchet demo` runs).
 
+pub mod adopting;
 mod commit_outcome;
 mod context;
 mod engine;

@@ -30,7 +30,7 @@ use ratchet_store::ops::{
     UncompensatedCommit, abandon_saga, adopt_sagas, stuck_diagnosis, take_for_retry_unwind,
 };
 use ratchet_store::saga::{get_saga, load_logs, unfinished_after};
-use ratchet_store::{DbError, DbPool, RetryPolicy, retry_transient};
+use ratchet_store::{AbandonReason, DbError, DbPool, RetryPolicy, SagaState, retry_transient};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -201,10 +201,10 @@ impl Engine {
             get_saga(&mut conn, id).await.map_err(DbError::from)?
         }
         .ok_or(EngineError::NoSuchSaga(id))?;
-        if row.saga_state != "stuck" {
+        if row.saga_state != SagaState::Stuck {
             return Err(EngineError::WrongState {
                 id,
-                state: row.saga_state,
+                state: row.saga_state.to_string(),
                 wanted: "stuck",
             });
         }
@@ -320,7 +320,8 @@ impl Engine {
     }
 }
 
-/// Marks saga `id` `abandoned` with an operator's `reason`, if it is `running`, `unwinding` or `stuck`, and
+/// Marks saga `id` `abandoned` by an operator (abandon reason `omdb`, Omicron's name for it; the operator's
+/// `reason` is the abandon comment), if it is `running`, `unwinding` or `stuck`, and
 /// leaves every other row as it is: its log, its commit records, its compensation records. Nothing is
 /// compensated; the commits not yet compensated are returned so that the caller can say which effects remain.
 /// An executor still driving the saga is fenced out at its next write.
@@ -331,7 +332,7 @@ pub async fn abandon(pool: &DbPool, id: Uuid, reason: &str) -> Result<Abandoned,
     }
     let before = retry_transient(RetryPolicy::OPERATOR, "abandoning a saga", || async {
         let mut conn = pool.get().await?;
-        abandon_saga(&mut conn, id, reason).await
+        abandon_saga(&mut conn, id, AbandonReason::Omdb, reason).await
     })
     .await?
     .map_err(|refusal| EngineError::refused(id, refusal, "running, unwinding or stuck"))?;
@@ -349,7 +350,7 @@ pub async fn abandon(pool: &DbPool, id: Uuid, reason: &str) -> Result<Abandoned,
     Ok(Abandoned {
         id,
         name: before.name,
-        previous_state: before.saga_state,
+        previous_state: before.saga_state.to_string(),
         reason: reason.to_owned(),
         uncompensated,
     })

@@ -72,6 +72,55 @@ async fn with_migrations_off_what_is_missing_is_named() {
     }
 }
 
+/// On Omicron's tables as Nexus has them (before ratchet's migrations), the start-up check names exactly
+/// ratchet's additions; on a saga log whose state column is text (a pre-release ratchet's), it names the
+/// column and the type it must have.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_schema_check_names_what_omicrons_tables_lack_and_a_wrong_state_type() {
+    let server = ratchet_test_utils::testing::DatabaseServer::for_tests()
+        .await
+        .unwrap();
+    let omicron = server.blank_database().await.unwrap();
+    let mut conn = establish(&omicron.url).await.unwrap();
+    conn.batch_execute(ratchet_test_utils::omicron::OMICRON_SAGA_SCHEMA)
+        .await
+        .unwrap();
+    let missing = ratchet_store::schema_check::missing(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        missing,
+        [
+            "column saga.definition_version",
+            "column saga.time_finished",
+            "column saga.stuck_node",
+            "column saga.stuck_reason",
+            "column saga.time_stuck",
+            "table saga_commit_record",
+            "table saga_compensation_record",
+            "table saga_node_start",
+            "table saga_waiting",
+            "value stuck of type saga_state",
+        ]
+    );
+    server.drop_database(&omicron).await.unwrap();
+
+    let db = database().await;
+    let mut conn = establish(&db.url).await.unwrap();
+    conn.batch_execute(
+        "DROP INDEX lookup_saga_by_sec; \
+         ALTER TABLE saga DROP CONSTRAINT abandoned_requires_metadata, \
+             DROP CONSTRAINT not_abandoned_requires_no_metadata; \
+         ALTER TABLE saga ALTER COLUMN saga_state TYPE TEXT USING saga_state::TEXT",
+    )
+    .await
+    .unwrap();
+    let missing = ratchet_store::schema_check::missing(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(missing, ["column saga.saga_state of type saga_state"]);
+}
+
 /// The migrations as plain SQL (what a host copies into its own schema tooling) build the whole schema:
 /// applied by hand to a database without it, the engine then starts with migrations off and runs a saga.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -80,7 +129,8 @@ async fn the_exported_sql_builds_the_whole_schema() {
     let mut conn = establish(&db.url).await.unwrap();
     conn.batch_execute(
         "DROP TABLE saga, saga_node_event, saga_commit_record, saga_compensation_record, \
-         saga_node_start, saga_waiting, __diesel_schema_migrations",
+         saga_node_start, saga_waiting, __diesel_schema_migrations; \
+         DROP TYPE saga_state, saga_abandon_reason",
     )
     .await
     .unwrap();

@@ -9,7 +9,7 @@ use diesel::sql_types::{BigInt, Text, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
 use ratchet_engine::{AdoptOptions, Engine, EngineError, FaultEffect, FaultPoint, SagaOutcome};
 use ratchet_store::saga::{SagaHistory, get_saga, saga_history};
-use ratchet_store::stuck_diagnosis;
+use ratchet_store::{AbandonReason, stuck_diagnosis};
 use ratchet_test_utils::example::ProvisionWidget;
 use std::time::Duration;
 use uuid::Uuid;
@@ -498,7 +498,8 @@ async fn adoption_leaves_what_this_binary_cannot_run_with_its_owner() {
         let row = history(*id).await.saga;
         assert_eq!(row.saga_state, "abandoned");
         assert_eq!(row.current_sec, Some(adopter));
-        assert_eq!(row.abandon_reason.as_ref(), Some(reason));
+        assert_eq!(row.abandon_reason, Some(AbandonReason::Unrecoverable));
+        assert_eq!(row.abandon_comment.as_ref(), Some(reason));
     }
     assert_eq!(engine.counters().snapshot().abandoned, 2);
     assert_eq!(
@@ -598,7 +599,8 @@ async fn recovery_leaves_alone_what_it_cannot_run_and_abandons_what_does_not_loa
     for (id, reason) in &reasons {
         let row = get_saga(&mut conn, *id).await.unwrap().unwrap();
         assert_eq!(row.saga_state, "abandoned");
-        assert_eq!(row.abandon_reason.as_ref(), Some(reason));
+        assert_eq!(row.abandon_reason, Some(AbandonReason::Unrecoverable));
+        assert_eq!(row.abandon_comment.as_ref(), Some(reason));
     }
     // Left unfinished, with this executor, for a binary that has their definitions.
     for id in left_alone.keys() {
@@ -748,9 +750,13 @@ async fn abandon_records_the_reason_and_leaves_the_rows() {
     let row = get_saga(&mut conn, id).await.unwrap().unwrap();
     assert_eq!(row.saga_state, "abandoned");
     assert_eq!(
-        row.abandon_reason.as_deref(),
-        Some("disk was destroyed by hand")
+        (row.abandon_reason, row.abandon_comment.as_deref()),
+        (
+            Some(AbandonReason::Omdb),
+            Some("disk was destroyed by hand")
+        )
     );
+    assert!(row.abandon_time.is_some());
     assert_eq!(
         records(&engine, id).await,
         (commits_before, compensations_before)

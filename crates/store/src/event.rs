@@ -78,9 +78,16 @@ impl EventRow {
             ),
             "undo_started" => SagaNodeEventType::UndoStarted,
             "undo_finished" => SagaNodeEventType::UndoFinished,
-            "undo_failed" => SagaNodeEventType::UndoFailed(
-                serde_json::from_value(data()?).map_err(|e| corrupt(e.to_string()))?,
-            ),
+            // Nexus's store records no error for an `undo_failed` event (its `data` is NULL): the event still
+            // says the undo failed for good.
+            "undo_failed" => SagaNodeEventType::UndoFailed(match &self.data {
+                Some(data) => {
+                    serde_json::from_value(data.clone()).map_err(|e| corrupt(e.to_string()))?
+                }
+                None => steno::UndoActionError::PermanentFailure {
+                    source_error: serde_json::json!({"message": UNDO_FAILED_WITHOUT_ERROR}),
+                },
+            }),
             other => return Err(corrupt(format!("unknown event type {other:?}"))),
         };
         let node_id = u32::try_from(self.node_id).map_err(|e| corrupt(e.to_string()))?;
@@ -92,11 +99,15 @@ impl EventRow {
     }
 }
 
+/// The error an `undo_failed` event without data (as Nexus's store writes them) reads as.
+pub const UNDO_FAILED_WITHOUT_ERROR: &str =
+    "undo failed (the store that recorded it kept no error)";
+
 /// A readable message from the `data` of an `undo_failed` event: steno's `UndoActionError::PermanentFailure`
 /// carries `{"source_error": {"message": "undo action attempt N: <error>"}}`. Anything else is shown as JSON.
 pub fn undo_error_message(data: Option<&serde_json::Value>) -> String {
     match data {
-        None => "undo failed (no error recorded)".to_owned(),
+        None => UNDO_FAILED_WITHOUT_ERROR.to_owned(),
         Some(data) => data
             .pointer("/PermanentFailure/source_error/message")
             .and_then(serde_json::Value::as_str)
@@ -165,6 +176,30 @@ mod test {
             let back = row.to_steno().unwrap();
             assert_eq!(format!("{event:?}"), format!("{back:?}"));
         }
+    }
+
+    /// Nexus's store writes `undo_failed` with no data: such a row still reads as a failed undo, with a
+    /// message saying no error was kept, not as a corrupt log.
+    #[test]
+    fn an_undo_failed_event_without_data_reads_as_a_failed_undo() {
+        let row = EventRow {
+            saga_id: Uuid::new_v4(),
+            node_id: 2,
+            event_type: "undo_failed".to_owned(),
+            data: None,
+            event_time: Utc::now(),
+            creator: Uuid::new_v4(),
+        };
+        let event = row.to_steno().expect("decodes");
+        let SagaNodeEventType::UndoFailed(error) = event.event_type else {
+            panic!("not an undo failure: {:?}", event.event_type);
+        };
+        let data = serde_json::to_value(error).unwrap();
+        assert_eq!(
+            data.pointer("/PermanentFailure/source_error/message"),
+            Some(&serde_json::json!(UNDO_FAILED_WITHOUT_ERROR))
+        );
+        assert_eq!(undo_error_message(None), UNDO_FAILED_WITHOUT_ERROR);
     }
 
     #[test]

@@ -48,5 +48,5 @@ pub use pool::{
     DbConnection, DbPool, PoolConfig, SAGA_LOG_MIGRATIONS, connect_pool, run_migrations,
 };
 pub use retry::{RetryPolicy, retry_transient};
-pub use saga::{SagaHistory, SagaRow, SagaState};
+pub use saga::{AbandonReason, SagaHistory, SagaRow, SagaState};
 pub use sec_store::{PgSecStore, SagaLogHandle, SagaRegistration};

@@ -8,7 +8,7 @@
 use crate::DbError;
 use crate::event::undo_error_message;
 use crate::records::CommitRecord;
-use crate::saga::{SagaHistory, SagaRow, saga_history};
+use crate::saga::{AbandonReason, SagaHistory, SagaRow, SagaState, saga_history};
 use crate::schema::{saga, saga_node_event};
 use crate::transaction::in_transaction;
 use chrono::{DateTime, Utc};
@@ -143,7 +143,9 @@ pub async fn unfinished_by_name(
     let unfinished = saga::saga_state
         .eq_any(crate::owner::WRITABLE_STATES)
         .and(saga::current_sec.eq_any(executors));
-    let stuck = saga::saga_state.eq("stuck").and(saga::id.eq_any(sagas));
+    let stuck = saga::saga_state
+        .eq(SagaState::Stuck)
+        .and(saga::id.eq_any(sagas));
     let counts: Vec<(String, i64)> = saga::table
         .filter(saga::name.eq_any(names))
         .filter(unfinished.or(stuck))
@@ -185,9 +187,9 @@ pub async fn take_for_retry_unwind(
             let Some(row) = lock_saga(conn, id).await? else {
                 return Ok(Err(Refusal::NoSuchSaga));
             };
-            if row.saga_state != "stuck" {
+            if row.saga_state != SagaState::Stuck {
                 return Ok(Err(Refusal::WrongState {
-                    state: row.saga_state,
+                    state: row.saga_state.to_string(),
                 }));
             }
             let deleted = diesel::delete(
@@ -205,7 +207,7 @@ pub async fn take_for_retry_unwind(
             }
             let row = diesel::update(saga::table.filter(saga::id.eq(id)))
                 .set((
-                    saga::saga_state.eq("unwinding"),
+                    saga::saga_state.eq(SagaState::Unwinding),
                     saga::stuck_node.eq(None::<String>),
                     saga::stuck_reason.eq(None::<String>),
                     saga::time_stuck.eq(None::<DateTime<Utc>>),
@@ -224,7 +226,8 @@ pub async fn take_for_retry_unwind(
     .await
 }
 
-/// Marks saga `id` `abandoned` with `reason` if it is `running`, `unwinding` or `stuck`; touches nothing else
+/// Marks saga `id` `abandoned` (Omicron's abandonment metadata: now, `reason`, and `comment`, which says
+/// who and why in words) if it is `running`, `unwinding` or `stuck`; touches nothing else
 /// (its commit records, compensation records and log stay as they are, and nothing is compensated). An
 /// executor still driving it is fenced out: `abandoned` is not a state an executor may write in.
 ///
@@ -232,24 +235,31 @@ pub async fn take_for_retry_unwind(
 pub async fn abandon_saga(
     conn: &mut AsyncPgConnection,
     id: Uuid,
-    reason: &str,
+    reason: AbandonReason,
+    comment: &str,
 ) -> Result<Result<SagaRow, Refusal>, DbError> {
-    let reason = reason.to_owned();
+    let comment = comment.to_owned();
     in_transaction(conn, |conn| {
         async move {
             let Some(row) = lock_saga(conn, id).await? else {
                 return Ok(Err(Refusal::NoSuchSaga));
             };
-            if !["running", "unwinding", "stuck"].contains(&row.saga_state.as_str()) {
+            if !matches!(
+                row.saga_state,
+                SagaState::Running | SagaState::Unwinding | SagaState::Stuck
+            ) {
                 return Ok(Err(Refusal::WrongState {
-                    state: row.saga_state,
+                    state: row.saga_state.to_string(),
                 }));
             }
+            let now = Utc::now();
             diesel::update(saga::table.filter(saga::id.eq(id)))
                 .set((
-                    saga::saga_state.eq("abandoned"),
+                    saga::saga_state.eq(SagaState::Abandoned),
+                    saga::abandon_time.eq(now),
                     saga::abandon_reason.eq(reason),
-                    saga::time_finished.eq(Utc::now()),
+                    saga::abandon_comment.eq(comment),
+                    saga::time_finished.eq(now),
                 ))
                 .execute(conn)
                 .await?;
@@ -352,14 +362,14 @@ impl SagaHistory {
             })
             .collect();
         uncompensated.sort_by_key(|c| c.time_committed);
-        let stuck = saga.saga_state == "stuck";
+        let stuck = saga.saga_state == SagaState::Stuck;
         let stuck_since = saga
             .time_stuck
             .or_else(|| stuck.then_some(saga.time_finished).flatten());
         let stuck_for = stuck_since.and_then(|since| (Utc::now() - since).to_std().ok());
         StuckDiagnosis {
             saga_id: saga.id,
-            state: saga.saga_state.clone(),
+            state: saga.saga_state.to_string(),
             failed_undos,
             stuck_node: saga.stuck_node.clone(),
             stuck_reason: saga.stuck_reason.clone(),

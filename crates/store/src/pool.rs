@@ -20,23 +20,32 @@ pub type PooledConnection<'a> =
 pub const SAGA_LOG_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
 /// The same migrations as plain SQL, in order, each as (name, up.sql): for an embedder that applies them with
-/// its own schema tooling (and starts the engine with `EngineConfig::run_migrations` off).
+/// its own schema tooling (and starts the engine with `EngineConfig::run_migrations` off). Apply each in its
+/// own transaction, in this order: the second adds the `stuck` value to the `saga_state` enum, which
+/// PostgreSQL lets no statement use before the transaction that added it commits.
+///
+/// The first creates Omicron's `saga` and `saga_node_event` tables unless they exist (on Nexus's database it
+/// does nothing); the others only add to them (columns, the `stuck` state) and add ratchet's own tables.
 pub const MIGRATIONS_SQL: &[(&str, &str)] = &[
     (
-        "2026-11-21-000001_saga_log",
-        include_str!("../migrations/2026-11-21-000001_saga_log/up.sql"),
+        "2026-12-01-000001_omicron_saga_tables",
+        include_str!("../migrations/2026-12-01-000001_omicron_saga_tables/up.sql"),
     ),
     (
-        "2026-11-21-000002_saga_time_stuck",
-        include_str!("../migrations/2026-11-21-000002_saga_time_stuck/up.sql"),
+        "2026-12-01-000002_saga_state_stuck",
+        include_str!("../migrations/2026-12-01-000002_saga_state_stuck/up.sql"),
     ),
     (
-        "2026-11-30-000001_saga_node_start",
-        include_str!("../migrations/2026-11-30-000001_saga_node_start/up.sql"),
+        "2026-12-01-000003_ratchet_saga_log",
+        include_str!("../migrations/2026-12-01-000003_ratchet_saga_log/up.sql"),
     ),
     (
-        "2026-11-30-000003_saga_waiting",
-        include_str!("../migrations/2026-11-30-000003_saga_waiting/up.sql"),
+        "2026-12-01-000004_saga_node_start",
+        include_str!("../migrations/2026-12-01-000004_saga_node_start/up.sql"),
+    ),
+    (
+        "2026-12-01-000005_saga_waiting",
+        include_str!("../migrations/2026-12-01-000005_saga_waiting/up.sql"),
     ),
 ];
 

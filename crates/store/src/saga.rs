@@ -1,64 +1,130 @@
 //! Saga rows: creation, state, and the queries recovery and operators use.
 
-use crate::DbError;
 use crate::event::EventRow;
 use crate::owner::{SagaOwner, WRITABLE_STATES};
 use crate::records::{CommitRecord, CompensationRecord};
+use crate::schema::sql_types::{SagaAbandonReasonEnum, SagaStateEnum};
 use crate::schema::{saga, saga_commit_record, saga_compensation_record, saga_node_event};
 use chrono::{DateTime, Utc};
+use diesel::deserialize::FromSql;
+use diesel::pg::{Pg, PgValue};
 use diesel::prelude::*;
+use diesel::serialize::{IsNull, Output, ToSql};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
 use uuid::Uuid;
 
-/// A saga's state as ratchet records it. steno knows only running / unwinding / done; ratchet adds `stuck`
-/// (a compensation failed permanently: steno calls that `done`) and `abandoned` (an operator or recovery gave
-/// up on it).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SagaState {
-    Running,
-    Unwinding,
-    Done,
-    Stuck,
-    Abandoned,
-}
-
-impl SagaState {
-    pub const ALL: [SagaState; 5] = [
-        SagaState::Running,
-        SagaState::Unwinding,
-        SagaState::Done,
-        SagaState::Stuck,
-        SagaState::Abandoned,
-    ];
-
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            SagaState::Running => "running",
-            SagaState::Unwinding => "unwinding",
-            SagaState::Done => "done",
-            SagaState::Stuck => "stuck",
-            SagaState::Abandoned => "abandoned",
+/// Declares a Rust enum for a PostgreSQL enum type, with one label per variant: its `as_str`, `ALL`,
+/// `Display`, `FromStr`, serde form and diesel mapping all come from that one list. An enum value goes over
+/// the wire as its label (text and binary alike).
+macro_rules! pg_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $rust:ident: $sql:ty, $what:literal {
+            $($(#[$vmeta:meta])* $variant:ident => $label:literal,)+
         }
+    ) => {
+        $(#[$meta])*
+        #[derive(
+            Clone,
+            Copy,
+            Debug,
+            PartialEq,
+            Eq,
+            Hash,
+            PartialOrd,
+            Ord,
+            serde::Serialize,
+            serde::Deserialize,
+            diesel::expression::AsExpression,
+            diesel::deserialize::FromSqlRow,
+        )]
+        #[diesel(sql_type = $sql)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $rust {
+            $($(#[$vmeta])* $variant,)+
+        }
+
+        impl $rust {
+            pub const ALL: &'static [$rust] = &[$($rust::$variant),+];
+
+            /// The label, as the database and the JSON forms spell it.
+            pub fn as_str(&self) -> &'static str {
+                match self {
+                    $($rust::$variant => $label,)+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $rust {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $rust {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                $rust::ALL.iter().copied().find(|v| v.as_str() == s).ok_or_else(|| {
+                    let labels: Vec<&str> = $rust::ALL.iter().map($rust::as_str).collect();
+                    format!("unknown {} {s:?} (expected one of {})", $what, labels.join(", "))
+                })
+            }
+        }
+
+        impl ToSql<$sql, Pg> for $rust {
+            fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> diesel::serialize::Result {
+                out.write_all(self.as_str().as_bytes())?;
+                Ok(IsNull::No)
+            }
+        }
+
+        impl FromSql<$sql, Pg> for $rust {
+            fn from_sql(value: PgValue<'_>) -> diesel::deserialize::Result<Self> {
+                Ok(std::str::from_utf8(value.as_bytes())?.parse()?)
+            }
+        }
+    };
+}
+
+pg_enum! {
+    /// A saga's state as ratchet records it: the `saga_state` enum of Omicron's `saga` table plus `stuck`.
+    /// steno knows only running / unwinding / done; Omicron adds `abandoned` (an operator or recovery gave up
+    /// on it), and ratchet `stuck` (a compensation failed permanently: steno calls that `done`).
+    pub enum SagaState: SagaStateEnum, "saga state" {
+        Running => "running",
+        Unwinding => "unwinding",
+        Done => "done",
+        Stuck => "stuck",
+        Abandoned => "abandoned",
     }
 }
 
-impl std::fmt::Display for SagaState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+/// A state equals its label: `row.saga_state == "stuck"`.
+impl PartialEq<str> for SagaState {
+    fn eq(&self, label: &str) -> bool {
+        self.as_str() == label
     }
 }
 
-impl std::str::FromStr for SagaState {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        SagaState::ALL
-            .into_iter()
-            .find(|state| state.as_str() == s)
-            .ok_or_else(|| {
-                format!("unknown saga state {s:?} (expected running, unwinding, done, stuck or abandoned)")
-            })
+impl PartialEq<&str> for SagaState {
+    fn eq(&self, label: &&str) -> bool {
+        self.as_str() == *label
+    }
+}
+
+pg_enum! {
+    /// Why a saga was abandoned: Omicron's `saga_abandon_reason`, set (with `abandon_time` and
+    /// `abandon_comment`) exactly when the saga is `abandoned`.
+    pub enum AbandonReason: SagaAbandonReasonEnum, "abandon reason" {
+        /// An operator abandoned it: Omicron's omdb, ratchet's `sagas abandon`, the library's `abandon`.
+        Omdb => "omdb",
+        /// Recovery could not process its persistent state (its row or log does not load, or an adoption
+        /// told to abandon what it cannot run had no definition of it).
+        Unrecoverable => "unrecoverable",
+        /// It was assigned to an executor that has long been expunged.
+        Orphaned => "orphaned",
     }
 }
 
@@ -81,25 +147,32 @@ pub struct SagaRow {
     pub time_created: DateTime<Utc>,
     pub name: String,
     pub saga_dag: serde_json::Value,
-    pub definition_version: i32,
-    pub saga_state: String,
+    pub saga_state: SagaState,
     pub current_sec: Option<Uuid>,
     pub adopt_generation: i64,
     pub adopt_time: DateTime<Utc>,
+    /// Set, all three, exactly when the saga is `abandoned` (the table's CHECK constraints).
+    pub abandon_time: Option<DateTime<Utc>>,
+    pub abandon_reason: Option<AbandonReason>,
+    pub abandon_comment: Option<String>,
+    /// The version of the ratchet definition that created the saga; `None` for a saga plain steno created
+    /// (through Omicron's store, before ratchet took over the database).
+    pub definition_version: Option<i32>,
     pub time_finished: Option<DateTime<Utc>>,
     pub stuck_node: Option<String>,
     pub stuck_reason: Option<String>,
-    pub abandon_reason: Option<String>,
-    /// When the saga was recorded `stuck` (see the `saga_time_stuck` migration).
+    /// When the saga was recorded `stuck`.
     pub time_stuck: Option<DateTime<Utc>>,
 }
 
 impl SagaRow {
-    /// The saga's state; a value the schema's CHECK constraint would not allow is a corrupt row.
-    pub fn state(&self) -> Result<SagaState, DbError> {
-        self.saga_state
-            .parse()
-            .map_err(|e| DbError::CorruptRow(format!("saga {}: {e}", self.id)))
+    /// The saga's definition as a phrase for messages: `"instance-create" v2`, or, for a saga plain steno
+    /// created (no version recorded), `"instance-create" (created by plain steno)`.
+    pub fn definition(&self) -> String {
+        match self.definition_version {
+            Some(version) => format!("{:?} v{version}", self.name),
+            None => format!("{:?} (created by plain steno)", self.name),
+        }
     }
 
     /// The owner an executor gets when it creates this saga or adopts it at this generation.
@@ -201,7 +274,7 @@ pub async fn saga_endings(
 ) -> QueryResult<BTreeMap<Uuid, SagaEnd>> {
     let done: Vec<Uuid> = sagas
         .iter()
-        .filter(|row| row.saga_state == SagaState::Done.as_str())
+        .filter(|row| row.saga_state == SagaState::Done)
         .map(|row| row.id)
         .collect();
     if done.is_empty() {
@@ -235,12 +308,15 @@ impl SagaEnd {
 
 /// How many sagas are in each state (a state no saga is in has no entry).
 pub async fn count_by_state(conn: &mut AsyncPgConnection) -> QueryResult<BTreeMap<String, i64>> {
-    let counts: Vec<(String, i64)> = saga::table
+    let counts: Vec<(SagaState, i64)> = saga::table
         .group_by(saga::saga_state)
         .select((saga::saga_state, diesel::dsl::count_star()))
         .load(conn)
         .await?;
-    Ok(counts.into_iter().collect())
+    Ok(counts
+        .into_iter()
+        .map(|(state, count)| (state.to_string(), count))
+        .collect())
 }
 
 /// The sagas `filter` selects, newest first, at most `filter.limit`, saying whether the list was truncated
@@ -251,7 +327,7 @@ pub async fn list_sagas_where(
 ) -> QueryResult<SagaPage> {
     let mut query = saga::table.select(SagaRow::as_select()).into_boxed();
     if let Some(state) = filter.state {
-        query = query.filter(saga::saga_state.eq(state.as_str()));
+        query = query.filter(saga::saga_state.eq(state));
     }
     if let Some(name) = &filter.name {
         query = query.filter(saga::name.eq(name.clone()));
@@ -357,7 +433,7 @@ pub struct SagaHistory {
 impl SagaHistory {
     /// How the saga ended, if it is `done` (see [`SagaEnd`]); `None` for any other state.
     pub fn ended(&self) -> Option<SagaEnd> {
-        (self.saga.saga_state == SagaState::Done.as_str())
+        (self.saga.saga_state == SagaState::Done)
             .then(|| SagaEnd::of(self.events.iter().any(|e| e.event_type == "failed")))
     }
 }

@@ -17,15 +17,17 @@ pub const REQUIRED: &[(&str, &[&str])] = &[
             "time_created",
             "name",
             "saga_dag",
-            "definition_version",
             "saga_state",
             "current_sec",
             "adopt_generation",
             "adopt_time",
+            "abandon_time",
+            "abandon_reason",
+            "abandon_comment",
+            "definition_version",
             "time_finished",
             "stuck_node",
             "stuck_reason",
-            "abandon_reason",
             "time_stuck",
         ],
     ),
@@ -72,26 +74,46 @@ pub const REQUIRED: &[(&str, &[&str])] = &[
     ),
 ];
 
+/// The columns of [`REQUIRED`] whose type is a PostgreSQL enum, with its name: (table, column, type).
+pub const ENUM_COLUMNS: &[(&str, &str, &str)] = &[
+    ("saga", "saga_state", "saga_state"),
+    ("saga", "abandon_reason", "saga_abandon_reason"),
+];
+
 #[derive(diesel::QueryableByName)]
 struct Column {
     #[diesel(sql_type = Text)]
     table_name: String,
     #[diesel(sql_type = Text)]
     column_name: String,
+    #[diesel(sql_type = Text)]
+    udt_name: String,
 }
 
 /// What of [`REQUIRED`] the database lacks, in its current schema: `table T` for a table missing whole,
-/// `column T.C` for a column. Empty when everything is there.
+/// `column T.C` for a column, `column T.C of type E` for a column of [`ENUM_COLUMNS`] of another type (a
+/// saga log made by a pre-release ratchet, whose states were text), `value stuck of type saga_state` for
+/// ratchet's one enum addition. Empty when everything is there.
 pub async fn missing(conn: &mut AsyncPgConnection) -> diesel::QueryResult<Vec<String>> {
     let tables: Vec<&str> = REQUIRED.iter().map(|(table, _)| *table).collect();
     let present: Vec<Column> = diesel::sql_query(
-        "SELECT table_name::TEXT AS table_name, column_name::TEXT AS column_name \
+        "SELECT table_name::TEXT AS table_name, column_name::TEXT AS column_name, udt_name::TEXT AS udt_name \
          FROM information_schema.columns \
          WHERE table_schema = current_schema() AND table_name = ANY($1)",
     )
     .bind::<Array<Text>, _>(&tables)
     .load(conn)
     .await?;
+    let types: BTreeSet<(String, String, String)> = present
+        .iter()
+        .map(|c| {
+            (
+                c.table_name.clone(),
+                c.column_name.clone(),
+                c.udt_name.clone(),
+            )
+        })
+        .collect();
     let present: BTreeSet<(String, String)> = present
         .into_iter()
         .map(|c| (c.table_name, c.column_name))
@@ -107,6 +129,31 @@ pub async fn missing(conn: &mut AsyncPgConnection) -> diesel::QueryResult<Vec<St
                 missing.push(format!("column {table}.{column}"));
             }
         }
+    }
+    for (table, column, type_name) in ENUM_COLUMNS {
+        let column_present = present.contains(&((*table).to_owned(), (*column).to_owned()));
+        let key = (
+            (*table).to_owned(),
+            (*column).to_owned(),
+            (*type_name).to_owned(),
+        );
+        if column_present && !types.contains(&key) {
+            missing.push(format!("column {table}.{column} of type {type_name}"));
+        }
+    }
+    #[derive(diesel::QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        count: i64,
+    }
+    let stuck: Count = diesel::sql_query(
+        "SELECT count(*) AS count FROM pg_enum e JOIN pg_type t ON t.oid = e.enumtypid \
+         WHERE t.typname = 'saga_state' AND e.enumlabel = 'stuck'",
+    )
+    .get_result(conn)
+    .await?;
+    if stuck.count == 0 {
+        missing.push("value stuck of type saga_state".to_owned());
     }
     Ok(missing)
 }

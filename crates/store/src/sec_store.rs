@@ -53,7 +53,7 @@ use crate::event::{EventRow, undo_error_message, uuid_of};
 use crate::fence::{Fence, Liveness};
 use crate::owner::{SagaOwner, WRITABLE_STATES};
 use crate::retry::RetryPolicy;
-use crate::saga::{SagaRow, insert_saga};
+use crate::saga::{SagaRow, SagaState, insert_saga};
 use crate::schema::{saga, saga_node_event};
 use crate::transaction::in_transaction;
 use crate::{DbError, DbPool};
@@ -327,8 +327,7 @@ impl PgSecStore {
         let saga_id = handle.0.saga_id;
         let owner = handle.owner();
         if !matches!(update, SagaCachedState::Done) {
-            let state = update.to_string();
-            let state = &state;
+            let state = state_of(update);
             return retry_forever(
                 "updating saga state",
                 saga_id,
@@ -395,8 +394,10 @@ impl PgSecStore {
                         let noted = lock(&handle.0.log).stuck.clone();
                         let (state, node, reason) = match undo_failed {
                             None => match noted {
-                                None => ("done", None, None),
-                                Some((node, reason)) => ("stuck", Some(node), Some(reason)),
+                                None => (SagaState::Done, None, None),
+                                Some((node, reason)) => {
+                                    (SagaState::Stuck, Some(node), Some(reason))
+                                }
                             },
                             Some((node_id, data)) => {
                                 let node = u32::try_from(node_id)
@@ -404,7 +405,7 @@ impl PgSecStore {
                                     .and_then(|id| names.get(&id).cloned())
                                     .unwrap_or_else(|| format!("node {node_id}"));
                                 let reason = undo_error_message(data.as_ref());
-                                ("stuck", Some(node), Some(reason))
+                                (SagaState::Stuck, Some(node), Some(reason))
                             }
                         };
                         let now = Utc::now();
@@ -414,7 +415,7 @@ impl PgSecStore {
                                 saga::stuck_node.eq(node),
                                 saga::stuck_reason.eq(reason),
                                 saga::time_finished.eq(now),
-                                saga::time_stuck.eq((state == "stuck").then_some(now)),
+                                saga::time_stuck.eq((state == SagaState::Stuck).then_some(now)),
                             ))
                             .execute(conn)
                             .await?;
@@ -426,6 +427,15 @@ impl PgSecStore {
             },
         )
         .await
+    }
+}
+
+/// The state ratchet records for a state steno reports (`stuck` is ratchet's own, decided from the log).
+fn state_of(state: SagaCachedState) -> SagaState {
+    match state {
+        SagaCachedState::Running => SagaState::Running,
+        SagaCachedState::Unwinding => SagaState::Unwinding,
+        SagaCachedState::Done => SagaState::Done,
     }
 }
 
@@ -489,15 +499,17 @@ impl steno::SecStore for PgSecStore {
             time_created: now,
             name: params.name.to_string(),
             saga_dag: params.dag,
-            definition_version: handle.0.registration.definition_version,
-            saga_state: params.state.to_string(),
+            saga_state: state_of(params.state),
             current_sec: Some(owner.sec_id),
             adopt_generation: owner.generation,
             adopt_time: now,
+            abandon_time: None,
+            abandon_reason: None,
+            abandon_comment: None,
+            definition_version: Some(handle.0.registration.definition_version),
             time_finished: None,
             stuck_node: None,
             stuck_reason: None,
-            abandon_reason: None,
             time_stuck: None,
         };
         let mut attempts = 0;

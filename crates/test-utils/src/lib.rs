@@ -6,6 +6,8 @@
 //!   tests use);
 //! - [`testing`]: fresh databases cloned from migrated templates, on a private PostgreSQL (or
 //!   `DATABASE_URL`'s server);
+//! - [`omicron`]: Omicron's saga tables as Nexus has them before ratchet, and a steno store that writes them
+//!   as Nexus's does, to build databases for the in-place upgrade;
 //! - [`pg_proxy`]: a TCP proxy between a PostgreSQL client and server that can drop a `COMMIT`'s reply,
 //!   withhold a `COMMIT`, or stage an outage.
 //!
@@ -13,5 +15,6 @@
 //! dev-dependency only; the harness, the benchmark and the CLI (the top floors) use its template databases.
 
 pub mod example;
+pub mod omicron;
 pub mod pg_proxy;
 pub mod testing;

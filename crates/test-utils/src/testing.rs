@@ -95,6 +95,20 @@ impl DatabaseServer {
         })
     }
 
+    /// Creates a fresh, empty database (no saga log, no migrations table): for a test that builds a schema
+    /// by hand, such as the one a database had before ratchet.
+    pub async fn blank_database(&self) -> Result<TestDatabase, DbError> {
+        let name = format!("ratchet_test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = pool::establish(&self.url("postgres")).await?;
+        diesel::sql_query(format!("CREATE DATABASE \"{name}\""))
+            .execute(&mut admin)
+            .await?;
+        Ok(TestDatabase {
+            url: self.url(&name),
+            name,
+        })
+    }
+
     /// Drops a database made by [`DatabaseServer::fresh_database`], closing what is still connected to it.
     ///
     /// `WITH (FORCE)` is PostgreSQL 13+ only (CockroachDB has no such clause): test and harness tooling only,

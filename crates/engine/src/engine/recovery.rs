@@ -29,7 +29,7 @@ use ratchet_store::ops::{
     abandon_saga, claim_unfinished, dag_action_names, unfinished_among, unfinished_not_named,
 };
 use ratchet_store::saga::load_logs;
-use ratchet_store::{DbError, RetryPolicy, SagaRow, retry_transient};
+use ratchet_store::{AbandonReason, DbError, RetryPolicy, SagaRow, retry_transient};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -208,8 +208,8 @@ impl Engine {
                 let result = match (self.resumers.get(row.name.as_str()), lacks, events) {
                     (_, Some(reason), _) => Err(Unresumed::Unknown(reason)),
                     (None, None, _) => Err(Unresumed::Unknown(format!(
-                        "no definition of saga {:?} v{} here",
-                        row.name, row.definition_version
+                        "no definition of saga {} here",
+                        row.definition()
                     ))),
                     (_, None, Err(error)) => Err(Unresumed::Unrecoverable(format!(
                         "its log does not load: {error}"
@@ -297,7 +297,7 @@ impl Engine {
         let pool = &self.shared.pool;
         let abandoned = retry_transient(RetryPolicy::OPERATOR, "abandoning a saga", || async {
             let mut conn = pool.get().await?;
-            abandon_saga(&mut conn, id, reason).await
+            abandon_saga(&mut conn, id, AbandonReason::Unrecoverable, reason).await
         })
         .await?;
         match abandoned {
@@ -352,15 +352,15 @@ impl Engine {
             .find(|(_, action)| !registered.actions.contains(action.as_str()))
         {
             return Err(EngineError::UnknownAction {
-                saga: S::NAME.to_owned(),
-                version: row.definition_version,
+                saga: row.definition(),
                 node: node.clone(),
                 action: action.clone(),
             });
         }
-        if row.definition_version != S::VERSION {
-            tracing::info!(saga_id = %id, saga = S::NAME, recorded = row.definition_version,
-                current = S::VERSION, "resuming a saga created by another version of its definition");
+        if row.definition_version != Some(S::VERSION) {
+            tracing::info!(saga_id = %id, saga = S::NAME, recorded = ?row.definition_version,
+                current = S::VERSION, "resuming a saga created by another version of its definition \
+                (none recorded: plain steno created it)");
         }
         let dag: SagaDag = serde_json::from_value(row.saga_dag.clone())
             .map_err(|e| EngineError::Steno(format!("the saga's DAG does not decode: {e}")))?;

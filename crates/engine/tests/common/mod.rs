@@ -52,7 +52,12 @@ pub fn params(account_id: Uuid) -> ProvisionParams {
 
 pub async fn saga_state(engine: &Engine, id: Uuid) -> String {
     let mut conn = engine.pool().get().await.unwrap();
-    get_saga(&mut conn, id).await.unwrap().unwrap().saga_state
+    get_saga(&mut conn, id)
+        .await
+        .unwrap()
+        .unwrap()
+        .saga_state
+        .to_string()
 }
 
 /// (commit records, compensation records) of a saga, by node.

@@ -1,1 +1,0 @@
-ALTER TABLE saga DROP COLUMN time_stuck;
