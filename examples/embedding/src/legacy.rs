@@ -106,6 +106,7 @@ async fn publish_project(ctx: Cx) -> Result<(), ActionError> {
     .execute(&mut conn)
     .await
     .map_err(failed)?;
+    drop(conn);
     // The crash test parks here: the write is durable, and steno has not recorded the action done. The
     // restarted process runs the action again, and the `state = 'creating'` guard makes the re-run a no-op.
     saga.context()
