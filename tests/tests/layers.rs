@@ -1,8 +1,8 @@
 //! The folders are floors (README.md, "Layout"; docs/ARCHITECTURE.md, "The layers"): `crates/` (the ground:
 //! embedded-pg, store, engine, test-utils), `sagas/` (the Nexus world), `fault-injection/` (the harness),
-//! `bench/` and `cli/` (the top), and `tests/`. A crate's dependencies (not its dev-dependencies) come from its
-//! own floor or the floors below; the library crates of the ground floor never depend on `ratchet-test-utils`
-//! (test fixtures) outside `[dev-dependencies]`.
+//! `bench/`, `cli/` and `examples/` (the top), and `tests/`. A crate's dependencies (not its
+//! dev-dependencies) come from its own floor or the floors below; the library crates of the ground floor never
+//! depend on `ratchet-test-utils` (test fixtures) outside `[dev-dependencies]`.
 
 use std::process::Command;
 
@@ -12,12 +12,13 @@ fn floor(root: &str, manifest: &str) -> (usize, &'static str) {
         .strip_prefix(root)
         .unwrap_or(manifest)
         .trim_start_matches('/');
-    const FLOORS: [(&str, usize, &str); 6] = [
+    const FLOORS: [(&str, usize, &str); 7] = [
         ("crates/", 0, "crates/"),
         ("sagas/", 1, "sagas/"),
         ("fault-injection/", 2, "fault-injection/"),
         ("bench/", 3, "bench/"),
         ("cli/", 3, "cli/"),
+        ("examples/", 3, "examples/"),
         ("tests/", 4, "tests/"),
     ];
     FLOORS
