@@ -74,7 +74,8 @@ pub(crate) struct EngineShared {
 /// How to start an engine.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
-    /// The database holding the saga log (and the sagas' own tables).
+    /// The database holding the saga log (and the sagas' own tables). Empty for an engine on the host's pool
+    /// ([`EngineConfig::for_host_pool`]).
     pub database_url: String,
     pub pool: PoolConfig,
     /// This executor's id. Keep it across restarts: recovery resumes the sagas of this id.
@@ -134,6 +135,18 @@ impl EngineConfig {
             start_limit: cfg!(panic = "abort").then_some(DEFAULT_START_LIMIT),
             run_migrations: true,
             log: None,
+        }
+    }
+}
+
+impl EngineConfig {
+    /// The configuration of an engine that runs on the host's pool ([`EngineBuilder::with_pool`]) and on a
+    /// schema the host's own tooling applies (`ratchet_store::MIGRATIONS_SQL`): no database URL, migrations
+    /// off (the engine checks the schema at start). Everything else as [`EngineConfig::new`].
+    pub fn for_host_pool(sec_id: Uuid) -> EngineConfig {
+        EngineConfig {
+            run_migrations: false,
+            ..EngineConfig::new(String::new(), sec_id)
         }
     }
 }
@@ -323,6 +336,23 @@ impl EngineBuilder {
     pub async fn start(self) -> Result<(Engine, RecoveryReport), EngineError> {
         if let Some(error) = self.error {
             return Err(error);
+        }
+        if self.config.database_url.is_empty() {
+            if self.pool.is_none() {
+                return Err(EngineError::BadConfig(
+                    "no database: give EngineConfig::database_url, or the host's pool with \
+                     EngineBuilder::with_pool"
+                        .to_owned(),
+                ));
+            }
+            if self.config.run_migrations {
+                return Err(EngineError::BadConfig(
+                    "run_migrations needs EngineConfig::database_url (migrations run on a connection of their \
+                     own); on the host's pool without a URL, apply ratchet_store::MIGRATIONS_SQL with the host's \
+                     tooling and turn run_migrations off (EngineConfig::for_host_pool does)"
+                        .to_owned(),
+                ));
+            }
         }
         if self.config.run_migrations {
             run_migrations(

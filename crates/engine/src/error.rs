@@ -98,6 +98,8 @@ pub enum EngineError {
     },
     #[error("node {node:?} is registered twice with different types")]
     DuplicateNode { node: String },
+    #[error("the engine's configuration cannot work: {0}")]
+    BadConfig(String),
     #[error("steno refused: {0}")]
     Steno(String),
     #[error("the engine is shutting down: it takes no new work")]

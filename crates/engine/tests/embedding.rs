@@ -16,14 +16,22 @@ use uuid::Uuid;
 async fn an_engine_on_the_hosts_pool_runs_sagas() {
     let db = database().await;
     let host_pool = connect_pool(&db.url, &PoolConfig::default()).await.unwrap();
-    let mut config = EngineConfig::new("postgresql://unused.invalid/none", Uuid::new_v4());
-    config.run_migrations = false;
-    let (engine, _) = EngineBuilder::new(config)
+    // Without the pool there is no database: refused, naming what to give.
+    let refused = EngineBuilder::new(EngineConfig::for_host_pool(Uuid::new_v4()))
+        .register::<ProvisionWidget>(Arc::new(()))
+        .start()
+        .await;
+    assert!(
+        matches!(&refused, Err(EngineError::BadConfig(m)) if m.contains("with_pool")),
+        "{:?}",
+        refused.map(|_| ())
+    );
+    let (engine, _) = EngineBuilder::new(EngineConfig::for_host_pool(Uuid::new_v4()))
         .with_pool(host_pool.clone())
         .register::<ProvisionWidget>(Arc::new(()))
         .start()
         .await
-        .expect("the engine starts on the host's pool (its URL is never used)");
+        .expect("the engine starts on the host's pool, with no URL");
     let account = account(&engine).await;
     let (_, outcome) = engine
         .run::<ProvisionWidget>(params(account))
@@ -134,10 +142,13 @@ async fn the_exported_sql_builds_the_whole_schema() {
     )
     .await
     .unwrap();
-    for (name, sql) in MIGRATIONS_SQL {
-        conn.batch_execute(sql)
-            .await
-            .unwrap_or_else(|e| panic!("migration {name}: {e}"));
+    // Twice: applying them again does nothing (a host may re-apply what the engine's harness applied).
+    for _ in 0..2 {
+        for (name, sql) in MIGRATIONS_SQL {
+            conn.batch_execute(sql)
+                .await
+                .unwrap_or_else(|e| panic!("migration {name}: {e}"));
+        }
     }
     let mut config = EngineConfig::new(&db.url, Uuid::new_v4());
     config.run_migrations = false;
@@ -155,6 +166,38 @@ async fn the_exported_sql_builds_the_whole_schema() {
         matches!(outcome, SagaOutcome::Succeeded { .. }),
         "{outcome:?}"
     );
+}
+
+/// A database the engine's migration harness built (diesel's `__diesel_schema_migrations` records it) takes
+/// the plain SQL files again without an error and without a change: a host can move from the engine's harness
+/// to its own tooling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_exported_sql_applied_over_the_engines_migrations_changes_nothing() {
+    let db = database().await;
+    let mut conn = establish(&db.url).await.unwrap();
+    let schema = "SELECT count(*)::TEXT || ' ' || string_agg(table_name || '.' || column_name || ':' || udt_name, ',' \
+                  ORDER BY table_name, column_name) AS key, 1::INT8 AS count \
+                  FROM information_schema.columns WHERE table_schema = current_schema()";
+    #[derive(diesel::QueryableByName)]
+    struct Shape {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        key: String,
+    }
+    use diesel_async::RunQueryDsl;
+    let before: Shape = diesel::sql_query(schema)
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    for (name, sql) in MIGRATIONS_SQL {
+        conn.batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("migration {name}: {e}"));
+    }
+    let after: Shape = diesel::sql_query(schema)
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(before.key, after.key);
 }
 
 /// A `slog` drain that keeps every record's message and its `event` and `component` keys.

@@ -45,7 +45,8 @@ pub use fence::{Fence, Liveness};
 pub use ops::{Refusal, StuckDiagnosis, stuck_diagnosis};
 pub use owner::SagaOwner;
 pub use pool::{
-    DbConnection, DbPool, PoolConfig, SAGA_LOG_MIGRATIONS, connect_pool, run_migrations,
+    DbConnection, DbPool, MIGRATIONS_SQL, PoolConfig, SAGA_LOG_MIGRATIONS, connect_pool,
+    run_migrations, session_manager,
 };
 pub use retry::{RetryPolicy, retry_transient};
 pub use saga::{AbandonReason, SagaHistory, SagaRow, SagaState};

@@ -124,18 +124,7 @@ impl SessionLimits {
 /// Builds a pool for `url` and checks that one connection can be made, so that a wrong URL or a missing
 /// database is reported here, by name, rather than as a timeout later.
 pub async fn connect_pool(url: &str, config: &PoolConfig) -> Result<DbPool, DbError> {
-    let setup = format!(
-        "{}; SET application_name = '{}'",
-        config.session.set_statements(),
-        application_name(&config.application_name)
-    );
-    let mut manager_config = ManagerConfig::<AsyncPgConnection>::default();
-    manager_config.custom_setup = Box::new(move |url| {
-        let (url, setup) = (url.to_owned(), setup.clone());
-        Box::pin(async move { establish_with(&url, &setup).await })
-    });
-    let manager =
-        AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, manager_config);
+    let manager = session_manager(url, &config.session, &config.application_name);
     let pool = bb8::Pool::builder()
         .max_size(config.max_size)
         .connection_timeout(config.checkout_timeout)
@@ -147,6 +136,28 @@ pub async fn connect_pool(url: &str, config: &PoolConfig) -> Result<DbPool, DbEr
     // Surface a bad URL now, with the server's own words.
     drop(establish(url).await?);
     Ok(pool)
+}
+
+/// The connection manager of a pool whose every session runs under `limits` and is named `application_name`
+/// in `pg_stat_activity`: for a host that builds its own bb8 pool (its own size, timeouts, checks) and hands it
+/// to the engine (`EngineBuilder::with_pool`). The limits cost one round trip when a connection is made, none
+/// per checkout.
+pub fn session_manager(
+    url: &str,
+    limits: &SessionLimits,
+    application_name: &str,
+) -> AsyncDieselConnectionManager<AsyncPgConnection> {
+    let setup = format!(
+        "{}; SET application_name = '{}'",
+        limits.set_statements(),
+        self::application_name(application_name)
+    );
+    let mut manager_config = ManagerConfig::<AsyncPgConnection>::default();
+    manager_config.custom_setup = Box::new(move |url| {
+        let (url, setup) = (url.to_owned(), setup.clone());
+        Box::pin(async move { establish_with(&url, &setup).await })
+    });
+    AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, manager_config)
 }
 
 /// One connection, set up with `setup` (one more round trip when it is made, none per checkout).

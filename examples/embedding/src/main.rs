@@ -83,8 +83,7 @@ async fn main() -> anyhow::Result<()> {
             .map(|v| v.split(',').map(str::to_owned).collect())
             .unwrap_or_default(),
     });
-    let mut config = EngineConfig::new(&args.database_url, args.executor_id);
-    config.run_migrations = false;
+    let mut config = EngineConfig::for_host_pool(args.executor_id);
     config.log = Some(log.new(slog::o!("component" => "ratchet")));
     let (engine, recovered) = EngineBuilder::new(config)
         .with_pool(pool)

@@ -3,9 +3,9 @@
 
 use anyhow::Context;
 use diesel::sql_types::Text;
-use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
-use ratchet_store::pool::{DbPool, MIGRATIONS_SQL, SessionLimits};
+use ratchet_store::pool::SessionLimits;
+use ratchet_store::{DbPool, MIGRATIONS_SQL, session_manager};
 use std::time::Duration;
 
 /// The host's own tables. A widget is created by the typed saga (`widget.rs`), a project by the plain steno
@@ -102,20 +102,7 @@ async fn apply_once(conn: &mut AsyncPgConnection, name: &str, sql: &str) -> anyh
 /// `idle_in_transaction_session_timeout` and a `lock_timeout`, so that a frozen process cannot hold its
 /// locks forever). The engine takes one connection for each node transaction, one for each log write.
 pub async fn pool(url: &str) -> anyhow::Result<DbPool> {
-    let setup = SessionLimits::default().set_statements();
-    let mut manager_config = ManagerConfig::<AsyncPgConnection>::default();
-    manager_config.custom_setup = Box::new(move |url| {
-        let (url, setup) = (url.to_owned(), setup.clone());
-        Box::pin(async move {
-            let mut conn = AsyncPgConnection::establish(&url).await?;
-            conn.batch_execute(&setup)
-                .await
-                .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;
-            Ok(conn)
-        })
-    });
-    let manager =
-        AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, manager_config);
+    let manager = session_manager(url, &SessionLimits::default(), "embedding-example");
     let pool = bb8::Pool::builder()
         .max_size(8)
         .connection_timeout(Duration::from_secs(10))

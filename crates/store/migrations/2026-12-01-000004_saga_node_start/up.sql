@@ -4,7 +4,7 @@
 -- engine give up on such a node after a limit (`EngineConfig::start_limit`) instead of crashing forever: the
 -- forward node fails, a compensation makes the saga stuck. Written only for sagas an executor recovered, never
 -- on a new saga's path.
-CREATE TABLE saga_node_start (
+CREATE TABLE IF NOT EXISTS saga_node_start (
     saga_id UUID NOT NULL,
     node_name TEXT NOT NULL,
     /* 'forward' or 'compensation' */

@@ -3,7 +3,7 @@
 -- outcome is resolved, so that an operator's `ratchet sagas show` (another process) can say why the saga
 -- neither fails nor goes on. A table of its own, not columns of `saga`: the transaction whose outcome is
 -- unknown may still hold its share lock on the saga's row.
-CREATE TABLE saga_waiting (
+CREATE TABLE IF NOT EXISTS saga_waiting (
     saga_id UUID NOT NULL,
     node_name TEXT NOT NULL,
     reason TEXT NOT NULL,
