@@ -98,6 +98,8 @@ pub enum EngineError {
     },
     #[error("node {node:?} is registered twice with different types")]
     DuplicateNode { node: String },
+    #[error("saga {saga:?} cannot be registered: {message}")]
+    BadRegistration { saga: String, message: String },
     #[error("steno refused: {0}")]
     Steno(String),
     #[error("the engine is shutting down: it takes no new work")]

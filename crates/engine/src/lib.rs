@@ -288,7 +288,8 @@ pub use node::{
 pub use observe::{CounterValues, Counters, RECENT_OUTCOMES, RecentOutcome, WaitingNode};
 pub use operate::{Abandoned, AdoptOptions, AdoptedSaga, AdoptionReport, ShutdownReport, abandon};
 pub use saga_def::{
-    NodeKind, NodeRegistry, Ratchet, SagaBuilder, SagaCx, SagaDef, Stage, steno_action_params,
+    JOIN_NODE, NodeKind, NodeRegistry, PATH_SEPARATOR, Ratchet, SUBSAGA_PARAMS_SUFFIX, SagaBuilder,
+    SagaCx, SagaDef, Stage, steno_action_params,
 };
 
 pub use ratchet_store as store;

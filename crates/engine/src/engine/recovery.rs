@@ -23,14 +23,14 @@
 use super::running::{Tracked, steno_id};
 use super::{Engine, Registered, SagaOutcome, Sec, lock};
 use crate::error::EngineError;
-use crate::saga_def::{NodeKind, SagaDef};
+use crate::saga_def::SagaDef;
 use crate::shutdown::steno_call;
 use ratchet_store::ops::{
     abandon_saga, claim_unfinished, dag_action_names, unfinished_among, unfinished_not_named,
 };
 use ratchet_store::saga::load_logs;
 use ratchet_store::{DbError, RetryPolicy, SagaRow, retry_transient};
-use std::collections::{BTreeMap, HashSet};
+
 use std::sync::Arc;
 use std::time::Duration;
 use steno::SagaDag;
@@ -364,9 +364,8 @@ impl Engine {
         }
         let dag: SagaDag = serde_json::from_value(row.saga_dag.clone())
             .map_err(|e| EngineError::Steno(format!("the saga's DAG does not decode: {e}")))?;
-        let kinds = db_node_kinds(&actions, &registered.db_actions);
         let sec = self.sec_for_resume(id).await?;
-        let (cx, log) = self.saga_cx::<S>(registered, &sec, id, owner, &dag, &kinds, Some(&events));
+        let (cx, log) = self.saga_cx::<S>(registered, &sec, id, owner, &dag, Some(&events));
         let registry = Arc::clone(&registered.registry);
         let resumed = sec
             .call("saga_resume", |client| async move {
@@ -409,18 +408,4 @@ impl From<EngineError> for Unresumed {
             other => Unresumed::Unrecoverable(other.to_string()),
         }
     }
-}
-
-/// Which nodes of a persisted DAG are database nodes: those whose action (from the DAG's JSON, see
-/// [`dag_action_names`]) is registered as one. A shape this does not recognise only costs the deferral (one
-/// extra `started` write per node), never correctness: steno itself validates the DAG.
-fn db_node_kinds(
-    actions: &BTreeMap<String, String>,
-    db_actions: &HashSet<&'static str>,
-) -> BTreeMap<String, NodeKind> {
-    actions
-        .iter()
-        .filter(|(_, action)| db_actions.contains(action.as_str()))
-        .map(|(node, _)| (node.clone(), NodeKind::Db))
-        .collect()
 }
