@@ -283,6 +283,9 @@ pub enum NodeKind {
 /// The node types of one saga definition, as steno actions.
 pub struct NodeRegistry<S: SagaDef> {
     pub(crate) actions: steno::ActionRegistry<Ratchet<S>>,
+    /// Action name to the type it runs: `(T, N)` for node type `N` of saga `T` (the saga itself, or one it
+    /// nests), so that one node type registered for two sagas under one name (whose parameters differ) is a
+    /// duplicate, not a silent choice of one.
     pub(crate) names: HashMap<&'static str, TypeId>,
     /// The action names of database nodes: on resume, the engine defers their `started` events by these.
     pub(crate) db_actions: HashSet<&'static str>,
@@ -334,7 +337,7 @@ impl<S: SagaDef> NodeRegistry<S> {
     #[doc(hidden)]
     pub fn nested_db<T: SagaDef<Context = S::Context>, N: DbNode<T>>(&mut self) -> &mut Self {
         let name = <N as DbNode<T>>::NAME;
-        if self.claim::<N>(name) {
+        if self.claim::<(T, N)>(name) {
             self.db_actions.insert(name);
             self.actions.register(Arc::new(DbAction::<S, T, N>::new()));
         }
@@ -346,7 +349,7 @@ impl<S: SagaDef> NodeRegistry<S> {
     pub fn nested_external<T: SagaDef<Context = S::Context>, N: ExternalNode<T>>(
         &mut self,
     ) -> &mut Self {
-        if self.claim::<N>(<N as ExternalNode<T>>::NAME) {
+        if self.claim::<(T, N)>(<N as ExternalNode<T>>::NAME) {
             self.actions
                 .register(Arc::new(ExternalAction::<S, T, N>::new()));
         }
@@ -381,7 +384,7 @@ impl<S: SagaDef> NodeRegistry<S> {
         name: &'static str,
         action: Arc<dyn steno::Action<Ratchet<S>>>,
     ) -> &mut Self {
-        if self.claim::<UncheckedAction<S>>(name) {
+        if self.claim::<(S, UncheckedAction<S>)>(name) {
             self.actions.register(action);
         }
         self
@@ -694,7 +697,7 @@ impl<S: SagaDef> SagaBuilder<S> {
         let path = self.path_of(name)?;
         let action_name = action.name();
         let declared = self.declared.get(&action_name).copied();
-        if declared != Some(TypeId::of::<N>()) {
+        if declared != Some(TypeId::of::<(S, N)>()) {
             let node_type = std::any::type_name::<N>();
             let problem = match declared {
                 None => "no node type of that name is",
@@ -711,7 +714,7 @@ impl<S: SagaDef> SagaBuilder<S> {
                 self.node_args.insert(path.clone(), args);
                 self.used.push(UsedNodeType {
                     action: action_name,
-                    type_id: TypeId::of::<N>(),
+                    type_id: TypeId::of::<(S, N)>(),
                     type_name: std::any::type_name::<N>(),
                     path: path.clone(),
                 });
