@@ -925,6 +925,10 @@ mod test {
         fn build(node: &String, dag: &mut SagaBuilder<Self>) -> Result<(), String> {
             match node.as_str() {
                 "listed" => dag.db("listed", Listed),
+                "parallel_last" => dag.db("listed", Listed).stage(|stage| {
+                    stage.constant("a", 1).constant("b", 2);
+                }),
+                "slash" => dag.db("a/b", Listed),
                 "unlisted" => dag.db("unlisted", Unlisted),
                 _ => dag.stage(|stage| {
                     stage.db("listed", Listed).db("impostor", Impostor);
@@ -974,6 +978,38 @@ mod test {
     #[test]
     fn a_declared_node_builds() {
         assert_eq!(built("listed"), Ok(()));
+    }
+
+    /// steno refuses a DAG whose last stage is parallel (BadOutputNode); the builder appends a join.
+    #[test]
+    fn a_parallel_last_stage_builds_with_a_join_after_it() {
+        let mut builder = SagaBuilder::<Declares>::new();
+        Declares::build(&"parallel_last".to_owned(), &mut builder).unwrap();
+        let built = builder.build_dag().unwrap();
+        let kinds: Vec<_> = built
+            .nodes
+            .iter()
+            .map(|(path, kind)| (path.as_str(), *kind))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("listed", super::NodeKind::Db),
+                ("a", super::NodeKind::Constant),
+                ("b", super::NodeKind::Constant),
+                (super::JOIN_NODE, super::NodeKind::Join),
+            ]
+        );
+        assert_eq!(
+            built.node_args[super::JOIN_NODE],
+            serde_json::json!(["a", "b"])
+        );
+    }
+
+    #[test]
+    fn a_name_holding_the_path_separator_fails_the_build() {
+        let error = built("slash").unwrap_err();
+        assert!(error.contains("\"a/b\""), "{error}");
     }
 
     #[test]

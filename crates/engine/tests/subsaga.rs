@@ -409,3 +409,34 @@ async fn a_parent_whose_node_list_lacks_its_subsaga_is_refused_before_anything_i
         "{error}"
     );
 }
+
+/// steno's own injected error fails a node without ratchet's failure (which names the node by path): the
+/// outcome still names the node by its path, not by the name both instances share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_steno_injects_in_a_subsaga_is_reported_by_path() {
+    let db = database().await;
+    let (engine, _) = engine_with_two(&db, Uuid::new_v4()).await;
+    let account = account(&engine).await;
+    let saga = engine
+        .create::<ProvisionTwo>(two_params(account, false))
+        .await
+        .unwrap();
+    saga.inject_error("widget_1/charge_account").await.unwrap();
+    let id = saga.id;
+    let outcome = saga.run().await.unwrap();
+    assert!(
+        matches!(&outcome, SagaOutcome::Unwound { node, .. } if node == "widget_1/charge_account"),
+        "{outcome:?}"
+    );
+    assert_eq!(state(&engine, account).await, untouched());
+    let (commits, compensations) = records(&engine, id).await;
+    let expected = [
+        "widget_0/activate_widget",
+        "widget_0/charge_account",
+        "widget_0/reserve_widget",
+        "widget_1/reserve_widget",
+    ];
+    assert_eq!(commits, names(&expected));
+    let compensated: Vec<(String, bool)> = expected.iter().map(|c| (c.to_string(), true)).collect();
+    assert_eq!(compensations, compensated);
+}

@@ -365,6 +365,7 @@ impl Engine {
         let dag: SagaDag = serde_json::from_value(row.saga_dag.clone())
             .map_err(|e| EngineError::Steno(format!("the saga's DAG does not decode: {e}")))?;
         let sec = self.sec_for_resume(id).await?;
+        let paths = super::running::DagShape::of(&dag).paths();
         let (cx, log) = self.saga_cx::<S>(registered, &sec, id, owner, &dag, Some(&events));
         let registry = Arc::clone(&registered.registry);
         let resumed = sec
@@ -383,7 +384,7 @@ impl Engine {
         };
         tracing::debug!(saga_id = %id, saga = S::NAME, generation = owner.generation, "saga handed to steno");
         Ok(ResumedSaga {
-            tracked: Tracked::new(id, S::NAME, sec, log),
+            tracked: Tracked::new(id, S::NAME, sec, log, paths),
             future,
         })
     }

@@ -40,17 +40,27 @@ pub(crate) struct Tracked {
     started: Instant,
     sec: Arc<Sec>,
     log: SagaLogHandle,
+    /// Action nodes' paths by steno node index: steno names a failed node by its name, which repeats
+    /// across the instances of a subsaga.
+    paths: BTreeMap<u32, String>,
 }
 
 impl Tracked {
     /// A saga this engine is about to start (created or resumed): its clock starts now.
-    pub(super) fn new(id: Uuid, name: &'static str, sec: Arc<Sec>, log: SagaLogHandle) -> Tracked {
+    pub(super) fn new(
+        id: Uuid,
+        name: &'static str,
+        sec: Arc<Sec>,
+        log: SagaLogHandle,
+        paths: BTreeMap<u32, String>,
+    ) -> Tracked {
         Tracked {
             id,
             name,
             started: Instant::now(),
             sec,
             log,
+            paths,
         }
     }
 }
@@ -225,7 +235,7 @@ impl Engine {
             engine: self.clone(),
             id,
             future: Mutex::new(future),
-            tracked: Tracked::new(id, S::NAME, sec, log),
+            tracked: Tracked::new(id, S::NAME, sec, log, shape.paths()),
             dag,
             nodes: built.nodes,
             shape,
@@ -351,6 +361,7 @@ impl Engine {
             started,
             sec,
             log,
+            paths,
         } = tracked;
         let fence = Arc::clone(log.fence());
         let mut outcome = tokio::select! {
@@ -358,7 +369,7 @@ impl Engine {
             result = AssertUnwindSafe(future).catch_unwind() => {
                 sec.unresolved.fetch_sub(1, Ordering::SeqCst);
                 match result {
-                    Ok(result) => outcome_of(result),
+                    Ok(result) => outcome_of(result, &paths),
                     Err(panic) => {
                         let reason = format!(
                             "steno's executor dropped the saga ({}); it stays unfinished in the database",
@@ -490,6 +501,14 @@ impl DagShape {
         }
     }
 
+    /// Every action node's path, by steno node index.
+    pub(crate) fn paths(&self) -> BTreeMap<u32, String> {
+        self.actions
+            .iter()
+            .map(|(index, action)| (*index, action.path.clone()))
+            .collect()
+    }
+
     /// steno's node index of the action node at `path`.
     pub(crate) fn index_of(&self, path: &str) -> Option<u32> {
         self.actions
@@ -499,7 +518,32 @@ impl DagShape {
     }
 }
 
-fn outcome_of(result: steno::SagaResult) -> SagaOutcome {
+/// The path of the node steno names `name` whose log shows an event `of_kind`: steno's names repeat across
+/// the instances of one subsaga, its log's node ids do not. `name` itself when no such node, or more than
+/// one, matches (a node outside any subsaga: its path is its name).
+fn path_of(
+    log: &steno::SagaLog,
+    paths: &BTreeMap<u32, String>,
+    name: &steno::NodeName,
+    of_kind: fn(&steno::SagaNodeEventType) -> bool,
+) -> String {
+    let name = name.as_ref();
+    let mut found: Vec<&String> = log
+        .events()
+        .iter()
+        .filter(|event| of_kind(&event.event_type))
+        .filter_map(|event| paths.get(&u32::from(event.node_id)))
+        .filter(|path| path.rsplit(crate::saga_def::PATH_SEPARATOR).next() == Some(name))
+        .collect();
+    found.dedup();
+    match found.as_slice() {
+        [path] => (*path).clone(),
+        _ => name.to_owned(),
+    }
+}
+
+fn outcome_of(result: steno::SagaResult, paths: &BTreeMap<u32, String>) -> SagaOutcome {
+    let log = &result.saga_log;
     match result.kind {
         Ok(ok) => SagaOutcome::Succeeded {
             output: ok
@@ -516,7 +560,9 @@ fn outcome_of(result: steno::SagaResult) -> SagaOutcome {
             let (node, error) = match error_source.clone().convert::<crate::error::NodeFailure>() {
                 Ok(failure) => (failure.node, failure.message),
                 Err(_) => (
-                    error_node_name.as_ref().to_owned(),
+                    path_of(log, paths, &error_node_name, |kind| {
+                        matches!(kind, steno::SagaNodeEventType::Failed(_))
+                    }),
                     error_source.to_string(),
                 ),
             };
@@ -525,7 +571,9 @@ fn outcome_of(result: steno::SagaResult) -> SagaOutcome {
                 Some((undo_node, undo_error)) => SagaOutcome::Stuck {
                     node,
                     error,
-                    undo_node: undo_node.as_ref().to_owned(),
+                    undo_node: path_of(log, paths, &undo_node, |kind| {
+                        matches!(kind, steno::SagaNodeEventType::UndoFailed(_))
+                    }),
                     undo_error: undo_error.to_string(),
                 },
             }
