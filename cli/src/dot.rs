@@ -3,7 +3,7 @@
 //! The DAG is the one persisted with the saga (steno's `SagaDag`, whose `graph` is petgraph's serialized
 //! graph: `nodes`, and `edges` as `[from, to, weight]`); each node's state comes from its events in the log.
 
-use ratchet_store::ops::dag_node_names;
+use ratchet_store::dag::node_paths;
 use ratchet_store::saga::SagaHistory;
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -89,7 +89,7 @@ fn quote(text: &str) -> String {
 /// The saga's DAG in DOT.
 pub fn render(history: &SagaHistory) -> String {
     let saga = &history.saga;
-    let names = dag_node_names(&saga.saga_dag);
+    let names = node_paths(&saga.saga_dag);
     let states = node_states(history);
     let mut out = String::new();
     let title = format!("saga {} ({}): {}", saga.id, saga.name, saga.saga_state);

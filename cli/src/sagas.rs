@@ -17,7 +17,8 @@ use anyhow::bail;
 use chrono::{DateTime, SecondsFormat, Utc};
 use ratchet_engine::{AdoptOptions, AdoptionReport, Engine, EngineConfig};
 use ratchet_engine::{EngineError, RecoveryReport, SagaOutcome};
-use ratchet_store::ops::{FailedUndo, StuckDiagnosis, UncompensatedCommit, dag_node_names};
+use ratchet_store::dag::node_paths;
+use ratchet_store::ops::{FailedUndo, StuckDiagnosis, UncompensatedCommit};
 use ratchet_store::saga::{SagaEnd, SagaFilter, SagaHistory, list_sagas_where, saga_history};
 use ratchet_store::{DbConnection, PoolConfig, pool};
 use std::collections::BTreeMap;
@@ -864,7 +865,7 @@ pub fn print_history(history: &SagaHistory, full: bool) {
 
     // Per node, in DAG order: its events and its records, in time order.
     let mut lines: BTreeMap<String, Vec<(DateTime<Utc>, u8, String)>> = BTreeMap::new();
-    let names = dag_node_names(&saga.saga_dag);
+    let names = node_paths(&saga.saga_dag);
     let name_of = |node_id: i64| {
         names
             .get(&node_id)

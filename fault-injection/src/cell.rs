@@ -771,8 +771,9 @@ async fn check_rest<T: SagaSuite>(
     }
     // The log invariant: a commit record with no compensation record implies the node's `succeeded` event
     // is in the log (the commit and the event land in one transaction; only a compensation withdraws it).
+    // By path: the commit records of nodes inside subsagas are keyed by it.
     let node_ids: std::collections::BTreeMap<String, i64> =
-        ratchet_store::ops::dag_node_names(&history.saga.saga_dag)
+        ratchet_store::dag::node_paths(&history.saga.saga_dag)
             .into_iter()
             .map(|(id, name)| (name, id))
             .collect();

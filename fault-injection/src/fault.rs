@@ -127,7 +127,9 @@ impl Fault {
     /// them through the fixture's own knobs and a one-connection pool.
     pub fn applies_to(self, kind: NodeKind) -> bool {
         match kind {
-            NodeKind::Constant => false,
+            // A constant, a subsaga's own entry (its nodes are cells of their own, by path) and a join commit
+            // nothing.
+            NodeKind::Constant | NodeKind::Subsaga | NodeKind::Join => false,
             NodeKind::Db => !matches!(self, Fault::ResponseLost | Fault::UnknownThenRefused),
             // An external node's receipt is one statement, not a transaction of its own: its lost reply is
             // the `response_lost` cell's (the service's answer), and the record write retries until it lands.

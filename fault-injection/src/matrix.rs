@@ -199,7 +199,9 @@ impl Matrix {
             let last_node = nodes
                 .iter()
                 .rev()
-                .find(|(_, kind)| *kind != NodeKind::Constant)
+                .find(|(_, kind)| {
+                    matches!(kind, NodeKind::Db | NodeKind::External | NodeKind::Steno)
+                })
                 .map(|(name, _)| name.clone())
                 .unwrap_or_default();
             let cell = |node: &str, kind: NodeKind, fault: Fault, other: Option<&str>| Cell {

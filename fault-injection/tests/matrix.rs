@@ -34,7 +34,7 @@ async fn snapshot_create_passes_every_cell() {
 async fn instance_create_every_fault_at_an_attach_and_the_vmm_ensure() {
     let report = run(Matrix::new()
         .suite(InstanceCreateSuite::new(false))
-        .nodes(&["attach_disk_0", "ensure_vmm"]))
+        .nodes(&["attach_disk_0/attach_disk", "ensure_vmm"]))
     .await;
     assert_all_pass(&report, DB_FAULTS + EXTERNAL_FAULTS);
 }
@@ -76,7 +76,18 @@ async fn instance_create_after_commit_and_crash_after_commit() {
         .faults(&[Fault::AfterCommit, Fault::CrashAfterCommit]))
     .await;
     // Every action node of the saga (13: a NIC, two IPs, a created disk and its finalize, two attaches, the
-    // boot disk, two state moves, the sled reservation, the VMM ensure, the record): two faults each.
+    // boot disk, two state moves, the sled reservation, the VMM ensure, the record): two faults each. The
+    // two attaches are the nodes of two instances of the disk-attach subsaga, one cell each by path.
+    let order = &report.dag_order["instance-create"];
+    for path in ["attach_disk_0/attach_disk", "attach_disk_1/attach_disk"] {
+        assert!(order.iter().any(|n| n == path), "{path}: {order:?}");
+        assert_eq!(
+            report.cells.iter().filter(|c| c.cell.node == path).count(),
+            2,
+            "{}",
+            report.table()
+        );
+    }
     assert_all_pass(&report, 13 * 2);
 }
 

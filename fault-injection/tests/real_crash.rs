@@ -53,7 +53,7 @@ async fn instance_create_survives_real_crashes_at_an_attach_and_the_vmm_ensure()
     let report = run(Matrix::new()
         .suite(InstanceCreateSuite::new(false))
         .faults(&CRASHES)
-        .nodes(&["attach_disk_0", "ensure_vmm"])
+        .nodes(&["attach_disk_0/attach_disk", "ensure_vmm"])
         .real_crash(child()))
     .await;
     assert_all_pass(&report, 2 * CRASHES.len());

@@ -8,12 +8,17 @@
 //! the node's arguments, so a replayed node writes the same rows. Each node's commit point is its one
 //! transaction; `finish` only maps the receipt to the output.
 //!
+//! Each disk is attached by a disk-attach subsaga (`DiskAttach`, as Omicron's instance-create nests its
+//! disk-attach subsagas): subsaga `attach_disk_{i}`, whose one node has path `attach_disk_{i}/attach_disk`
+//! (its commit record, failpoints and idempotency are keyed by that path, so the instances never collide).
+//!
 //! The unwind runs in reverse: attach undos detach, disk-record undos delete the (detached) disks, and the
 //! instance record is deleted last. In the legacy variant an attach that committed and then failed is never
 //! undone by steno, so the disk-record undo meets an attached disk and fails: Omicron 10695.
 
 use crate::app::NexusApp;
 use crate::attach_nodes::{AttachDisk, MAX_DISKS_PER_INSTANCE};
+use crate::disk_attach::{DiskAttach, DiskInstanceParams};
 use crate::legacy;
 use ratchet_datastore::{self as ds, InstanceState, IpAttachState, IpKind};
 use ratchet_engine::{
@@ -83,7 +88,7 @@ impl SagaDef for InstanceCreate {
         db AllocateExternalIp,      // INSERT external_ip (snat, or ephemeral), attached: one transaction
         db CreateDiskRecord,        // INSERT volume + disk (creating)
         db FinalizeDisk,            // disk creating -> detached
-        db AttachDisk,              // the attach CTE
+        subsaga DiskAttach,         // one disk-attach subsaga a disk: its node attach_disk, the attach CTE
         // The pre-fix attach, a plain steno action, in place of AttachDisk in the legacy variant.
         unchecked legacy::LEGACY_ATTACH => legacy::legacy_attach_action(),
         db SetBootDisk,             // instance.boot_disk_id
@@ -184,7 +189,14 @@ impl SagaDef for InstanceCreate {
                     stage.unchecked_steno_action(&name, legacy::legacy_attach_action().as_ref());
                 });
             } else {
-                dag.db(&name, attach);
+                // Nexus nests one disk-attach subsaga a disk; its node is `attach_disk_{i}/attach_disk`.
+                dag.subsaga::<DiskAttach>(
+                    &name,
+                    &DiskInstanceParams {
+                        instance_id,
+                        disk_id: *disk_id,
+                    },
+                );
             }
         }
         if let (true, Some(disk_id)) = (p.boot_disk, all_disks.first()) {

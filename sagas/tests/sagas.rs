@@ -393,7 +393,7 @@ mod instance_create {
             &mut nexus,
             InstanceCreate,
             params,
-            "attach_disk_1",
+            "attach_disk_1/attach_disk",
             &[&format!("disk {ghost} not found")]
         );
         // The instance was made, then deleted by the unwind.
@@ -454,7 +454,7 @@ mod instance_create {
             &mut nexus,
             InstanceCreate,
             params,
-            "attach_disk_1",
+            "attach_disk_1/attach_disk",
             &[&format!(
                 "disk {taken} is attached to another instance ({other})"
             )]
@@ -474,7 +474,7 @@ mod instance_create {
             &mut nexus,
             InstanceCreate,
             params,
-            "attach_disk_0",
+            "attach_disk_0/attach_disk",
             &[&format!(
                 "disk {busy} cannot be attached in state maintenance"
             )]

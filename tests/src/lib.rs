@@ -604,7 +604,7 @@ impl InstanceCreateShape {
         nodes.extend(["allocate_snat_ip".into(), "allocate_ephemeral_ip".into()]);
         nodes.extend((0..self.create_disks).map(|i| format!("create_disk_record_{i}")));
         nodes.extend((0..self.create_disks).map(|i| format!("finalize_disk_{i}")));
-        nodes.extend((0..self.disks()).map(|i| format!("attach_disk_{i}")));
+        nodes.extend((0..self.disks()).map(|i| format!("attach_disk_{i}/attach_disk")));
         nodes.extend(
             [
                 "set_boot_disk",

@@ -58,7 +58,10 @@
 //! type changes: they run under ratchet's [`Ratchet<S>`](crate::Ratchet) saga type, whose context is
 //! [`SagaCx<S>`](crate::SagaCx) (your context is [`SagaCx::context`](crate::SagaCx::context); the pool, for
 //! such actions only, [`SagaCx::unchecked_pool`](crate::SagaCx::unchecked_pool)). Writing the actions generic
-//! over a small trait both contexts implement lets one body serve both executors during the move.
+//! over a small trait both contexts implement lets one body serve both executors during the move. Read the
+//! saga's parameters with [`steno_action_params`](crate::steno_action_params): it reads them bare (a saga plain
+//! steno created) or from ratchet's envelope (a saga ratchet created, whose steno parameters also carry its
+//! nodes' arguments); steno's own `saga_params` reads only the first.
 //!
 //! The test `omicron_upgrade.rs` of this crate does all of this: Omicron's tables, two plain steno sagas
 //! written by a store that writes rows as `CockroachDbSecStore` does and left in flight (one running, one
@@ -74,6 +77,14 @@
 //! `VERSION` when the DAG's shape changes; keep node names and `NAME`s stable (they are persisted). A saga in
 //! flight under its plain steno definition is finished by the unchecked actions as long as a binary registers
 //! them: keep both registered for one release.
+//!
+//! A saga that nests others (Nexus's instance-create nests a disk-attach per disk) nests them as typed
+//! sagas: [`SagaBuilder::subsaga`](crate::SagaBuilder::subsaga) with the child's parameters, `subsaga Child`
+//! in the parent's `declare_saga_nodes!` list; a later node reads the child's output by the subsaga's name.
+//! Inside, every node has a path (`attach_disk_0/attach_disk`) that keys its commit and compensation records,
+//! so two instances of one child never share a record, and exactly-once, inline compensation, fencing and
+//! recovery hold there as everywhere. A last stage may be parallel: the saga's output is then an object of
+//! that stage's outputs by node name.
 //!
 //! # 6. Start, and wire the operations
 //!

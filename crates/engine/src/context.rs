@@ -4,13 +4,16 @@ use crate::error::NodeError;
 use crate::node::NodeOutput;
 use crate::saga_def::{Ratchet, SagaDef};
 use ratchet_store::DbConnection;
+use serde::de::DeserializeOwned;
 use std::panic::AssertUnwindSafe;
 use uuid::Uuid;
 
 /// The prepare phase's view: the saga's parameters, earlier nodes' outputs, and one connection inside a
 /// read-only transaction (PostgreSQL rejects any write made through it).
 pub struct PrepareCx<'a, S: SagaDef> {
-    pub(crate) steno: &'a steno::ActionContext<Ratchet<S>>,
+    /// steno's view of the node's ancestors, scoped to the node's own saga or subsaga (inside a subsaga, only
+    /// the subsaga's earlier nodes are visible, by their names there).
+    pub(crate) steno: &'a dyn Ancestors,
     pub(crate) params: &'a S::Params,
     pub(crate) conn: &'a mut DbConnection,
     pub(crate) saga_id: Uuid,
@@ -38,7 +41,9 @@ impl<S: SagaDef> PrepareCx<'_, S> {
         self.saga_id
     }
 
-    /// This node's name in the DAG.
+    /// This node's path in the DAG: its name, or inside a subsaga the subsaga's path, `/`, and its name
+    /// there (see [`crate::SagaBuilder::subsaga`]). Its records, idempotency keys and derived ids are keyed
+    /// by it.
     pub fn node_name(&self) -> &str {
         self.node_name
     }
@@ -47,17 +52,41 @@ impl<S: SagaDef> PrepareCx<'_, S> {
     /// permanent error (steno itself would panic: steno#32).
     pub fn output<T: NodeOutput>(&self, node_name: &str) -> Result<T, NodeError> {
         let steno = self.steno;
-        std::panic::catch_unwind(AssertUnwindSafe(|| steno.lookup::<T>(node_name)))
+        std::panic::catch_unwind(AssertUnwindSafe(|| steno.output_json(node_name)))
             .map_err(|_| {
                 NodeError::permanent(format!(
                     "node {:?} looked up {node_name:?}, which is not one of its ancestors",
                     self.node_name
                 ))
             })?
+            .and_then(|value| serde_json::from_value::<T>(value).map_err(|e| e.to_string()))
             .map_err(|error| {
                 NodeError::permanent(format!("output of {node_name:?} does not decode: {error}"))
             })
     }
+}
+
+/// The outputs of a node's ancestors, as steno's `ActionContext` of the saga the node runs in (the root saga,
+/// whose steno type may differ from the node's own saga when the node runs inside a subsaga) gives them.
+pub(crate) trait Ancestors: Send + Sync {
+    /// The output of ancestor `name`, as JSON. steno panics when `name` is not an ancestor (steno#32): the
+    /// caller catches that.
+    fn output_json(&self, name: &str) -> Result<serde_json::Value, String>;
+}
+
+impl<R: SagaDef> Ancestors for steno::ActionContext<Ratchet<R>> {
+    fn output_json(&self, name: &str) -> Result<serde_json::Value, String> {
+        self.lookup::<serde_json::Value>(name)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Decodes a value of type `T` from JSON (the node's parameters, inside a subsaga the subsaga's).
+pub(crate) fn decode_params<T: DeserializeOwned>(
+    value: &serde_json::Value,
+) -> Result<T, NodeError> {
+    T::deserialize(value)
+        .map_err(|e| NodeError::permanent(format!("saga parameters do not decode: {e}")))
 }
 
 /// The commit phase's view (also a compensation's): one connection inside the transaction the engine opened.
@@ -90,7 +119,7 @@ impl CommitTx<'_> {
 
 /// An external node's view while calling out: the idempotency key, the parameters and the application context.
 pub struct ExternalCx<'a, S: SagaDef> {
-    pub(crate) params: &'a S::Params,
+    pub(crate) params: S::Params,
     pub(crate) app: &'a S::Context,
     pub(crate) saga_id: Uuid,
     pub(crate) node_name: &'a str,
@@ -110,7 +139,7 @@ impl<S: SagaDef> ExternalCx<'_, S> {
     }
 
     pub fn params(&self) -> &S::Params {
-        self.params
+        &self.params
     }
 
     pub fn context(&self) -> &S::Context {
@@ -121,6 +150,7 @@ impl<S: SagaDef> ExternalCx<'_, S> {
         self.saga_id
     }
 
+    /// This node's path in the DAG (see [`PrepareCx::node_name`]).
     pub fn node_name(&self) -> &str {
         self.node_name
     }

@@ -304,6 +304,12 @@ impl EngineBuilder {
             self.error
                 .get_or_insert(EngineError::DuplicateNode { node });
         }
+        if let Some(message) = registry.refused.take() {
+            self.error.get_or_insert(EngineError::BadRegistration {
+                saga: S::NAME.to_owned(),
+                message,
+            });
+        }
         let registered = Arc::new(Registered::<S> {
             registry: Arc::new(registry.actions),
             actions: registry.names.keys().copied().collect(),

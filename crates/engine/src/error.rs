@@ -100,6 +100,8 @@ pub enum EngineError {
     DuplicateNode { node: String },
     #[error("the engine's configuration cannot work: {0}")]
     BadConfig(String),
+    #[error("saga {saga:?} cannot be registered: {message}")]
+    BadRegistration { saga: String, message: String },
     #[error("steno refused: {0}")]
     Steno(String),
     #[error("the engine is shutting down: it takes no new work")]

@@ -43,11 +43,16 @@ impl From<ratchet_store::DbError> for Stop {
 }
 
 /// One node's run: who it is, in which saga, with which arguments.
+///
+/// `S` is the root saga (steno's saga type is `Ratchet<S>`); the node itself may belong to a subsaga nested
+/// in it, whose parameters `params` then holds (steno hands an action inside a subsaga the subsaga's
+/// parameters). `name` is the node's path (its steno label, see [`crate::SagaBuilder::subsaga`]): every
+/// record, failpoint and steno node id of the node is found by it.
 pub(crate) struct NodeRun<'a, S: SagaDef> {
     pub(crate) cx: &'a SagaCx<S>,
     pub(crate) name: String,
     pub(crate) node_id: u32,
-    pub(crate) params: S::Params,
+    pub(crate) params: serde_json::Value,
     args: serde_json::Value,
     /// Counts this node as between phase boundaries, for a clean shutdown.
     active: ActiveNode<'a>,
@@ -62,7 +67,7 @@ impl<'a, S: SagaDef> NodeRun<'a, S> {
         let node_id = *cx.node_ids.get(&name).ok_or_else(|| {
             NodeError::permanent(format!("node {name:?} is not in the saga's DAG"))
         })?;
-        let envelope: Envelope<S::Params> = ctx
+        let envelope: Envelope<serde_json::Value> = ctx
             .saga_params()
             .map_err(|e| NodeError::permanent(format!("saga parameters do not decode: {e}")))?;
         let args = envelope.nodes.get(&name).cloned().ok_or_else(|| {
@@ -130,6 +135,11 @@ impl<'a, S: SagaDef> NodeRun<'a, S> {
             return Err(NodeError::permanent(message));
         }
         Ok(())
+    }
+
+    /// The parameters of the saga the node belongs to (the subsaga's, inside a subsaga).
+    pub(crate) fn params<P: DeserializeOwned>(&self) -> Result<P, NodeError> {
+        crate::context::decode_params(&self.params)
     }
 
     /// The node value (its arguments) recorded in the DAG.

@@ -27,27 +27,32 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 /// The steno action of database node type `N` in saga `S`.
-pub(crate) struct DbAction<S, N>(PhantomData<fn() -> (S, N)>);
+///
+/// `S` is the root saga, whose steno saga type the action runs under; `T` the saga `N` belongs to: `S` itself,
+/// or a saga nested in it as a subsaga (same application context), whose parameters the node sees.
+pub(crate) struct DbAction<S, T, N>(PhantomData<crate::saga_def::Marker<(S, T, N)>>);
 
-impl<S, N> DbAction<S, N> {
+impl<S, T, N> DbAction<S, T, N> {
     pub(crate) fn new() -> Self {
         DbAction(PhantomData)
     }
 }
 
-impl<S, N> fmt::Debug for DbAction<S, N> {
+impl<S, T, N> fmt::Debug for DbAction<S, T, N> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("DbAction")
     }
 }
 
-impl<S: SagaDef, N: DbNode<S>> steno::Action<Ratchet<S>> for DbAction<S, N> {
+impl<S: SagaDef, T: SagaDef<Context = S::Context>, N: DbNode<T>> steno::Action<Ratchet<S>>
+    for DbAction<S, T, N>
+{
     fn do_it(&self, ctx: ActionContext<Ratchet<S>>) -> BoxFuture<'_, steno::ActionResult> {
-        Box::pin(async move { forward::<S, N>(&ctx).await })
+        Box::pin(async move { forward::<S, T, N>(&ctx).await })
     }
 
     fn undo_it(&self, ctx: ActionContext<Ratchet<S>>) -> BoxFuture<'_, steno::UndoResult> {
-        Box::pin(async move { undo::<S, N>(&ctx).await })
+        Box::pin(async move { undo::<S, T, N>(&ctx).await })
     }
 
     fn name(&self) -> ActionName {
@@ -65,7 +70,9 @@ enum Forward {
     AlreadyCompensated,
 }
 
-async fn forward<S: SagaDef, N: DbNode<S>>(ctx: &ActionContext<Ratchet<S>>) -> steno::ActionResult {
+async fn forward<S: SagaDef, T: SagaDef<Context = S::Context>, N: DbNode<T>>(
+    ctx: &ActionContext<Ratchet<S>>,
+) -> steno::ActionResult {
     let run =
         NodeRun::<S>::new(ctx).map_err(|e| steno::ActionError::action_failed(e.to_string()))?;
     let span = tracing::info_span!("node", saga_id = %run.saga_id(), node = %run.name, kind = "db");
@@ -77,7 +84,7 @@ async fn forward<S: SagaDef, N: DbNode<S>>(ctx: &ActionContext<Ratchet<S>>) -> s
         let policy = run.cx.shared.forward_retry;
         let outcome = with_retries(&run, policy, "commit", |attempt| {
             let span = tracing::info_span!("attempt", attempt);
-            attempt_forward::<S, N>(&run, &node, ctx).instrument(span)
+            attempt_forward::<S, T, N>(&run, &node, ctx).instrument(span)
         })
         .await
         .map_err(|e| run.failure("commit", &e))?;
@@ -99,7 +106,7 @@ async fn forward<S: SagaDef, N: DbNode<S>>(ctx: &ActionContext<Ratchet<S>>) -> s
                             .map_err(|e| run.failure("replay", &e))
                     }
                     Err(Stop::Node(error)) => {
-                        compensate_after_commit::<S, N>(&run, &node, None, error).await
+                        compensate_after_commit::<S, T, N>(&run, &node, None, error).await
                     }
                     Err(stop) => run.stop_driving(&stop).await,
                 }
@@ -120,7 +127,7 @@ async fn forward<S: SagaDef, N: DbNode<S>>(ctx: &ActionContext<Ratchet<S>>) -> s
                     Ok(()) => Ok(Arc::new(output)),
                     Err(Stop::Node(error)) => {
                         run.cx.log.unmark_durable(run.node_id, "succeeded");
-                        compensate_after_commit::<S, N>(&run, &node, Some(output), error).await
+                        compensate_after_commit::<S, T, N>(&run, &node, Some(output), error).await
                     }
                     Err(stop) => run.stop_driving(&stop).await,
                 }
@@ -132,7 +139,7 @@ async fn forward<S: SagaDef, N: DbNode<S>>(ctx: &ActionContext<Ratchet<S>>) -> s
 }
 
 /// One attempt: BEGIN … COMMIT, or a rollback.
-async fn attempt_forward<S: SagaDef, N: DbNode<S>>(
+async fn attempt_forward<S: SagaDef, T: SagaDef<Context = S::Context>, N: DbNode<T>>(
     run: &NodeRun<'_, S>,
     node: &N,
     ctx: &ActionContext<Ratchet<S>>,
@@ -153,9 +160,16 @@ async fn attempt_forward<S: SagaDef, N: DbNode<S>>(
             begin = format!("{begin}; {}", enter_prepare());
         }
         tx::begin_then(conn, &begin).await?;
-        let result =
-            forward_in_transaction::<S, N>(run, node, ctx, conn, look_up, token, &mut start_events)
-                .await;
+        let result = forward_in_transaction::<S, T, N>(
+            run,
+            node,
+            ctx,
+            conn,
+            look_up,
+            token,
+            &mut start_events,
+        )
+        .await;
         match result {
             Ok(output) => {
                 run.cx.note_commit_sent(run.node_id);
@@ -292,7 +306,7 @@ impl<E: Into<Stop>> From<E> for Early {
 /// Everything between BEGIN and COMMIT. Returns the output to commit. `look_up`: whether to look for an
 /// earlier commit first (else the prepare's savepoint was entered with the BEGIN). `start_events` is set to
 /// the start node's id when the transaction carries its held-back events.
-async fn forward_in_transaction<S: SagaDef, N: DbNode<S>>(
+async fn forward_in_transaction<S: SagaDef, T: SagaDef<Context = S::Context>, N: DbNode<T>>(
     run: &NodeRun<'_, S>,
     node: &N,
     ctx: &ActionContext<Ratchet<S>>,
@@ -321,9 +335,10 @@ async fn forward_in_transaction<S: SagaDef, N: DbNode<S>>(
     // transaction of its own gets a diesel savepoint nested inside this one. A failed (or panicking) prepare
     // fails the attempt, and the caller rolls the whole transaction back.
     let plan = {
-        let mut cx = PrepareCx {
+        let params: T::Params = run.params()?;
+        let mut cx = PrepareCx::<T> {
             steno: ctx,
-            params: &run.params,
+            params: &params,
             conn: &mut *conn,
             saga_id,
             node_name: &run.name,
@@ -475,7 +490,7 @@ pub(crate) fn event_row<S: SagaDef>(
 ///
 /// If the compensation itself fails for good, the node's commit stands: with its output known, the node
 /// reports success (the saga goes on, consistently); without it, the saga is recorded stuck.
-async fn compensate_after_commit<S: SagaDef, N: DbNode<S>>(
+async fn compensate_after_commit<S: SagaDef, T: SagaDef<Context = S::Context>, N: DbNode<T>>(
     run: &NodeRun<'_, S>,
     node: &N,
     output: Option<serde_json::Value>,
@@ -484,7 +499,7 @@ async fn compensate_after_commit<S: SagaDef, N: DbNode<S>>(
     tracing::warn!(%cause, "failure after the commit: compensating inline before failing the node");
     let policy = run.cx.shared.compensation_retry;
     let compensated = with_retries(run, policy, "compensate", |_| {
-        attempt_compensation::<S, N>(run, node, Mode::AfterCommit)
+        attempt_compensation::<S, T, N>(run, node, Mode::AfterCommit)
     })
     .await;
     match (compensated, output) {
@@ -504,7 +519,9 @@ async fn compensate_after_commit<S: SagaDef, N: DbNode<S>>(
     }
 }
 
-async fn undo<S: SagaDef, N: DbNode<S>>(ctx: &ActionContext<Ratchet<S>>) -> steno::UndoResult {
+async fn undo<S: SagaDef, T: SagaDef<Context = S::Context>, N: DbNode<T>>(
+    ctx: &ActionContext<Ratchet<S>>,
+) -> steno::UndoResult {
     let run = NodeRun::<S>::new(ctx).map_err(anyhow::Error::new)?;
     let span = tracing::info_span!("undo", saga_id = %run.saga_id(), node = %run.name, kind = "db");
     async {
@@ -513,7 +530,7 @@ async fn undo<S: SagaDef, N: DbNode<S>>(ctx: &ActionContext<Ratchet<S>>) -> sten
         let policy = run.cx.shared.compensation_retry;
         let outcome = with_retries(&run, policy, "compensate", |attempt| {
             let span = tracing::info_span!("attempt", attempt);
-            attempt_compensation::<S, N>(&run, &node, Mode::Undo).instrument(span)
+            attempt_compensation::<S, T, N>(&run, &node, Mode::Undo).instrument(span)
         })
         .await?;
         tracing::info!(?outcome, "compensation finished");
@@ -542,7 +559,7 @@ pub(crate) enum Compensation {
     NothingCommitted,
 }
 
-async fn attempt_compensation<S: SagaDef, N: DbNode<S>>(
+async fn attempt_compensation<S: SagaDef, T: SagaDef<Context = S::Context>, N: DbNode<T>>(
     run: &NodeRun<'_, S>,
     node: &N,
     mode: Mode,
@@ -557,7 +574,7 @@ async fn attempt_compensation<S: SagaDef, N: DbNode<S>>(
         let result = catch_phase(
             run,
             "compensation",
-            compensation_in_transaction::<S, N>(run, node, mode, conn, token),
+            compensation_in_transaction::<S, T, N>(run, node, mode, conn, token),
         )
         .await;
         match result {
@@ -625,7 +642,7 @@ async fn compensation_landed<S: SagaDef>(
     Ok(outcome)
 }
 
-async fn compensation_in_transaction<S: SagaDef, N: DbNode<S>>(
+async fn compensation_in_transaction<S: SagaDef, T: SagaDef<Context = S::Context>, N: DbNode<T>>(
     run: &NodeRun<'_, S>,
     node: &N,
     mode: Mode,

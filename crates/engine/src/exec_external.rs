@@ -24,27 +24,32 @@ use steno::{ActionContext, ActionName, SagaNodeEventType};
 use tracing::Instrument;
 
 /// The steno action of external node type `N` in saga `S`.
-pub(crate) struct ExternalAction<S, N>(PhantomData<fn() -> (S, N)>);
+///
+/// `S` is the root saga, whose steno saga type the action runs under; `T` the saga `N` belongs to: `S` itself,
+/// or a saga nested in it as a subsaga (same application context), whose parameters the node sees.
+pub(crate) struct ExternalAction<S, T, N>(PhantomData<crate::saga_def::Marker<(S, T, N)>>);
 
-impl<S, N> ExternalAction<S, N> {
+impl<S, T, N> ExternalAction<S, T, N> {
     pub(crate) fn new() -> Self {
         ExternalAction(PhantomData)
     }
 }
 
-impl<S, N> fmt::Debug for ExternalAction<S, N> {
+impl<S, T, N> fmt::Debug for ExternalAction<S, T, N> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("ExternalAction")
     }
 }
 
-impl<S: SagaDef, N: ExternalNode<S>> steno::Action<Ratchet<S>> for ExternalAction<S, N> {
+impl<S: SagaDef, T: SagaDef<Context = S::Context>, N: ExternalNode<T>> steno::Action<Ratchet<S>>
+    for ExternalAction<S, T, N>
+{
     fn do_it(&self, ctx: ActionContext<Ratchet<S>>) -> BoxFuture<'_, steno::ActionResult> {
-        Box::pin(async move { forward::<S, N>(&ctx).await })
+        Box::pin(async move { forward::<S, T, N>(&ctx).await })
     }
 
     fn undo_it(&self, ctx: ActionContext<Ratchet<S>>) -> BoxFuture<'_, steno::UndoResult> {
-        Box::pin(async move { undo::<S, N>(&ctx).await })
+        Box::pin(async move { undo::<S, T, N>(&ctx).await })
     }
 
     fn name(&self) -> ActionName {
@@ -58,16 +63,20 @@ enum Prepared<P> {
     AlreadyCompensated,
 }
 
-fn external_cx<'a, S: SagaDef>(run: &'a NodeRun<'_, S>) -> ExternalCx<'a, S> {
-    ExternalCx {
-        params: &run.params,
+/// The call's view, with the parameters of the saga the node belongs to (`T`: the root saga `S`, or a
+/// subsaga nested in it).
+fn external_cx<'a, S: SagaDef, T: SagaDef<Context = S::Context>>(
+    run: &'a NodeRun<'_, S>,
+) -> Result<ExternalCx<'a, T>, NodeError> {
+    Ok(ExternalCx {
+        params: run.params()?,
         app: &run.cx.app,
         saga_id: run.saga_id(),
         node_name: &run.name,
-    }
+    })
 }
 
-async fn forward<S: SagaDef, N: ExternalNode<S>>(
+async fn forward<S: SagaDef, T: SagaDef<Context = S::Context>, N: ExternalNode<T>>(
     ctx: &ActionContext<Ratchet<S>>,
 ) -> steno::ActionResult {
     let run =
@@ -81,18 +90,25 @@ async fn forward<S: SagaDef, N: ExternalNode<S>>(
         // before this run's own call must then undo that call by key before the node fails.
         let may_have_called = run.cx.started_in_log.contains(&run.node_id);
         if let Err(error) = run.count_start("forward").await {
-            return fail_before_calling::<S, N>(&run, &node, may_have_called, "start", error).await;
+            return fail_before_calling::<S, T, N>(&run, &node, may_have_called, "start", error)
+                .await;
         }
         let policy = run.cx.shared.forward_retry;
         let prepared = match with_retries(&run, policy, "prepare", |_| {
-            prepare::<S, N>(&run, &node, ctx)
+            prepare::<S, T, N>(&run, &node, ctx)
         })
         .await
         {
             Ok(prepared) => prepared,
             Err(error) => {
-                return fail_before_calling::<S, N>(&run, &node, may_have_called, "prepare", error)
-                    .await;
+                return fail_before_calling::<S, T, N>(
+                    &run,
+                    &node,
+                    may_have_called,
+                    "prepare",
+                    error,
+                )
+                .await;
             }
         };
         let plan = match prepared {
@@ -100,7 +116,7 @@ async fn forward<S: SagaDef, N: ExternalNode<S>>(
             Prepared::AlreadyCompensated => {
                 // The record may have been written just before a crash cut the compensating call short: make
                 // the call again (by key, so at most once) before failing.
-                return compensate_then_fail::<S, N>(
+                return compensate_then_fail::<S, T, N>(
                     &run,
                     &node,
                     NodeError::permanent("the node failed after its call and was compensated"),
@@ -115,7 +131,7 @@ async fn forward<S: SagaDef, N: ExternalNode<S>>(
                         .map(Arc::new)
                         .map_err(|e| run.failure("replay", &e)),
                     Err(Stop::Node(error)) => {
-                        compensate_then_fail::<S, N>(&run, &node, error).await
+                        compensate_then_fail::<S, T, N>(&run, &node, error).await
                     }
                     Err(stop) => run.stop_driving(&stop).await,
                 };
@@ -124,17 +140,17 @@ async fn forward<S: SagaDef, N: ExternalNode<S>>(
         if let Err(stop) = run.fault(FaultPoint::AfterPrepare).await {
             return match stop {
                 Stop::Node(error) => {
-                    fail_before_calling::<S, N>(&run, &node, may_have_called, "prepare", error)
+                    fail_before_calling::<S, T, N>(&run, &node, may_have_called, "prepare", error)
                         .await
                 }
                 stop => run.stop_driving(&stop).await,
             };
         }
-        let receipt = match call_until_definite::<S, N>(&run, &node, &plan).await {
+        let receipt = match call_until_definite::<S, T, N>(&run, &node, &plan).await {
             Ok(receipt) => receipt,
             Err(CallFailed::Refused(error)) => return Err(run.failure("call", &error)),
             Err(CallFailed::Unknown(error)) => {
-                return compensate_then_fail::<S, N>(&run, &node, error).await;
+                return compensate_then_fail::<S, T, N>(&run, &node, error).await;
             }
         };
         let receipt_json = encode("receipt", &receipt).map_err(|e| run.failure("call", &e))?;
@@ -145,7 +161,7 @@ async fn forward<S: SagaDef, N: ExternalNode<S>>(
         {
             Ok(output) => output,
             Err(Stop::Node(error)) => {
-                return compensate_then_fail::<S, N>(&run, &node, error).await;
+                return compensate_then_fail::<S, T, N>(&run, &node, error).await;
             }
             Err(stop) => run.stop_driving(&stop).await,
         };
@@ -161,7 +177,7 @@ async fn forward<S: SagaDef, N: ExternalNode<S>>(
         .await;
         if let Err(error) = recorded {
             // Permanent failure to record: the call stands, unrecorded; undo it by key before failing.
-            return compensate_then_fail::<S, N>(&run, &node, error).await;
+            return compensate_then_fail::<S, T, N>(&run, &node, error).await;
         }
         run.cx.log.mark_durable(run.node_id, &["succeeded"]);
         run.cx
@@ -180,7 +196,7 @@ async fn forward<S: SagaDef, N: ExternalNode<S>>(
             Ok(()) => Ok(Arc::new(output_json)),
             Err(Stop::Node(error)) => {
                 run.cx.log.unmark_durable(run.node_id, "succeeded");
-                compensate_then_fail::<S, N>(&run, &node, error).await
+                compensate_then_fail::<S, T, N>(&run, &node, error).await
             }
             Err(stop) => run.stop_driving(&stop).await,
         }
@@ -189,7 +205,7 @@ async fn forward<S: SagaDef, N: ExternalNode<S>>(
     .await
 }
 
-async fn prepare<S: SagaDef, N: ExternalNode<S>>(
+async fn prepare<S: SagaDef, T: SagaDef<Context = S::Context>, N: ExternalNode<T>>(
     run: &NodeRun<'_, S>,
     node: &N,
     ctx: &ActionContext<Ratchet<S>>,
@@ -217,9 +233,10 @@ async fn prepare<S: SagaDef, N: ExternalNode<S>>(
         if let Some(receipt) = records::commit_receipt(conn, saga_id, &run.name).await? {
             return Ok(Prepared::Replayed(receipt));
         }
-        let mut cx = PrepareCx {
+        let params: T::Params = run.params()?;
+        let mut cx = PrepareCx::<T> {
             steno: ctx,
-            params: &run.params,
+            params: &params,
             conn: &mut *conn,
             saga_id,
             node_name: &run.name,
@@ -239,7 +256,7 @@ async fn prepare<S: SagaDef, N: ExternalNode<S>>(
 
 /// Fails the node before this run's call: plainly if no earlier run can have called out, else after undoing
 /// by key whatever an earlier run's call did.
-async fn fail_before_calling<S: SagaDef, N: ExternalNode<S>>(
+async fn fail_before_calling<S: SagaDef, T: SagaDef<Context = S::Context>, N: ExternalNode<T>>(
     run: &NodeRun<'_, S>,
     node: &N,
     may_have_called: bool,
@@ -247,7 +264,7 @@ async fn fail_before_calling<S: SagaDef, N: ExternalNode<S>>(
     error: NodeError,
 ) -> steno::ActionResult {
     if may_have_called {
-        compensate_then_fail::<S, N>(run, node, error).await
+        compensate_then_fail::<S, T, N>(run, node, error).await
     } else {
         Err(run.failure(phase, &error))
     }
@@ -262,13 +279,17 @@ enum CallFailed {
     Unknown(NodeError),
 }
 
-async fn call_until_definite<S: SagaDef, N: ExternalNode<S>>(
+async fn call_until_definite<S: SagaDef, T: SagaDef<Context = S::Context>, N: ExternalNode<T>>(
     run: &NodeRun<'_, S>,
     node: &N,
     plan: &N::Plan,
 ) -> Result<N::Receipt, CallFailed> {
     let policy = run.cx.shared.forward_retry;
-    let cx = external_cx(run);
+    let cx = match external_cx::<S, T>(run) {
+        Ok(cx) => cx,
+        // Nothing was called: a definite refusal.
+        Err(error) => return Err(CallFailed::Refused(error)),
+    };
     let mut attempts = 0;
     // Whether any attempt's outcome was unknown: the service may then have applied the call, whatever later
     // attempts meet, and the node must compensate by key before it fails.
@@ -357,7 +378,7 @@ async fn record_receipt<S: SagaDef>(
 }
 
 /// Compensates by key (whatever the call did, if anything), then fails the node with `cause`.
-async fn compensate_then_fail<S: SagaDef, N: ExternalNode<S>>(
+async fn compensate_then_fail<S: SagaDef, T: SagaDef<Context = S::Context>, N: ExternalNode<T>>(
     run: &NodeRun<'_, S>,
     node: &N,
     cause: NodeError,
@@ -371,7 +392,7 @@ async fn compensate_then_fail<S: SagaDef, N: ExternalNode<S>>(
         catch_phase(
             run,
             "compensation",
-            compensate_once::<S, N>(run, node, true),
+            compensate_once::<S, T, N>(run, node, true),
         )
     })
     .await
@@ -384,7 +405,7 @@ async fn compensate_then_fail<S: SagaDef, N: ExternalNode<S>>(
     Err(run.failure("call", &cause))
 }
 
-async fn undo<S: SagaDef, N: ExternalNode<S>>(
+async fn undo<S: SagaDef, T: SagaDef<Context = S::Context>, N: ExternalNode<T>>(
     ctx: &ActionContext<Ratchet<S>>,
 ) -> steno::UndoResult {
     let run = NodeRun::<S>::new(ctx).map_err(anyhow::Error::new)?;
@@ -398,7 +419,7 @@ async fn undo<S: SagaDef, N: ExternalNode<S>>(
             catch_phase(
                 &run,
                 "compensation",
-                compensate_once::<S, N>(&run, &node, false),
+                compensate_once::<S, T, N>(&run, &node, false),
             )
         })
         .await?;
@@ -418,7 +439,7 @@ async fn undo<S: SagaDef, N: ExternalNode<S>>(
 /// tells a later forward attempt (after a crash, a replay) that the call must not stand; the record comes
 /// first, and such an attempt finds it and makes the compensating call again ([`Prepared::AlreadyCompensated`])
 /// before failing. The call is by key: made twice, it is applied once.
-async fn compensate_once<S: SagaDef, N: ExternalNode<S>>(
+async fn compensate_once<S: SagaDef, T: SagaDef<Context = S::Context>, N: ExternalNode<T>>(
     run: &NodeRun<'_, S>,
     node: &N,
     after_commit: bool,
@@ -448,13 +469,13 @@ async fn compensate_once<S: SagaDef, N: ExternalNode<S>>(
         }
         // The record is durable, the call not yet made: a crash here leaves the call to the next attempt.
         run.fault(FaultPoint::InCompensation).await?;
-        call_compensation::<S, N>(run, node, receipt).await?;
+        call_compensation::<S, T, N>(run, node, receipt).await?;
         if recorded {
             // A repeated call completing an earlier attempt's compensation: counted and logged then.
             return Ok(());
         }
     } else {
-        call_compensation::<S, N>(run, node, receipt).await?;
+        call_compensation::<S, T, N>(run, node, receipt).await?;
         record_compensation::<S>(run, had_commit, false).await?;
         run.cx
             .log
@@ -472,12 +493,13 @@ async fn compensate_once<S: SagaDef, N: ExternalNode<S>>(
 }
 
 /// The compensating call, by key.
-async fn call_compensation<S: SagaDef, N: ExternalNode<S>>(
+async fn call_compensation<S: SagaDef, T: SagaDef<Context = S::Context>, N: ExternalNode<T>>(
     run: &NodeRun<'_, S>,
     node: &N,
     receipt: Option<N::Receipt>,
 ) -> Result<(), Stop> {
-    match node.compensate(&external_cx(run), receipt).await {
+    let cx = external_cx::<S, T>(run)?;
+    match node.compensate(&cx, receipt).await {
         Ok(()) => Ok(()),
         Err(CallError::Refused(error)) => Err(Stop::Node(error)),
         Err(CallError::Unknown(message)) => Err(Stop::Node(NodeError::transient(message))),

@@ -190,6 +190,20 @@
 //! were refused (a refusal of a retry says nothing of an earlier attempt that may have landed). Its receipt
 //! is recorded as soon as the outcome is definite, retried until the write lands.
 //!
+//! # Subsagas and node paths
+//!
+//! [`SagaBuilder::subsaga`] nests a typed saga `T` (whose context is the parent's) as one node of the parent,
+//! on steno's subsaga nodes; the parent's [`declare_saga_nodes!`] list names it (`subsaga T`), which registers
+//! `T`'s node types under the parent's steno saga type ([`SagaDef::register_nested`]), so that recovery can
+//! run the parent. Every guarantee above holds inside: each node is keyed by its **path** (its name, or
+//! `subsaga-path/name` inside a subsaga; [`PATH_SEPARATOR`]), and every record, start count, waiting note,
+//! failpoint, idempotency key and derived id uses the path. So two instances of one subsaga (two disks
+//! attached) never share a commit record, and a node outside any subsaga keeps the key it always had.
+//! Invariant: paths are unique in a DAG (names are unique within their saga, and may not hold the separator).
+//!
+//! A DAG whose last stage is parallel gets a [`JOIN_NODE`] after it (steno wants one last node): the saga's
+//! output is then an object of that stage's outputs, by node name.
+//!
 //! # A worked example
 //!
 //! A node that debits an account. Its commit is one `UPDATE … RETURNING`; its receipt carries everything the
@@ -289,7 +303,8 @@ pub use node::{
 pub use observe::{CounterValues, Counters, RECENT_OUTCOMES, RecentOutcome, WaitingNode};
 pub use operate::{Abandoned, AdoptOptions, AdoptedSaga, AdoptionReport, ShutdownReport, abandon};
 pub use saga_def::{
-    NodeKind, NodeRegistry, Ratchet, SagaBuilder, SagaCx, SagaDef, Stage, steno_action_params,
+    JOIN_NODE, NodeKind, NodeRegistry, PATH_SEPARATOR, Ratchet, SUBSAGA_PARAMS_SUFFIX, SagaBuilder,
+    SagaCx, SagaDef, Stage, steno_action_params,
 };
 
 pub use ratchet_store as store;

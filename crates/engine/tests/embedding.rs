@@ -50,6 +50,50 @@ async fn an_engine_on_the_hosts_pool_runs_sagas() {
     assert_eq!(state.balance, 70);
 }
 
+/// A node's transaction holds exactly one connection and the engine never claims a second one for it: on a
+/// host pool of *one* connection (checkouts time out after a second, a transient error the node retries until
+/// its budget is spent), sagas of three database nodes each still succeed, and an unwind's compensations run.
+/// A node that took a second connection while holding its first would wait on itself until the checkout timed
+/// out, every attempt, and its saga would unwind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_on_a_pool_of_one_connection_runs_sagas() {
+    let db = database().await;
+    let config = PoolConfig {
+        max_size: 1,
+        checkout_timeout: std::time::Duration::from_secs(1),
+        ..PoolConfig::default()
+    };
+    let host_pool = connect_pool(&db.url, &config).await.unwrap();
+    let (engine, _) = EngineBuilder::new(EngineConfig::for_host_pool(Uuid::new_v4()))
+        .with_pool(host_pool.clone())
+        .register::<ProvisionWidget>(Arc::new(()))
+        .start()
+        .await
+        .unwrap();
+    let account = account(&engine).await;
+    for _ in 0..3 {
+        let (_, outcome) = engine
+            .run::<ProvisionWidget>(params(account))
+            .await
+            .unwrap();
+        assert!(
+            matches!(outcome, SagaOutcome::Succeeded { .. }),
+            "{outcome:?}"
+        );
+    }
+    // The fourth costs more than what is left: its charge fails, and the reservation is compensated.
+    let mut expensive = params(account);
+    expensive.price = 50;
+    let (_, outcome) = engine.run::<ProvisionWidget>(expensive).await.unwrap();
+    assert!(
+        matches!(outcome, SagaOutcome::Unwound { .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(host_pool.state().connections, 1);
+    let state = state(&engine, account).await;
+    assert_eq!((state.balance, state.widgets.len()), (10, 3));
+}
+
 /// With migrations off, a database that lacks part of ratchet's schema is refused at start, naming exactly
 /// what is missing; nothing runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

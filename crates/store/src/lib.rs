@@ -25,6 +25,7 @@
 //!
 //! The SQL stays inside what CockroachDB also runs: no advisory locks, no LISTEN/NOTIFY, no enum types.
 
+pub mod dag;
 mod error;
 pub mod event;
 mod fence;

@@ -327,7 +327,7 @@ impl SagaHistory {
     /// The saga's [`StuckDiagnosis`], as of now.
     pub fn diagnosis(&self) -> StuckDiagnosis {
         let saga = &self.saga;
-        let names = dag_node_names(&saga.saga_dag);
+        let names = crate::dag::node_paths(&saga.saga_dag);
         let name_of = |node_id: i64| {
             names
                 .get(&node_id)

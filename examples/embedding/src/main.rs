@@ -25,6 +25,7 @@ mod legacy;
 mod logging;
 mod schema;
 mod status;
+mod storage;
 mod widget;
 
 use anyhow::{Context, bail};

@@ -30,6 +30,16 @@ CREATE TABLE audit_event (
 );
 ";
 
+/// A later release's table: each widget's storage volume, made by the `widget-storage` subsaga (`storage.rs`).
+const VOLUME_TABLE: &str = "
+CREATE TABLE volume (
+    id UUID PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    state TEXT NOT NULL CHECK (state IN ('allocated'))
+);
+ALTER TABLE widget ADD COLUMN volume_id UUID;
+";
+
 /// Every migration of the host, in order: ratchet's saga log (its plain SQL files, as ratchet ships them),
 /// then the host's own tables. A new ratchet release may append to `MIGRATIONS_SQL`; the next start applies
 /// what is new.
@@ -37,7 +47,10 @@ fn migrations() -> Vec<(String, &'static str)> {
     let ratchet = MIGRATIONS_SQL
         .iter()
         .map(|(name, sql)| (format!("ratchet/{name}"), *sql));
-    let host = [("host/0001_widget_project_audit".to_owned(), HOST_TABLES)];
+    let host = [
+        ("host/0001_widget_project_audit".to_owned(), HOST_TABLES),
+        ("host/0002_volume".to_owned(), VOLUME_TABLE),
+    ];
     ratchet.chain(host).collect()
 }
 

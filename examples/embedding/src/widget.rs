@@ -4,13 +4,15 @@
 //! transaction, so a node that committed is never committed again, whatever crashes.
 
 use crate::App;
+use crate::storage::{StorageParams, WidgetStorage};
 use diesel::sql_types::{Text, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
 use ratchet_engine::{CommitTx, DbNode, NodeError, PrepareCx, SagaBuilder, SagaDef};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// The saga: `reserve_widget`, then `activate_widget`.
+/// The saga: `reserve_widget`, then the `widget-storage` subsaga as `provision_storage`, then
+/// `activate_widget`, which reads the subsaga's output (the volume's id).
 pub struct WidgetCreate;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -27,6 +29,7 @@ impl SagaDef for WidgetCreate {
     // Every node type the saga may use, once: recovery needs them without the parameters.
     ratchet_engine::declare_saga_nodes! {
         db ReserveWidget,
+        subsaga WidgetStorage,
         db ActivateWidget,
     }
 
@@ -35,8 +38,13 @@ impl SagaDef for WidgetCreate {
             return Err("a widget needs a name".to_owned());
         }
         dag.db("reserve_widget", ReserveWidget);
-        // A child saga goes here, between the two nodes (for example, one that provisions the widget's
-        // storage), as one more line once the builder can nest sagas; `activate_widget` then runs after it.
+        // A child saga, with its own parameters: one node of this DAG.
+        dag.subsaga::<WidgetStorage>(
+            "provision_storage",
+            &StorageParams {
+                widget_name: params.name.clone(),
+            },
+        );
         dag.db("activate_widget", ActivateWidget);
         Ok(())
     }
@@ -106,30 +114,43 @@ impl DbNode<WidgetCreate> for ReserveWidget {
     }
 }
 
-/// Marks the widget `active`, with its audit row.
+/// Marks the widget `active` on its volume, with its audit row.
 #[derive(Serialize, Deserialize)]
 pub struct ActivateWidget;
 
 impl DbNode<WidgetCreate> for ActivateWidget {
     const NAME: &'static str = "widget.activate";
-    type Plan = Uuid;
+    /// The widget and its volume.
+    type Plan = (Uuid, Uuid);
     type Receipt = Uuid;
     type Output = Uuid;
 
-    async fn prepare(&self, cx: &mut PrepareCx<'_, WidgetCreate>) -> Result<Uuid, NodeError> {
+    async fn prepare(
+        &self,
+        cx: &mut PrepareCx<'_, WidgetCreate>,
+    ) -> Result<(Uuid, Uuid), NodeError> {
         cx.context()
             .checkpoint("activate_widget", cx.saga_id())
             .await;
-        // An earlier node's output, as `finish` computed it from its receipt.
-        cx.output("reserve_widget")
+        // Earlier nodes' outputs, as `finish` computed them from their receipts: a subsaga's is its last
+        // node's.
+        Ok((
+            cx.output("reserve_widget")?,
+            cx.output("provision_storage")?,
+        ))
     }
 
-    async fn commit(&self, tx: &mut CommitTx<'_>, id: Uuid) -> Result<Uuid, NodeError> {
+    async fn commit(
+        &self,
+        tx: &mut CommitTx<'_>,
+        (id, volume): (Uuid, Uuid),
+    ) -> Result<Uuid, NodeError> {
         diesel::sql_query(
-            "WITH w AS (UPDATE widget SET state = 'active' WHERE id = $1 RETURNING id) \
+            "WITH w AS (UPDATE widget SET state = 'active', volume_id = $2 WHERE id = $1 RETURNING id) \
              INSERT INTO audit_event (subject_id, what) SELECT id, 'widget activated' FROM w",
         )
         .bind::<SqlUuid, _>(id)
+        .bind::<SqlUuid, _>(volume)
         .execute(tx.conn())
         .await?;
         Ok(id)
@@ -141,7 +162,7 @@ impl DbNode<WidgetCreate> for ActivateWidget {
 
     async fn compensate(&self, tx: &mut CommitTx<'_>, id: Uuid) -> Result<(), NodeError> {
         diesel::sql_query(
-            "WITH w AS (UPDATE widget SET state = 'reserved' WHERE id = $1 RETURNING id) \
+            "WITH w AS (UPDATE widget SET state = 'reserved', volume_id = NULL WHERE id = $1 RETURNING id) \
              INSERT INTO audit_event (subject_id, what) SELECT id, 'widget deactivated' FROM w",
         )
         .bind::<SqlUuid, _>(id)

@@ -1,12 +1,13 @@
-//! The host service is killed with SIGKILL while a typed saga and a plain steno saga are both in flight;
-//! started again with the same executor id, it resumes and finishes both, every effect applied once.
+//! The host service is killed with SIGKILL while a typed saga (in the middle of its subsaga) and a plain
+//! steno saga are both in flight; started again with the same executor id, it resumes and finishes both,
+//! every effect applied once.
 //!
 //! The child says what it does on stdout, one line per event (see `src/main.rs`). Started with
-//! `EMBEDDING_PAUSE_AT=activate_widget,publish_project`, it parks each saga in its second node and prints
-//! `paused NODE SAGA_ID`: the typed saga as `activate_widget` prepares (`reserve_widget` committed), the plain
-//! steno saga right after `publish_project`'s write, before steno records it done (so the restart runs that
-//! action again: only its own idempotence keeps the effect single). The test waits for both lines (no
-//! sleeping), then kills it.
+//! `EMBEDDING_PAUSE_AT=allocate_volume,publish_project`, it parks each saga in its second node and prints
+//! `paused NODE SAGA_ID`: the typed saga as its subsaga's `allocate_volume` prepares (`reserve_widget`
+//! committed), the plain steno saga right after `publish_project`'s write, before steno records it done (so
+//! the restart runs that action again: only its own idempotence keeps the effect single). The test waits for
+//! both lines (no sleeping), then kills it.
 
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use ratchet_test_utils::testing::DatabaseServer;
@@ -174,7 +175,7 @@ async fn killed_mid_saga_the_host_restarts_and_finishes_both_sagas_once() {
         executor,
         &log,
         &["--create-widget", "w1", "--create-project", "p1"],
-        "activate_widget,publish_project",
+        "allocate_volume,publish_project",
     );
     let widget_saga = host.expect("created widget-create");
     let project_saga = host.expect("created project-create");
@@ -183,17 +184,19 @@ async fn killed_mid_saga_the_host_restarts_and_finishes_both_sagas_once() {
     assert_eq!(
         paused,
         [
-            format!("activate_widget {widget_saga}"),
+            format!("allocate_volume {widget_saga}"),
             format!("publish_project {project_saga}")
         ]
     );
 
-    // Mid-flight: the widget reserved, not active; the project published, the action not recorded done.
+    // Mid-flight: the widget reserved, not active, its volume not allocated; the project published, the
+    // action not recorded done.
     let mut conn = AsyncPgConnection::establish(&url).await.expect("connect");
     let mid = (
         rows(&mut conn, "widget").await,
         rows(&mut conn, "project").await,
     );
+    assert_eq!(rows(&mut conn, "volume").await, vec![]);
     let one = |state: &str, audit| {
         vec![Row {
             state: state.to_owned(),
@@ -235,20 +238,36 @@ async fn killed_mid_saga_the_host_restarts_and_finishes_both_sagas_once() {
         );
     }
 
-    // Every effect once: one widget, active, reserved and activated once; one project, ready, created and
-    // published once.
+    // Every effect once: one widget, active, reserved and activated once, on the one volume its subsaga
+    // allocated once; one project, ready, created and published once.
     let done = (
         rows(&mut conn, "widget").await,
         rows(&mut conn, "project").await,
     );
     assert_eq!(done, (one("active", 2), one("ready", 2)));
+    assert_eq!(rows(&mut conn, "volume").await, one("allocated", 1));
+    #[derive(diesel::QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        count: i64,
+    }
+    let on_its_volume: Count = diesel::sql_query(
+        "SELECT count(*) AS count FROM widget w JOIN volume v ON v.id = w.volume_id AND v.name = w.name",
+    )
+    .get_result(&mut conn)
+    .await
+    .expect("the widget's volume");
+    assert_eq!(
+        on_its_volume.count, 1,
+        "activate_widget read the subsaga's output"
+    );
     for saga in [&widget_saga, &project_saga] {
         assert_eq!(saga_state(&mut conn, saga).await, "done");
     }
 
-    // The restarted engine's counters: both sagas succeeded here; the one typed commit it made is
-    // activate_widget's (reserve_widget committed before the kill and was not run again; the plain steno
-    // actions are not counted).
+    // The restarted engine's counters: both sagas succeeded here; the two typed commits it made are the
+    // subsaga's allocate_volume and activate_widget (reserve_widget committed before the kill and was not run
+    // again; the plain steno actions are not counted).
     let counters: serde_json::Value =
         serde_json::from_str(&get(&addr, "/counters")).expect("counters JSON");
     assert_eq!(
@@ -257,7 +276,7 @@ async fn killed_mid_saga_the_host_restarts_and_finishes_both_sagas_once() {
             &counters["commits"],
             &counters["started"]
         ),
-        (&2.into(), &1.into(), &0.into()),
+        (&2.into(), &2.into(), &0.into()),
         "{counters}"
     );
 

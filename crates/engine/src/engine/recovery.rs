@@ -23,14 +23,13 @@
 use super::running::{Tracked, steno_id};
 use super::{Engine, Registered, SagaOutcome, Sec, lock};
 use crate::error::EngineError;
-use crate::saga_def::{NodeKind, SagaDef};
+use crate::saga_def::SagaDef;
 use crate::shutdown::steno_call;
 use ratchet_store::ops::{
     abandon_saga, claim_unfinished, dag_action_names, unfinished_among, unfinished_not_named,
 };
 use ratchet_store::saga::load_logs;
 use ratchet_store::{AbandonReason, DbError, RetryPolicy, SagaRow, retry_transient};
-use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use steno::SagaDag;
@@ -66,7 +65,7 @@ pub struct RecoveryReport {
 }
 
 impl Engine {
-    /// Why this engine cannot run saga `row` (see [`EngineBuilder::lacks_definition`]), or `None` if it can.
+    /// Why this engine cannot run saga `row` (see [`EngineBuilder::lacks_definition`](crate::EngineBuilder::lacks_definition)), or `None` if it can.
     pub fn lacks_definition(&self, row: &SagaRow) -> Option<String> {
         self.definitions.lacks(row)
     }
@@ -80,7 +79,7 @@ impl Engine {
     /// definition is here but which cannot be resumed (its DAG or its log does not load, steno refuses its
     /// log) is marked `abandoned` with the reason ([`RecoveryReport::abandoned`]); the others go on.
     ///
-    /// The sagas are claimed [`BATCH`] at a time, each batch in one statement that bumps their
+    /// The sagas are claimed `BATCH` (1,000) at a time, each batch in one statement that bumps their
     /// `adopt_generation` ([`claim_unfinished`]): an executor id is the same across restarts, so a process
     /// with this id that is still alive (hung, or a second recovery started beside this one) would otherwise
     /// pass every fence. After the claim it is fenced out exactly like a foreign executor. Sagas this engine
@@ -364,9 +363,9 @@ impl Engine {
         }
         let dag: SagaDag = serde_json::from_value(row.saga_dag.clone())
             .map_err(|e| EngineError::Steno(format!("the saga's DAG does not decode: {e}")))?;
-        let kinds = db_node_kinds(&actions, &registered.db_actions);
         let sec = self.sec_for_resume(id).await?;
-        let (cx, log) = self.saga_cx::<S>(registered, &sec, id, owner, &dag, &kinds, Some(&events));
+        let paths = super::running::DagShape::of(&dag).paths();
+        let (cx, log) = self.saga_cx::<S>(registered, &sec, id, owner, &dag, Some(&events));
         let registry = Arc::clone(&registered.registry);
         let resumed = sec
             .call("saga_resume", |client| async move {
@@ -384,7 +383,7 @@ impl Engine {
         };
         tracing::debug!(saga_id = %id, saga = S::NAME, generation = owner.generation, "saga handed to steno");
         Ok(ResumedSaga {
-            tracked: Tracked::new(id, S::NAME, sec, log),
+            tracked: Tracked::new(id, S::NAME, sec, log, paths),
             future,
         })
     }
@@ -409,18 +408,4 @@ impl From<EngineError> for Unresumed {
             other => Unresumed::Unrecoverable(other.to_string()),
         }
     }
-}
-
-/// Which nodes of a persisted DAG are database nodes: those whose action (from the DAG's JSON, see
-/// [`dag_action_names`]) is registered as one. A shape this does not recognise only costs the deferral (one
-/// extra `started` write per node), never correctness: steno itself validates the DAG.
-fn db_node_kinds(
-    actions: &BTreeMap<String, String>,
-    db_actions: &HashSet<&'static str>,
-) -> BTreeMap<String, NodeKind> {
-    actions
-        .iter()
-        .filter(|(_, action)| db_actions.contains(action.as_str()))
-        .map(|(node, _)| (node.clone(), NodeKind::Db))
-        .collect()
 }

@@ -40,17 +40,27 @@ pub(crate) struct Tracked {
     started: Instant,
     sec: Arc<Sec>,
     log: SagaLogHandle,
+    /// Action nodes' paths by steno node index: steno names a failed node by its name, which repeats
+    /// across the instances of a subsaga.
+    paths: BTreeMap<u32, String>,
 }
 
 impl Tracked {
     /// A saga this engine is about to start (created or resumed): its clock starts now.
-    pub(super) fn new(id: Uuid, name: &'static str, sec: Arc<Sec>, log: SagaLogHandle) -> Tracked {
+    pub(super) fn new(
+        id: Uuid,
+        name: &'static str,
+        sec: Arc<Sec>,
+        log: SagaLogHandle,
+        paths: BTreeMap<u32, String>,
+    ) -> Tracked {
         Tracked {
             id,
             name,
             started: Instant::now(),
             sec,
             log,
+            paths,
         }
     }
 }
@@ -65,7 +75,10 @@ pub struct PreparedSaga {
     future: Mutex<futures::future::BoxFuture<'static, steno::SagaResult>>,
     tracked: Tracked,
     dag: Arc<SagaDag>,
-    kinds: BTreeMap<String, NodeKind>,
+    /// Every node's path and kind, in steno's node order.
+    nodes: Vec<(String, NodeKind)>,
+    /// Action nodes' steno indexes, by path.
+    shape: DagShape,
 }
 
 // `PreparedSaga` stays `Send + Sync`: callers hold a `&PreparedSaga` across `.await`s (steno injections) in
@@ -76,40 +89,38 @@ const _: fn() = || {
 };
 
 impl PreparedSaga {
-    /// The saga's nodes in DAG order (steno's node order: insertion order), with their kinds; the start and
-    /// end nodes are left out.
+    /// The saga's nodes in DAG order (steno's node order: insertion order), by path, with their kinds; the
+    /// start and end nodes are left out. A subsaga's nodes come before the subsaga's own entry
+    /// ([`NodeKind::Subsaga`], its output), and after its parameters' constant (see [`SagaBuilder::subsaga`]).
     pub fn nodes(&self) -> Vec<(String, NodeKind)> {
-        let mut nodes: Vec<(u32, String, NodeKind)> = self
-            .dag
-            .get_nodes()
-            .filter_map(|node| {
-                let name = node.name().as_ref().to_owned();
-                let kind = *self.kinds.get(&name)?;
-                Some((node.index().index() as u32, name, kind))
-            })
-            .collect();
-        nodes.sort_by_key(|(index, _, _)| *index);
-        nodes
-            .into_iter()
-            .map(|(_, name, kind)| (name, kind))
-            .collect()
+        self.nodes.clone()
     }
 
-    /// steno's node index of `node` (for `saga_inject_*`).
-    pub fn node_index(&self, node: &str) -> Result<steno::SagaNodeId, EngineError> {
-        let index = self
-            .dag
-            .get_index(node)
-            .map_err(|e| EngineError::Steno(e.to_string()))?;
-        Ok(steno::SagaNodeId::from(index.index() as u32))
+    /// steno's node index of the node at `path` (for `saga_inject_*`): an action node anywhere (by path), or
+    /// a constant or subsaga of the top level (by name).
+    pub fn node_index(&self, path: &str) -> Result<steno::SagaNodeId, EngineError> {
+        Ok(steno::SagaNodeId::from(
+            self.petgraph_index(path)?.index() as u32
+        ))
     }
 
-    /// Replaces `node`'s action with an error (steno's own injection: the action body never runs).
-    pub async fn inject_error(&self, node: &str) -> Result<(), EngineError> {
-        let index = self
-            .dag
-            .get_index(node)
-            .map_err(|e| EngineError::Steno(e.to_string()))?;
+    fn petgraph_index(&self, path: &str) -> Result<petgraph::graph::NodeIndex, EngineError> {
+        match self.shape.index_of(path) {
+            Some(index) => Ok(petgraph::graph::NodeIndex::new(index as usize)),
+            None if path.contains(crate::saga_def::PATH_SEPARATOR) => Err(EngineError::Steno(
+                format!("the saga has no action node at path {path:?}"),
+            )),
+            None => self
+                .dag
+                .get_index(path)
+                .map_err(|e| EngineError::Steno(e.to_string())),
+        }
+    }
+
+    /// Replaces the action of the node at `path` with an error (steno's own injection: the action body never
+    /// runs).
+    pub async fn inject_error(&self, path: &str) -> Result<(), EngineError> {
+        let index = self.petgraph_index(path)?;
         let id = steno_id(self.id);
         self.tracked
             .sec
@@ -119,17 +130,15 @@ impl PreparedSaga {
             .await
     }
 
-    /// Runs `node`'s action `action` times and its undo `undo` times (steno's repeat injection).
+    /// Runs the action of the node at `path` `action` times and its undo `undo` times (steno's repeat
+    /// injection).
     pub async fn inject_repeat(
         &self,
-        node: &str,
+        path: &str,
         action: u32,
         undo: u32,
     ) -> Result<(), EngineError> {
-        let index = self
-            .dag
-            .get_index(node)
-            .map_err(|e| EngineError::Steno(e.to_string()))?;
+        let index = self.petgraph_index(path)?;
         let repeat = steno::RepeatInjected {
             action: std::num::NonZeroU32::new(action.max(1)).unwrap_or(std::num::NonZeroU32::MIN),
             undo: std::num::NonZeroU32::new(undo.max(1)).unwrap_or(std::num::NonZeroU32::MIN),
@@ -172,27 +181,27 @@ impl Engine {
             saga: S::NAME.to_owned(),
             message,
         })?;
-        let (dag, node_args, kinds) =
-            builder.build_dag().map_err(|message| EngineError::BadDag {
-                saga: S::NAME.to_owned(),
-                message,
-            })?;
+        let built = builder.build_dag().map_err(|message| EngineError::BadDag {
+            saga: S::NAME.to_owned(),
+            message,
+        })?;
         let envelope = serde_json::to_value(Envelope {
             params,
-            nodes: node_args,
+            nodes: built.node_args,
         })
         .map_err(|e| EngineError::BadParams {
             saga: S::NAME.to_owned(),
             message: e.to_string(),
         })?;
-        let dag = Arc::new(SagaDag::new(dag, envelope));
+        let dag = Arc::new(SagaDag::new(built.dag, envelope));
+        let shape = DagShape::of(&dag);
         let id = Uuid::new_v4();
         let owner = SagaOwner {
             sec_id: self.sec_id,
             generation: 1,
         };
         let sec = Arc::clone(&self.sec);
-        let (cx, log) = self.saga_cx::<S>(&registered, &sec, id, owner, &dag, &kinds, None);
+        let (cx, log) = self.saga_cx::<S>(&registered, &sec, id, owner, &dag, None);
         let dag_for_steno = Arc::clone(&dag);
         // Live before its row exists, and no claim of this engine runs until the row is there: a recovery
         // never claims (and so fences) it.
@@ -226,9 +235,10 @@ impl Engine {
             engine: self.clone(),
             id,
             future: Mutex::new(future),
-            tracked: Tracked::new(id, S::NAME, sec, log),
+            tracked: Tracked::new(id, S::NAME, sec, log, shape.paths()),
             dag,
-            kinds,
+            nodes: built.nodes,
+            shape,
         })
     }
 
@@ -255,9 +265,10 @@ impl Engine {
 
     /// The per-saga context and its registration with `sec`'s store. `resumed_from`: the log a resumed saga
     /// was loaded from (`None` for a saga created here).
-    // Every argument is one fact about the saga being registered; a struct to carry them would be built at two
-    // call sites only to be taken apart here.
-    #[allow(clippy::too_many_arguments)]
+    ///
+    /// Nodes are known by their paths (an action node's steno label, see [`SagaBuilder::subsaga`]), not by
+    /// steno's names, which repeat across the instances of one subsaga; a node is a database node (its
+    /// `started` event deferred to its own transaction) when its action is registered as one.
     pub(super) fn saga_cx<S: SagaDef>(
         &self,
         registered: &Registered<S>,
@@ -265,22 +276,24 @@ impl Engine {
         id: Uuid,
         owner: SagaOwner,
         dag: &SagaDag,
-        kinds: &BTreeMap<String, NodeKind>,
         resumed_from: Option<&[steno::SagaNodeEvent]>,
     ) -> (SagaCx<S>, SagaLogHandle) {
+        let shape = DagShape::of(dag);
         let mut node_ids = BTreeMap::new();
         let mut deferred = HashSet::new();
         let mut names = BTreeMap::new();
         for node in dag.get_nodes() {
             let index = node.index().index() as u32;
-            let name = node.name().as_ref().to_owned();
-            if kinds.get(&name) == Some(&NodeKind::Db) {
-                deferred.insert(index);
-            }
-            names.insert(index, name.clone());
-            node_ids.insert(name, index);
+            names.insert(index, node.name().as_ref().to_owned());
         }
-        let (start_node, end_node) = dag_bookends(dag);
+        for (index, action) in &shape.actions {
+            if registered.db_actions.contains(action.action_name.as_str()) {
+                deferred.insert(*index);
+            }
+            names.insert(*index, action.path.clone());
+            node_ids.insert(action.path.clone(), *index);
+        }
+        let (start_node, end_node) = (shape.start_node, shape.end_node);
         let log = sec.store.register(
             steno_id(id),
             SagaRegistration {
@@ -348,6 +361,7 @@ impl Engine {
             started,
             sec,
             log,
+            paths,
         } = tracked;
         let fence = Arc::clone(log.fence());
         let mut outcome = tokio::select! {
@@ -355,7 +369,7 @@ impl Engine {
             result = AssertUnwindSafe(future).catch_unwind() => {
                 sec.unresolved.fetch_sub(1, Ordering::SeqCst);
                 match result {
-                    Ok(result) => outcome_of(result),
+                    Ok(result) => outcome_of(result, &paths),
                     Err(panic) => {
                         let reason = format!(
                             "steno's executor dropped the saga ({}); it stays unfinished in the database",
@@ -434,23 +448,102 @@ impl Engine {
     }
 }
 
-/// steno's indexes of the DAG's start and end nodes (steno keeps them private; its serialized form names
-/// them). `None` only if steno's serialized form changes, which costs two durable commits per saga each,
-/// never correctness.
-fn dag_bookends(dag: &SagaDag) -> (Option<u32>, Option<u32>) {
-    let Ok(serialized) = serde_json::to_value(dag) else {
-        return (None, None);
-    };
-    let index = |which: &str| {
-        serialized
-            .get(which)?
-            .as_u64()
-            .and_then(|index| u32::try_from(index).ok())
-    };
-    (index("start_node"), index("end_node"))
+/// What the engine reads of a DAG beyond steno's public API, from steno's serialized form (the form the saga
+/// log persists, `graph.nodes[i]`): the start and end nodes' indexes, and every action node's path (its label)
+/// and action name, by steno node index. A form this does not recognise leaves the bookends `None` (two more
+/// durable commits per saga, never correctness) and no actions: every node then fails, loudly, as not in the
+/// saga's DAG.
+pub(crate) struct DagShape {
+    pub(crate) start_node: Option<u32>,
+    pub(crate) end_node: Option<u32>,
+    pub(crate) actions: BTreeMap<u32, DagAction>,
 }
 
-fn outcome_of(result: steno::SagaResult) -> SagaOutcome {
+/// One action node of a DAG.
+pub(crate) struct DagAction {
+    pub(crate) path: String,
+    pub(crate) action_name: String,
+}
+
+impl DagShape {
+    pub(crate) fn of(dag: &SagaDag) -> DagShape {
+        let Ok(serialized) = serde_json::to_value(dag) else {
+            return DagShape {
+                start_node: None,
+                end_node: None,
+                actions: BTreeMap::new(),
+            };
+        };
+        let index = |which: &str| {
+            serialized
+                .get(which)?
+                .as_u64()
+                .and_then(|index| u32::try_from(index).ok())
+        };
+        let nodes = serialized
+            .pointer("/graph/nodes")
+            .and_then(serde_json::Value::as_array);
+        let actions = nodes
+            .into_iter()
+            .flatten()
+            .enumerate()
+            .filter_map(|(index, node)| {
+                let action = node.get("Action")?;
+                let path = action.get("label")?.as_str()?.to_owned();
+                let action_name = action.get("action_name")?.as_str()?.to_owned();
+                Some((u32::try_from(index).ok()?, DagAction { path, action_name }))
+            })
+            .collect();
+        DagShape {
+            start_node: index("start_node"),
+            end_node: index("end_node"),
+            actions,
+        }
+    }
+
+    /// Every action node's path, by steno node index.
+    pub(crate) fn paths(&self) -> BTreeMap<u32, String> {
+        self.actions
+            .iter()
+            .map(|(index, action)| (*index, action.path.clone()))
+            .collect()
+    }
+
+    /// steno's node index of the action node at `path`.
+    pub(crate) fn index_of(&self, path: &str) -> Option<u32> {
+        self.actions
+            .iter()
+            .find(|(_, action)| action.path == path)
+            .map(|(index, _)| *index)
+    }
+}
+
+/// The path of the node steno names `name` whose log shows an event `of_kind`: steno's names repeat across
+/// the instances of one subsaga, its log's node ids do not. `name` itself when no such node, or more than
+/// one, matches (a node outside any subsaga: its path is its name).
+fn path_of(
+    log: &steno::SagaLog,
+    paths: &BTreeMap<u32, String>,
+    name: &steno::NodeName,
+    of_kind: fn(&steno::SagaNodeEventType) -> bool,
+) -> String {
+    let name = name.as_ref();
+    let mut found: Vec<&String> = log
+        .events()
+        .iter()
+        .filter(|event| of_kind(&event.event_type))
+        .filter_map(|event| paths.get(&u32::from(event.node_id)))
+        .filter(|path| path.rsplit(crate::saga_def::PATH_SEPARATOR).next() == Some(name))
+        .collect();
+    found.dedup();
+    match found.as_slice() {
+        [path] => (*path).clone(),
+        _ => name.to_owned(),
+    }
+}
+
+fn outcome_of(result: steno::SagaResult, paths: &BTreeMap<u32, String>) -> SagaOutcome {
+    let log = &result.saga_log;
     match result.kind {
         Ok(ok) => SagaOutcome::Succeeded {
             output: ok
@@ -462,19 +555,25 @@ fn outcome_of(result: steno::SagaResult) -> SagaOutcome {
             error_source,
             undo_failure,
         }) => {
-            let error = match error_source.clone().convert::<crate::error::NodeFailure>() {
-                Ok(failure) => failure.message,
-                Err(_) => error_source.to_string(),
+            // A ratchet node's failure names the node by its path; steno's name is only unique within the
+            // node's saga or subsaga.
+            let (node, error) = match error_source.clone().convert::<crate::error::NodeFailure>() {
+                Ok(failure) => (failure.node, failure.message),
+                Err(_) => (
+                    path_of(log, paths, &error_node_name, |kind| {
+                        matches!(kind, steno::SagaNodeEventType::Failed(_))
+                    }),
+                    error_source.to_string(),
+                ),
             };
             match undo_failure {
-                None => SagaOutcome::Unwound {
-                    node: error_node_name.as_ref().to_owned(),
-                    error,
-                },
+                None => SagaOutcome::Unwound { node, error },
                 Some((undo_node, undo_error)) => SagaOutcome::Stuck {
-                    node: error_node_name.as_ref().to_owned(),
+                    node,
                     error,
-                    undo_node: undo_node.as_ref().to_owned(),
+                    undo_node: path_of(log, paths, &undo_node, |kind| {
+                        matches!(kind, steno::SagaNodeEventType::UndoFailed(_))
+                    }),
                     undo_error: undo_error.to_string(),
                 },
             }

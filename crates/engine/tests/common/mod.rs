@@ -3,7 +3,9 @@
 
 #![allow(dead_code)] // each test file uses its own subset
 
-use ratchet_engine::{Engine, EngineBuilder, EngineConfig, FaultEffect, FaultPoint, SagaOutcome};
+use ratchet_engine::{
+    Engine, EngineBuilder, EngineConfig, FaultEffect, FaultPoint, PreparedSaga, SagaOutcome,
+};
 use ratchet_store::saga::{get_saga, saga_history};
 use ratchet_test_utils::example::{self, AccountState, ProvisionParams, ProvisionWidget};
 use ratchet_test_utils::testing::{TestDatabase, fresh_database};
@@ -89,6 +91,11 @@ pub async fn run_until_crash(first: &Engine, account: Uuid, node: &str, point: F
     first
         .failpoints()
         .arm(saga.id, node, point, FaultEffect::Crash, 1);
+    run_prepared_until_crash(first, saga).await
+}
+
+/// Runs `saga` (created on `first`, a crash armed) until the engine dies. Returns the saga id.
+pub async fn run_prepared_until_crash(first: &Engine, saga: PreparedSaga) -> Uuid {
     let id = saga.id;
     let run = tokio::spawn(saga.run());
     tokio::time::timeout(Duration::from_secs(60), async {
