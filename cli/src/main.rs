@@ -20,6 +20,14 @@ use anyhow::Context;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // `ratchet sagas list | head -1` ends quietly, as Unix tools do, when the reader closes the pipe: Rust's
+    // runtime ignores SIGPIPE, which turns the next print into a panic (exit 101).
+    //
+    // SAFETY: `signal` only restores SIGPIPE's default disposition, at the top of `main`, before any other
+    // thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = cli::parse();
     // The faults `matrix` and `demo` inject are deliberate, and every one logs a warning or an error: those
     // go to a file (unless RATCHET_LOG asks for them on stderr).

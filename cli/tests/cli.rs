@@ -1032,3 +1032,27 @@ fn usage_errors_exit_2_and_help_and_version_exit_0() {
         "{bare:?}"
     );
 }
+
+/// A reader that closes the pipe before the first line (`ratchet sagas list | head -0`) ends the command
+/// quietly, killed by SIGPIPE as Unix tools are: never a panic (exit 101) with "failed printing to stdout".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stdout_pipe_ends_the_command_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let db = database().await;
+    let mut child = std::process::Command::new(common::RATCHET)
+        .args(["--database-url", db.url.as_str(), "sagas", "list"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run ratchet");
+    drop(child.stdout.take());
+    let output = child.wait_with_output().expect("wait for ratchet");
+    assert_eq!(
+        output.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?}: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -23,7 +23,8 @@
 //! sagas ratchet drives ever take it.
 //!
 //! Either let the engine apply the migrations ([`EngineConfig::run_migrations`](crate::EngineConfig), the
-//! default: diesel's [`SAGA_LOG_MIGRATIONS`](ratchet_store::pool::SAGA_LOG_MIGRATIONS)), or copy the SQL
+//! default: diesel's [`SAGA_LOG_MIGRATIONS`](ratchet_store::pool::SAGA_LOG_MIGRATIONS); for a service on
+//! PostgreSQL without schema tooling of its own, not for Nexus), or copy the SQL
 //! ([`MIGRATIONS_SQL`](ratchet_store::pool::MIGRATIONS_SQL), the same files) into your own schema tooling,
 //! each file in its own transaction, in order, and turn `run_migrations` off. The engine then checks at start
 //! that everything it needs is there and names what is missing
@@ -76,7 +77,10 @@
 //! [`declare_saga_nodes!`](crate::declare_saga_nodes) and lay them out in `build`. Bump the definition's
 //! `VERSION` when the DAG's shape changes; keep node names and `NAME`s stable (they are persisted). A saga in
 //! flight under its plain steno definition is finished by the unchecked actions as long as a binary registers
-//! them: keep both registered for one release.
+//! them: keep both registered for one release. An action's `NAME` is what a persisted DAG names: a node type
+//! whose parameters change (moved into a subsaga, whose nodes see the child's parameters) needs a new `NAME`
+//! while sagas that name the old one may be in flight, or they fail on recovery when their parameters no
+//! longer decode.
 //!
 //! A saga that nests others (Nexus's instance-create nests a disk-attach per disk) nests them as typed
 //! sagas: [`SagaBuilder::subsaga`](crate::SagaBuilder::subsaga) with the child's parameters, `subsaga Child`
@@ -98,12 +102,42 @@
 //! `omdb`, the operator's words as the comment), [`Engine::adopt`](crate::Engine::adopt); and the counters
 //! ([`Engine::counters`](crate::Engine::counters)).
 //!
-//! # What stays different from Nexus's stack
+//! # What stays different from Nexus's stack, and what Nexus must change
 //!
-//! - Connections: ratchet's pool is bb8 over diesel-async's `AsyncPgConnection`; Nexus's is
-//!   `async-bb8-diesel` over diesel's synchronous `PgConnection`. A host keeps two pools (both on the same
-//!   database) until one of them moves; a node's SQL written with diesel's query builder ports between them
-//!   unchanged, its `.execute_async(&conn)` calls become diesel-async's `.execute(&mut conn)`.
+//! - Connections: ratchet's pool is bb8 over diesel-async's `AsyncPgConnection`, and a node's phases get a
+//!   `&mut AsyncPgConnection`; Nexus's pool is a qorb pool of `async-bb8-diesel` connections (over diesel's
+//!   synchronous `PgConnection`). Nexus cannot hand its pool to
+//!   [`EngineBuilder::with_pool`](crate::EngineBuilder::with_pool) today: it keeps a second pool, on the same database, for ratchet
+//!   ([`ratchet_store::session_manager`] builds one under ratchet's session limits). A node's SQL written
+//!   with diesel's query builder ports unchanged; its `.execute_async(&*conn)` calls become diesel-async's
+//!   `.execute(conn)`. Datastore functions that take Nexus's connection type must be duplicated or made
+//!   generic before typed nodes can call them.
+//! - Two executors, one executor id: while Nexus still runs some sagas on its own steno executor, both
+//!   recover the unfinished sagas of that id, and nothing fences one from the other: Nexus's store checks no
+//!   generation (its state update filters on `current_sec` alone, its event inserts on nothing). ratchet's
+//!   recovery claims only the sagas whose names it registers (the others are reported, untouched). Nexus's
+//!   saga-recovery task **must** skip those names too: otherwise it finds a ratchet saga it has no actions
+//!   for, and marks it `abandoned` (`unrecoverable`), and that write lands. Move a saga's name from Nexus's
+//!   registry to ratchet's in one release, and filter Nexus's recovery by name in the same release. After
+//!   Nexus reassigns an expunged executor's sagas (`sagas_reassign_sec`), call
+//!   [`Engine::adopt`](crate::Engine::adopt) or [`Engine::recover`](crate::Engine::recover) on the new owner:
+//!   ratchet has no periodic recovery of its own.
+//! - The `stuck` state: Omicron's `SagaState` enum does not decode it, and Nexus reads unfinished sagas in more
+//!   places than recovery (which lists only `running` and `unwinding`): the fault-management analysis task
+//!   lists every saga not `done`, and fails its whole listing on one `stuck` row; `sagas_reassign_sec` moves
+//!   `stuck` sagas too; omdb's listing fails on them. Teach Omicron's enum (and omdb) `stuck` before ratchet
+//!   runs a saga that could end there.
+//! - omdb and ratchet's logs: Omicron's conversion of a `saga_node_event` row refuses every `undo_failed` row
+//!   (it parses none), and ratchet writes them with the error as data; omdb also shows a ratchet saga's
+//!   parameters inside ratchet's envelope (`{"params": …, "nodes": …}`). `ratchet_store::saga::saga_history`
+//!   and [`ratchet_store::ops::stuck_diagnosis`] read both.
+//! - Schema versions: Nexus applies its schema as numbered versions (`schema/crdb/<N>/up*.sql`, one schema
+//!   change per file, and `dbinit.sql`), in CockroachDB's dialect, never through diesel's harness. ratchet's
+//!   additions go there as Omicron versions (the second and later migrations; the first is Nexus's own
+//!   tables): see `docs/COCKROACHDB.md` for the dialect, including that the `DO` blocks become plain
+//!   statements with `IF NOT EXISTS`.
+//! - Action contexts: a plain steno action of Nexus takes `ActionContext<NexusSagaType>`; under ratchet it
+//!   takes `ActionContext<Ratchet<S>>` (step 4).
 //! - Database: ratchet is tested on PostgreSQL; `docs/COCKROACHDB.md` lists every construct whose behaviour
 //!   differs on CockroachDB and what ratchet would do there.
 //! - Schema names: Nexus qualifies its tables as `omicron.public.saga`; ratchet's SQL names them unqualified,

@@ -425,13 +425,18 @@ pub fn steno_action_params<S: SagaDef>(
 ) -> Result<S::Params, steno::ActionError> {
     match ctx.saga_params::<Envelope<S::Params>>() {
         Ok(envelope) => Ok(envelope.params),
-        Err(_) => ctx.saga_params::<S::Params>(),
+        Err(in_envelope) => ctx.saga_params::<S::Params>().map_err(|bare| {
+            steno::ActionError::action_failed(format!(
+                "the saga's parameters decode neither from ratchet's envelope ({in_envelope}) nor bare \
+                 ({bare})"
+            ))
+        }),
     }
 }
 
 /// The separator of a node path: a node inside subsaga `attach_disk_0` named `attach` there has path
 /// `attach_disk_0/attach` (see [`SagaBuilder::subsaga`]). Node names may not contain it.
-pub const PATH_SEPARATOR: char = '/';
+pub const PATH_SEPARATOR: char = ratchet_store::dag::PATH_SEPARATOR;
 
 /// The name of the node [`SagaBuilder`] appends after a parallel last stage: a saga's (or subsaga's) output
 /// is its last node's, and steno wants exactly one last node. Its output is a JSON object holding every

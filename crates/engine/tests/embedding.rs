@@ -125,10 +125,11 @@ async fn with_migrations_off_what_is_missing_is_named() {
 }
 
 /// On Omicron's tables as Nexus has them (before ratchet's migrations), the start-up check names exactly
-/// ratchet's additions; on a saga log whose state column is text (a pre-release ratchet's), it names the
-/// column and the type it must have.
+/// ratchet's additions; on a saga log whose state column is text (a pre-release ratchet's), whose
+/// `definition_version` is `NOT NULL` (Nexus's inserts would fail) and whose commit records lost their primary
+/// key (exactly-once rests on it), it names each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_schema_check_names_what_omicrons_tables_lack_and_a_wrong_state_type() {
+async fn the_schema_check_names_what_omicrons_tables_lack_and_a_wrong_shape() {
     let server = ratchet_test_utils::testing::DatabaseServer::for_tests()
         .await
         .unwrap();
@@ -163,14 +164,23 @@ async fn the_schema_check_names_what_omicrons_tables_lack_and_a_wrong_state_type
         "DROP INDEX lookup_saga_by_sec; \
          ALTER TABLE saga DROP CONSTRAINT abandoned_requires_metadata, \
              DROP CONSTRAINT not_abandoned_requires_no_metadata; \
-         ALTER TABLE saga ALTER COLUMN saga_state TYPE TEXT USING saga_state::TEXT",
+         ALTER TABLE saga ALTER COLUMN saga_state TYPE TEXT USING saga_state::TEXT; \
+         ALTER TABLE saga ALTER COLUMN definition_version SET NOT NULL; \
+         ALTER TABLE saga_commit_record DROP CONSTRAINT saga_commit_record_pkey",
     )
     .await
     .unwrap();
     let missing = ratchet_store::schema_check::missing(&mut conn)
         .await
         .unwrap();
-    assert_eq!(missing, ["column saga.saga_state of type saga_state"]);
+    assert_eq!(
+        missing,
+        [
+            "column saga.saga_state of type saga_state",
+            "column saga.definition_version nullable",
+            "primary key saga_commit_record (saga_id, node_name)",
+        ]
+    );
 }
 
 /// The migrations as plain SQL (what a host copies into its own schema tooling) build the whole schema:
@@ -219,9 +229,18 @@ async fn the_exported_sql_builds_the_whole_schema() {
 async fn the_exported_sql_applied_over_the_engines_migrations_changes_nothing() {
     let db = database().await;
     let mut conn = establish(&db.url).await.unwrap();
-    let schema = "SELECT count(*)::TEXT || ' ' || string_agg(table_name || '.' || column_name || ':' || udt_name, ',' \
-                  ORDER BY table_name, column_name) AS key, 1::INT8 AS count \
-                  FROM information_schema.columns WHERE table_schema = current_schema()";
+    // Columns (with types and nullability), constraints (with their definitions), indexes, enum labels.
+    let schema = "SELECT \
+          (SELECT string_agg(table_name || '.' || column_name || ':' || udt_name || ':' || is_nullable, ',' \
+                             ORDER BY table_name, column_name) \
+             FROM information_schema.columns WHERE table_schema = current_schema()) \
+       || ' | ' || (SELECT string_agg(conrelid::regclass::TEXT || '.' || conname || ':' || pg_get_constraintdef(oid), \
+                                      ',' ORDER BY conrelid::regclass::TEXT, conname) \
+             FROM pg_constraint WHERE connamespace = current_schema()::regnamespace) \
+       || ' | ' || (SELECT string_agg(indexdef, ',' ORDER BY indexname) \
+             FROM pg_indexes WHERE schemaname = current_schema()) \
+       || ' | ' || (SELECT string_agg(t.typname || '.' || e.enumlabel, ',' ORDER BY t.typname, e.enumsortorder) \
+             FROM pg_enum e JOIN pg_type t ON t.oid = e.enumtypid) AS key";
     #[derive(diesel::QueryableByName)]
     struct Shape {
         #[diesel(sql_type = diesel::sql_types::Text)]

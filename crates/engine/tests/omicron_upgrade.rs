@@ -366,7 +366,9 @@ async fn omicron_tables_with_sagas_in_flight_are_upgraded_and_their_sagas_finish
         assert_eq!(row.current_sec, Some(sec_id));
         assert_eq!(
             row.adopt_generation, 2,
-            "recovery's claim fences Nexus's old process"
+            // A writer of ratchet's at generation 1 would now be fenced. (Nexus's own store checks no
+            // generation: only the partition of saga names keeps a live Nexus executor out.)
+            "recovery claimed it at a new generation"
         );
         assert_eq!(row.definition_version, None, "plain steno created it");
         assert_eq!(row.abandon_reason, None);

@@ -20,20 +20,49 @@ pub fn node_paths(dag: &serde_json::Value) -> BTreeMap<i64, String> {
         .pointer("/graph/nodes")
         .and_then(serde_json::Value::as_array);
     for (index, node) in nodes.into_iter().flatten().enumerate() {
-        let label = node
-            .get("Action")
-            .and_then(|action| action.get("label"))
-            .and_then(serde_json::Value::as_str);
-        if let Some(label) = label {
-            paths.insert(index as i64, label.to_owned());
+        if let Some(path) = node.get("Action").and_then(action_path) {
+            paths.insert(index as i64, path);
         }
     }
     paths
 }
 
+/// The path of a persisted action node (`graph.nodes[i].Action`): its label when the label is a path ratchet
+/// gave it (the node's name, or a subsaga path ending `/name`), its name otherwise. A DAG plain steno built
+/// (Nexus's, recovered by ratchet) labels its nodes for people (`"Reserve"` for `reserve`): those nodes are
+/// known by their names (unique only within their saga or subsaga; they hold no records).
+pub fn action_path(action: &serde_json::Value) -> Option<String> {
+    let name = action.get("name")?.as_str()?;
+    let label = action.get("label").and_then(serde_json::Value::as_str);
+    match label {
+        Some(label)
+            if label == name
+                || label
+                    .strip_suffix(name)
+                    .is_some_and(|prefix| prefix.ends_with(PATH_SEPARATOR)) =>
+        {
+            Some(label.to_owned())
+        }
+        _ => Some(name.to_owned()),
+    }
+}
+
+/// The separator of a node path (the engine's `PATH_SEPARATOR`).
+pub const PATH_SEPARATOR: char = '/';
+
 #[cfg(test)]
 mod test {
     use super::node_paths;
+
+    #[test]
+    fn a_plain_steno_node_is_known_by_its_name_not_its_label() {
+        let dag = serde_json::json!({"graph": {"nodes": [
+            {"Action": {"name": "reserve", "label": "Reserve", "action_name": "legacy.reserve"}},
+            {"Action": {"name": "wait", "label": "x/wait", "action_name": "legacy.wait"}},
+        ]}});
+        let paths: Vec<String> = node_paths(&dag).into_values().collect();
+        assert_eq!(paths, ["reserve", "x/wait"]);
+    }
 
     #[test]
     fn an_action_inside_a_subsaga_is_known_by_its_label() {

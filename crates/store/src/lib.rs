@@ -19,11 +19,15 @@
 //! 3. Every steno event type round-trips through `saga_node_event`, `undo_failed` included ([`event`]).
 //! 4. A saga steno calls `done` whose log holds an `undo_failed` event is recorded `stuck`, in the same
 //!    transaction ([`sec_store`]).
-//! 5. Schema migrations are embedded and applied before any use ([`pool::run_migrations`]).
+//! 5. Schema migrations are embedded ([`pool::run_migrations`]) and exported as plain SQL
+//!    ([`pool::MIGRATIONS_SQL`]); either way the engine checks the schema before any use
+//!    ([`schema_check::missing`]).
 //! 6. Every operator action that changes who drives a saga (adoption, retry-unwind) bumps its generation in
 //!    the same statement or transaction ([`ops`]), so the executor that drove it before is fenced out.
 //!
-//! The SQL stays inside what CockroachDB also runs: no advisory locks, no LISTEN/NOTIFY, no enum types.
+//! The SQL stays inside what CockroachDB also runs: no advisory locks, no LISTEN/NOTIFY. The saga log is
+//! Omicron's `saga` and `saga_node_event` tables, whose states are Omicron's enum types (`saga_state`, plus
+//! ratchet's `stuck`; `saga_abandon_reason`).
 
 pub mod dag;
 mod error;

@@ -419,8 +419,10 @@ pub fn dag_node_names(dag: &serde_json::Value) -> BTreeMap<i64, String> {
     names
 }
 
-/// The action name each node of a persisted DAG runs (`graph.nodes[i].Action.action_name`), by node name.
-pub fn dag_action_names(dag: &serde_json::Value) -> BTreeMap<String, String> {
+/// The action each action node of a persisted DAG runs (`graph.nodes[i].Action.action_name`), with the
+/// node's path ([`crate::dag::action_path`]), in DAG order. Every node is listed: a name may repeat (two
+/// instances of a subsaga plain steno built), and each instance's action is checked.
+pub fn dag_action_names(dag: &serde_json::Value) -> Vec<(String, String)> {
     let nodes = dag
         .pointer("/graph/nodes")
         .and_then(serde_json::Value::as_array);
@@ -429,9 +431,9 @@ pub fn dag_action_names(dag: &serde_json::Value) -> BTreeMap<String, String> {
         .flatten()
         .filter_map(|node| {
             let action = node.get("Action")?;
-            let name = action.get("name")?.as_str()?;
+            let path = crate::dag::action_path(action)?;
             let action_name = action.get("action_name")?.as_str()?;
-            Some((name.to_owned(), action_name.to_owned()))
+            Some((path, action_name.to_owned()))
         })
         .collect()
 }

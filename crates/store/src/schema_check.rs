@@ -80,6 +80,33 @@ pub const ENUM_COLUMNS: &[(&str, &str, &str)] = &[
     ("saga", "abandon_reason", "saga_abandon_reason"),
 ];
 
+/// Every table's primary key: the commit and compensation records' keys are what make a node exactly-once.
+pub const PRIMARY_KEYS: &[(&str, &[&str])] = &[
+    ("saga", &["id"]),
+    ("saga_node_event", &["saga_id", "node_id", "event_type"]),
+    ("saga_commit_record", &["saga_id", "node_name"]),
+    ("saga_compensation_record", &["saga_id", "node_name"]),
+    ("saga_node_start", &["saga_id", "node_name", "phase"]),
+    ("saga_waiting", &["saga_id", "node_name"]),
+];
+
+/// ratchet's columns of `saga`, which must be nullable: Nexus's store inserts sagas naming none of them.
+pub const NULLABLE_SAGA_COLUMNS: &[&str] = &[
+    "definition_version",
+    "time_finished",
+    "stuck_node",
+    "stuck_reason",
+    "time_stuck",
+];
+
+#[derive(diesel::QueryableByName)]
+struct KeyColumn {
+    #[diesel(sql_type = Text)]
+    table_name: String,
+    #[diesel(sql_type = Text)]
+    column_name: String,
+}
+
 #[derive(diesel::QueryableByName)]
 struct Column {
     #[diesel(sql_type = Text)]
@@ -88,16 +115,21 @@ struct Column {
     column_name: String,
     #[diesel(sql_type = Text)]
     udt_name: String,
+    #[diesel(sql_type = Text)]
+    is_nullable: String,
 }
 
 /// What of [`REQUIRED`] the database lacks, in its current schema: `table T` for a table missing whole,
 /// `column T.C` for a column, `column T.C of type E` for a column of [`ENUM_COLUMNS`] of another type (a
-/// saga log made by a pre-release ratchet, whose states were text), `value stuck of type saga_state` for
-/// ratchet's one enum addition. Empty when everything is there.
+/// saga log made by a pre-release ratchet, whose states were text), `column saga.C nullable` for a column of
+/// [`NULLABLE_SAGA_COLUMNS`] that is `NOT NULL` (Nexus's inserts would fail), `primary key T (…)` for a
+/// table of [`PRIMARY_KEYS`] without that key, `value stuck of type saga_state` for ratchet's one enum
+/// addition. Empty when everything is there.
 pub async fn missing(conn: &mut AsyncPgConnection) -> diesel::QueryResult<Vec<String>> {
     let tables: Vec<&str> = REQUIRED.iter().map(|(table, _)| *table).collect();
     let present: Vec<Column> = diesel::sql_query(
-        "SELECT table_name::TEXT AS table_name, column_name::TEXT AS column_name, udt_name::TEXT AS udt_name \
+        "SELECT table_name::TEXT AS table_name, column_name::TEXT AS column_name, udt_name::TEXT AS udt_name, \
+                is_nullable::TEXT AS is_nullable \
          FROM information_schema.columns \
          WHERE table_schema = current_schema() AND table_name = ANY($1)",
     )
@@ -113,6 +145,11 @@ pub async fn missing(conn: &mut AsyncPgConnection) -> diesel::QueryResult<Vec<St
                 c.udt_name.clone(),
             )
         })
+        .collect();
+    let not_null: BTreeSet<(String, String)> = present
+        .iter()
+        .filter(|c| c.is_nullable == "NO")
+        .map(|c| (c.table_name.clone(), c.column_name.clone()))
         .collect();
     let present: BTreeSet<(String, String)> = present
         .into_iter()
@@ -139,6 +176,36 @@ pub async fn missing(conn: &mut AsyncPgConnection) -> diesel::QueryResult<Vec<St
         );
         if column_present && !types.contains(&key) {
             missing.push(format!("column {table}.{column} of type {type_name}"));
+        }
+    }
+    for column in NULLABLE_SAGA_COLUMNS {
+        if not_null.contains(&("saga".to_owned(), (*column).to_owned())) {
+            missing.push(format!("column saga.{column} nullable"));
+        }
+    }
+    let keys: Vec<KeyColumn> = diesel::sql_query(
+        "SELECT tc.table_name::TEXT AS table_name, k.column_name::TEXT AS column_name \
+         FROM information_schema.table_constraints tc \
+         JOIN information_schema.key_column_usage k \
+           ON k.constraint_name = tc.constraint_name AND k.table_schema = tc.table_schema \
+          AND k.table_name = tc.table_name \
+         WHERE tc.constraint_type = 'PRIMARY KEY' AND tc.table_schema = current_schema() \
+           AND tc.table_name = ANY($1)",
+    )
+    .bind::<Array<Text>, _>(&tables)
+    .load(conn)
+    .await?;
+    for (table, key) in PRIMARY_KEYS {
+        if !present.iter().any(|(t, _)| t == table) {
+            continue;
+        }
+        let have: BTreeSet<&str> = keys
+            .iter()
+            .filter(|k| k.table_name == *table)
+            .map(|k| k.column_name.as_str())
+            .collect();
+        if have != key.iter().copied().collect() {
+            missing.push(format!("primary key {table} ({})", key.join(", ")));
         }
     }
     #[derive(diesel::QueryableByName)]

@@ -39,8 +39,9 @@
 //! All tables but `sled_resource_vmm` soft-delete with `time_deleted`; uniqueness is by partial unique indexes
 //! over the live rows (`WHERE time_deleted IS NULL`). As in Nexus there are no foreign keys: the queries check
 //! the rows they depend on, and [`invariants`] checks what is left at rest. The SQL stays inside what
-//! CockroachDB (Nexus's database) also runs: states are TEXT with CHECK constraints (no enum types), no
-//! advisory locks, no LISTEN/NOTIFY, no stored functions. IP addresses are INET, bound as text (`$1::inet`) and
+//! CockroachDB (Nexus's database) also runs: states are TEXT with CHECK constraints (a simplification of
+//! Nexus's enum types, which this simulated datastore does not need; the saga log itself uses Omicron's enums),
+//! no advisory locks, no LISTEN/NOTIFY, no stored functions. IP addresses are INET, bound as text (`$1::inet`) and
 //! read back as text (`host(ip)`).
 //!
 //! # State machines

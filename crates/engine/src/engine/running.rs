@@ -489,7 +489,7 @@ impl DagShape {
             .enumerate()
             .filter_map(|(index, node)| {
                 let action = node.get("Action")?;
-                let path = action.get("label")?.as_str()?.to_owned();
+                let path = ratchet_store::dag::action_path(action)?;
                 let action_name = action.get("action_name")?.as_str()?.to_owned();
                 Some((u32::try_from(index).ok()?, DagAction { path, action_name }))
             })

@@ -1,4 +1,4 @@
-DROP TABLE saga_node_event;
-DROP TABLE saga;
-DROP TYPE saga_abandon_reason;
-DROP TYPE saga_state;
+-- Nothing: these are Omicron's own tables and types, which this migration creates only where they do not
+-- exist (on Nexus's database it did nothing). Reverting ratchet must never drop a host's saga log; drop them
+-- by hand on a database that only ratchet used.
+SELECT 1;

@@ -1,1 +1,1 @@
-DROP TABLE saga_node_start;
+DROP TABLE IF EXISTS saga_node_start;

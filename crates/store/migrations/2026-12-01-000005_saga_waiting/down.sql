@@ -1,1 +1,1 @@
-DROP TABLE saga_waiting;
+DROP TABLE IF EXISTS saga_waiting;
