@@ -442,6 +442,25 @@ pub fn dag_action_names(dag: &serde_json::Value) -> Vec<(String, String)> {
 mod test {
     use super::*;
 
+    /// Two instances of a subsaga share their nodes' local names: every instance's action is listed, so a
+    /// check for an unregistered action sees each (a map by name kept only the last).
+    #[test]
+    fn every_action_node_is_listed_even_when_local_names_repeat() {
+        let dag = serde_json::json!({"graph": {"nodes": [
+            {"Action": {"name": "attach", "label": "attach", "action_name": "plain.attach_v1"}},
+            {"Action": {"name": "attach", "label": "attach", "action_name": "plain.attach_v2"}},
+            {"Action": {"name": "attach", "label": "disk_1/attach", "action_name": "typed.attach"}},
+        ]}});
+        assert_eq!(
+            dag_action_names(&dag),
+            [
+                ("attach".to_owned(), "plain.attach_v1".to_owned()),
+                ("attach".to_owned(), "plain.attach_v2".to_owned()),
+                ("disk_1/attach".to_owned(), "typed.attach".to_owned()),
+            ]
+        );
+    }
+
     #[test]
     fn node_names_come_from_the_persisted_dag() {
         let dag = serde_json::json!({"graph": {"nodes": [
