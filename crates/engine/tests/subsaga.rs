@@ -268,7 +268,7 @@ async fn a_subsaga_node_crashing_after_its_commit_is_recovered_by_a_second_engin
     );
     let id = run_prepared_until_crash(&first, saga).await;
     // The crash left the second charge committed: the first instance's three nodes and that charge.
-    let (commits, _) = records(&first, id).await;
+    let (commits, _) = records_in(&db, id).await;
     let mut so_far = both_instances(&[]);
     so_far.retain(|c| c != "widget_1/activate_widget");
     assert_eq!(commits, so_far);

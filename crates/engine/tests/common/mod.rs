@@ -65,7 +65,21 @@ pub async fn saga_state(engine: &Engine, id: Uuid) -> String {
 /// (commit records, compensation records) of a saga, by node.
 pub async fn records(engine: &Engine, id: Uuid) -> (Vec<String>, Vec<(String, bool)>) {
     let mut conn = engine.pool().get().await.unwrap();
-    let history = saga_history(&mut conn, id).await.unwrap().unwrap();
+    records_on(&mut conn, id).await
+}
+
+/// [`records`] read on a connection of its own: after an engine's injected crash, whose session
+/// terminations may still reach that engine's pooled connections.
+pub async fn records_in(db: &TestDatabase, id: Uuid) -> (Vec<String>, Vec<(String, bool)>) {
+    let mut conn = ratchet_store::pool::establish(&db.url).await.unwrap();
+    records_on(&mut conn, id).await
+}
+
+async fn records_on(
+    conn: &mut ratchet_store::DbConnection,
+    id: Uuid,
+) -> (Vec<String>, Vec<(String, bool)>) {
+    let history = saga_history(conn, id).await.unwrap().unwrap();
     let mut commits: Vec<String> = history.commits.into_iter().map(|c| c.node_name).collect();
     let mut compensations: Vec<(String, bool)> = history
         .compensations
