@@ -422,3 +422,57 @@ async fn an_error_steno_injects_in_a_subsaga_is_reported_by_path() {
     let compensated: Vec<(String, bool)> = expected.iter().map(|c| (c.to_string(), true)).collect();
     assert_eq!(compensations, compensated);
 }
+
+/// Fencing inside a subsaga: the old incarnation of an executor stops inside the second instance's charge
+/// (after its prepare, before its writes); a new incarnation (same id) recovers the saga at a new generation
+/// and finishes it; the old one, woken, commits nothing inside the subsaga and stops driving the saga.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_incarnation_fences_the_old_one_inside_a_subsaga() {
+    let db = database().await;
+    let sec_id = Uuid::new_v4();
+    let (old, _) = engine_with_two(&db, sec_id).await;
+    let account = account(&old).await;
+    let saga = old
+        .create::<ProvisionTwo>(two_params(account, false))
+        .await
+        .unwrap();
+    let id = saga.id;
+    old.failpoints().arm(
+        id,
+        "widget_1/charge_account",
+        FaultPoint::AfterPrepare,
+        FaultEffect::Delay { millis: 600_000 },
+        1,
+    );
+    let old_run = tokio::spawn(saga.run());
+    until_delaying(&old, id).await;
+
+    let (new, report) = engine_with_two(&db, sec_id).await;
+    assert_eq!(report.resumed, vec![id]);
+    let outcome = tokio::time::timeout(Duration::from_secs(120), new.wait(id))
+        .await
+        .expect("the new incarnation's saga comes to rest")
+        .expect("the new incarnation resumed it");
+    assert!(
+        matches!(outcome, SagaOutcome::Succeeded { .. }),
+        "{outcome:?}"
+    );
+
+    old.failpoints().wake(id);
+    let old_outcome = tokio::time::timeout(Duration::from_secs(90), old_run)
+        .await
+        .expect("the old incarnation stops")
+        .unwrap()
+        .unwrap();
+    assert_eq!(old_outcome, SagaOutcome::Fenced);
+    assert!(old.counters().snapshot().fenced >= 1);
+    let state = state(&new, account).await;
+    assert!(
+        provisioned_twice(&state),
+        "charged once per instance: {state:?}"
+    );
+    let (commits, compensations) = records(&new, id).await;
+    assert_eq!(commits, both_instances(&["tally"]));
+    assert!(compensations.is_empty());
+    assert_eq!(saga_state(&new, id).await, "done");
+}
