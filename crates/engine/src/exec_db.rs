@@ -150,7 +150,7 @@ async fn attempt_forward<S: SagaDef, T: SagaDef<Context = S::Context>, N: DbNode
     // The token names this attempt's transaction: the fenced write that closes it checks it is still there
     // (a node that ended the engine's transaction itself is caught, see `records::NODE_TX_SETTING`).
     let token = Uuid::new_v4();
-    let mut start_events = None;
+    let mut held_events = Vec::new();
     let sent = {
         let mut pooled = run.connection().await?;
         let conn: &mut DbConnection = &mut pooled;
@@ -167,7 +167,7 @@ async fn attempt_forward<S: SagaDef, T: SagaDef<Context = S::Context>, N: DbNode
             conn,
             look_up,
             token,
-            &mut start_events,
+            &mut held_events,
         )
         .await;
         match result {
@@ -206,14 +206,15 @@ async fn attempt_forward<S: SagaDef, T: SagaDef<Context = S::Context>, N: DbNode
         Err(Early::Recorded) => recorded_forward(run).await,
         Err(Early::Stop(stop)) => Err(stop),
     };
-    // The start node's events, if this attempt carried them: durable with a commit that landed; otherwise
-    // the next write takes them (an event already written is left as it is).
-    if let Some(start) = start_events {
-        if matches!(outcome, Ok(Forward::Committed { .. })) {
-            run.cx.log.mark_durable(start, &["started", "succeeded"]);
-        } else {
-            run.cx.log.release_start_events();
+    // The held-back events (the start node's, constants', subsagas' start and end nodes') this attempt
+    // carried: durable with a commit that landed; otherwise the next write takes them (an event already
+    // written is left as it is).
+    if matches!(outcome, Ok(Forward::Committed { .. })) {
+        for node in &held_events {
+            run.cx.log.mark_durable(*node, &["started", "succeeded"]);
         }
+    } else {
+        run.cx.log.release_held_events(&held_events);
     }
     outcome
 }
@@ -304,8 +305,8 @@ impl<E: Into<Stop>> From<E> for Early {
 }
 
 /// Everything between BEGIN and COMMIT. Returns the output to commit. `look_up`: whether to look for an
-/// earlier commit first (else the prepare's savepoint was entered with the BEGIN). `start_events` is set to
-/// the start node's id when the transaction carries its held-back events.
+/// earlier commit first (else the prepare's savepoint was entered with the BEGIN). `held_events` is set to the
+/// nodes whose held-back events the transaction carries.
 async fn forward_in_transaction<S: SagaDef, T: SagaDef<Context = S::Context>, N: DbNode<T>>(
     run: &NodeRun<'_, S>,
     node: &N,
@@ -313,7 +314,7 @@ async fn forward_in_transaction<S: SagaDef, T: SagaDef<Context = S::Context>, N:
     conn: &mut DbConnection,
     look_up: bool,
     token: Uuid,
-    start_events: &mut Option<u32>,
+    held_events: &mut Vec<u32>,
 ) -> Result<serde_json::Value, Early> {
     let saga_id = run.saga_id();
     if look_up {
@@ -376,8 +377,8 @@ async fn forward_in_transaction<S: SagaDef, T: SagaDef<Context = S::Context>, N:
     let output = finish_guarded(run, N::finish, receipt)?;
     let output_json = encode("node output", &output)?;
     let sec_id = owner.sec_id;
-    let (start, mut events) = run.cx.log.claim_start_events();
-    *start_events = start;
+    let (held, mut events) = run.cx.log.claim_held_events();
+    *held_events = held;
     events.push(event_row(run, SagaNodeEventType::Started, sec_id)?);
     events.push(event_row(
         run,

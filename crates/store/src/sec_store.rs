@@ -31,10 +31,13 @@
 //! written in the transaction that records the saga `done` (two durable commits fewer per saga). A crash in
 //! between leaves a log without them, and recovery runs the end node again, which does nothing.
 //!
-//! Nor has steno's **start node**: its two events are held back until the saga's first write (a database
-//! node's commit transaction claims them, [`SagaLogHandle::claim_start_events`]; any other write takes them
-//! along), two durable commits fewer again. A crash before that write leaves a saga row with no events, which
-//! recovery runs from the start, as it would a saga that crashed right after it was created.
+//! Nor has steno's **start node**, nor any other node without an action: a constant (a subsaga's
+//! parameters), a subsaga's start and end nodes. Their two events are held back until the saga's next write (a
+//! database node's commit transaction claims those whose both events are held,
+//! [`SagaLogHandle::claim_held_events`]; any other write takes them along), two durable commits fewer each
+//! (eight per subsaga). A crash before that write leaves them out of the log, and recovery runs those nodes
+//! again, which compute the same values: a constant's value is in the DAG, a subsaga's start and end node
+//! pass on its parameters and its output.
 //!
 //! # One round trip per fenced write
 //!
@@ -82,6 +85,9 @@ pub struct SagaRegistration {
     pub end_node: Option<u32>,
     /// steno node id of the DAG's start node, whose events are written with the saga's first write.
     pub start_node: Option<u32>,
+    /// steno node ids of the DAG's other nodes without an action (constants, subsaga start and end nodes),
+    /// whose `started` and `succeeded` events are held back like the start node's.
+    pub pure_nodes: HashSet<u32>,
     /// Whether the log the saga was resumed from (recovery, adoption, retry-unwind) holds an `undo_failed`
     /// event: written before this store saw the saga, it decides whether `done` is recorded `stuck`.
     pub undo_failed_logged: bool,
@@ -110,9 +116,10 @@ struct PendingLog {
     stuck: Option<(String, String)>,
     /// Whether steno recorded an undo event (so the log may hold an `undo_failed`).
     undo_recorded: bool,
-    /// Whether a database node's transaction in flight carries the held-back start-node events
-    /// ([`SagaLogHandle::claim_start_events`]); no other write takes them meanwhile.
-    start_claimed: bool,
+    /// The held-back nodes (the start node, the nodes without an action) whose events a database node's
+    /// transaction in flight carries ([`SagaLogHandle::claim_held_events`]); no other write takes them
+    /// meanwhile.
+    claimed: HashSet<u32>,
 }
 
 impl SagaLogHandle {
@@ -136,9 +143,14 @@ impl SagaLogHandle {
                 log.durable.insert((node_id, label));
             }
         }
-        if self.0.registration.start_node == Some(node_id) {
-            log.start_claimed = false;
-        }
+        log.claimed.remove(&node_id);
+    }
+
+    /// Whether `node_id`'s `started` and `succeeded` events are held back until the saga's next write: the
+    /// start node and the nodes without an action.
+    fn held_back(&self, node_id: u32) -> bool {
+        let registration = &self.0.registration;
+        registration.start_node == Some(node_id) || registration.pure_nodes.contains(&node_id)
     }
 
     /// Records that the saga must end `stuck` (a commit neither kept nor compensated), whatever its log says.
@@ -149,35 +161,51 @@ impl SagaLogHandle {
             .get_or_insert((node.to_owned(), reason.to_owned()));
     }
 
-    /// The held-back events of the start node, as rows for a database node's commit transaction to write,
-    /// unless another transaction in flight has claimed them. The caller must then either
-    /// [`mark_durable`](SagaLogHandle::mark_durable) the start node's `started` and `succeeded` (it committed)
-    /// or [`release_start_events`](SagaLogHandle::release_start_events) (it did not, or may not have).
-    pub fn claim_start_events(&self) -> (Option<u32>, Vec<EventRow>) {
-        let Some(start) = self.0.registration.start_node else {
-            return (None, Vec::new());
-        };
+    /// The held-back events of the start node and of the nodes without an action, as rows for a database
+    /// node's commit transaction to write: those of every such node whose `started` and `succeeded` are both
+    /// held and that no other transaction in flight has claimed. Returns the nodes claimed: the caller must
+    /// then either [`mark_durable`](SagaLogHandle::mark_durable) each one's `started` and `succeeded` (it
+    /// committed) or [`release_held_events`](SagaLogHandle::release_held_events) (it did not, or may not have).
+    pub fn claim_held_events(&self) -> (Vec<u32>, Vec<EventRow>) {
         let mut log = lock(&self.0.log);
-        if log.start_claimed {
-            return (None, Vec::new());
+        let complete: Vec<u32> = log
+            .deferred
+            .iter()
+            .filter(|(e, _)| matches!(e.event_type, SagaNodeEventType::Succeeded(_)))
+            .map(|(e, _)| u32::from(e.node_id))
+            .filter(|node| self.held_back(*node) && !log.claimed.contains(node))
+            .filter(|node| {
+                log.deferred.iter().any(|(e, _)| {
+                    u32::from(e.node_id) == *node
+                        && matches!(e.event_type, SagaNodeEventType::Started)
+                })
+            })
+            .collect();
+        if complete.is_empty() {
+            return (complete, Vec::new());
         }
         let rows = rows_of(
             self.0.saga_id,
             self.owner().sec_id,
-            log.deferred
-                .iter()
-                .filter(|(e, _)| u32::from(e.node_id) == start),
+            log.deferred.iter().filter(|(e, _)| {
+                complete.contains(&u32::from(e.node_id))
+                    && matches!(
+                        e.event_type,
+                        SagaNodeEventType::Started | SagaNodeEventType::Succeeded(_)
+                    )
+            }),
         );
-        if rows.is_empty() {
-            return (None, rows);
-        }
-        log.start_claimed = true;
-        (Some(start), rows)
+        log.claimed.extend(complete.iter().copied());
+        (complete, rows)
     }
 
-    /// Gives back the start-node events [`SagaLogHandle::claim_start_events`] claimed, for the next write.
-    pub fn release_start_events(&self) {
-        lock(&self.0.log).start_claimed = false;
+    /// Gives back `nodes` claimed by [`claim_held_events`](SagaLogHandle::claim_held_events) whose
+    /// transaction did not commit (or may not have): the next write takes their events.
+    pub fn release_held_events(&self, nodes: &[u32]) {
+        let mut log = lock(&self.0.log);
+        for node in nodes {
+            log.claimed.remove(node);
+        }
     }
 
     /// Undoes [`SagaLogHandle::mark_durable`] for one event the engine has since deleted.
@@ -278,20 +306,20 @@ impl PgSecStore {
         lock(&self.sagas).get(&uuid_of(saga_id)).cloned()
     }
 
-    /// Takes the held-back events of the nodes `take` selects out of `handle`'s log, as rows; the start
-    /// node's too, unless a database node's transaction has claimed them.
+    /// Takes the held-back events of the nodes `take` selects out of `handle`'s log, as rows; those of the
+    /// start node and the nodes without an action too, unless a database node's transaction has claimed them.
     fn take_deferred(&self, handle: &SagaLogHandle, take: impl Fn(u32) -> bool) -> Vec<EventRow> {
-        let start = handle.0.registration.start_node;
         let mine: Vec<(SagaNodeEvent, DateTime<Utc>)> = {
             let mut log = lock(&handle.0.log);
-            let start_claimed = log.start_claimed;
+            let claimed = std::mem::take(&mut log.claimed);
             let (mine, others) =
                 std::mem::take(&mut log.deferred)
                     .into_iter()
                     .partition(|(e, _)| {
                         let node = u32::from(e.node_id);
-                        take(node) || (Some(node) == start && !start_claimed)
+                        take(node) || (handle.held_back(node) && !claimed.contains(&node))
                     });
+            log.claimed = claimed;
             log.deferred = others;
             mine
         };
@@ -570,8 +598,7 @@ impl steno::SecStore for PgSecStore {
                 SagaNodeEventType::Started | SagaNodeEventType::UndoStarted
             );
             let registration = &handle.0.registration;
-            let bookend = (registration.end_node == Some(node_id)
-                || registration.start_node == Some(node_id))
+            let bookend = (registration.end_node == Some(node_id) || handle.held_back(node_id))
                 && matches!(
                     event.event_type,
                     SagaNodeEventType::Started | SagaNodeEventType::Succeeded(_)

@@ -303,6 +303,7 @@ impl Engine {
                 node_names: names,
                 end_node,
                 start_node,
+                pure_nodes: shape.pure_nodes.clone(),
                 undo_failed_logged: resumed_from.is_some_and(|events| {
                     events
                         .iter()
@@ -456,6 +457,8 @@ impl Engine {
 pub(crate) struct DagShape {
     pub(crate) start_node: Option<u32>,
     pub(crate) end_node: Option<u32>,
+    /// The nodes without an action other than the bookends: constants, subsagas' start and end nodes.
+    pub(crate) pure_nodes: std::collections::HashSet<u32>,
     pub(crate) actions: BTreeMap<u32, DagAction>,
 }
 
@@ -471,6 +474,7 @@ impl DagShape {
             return DagShape {
                 start_node: None,
                 end_node: None,
+                pure_nodes: Default::default(),
                 actions: BTreeMap::new(),
             };
         };
@@ -494,9 +498,21 @@ impl DagShape {
                 Some((u32::try_from(index).ok()?, DagAction { path, action_name }))
             })
             .collect();
+        let pure_nodes = nodes
+            .into_iter()
+            .flatten()
+            .enumerate()
+            .filter(|(_, node)| {
+                ["Constant", "SubsagaStart", "SubsagaEnd"]
+                    .iter()
+                    .any(|kind| node.get(kind).is_some())
+            })
+            .filter_map(|(index, _)| u32::try_from(index).ok())
+            .collect();
         DagShape {
             start_node: index("start_node"),
             end_node: index("end_node"),
+            pure_nodes,
             actions,
         }
     }
