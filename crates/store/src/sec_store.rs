@@ -83,10 +83,9 @@ pub struct SagaRegistration {
     pub node_names: BTreeMap<u32, String>,
     /// steno node id of the DAG's end node, whose events are written with the saga's `done` state.
     pub end_node: Option<u32>,
-    /// steno node id of the DAG's start node, whose events are written with the saga's first write.
-    pub start_node: Option<u32>,
-    /// steno node ids of the DAG's other nodes without an action (constants, subsaga start and end nodes),
-    /// whose `started` and `succeeded` events are held back like the start node's.
+    /// steno node ids of the DAG's nodes without an action other than the end node (the start node,
+    /// constants, subsaga start and end nodes), whose `started` and `succeeded` events are held back until the
+    /// saga's next write.
     pub pure_nodes: HashSet<u32>,
     /// Whether the log the saga was resumed from (recovery, adoption, retry-unwind) holds an `undo_failed`
     /// event: written before this store saw the saga, it decides whether `done` is recorded `stuck`.
@@ -147,10 +146,9 @@ impl SagaLogHandle {
     }
 
     /// Whether `node_id`'s `started` and `succeeded` events are held back until the saga's next write: the
-    /// start node and the nodes without an action.
+    /// start node and the other nodes without an action.
     fn held_back(&self, node_id: u32) -> bool {
-        let registration = &self.0.registration;
-        registration.start_node == Some(node_id) || registration.pure_nodes.contains(&node_id)
+        self.0.registration.pure_nodes.contains(&node_id)
     }
 
     /// Records that the saga must end `stuck` (a commit neither kept nor compensated), whatever its log says.
@@ -310,17 +308,15 @@ impl PgSecStore {
     /// start node and the nodes without an action too, unless a database node's transaction has claimed them.
     fn take_deferred(&self, handle: &SagaLogHandle, take: impl Fn(u32) -> bool) -> Vec<EventRow> {
         let mine: Vec<(SagaNodeEvent, DateTime<Utc>)> = {
-            let mut log = lock(&handle.0.log);
-            let claimed = std::mem::take(&mut log.claimed);
-            let (mine, others) =
-                std::mem::take(&mut log.deferred)
-                    .into_iter()
-                    .partition(|(e, _)| {
-                        let node = u32::from(e.node_id);
-                        take(node) || (handle.held_back(node) && !claimed.contains(&node))
-                    });
-            log.claimed = claimed;
-            log.deferred = others;
+            let mut guard = lock(&handle.0.log);
+            let PendingLog {
+                deferred, claimed, ..
+            } = &mut *guard;
+            let (mine, others) = std::mem::take(deferred).into_iter().partition(|(e, _)| {
+                let node = u32::from(e.node_id);
+                take(node) || (handle.held_back(node) && !claimed.contains(&node))
+            });
+            *deferred = others;
             mine
         };
         rows_of(handle.0.saga_id, self.sec_id, mine.iter())

@@ -293,7 +293,7 @@ impl Engine {
             names.insert(*index, action.path.clone());
             node_ids.insert(action.path.clone(), *index);
         }
-        let (start_node, end_node) = (shape.start_node, shape.end_node);
+        let end_node = shape.end_node;
         let log = sec.store.register(
             steno_id(id),
             SagaRegistration {
@@ -302,7 +302,6 @@ impl Engine {
                 deferred_nodes: deferred,
                 node_names: names,
                 end_node,
-                start_node,
                 pure_nodes: shape.pure_nodes.clone(),
                 undo_failed_logged: resumed_from.is_some_and(|events| {
                     events
@@ -450,14 +449,14 @@ impl Engine {
 }
 
 /// What the engine reads of a DAG beyond steno's public API, from steno's serialized form (the form the saga
-/// log persists, `graph.nodes[i]`): the start and end nodes' indexes, and every action node's path (its label)
-/// and action name, by steno node index. A form this does not recognise leaves the bookends `None` (two more
-/// durable commits per saga, never correctness) and no actions: every node then fails, loudly, as not in the
-/// saga's DAG.
+/// log persists, `graph.nodes[i]`): the end node's index, the nodes without an action (the start node among
+/// them), and every action node's path and action name, by steno node index. A form this does not recognise
+/// holds nothing back (more durable commits per saga, never correctness) and has no actions: every node then
+/// fails, loudly, as not in the saga's DAG.
 pub(crate) struct DagShape {
-    pub(crate) start_node: Option<u32>,
     pub(crate) end_node: Option<u32>,
-    /// The nodes without an action other than the bookends: constants, subsagas' start and end nodes.
+    /// The nodes without an action other than the end node: the start node, constants, subsagas' start and
+    /// end nodes.
     pub(crate) pure_nodes: std::collections::HashSet<u32>,
     pub(crate) actions: BTreeMap<u32, DagAction>,
 }
@@ -472,7 +471,6 @@ impl DagShape {
     pub(crate) fn of(dag: &SagaDag) -> DagShape {
         let Ok(serialized) = serde_json::to_value(dag) else {
             return DagShape {
-                start_node: None,
                 end_node: None,
                 pure_nodes: Default::default(),
                 actions: BTreeMap::new(),
@@ -503,14 +501,13 @@ impl DagShape {
             .flatten()
             .enumerate()
             .filter(|(_, node)| {
-                ["Constant", "SubsagaStart", "SubsagaEnd"]
+                ["Start", "Constant", "SubsagaStart", "SubsagaEnd"]
                     .iter()
                     .any(|kind| node.get(kind).is_some())
             })
             .filter_map(|(index, _)| u32::try_from(index).ok())
             .collect();
         DagShape {
-            start_node: index("start_node"),
             end_node: index("end_node"),
             pure_nodes,
             actions,
