@@ -219,6 +219,16 @@ pub async fn establish(url: &str) -> Result<AsyncPgConnection, DbError> {
 /// so an attempt cut short leaves every migration applied or not, and the next attempt applies what is
 /// pending.
 ///
+/// **Executors that start together** (several processes on a fresh or upgraded database, hosts rolling out
+/// at once) are serialized: the whole step runs under a session-level advisory lock,
+/// [`MIGRATION_LOCK`], taken on the connection that applies the migrations. A start that finds the schema
+/// being built waits for the lock, then finds nothing pending (or only what is still missing) and applies
+/// nothing twice. Without it, two `CREATE TYPE` or `CREATE TABLE IF NOT EXISTS` of the same name race in
+/// PostgreSQL's catalog and one fails (`duplicate key value violates unique constraint
+/// "pg_type_typname_nsp_index"`). The lock is the session's, so a process that dies holding it releases it
+/// with its connection. Advisory locks are PostgreSQL's: on CockroachDB, migrations are the embedder's
+/// (`MIGRATIONS_SQL` applied by its own schema tooling), and this function is not used there.
+///
 /// diesel's migration harness is synchronous, so it runs on a blocking thread through diesel-async's
 /// connection wrapper (which works on either tokio runtime flavour).
 pub async fn run_migrations(
@@ -232,11 +242,22 @@ pub async fn run_migrations(
             let url = url.to_owned();
             tokio::task::spawn_blocking(move || {
                 use diesel::Connection;
+                use diesel::connection::SimpleConnection;
                 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
                 let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(&url)?;
-                conn.run_pending_migrations(StaticMigrations(migrations))
+                conn.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))?;
+                let applied = conn
+                    .run_pending_migrations(StaticMigrations(migrations))
                     .map(|_| ())
-                    .map_err(migration_error)
+                    .map_err(migration_error);
+                // Closing the connection releases the lock too; unlocking first lets the next start in
+                // without waiting for the server to notice the close.
+                if let Err(error) =
+                    conn.batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"))
+                {
+                    tracing::debug!(%error, "unlocking the migration lock failed; closing the session ends it");
+                }
+                applied
             })
             .await
             .map_err(|error| DbError::Migration(format!("migration task failed: {error}")))?
@@ -244,6 +265,11 @@ pub async fn run_migrations(
     )
     .await
 }
+
+/// The key of the advisory lock [`run_migrations`] holds while it applies migrations: one key for every
+/// migration set (the saga log's, a datastore's), since one process applies them one after another. Advisory
+/// locks belong to a database, so starts on different databases of one server do not wait for each other.
+pub const MIGRATION_LOCK: i64 = 0x7261_7463_6865_7401; // "ratchet", 1
 
 /// A migration harness error as a [`DbError`]: a query's error keeps its kind (so that a transient one is
 /// retried); anything else is a permanent migration error.
@@ -303,10 +329,19 @@ pub async fn create_database_if_missing(admin_url: &str, name: &str) -> Result<b
     if exists_on(&mut admin, name).await? {
         return Ok(false);
     }
-    diesel::sql_query(format!("CREATE DATABASE {name}"))
+    match diesel::sql_query(format!("CREATE DATABASE {name}"))
         .execute(&mut admin)
-        .await?;
-    Ok(true)
+        .await
+    {
+        Ok(_) => Ok(true),
+        // Another process created it between the check and the CREATE (executors starting together): it
+        // exists, which is all the caller asked for.
+        Err(error) if exists_on(&mut admin, name).await? => {
+            tracing::debug!(%error, "the database was created by someone else meanwhile");
+            Ok(false)
+        }
+        Err(error) => Err(error.into()),
+    }
 }
 
 #[cfg(test)]
