@@ -402,6 +402,25 @@ pub(crate) fn encode<T: serde::Serialize>(
         .map_err(|e| NodeError::permanent(format!("{what} does not encode: {e}")))
 }
 
+/// Hands `value` from one phase to the next the only way the engine lets data travel between phases: through
+/// its serialized form. Returns that form and the value rebuilt from it.
+///
+/// A plan or receipt is declared serializable data, but a type can still carry what serde skips (a
+/// `#[serde(skip)]` pool or client, rebuilt as its default). Passed on in memory, that field would reach the
+/// commit (or `finish`) and could write outside the node's transaction, with no record and no compensation.
+/// Passed through its serialized form, it arrives as its default: the smuggled handle is gone before the next
+/// phase runs. A value that does not survive the trip (a map with non-string keys, a field that cannot be
+/// rebuilt) fails the node, permanently, naming what did not encode or decode.
+pub(crate) fn pass_on<T: serde::Serialize + DeserializeOwned>(
+    what: &str,
+    value: T,
+) -> Result<(serde_json::Value, T), NodeError> {
+    let encoded = encode(what, &value)?;
+    drop(value);
+    let rebuilt = decode(what, encoded.clone())?;
+    Ok((encoded, rebuilt))
+}
+
 pub(crate) fn decode<T: DeserializeOwned>(
     what: &str,
     value: serde_json::Value,
@@ -441,4 +460,59 @@ async fn exhaust_pool(pool: &ratchet_store::DbPool, millis: u64) {
         tokio::time::sleep(std::time::Duration::from_millis(millis)).await;
         drop(held);
     });
+}
+
+/// The error of a node that ended the engine's transaction itself (a `COMMIT`, `ROLLBACK` or `BEGIN` sent
+/// through the connection of [`CommitTx`](crate::CommitTx) or [`PrepareCx`](crate::PrepareCx)): whatever it
+/// wrote before that is outside the engine's guarantees, so the engine says so as loudly as it can and fails
+/// the node (or, from a compensation, makes the saga stuck). The message carries
+/// [`records::ESCAPED_WRITES`](ratchet_store::records::ESCAPED_WRITES), by which the saga's diagnosis lists
+/// the node.
+pub(crate) fn foreign_transaction<S: SagaDef>(
+    run: &NodeRun<'_, S>,
+    phase: &str,
+    found: &str,
+) -> NodeError {
+    let message = format!(
+        "node {:?} ended the engine's transaction during its {phase} (transaction control sent through the \
+         node's connection; the transaction token now reads {found:?}): {}: what it wrote before that may be \
+         committed outside the engine, with no record and no compensation",
+        run.name,
+        ratchet_store::records::ESCAPED_WRITES,
+    );
+    tracing::error!(saga_id = %run.saga_id(), node = %run.name, "{message}");
+    NodeError::permanent(message)
+}
+
+/// Before the engine ends a node's transaction on a path where it will not write the node's record (a phase
+/// that failed or panicked, a fault, a read-only prepare): checks that the transaction is still the one the
+/// engine began, named by `token` (see [`records::NODE_TX_SETTING`](ratchet_store::records::NODE_TX_SETTING)).
+/// If it is not, the node ended it itself, and `stop` (the node's own error) gives way to that reason: the
+/// attempt is not retried (a retry would apply the escaped writes again) and the node fails naming it. The
+/// success paths check the same token in the statement that writes the record.
+///
+/// TODO-robustness A transaction a failed statement has aborted cannot be read (PostgreSQL runs nothing there
+/// but its end), nor can a broken connection: then `stop` stands. So a node that ends the engine's
+/// transaction, begins another and leaves that one aborted is not caught here.
+pub(crate) async fn unless_foreign<S: SagaDef>(
+    run: &NodeRun<'_, S>,
+    conn: &mut ratchet_store::DbConnection,
+    token: Uuid,
+    phase: &str,
+    stop: Stop,
+) -> Stop {
+    if matches!(stop, Stop::Crash) {
+        // The executor dies here: it checks nothing.
+        return stop;
+    }
+    match ratchet_store::records::node_tx_token(conn).await {
+        Ok(found) if found != token.to_string() => {
+            Stop::Node(foreign_transaction(run, phase, &found))
+        }
+        Ok(_) => stop,
+        Err(error) => {
+            tracing::debug!(%error, "the node's transaction could not be checked; its own error stands");
+            stop
+        }
+    }
 }

@@ -8,7 +8,10 @@
 use crate::commit_outcome::{self, CommitOutcome, resolve, until_answered};
 use crate::context::{CommitTx, PrepareCx};
 use crate::error::NodeError;
-use crate::exec::{NodeRun, Stop, catch_phase, decode, encode, finish_guarded, with_retries};
+use crate::exec::{
+    NodeRun, Stop, catch_phase, decode, encode, finish_guarded, foreign_transaction, pass_on,
+    unless_foreign, with_retries,
+};
 use crate::failpoint::FaultPoint;
 use crate::node::DbNode;
 use crate::saga_def::{Ratchet, SagaDef};
@@ -177,6 +180,13 @@ async fn attempt_forward<S: SagaDef, T: SagaDef<Context = S::Context>, N: DbNode
                 let committed = tx::commit(conn).await;
                 let outcome = CommitOutcome::after(run, FaultPoint::CommitReply, committed);
                 Ok((output, outcome))
+            }
+            Err(Early::Stop(stop)) => {
+                // Whatever stopped the attempt (the node's error, a panic, a fault), a transaction the node
+                // ended itself is what the node fails for.
+                let stop = unless_foreign(run, conn, token, "prepare or commit", stop).await;
+                tx::rollback(conn).await;
+                Err(Early::Stop(stop))
             }
             Err(early) => {
                 tx::rollback(conn).await;
@@ -351,6 +361,8 @@ async fn forward_in_transaction<S: SagaDef, T: SagaDef<Context = S::Context>, N:
         })
         .await?
     };
+    // The plan reaches the commit only through its serialized form: nothing serde skips survives.
+    let (_, plan) = pass_on("plan", plan)?;
     one_transaction_deep(run, conn, "prepare")?;
     conn.batch_execute(&leave_prepare()).await?;
     run.fault(FaultPoint::AfterPrepare).await?;
@@ -372,8 +384,9 @@ async fn forward_in_transaction<S: SagaDef, T: SagaDef<Context = S::Context>, N:
         .await?
     };
     one_transaction_deep(run, conn, "commit")?;
-    let receipt_json = encode("receipt", &receipt)?;
-    // `finish` is pure, so it runs before COMMIT: a panic in it rolls the commit back.
+    // `finish` gets the receipt as the commit record holds it (nothing serde skips survives), and it is pure,
+    // so it runs before COMMIT: a panic in it rolls the commit back.
+    let (receipt_json, receipt) = pass_on("receipt", receipt)?;
     let output = finish_guarded(run, N::finish, receipt)?;
     let output_json = encode("node output", &output)?;
     let sec_id = owner.sec_id;
@@ -446,20 +459,6 @@ fn one_transaction_deep<S: SagaDef>(
             Err(Stop::Node(NodeError::permanent(message)))
         }
     }
-}
-
-/// The error of a node that ended the engine's transaction itself (a `COMMIT`, `ROLLBACK` or `BEGIN` sent
-/// through [`CommitTx::conn`]): whatever it wrote before that is outside the engine's guarantees, so the
-/// engine says so as loudly as it can and fails the node (or, from a compensation, makes the saga stuck).
-fn foreign_transaction<S: SagaDef>(run: &NodeRun<'_, S>, phase: &str, found: &str) -> NodeError {
-    let message = format!(
-        "node {:?} ended the engine's transaction during its {phase} (transaction control sent through \
-         CommitTx::conn; the transaction token now reads {found:?}): its writes before that are committed \
-         outside the engine, with no record and no compensation",
-        run.name
-    );
-    tracing::error!(saga_id = %run.saga_id(), node = %run.name, "{message}");
-    NodeError::permanent(message)
 }
 
 /// The log row of one of this node's events, written by the engine's own transaction. A `started` (or
@@ -592,6 +591,7 @@ async fn attempt_compensation<S: SagaDef, T: SagaDef<Context = S::Context>, N: D
                 )
             }
             Err(stop) => {
+                let stop = unless_foreign(run, conn, token, "compensation", stop).await;
                 tx::rollback(conn).await;
                 return Err(stop);
             }

@@ -8,7 +8,10 @@
 use crate::commit_outcome::{self, CommitOutcome};
 use crate::context::{ExternalCx, PrepareCx};
 use crate::error::NodeError;
-use crate::exec::{NodeRun, Stop, catch_phase, decode, encode, finish_guarded, with_retries};
+use crate::exec::{
+    NodeRun, Stop, catch_phase, decode, encode, finish_guarded, pass_on, unless_foreign,
+    with_retries,
+};
 use crate::exec_db::event_row;
 use crate::failpoint::FaultPoint;
 use crate::node::{CallError, ExternalNode};
@@ -22,6 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use steno::{ActionContext, ActionName, SagaNodeEventType};
 use tracing::Instrument;
+use uuid::Uuid;
 
 /// The steno action of external node type `N` in saga `S`.
 ///
@@ -153,7 +157,9 @@ async fn forward<S: SagaDef, T: SagaDef<Context = S::Context>, N: ExternalNode<T
                 return compensate_then_fail::<S, T, N>(&run, &node, error).await;
             }
         };
-        let receipt_json = encode("receipt", &receipt).map_err(|e| run.failure("call", &e))?;
+        // `finish` gets the receipt as its record will hold it: nothing serde skips survives.
+        let (receipt_json, receipt) =
+            pass_on("receipt", receipt).map_err(|e| run.failure("call", &e))?;
         let output = match run
             .fault(FaultPoint::BeforeCommit)
             .await
@@ -213,7 +219,9 @@ async fn prepare<S: SagaDef, T: SagaDef<Context = S::Context>, N: ExternalNode<T
     run.fault(FaultPoint::BeforePrepare).await?;
     let mut pooled = run.connection().await?;
     let conn: &mut DbConnection = &mut pooled;
-    tx::begin_read_only(conn).await?;
+    // The token names the prepare's transaction, as a database node's does: checked before it is rolled back.
+    let token = Uuid::new_v4();
+    tx::begin_read_only_then(conn, &records::set_node_tx(token)).await?;
     let result = async {
         let saga_id = run.saga_id();
         // A stale executor stops here, before it replays someone else's receipt or calls out.
@@ -247,9 +255,20 @@ async fn prepare<S: SagaDef, T: SagaDef<Context = S::Context>, N: ExternalNode<T
             Ok(node.prepare(&mut cx).await?)
         })
         .await?;
+        // The plan reaches the call only through its serialized form: nothing serde skips survives.
+        let (_, plan) = pass_on("plan", plan)?;
         Ok::<_, Stop>(Prepared::Plan(plan))
     }
     .await;
+    // On every path, Ok included: a prepare that sent its own COMMIT has left read-only behind, and what it
+    // wrote after that is outside the engine.
+    let result = match result {
+        Ok(prepared) => match unless_foreign(run, conn, token, "prepare", Stop::Shutdown).await {
+            Stop::Node(foreign) => Err(Stop::Node(foreign)),
+            _ => Ok(prepared),
+        },
+        Err(stop) => Err(unless_foreign(run, conn, token, "prepare", stop).await),
+    };
     tx::rollback(conn).await;
     result
 }

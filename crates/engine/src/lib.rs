@@ -111,23 +111,34 @@
 //!
 //! # What is a type, what is the runtime, what is convention
 //!
-//! - **Types** (compile-time): `finish` is synchronous, infallible and contextless (it cannot await, return
-//!   an error, or reach a connection); [`CommitTx`] and [`PrepareCx`] can only be made by the engine and do
-//!   not outlive their phase; a node's `Plan` and `Receipt` are serializable data, so neither can carry a
-//!   connection or a pool from one phase to the next (`tests/ui` holds the programs that must not compile).
-//! - **Runtime** (checked by the engine and PostgreSQL as the saga runs): prepare runs read-only (PostgreSQL
-//!   rejects a write); the engine begins and ends every transaction, and detects transaction control a node
-//!   sends through [`CommitTx::conn`] (the transaction carries a token that the commit record's write checks:
-//!   a node that ended it is failed loudly and no record is written); fencing; exactly-once records; unknown
-//!   outcomes resolved; panics caught; the start limit.
+//! Each sentence below has its attacking test, listed in `docs/CLAIMS.md`.
+//!
+//! - **Types** (compile-time; `tests/ui` holds the programs that must not compile): `finish` is synchronous,
+//!   infallible and contextless (it cannot await, return an error, or take a connection); [`CommitTx`] and
+//!   [`PrepareCx`] can only be made by the engine and do not outlive their phase; a node's `Plan`, `Receipt`
+//!   and `Output` must be serializable (`Serialize + DeserializeOwned`): a plan or receipt type that holds a
+//!   connection or a pool in a serialized field does not compile.
+//! - **Runtime** (checked by the engine and PostgreSQL as the saga runs): data travels between phases only
+//!   in its serialized form (the plan from prepare to commit, the receipt from commit to `finish`, to the
+//!   record and to the compensation, the node's arguments from the DAG, outputs through steno's log), so a
+//!   field serde skips (a `#[serde(skip)]` pool) arrives as its default and no handle rides from one phase
+//!   into the next; prepare runs read-only (PostgreSQL rejects a write); the engine begins and ends every
+//!   transaction, and catches transaction control a node sends through its connection on every path (the
+//!   transaction carries a token: the record's write checks it on success, and before any rollback the
+//!   engine reads it, so a node that ended the engine's transaction fails for that, is not retried, writes
+//!   no record, and the saga's diagnosis lists it under `escaped_writes`); fencing; exactly-once records;
+//!   unknown outcomes resolved; panics caught; the start limit.
 //! - **Convention** (no type or check can enforce it): a node must not reach the database by any other path
-//!   than the connection it is given. Ambient authority cannot be taken away: a node can capture a pool in
-//!   its own value or in the saga's application context ([`SagaDef::Context`]), and a write through it lands
-//!   outside the node's transaction, with no record and no compensation. The engine hands typed nodes no
-//!   pool; the only pool it exposes is [`SagaCx::unchecked_pool`], for plain steno actions
-//!   ([`NodeRegistry::unchecked_steno_action`]), which bypass every guarantee above and exist for
-//!   incremental adoption and the pre-fix fixtures. External services must deduplicate on the idempotency
-//!   key and keep a tombstone per compensated key (see [`ExternalNode`]).
+//!   than the connection it is given. Ambient authority cannot be taken away: a node can reach a pool in the
+//!   saga's application context ([`SagaDef::Context`], which prepare sees), in a static, or in a task it
+//!   spawns, and a write through it lands outside the node's transaction, with no record and no
+//!   compensation. The engine hands typed nodes no pool; the only pool it exposes is
+//!   [`SagaCx::unchecked_pool`], for plain steno actions ([`NodeRegistry::unchecked_steno_action`]), which
+//!   bypass every guarantee above and exist for incremental adoption and the pre-fix fixtures. External
+//!   services must deduplicate on the idempotency key and keep a tombstone per compensated key (see
+//!   [`ExternalNode`]). One gap in the runtime check, stated: a node that ends the engine's transaction,
+//!   begins another and leaves it aborted by a failed statement is not caught (PostgreSQL answers nothing
+//!   in an aborted transaction but its end).
 //!
 //! # Fencing
 //!

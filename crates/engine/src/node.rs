@@ -66,8 +66,9 @@ impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> NodeReceipt for T 
 pub trait DbNode<S: SagaDef>: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// The action name persisted in the DAG: stable across releases.
     const NAME: &'static str;
-    /// What prepare decided, handed to commit. Serializable data: a value that carries a connection, a pool
-    /// or a client (and so could write outside the node's transaction) does not compile.
+    /// What prepare decided, handed to commit. Serializable data: a type whose serialized fields hold a
+    /// connection, a pool or a client does not compile, and the engine hands the plan to commit through its
+    /// serialized form, so a field serde skips arrives as its default (no handle rides into the commit).
     type Plan: Serialize + DeserializeOwned + Send;
     /// What commit returns, recorded with the commit.
     type Receipt: NodeReceipt;

@@ -47,7 +47,7 @@ pub mod transaction;
 pub use error::{DbError, is_transient_diesel, message_is_transient};
 pub use event::EventRow;
 pub use fence::{Fence, Liveness};
-pub use ops::{Refusal, StuckDiagnosis, stuck_diagnosis};
+pub use ops::{EscapedWrites, Refusal, StuckDiagnosis, stuck_diagnosis};
 pub use owner::SagaOwner;
 pub use pool::{
     DbConnection, DbPool, MIGRATIONS_SQL, PoolConfig, SAGA_LOG_MIGRATIONS, connect_pool,

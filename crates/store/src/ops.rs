@@ -290,6 +290,16 @@ pub struct FailedUndo {
     pub time: DateTime<Utc>,
 }
 
+/// A node failed for ending the engine's transaction itself (see [`StuckDiagnosis::escaped_writes`]): its
+/// `failed` (forward) or `undo_failed` (compensation) event.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EscapedWrites {
+    pub node: String,
+    /// `failed` or `undo_failed`.
+    pub event: String,
+    pub time: DateTime<Utc>,
+}
+
 /// A node whose commit happened and has not been compensated.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct UncompensatedCommit {
@@ -317,6 +327,11 @@ pub struct StuckDiagnosis {
     pub stuck_reason: Option<String>,
     /// Nodes with a commit record and no compensation record, oldest commit first.
     pub uncompensated: Vec<UncompensatedCommit>,
+    /// Nodes that ended the engine's transaction themselves (a `COMMIT` or `ROLLBACK` sent through the
+    /// engine's connection) and were failed for it: whatever they wrote before that may have been committed
+    /// outside the engine, with no record and no compensation. An operator must look for those writes.
+    #[serde(default)]
+    pub escaped_writes: Vec<EscapedWrites>,
     /// When the saga became stuck (`time_stuck`; for older rows, `time_finished`).
     pub stuck_since: Option<DateTime<Utc>>,
     /// How long ago that was.
@@ -362,6 +377,21 @@ impl SagaHistory {
             })
             .collect();
         uncompensated.sort_by_key(|c| c.time_committed);
+        let escaped_writes = self
+            .events
+            .iter()
+            .filter(|e| matches!(e.event_type.as_str(), "failed" | "undo_failed"))
+            .filter(|e| {
+                e.data
+                    .as_ref()
+                    .is_some_and(|data| data.to_string().contains(crate::records::ESCAPED_WRITES))
+            })
+            .map(|e| EscapedWrites {
+                node: name_of(e.node_id),
+                event: e.event_type.clone(),
+                time: e.event_time,
+            })
+            .collect();
         let stuck = saga.saga_state == SagaState::Stuck;
         let stuck_since = saga
             .time_stuck
@@ -374,6 +404,7 @@ impl SagaHistory {
             stuck_node: saga.stuck_node.clone(),
             stuck_reason: saga.stuck_reason.clone(),
             uncompensated,
+            escaped_writes,
             stuck_since,
             stuck_for,
         }

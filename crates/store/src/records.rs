@@ -85,6 +85,28 @@ pub fn set_node_tx(token: Uuid) -> String {
     format!("SET LOCAL {NODE_TX_SETTING} = '{token}'")
 }
 
+/// What [`NODE_TX_SETTING`] holds on `conn` now: the token of the engine's transaction if it is still open,
+/// an empty string if the transaction that set it has ended (the node sent its own `COMMIT` or `ROLLBACK`).
+/// Fails in a transaction a failed statement has aborted (PostgreSQL runs nothing there but its end).
+pub async fn node_tx_token(conn: &mut AsyncPgConnection) -> QueryResult<String> {
+    #[derive(QueryableByName)]
+    struct Token {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        tx_token: String,
+    }
+    let row: Token = diesel::sql_query(
+        "SELECT coalesce(current_setting('ratchet.node_tx', true), '') AS tx_token",
+    )
+    .get_result(conn)
+    .await?;
+    Ok(row.tx_token)
+}
+
+/// The words every failure of a node that ended the engine's transaction carries (in its `failed` or
+/// `undo_failed` event): the saga's diagnosis finds such nodes by them
+/// ([`StuckDiagnosis::escaped_writes`](crate::StuckDiagnosis)).
+pub const ESCAPED_WRITES: &str = "writes may have escaped the engine's record";
+
 /// What a fenced write of a node's transaction found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FencedWrite {

@@ -16,8 +16,25 @@ pub async fn begin(conn: &mut AsyncPgConnection) -> Result<(), DieselError> {
 /// `SAVEPOINT`) in the same round trip. If `then` fails, the transaction is rolled back before the error is
 /// returned: the connection is never left inside a transaction diesel does not know of.
 pub async fn begin_then(conn: &mut AsyncPgConnection, then: &str) -> Result<(), DieselError> {
+    begin_as_then(conn, "BEGIN ISOLATION LEVEL SERIALIZABLE", then).await
+}
+
+/// `BEGIN` a serializable read-only transaction (PostgreSQL rejects every write inside it) and run `then` in
+/// the same round trip, as [`begin_then`].
+pub async fn begin_read_only_then(
+    conn: &mut AsyncPgConnection,
+    then: &str,
+) -> Result<(), DieselError> {
+    begin_as_then(conn, "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY", then).await
+}
+
+async fn begin_as_then(
+    conn: &mut AsyncPgConnection,
+    begin: &str,
+    then: &str,
+) -> Result<(), DieselError> {
     use diesel_async::SimpleAsyncConnection;
-    let sql = format!("BEGIN ISOLATION LEVEL SERIALIZABLE; {then}");
+    let sql = format!("{begin}; {then}");
     match AnsiTransactionManager::begin_transaction_sql(conn, &sql).await {
         Ok(()) => Ok(()),
         Err(error) => {
@@ -29,15 +46,6 @@ pub async fn begin_then(conn: &mut AsyncPgConnection, then: &str) -> Result<(), 
             Err(error)
         }
     }
-}
-
-/// `BEGIN` a serializable read-only transaction: PostgreSQL rejects every write inside it.
-pub async fn begin_read_only(conn: &mut AsyncPgConnection) -> Result<(), DieselError> {
-    AnsiTransactionManager::begin_transaction_sql(
-        conn,
-        "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY",
-    )
-    .await
 }
 
 /// `COMMIT` the open transaction.
