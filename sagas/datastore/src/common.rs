@@ -104,50 +104,6 @@ pub(crate) struct Outcome<T> {
     pub row: T,
 }
 
-/// What a project-scoped insert (`WITH p AS (<the live project>), taken AS (<a live row of that name>), ins AS
-/// (INSERT … WHERE EXISTS p AND NOT EXISTS taken RETURNING …) SELECT … ins.* FROM (SELECT 1) LEFT JOIN ins`)
-/// found: the inserted row, or why there is none.
-#[derive(diesel::QueryableByName)]
-pub(crate) struct ProjectInsert<T> {
-    #[diesel(sql_type = Bool)]
-    pub project_found: bool,
-    #[diesel(sql_type = Bool)]
-    pub name_taken: bool,
-    #[diesel(embed)]
-    pub row: Option<T>,
-}
-
-impl<T> ProjectInsert<T> {
-    /// The inserted row, or the refusal: `NotFound` for a missing project, `Conflict` for a name in use.
-    /// `kind` names the row (`"disk"`), for the messages.
-    pub fn into_row(
-        self,
-        kind: &str,
-        id: uuid::Uuid,
-        name: &str,
-        project_id: uuid::Uuid,
-    ) -> DatastoreResult<T> {
-        match self {
-            ProjectInsert { row: Some(row), .. } => Ok(row),
-            ProjectInsert {
-                project_found: false,
-                ..
-            } => Err(DatastoreError::NotFound {
-                kind: "project",
-                id: project_id,
-            }),
-            ProjectInsert {
-                name_taken: true, ..
-            } => Err(DatastoreError::Conflict(format!(
-                "{kind} name {name:?} is already in use in project {project_id}"
-            ))),
-            ProjectInsert { .. } => Err(DatastoreError::Conflict(format!(
-                "{kind} {id} was not inserted"
-            ))),
-        }
-    }
-}
-
 /// The `UNION ALL` tail of an [`Outcome`] statement whose CTEs are named `cur` and `upd`.
 pub(crate) const OUTCOME_TAIL: &str = "SELECT TRUE AS updated, upd.* FROM upd \
      UNION ALL \

@@ -15,8 +15,10 @@
 //! Every change bumps `state_generation`. A disk is attached exactly when `disk_state = 'attached'`, and then
 //! `attach_instance_id` and `slot` are set; otherwise both are NULL ([`crate::invariants`] checks this).
 
-use crate::common::{OUTCOME_TAIL, Outcome, ProjectInsert, check_name, check_positive, label_enum};
-use crate::error::{DatastoreError, DatastoreResult, conflict_on_unique};
+use crate::common::{OUTCOME_TAIL, Outcome, check_name, check_positive, label_enum};
+use crate::error::{DatastoreError, DatastoreResult};
+use crate::project_scoped_insert::ProjectScopedInsert;
+use crate::soft_delete::SoftDelete;
 use chrono::{DateTime, Utc};
 use diesel::OptionalExtension;
 // The derive's `embed` expansion names the trait unqualified.
@@ -105,37 +107,19 @@ pub async fn disk_create(
 ) -> DatastoreResult<Disk> {
     check_name("disk", name)?;
     check_positive("size_bytes", size_bytes)?;
-    let outcome: ProjectInsert<Disk> = diesel::sql_query(format!(
-        "WITH \
-           p AS (SELECT id FROM project WHERE id = $2 AND time_deleted IS NULL), \
-           taken AS (SELECT id FROM disk WHERE project_id = $2 AND name = $3 AND time_deleted IS NULL), \
-           ins AS ( \
-             INSERT INTO disk (id, project_id, name, size_bytes, disk_state, state_generation, volume_id, \
-                               time_created, time_modified) \
-             SELECT $1, $2, $3, $4, 'creating', 1, $5, now(), now() \
-             WHERE EXISTS (SELECT 1 FROM p) AND NOT EXISTS (SELECT 1 FROM taken) \
-             RETURNING {DISK_COLUMNS}) \
-         SELECT EXISTS (SELECT 1 FROM p) AS project_found, \
-                EXISTS (SELECT 1 FROM taken) AS name_taken, \
-                ins.* \
-         FROM (SELECT 1) AS one LEFT JOIN ins ON TRUE"
-    ))
-    .bind::<SqlUuid, _>(id)
-    .bind::<SqlUuid, _>(project_id)
-    .bind::<Text, _>(name)
-    .bind::<BigInt, _>(size_bytes)
-    .bind::<SqlUuid, _>(volume_id)
-    .get_result(conn)
+    ProjectScopedInsert {
+        table: "disk",
+        name_index: "lookup_disk_by_project",
+        columns: "size_bytes, disk_state, state_generation, volume_id, time_created, time_modified",
+        values: "$4, 'creating', 1, $5, now(), now()",
+        returning: DISK_COLUMNS,
+    }
+    .run(conn, id, project_id, name, None, |query| {
+        query
+            .bind::<BigInt, _>(size_bytes)
+            .bind::<SqlUuid, _>(volume_id)
+    })
     .await
-    .map_err(|error| {
-        conflict_on_unique(error, |index| match index {
-            "lookup_disk_by_project" => {
-                format!("disk name {name:?} is already in use in project {project_id}")
-            }
-            _ => format!("disk {id} already exists"),
-        })
-    })?;
-    outcome.into_row("disk", id, name, project_id)
 }
 
 /// The live disk `id` (`NotFound` when missing or deleted). Reads only.
@@ -268,21 +252,20 @@ pub async fn disk_restore_detached(
 /// refusal Omicron's #10695 unwind hit ("disk cannot be deleted in state \"attached\""). Idempotent: an already
 /// deleted disk is returned as it is. An id that never existed is `NotFound`.
 pub async fn disk_soft_delete(conn: &mut AsyncPgConnection, id: Uuid) -> DatastoreResult<Disk> {
-    let outcome: Option<Outcome<Disk>> = diesel::sql_query(format!(
-        "WITH \
-           cur AS (SELECT {DISK_COLUMNS} FROM disk WHERE id = $1), \
-           upd AS ( \
-             UPDATE disk SET disk_state = 'destroyed', time_deleted = now(), time_modified = now(), \
-                             state_generation = state_generation + 1 \
-             WHERE id = $1 AND time_deleted IS NULL \
-               AND disk_state IN ('creating', 'detached', 'faulted') AND attach_instance_id IS NULL \
-             RETURNING {DISK_COLUMNS}) \
-         {OUTCOME_TAIL}"
-    ))
-    .bind::<SqlUuid, _>(id)
-    .get_result(conn)
-    .await
-    .optional()?;
+    let outcome: Option<Outcome<Disk>> = SoftDelete {
+        table: "disk",
+        columns: DISK_COLUMNS,
+        also_set: &[
+            "disk_state = 'destroyed'",
+            "state_generation = state_generation + 1",
+        ],
+        guards: &[
+            "disk_state IN ('creating', 'detached', 'faulted')",
+            "attach_instance_id IS NULL",
+        ],
+    }
+    .outcome(conn, id)
+    .await?;
     let Outcome { updated, row } = outcome.ok_or_else(|| not_found(id))?;
     if updated || row.time_deleted.is_some() {
         return Ok(row);

@@ -7,6 +7,7 @@
 
 use crate::common::{OUTCOME_TAIL, Outcome, check_name, label_enum};
 use crate::error::{DatastoreError, DatastoreResult, conflict_on_unique};
+use crate::soft_delete::SoftDelete;
 use chrono::{DateTime, Utc};
 use diesel::OptionalExtension;
 // The derive's `embed` expansion names the trait unqualified.
@@ -402,22 +403,14 @@ pub async fn external_ip_soft_delete(
     conn: &mut AsyncPgConnection,
     id: Uuid,
 ) -> DatastoreResult<ExternalIp> {
-    let outcome: Option<Outcome<ExternalIp>> = diesel::sql_query(format!(
-        "WITH \
-           cur AS (SELECT {EXTERNAL_IP_COLUMNS} FROM external_ip WHERE id = $1), \
-           upd AS ( \
-             UPDATE external_ip SET time_deleted = now(), time_modified = now() \
-             WHERE id = $1 AND time_deleted IS NULL \
-             RETURNING {EXTERNAL_IP_COLUMNS}) \
-         {OUTCOME_TAIL}"
-    ))
-    .bind::<SqlUuid, _>(id)
-    .get_result(conn)
+    SoftDelete {
+        table: "external_ip",
+        columns: EXTERNAL_IP_COLUMNS,
+        also_set: &[],
+        guards: &[],
+    }
+    .run(conn, id)
     .await
-    .optional()?;
-    outcome
-        .map(|outcome| outcome.row)
-        .ok_or_else(|| not_found(id))
 }
 
 /// The live external IPs of an instance, SNAT first. Reads only.

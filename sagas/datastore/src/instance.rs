@@ -14,8 +14,9 @@
 //!
 //! Every change bumps `state_generation`; the guarded operations take the generation the caller last saw.
 
-use crate::common::{OUTCOME_TAIL, Outcome, ProjectInsert, check_name, check_positive, label_enum};
-use crate::error::{DatastoreError, DatastoreResult, conflict_on_unique};
+use crate::common::{OUTCOME_TAIL, Outcome, check_name, check_positive, label_enum};
+use crate::error::{DatastoreError, DatastoreResult};
+use crate::project_scoped_insert::ProjectScopedInsert;
 use chrono::{DateTime, Utc};
 use diesel::OptionalExtension;
 // The derive's `embed` expansion names the trait unqualified.
@@ -106,38 +107,17 @@ pub async fn instance_insert(
     check_name("instance", name)?;
     check_positive("ncpus", ncpus)?;
     check_positive("memory", memory)?;
-    let outcome: ProjectInsert<Instance> = diesel::sql_query(format!(
-        "WITH \
-           p AS (SELECT id FROM project WHERE id = $2 AND time_deleted IS NULL), \
-           taken AS (SELECT id FROM instance \
-                     WHERE project_id = $2 AND name = $3 AND time_deleted IS NULL), \
-           ins AS ( \
-             INSERT INTO instance (id, project_id, name, ncpus, memory, state, state_generation, \
-                                   time_created, time_modified) \
-             SELECT $1, $2, $3, $4, $5, 'creating', 1, now(), now() \
-             WHERE EXISTS (SELECT 1 FROM p) AND NOT EXISTS (SELECT 1 FROM taken) \
-             RETURNING {INSTANCE_COLUMNS}) \
-         SELECT EXISTS (SELECT 1 FROM p) AS project_found, \
-                EXISTS (SELECT 1 FROM taken) AS name_taken, \
-                ins.* \
-         FROM (SELECT 1) AS one LEFT JOIN ins ON TRUE"
-    ))
-    .bind::<SqlUuid, _>(id)
-    .bind::<SqlUuid, _>(project_id)
-    .bind::<Text, _>(name)
-    .bind::<BigInt, _>(ncpus)
-    .bind::<BigInt, _>(memory)
-    .get_result(conn)
+    ProjectScopedInsert {
+        table: "instance",
+        name_index: "lookup_instance_by_project",
+        columns: "ncpus, memory, state, state_generation, time_created, time_modified",
+        values: "$4, $5, 'creating', 1, now(), now()",
+        returning: INSTANCE_COLUMNS,
+    }
+    .run(conn, id, project_id, name, None, |query| {
+        query.bind::<BigInt, _>(ncpus).bind::<BigInt, _>(memory)
+    })
     .await
-    .map_err(|error| {
-        conflict_on_unique(error, |index| match index {
-            "lookup_instance_by_project" => {
-                format!("instance name {name:?} is already in use in project {project_id}")
-            }
-            _ => format!("instance {id} already exists"),
-        })
-    })?;
-    outcome.into_row("instance", id, name, project_id)
 }
 
 /// The live instance `id` (`NotFound` when missing or deleted). Reads only.

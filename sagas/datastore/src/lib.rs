@@ -101,6 +101,8 @@
 
 mod common;
 pub mod error;
+mod project_scoped_insert;
+mod soft_delete;
 
 pub mod attach;
 pub mod disk;

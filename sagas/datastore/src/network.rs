@@ -5,9 +5,10 @@
 //! come from `generate_series` anti-joined with the subnet's live NICs (Nexus's `NextItem` shape), so a subnet
 //! is bounded to /16 by the schema.
 
-use crate::common::{OUTCOME_TAIL, Outcome, check_name};
+use crate::common::check_name;
 use crate::error::{DatastoreError, DatastoreResult, conflict_on_unique};
 use crate::instance::InstanceState;
+use crate::soft_delete::SoftDelete;
 use chrono::{DateTime, Utc};
 use diesel::OptionalExtension;
 // The derive's `embed` expansion names the trait unqualified.
@@ -311,25 +312,14 @@ pub async fn network_interface_soft_delete(
     conn: &mut AsyncPgConnection,
     id: Uuid,
 ) -> DatastoreResult<NetworkInterface> {
-    let outcome: Option<Outcome<NetworkInterface>> = diesel::sql_query(format!(
-        "WITH \
-           cur AS (SELECT {NIC_COLUMNS} FROM network_interface WHERE id = $1), \
-           upd AS ( \
-             UPDATE network_interface SET time_deleted = now(), time_modified = now() \
-             WHERE id = $1 AND time_deleted IS NULL \
-             RETURNING {NIC_COLUMNS}) \
-         {OUTCOME_TAIL}"
-    ))
-    .bind::<SqlUuid, _>(id)
-    .get_result(conn)
+    SoftDelete {
+        table: "network_interface",
+        columns: NIC_COLUMNS,
+        also_set: &[],
+        guards: &[],
+    }
+    .run(conn, id)
     .await
-    .optional()?;
-    outcome
-        .map(|outcome| outcome.row)
-        .ok_or(DatastoreError::NotFound {
-            kind: "network_interface",
-            id,
-        })
 }
 
 /// The live NICs of an instance, by slot. Reads only.

@@ -2,6 +2,7 @@
 
 use crate::common::{OUTCOME_TAIL, Outcome};
 use crate::error::{DatastoreError, DatastoreResult};
+use crate::soft_delete::SoftDelete;
 use chrono::{DateTime, Utc};
 use diesel::OptionalExtension;
 use diesel::sql_types::{Jsonb, Nullable, Timestamptz, Uuid as SqlUuid};
@@ -81,20 +82,12 @@ pub async fn volume_fetch(conn: &mut AsyncPgConnection, id: Uuid) -> DatastoreRe
 /// Deletes a volume (sets `time_deleted`). Idempotent: an already-deleted volume is returned as it is. An id
 /// that never existed is `NotFound`.
 pub async fn volume_soft_delete(conn: &mut AsyncPgConnection, id: Uuid) -> DatastoreResult<Volume> {
-    let outcome: Option<Outcome<Volume>> = diesel::sql_query(format!(
-        "WITH \
-           cur AS (SELECT {VOLUME_COLUMNS} FROM volume WHERE id = $1), \
-           upd AS ( \
-             UPDATE volume SET time_deleted = now(), time_modified = now() \
-             WHERE id = $1 AND time_deleted IS NULL \
-             RETURNING {VOLUME_COLUMNS}) \
-         {OUTCOME_TAIL}"
-    ))
-    .bind::<SqlUuid, _>(id)
-    .get_result(conn)
+    SoftDelete {
+        table: "volume",
+        columns: VOLUME_COLUMNS,
+        also_set: &[],
+        guards: &[],
+    }
+    .run(conn, id)
     .await
-    .optional()?;
-    outcome
-        .map(|outcome| outcome.row)
-        .ok_or_else(|| not_found(id))
 }

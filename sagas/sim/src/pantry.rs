@@ -19,18 +19,15 @@
 //! again.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
 use crate::client::PantryClient;
-use crate::error::SimError;
-use crate::faults::{Faults, Operation};
-use crate::http::{Handler, Reply, Request, Response, Server};
-use crate::service::{Refusal, Service, method_not_allowed, not_found, parse_id};
+use crate::faults::Operation;
+use crate::http::{Handler, Reply, Request, Response};
+use crate::service::{Refusal, Served, Service, method_not_allowed, not_found, served_service_api};
 
 /// A disk attached to the pantry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -182,54 +179,32 @@ impl Handler for Service<Pantry> {
         let segments = request.segments();
         match (request.method.as_str(), segments.as_slice()) {
             ("GET", ["state"]) => Reply::Send(Response::json(&self.read(Pantry::snapshot_state))),
-            ("POST", ["disks", id, "attach"]) => match parse_id(id) {
-                Ok(disk_id) => {
-                    self.mutate(
-                        Operation::DiskAttach,
-                        disk_id,
-                        &request,
-                        |pantry, key, body| pantry.attach(key, disk_id, body),
-                    )
+            ("POST", ["disks", id, "attach"]) => {
+                self.mutate_at(Operation::DiskAttach, id, &request, Pantry::attach)
                     .await
-                }
-                Err(response) => Reply::Send(response),
-            },
-            ("POST", ["disks", id, "snapshot"]) => match parse_id(id) {
-                Ok(disk_id) => {
-                    self.mutate(
-                        Operation::DiskSnapshot,
-                        disk_id,
-                        &request,
-                        |pantry, key, body| pantry.snapshot(key, disk_id, body),
-                    )
+            }
+            ("POST", ["disks", id, "snapshot"]) => {
+                self.mutate_at(Operation::DiskSnapshot, id, &request, Pantry::snapshot)
                     .await
-                }
-                Err(response) => Reply::Send(response),
-            },
-            ("DELETE", ["disks", id]) => match parse_id(id) {
-                Ok(disk_id) => {
-                    self.mutate(
-                        Operation::DiskDetach,
-                        disk_id,
-                        &request,
-                        |pantry, _key, (): ()| Ok(pantry.detach(disk_id)),
-                    )
-                    .await
-                }
-                Err(response) => Reply::Send(response),
-            },
-            ("DELETE", ["snapshots", id]) => match parse_id(id) {
-                Ok(snapshot_id) => {
-                    self.mutate(
-                        Operation::SnapshotDelete,
-                        snapshot_id,
-                        &request,
-                        |pantry, _key, (): ()| Ok(pantry.delete_snapshot(snapshot_id)),
-                    )
-                    .await
-                }
-                Err(response) => Reply::Send(response),
-            },
+            }
+            ("DELETE", ["disks", id]) => {
+                self.mutate_at(
+                    Operation::DiskDetach,
+                    id,
+                    &request,
+                    |pantry, _key, disk_id, (): ()| Ok(pantry.detach(disk_id)),
+                )
+                .await
+            }
+            ("DELETE", ["snapshots", id]) => {
+                self.mutate_at(
+                    Operation::SnapshotDelete,
+                    id,
+                    &request,
+                    |pantry, _key, snapshot_id, (): ()| Ok(pantry.delete_snapshot(snapshot_id)),
+                )
+                .await
+            }
             (
                 _,
                 ["state"] | ["disks", _, "attach" | "snapshot"] | ["disks", _] | ["snapshots", _],
@@ -243,64 +218,31 @@ impl Handler for Service<Pantry> {
 /// the server.
 #[derive(Debug)]
 pub struct PantrySim {
-    service: Arc<Service<Pantry>>,
-    server: Server,
+    served: Served<Pantry>,
 }
 
+served_service_api!(PantrySim {
+    name: "pantry",
+    what: "pantry",
+    client: PantryClient,
+    state: Pantry,
+});
+
 impl PantrySim {
-    /// Binds 127.0.0.1 on an ephemeral port and serves on the current tokio runtime.
-    pub fn start() -> Result<PantrySim, SimError> {
-        let service = Arc::new(Service::new("pantry", Pantry::default()));
-        let server = Server::start(service.name(), Arc::clone(&service))?;
-        Ok(PantrySim { service, server })
-    }
-
-    /// The address the server listens on.
-    pub fn addr(&self) -> SocketAddr {
-        self.server.addr()
-    }
-
-    /// The fault knobs and counters (a shared handle).
-    pub fn faults(&self) -> Faults {
-        self.service.faults().clone()
-    }
-
-    /// A client for this pantry, with the default timeout.
-    pub fn client(&self) -> PantryClient {
-        PantryClient::new(self.addr())
-    }
-
     /// The attached disks, by disk id.
     pub fn attachments(&self) -> Vec<Attachment> {
-        self.service
+        self.served
             .read(|p| p.attachments.values().cloned().collect())
     }
 
     /// The snapshots, by snapshot id.
     pub fn snapshots(&self) -> Vec<Snapshot> {
-        self.service
+        self.served
             .read(|p| p.snapshots.values().cloned().collect())
     }
 
     /// Attachments and snapshots together.
     pub fn state(&self) -> PantryState {
-        self.service.read(Pantry::snapshot_state)
-    }
-
-    /// How many idempotency keys have been recorded (one per applied request).
-    pub fn idempotency_records(&self) -> usize {
-        self.service.idempotency_records()
-    }
-
-    /// How many forward idempotency keys are tombstoned: named, in `X-Compensates-Key`, by a compensation
-    /// this service applied. Every request under such a key is refused (409 `idempotency_key_compensated`).
-    /// Tombstones are kept for the life of the service.
-    pub fn tombstones(&self) -> usize {
-        self.service.tombstones()
-    }
-
-    /// Stops the server: no new connections, open ones are closed.
-    pub async fn shutdown(mut self) {
-        self.server.shutdown().await;
+        self.served.read(Pantry::snapshot_state)
     }
 }

@@ -1,5 +1,15 @@
-//! The request pipeline every mutating operation of a simulated service goes through: validation, injected
-//! faults, idempotency, and the state change itself, in that order.
+//! The serving skeleton both simulated services (the sled agent and the pantry) share, so that each service's
+//! own file holds only its state, its operations and its routes:
+//!
+//! - [`Served`]: the service behind its HTTP server (the accept loop is [`Server`]'s), and
+//!   [`served_service_api!`], the public methods every service's handle has (`start`, `addr`, `faults`,
+//!   `client`, `idempotency_records`, `tombstones`, `shutdown`);
+//! - [`Service`]: the state under one lock with its books (the idempotency [`Ledger`]) and its fault knobs
+//!   ([`Faults`]), and the pipeline every mutating request goes through ([`Service::mutate_at`] for a
+//!   resource named by a path segment, [`Service::mutate`]);
+//! - the answers shared by every route table ([`method_not_allowed`], [`not_found`]).
+//!
+//! The pipeline: validation, injected faults, idempotency, and the state change itself, in that order.
 //!
 //! 1. The `Idempotency-Key` header, the optional `X-Compensates-Key` header and the JSON body are validated;
 //!    a bad one gets 400 (not applied).
@@ -30,15 +40,17 @@
 //! [`CallOutcomeError::Refused`](crate::CallOutcomeError::Refused) (not retryable). Tombstones are kept for
 //! the life of the service; see the `TODO-robustness` on the ledger.
 
-use std::sync::{Mutex, MutexGuard};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::error::SimError;
 use crate::faults::{Faults, Operation, Outcome};
-use crate::http::{Reply, Request, Response};
+use crate::http::{Handler, Reply, Request, Response, Server};
 use crate::idempotency::{Fingerprint, Ledger, Lookup};
 
 /// The header that carries a mutating request's idempotency key.
@@ -90,10 +102,6 @@ impl<S> Service<S> {
         }
     }
 
-    pub(crate) fn name(&self) -> &'static str {
-        self.name
-    }
-
     pub(crate) fn faults(&self) -> &Faults {
         &self.faults
     }
@@ -118,6 +126,31 @@ impl<S> Service<S> {
     /// How many forward keys are tombstoned.
     pub(crate) fn tombstones(&self) -> usize {
         self.lock().ledger.tombstones()
+    }
+
+    /// Runs a mutating request on the resource whose id is the path segment `id_segment` through the pipeline
+    /// (a segment that is no id is answered 400). `apply` gets the state, the request's idempotency key, the
+    /// resource's id and the decoded body.
+    pub(crate) async fn mutate_at<B, T>(
+        &self,
+        op: Operation,
+        id_segment: &str,
+        request: &Request,
+        apply: impl FnOnce(&mut S, Uuid, Uuid, B) -> Result<T, Refusal>,
+    ) -> Reply
+    where
+        B: DeserializeOwned,
+        T: Serialize,
+    {
+        match parse_id(id_segment) {
+            Ok(resource) => {
+                self.mutate(op, resource, request, |state, key, body| {
+                    apply(state, key, resource, body)
+                })
+                .await
+            }
+            Err(response) => Reply::Send(response),
+        }
     }
 
     /// Runs a mutating request through the pipeline. `apply` gets the state, the request's idempotency key and
@@ -280,8 +313,109 @@ impl<S> Service<S> {
     }
 }
 
+/// A service being served: its [`Service`] behind a [`Server`] on 127.0.0.1 (the accept loop). Each
+/// simulated service's public handle holds one in a field named `served`, and [`served_service_api!`] gives
+/// the handle the methods every service has; dropping it stops the server.
+#[derive(Debug)]
+pub(crate) struct Served<S> {
+    service: Arc<Service<S>>,
+    server: Server,
+}
+
+impl<S> Served<S>
+where
+    Service<S>: Handler,
+{
+    /// Binds 127.0.0.1 on an ephemeral port and serves `state` as the service `name` on the current tokio
+    /// runtime.
+    pub(crate) fn start(name: &'static str, state: S) -> Result<Served<S>, SimError> {
+        let service = Arc::new(Service::new(name, state));
+        let server = Server::start(name, Arc::clone(&service))?;
+        Ok(Served { service, server })
+    }
+}
+
+impl<S> Served<S> {
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.server.addr()
+    }
+
+    /// A shared handle on the fault knobs and counters.
+    pub(crate) fn faults(&self) -> Faults {
+        self.service.faults().clone()
+    }
+
+    /// Reads the state.
+    pub(crate) fn read<T>(&self, f: impl FnOnce(&S) -> T) -> T {
+        self.service.read(f)
+    }
+
+    pub(crate) fn idempotency_records(&self) -> usize {
+        self.service.idempotency_records()
+    }
+
+    pub(crate) fn tombstones(&self) -> usize {
+        self.service.tombstones()
+    }
+
+    /// Stops the server: no new connections, open ones are closed.
+    pub(crate) async fn shutdown(&mut self) {
+        self.server.shutdown().await;
+    }
+}
+
+/// The public methods every simulated service's handle has, written once: `start` and the ones that only
+/// delegate to the handle's `served` field (a [`Served`]). `name` is the service's name in logs, `what` the
+/// service in the documentation, `client` its client type, `state` its state type (started from its
+/// `Default`).
+macro_rules! served_service_api {
+    ($sim:ident { name: $name:literal, what: $what:literal, client: $client:ty, state: $state:ty $(,)? }) => {
+        impl $sim {
+            /// Binds 127.0.0.1 on an ephemeral port and serves on the current tokio runtime.
+            pub fn start() -> Result<$sim, $crate::SimError> {
+                Ok($sim {
+                    served: $crate::service::Served::start($name, <$state>::default())?,
+                })
+            }
+
+            /// The address the server listens on.
+            pub fn addr(&self) -> std::net::SocketAddr {
+                self.served.addr()
+            }
+
+            /// The fault knobs and counters (a shared handle).
+            pub fn faults(&self) -> $crate::Faults {
+                self.served.faults()
+            }
+
+            #[doc = concat!("A client for this ", $what, ", with the default timeout.")]
+            pub fn client(&self) -> $client {
+                <$client>::new(self.addr())
+            }
+
+            /// How many idempotency keys have been recorded (one per applied request).
+            pub fn idempotency_records(&self) -> usize {
+                self.served.idempotency_records()
+            }
+
+            /// How many forward idempotency keys are tombstoned: named, in `X-Compensates-Key`, by a
+            /// compensation this service applied. Every request under such a key is refused (409
+            /// `idempotency_key_compensated`). Tombstones are kept for the life of the service.
+            pub fn tombstones(&self) -> usize {
+                self.served.tombstones()
+            }
+
+            /// Stops the server: no new connections, open ones are closed.
+            pub async fn shutdown(mut self) {
+                self.served.shutdown().await;
+            }
+        }
+    };
+}
+pub(crate) use served_service_api;
+
 /// Parses a path segment as a resource id; a bad one is answered 400.
-pub(crate) fn parse_id(segment: &str) -> Result<Uuid, Response> {
+fn parse_id(segment: &str) -> Result<Uuid, Response> {
     segment
         .parse()
         .map_err(|e| Response::error(400, "bad_id", format!("invalid id {segment:?}: {e}")))

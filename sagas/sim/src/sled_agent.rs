@@ -15,17 +15,14 @@
 //! cannot bring the VMM back.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::client::SledAgentClient;
-use crate::error::SimError;
-use crate::faults::{Faults, Operation};
-use crate::http::{Handler, Reply, Request, Response, Server};
-use crate::service::{Refusal, Service, method_not_allowed, not_found, parse_id};
+use crate::faults::Operation;
+use crate::http::{Handler, Reply, Request, Response};
+use crate::service::{Refusal, Served, Service, method_not_allowed, not_found, served_service_api};
 
 /// A VMM's run state. The simulation only ever has running VMMs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,30 +118,24 @@ impl Handler for Service<SledAgentState> {
             ("GET", ["vmms"]) => Reply::Send(Response::json(
                 &self.read(|s| s.vmms.values().cloned().collect::<Vec<_>>()),
             )),
-            ("PUT", ["vmms", id]) => match parse_id(id) {
-                Ok(propolis_id) => {
-                    self.mutate(
-                        Operation::VmmEnsure,
-                        propolis_id,
-                        &request,
-                        |state, _key, body| state.ensure(propolis_id, body),
-                    )
-                    .await
-                }
-                Err(response) => Reply::Send(response),
-            },
-            ("DELETE", ["vmms", id]) => match parse_id(id) {
-                Ok(propolis_id) => {
-                    self.mutate(
-                        Operation::VmmUnregister,
-                        propolis_id,
-                        &request,
-                        |state, _key, (): ()| Ok(state.unregister(propolis_id)),
-                    )
-                    .await
-                }
-                Err(response) => Reply::Send(response),
-            },
+            ("PUT", ["vmms", id]) => {
+                self.mutate_at(
+                    Operation::VmmEnsure,
+                    id,
+                    &request,
+                    |state, _key, propolis_id, body| state.ensure(propolis_id, body),
+                )
+                .await
+            }
+            ("DELETE", ["vmms", id]) => {
+                self.mutate_at(
+                    Operation::VmmUnregister,
+                    id,
+                    &request,
+                    |state, _key, propolis_id, (): ()| Ok(state.unregister(propolis_id)),
+                )
+                .await
+            }
             (_, ["vmms"] | ["vmms", _]) => method_not_allowed(&request),
             _ => not_found(&request),
         }
@@ -155,52 +146,19 @@ impl Handler for Service<SledAgentState> {
 /// stops the server.
 #[derive(Debug)]
 pub struct SledAgentSim {
-    service: Arc<Service<SledAgentState>>,
-    server: Server,
+    served: Served<SledAgentState>,
 }
 
+served_service_api!(SledAgentSim {
+    name: "sled-agent",
+    what: "sled agent",
+    client: SledAgentClient,
+    state: SledAgentState,
+});
+
 impl SledAgentSim {
-    /// Binds 127.0.0.1 on an ephemeral port and serves on the current tokio runtime.
-    pub fn start() -> Result<SledAgentSim, SimError> {
-        let service = Arc::new(Service::new("sled-agent", SledAgentState::default()));
-        let server = Server::start(service.name(), Arc::clone(&service))?;
-        Ok(SledAgentSim { service, server })
-    }
-
-    /// The address the server listens on.
-    pub fn addr(&self) -> SocketAddr {
-        self.server.addr()
-    }
-
-    /// The fault knobs and counters (a shared handle).
-    pub fn faults(&self) -> Faults {
-        self.service.faults().clone()
-    }
-
-    /// A client for this sled agent, with the default timeout.
-    pub fn client(&self) -> SledAgentClient {
-        SledAgentClient::new(self.addr())
-    }
-
     /// The registered VMMs, by propolis id.
     pub fn vmms(&self) -> Vec<Vmm> {
-        self.service.read(|s| s.vmms.values().cloned().collect())
-    }
-
-    /// How many idempotency keys have been recorded (one per applied request).
-    pub fn idempotency_records(&self) -> usize {
-        self.service.idempotency_records()
-    }
-
-    /// How many forward idempotency keys are tombstoned: named, in `X-Compensates-Key`, by a compensation
-    /// this service applied. Every request under such a key is refused (409 `idempotency_key_compensated`).
-    /// Tombstones are kept for the life of the service.
-    pub fn tombstones(&self) -> usize {
-        self.service.tombstones()
-    }
-
-    /// Stops the server: no new connections, open ones are closed.
-    pub async fn shutdown(mut self) {
-        self.server.shutdown().await;
+        self.served.read(|s| s.vmms.values().cloned().collect())
     }
 }
