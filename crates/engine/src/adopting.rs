@@ -29,8 +29,10 @@
 //! each file in its own transaction, in order, and turn `run_migrations` off. The engine then checks at start
 //! that everything it needs is there and names what is missing
 //! ([`EngineError::SchemaMissing`](crate::EngineError::SchemaMissing): `column saga.time_stuck`, `value stuck
-//! of type saga_state`, `column saga.saga_state of type saga_state`, …). `docs/COCKROACHDB.md` says how each
-//! statement reads on CockroachDB.
+//! of type saga_state`, `column saga.saga_state of type saga_state`, …). On CockroachDB (Nexus), copy
+//! [`COCKROACHDB_SCHEMA_SQL`](ratchet_store::cockroachdb::COCKROACHDB_SCHEMA_SQL) instead: the same changes
+//! (the second and later migrations) in CockroachDB's dialect, one schema change per file, in
+//! `crates/store/cockroachdb/`. `docs/COCKROACHDB.md` says how each statement reads on CockroachDB.
 //!
 //! # 2. The pool
 //!
@@ -132,10 +134,14 @@
 //!   parameters inside ratchet's envelope (`{"params": …, "nodes": …}`). `ratchet_store::saga::saga_history`
 //!   and [`ratchet_store::ops::stuck_diagnosis`] read both.
 //! - Schema versions: Nexus applies its schema as numbered versions (`schema/crdb/<N>/up*.sql`, one schema
-//!   change per file, and `dbinit.sql`), in CockroachDB's dialect, never through diesel's harness. ratchet's
-//!   additions go there as Omicron versions (the second and later migrations; the first is Nexus's own
-//!   tables): see `docs/COCKROACHDB.md` for the dialect, including that the `DO` blocks become plain
-//!   statements with `IF NOT EXISTS`.
+//!   change per file, and `dbinit.sql`), in CockroachDB's dialect, never through diesel's harness (whose
+//!   migration lock is a PostgreSQL advisory lock). ratchet ships its additions in that shape,
+//!   `crates/store/cockroachdb/up01.sql` …
+//!   ([`COCKROACHDB_SCHEMA_SQL`](ratchet_store::cockroachdb::COCKROACHDB_SCHEMA_SQL)): the second and later
+//!   migrations, without `DO` blocks, each statement `IF NOT EXISTS` (the first is Nexus's own tables), to be
+//!   added as one new Omicron schema version (`schema/crdb/<version>/up01.sql` …, plus the same changes in
+//!   `dbinit.sql`). A PostgreSQL-side test checks they build what the PostgreSQL migrations build; they have
+//!   not been run on a CockroachDB (the directory's README lists what to check).
 //! - Action contexts: a plain steno action of Nexus takes `ActionContext<NexusSagaType>`; under ratchet it
 //!   takes `ActionContext<Ratchet<S>>` (step 4).
 //! - Database: ratchet is tested on PostgreSQL; `docs/COCKROACHDB.md` lists every construct whose behaviour

@@ -29,6 +29,7 @@
 //! Omicron's `saga` and `saga_node_event` tables, whose states are Omicron's enum types (`saga_state`, plus
 //! ratchet's `stuck`; `saga_abandon_reason`).
 
+pub mod cockroachdb;
 pub mod dag;
 mod error;
 pub mod event;

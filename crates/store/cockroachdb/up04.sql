@@ -1,0 +1,2 @@
+-- ratchet 2026-12-01-000003_ratchet_saga_log: set when `saga_state` is 'stuck': the node whose compensation failed.
+ALTER TABLE saga ADD COLUMN IF NOT EXISTS stuck_node TEXT;
