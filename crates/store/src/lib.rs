@@ -25,8 +25,8 @@
 //! 6. Every operator action that changes who drives a saga (adoption, retry-unwind) bumps its generation in
 //!    the same statement or transaction ([`ops`]), so the executor that drove it before is fenced out.
 //!
-//! The SQL stays inside what CockroachDB also runs: no advisory locks, no LISTEN/NOTIFY. The saga log is
-//! Omicron's `saga` and `saga_node_event` tables, whose states are Omicron's enum types (`saga_state`, plus
+//! The SQL stays inside what CockroachDB also runs: no advisory locks on a saga's path (the one advisory lock
+//! serializes the PostgreSQL-only migration harness), no LISTEN/NOTIFY. The saga log is Omicron's `saga` and `saga_node_event` tables, whose states are Omicron's enum types (`saga_state`, plus
 //! ratchet's `stuck`; `saga_abandon_reason`).
 
 pub mod cockroachdb;

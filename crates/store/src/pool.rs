@@ -226,8 +226,9 @@ pub async fn establish(url: &str) -> Result<AsyncPgConnection, DbError> {
 /// nothing twice. Without it, two `CREATE TYPE` or `CREATE TABLE IF NOT EXISTS` of the same name race in
 /// PostgreSQL's catalog and one fails (`duplicate key value violates unique constraint
 /// "pg_type_typname_nsp_index"`). The lock is the session's, so a process that dies holding it releases it
-/// with its connection. Advisory locks are PostgreSQL's: on CockroachDB, migrations are the embedder's
-/// (`MIGRATIONS_SQL` applied by its own schema tooling), and this function is not used there.
+/// with its connection. Advisory locks are PostgreSQL's: on CockroachDB, migrations are the embedder's (the
+/// CockroachDB files, [`COCKROACHDB_SCHEMA_SQL`](crate::cockroachdb::COCKROACHDB_SCHEMA_SQL), applied by its
+/// own schema tooling), and this function is not used there.
 ///
 /// diesel's migration harness is synchronous, so it runs on a blocking thread through diesel-async's
 /// connection wrapper (which works on either tokio runtime flavour).
