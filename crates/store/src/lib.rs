@@ -26,8 +26,9 @@
 //!    the same statement or transaction ([`ops`]), so the executor that drove it before is fenced out.
 //!
 //! The SQL stays inside what CockroachDB also runs: no advisory locks on a saga's path (the one advisory lock
-//! serializes the PostgreSQL-only migration harness), no LISTEN/NOTIFY. The saga log is Omicron's `saga` and `saga_node_event` tables, whose states are Omicron's enum types (`saga_state`, plus
-//! ratchet's `stuck`; `saga_abandon_reason`).
+//! serializes the PostgreSQL-only migration harness), no LISTEN/NOTIFY. The saga log is Omicron's `saga` and
+//! `saga_node_event` tables, whose states are Omicron's enum types (`saga_state`, plus ratchet's `stuck`;
+//! `saga_abandon_reason`).
 
 pub mod cockroachdb;
 pub mod dag;
