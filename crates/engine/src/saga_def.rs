@@ -161,7 +161,7 @@ pub struct SagaCx<S: SagaDef> {
     pub(crate) shared: Arc<EngineShared>,
     pub(crate) log: SagaLogHandle,
     pub(crate) app: Arc<S::Context>,
-    /// Node name to steno node id.
+    /// Action node path to steno node id.
     pub(crate) node_ids: BTreeMap<String, u32>,
     /// For a saga this engine took over from a log (recovery, adoption, retry-unwind): the nodes that log
     /// shows `started`. Empty for a saga created here.
