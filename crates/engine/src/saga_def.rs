@@ -287,7 +287,8 @@ pub struct NodeRegistry<S: SagaDef> {
     /// nests), so that one node type registered for two sagas under one name (whose parameters differ) is a
     /// duplicate, not a silent choice of one.
     pub(crate) names: HashMap<&'static str, TypeId>,
-    /// The action names of database nodes: on resume, the engine defers their `started` events by these.
+    /// The action names of database nodes: the store holds their `started` events for their own transactions
+    /// to write (`SagaRegistration::db_nodes`).
     pub(crate) db_actions: HashSet<&'static str>,
     pub(crate) duplicate: Option<String>,
     /// Why a saga this one nests cannot be nested ([`SagaDef::register_nested`]): the registration fails.

@@ -265,11 +265,13 @@ impl Engine {
     }
 
     /// The per-saga context and its registration with `sec`'s store. `nodes`: the saga's DAG as the store
-    /// reads it ([`read_dag`]). `resumed_from`: the log a resumed saga was loaded from (`None` for a saga created here).
+    /// reads it ([`read_dag`]). `resumed_from`: the log a resumed saga was loaded from (`None` for a saga
+    /// created here).
     ///
     /// Nodes are known by their paths (an action node's steno label, see [`SagaBuilder::subsaga`]), not by
     /// steno's names, which repeat across the instances of one subsaga; a node is a database node (its
-    /// `started` event deferred to its own transaction) when its action is registered as one.
+    /// `started` event held by the store for its own transaction to write) when its action is registered as
+    /// one.
     pub(super) fn saga_cx<S: SagaDef>(
         &self,
         registered: &Registered<S>,
@@ -279,7 +281,7 @@ impl Engine {
         nodes: &PersistedDag,
         resumed_from: Option<&[steno::SagaNodeEvent]>,
     ) -> (SagaCx<S>, SagaLogHandle) {
-        let deferred = nodes
+        let db_nodes = nodes
             .action_nodes()
             .filter(|(_, _, action_name)| registered.db_actions.contains(action_name))
             .map(|(index, _, _)| index)
@@ -289,7 +291,7 @@ impl Engine {
             .map(|(index, node)| (index, node.path.clone()))
             .collect();
         let end_node = nodes.end_node();
-        let pure_nodes = nodes
+        let nodes_without_action = nodes
             .nodes()
             .filter(|(_, node)| node.kind.is_without_action() && node.kind != DagNodeKind::End)
             .map(|(index, _)| index)
@@ -299,10 +301,10 @@ impl Engine {
             SagaRegistration {
                 owner,
                 definition_version: S::VERSION,
-                deferred_nodes: deferred,
+                db_nodes,
                 node_names: names,
                 end_node,
-                pure_nodes,
+                nodes_without_action,
                 undo_failed_logged: resumed_from.is_some_and(|events| {
                     events
                         .iter()
@@ -451,7 +453,7 @@ impl Engine {
 /// `dag` as the store reads a persisted DAG ([`ratchet_store::dag`]): steno's serialized form, the form the saga
 /// log persists, so that a saga's DAG reads the same on creation and on recovery. This is how the engine
 /// learns what steno's public API does not tell: every action node's path and action name, the end node, the
-/// nodes without an action. A DAG that does not serialize reads as no nodes: nothing is held back (more
+/// nodes without an action. A DAG that does not serialize reads as no nodes: no event is held (more
 /// durable commits per saga, never correctness) and every node then fails, loudly, as not in the saga's DAG.
 pub(crate) fn read_dag(dag: &SagaDag) -> PersistedDag {
     serde_json::to_value(dag)
