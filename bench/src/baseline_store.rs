@@ -10,7 +10,7 @@
 //!   generation check).
 //!
 //! `record_event` and `saga_update` cannot fail in steno's trait: like Omicron's store, they retry until the
-//! write lands. This store has none of ratchet's fencing, deferral or commit records: it is the baseline.
+//! write lands. This store has none of ratchet's fencing, held events or commit records: it is the baseline.
 
 use crate::baseline::FORWARD_RETRY;
 use chrono::Utc;

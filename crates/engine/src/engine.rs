@@ -40,7 +40,7 @@ use crate::failpoint::Failpoints;
 use crate::observe::{Counters, HostLog, RecentOutcome, RecentOutcomes, Waiting, WaitingNode};
 use crate::saga_def::{NodeRegistry, Ratchet, SagaDef};
 use crate::shutdown::ShutdownState;
-use ratchet_store::ops::dag_action_names;
+use ratchet_store::dag;
 use ratchet_store::{
     DbPool, Liveness, PoolConfig, RetryPolicy, SagaRow, connect_pool, retry_transient,
     run_migrations,
@@ -251,7 +251,7 @@ impl Definitions {
         let Some((version, actions)) = self.0.get(row.name.as_str()) else {
             return Some(missing);
         };
-        let (node, action) = dag_action_names(&row.saga_dag)
+        let (node, action) = dag::action_names(&row.saga_dag)
             .into_iter()
             .find(|(_, action)| !actions.contains(action.as_str()))?;
         Some(format!(

@@ -117,7 +117,7 @@ async fn forward<S: SagaDef, T: SagaDef<Context = S::Context>, N: DbNode<T>>(
             Forward::Committed { output } => {
                 run.cx
                     .log
-                    .mark_durable(run.node_id, &["started", "succeeded"]);
+                    .mark_written(run.node_id, &["started", "succeeded"]);
                 run.cx
                     .shared
                     .counters
@@ -129,7 +129,7 @@ async fn forward<S: SagaDef, T: SagaDef<Context = S::Context>, N: DbNode<T>>(
                 match run.fault(FaultPoint::AfterCommit).await {
                     Ok(()) => Ok(Arc::new(output)),
                     Err(Stop::Node(error)) => {
-                        run.cx.log.unmark_durable(run.node_id, "succeeded");
+                        run.cx.log.unmark_written(run.node_id, "succeeded");
                         compensate_after_commit::<S, T, N>(&run, &node, Some(output), error).await
                     }
                     Err(stop) => run.stop_driving(&stop).await,
@@ -221,7 +221,7 @@ async fn attempt_forward<S: SagaDef, T: SagaDef<Context = S::Context>, N: DbNode
     // written is left as it is).
     if matches!(outcome, Ok(Forward::Committed { .. })) {
         for node in &held_events {
-            run.cx.log.mark_durable(*node, &["started", "succeeded"]);
+            run.cx.log.mark_written(*node, &["started", "succeeded"]);
         }
     } else {
         run.cx.log.release_held_events(&held_events);
@@ -506,7 +506,7 @@ async fn compensate_after_commit<S: SagaDef, T: SagaDef<Context = S::Context>, N
         (Ok(_), _) => Err(run.failure("post-commit", &cause)),
         (Err(error), Some(output)) => {
             tracing::error!(%error, "compensation after a post-commit failure failed; the commit stands");
-            run.cx.log.mark_durable(run.node_id, &["succeeded"]);
+            run.cx.log.mark_written(run.node_id, &["succeeded"]);
             Ok(Arc::new(output))
         }
         (Err(error), None) => {
@@ -625,8 +625,8 @@ async fn compensation_landed<S: SagaDef>(
         Mode::Undo => run
             .cx
             .log
-            .mark_durable(run.node_id, &["undo_started", "undo_finished"]),
-        Mode::AfterCommit => run.cx.log.unmark_durable(run.node_id, "succeeded"),
+            .mark_written(run.node_id, &["undo_started", "undo_finished"]),
+        Mode::AfterCommit => run.cx.log.unmark_written(run.node_id, "succeeded"),
     }
     if outcome == Compensation::Compensated {
         run.cx

@@ -185,7 +185,7 @@ async fn forward<S: SagaDef, T: SagaDef<Context = S::Context>, N: ExternalNode<T
             // Permanent failure to record: the call stands, unrecorded; undo it by key before failing.
             return compensate_then_fail::<S, T, N>(&run, &node, error).await;
         }
-        run.cx.log.mark_durable(run.node_id, &["succeeded"]);
+        run.cx.log.mark_written(run.node_id, &["succeeded"]);
         run.cx
             .shared
             .counters
@@ -201,7 +201,7 @@ async fn forward<S: SagaDef, T: SagaDef<Context = S::Context>, N: ExternalNode<T
         match run.fault(FaultPoint::AfterCommit).await {
             Ok(()) => Ok(Arc::new(output_json)),
             Err(Stop::Node(error)) => {
-                run.cx.log.unmark_durable(run.node_id, "succeeded");
+                run.cx.log.unmark_written(run.node_id, "succeeded");
                 compensate_then_fail::<S, T, N>(&run, &node, error).await
             }
             Err(stop) => run.stop_driving(&stop).await,
@@ -498,7 +498,7 @@ async fn compensate_once<S: SagaDef, T: SagaDef<Context = S::Context>, N: Extern
         record_compensation::<S>(run, had_commit, false).await?;
         run.cx
             .log
-            .mark_durable(run.node_id, &["undo_started", "undo_finished"]);
+            .mark_written(run.node_id, &["undo_started", "undo_finished"]);
     }
     run.cx
         .shared

@@ -161,7 +161,7 @@ pub struct SagaCx<S: SagaDef> {
     pub(crate) shared: Arc<EngineShared>,
     pub(crate) log: SagaLogHandle,
     pub(crate) app: Arc<S::Context>,
-    /// Node name to steno node id.
+    /// Action node path to steno node id.
     pub(crate) node_ids: BTreeMap<String, u32>,
     /// For a saga this engine took over from a log (recovery, adoption, retry-unwind): the nodes that log
     /// shows `started`. Empty for a saga created here.
@@ -287,7 +287,8 @@ pub struct NodeRegistry<S: SagaDef> {
     /// nests), so that one node type registered for two sagas under one name (whose parameters differ) is a
     /// duplicate, not a silent choice of one.
     pub(crate) names: HashMap<&'static str, TypeId>,
-    /// The action names of database nodes: on resume, the engine defers their `started` events by these.
+    /// The action names of database nodes: the store holds their `started` events for their own transactions
+    /// to write (`SagaRegistration::db_nodes`).
     pub(crate) db_actions: HashSet<&'static str>,
     pub(crate) duplicate: Option<String>,
     /// Why a saga this one nests cannot be nested ([`SagaDef::register_nested`]): the registration fails.

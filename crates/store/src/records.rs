@@ -268,7 +268,7 @@ fn events_from_owner(first: usize) -> String {
 /// In one statement: if `owner` still owns `saga_id` and the statement runs in the node's transaction
 /// `tx_token` names (see [`NODE_TX_SETTING`]; `None`: any), takes the share lock on the saga's row, records
 /// that `node_name` committed with `receipt`, and inserts `events` (the node's `started` and `succeeded`, and
-/// any held-back event that lands with them). Writes nothing otherwise, and says why. Fails with a unique
+/// any held event that lands with them). Writes nothing otherwise, and says why. Fails with a unique
 /// violation if the node's commit was already recorded: a second commit of one node can never land.
 pub async fn record_commit_if_owner(
     conn: &mut AsyncPgConnection,

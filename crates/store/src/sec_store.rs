@@ -12,32 +12,30 @@
 //! (see [`crate::owner`]). When the condition fails, the saga's [`Fence`] is raised: the write is dropped, the
 //! engine sees the fence and stops driving the saga. Nothing is retried against a fence.
 //!
-//! # Events the engine writes itself
+//! # Held events
 //!
-//! A database node's commit transaction writes the node's `started` and `succeeded` events itself, together
-//! with its commit record, so that the node's effect and its log entries land atomically (and a node costs
-//! one durable commit, not three). For such nodes this store:
-//! - *defers* steno's `started` (and `undo_started`) event: it is kept in memory, and written only if steno
-//!   next records `failed` (or `undo_failed`), in the same transaction; when the engine's own transaction
-//!   commits it first, the deferred copy is dropped. Deferring is safe because a database node has no effect
-//!   outside its transaction: a crash before the commit leaves nothing to recover but a node to run again.
-//! - *skips* steno's `succeeded` (and `undo_finished`) event once the engine says its own transaction wrote
-//!   it ([`SagaLogHandle::mark_durable`]).
+//! Not every event steno records is written when steno records it. A **held** event is kept in memory, with
+//! the time steno recorded it, and written by a later write that carries it. Only events of nodes that have
+//! no effect outside the write that carries their events are held, so a crash before that write loses
+//! nothing but a node that recovery runs again. Three kinds of node have held events:
 //!
-//! External nodes' events are not deferred: their `started` must be durable before the call goes out, so that
-//! recovery in an unwinding saga knows to compensate the call.
+//! - A **database node**: its commit transaction writes the node's `started` and `succeeded` events itself,
+//!   together with its commit record, so that the node's effect and its log entries land atomically (and a
+//!   node costs one durable commit, not three). steno's `started` (and `undo_started`) is held, and written
+//!   only if steno next records `failed` (or `undo_failed`), in the same write; when the engine's own
+//!   transaction writes it first, the held copy is dropped, and steno's later `succeeded` (and
+//!   `undo_finished`) is skipped ([`SagaLogHandle::mark_written`]).
+//! - A **node without an action** other than the end node: steno's start node, a constant (a subsaga's
+//!   parameters), a subsaga's start and end nodes. Its `started` and `succeeded` are held until the saga's next
+//!   write (a database node's commit transaction claims those of every such node whose both events are held,
+//!   [`SagaLogHandle::claim_held_events`]; any other write takes them along), two durable commits fewer each
+//!   (eight per subsaga). Recovery runs such a node again, and it computes the same value: a constant's value
+//!   is in the DAG, a subsaga's start and end nodes pass on its parameters and its output.
+//! - steno's **end node**: its `started` and `succeeded` are held until the transaction that records the saga
+//!   `done` (two durable commits fewer per saga). Recovery runs it again, which does nothing.
 //!
-//! steno's **end node** has no effect either: its `started` and `succeeded` events are held back too, and
-//! written in the transaction that records the saga `done` (two durable commits fewer per saga). A crash in
-//! between leaves a log without them, and recovery runs the end node again, which does nothing.
-//!
-//! Nor has steno's **start node**, nor any other node without an action: a constant (a subsaga's
-//! parameters), a subsaga's start and end nodes. Their two events are held back until the saga's next write (a
-//! database node's commit transaction claims those whose both events are held,
-//! [`SagaLogHandle::claim_held_events`]; any other write takes them along), two durable commits fewer each
-//! (eight per subsaga). A crash before that write leaves them out of the log, and recovery runs those nodes
-//! again, which compute the same values: a constant's value is in the DAG, a subsaga's start and end node
-//! pass on its parameters and its output.
+//! External nodes' events are never held: their `started` must be in the log before the call goes out, so
+//! that recovery in an unwinding saga knows to compensate the call.
 //!
 //! # One round trip per fenced write
 //!
@@ -77,16 +75,17 @@ pub struct SagaRegistration {
     pub owner: SagaOwner,
     /// The version of the saga definition (recorded when the saga is created).
     pub definition_version: i32,
-    /// steno node ids of database nodes, whose `started` / `undo_started` events are deferred.
-    pub deferred_nodes: HashSet<u32>,
+    /// steno node ids of database nodes, whose `started` and `undo_started` events are held (their own
+    /// transaction writes them).
+    pub db_nodes: HashSet<u32>,
     /// steno node id to node name, for diagnoses.
     pub node_names: BTreeMap<u32, String>,
-    /// steno node id of the DAG's end node, whose events are written with the saga's `done` state.
+    /// steno node id of the DAG's end node, whose events are held until the saga's `done` state is written.
     pub end_node: Option<u32>,
     /// steno node ids of the DAG's nodes without an action other than the end node (the start node,
-    /// constants, subsaga start and end nodes), whose `started` and `succeeded` events are held back until the
+    /// constants, subsaga start and end nodes), whose `started` and `succeeded` events are held until the
     /// saga's next write.
-    pub pure_nodes: HashSet<u32>,
+    pub nodes_without_action: HashSet<u32>,
     /// Whether the log the saga was resumed from (recovery, adoption, retry-unwind) holds an `undo_failed`
     /// event: written before this store saw the saga, it decides whether `done` is recorded `stuck`.
     pub undo_failed_logged: bool,
@@ -101,24 +100,24 @@ struct SagaLogState {
     saga_id: Uuid,
     registration: SagaRegistration,
     fence: Arc<Fence>,
-    log: Mutex<PendingLog>,
+    log: Mutex<HeldLog>,
 }
 
+/// What this store holds in memory of one saga's log.
 #[derive(Debug, Default)]
-struct PendingLog {
-    /// steno events held back (deferred `started` / `undo_started`), with the time steno recorded them (the
-    /// row's `event_time` when one is written, so that the saga's timeline shows when the node started).
-    deferred: Vec<(SagaNodeEvent, DateTime<Utc>)>,
+struct HeldLog {
+    /// The held events, with the time steno recorded them (the row's `event_time` when one is written, so
+    /// that the saga's timeline shows when the node started).
+    held: Vec<(SagaNodeEvent, DateTime<Utc>)>,
     /// (node, event type) that the engine's own transaction already wrote: steno's copy is skipped.
-    durable: HashSet<(u32, &'static str)>,
+    written_by_engine: HashSet<(u32, &'static str)>,
     /// Set when a node's commit could be neither kept nor compensated: the saga must end `stuck`.
     stuck: Option<(String, String)>,
     /// Whether steno recorded an undo event (so the log may hold an `undo_failed`).
     undo_recorded: bool,
-    /// The held-back nodes (the start node, the nodes without an action) whose events a database node's
-    /// transaction in flight carries ([`SagaLogHandle::claim_held_events`]); no other write takes them
-    /// meanwhile.
-    claimed: HashSet<u32>,
+    /// The nodes without an action whose held events a database node's transaction in flight carries
+    /// ([`SagaLogHandle::claim_held_events`]); no other write takes them meanwhile.
+    in_flight: HashSet<u32>,
 }
 
 impl SagaLogHandle {
@@ -131,24 +130,24 @@ impl SagaLogHandle {
     }
 
     /// The engine's transaction has committed `written` events of `node_id` (which steno has recorded, or
-    /// will): drop deferred copies, and skip steno's later copies.
-    pub fn mark_durable(&self, node_id: u32, written: &[&'static str]) {
+    /// will): drop their held copies, and skip steno's later copies.
+    pub fn mark_written(&self, node_id: u32, written: &[&'static str]) {
         let mut log = lock(&self.0.log);
-        log.deferred.retain(|(e, _)| {
+        log.held.retain(|(e, _)| {
             u32::from(e.node_id) != node_id || !written.contains(&e.event_type.label())
         });
         for label in written {
             if matches!(*label, "succeeded" | "undo_finished") {
-                log.durable.insert((node_id, label));
+                log.written_by_engine.insert((node_id, label));
             }
         }
-        log.claimed.remove(&node_id);
+        log.in_flight.remove(&node_id);
     }
 
-    /// Whether `node_id`'s `started` and `succeeded` events are held back until the saga's next write: the
-    /// start node and the other nodes without an action.
-    fn held_back(&self, node_id: u32) -> bool {
-        self.0.registration.pure_nodes.contains(&node_id)
+    /// Whether `node_id`'s `started` and `succeeded` events are held until the saga's next write: it is a
+    /// node without an action other than the end node.
+    fn held_until_next_write(&self, node_id: u32) -> bool {
+        self.0.registration.nodes_without_action.contains(&node_id)
     }
 
     /// Records that the saga must end `stuck` (a commit neither kept nor compensated), whatever its log says.
@@ -159,21 +158,21 @@ impl SagaLogHandle {
             .get_or_insert((node.to_owned(), reason.to_owned()));
     }
 
-    /// The held-back events of the start node and of the nodes without an action, as rows for a database
-    /// node's commit transaction to write: those of every such node whose `started` and `succeeded` are both
-    /// held and that no other transaction in flight has claimed. Returns the nodes claimed: the caller must
-    /// then either [`mark_durable`](SagaLogHandle::mark_durable) each one's `started` and `succeeded` (it
-    /// committed) or [`release_held_events`](SagaLogHandle::release_held_events) (it did not, or may not have).
+    /// The held events of the nodes without an action, as rows for a database node's commit transaction to
+    /// write: those of every such node whose `started` and `succeeded` are both held and that no other
+    /// transaction in flight has claimed. Returns the nodes claimed: the caller must then either
+    /// [`mark_written`](SagaLogHandle::mark_written) each one's `started` and `succeeded` (it committed) or
+    /// [`release_held_events`](SagaLogHandle::release_held_events) (it did not, or may not have).
     pub fn claim_held_events(&self) -> (Vec<u32>, Vec<EventRow>) {
         let mut log = lock(&self.0.log);
         let complete: Vec<u32> = log
-            .deferred
+            .held
             .iter()
             .filter(|(e, _)| matches!(e.event_type, SagaNodeEventType::Succeeded(_)))
             .map(|(e, _)| u32::from(e.node_id))
-            .filter(|node| self.held_back(*node) && !log.claimed.contains(node))
+            .filter(|node| self.held_until_next_write(*node) && !log.in_flight.contains(node))
             .filter(|node| {
-                log.deferred.iter().any(|(e, _)| {
+                log.held.iter().any(|(e, _)| {
                     u32::from(e.node_id) == *node
                         && matches!(e.event_type, SagaNodeEventType::Started)
                 })
@@ -185,7 +184,7 @@ impl SagaLogHandle {
         let rows = rows_of(
             self.0.saga_id,
             self.owner().sec_id,
-            log.deferred.iter().filter(|(e, _)| {
+            log.held.iter().filter(|(e, _)| {
                 complete.contains(&u32::from(e.node_id))
                     && matches!(
                         e.event_type,
@@ -193,7 +192,7 @@ impl SagaLogHandle {
                     )
             }),
         );
-        log.claimed.extend(complete.iter().copied());
+        log.in_flight.extend(complete.iter().copied());
         (complete, rows)
     }
 
@@ -202,13 +201,15 @@ impl SagaLogHandle {
     pub fn release_held_events(&self, nodes: &[u32]) {
         let mut log = lock(&self.0.log);
         for node in nodes {
-            log.claimed.remove(node);
+            log.in_flight.remove(node);
         }
     }
 
-    /// Undoes [`SagaLogHandle::mark_durable`] for one event the engine has since deleted.
-    pub fn unmark_durable(&self, node_id: u32, label: &'static str) {
-        lock(&self.0.log).durable.remove(&(node_id, label));
+    /// Undoes [`SagaLogHandle::mark_written`] for one event the engine has since deleted.
+    pub fn unmark_written(&self, node_id: u32, label: &'static str) {
+        lock(&self.0.log)
+            .written_by_engine
+            .remove(&(node_id, label));
     }
 }
 
@@ -220,7 +221,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Held-back events as rows, each with the time steno recorded it. An event serde cannot encode (steno's own
+/// Held events as rows, each with the time steno recorded it. An event serde cannot encode (steno's own
 /// event types never are) is logged and dropped.
 fn rows_of<'a>(
     saga_id: Uuid,
@@ -289,7 +290,7 @@ impl PgSecStore {
             saga_id,
             registration,
             fence: Arc::new(Fence::default()),
-            log: Mutex::new(PendingLog::default()),
+            log: Mutex::new(HeldLog::default()),
         }));
         lock(&self.sagas).insert(saga_id, handle.clone());
         handle
@@ -304,19 +305,19 @@ impl PgSecStore {
         lock(&self.sagas).get(&uuid_of(saga_id)).cloned()
     }
 
-    /// Takes the held-back events of the nodes `take` selects out of `handle`'s log, as rows; those of the
-    /// start node and the nodes without an action too, unless a database node's transaction has claimed them.
-    fn take_deferred(&self, handle: &SagaLogHandle, take: impl Fn(u32) -> bool) -> Vec<EventRow> {
+    /// Takes the held events of the nodes `take` selects out of `handle`'s log, as rows; those of the nodes
+    /// without an action (but the end node) too, unless a database node's transaction has claimed them.
+    fn take_held(&self, handle: &SagaLogHandle, take: impl Fn(u32) -> bool) -> Vec<EventRow> {
         let mine: Vec<(SagaNodeEvent, DateTime<Utc>)> = {
             let mut guard = lock(&handle.0.log);
-            let PendingLog {
-                deferred, claimed, ..
+            let HeldLog {
+                held, in_flight, ..
             } = &mut *guard;
-            let (mine, others) = std::mem::take(deferred).into_iter().partition(|(e, _)| {
+            let (mine, others) = std::mem::take(held).into_iter().partition(|(e, _)| {
                 let node = u32::from(e.node_id);
-                take(node) || (handle.held_back(node) && !claimed.contains(&node))
+                take(node) || (handle.held_until_next_write(node) && !in_flight.contains(&node))
             });
-            *deferred = others;
+            *held = others;
             mine
         };
         rows_of(handle.0.saga_id, self.sec_id, mine.iter())
@@ -374,9 +375,9 @@ impl PgSecStore {
             )
             .await;
         }
-        // The end node's held-back events (and the start node's, if still held back) land with `done`.
+        // The end node's held events (and those of the nodes without an action still held) land with `done`.
         let end = handle.0.registration.end_node;
-        let end_events = self.take_deferred(handle, |node| Some(node) == end);
+        let end_events = self.take_held(handle, |node| Some(node) == end);
         let end_events = Arc::new(end_events);
         let end_events = &end_events;
         let may_have_undo_failed =
@@ -586,27 +587,29 @@ impl steno::SecStore for PgSecStore {
             ) {
                 log.undo_recorded = true;
             }
-            if log.durable.remove(&(node_id, label)) {
+            if log.written_by_engine.remove(&(node_id, label)) {
                 return;
             }
-            let deferrable = matches!(
-                event.event_type,
-                SagaNodeEventType::Started | SagaNodeEventType::UndoStarted
-            );
             let registration = &handle.0.registration;
-            let bookend = (registration.end_node == Some(node_id) || handle.held_back(node_id))
-                && matches!(
-                    event.event_type,
-                    SagaNodeEventType::Started | SagaNodeEventType::Succeeded(_)
-                );
-            let deferred_node = registration.deferred_nodes.contains(&node_id);
-            log.deferred.push((event, Utc::now()));
-            if bookend || (deferrable && deferred_node) {
+            let held = match event.event_type {
+                SagaNodeEventType::Started => {
+                    registration.end_node == Some(node_id)
+                        || handle.held_until_next_write(node_id)
+                        || registration.db_nodes.contains(&node_id)
+                }
+                SagaNodeEventType::Succeeded(_) => {
+                    registration.end_node == Some(node_id) || handle.held_until_next_write(node_id)
+                }
+                SagaNodeEventType::UndoStarted => registration.db_nodes.contains(&node_id),
+                _ => false,
+            };
+            log.held.push((event, Utc::now()));
+            if held {
                 return;
             }
         }
-        // This event, with its node's held-back ones (and the start node's), in one write.
-        let rows = self.take_deferred(&handle, |node| node == node_id);
+        // This event, with its node's held ones (and those of the nodes without an action), in one write.
+        let rows = self.take_held(&handle, |node| node == node_id);
         if !self
             .write_events_fenced(handle.0.saga_id, handle.owner(), rows)
             .await

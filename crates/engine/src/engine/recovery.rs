@@ -25,9 +25,8 @@ use super::{Engine, Registered, SagaOutcome, Sec, lock};
 use crate::error::EngineError;
 use crate::saga_def::SagaDef;
 use crate::shutdown::steno_call;
-use ratchet_store::ops::{
-    abandon_saga, claim_unfinished, dag_action_names, unfinished_among, unfinished_not_named,
-};
+use ratchet_store::dag;
+use ratchet_store::ops::{abandon_saga, claim_unfinished, unfinished_among, unfinished_not_named};
 use ratchet_store::saga::load_logs;
 use ratchet_store::{AbandonReason, DbError, RetryPolicy, SagaRow, retry_transient};
 use std::sync::Arc;
@@ -345,7 +344,7 @@ impl Engine {
         let id = row.id;
         let owner = row.owner().ok_or(EngineError::NoSuchSaga(id))?;
         // Versioning: name an action this binary lacks before steno is asked (its own message is terser).
-        let actions = dag_action_names(&row.saga_dag);
+        let actions = dag::action_names(&row.saga_dag);
         if let Some((node, action)) = actions
             .iter()
             .find(|(_, action)| !registered.actions.contains(action.as_str()))
@@ -364,8 +363,8 @@ impl Engine {
         let dag: SagaDag = serde_json::from_value(row.saga_dag.clone())
             .map_err(|e| EngineError::Steno(format!("the saga's DAG does not decode: {e}")))?;
         let sec = self.sec_for_resume(id).await?;
-        let paths = super::running::DagShape::of(&dag).paths();
-        let (cx, log) = self.saga_cx::<S>(registered, &sec, id, owner, &dag, Some(&events));
+        let nodes = super::running::read_dag(&dag);
+        let (cx, log) = self.saga_cx::<S>(registered, &sec, id, owner, &nodes, Some(&events));
         let registry = Arc::clone(&registered.registry);
         let resumed = sec
             .call("saga_resume", |client| async move {
@@ -383,7 +382,7 @@ impl Engine {
         };
         tracing::debug!(saga_id = %id, saga = S::NAME, generation = owner.generation, "saga handed to steno");
         Ok(ResumedSaga {
-            tracked: Tracked::new(id, S::NAME, sec, log, paths),
+            tracked: Tracked::new(id, S::NAME, sec, log, nodes.action_paths()),
             future,
         })
     }

@@ -24,6 +24,7 @@ use crate::observe::RecentOutcome;
 use crate::saga_def::{Envelope, NodeKind, SagaBuilder, SagaCx, SagaDef};
 use crate::shutdown::panic_message;
 use futures::FutureExt;
+use ratchet_store::dag::{DagNodeKind, PersistedDag};
 use ratchet_store::{SagaLogHandle, SagaOwner, SagaRegistration};
 use std::collections::{BTreeMap, HashSet};
 use std::panic::AssertUnwindSafe;
@@ -77,8 +78,8 @@ pub struct PreparedSaga {
     dag: Arc<SagaDag>,
     /// Every node's path and kind, in steno's node order.
     nodes: Vec<(String, NodeKind)>,
-    /// Action nodes' steno indexes, by path.
-    shape: DagShape,
+    /// Action nodes' steno node ids, by path.
+    node_ids: BTreeMap<String, u32>,
 }
 
 // `PreparedSaga` stays `Send + Sync`: callers hold a `&PreparedSaga` across `.await`s (steno injections) in
@@ -105,8 +106,8 @@ impl PreparedSaga {
     }
 
     fn petgraph_index(&self, path: &str) -> Result<petgraph::graph::NodeIndex, EngineError> {
-        match self.shape.index_of(path) {
-            Some(index) => Ok(petgraph::graph::NodeIndex::new(index as usize)),
+        match self.node_ids.get(path) {
+            Some(index) => Ok(petgraph::graph::NodeIndex::new(*index as usize)),
             None if path.contains(crate::saga_def::PATH_SEPARATOR) => Err(EngineError::Steno(
                 format!("the saga has no action node at path {path:?}"),
             )),
@@ -194,14 +195,14 @@ impl Engine {
             message: e.to_string(),
         })?;
         let dag = Arc::new(SagaDag::new(built.dag, envelope));
-        let shape = DagShape::of(&dag);
+        let nodes = read_dag(&dag);
         let id = Uuid::new_v4();
         let owner = SagaOwner {
             sec_id: self.sec_id,
             generation: 1,
         };
         let sec = Arc::clone(&self.sec);
-        let (cx, log) = self.saga_cx::<S>(&registered, &sec, id, owner, &dag, None);
+        let (cx, log) = self.saga_cx::<S>(&registered, &sec, id, owner, &nodes, None);
         let dag_for_steno = Arc::clone(&dag);
         // Live before its row exists, and no claim of this engine runs until the row is there: a recovery
         // never claims (and so fences) it.
@@ -235,10 +236,10 @@ impl Engine {
             engine: self.clone(),
             id,
             future: Mutex::new(future),
-            tracked: Tracked::new(id, S::NAME, sec, log, shape.paths()),
+            tracked: Tracked::new(id, S::NAME, sec, log, nodes.action_paths()),
             dag,
             nodes: built.nodes,
-            shape,
+            node_ids: nodes.action_ids_by_path(),
         })
     }
 
@@ -263,46 +264,47 @@ impl Engine {
             .and_then(|outcome| outcome.clone())
     }
 
-    /// The per-saga context and its registration with `sec`'s store. `resumed_from`: the log a resumed saga
-    /// was loaded from (`None` for a saga created here).
+    /// The per-saga context and its registration with `sec`'s store. `nodes`: the saga's DAG as the store
+    /// reads it ([`read_dag`]). `resumed_from`: the log a resumed saga was loaded from (`None` for a saga
+    /// created here).
     ///
     /// Nodes are known by their paths (an action node's steno label, see [`SagaBuilder::subsaga`]), not by
     /// steno's names, which repeat across the instances of one subsaga; a node is a database node (its
-    /// `started` event deferred to its own transaction) when its action is registered as one.
+    /// `started` event held by the store for its own transaction to write) when its action is registered as
+    /// one.
     pub(super) fn saga_cx<S: SagaDef>(
         &self,
         registered: &Registered<S>,
         sec: &Sec,
         id: Uuid,
         owner: SagaOwner,
-        dag: &SagaDag,
+        nodes: &PersistedDag,
         resumed_from: Option<&[steno::SagaNodeEvent]>,
     ) -> (SagaCx<S>, SagaLogHandle) {
-        let shape = DagShape::of(dag);
-        let mut node_ids = BTreeMap::new();
-        let mut deferred = HashSet::new();
-        let mut names = BTreeMap::new();
-        for node in dag.get_nodes() {
-            let index = node.index().index() as u32;
-            names.insert(index, node.name().as_ref().to_owned());
-        }
-        for (index, action) in &shape.actions {
-            if registered.db_actions.contains(action.action_name.as_str()) {
-                deferred.insert(*index);
-            }
-            names.insert(*index, action.path.clone());
-            node_ids.insert(action.path.clone(), *index);
-        }
-        let end_node = shape.end_node;
+        let db_nodes = nodes
+            .action_nodes()
+            .filter(|(_, _, action_name)| registered.db_actions.contains(action_name))
+            .map(|(index, _, _)| index)
+            .collect();
+        let names = nodes
+            .nodes()
+            .map(|(index, node)| (index, node.path.clone()))
+            .collect();
+        let end_node = nodes.end_node();
+        let nodes_without_action = nodes
+            .nodes()
+            .filter(|(_, node)| node.kind.is_without_action() && node.kind != DagNodeKind::End)
+            .map(|(index, _)| index)
+            .collect();
         let log = sec.store.register(
             steno_id(id),
             SagaRegistration {
                 owner,
                 definition_version: S::VERSION,
-                deferred_nodes: deferred,
+                db_nodes,
                 node_names: names,
                 end_node,
-                pure_nodes: shape.pure_nodes.clone(),
+                nodes_without_action,
                 undo_failed_logged: resumed_from.is_some_and(|events| {
                     events
                         .iter()
@@ -315,7 +317,7 @@ impl Engine {
             shared: Arc::clone(&self.shared),
             log: log.clone(),
             app: Arc::clone(&registered.app),
-            node_ids,
+            node_ids: nodes.action_ids_by_path(),
             started_in_log: resumed_from
                 .into_iter()
                 .flatten()
@@ -448,87 +450,15 @@ impl Engine {
     }
 }
 
-/// What the engine reads of a DAG beyond steno's public API, from steno's serialized form (the form the saga
-/// log persists, `graph.nodes[i]`): the end node's index, the nodes without an action (the start node among
-/// them), and every action node's path and action name, by steno node index. A form this does not recognise
-/// holds nothing back (more durable commits per saga, never correctness) and has no actions: every node then
-/// fails, loudly, as not in the saga's DAG.
-pub(crate) struct DagShape {
-    pub(crate) end_node: Option<u32>,
-    /// The nodes without an action other than the end node: the start node, constants, subsagas' start and
-    /// end nodes.
-    pub(crate) pure_nodes: std::collections::HashSet<u32>,
-    pub(crate) actions: BTreeMap<u32, DagAction>,
-}
-
-/// One action node of a DAG.
-pub(crate) struct DagAction {
-    pub(crate) path: String,
-    pub(crate) action_name: String,
-}
-
-impl DagShape {
-    pub(crate) fn of(dag: &SagaDag) -> DagShape {
-        let Ok(serialized) = serde_json::to_value(dag) else {
-            return DagShape {
-                end_node: None,
-                pure_nodes: Default::default(),
-                actions: BTreeMap::new(),
-            };
-        };
-        let index = |which: &str| {
-            serialized
-                .get(which)?
-                .as_u64()
-                .and_then(|index| u32::try_from(index).ok())
-        };
-        let nodes = serialized
-            .pointer("/graph/nodes")
-            .and_then(serde_json::Value::as_array);
-        let actions = nodes
-            .into_iter()
-            .flatten()
-            .enumerate()
-            .filter_map(|(index, node)| {
-                let action = node.get("Action")?;
-                let path = ratchet_store::dag::action_path(action)?;
-                let action_name = action.get("action_name")?.as_str()?.to_owned();
-                Some((u32::try_from(index).ok()?, DagAction { path, action_name }))
-            })
-            .collect();
-        let pure_nodes = nodes
-            .into_iter()
-            .flatten()
-            .enumerate()
-            .filter(|(_, node)| {
-                ["Start", "Constant", "SubsagaStart", "SubsagaEnd"]
-                    .iter()
-                    .any(|kind| node.get(kind).is_some())
-            })
-            .filter_map(|(index, _)| u32::try_from(index).ok())
-            .collect();
-        DagShape {
-            end_node: index("end_node"),
-            pure_nodes,
-            actions,
-        }
-    }
-
-    /// Every action node's path, by steno node index.
-    pub(crate) fn paths(&self) -> BTreeMap<u32, String> {
-        self.actions
-            .iter()
-            .map(|(index, action)| (*index, action.path.clone()))
-            .collect()
-    }
-
-    /// steno's node index of the action node at `path`.
-    pub(crate) fn index_of(&self, path: &str) -> Option<u32> {
-        self.actions
-            .iter()
-            .find(|(_, action)| action.path == path)
-            .map(|(index, _)| *index)
-    }
+/// `dag` as the store reads a persisted DAG ([`ratchet_store::dag`]): steno's serialized form, the form the saga
+/// log persists, so that a saga's DAG reads the same on creation and on recovery. This is how the engine
+/// learns what steno's public API does not tell: every action node's path and action name, the end node, the
+/// nodes without an action. A DAG that does not serialize reads as no nodes: no event is held (more
+/// durable commits per saga, never correctness) and every node then fails, loudly, as not in the saga's DAG.
+pub(crate) fn read_dag(dag: &SagaDag) -> PersistedDag {
+    serde_json::to_value(dag)
+        .map(|serialized| PersistedDag::read(&serialized))
+        .unwrap_or_default()
 }
 
 /// The path of the node steno names `name` whose log shows an event `of_kind`: steno's names repeat across
