@@ -216,7 +216,7 @@ async fn attempt_forward<S: SagaDef, T: SagaDef<Context = S::Context>, N: DbNode
         Err(Early::Recorded) => recorded_forward(run).await,
         Err(Early::Stop(stop)) => Err(stop),
     };
-    // The held-back events (the start node's, constants', subsagas' start and end nodes') this attempt
+    // The held events (the start node's, constants', subsagas' start and end nodes') this attempt
     // carried: durable with a commit that landed; otherwise the next write takes them (an event already
     // written is left as it is).
     if matches!(outcome, Ok(Forward::Committed { .. })) {
@@ -316,7 +316,7 @@ impl<E: Into<Stop>> From<E> for Early {
 
 /// Everything between BEGIN and COMMIT. Returns the output to commit. `look_up`: whether to look for an
 /// earlier commit first (else the prepare's savepoint was entered with the BEGIN). `held_events` is set to the
-/// nodes whose held-back events the transaction carries.
+/// nodes whose held events the transaction carries.
 async fn forward_in_transaction<S: SagaDef, T: SagaDef<Context = S::Context>, N: DbNode<T>>(
     run: &NodeRun<'_, S>,
     node: &N,
