@@ -18,7 +18,7 @@ use crate::app::NexusApp;
 use crate::attach_nodes::{AttachDisk, MAX_DISKS_PER_INSTANCE};
 use crate::instance_create::InstanceCreate;
 use ratchet_datastore as ds;
-use ratchet_engine::Ratchet;
+use ratchet_engine::StenoSaga;
 use std::sync::Arc;
 use steno::{ActionContext, ActionError, ActionFunc};
 
@@ -31,11 +31,11 @@ pub fn arguments_node(node_name: &str) -> String {
 }
 
 /// The legacy attach as a steno action.
-pub fn legacy_attach_action() -> Arc<dyn steno::Action<Ratchet<InstanceCreate>>> {
+pub fn legacy_attach_action() -> Arc<dyn steno::Action<StenoSaga<InstanceCreate>>> {
     ActionFunc::new_action(LEGACY_ATTACH, legacy_attach, legacy_attach_undo)
 }
 
-type Cx = ActionContext<Ratchet<InstanceCreate>>;
+type Cx = ActionContext<StenoSaga<InstanceCreate>>;
 
 fn arguments(ctx: &Cx) -> Result<AttachDisk, ActionError> {
     ctx.lookup::<AttachDisk>(&arguments_node(&ctx.node_label()))

@@ -157,13 +157,13 @@
 //!   may be the adopter's;
 //! - an external node's call and its compensating call: an ownership read before calling out, then the share
 //!   lock in the transaction that records the receipt or the compensation (see the TODO-correctness in
-//!   `exec_external.rs` about the window between the read and the call);
+//!   `run/external_node.rs` about the window between the read and the call);
 //! - steno's own `record_event` and `saga_update`: the store's share lock ([`ratchet_store::sec_store`]).
 //!
 //! Every refused write is counted ([`Counters::fenced`]) and logged at info level with the saga id; the
 //! node then parks for good (its future never resolves), so steno neither fails nor unwinds it, and the
 //! engine reports the saga [`SagaOutcome::Fenced`]. [`Engine::adopt`] is how an executor takes over another's
-//! sagas; `retry_unwind` and `abandon` take or end ownership the same way (see `operate.rs`).
+//! sagas; `retry_unwind` and `abandon` take or end ownership the same way (see `engine/operations.rs`).
 //!
 //! # Sagas this binary cannot run
 //!
@@ -284,38 +284,32 @@
 //!
 //! The `ratchet-test-utils` crate's `example` module holds a complete saga (the one `ratchet demo` runs).
 
-pub mod adopting;
-mod commit_outcome;
-mod context;
 mod engine;
 mod error;
-mod exec;
-mod exec_db;
-mod exec_external;
 mod failpoint;
-mod node;
+pub mod nexus_guide;
 mod observe;
-mod operate;
-mod saga_def;
+mod run;
+mod saga;
 mod shutdown;
 pub mod slog_bridge;
 
-pub use context::{CommitTx, ExternalCx, PrepareCx, derived_id};
-pub use engine::{
-    DEFAULT_START_LIMIT, Engine, EngineBuilder, EngineConfig, PreparedSaga, RecoveryReport,
-    SagaOutcome,
+pub use engine::operations::{
+    Abandoned, AdoptOptions, AdoptedSaga, AdoptionReport, ShutdownReport, abandon,
 };
+pub use engine::outcome::SagaOutcome;
+pub use engine::recovery::RecoveryReport;
+pub use engine::running::PreparedSaga;
+pub use engine::{DEFAULT_START_LIMIT, Engine, EngineBuilder, EngineConfig};
 pub use error::{EngineError, NodeError, NodeFailure};
 pub use failpoint::{Failpoints, FaultEffect, FaultPoint};
-pub use node::{
-    CallError, CallOnlyExternalNode, CommitOnlyDbNode, DbNode, ExternalNode, NodeOutput,
-    NodeReceipt,
-};
 pub use observe::{CounterValues, Counters, RECENT_OUTCOMES, RecentOutcome, WaitingNode};
-pub use operate::{Abandoned, AdoptOptions, AdoptedSaga, AdoptionReport, ShutdownReport, abandon};
-pub use saga_def::{
-    JOIN_NODE, NodeKind, NodeRegistry, PATH_SEPARATOR, Ratchet, SUBSAGA_PARAMS_SUFFIX, SagaBuilder,
-    SagaCx, SagaDef, Stage, steno_action_params,
-};
+pub use run::saga_state::{SagaCx, steno_action_params};
+pub use saga::builder::{JOIN_NODE, PATH_SEPARATOR, SUBSAGA_PARAMS_SUFFIX, SagaBuilder, Stage};
+pub use saga::definition::{NodeKind, SagaDef, StenoSaga};
+pub use saga::node::{CallError, CallOnlyExternalNode, CommitOnlyDbNode, DbNode, ExternalNode};
+pub use saga::output::{NodeOutput, NodeReceipt};
+pub use saga::phase::{CommitTx, ExternalCx, PrepareCx, derived_id};
+pub use saga::registry::NodeRegistry;
 
 pub use ratchet_store as store;

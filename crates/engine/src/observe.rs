@@ -4,7 +4,7 @@
 //! without a query. The database answers "what happened to saga X" (`ratchet sagas show`). Every event these
 //! count is also logged at info level (or above) with the saga id, so counters point at log lines.
 
-use crate::engine::SagaOutcome;
+use crate::engine::outcome::SagaOutcome;
 use chrono::{DateTime, Utc};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -9,7 +9,7 @@ use common::*;
 use diesel::sql_types::{BigInt, Text, Uuid as SqlUuid};
 use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use ratchet_engine::{
-    EngineBuilder, EngineConfig, Ratchet, SagaBuilder, SagaCx, SagaDef, SagaOutcome,
+    EngineBuilder, EngineConfig, SagaBuilder, SagaCx, SagaDef, SagaOutcome, StenoSaga,
 };
 use ratchet_store::pool::{DbPool, PoolConfig, connect_pool, establish, run_migrations};
 use ratchet_store::saga::get_saga;
@@ -75,9 +75,9 @@ impl SagaDef for LegacyProvision {
     type Context = ();
 
     ratchet_engine::declare_saga_nodes! {
-        unchecked RESERVE => reserve_action::<Ratchet<LegacyProvision>>(),
-        unchecked WAIT => wait_action::<Ratchet<LegacyProvision>>(),
-        unchecked FINISH => finish_action::<Ratchet<LegacyProvision>>(),
+        unchecked RESERVE => reserve_action::<StenoSaga<LegacyProvision>>(),
+        unchecked WAIT => wait_action::<StenoSaga<LegacyProvision>>(),
+        unchecked FINISH => finish_action::<StenoSaga<LegacyProvision>>(),
     }
 
     fn build(_: &LegacyParams, _: &mut SagaBuilder<Self>) -> Result<(), String> {

@@ -10,7 +10,7 @@
 use crate::App;
 use diesel::sql_types::{Text, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
-use ratchet_engine::{Ratchet, SagaBuilder, SagaDef, derived_id, steno_action_params};
+use ratchet_engine::{SagaBuilder, SagaDef, StenoSaga, derived_id, steno_action_params};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use steno::{ActionContext, ActionError, ActionFunc};
@@ -27,11 +27,11 @@ pub struct ProjectParams {
 const CREATE_PROJECT: &str = "project.create";
 const PUBLISH_PROJECT: &str = "project.publish";
 
-fn create_project_action() -> Arc<dyn steno::Action<Ratchet<ProjectCreate>>> {
+fn create_project_action() -> Arc<dyn steno::Action<StenoSaga<ProjectCreate>>> {
     ActionFunc::new_action(CREATE_PROJECT, create_project, create_project_undo)
 }
 
-fn publish_project_action() -> Arc<dyn steno::Action<Ratchet<ProjectCreate>>> {
+fn publish_project_action() -> Arc<dyn steno::Action<StenoSaga<ProjectCreate>>> {
     ActionFunc::new_action(PUBLISH_PROJECT, publish_project, publish_project_undo)
 }
 
@@ -56,7 +56,7 @@ impl SagaDef for ProjectCreate {
     }
 }
 
-type Cx = ActionContext<Ratchet<ProjectCreate>>;
+type Cx = ActionContext<StenoSaga<ProjectCreate>>;
 
 fn failed(error: impl std::fmt::Display) -> ActionError {
     ActionError::action_failed(error.to_string())

@@ -20,10 +20,12 @@
 //!   (its DAG or log does not load, steno refuses its log) is abandoned, with the reason.
 //! - A saga not resumed because this engine is stopping stays unfinished in the database, for the next start.
 
-use super::running::{Tracked, steno_id};
-use super::{Engine, Registered, SagaOutcome, Sec, lock};
+use crate::engine::outcome::SagaOutcome;
+use crate::engine::running::{StartedSaga, steno_id};
+use crate::engine::sec::{Sec, lock};
+use crate::engine::{Engine, Registered};
 use crate::error::EngineError;
-use crate::saga_def::SagaDef;
+use crate::saga::definition::SagaDef;
 use crate::shutdown::steno_call;
 use ratchet_store::dag;
 use ratchet_store::ops::{abandon_saga, claim_unfinished, unfinished_among, unfinished_not_named};
@@ -42,7 +44,7 @@ pub(crate) const BATCH: usize = 1000;
 /// the same SEC task (resuming 10,000 sagas one start at a time took 38 s; see docs/PERFORMANCE.md).
 #[must_use = "a resumed saga runs only once started (`Engine::start_resumed`)"]
 pub(crate) struct ResumedSaga {
-    tracked: Tracked,
+    tracked: StartedSaga,
     future: futures::future::BoxFuture<'static, steno::SagaResult>,
 }
 
@@ -382,7 +384,7 @@ impl Engine {
         };
         tracing::debug!(saga_id = %id, saga = S::NAME, generation = owner.generation, "saga handed to steno");
         Ok(ResumedSaga {
-            tracked: Tracked::new(id, S::NAME, sec, log, nodes.action_paths()),
+            tracked: StartedSaga::new(id, S::NAME, sec, log, nodes.action_paths()),
             future,
         })
     }

@@ -18,10 +18,14 @@
 //! - Every outcome is counted once and recorded in the ring of recent outcomes, and the saga's registration
 //!   with the store is dropped.
 
-use super::{Engine, Registered, SagaOutcome, Sec, lock};
+use crate::engine::outcome::SagaOutcome;
+use crate::engine::sec::{Sec, lock};
+use crate::engine::{Engine, Registered};
 use crate::error::EngineError;
 use crate::observe::RecentOutcome;
-use crate::saga_def::{Envelope, NodeKind, SagaBuilder, SagaCx, SagaDef};
+use crate::run::saga_state::SagaCx;
+use crate::saga::builder::SagaBuilder;
+use crate::saga::definition::{NodeKind, SagaDef, StenoParams};
 use crate::shutdown::panic_message;
 use futures::FutureExt;
 use ratchet_store::dag::{DagNodeKind, PersistedDag};
@@ -35,7 +39,7 @@ use steno::{SagaDag, SagaId, SagaResultErr};
 use uuid::Uuid;
 
 /// What the engine needs to bring one started saga to rest.
-pub(crate) struct Tracked {
+pub(crate) struct StartedSaga {
     pub(super) id: Uuid,
     pub(super) name: &'static str,
     started: Instant,
@@ -46,7 +50,7 @@ pub(crate) struct Tracked {
     paths: BTreeMap<u32, String>,
 }
 
-impl Tracked {
+impl StartedSaga {
     /// A saga this engine is about to start (created or resumed): its clock starts now.
     pub(super) fn new(
         id: Uuid,
@@ -54,8 +58,8 @@ impl Tracked {
         sec: Arc<Sec>,
         log: SagaLogHandle,
         paths: BTreeMap<u32, String>,
-    ) -> Tracked {
-        Tracked {
+    ) -> StartedSaga {
+        StartedSaga {
             id,
             name,
             started: Instant::now(),
@@ -74,7 +78,7 @@ pub struct PreparedSaga {
     /// is `Send` but not `Sync`), so that a `&PreparedSaga` can be held across an `.await`; it is never locked
     /// while contended.
     future: Mutex<futures::future::BoxFuture<'static, steno::SagaResult>>,
-    tracked: Tracked,
+    tracked: StartedSaga,
     dag: Arc<SagaDag>,
     /// Every node's path and kind, in steno's node order.
     nodes: Vec<(String, NodeKind)>,
@@ -108,7 +112,7 @@ impl PreparedSaga {
     fn petgraph_index(&self, path: &str) -> Result<petgraph::graph::NodeIndex, EngineError> {
         match self.node_ids.get(path) {
             Some(index) => Ok(petgraph::graph::NodeIndex::new(*index as usize)),
-            None if path.contains(crate::saga_def::PATH_SEPARATOR) => Err(EngineError::Steno(
+            None if path.contains(crate::saga::builder::PATH_SEPARATOR) => Err(EngineError::Steno(
                 format!("the saga has no action node at path {path:?}"),
             )),
             None => self
@@ -186,7 +190,7 @@ impl Engine {
             saga: S::NAME.to_owned(),
             message,
         })?;
-        let envelope = serde_json::to_value(Envelope {
+        let steno_params = serde_json::to_value(StenoParams {
             params,
             nodes: built.node_args,
         })
@@ -194,7 +198,7 @@ impl Engine {
             saga: S::NAME.to_owned(),
             message: e.to_string(),
         })?;
-        let dag = Arc::new(SagaDag::new(built.dag, envelope));
+        let dag = Arc::new(SagaDag::new(built.dag, steno_params));
         let nodes = read_dag(&dag);
         let id = Uuid::new_v4();
         let owner = SagaOwner {
@@ -236,7 +240,7 @@ impl Engine {
             engine: self.clone(),
             id,
             future: Mutex::new(future),
-            tracked: Tracked::new(id, S::NAME, sec, log, nodes.action_paths()),
+            tracked: StartedSaga::new(id, S::NAME, sec, log, nodes.action_paths()),
             dag,
             nodes: built.nodes,
             node_ids: nodes.action_ids_by_path(),
@@ -333,7 +337,7 @@ impl Engine {
     }
 
     /// Tells steno to start a created or resumed saga.
-    pub(super) async fn start_in_steno(&self, tracked: &Tracked) -> Result<(), EngineError> {
+    pub(super) async fn start_in_steno(&self, tracked: &StartedSaga) -> Result<(), EngineError> {
         let id = steno_id(tracked.id);
         let started = tracked
             .sec
@@ -354,10 +358,10 @@ impl Engine {
     /// Waits for steno's result (or a fence, or the engine's shutdown) and turns it into an outcome.
     pub(super) async fn finish(
         &self,
-        tracked: Tracked,
+        tracked: StartedSaga,
         future: futures::future::BoxFuture<'static, steno::SagaResult>,
     ) -> SagaOutcome {
-        let Tracked {
+        let StartedSaga {
             id,
             name,
             started,
@@ -476,7 +480,7 @@ fn path_of(
         .iter()
         .filter(|event| of_kind(&event.event_type))
         .filter_map(|event| paths.get(&u32::from(event.node_id)))
-        .filter(|path| path.rsplit(crate::saga_def::PATH_SEPARATOR).next() == Some(name))
+        .filter(|path| path.rsplit(crate::saga::builder::PATH_SEPARATOR).next() == Some(name))
         .collect();
     found.dedup();
     match found.as_slice() {

@@ -14,7 +14,7 @@
 //! - [`Sec::unresolved`] counts the sagas started in this SEC whose steno future has not resolved: shutdown
 //!   awaits steno's own shutdown only when it is zero.
 
-use super::EngineShared;
+use crate::engine::shared::EngineShared;
 use crate::error::EngineError;
 use crate::shutdown::steno_call;
 use ratchet_store::PgSecStore;

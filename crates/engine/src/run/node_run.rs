@@ -3,7 +3,8 @@
 
 use crate::error::{NodeError, NodeFailure};
 use crate::failpoint::{FaultEffect, FaultPoint};
-use crate::saga_def::{Envelope, Ratchet, SagaCx, SagaDef};
+use crate::run::saga_state::SagaCx;
+use crate::saga::definition::{SagaDef, StenoParams, StenoSaga};
 use crate::shutdown::{ActiveNode, panic_message};
 use ratchet_store::RetryPolicy;
 use serde::de::DeserializeOwned;
@@ -44,7 +45,7 @@ impl From<ratchet_store::DbError> for Stop {
 
 /// One node's run: who it is, in which saga, with which arguments.
 ///
-/// `S` is the root saga (steno's saga type is `Ratchet<S>`); the node itself may belong to a subsaga nested
+/// `S` is the root saga (steno's saga type is `StenoSaga<S>`); the node itself may belong to a subsaga nested
 /// in it, whose parameters `params` then holds (steno hands an action inside a subsaga the subsaga's
 /// parameters). `name` is the node's path (its steno label, see [`crate::SagaBuilder::subsaga`]): every
 /// record, failpoint and steno node id of the node is found by it.
@@ -61,23 +62,23 @@ pub(crate) struct NodeRun<'a, S: SagaDef> {
 }
 
 impl<'a, S: SagaDef> NodeRun<'a, S> {
-    pub(crate) fn new(ctx: &'a ActionContext<Ratchet<S>>) -> Result<NodeRun<'a, S>, NodeError> {
+    pub(crate) fn new(ctx: &'a ActionContext<StenoSaga<S>>) -> Result<NodeRun<'a, S>, NodeError> {
         let cx = ctx.user_data();
         let name = ctx.node_label();
         let node_id = *cx.node_ids.get(&name).ok_or_else(|| {
             NodeError::permanent(format!("node {name:?} is not in the saga's DAG"))
         })?;
-        let envelope: Envelope<serde_json::Value> = ctx
+        let steno_params: StenoParams<serde_json::Value> = ctx
             .saga_params()
             .map_err(|e| NodeError::permanent(format!("saga parameters do not decode: {e}")))?;
-        let args = envelope.nodes.get(&name).cloned().ok_or_else(|| {
+        let args = steno_params.nodes.get(&name).cloned().ok_or_else(|| {
             NodeError::permanent(format!("no arguments recorded for node {name:?}"))
         })?;
         Ok(NodeRun {
             cx,
             name,
             node_id,
-            params: envelope.params,
+            params: steno_params.params,
             args,
             active: ActiveNode::enter(&cx.shared.shutdown),
             began: chrono::Utc::now(),
@@ -139,7 +140,7 @@ impl<'a, S: SagaDef> NodeRun<'a, S> {
 
     /// The parameters of the saga the node belongs to (the subsaga's, inside a subsaga).
     pub(crate) fn params<P: DeserializeOwned>(&self) -> Result<P, NodeError> {
-        crate::context::decode_params(&self.params)
+        crate::saga::phase::decode_params(&self.params)
     }
 
     /// The node value (its arguments) recorded in the DAG.

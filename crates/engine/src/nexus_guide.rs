@@ -58,7 +58,7 @@
 //! whose `NAME` is the saga's name in the log. Its actions run as plain steno actions: **nothing makes them
 //! exactly-once, and a fallible step after their commit leaks exactly as it does today**; the path exists only
 //! so that the saga's in-flight and future instances keep running while it is ported. The actions' context
-//! type changes: they run under ratchet's [`Ratchet<S>`](crate::Ratchet) saga type, whose context is
+//! type changes: they run under ratchet's [`StenoSaga<S>`](crate::StenoSaga) saga type, whose context is
 //! [`SagaCx<S>`](crate::SagaCx) (your context is [`SagaCx::context`](crate::SagaCx::context); the pool, for
 //! such actions only, [`SagaCx::unchecked_pool`](crate::SagaCx::unchecked_pool)). Writing the actions generic
 //! over a small trait both contexts implement lets one body serve both executors during the move. Read the
@@ -143,7 +143,7 @@
 //!   `dbinit.sql`). A PostgreSQL-side test checks they build what the PostgreSQL migrations build; they have
 //!   not been run on a CockroachDB (the directory's README lists what to check).
 //! - Action contexts: a plain steno action of Nexus takes `ActionContext<NexusSagaType>`; under ratchet it
-//!   takes `ActionContext<Ratchet<S>>` (step 4).
+//!   takes `ActionContext<StenoSaga<S>>` (step 4).
 //! - Database: ratchet is tested on PostgreSQL; `docs/COCKROACHDB.md` lists every construct whose behaviour
 //!   differs on CockroachDB and what ratchet would do there.
 //! - Schema names: Nexus qualifies its tables as `omicron.public.saga`; ratchet's SQL names them unqualified,

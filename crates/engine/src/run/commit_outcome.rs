@@ -19,12 +19,12 @@
 //!   violation is itself resolved the same way: the node replays, never fails.
 //!
 //! Once a node's commit was unknown, the engine never again assumes it has no record: every later attempt
-//! looks first ([`crate::saga_def::SagaCx::commit_may_exist`]). Compensations follow the same rule with their
+//! looks first ([`crate::run::saga_state::SagaCx::commit_may_exist`]). Compensations follow the same rule with their
 //! compensation record.
 
-use crate::exec::{NodeRun, Stop};
 use crate::failpoint::FaultPoint;
-use crate::saga_def::SagaDef;
+use crate::run::node_run::{NodeRun, Stop};
+use crate::saga::definition::SagaDef;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use futures::FutureExt;
 use futures::future::BoxFuture;

@@ -5,17 +5,19 @@
 //! key; when the retry budget is spent, the engine compensates by key (until that answer is definite) and
 //! only then fails the node.
 
-use crate::commit_outcome::{self, CommitOutcome};
-use crate::context::{ExternalCx, PrepareCx};
 use crate::error::NodeError;
-use crate::exec::{
+use crate::failpoint::FaultPoint;
+use crate::run::commit_outcome::{self, CommitOutcome};
+use crate::run::db_node::event_row;
+use crate::run::node_run::{
     NodeRun, Stop, catch_phase, decode, encode, finish_guarded, pass_on, unless_foreign,
     with_retries,
 };
-use crate::exec_db::event_row;
-use crate::failpoint::FaultPoint;
-use crate::node::{CallError, ExternalNode};
-use crate::saga_def::{Ratchet, SagaDef};
+use crate::saga::builder::{SagaBuilder, Stage};
+use crate::saga::definition::{NodeKind, SagaDef, StenoSaga};
+use crate::saga::node::{CallError, ExternalNode};
+use crate::saga::phase::{ExternalCx, PrepareCx};
+use crate::saga::registry::NodeRegistry;
 use futures::future::BoxFuture;
 use ratchet_store::records::FencedWrite;
 use ratchet_store::{DbConnection, RetryPolicy, owner, records, transaction as tx};
@@ -31,7 +33,7 @@ use uuid::Uuid;
 ///
 /// `S` is the root saga, whose steno saga type the action runs under; `T` the saga `N` belongs to: `S` itself,
 /// or a saga nested in it as a subsaga (same application context), whose parameters the node sees.
-pub(crate) struct ExternalAction<S, T, N>(PhantomData<crate::saga_def::Marker<(S, T, N)>>);
+pub(crate) struct ExternalAction<S, T, N>(PhantomData<crate::saga::definition::Marker<(S, T, N)>>);
 
 impl<S, T, N> ExternalAction<S, T, N> {
     pub(crate) fn new() -> Self {
@@ -45,19 +47,57 @@ impl<S, T, N> fmt::Debug for ExternalAction<S, T, N> {
     }
 }
 
-impl<S: SagaDef, T: SagaDef<Context = S::Context>, N: ExternalNode<T>> steno::Action<Ratchet<S>>
+impl<S: SagaDef, T: SagaDef<Context = S::Context>, N: ExternalNode<T>> steno::Action<StenoSaga<S>>
     for ExternalAction<S, T, N>
 {
-    fn do_it(&self, ctx: ActionContext<Ratchet<S>>) -> BoxFuture<'_, steno::ActionResult> {
+    fn do_it(&self, ctx: ActionContext<StenoSaga<S>>) -> BoxFuture<'_, steno::ActionResult> {
         Box::pin(async move { forward::<S, T, N>(&ctx).await })
     }
 
-    fn undo_it(&self, ctx: ActionContext<Ratchet<S>>) -> BoxFuture<'_, steno::UndoResult> {
+    fn undo_it(&self, ctx: ActionContext<StenoSaga<S>>) -> BoxFuture<'_, steno::UndoResult> {
         Box::pin(async move { undo::<S, T, N>(&ctx).await })
     }
 
     fn name(&self) -> ActionName {
         ActionName::new(N::NAME)
+    }
+}
+
+/// An external node's registration (its steno action, [`ExternalAction`]) and layout.
+impl<S: SagaDef> NodeRegistry<S> {
+    /// Registers external node type `N` of this saga.
+    pub fn external<N: ExternalNode<S>>(&mut self) -> &mut Self {
+        self.nested_external::<S, N>()
+    }
+
+    /// External node type `N` of saga `T`, which is `S` or a saga `S` nests.
+    #[doc(hidden)]
+    pub fn nested_external<T: SagaDef<Context = S::Context>, N: ExternalNode<T>>(
+        &mut self,
+    ) -> &mut Self {
+        if self.claim::<(T, N)>(<N as ExternalNode<T>>::NAME) {
+            self.actions
+                .register(Arc::new(ExternalAction::<S, T, N>::new()));
+        }
+        self
+    }
+}
+
+impl<S: SagaDef> Stage<'_, S> {
+    /// Lays out external node `node` as `name` in this stage.
+    pub fn external<N: ExternalNode<S>>(&mut self, name: &str, node: N) -> &mut Self {
+        let action = ExternalAction::<S, S, N>::new();
+        let node = self.builder.planned::<N, _>(name, &node, &action);
+        self.push(name, NodeKind::External, node)
+    }
+}
+
+impl<S: SagaDef> SagaBuilder<S> {
+    /// Appends an external node as a stage of its own.
+    pub fn external<N: ExternalNode<S>>(&mut self, name: &str, node: N) -> &mut Self {
+        self.stage(|s| {
+            s.external(name, node);
+        })
     }
 }
 
@@ -81,7 +121,7 @@ fn external_cx<'a, S: SagaDef, T: SagaDef<Context = S::Context>>(
 }
 
 async fn forward<S: SagaDef, T: SagaDef<Context = S::Context>, N: ExternalNode<T>>(
-    ctx: &ActionContext<Ratchet<S>>,
+    ctx: &ActionContext<StenoSaga<S>>,
 ) -> steno::ActionResult {
     let run =
         NodeRun::<S>::new(ctx).map_err(|e| steno::ActionError::action_failed(e.to_string()))?;
@@ -214,7 +254,7 @@ async fn forward<S: SagaDef, T: SagaDef<Context = S::Context>, N: ExternalNode<T
 async fn prepare<S: SagaDef, T: SagaDef<Context = S::Context>, N: ExternalNode<T>>(
     run: &NodeRun<'_, S>,
     node: &N,
-    ctx: &ActionContext<Ratchet<S>>,
+    ctx: &ActionContext<StenoSaga<S>>,
 ) -> Result<Prepared<N::Plan>, Stop> {
     run.fault(FaultPoint::BeforePrepare).await?;
     let mut pooled = run.connection().await?;
@@ -425,7 +465,7 @@ async fn compensate_then_fail<S: SagaDef, T: SagaDef<Context = S::Context>, N: E
 }
 
 async fn undo<S: SagaDef, T: SagaDef<Context = S::Context>, N: ExternalNode<T>>(
-    ctx: &ActionContext<Ratchet<S>>,
+    ctx: &ActionContext<StenoSaga<S>>,
 ) -> steno::UndoResult {
     let run = NodeRun::<S>::new(ctx).map_err(anyhow::Error::new)?;
     let span =

@@ -5,16 +5,18 @@
 //! fallible runs on the success path; an injected failure there is compensated inline, from the receipt,
 //! before steno hears of it ([`compensate_after_commit`]).
 
-use crate::commit_outcome::{self, CommitOutcome, resolve, until_answered};
-use crate::context::{CommitTx, PrepareCx};
 use crate::error::NodeError;
-use crate::exec::{
+use crate::failpoint::FaultPoint;
+use crate::run::commit_outcome::{self, CommitOutcome, resolve, until_answered};
+use crate::run::node_run::{
     NodeRun, Stop, catch_phase, decode, encode, finish_guarded, foreign_transaction, pass_on,
     unless_foreign, with_retries,
 };
-use crate::failpoint::FaultPoint;
-use crate::node::DbNode;
-use crate::saga_def::{Ratchet, SagaDef};
+use crate::saga::builder::{SagaBuilder, Stage};
+use crate::saga::definition::{NodeKind, SagaDef, StenoSaga};
+use crate::saga::node::DbNode;
+use crate::saga::phase::{CommitTx, PrepareCx};
+use crate::saga::registry::NodeRegistry;
 use diesel_async::SimpleAsyncConnection;
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -33,7 +35,7 @@ use uuid::Uuid;
 ///
 /// `S` is the root saga, whose steno saga type the action runs under; `T` the saga `N` belongs to: `S` itself,
 /// or a saga nested in it as a subsaga (same application context), whose parameters the node sees.
-pub(crate) struct DbAction<S, T, N>(PhantomData<crate::saga_def::Marker<(S, T, N)>>);
+pub(crate) struct DbAction<S, T, N>(PhantomData<crate::saga::definition::Marker<(S, T, N)>>);
 
 impl<S, T, N> DbAction<S, T, N> {
     pub(crate) fn new() -> Self {
@@ -47,19 +49,57 @@ impl<S, T, N> fmt::Debug for DbAction<S, T, N> {
     }
 }
 
-impl<S: SagaDef, T: SagaDef<Context = S::Context>, N: DbNode<T>> steno::Action<Ratchet<S>>
+impl<S: SagaDef, T: SagaDef<Context = S::Context>, N: DbNode<T>> steno::Action<StenoSaga<S>>
     for DbAction<S, T, N>
 {
-    fn do_it(&self, ctx: ActionContext<Ratchet<S>>) -> BoxFuture<'_, steno::ActionResult> {
+    fn do_it(&self, ctx: ActionContext<StenoSaga<S>>) -> BoxFuture<'_, steno::ActionResult> {
         Box::pin(async move { forward::<S, T, N>(&ctx).await })
     }
 
-    fn undo_it(&self, ctx: ActionContext<Ratchet<S>>) -> BoxFuture<'_, steno::UndoResult> {
+    fn undo_it(&self, ctx: ActionContext<StenoSaga<S>>) -> BoxFuture<'_, steno::UndoResult> {
         Box::pin(async move { undo::<S, T, N>(&ctx).await })
     }
 
     fn name(&self) -> ActionName {
         ActionName::new(N::NAME)
+    }
+}
+
+/// A database node's registration (its steno action, [`DbAction`]) and layout.
+impl<S: SagaDef> NodeRegistry<S> {
+    /// Registers database node type `N` of this saga.
+    pub fn db<N: DbNode<S>>(&mut self) -> &mut Self {
+        self.nested_db::<S, N>()
+    }
+
+    /// Database node type `N` of saga `T`, which is `S` or a saga `S` nests (what
+    /// [`declare_saga_nodes!`](crate::declare_saga_nodes) writes for a nested saga's `db` entries).
+    #[doc(hidden)]
+    pub fn nested_db<T: SagaDef<Context = S::Context>, N: DbNode<T>>(&mut self) -> &mut Self {
+        let name = <N as DbNode<T>>::NAME;
+        if self.claim::<(T, N)>(name) {
+            self.db_actions.insert(name);
+            self.actions.register(Arc::new(DbAction::<S, T, N>::new()));
+        }
+        self
+    }
+}
+
+impl<S: SagaDef> Stage<'_, S> {
+    /// Lays out database node `node` as `name` in this stage.
+    pub fn db<N: DbNode<S>>(&mut self, name: &str, node: N) -> &mut Self {
+        let action = DbAction::<S, S, N>::new();
+        let node = self.builder.planned::<N, _>(name, &node, &action);
+        self.push(name, NodeKind::Db, node)
+    }
+}
+
+impl<S: SagaDef> SagaBuilder<S> {
+    /// Appends a database node as a stage of its own.
+    pub fn db<N: DbNode<S>>(&mut self, name: &str, node: N) -> &mut Self {
+        self.stage(|s| {
+            s.db(name, node);
+        })
     }
 }
 
@@ -74,7 +114,7 @@ enum Forward {
 }
 
 async fn forward<S: SagaDef, T: SagaDef<Context = S::Context>, N: DbNode<T>>(
-    ctx: &ActionContext<Ratchet<S>>,
+    ctx: &ActionContext<StenoSaga<S>>,
 ) -> steno::ActionResult {
     let run =
         NodeRun::<S>::new(ctx).map_err(|e| steno::ActionError::action_failed(e.to_string()))?;
@@ -145,7 +185,7 @@ async fn forward<S: SagaDef, T: SagaDef<Context = S::Context>, N: DbNode<T>>(
 async fn attempt_forward<S: SagaDef, T: SagaDef<Context = S::Context>, N: DbNode<T>>(
     run: &NodeRun<'_, S>,
     node: &N,
-    ctx: &ActionContext<Ratchet<S>>,
+    ctx: &ActionContext<StenoSaga<S>>,
 ) -> Result<Forward, Stop> {
     run.fault(FaultPoint::BeforePrepare).await?;
     let _turn = run.cx.db_turn().await;
@@ -181,12 +221,12 @@ async fn attempt_forward<S: SagaDef, T: SagaDef<Context = S::Context>, N: DbNode
                 let outcome = CommitOutcome::after(run, FaultPoint::CommitReply, committed);
                 Ok((output, outcome))
             }
-            Err(Early::Stop(stop)) => {
+            Err(EndedEarly::Stop(stop)) => {
                 // Whatever stopped the attempt (the node's error, a panic, a fault), a transaction the node
                 // ended itself is what the node fails for.
                 let stop = unless_foreign(run, conn, token, "prepare or commit", stop).await;
                 tx::rollback(conn).await;
-                Err(Early::Stop(stop))
+                Err(EndedEarly::Stop(stop))
             }
             Err(early) => {
                 tx::rollback(conn).await;
@@ -212,9 +252,9 @@ async fn attempt_forward<S: SagaDef, T: SagaDef<Context = S::Context>, N: DbNode
                 Err(stop) => Err(stop),
             }
         }
-        Err(Early::Exit(forward)) => Ok(forward),
-        Err(Early::Recorded) => recorded_forward(run).await,
-        Err(Early::Stop(stop)) => Err(stop),
+        Err(EndedEarly::Exit(forward)) => Ok(forward),
+        Err(EndedEarly::Recorded) => recorded_forward(run).await,
+        Err(EndedEarly::Stop(stop)) => Err(stop),
     };
     // The held events (the start node's, constants', subsagas' start and end nodes') this attempt
     // carried: durable with a commit that landed; otherwise the next write takes them (an event already
@@ -299,7 +339,7 @@ fn leave_prepare() -> String {
 }
 
 /// How the in-transaction part ends early (and the transaction is rolled back).
-enum Early {
+enum EndedEarly {
     /// Nothing to commit: the node was committed or compensated before.
     Exit(Forward),
     /// The node's commit record is there already (this transaction's insert of it met its key): the node
@@ -308,9 +348,9 @@ enum Early {
     Stop(Stop),
 }
 
-impl<E: Into<Stop>> From<E> for Early {
+impl<E: Into<Stop>> From<E> for EndedEarly {
     fn from(error: E) -> Self {
-        Early::Stop(error.into())
+        EndedEarly::Stop(error.into())
     }
 }
 
@@ -320,24 +360,24 @@ impl<E: Into<Stop>> From<E> for Early {
 async fn forward_in_transaction<S: SagaDef, T: SagaDef<Context = S::Context>, N: DbNode<T>>(
     run: &NodeRun<'_, S>,
     node: &N,
-    ctx: &ActionContext<Ratchet<S>>,
+    ctx: &ActionContext<StenoSaga<S>>,
     conn: &mut DbConnection,
     look_up: bool,
     token: Uuid,
     held_events: &mut Vec<u32>,
-) -> Result<serde_json::Value, Early> {
+) -> Result<serde_json::Value, EndedEarly> {
     let saga_id = run.saga_id();
     if look_up {
         // A replay (steno re-runs a node whose log says only `started`) finds the commit record. A stale
         // executor must not take it for its own: the record may be the adopting executor's.
         if let Some(receipt) = records::commit_receipt(conn, saga_id, &run.name).await? {
             if !owner::is_owner(conn, saga_id, run.cx.log.owner()).await? {
-                return Err(Early::Stop(Stop::Fenced));
+                return Err(EndedEarly::Stop(Stop::Fenced));
             }
             if records::is_compensated(conn, saga_id, &run.name).await? {
-                return Err(Early::Exit(Forward::AlreadyCompensated));
+                return Err(EndedEarly::Exit(Forward::AlreadyCompensated));
             }
-            return Err(Early::Exit(Forward::Replayed { receipt }));
+            return Err(EndedEarly::Exit(Forward::Replayed { receipt }));
         }
         conn.batch_execute(&enter_prepare()).await?;
     }
@@ -410,9 +450,9 @@ async fn forward_in_transaction<S: SagaDef, T: SagaDef<Context = S::Context>, N:
     .await;
     match written {
         Ok(FencedWrite::Written) => {}
-        Ok(FencedWrite::Fenced) => return Err(Early::Stop(Stop::Fenced)),
+        Ok(FencedWrite::Fenced) => return Err(EndedEarly::Stop(Stop::Fenced)),
         Ok(FencedWrite::ForeignTransaction { found }) => {
-            return Err(Early::Stop(Stop::Node(foreign_transaction(
+            return Err(EndedEarly::Stop(Stop::Node(foreign_transaction(
                 run, "commit", &found,
             ))));
         }
@@ -424,7 +464,7 @@ async fn forward_in_transaction<S: SagaDef, T: SagaDef<Context = S::Context>, N:
             _,
         )) => {
             run.cx.note_commit_unknown(run.node_id);
-            return Err(Early::Recorded);
+            return Err(EndedEarly::Recorded);
         }
         Err(error) => return Err(error.into()),
     }
@@ -520,7 +560,7 @@ async fn compensate_after_commit<S: SagaDef, T: SagaDef<Context = S::Context>, N
 }
 
 async fn undo<S: SagaDef, T: SagaDef<Context = S::Context>, N: DbNode<T>>(
-    ctx: &ActionContext<Ratchet<S>>,
+    ctx: &ActionContext<StenoSaga<S>>,
 ) -> steno::UndoResult {
     let run = NodeRun::<S>::new(ctx).map_err(anyhow::Error::new)?;
     let span = tracing::info_span!("undo", saga_id = %run.saga_id(), node = %run.name, kind = "db");

@@ -24,7 +24,10 @@
 //! the node `undo_started`, runs its undo again, then the undos of its ancestors that never ran.
 //! [`Engine::abandon`] records an operator's reason and touches nothing else.
 
-use crate::engine::{BATCH, Engine, SagaOutcome, lock};
+use crate::engine::Engine;
+use crate::engine::outcome::SagaOutcome;
+use crate::engine::recovery::BATCH;
+use crate::engine::sec::lock;
 use crate::error::EngineError;
 use ratchet_store::ops::{
     UncompensatedCommit, abandon_saga, adopt_sagas, stuck_diagnosis, take_for_retry_unwind,

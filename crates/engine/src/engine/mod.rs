@@ -12,7 +12,7 @@
 //! - `running.rs`: creating a saga, running it ([`PreparedSaga`]), and following any started saga to rest;
 //! - `recovery.rs`: recovery, and the resuming half of adoption and retry-unwind;
 //! - `sec.rs`: the wrapper around steno's SEC client;
-//! - operator actions (adoption, retry-unwind, abandonment) in `operate.rs`, shutdown in `shutdown.rs`,
+//! - operator actions (adoption, retry-unwind, abandonment) in `operations.rs`, shutdown in `shutdown.rs`,
 //!   counters and recent outcomes in `observe.rs`.
 //!
 //! # Invariants
@@ -25,20 +25,22 @@
 //!   the creation of sagas, so that no claim of this engine fences out a saga it is itself creating or
 //!   driving.
 
-mod recovery;
-mod running;
-mod sec;
+pub(crate) mod operations;
+pub(crate) mod outcome;
+pub(crate) mod recovery;
+pub(crate) mod running;
+pub(crate) mod sec;
+pub(crate) mod shared;
 
-pub(crate) use recovery::BATCH;
-pub use recovery::RecoveryReport;
-use recovery::ResumedSaga;
-pub use running::PreparedSaga;
-pub(crate) use sec::{Sec, lock};
-
+use crate::engine::outcome::SagaOutcome;
+use crate::engine::recovery::{RecoveryReport, ResumedSaga};
+use crate::engine::sec::Sec;
+use crate::engine::shared::EngineShared;
 use crate::error::EngineError;
 use crate::failpoint::Failpoints;
 use crate::observe::{Counters, HostLog, RecentOutcome, RecentOutcomes, Waiting, WaitingNode};
-use crate::saga_def::{NodeRegistry, Ratchet, SagaDef};
+use crate::saga::definition::{SagaDef, StenoSaga};
+use crate::saga::registry::NodeRegistry;
 use crate::shutdown::ShutdownState;
 use ratchet_store::dag;
 use ratchet_store::{
@@ -49,27 +51,6 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use uuid::Uuid;
-
-/// What every action of every saga of one engine shares.
-#[derive(Debug)]
-pub(crate) struct EngineShared {
-    pub(crate) pool: DbPool,
-    pub(crate) failpoints: Failpoints,
-    pub(crate) liveness: Arc<Liveness>,
-    pub(crate) counters: Counters,
-    pub(crate) forward_retry: RetryPolicy,
-    pub(crate) compensation_retry: RetryPolicy,
-    pub(crate) shutdown: ShutdownState,
-    pub(crate) recent: RecentOutcomes,
-    pub(crate) waiting: Waiting,
-    pub(crate) start_limit: Option<u32>,
-    /// The database and the `application_name` of this engine's sessions: an injected crash ends them all
-    /// from the server side, as a process's death would.
-    pub(crate) database_url: String,
-    /// `None` on a pool the embedder brought: its sessions are the embedder's.
-    pub(crate) application_name: Option<String>,
-    pub(crate) host_log: HostLog,
-}
 
 /// How to start an engine.
 #[derive(Clone, Debug)]
@@ -155,31 +136,6 @@ impl EngineConfig {
 /// times in a row is given up on.
 pub const DEFAULT_START_LIMIT: u32 = 5;
 
-/// How a saga came to rest, or why this engine stopped driving it.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case", tag = "outcome")]
-pub enum SagaOutcome {
-    /// Every node succeeded; the saga's output.
-    Succeeded { output: serde_json::Value },
-    /// A node failed and every committed node was compensated.
-    Unwound { node: String, error: String },
-    /// A compensation failed for good: the saga is stuck (recorded `stuck`).
-    Stuck {
-        node: String,
-        error: String,
-        undo_node: String,
-        undo_error: String,
-    },
-    /// The saga was abandoned (by recovery, which could not resume it, or by an operator), its rows left as
-    /// they were.
-    Abandoned { reason: String },
-    /// Another executor adopted the saga (or an operator abandoned it); this one stopped driving it.
-    Fenced,
-    /// This engine shut down (or lost steno's executor) before the saga came to rest: it stays unfinished in
-    /// the database, and the next engine with this executor id recovers it.
-    Interrupted { reason: String },
-}
-
 type Resumer = Arc<
     dyn Fn(
             &Engine,
@@ -263,7 +219,7 @@ impl Definitions {
 }
 
 struct Registered<S: SagaDef> {
-    registry: Arc<steno::ActionRegistry<Ratchet<S>>>,
+    registry: Arc<steno::ActionRegistry<StenoSaga<S>>>,
     /// Every action name the definition registers.
     actions: HashSet<&'static str>,
     db_actions: HashSet<&'static str>,

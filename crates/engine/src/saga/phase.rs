@@ -1,8 +1,8 @@
 //! What each phase of a node may touch. Only the engine can make these.
 
 use crate::error::NodeError;
-use crate::node::NodeOutput;
-use crate::saga_def::{Ratchet, SagaDef};
+use crate::saga::definition::{SagaDef, StenoSaga};
+use crate::saga::output::NodeOutput;
 use ratchet_store::DbConnection;
 use serde::de::DeserializeOwned;
 use std::panic::AssertUnwindSafe;
@@ -74,7 +74,7 @@ pub(crate) trait Ancestors: Send + Sync {
     fn output_json(&self, name: &str) -> Result<serde_json::Value, String>;
 }
 
-impl<R: SagaDef> Ancestors for steno::ActionContext<Ratchet<R>> {
+impl<R: SagaDef> Ancestors for steno::ActionContext<StenoSaga<R>> {
     fn output_json(&self, name: &str) -> Result<serde_json::Value, String> {
         self.lookup::<serde_json::Value>(name)
             .map_err(|e| e.to_string())

@@ -1,0 +1,156 @@
+//! The runtime state of one saga ([`SagaCx`]): what every action of the saga sees through steno's
+//! `ActionContext::user_data` — its id, the engine's shared state, its log handle, the host's context, its
+//! node ids by path, and what this engine knows of its nodes' commits. Also the steno saga type's binding of
+//! that state ([`StenoSaga`]'s `SagaType` impl), and what steno holds as a ratchet saga's parameters.
+
+use crate::engine::shared::EngineShared;
+use crate::saga::definition::{SagaDef, StenoParams, StenoSaga};
+use ratchet_store::SagaLogHandle;
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::sync::Arc;
+use uuid::Uuid;
+
+impl<S: SagaDef> steno::SagaType for StenoSaga<S> {
+    type ExecContextType = SagaCx<S>;
+}
+
+/// The per-saga context every action of one saga sees.
+pub struct SagaCx<S: SagaDef> {
+    pub(crate) saga_id: Uuid,
+    pub(crate) shared: Arc<EngineShared>,
+    pub(crate) log: SagaLogHandle,
+    pub(crate) app: Arc<S::Context>,
+    /// Action node path to steno node id.
+    pub(crate) node_ids: BTreeMap<String, u32>,
+    /// For a saga this engine took over from a log (recovery, adoption, retry-unwind): the nodes that log
+    /// shows `started`. Empty for a saga created here.
+    pub(crate) started_in_log: HashSet<u32>,
+    /// The database nodes for which this engine sent a `COMMIT` that may have landed (see
+    /// [`SagaCx::commit_may_exist`]).
+    pub(crate) commit_sent: std::sync::Mutex<HashSet<u32>>,
+    /// The nodes (database nodes, and compensations) one of whose `COMMIT`s had an unknown outcome: never
+    /// forgotten, whatever later attempts meet (see `commit_outcome.rs`).
+    pub(crate) commit_unknown: std::sync::Mutex<HashSet<u32>>,
+    /// Whether this engine took the saga over from the database (recovery, adoption, retry-unwind), so that
+    /// a node start may follow a crash in the same node ([`crate::EngineConfig::start_limit`]).
+    pub(crate) resumed: bool,
+    /// Held by a database node's transaction of this saga from before `BEGIN` to its end: the saga's
+    /// database transactions run one at a time (see [`SagaCx::db_turn`]).
+    pub(crate) db_turn: tokio::sync::Mutex<()>,
+}
+
+impl<S: SagaDef> SagaCx<S> {
+    /// Whether a commit (or compensation) record of `node_id` may already exist, so that a forward attempt
+    /// must look for one before it commits (a replay).
+    ///
+    /// Only an executor that owned the saga can have written a record, and a database node's commit record is
+    /// written in the same transaction as the node's `started` event (only its `succeeded` is ever withdrawn,
+    /// by a compensation right after the commit). So a record can exist only for a node whose log, as loaded
+    /// when this engine took the saga over, shows it `started` (any commit by an earlier owner landed before
+    /// the hand-over, or was fenced out); or one for which this engine sent a `COMMIT` the server did not
+    /// refuse: it committed (steno's repeat injection, a failure after the commit), or its reply was lost.
+    /// An attempt rolled back before its `COMMIT`, or whose `COMMIT` the server answered with an error (a
+    /// serialization failure), wrote nothing. Every other attempt skips the lookup. This matters under
+    /// SERIALIZABLE: the lookup reads the index page the saga's records share, so sibling nodes committing in
+    /// parallel each read the page the other writes, and PostgreSQL aborts one of them (40001), whose retry
+    /// would look again. Should another executor
+    /// have adopted the saga, the fence check that precedes every write stops this one; and the record's
+    /// primary key refuses a second commit record in any case.
+    pub(crate) fn commit_may_exist(&self, node_id: u32) -> bool {
+        self.started_in_log.contains(&node_id)
+            || self.commits_sent().contains(&node_id)
+            || relock(&self.commit_unknown).contains(&node_id)
+    }
+
+    /// Notes that a `COMMIT` of `node_id`'s transaction had an unknown outcome: every later attempt looks
+    /// for its record first, whatever it meets in between.
+    pub(crate) fn note_commit_unknown(&self, node_id: u32) {
+        relock(&self.commit_unknown).insert(node_id);
+    }
+
+    /// Waits for this saga's turn to run a database transaction, and holds it while the guard lives.
+    ///
+    /// Parallel database nodes of one saga touch the same rows and index pages (four disks of one project,
+    /// their instance), so under SERIALIZABLE their overlapping transactions abort each other: run side by
+    /// side, instance-create's four `create_disk_record` and four `finalize_disk` transactions cost three
+    /// serialization failures per saga, each followed by a backoff (`ratchet bench`, concurrency 1; the
+    /// plain-steno baseline, whose `started` writes happen to stagger its siblings, lost under one). One
+    /// at a time, each is a millisecond or two, and none aborts another. Parallelism between sagas, and of
+    /// external calls within one, is untouched. The turn is taken before a pool connection, so a waiting
+    /// node holds none.
+    pub(crate) async fn db_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.db_turn.lock().await
+    }
+
+    /// Notes that a `COMMIT` of `node_id`'s transaction is about to be sent.
+    pub(crate) fn note_commit_sent(&self, node_id: u32) {
+        self.commits_sent().insert(node_id);
+    }
+
+    /// Notes that the server refused `node_id`'s `COMMIT` (it rolled the transaction back).
+    pub(crate) fn note_commit_refused(&self, node_id: u32) {
+        self.commits_sent().remove(&node_id);
+    }
+
+    /// A poisoned lock only means a node's attempt panicked while holding it; every critical section is one
+    /// insert, removal or lookup, so the set is still valid.
+    fn commits_sent(&self) -> std::sync::MutexGuard<'_, HashSet<u32>> {
+        relock(&self.commit_sent)
+    }
+}
+
+/// Locks one of [`SagaCx`]'s sets, recovering from poisoning (every critical section is one insert, removal
+/// or lookup, so the set is valid even if a holder panicked).
+fn relock(set: &std::sync::Mutex<HashSet<u32>>) -> std::sync::MutexGuard<'_, HashSet<u32>> {
+    set.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl<S: SagaDef> fmt::Debug for SagaCx<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SagaCx")
+            .field("saga", &S::NAME)
+            .field("saga_id", &self.saga_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: SagaDef> SagaCx<S> {
+    /// The saga's id.
+    pub fn saga_id(&self) -> Uuid {
+        self.saga_id
+    }
+
+    /// **Unchecked**: the engine's connection pool, for plain steno actions
+    /// ([`NodeRegistry::unchecked_steno_action`]) only, which manage their own connections and transactions the
+    /// way code did before ratchet. A typed node never needs it and must not use it: a write through it is
+    /// outside the node's transaction, so nothing makes it exactly-once or compensates it (the class of bug
+    /// ratchet exists to rule out). Typed nodes get no pool from the engine: only this escape hatch, whose
+    /// name says what it is.
+    pub fn unchecked_pool(&self) -> &ratchet_store::DbPool {
+        &self.shared.pool
+    }
+
+    /// The application context the saga was registered with.
+    pub fn context(&self) -> &S::Context {
+        &self.app
+    }
+}
+
+/// The saga's parameters, for a plain steno action: from ratchet's StenoParams (a saga ratchet created, whose
+/// steno parameters also carry its nodes' arguments) or, failing that, bare (a saga plain steno created,
+/// through Nexus's store, before ratchet took over the log). So one action body serves both while a saga is
+/// being moved to ratchet.
+pub fn steno_action_params<S: SagaDef>(
+    ctx: &steno::ActionContext<StenoSaga<S>>,
+) -> Result<S::Params, steno::ActionError> {
+    match ctx.saga_params::<StenoParams<S::Params>>() {
+        Ok(steno_params) => Ok(steno_params.params),
+        Err(in_envelope) => ctx.saga_params::<S::Params>().map_err(|bare| {
+            steno::ActionError::action_failed(format!(
+                "the saga's parameters decode neither from ratchet's StenoParams ({in_envelope}) nor bare \
+                 ({bare})"
+            ))
+        }),
+    }
+}

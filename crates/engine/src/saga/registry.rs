@@ -1,0 +1,99 @@
+//! The node types of one saga definition, as steno actions ([`NodeRegistry`]).
+//!
+//! A saga's `register` ([`SagaDef::register`], written by
+//! [`declare_saga_nodes!`](crate::declare_saga_nodes)) fills one. Each action name belongs to one node type
+//! (of the saga itself, or of a saga it nests): a second type under one name is a duplicate, and the
+//! registration fails. The typed node kinds register through methods their runners define (`db` and
+//! `nested_db` in `run/db_node.rs`, `external` and `nested_external` in `run/external_node.rs`); plain steno
+//! actions and nested sagas register here.
+
+use crate::saga::builder::{JOIN_ACTION, JoinAction};
+use crate::saga::definition::{SagaDef, StenoSaga};
+use std::any::TypeId;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+/// The node types of one saga definition, as steno actions.
+pub struct NodeRegistry<S: SagaDef> {
+    pub(crate) actions: steno::ActionRegistry<StenoSaga<S>>,
+    /// Action name to the type it runs: `(T, N)` for node type `N` of saga `T` (the saga itself, or one it
+    /// nests), so that one node type registered for two sagas under one name (whose parameters differ) is a
+    /// duplicate, not a silent choice of one.
+    pub(crate) names: HashMap<&'static str, TypeId>,
+    /// The action names of database nodes: the store holds their `started` events for their own transactions
+    /// to write (`SagaRegistration::db_nodes`).
+    pub(crate) db_actions: HashSet<&'static str>,
+    pub(crate) duplicate: Option<String>,
+    /// Why a saga this one nests cannot be nested ([`SagaDef::register_nested`]): the registration fails.
+    pub(crate) refused: Option<String>,
+}
+
+impl<S: SagaDef> NodeRegistry<S> {
+    /// A registry holding the engine's own [`JOIN_NODE`] action, which every saga may need.
+    pub(crate) fn new() -> Self {
+        let mut registry = NodeRegistry {
+            actions: steno::ActionRegistry::new(),
+            names: HashMap::new(),
+            db_actions: HashSet::new(),
+            duplicate: None,
+            refused: None,
+        };
+        if registry.claim::<JoinAction<S>>(JOIN_ACTION) {
+            registry.actions.register(Arc::new(JoinAction::<S>::new()));
+        }
+        registry
+    }
+
+    /// Claims action `name` for type `T`: whether it is new (to be registered); a second type under one
+    /// name is recorded as a duplicate.
+    pub(crate) fn claim<T: 'static>(&mut self, name: &'static str) -> bool {
+        match self.names.get(name) {
+            None => {
+                self.names.insert(name, TypeId::of::<T>());
+                true
+            }
+            Some(existing) if *existing == TypeId::of::<T>() => false,
+            Some(_) => {
+                self.duplicate = Some(name.to_owned());
+                false
+            }
+        }
+    }
+
+    /// Every node type of saga `T`, which `S`'s DAG nests as a subsaga ([`SagaBuilder::subsaga`]), registered
+    /// under `S`'s steno saga type (so that recovery can run a DAG holding `T`'s nodes): through
+    /// [`SagaDef::register_nested`], and so on down for the sagas `T` nests. A saga nesting itself, directly
+    /// or not, recurses without end here: the engine does not check for it.
+    pub fn subsaga<T: SagaDef<Context = S::Context>>(&mut self) -> &mut Self {
+        T::register_nested(self);
+        self
+    }
+
+    /// Records that saga `saga`, which this saga nests, cannot be nested, and why: the registration fails.
+    #[doc(hidden)]
+    pub fn refuse_nested(&mut self, saga: &str, why: &str) -> &mut Self {
+        self.refused
+            .get_or_insert_with(|| format!("saga {saga:?} cannot be nested as a subsaga: {why}"));
+        self
+    }
+
+    /// **Unchecked**: a plain steno action, registered as is. It gets none of ratchet's guarantees: no commit
+    /// record, no exactly-once replay, no compensation after a failure, no read-only prepare, no panic guard,
+    /// no fencing of its own writes (only of steno's log events). Its commit point is wherever its code puts
+    /// it, and a fallible step after it leaks exactly as in plain steno (Omicron issue 10695). It exists for
+    /// incremental adoption (a saga ported node by node, a plain steno saga recovered beside typed ones) and
+    /// for the pre-fix comparison fixtures. `name` must be the action's own name (what it was made with).
+    pub fn unchecked_steno_action(
+        &mut self,
+        name: &'static str,
+        action: Arc<dyn steno::Action<StenoSaga<S>>>,
+    ) -> &mut Self {
+        if self.claim::<(S, UncheckedAction<S>)>(name) {
+            self.actions.register(action);
+        }
+        self
+    }
+}
+
+/// The type a plain steno action is registered (and laid out) as: every such action of a saga shares it.
+pub(crate) type UncheckedAction<S> = Arc<dyn steno::Action<StenoSaga<S>>>;
