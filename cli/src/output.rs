@@ -157,7 +157,7 @@ impl LogFile {
             return;
         }
         eprintln!(
-            "the engine logged {lines} line(s) (the deliberately injected faults' warnings and errors): {} \
+            "the engine logged {lines} line(s) (retries, and the faults injected on purpose): {} \
              (set RATCHET_LOG=warn to see them on stderr instead)",
             self.path.display()
         );
@@ -166,7 +166,7 @@ impl LogFile {
 
 /// Sets up the engine's log: `RATCHET_LOG`'s filter (default `warn`) to stderr, in colour only on a terminal.
 /// With `to_file` (`matrix`, `demo`: their faults are injected on purpose, and every one logs a warning or an
-/// error) and no `RATCHET_LOG`, the log goes to a file under the temp directory instead, whose path
+/// error; `run`, `bench`: their sagas' retries, and the bench's injected crashes, do too) and no `RATCHET_LOG`, the log goes to a file under the temp directory instead, whose path
 /// [`LogFile::report`] prints at the end.
 pub fn init_log(to_file: Option<&str>) -> Option<LogFile> {
     let explicit = std::env::var_os("RATCHET_LOG").is_some();
