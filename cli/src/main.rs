@@ -31,6 +31,9 @@ use anyhow::Context;
 use cli::{Command, Global, SagasCommand};
 use std::process::ExitCode;
 
+/// What the log of `matrix` and `demo` holds.
+const INJECTED: &str = "the deliberately injected faults' warnings and errors";
+
 fn main() -> ExitCode {
     // `ratchet sagas list | head -1` ends quietly, as Unix tools do, when the reader closes the pipe: Rust's
     // runtime ignores SIGPIPE, which turns the next print into a panic (exit 101).
@@ -46,10 +49,13 @@ fn main() -> ExitCode {
     // warnings too. Their log goes to a file (unless RATCHET_LOG asks for it on stderr), so that their output
     // is their results.
     let log_file = match &cli.command {
-        Command::Matrix(_) => output::init_log(Some("matrix")),
-        Command::Demo(_) => output::init_log(Some("demo")),
-        Command::Run(_) => output::init_log(Some("run")),
-        Command::Bench(_) => output::init_log(Some("bench")),
+        Command::Matrix(_) => output::init_log(Some(("matrix", INJECTED))),
+        Command::Demo(_) => output::init_log(Some(("demo", INJECTED))),
+        Command::Run(_) => output::init_log(Some(("run", "its sagas' retries and warnings"))),
+        Command::Bench(_) => output::init_log(Some((
+            "bench",
+            "its sagas' retries, and the warnings of the crashes it injects",
+        ))),
         _ => output::init_log(None),
     };
     let result = tokio::runtime::Runtime::new()
