@@ -5,7 +5,7 @@
 //! (`ratchet sim`): then a crash of this process leaves them, and the sagas it did not finish can be recovered
 //! against them (`ratchet recover` with the same options). In-process services die with the process, so this
 //! command refuses to start, as `recover` does, while its executor has unfinished Nexus sagas and it was not
-//! given the addresses of the services they called (see `engine_setup`).
+//! given the addresses of the services they called (see `registry`).
 //!
 //! By default a saga is created when a slot of the `--concurrency` frees up, as API requests would arrive.
 //! `--create-first` records every saga durably before any runs (as if all the requests had arrived at once),
