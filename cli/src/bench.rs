@@ -5,12 +5,12 @@
 //! only to see that it completes.
 
 use crate::cli::{BenchArgs, Global};
-use crate::commands;
 use crate::output::{Progress, Say};
+use crate::setup;
 use anyhow::Context;
 
 pub async fn bench(global: &Global, args: &BenchArgs) -> anyhow::Result<()> {
-    let server = commands::database_server(global).await?;
+    let server = setup::database_server(global).await?;
     let mut options = ratchet_bench::BenchOptions::new(args.quick);
     options.json = args.json.clone();
     options.with_dbos = args.with_dbos;

@@ -4,8 +4,8 @@
 //! line. The engine's log of the faults the matrix injects on purpose goes to a file (see `main`).
 
 use crate::cli::{Global, MatrixArgs};
-use crate::commands;
 use crate::output::{Progress, Say};
+use crate::setup;
 use anyhow::{Context, bail};
 use ratchet_fault_injection::{ChildProgram, Matrix, Status, nexus};
 
@@ -30,7 +30,7 @@ pub async fn matrix(global: &Global, args: &MatrixArgs) -> anyhow::Result<()> {
         matrix = matrix.real_crash(ChildProgram::new(me, &["matrix-child"]));
     }
 
-    let server = commands::database_server(global).await?;
+    let server = setup::database_server(global).await?;
     quiet_injected_panics();
     println!("running the fault matrix (each cell on a fresh database)...");
     let mut progress: Option<Progress> = None;

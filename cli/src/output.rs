@@ -144,6 +144,8 @@ impl Drop for Progress {
 /// Where the engine's log went, when not to stderr.
 pub struct LogFile {
     pub path: PathBuf,
+    /// What the command logs there, for the note that names the file.
+    pub holds: &'static str,
 }
 
 impl LogFile {
@@ -157,23 +159,24 @@ impl LogFile {
             return;
         }
         eprintln!(
-            "the engine logged {lines} line(s) (the deliberately injected faults' warnings and errors): {} \
-             (set RATCHET_LOG=warn to see them on stderr instead)",
+            "the engine logged {lines} line(s) ({}): {} (set RATCHET_LOG=warn to see them on stderr instead)",
+            self.holds,
             self.path.display()
         );
     }
 }
 
 /// Sets up the engine's log: `RATCHET_LOG`'s filter (default `warn`) to stderr, in colour only on a terminal.
-/// With `to_file` (`matrix`, `demo`: their faults are injected on purpose, and every one logs a warning or an
-/// error) and no `RATCHET_LOG`, the log goes to a file under the temp directory instead, whose path
-/// [`LogFile::report`] prints at the end.
-pub fn init_log(to_file: Option<&str>) -> Option<LogFile> {
+/// With `to_file` (the command's name, and what its log holds) and no `RATCHET_LOG`, the log goes to a file
+/// under the temp directory instead, whose path [`LogFile::report`] prints at the end: for `matrix` and
+/// `demo`, whose faults are injected on purpose and every one logs a warning or an error, and for `run` and
+/// `bench`, whose sagas' retries (and the bench's injected crashes) log warnings too.
+pub fn init_log(to_file: Option<(&str, &'static str)>) -> Option<LogFile> {
     let explicit = std::env::var_os("RATCHET_LOG").is_some();
     let filter = tracing_subscriber::EnvFilter::try_from_env("RATCHET_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if let Some(command) = to_file.filter(|_| !explicit) {
+    if let Some((command, holds)) = to_file.filter(|_| !explicit) {
         let path = std::env::temp_dir().join(format!(
             "ratchet-{command}-{}-{}.log",
             chrono::Utc::now().format("%Y%m%dT%H%M%SZ"),
@@ -184,7 +187,7 @@ pub fn init_log(to_file: Option<&str>) -> Option<LogFile> {
                 .with_ansi(false)
                 .with_writer(Mutex::new(file))
                 .init();
-            return Some(LogFile { path });
+            return Some(LogFile { path, holds });
         }
     }
     builder

@@ -5,27 +5,38 @@
 //! (`ratchet sim`): then a crash of this process leaves them, and the sagas it did not finish can be recovered
 //! against them (`ratchet recover` with the same options). In-process services die with the process, so this
 //! command refuses to start, as `recover` does, while its executor has unfinished Nexus sagas and it was not
-//! given the addresses of the services they called (see `engine_setup`).
+//! given the addresses of the services they called (see `registry`).
 //!
 //! By default a saga is created when a slot of the `--concurrency` frees up, as API requests would arrive.
 //! `--create-first` records every saga durably before any runs (as if all the requests had arrived at once),
 //! so that a crash leaves every unfinished one for recovery to resume.
+//!
+//! # Beside other executors
+//!
+//! Operators run this from several hosts on one database, each as its own executor (`--sec-id`). So:
+//! - the runs share one world (`ratchet_sagas::world::take_or_seed`, named [`WORLD`]): each takes what
+//!   exists of it and creates what is missing, and runs started at the same instant do not trip on each other;
+//! - the final check judges this run's sagas (each at rest, and each one's postcondition, asked of
+//!   `ratchet_sagas::postcondition`), and the invariants of the whole database only when it is at rest: read
+//!   in one snapshot, no saga of any executor running or unwinding. When other executors' sagas are in
+//!   flight, it says so, naming how many of which executors, and does not fail for them.
 
 use crate::cli::{Global, InstanceCreateArgs, RunSaga};
-use crate::commands;
-use crate::engine_setup::{self, ServiceAddrs};
 use crate::output::{Progress, Say, print_json};
+use crate::registry::ServiceAddrs;
+use crate::setup::{self, Also, NexusServices};
 use anyhow::{Context, bail};
+use diesel_async::SimpleAsyncConnection;
 use futures::StreamExt;
 use ratchet_datastore as ds;
-use ratchet_engine::{Engine, EngineConfig, PreparedSaga, SagaOutcome};
+use ratchet_engine::{Engine, PreparedSaga, SagaOutcome};
 use ratchet_sagas::{
-    DiskAttach, DiskDetach, DiskInstanceParams, DiskSpec, InstanceCreate, InstanceCreateParams,
-    NexusApp, NicSpec, Services, SnapshotCreate, SnapshotCreateParams, World, WorldSpec,
-    invariants, world,
+    DiskAttach, DiskDetach, DiskInstanceParams, DiskSpec, InstanceCreate, InstanceCreateEnd,
+    InstanceCreateParams, NicSpec, Services, SnapshotCreate, SnapshotCreateParams, World,
+    WorldSpec, invariants, postcondition, world,
 };
 use ratchet_sim::{PantryClient, SledAgentClient};
-use ratchet_store::{PoolConfig, pool};
+use ratchet_store::PoolConfig;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,6 +54,31 @@ struct RunSummary {
     violations: Vec<ratchet_datastore::Violation>,
     /// Instances neither complete nor gone.
     incomplete: Vec<String>,
+    /// Whether the invariants of the whole database were checked (only at rest).
+    invariants_checked: bool,
+    /// When they were not: the sagas in flight, by executor (`none`: owned by no executor).
+    in_flight: BTreeMap<String, i64>,
+}
+
+/// The world every `ratchet run` on a database shares (see the module docs).
+pub const WORLD: &str = "ratchet-run";
+
+/// The shape of [`WORLD`] when it is created: room for the instances of many runs (a /16 subnet, sleds of
+/// 65,536 threads), its IP pool growing a block at a time as runs need addresses.
+fn world_spec() -> WorldSpec {
+    WorldSpec {
+        ipv4_block: "172.30.0.0/16".to_owned(),
+        sled_threads: 1 << 16,
+        ..WorldSpec::default()
+    }
+}
+
+/// What the invariant check of the whole database found.
+enum GlobalCheck {
+    /// The database was at rest: the violations.
+    AtRest(Vec<ratchet_datastore::Violation>),
+    /// Sagas were in flight, counted by executor: nothing was checked.
+    InFlight(BTreeMap<Option<Uuid>, i64>),
 }
 
 pub async fn run(global: &Global, saga: &RunSaga) -> anyhow::Result<()> {
@@ -55,43 +91,52 @@ pub async fn run(global: &Global, saga: &RunSaga) -> anyhow::Result<()> {
     let pool_size = common.pool_size;
     let pool_timeout = common.pool_timeout_ms;
 
-    let (url, executor) = commands::open(global, "run").await?;
-    let sec = executor.id;
+    let (url, executor) = setup::open(global, "run").await?;
     let services = match ServiceAddrs::from_args(&common.services) {
-        Some(addrs) => {
-            addrs.check_reachable().await?;
-            say.line(format_args!(
-                "using the sled agent at {} and the pantry at {}",
-                addrs.sled_agent, addrs.pantry
-            ));
-            RunServices::External(addrs)
-        }
-        None => {
-            commands::retrying("checking for stranded sagas", || async {
-                let mut conn = pool::establish(&url).await?;
-                engine_setup::refuse_stranded_nexus_sagas(&mut conn, &[sec], &[], "run", true).await
-            })
-            .await?;
-            RunServices::InProcess(
-                Services::start().context("starting the simulated sled agent and pantry")?,
-            )
-        }
+        Some(addrs) => RunServices::External(addrs),
+        None => RunServices::InProcess(
+            Services::start().context("starting the simulated sled agent and pantry")?,
+        ),
     };
-    let app = services.app();
-    let world = commands::retrying("seeding the world", || async {
-        let mut conn = pool::establish(&url).await?;
-        Ok(world::seed(&mut conn, &WorldSpec::default()).await?)
+    let (engine, recovered) = setup::start_engine(
+        &url,
+        &executor,
+        &services.nexus(),
+        "run",
+        Also::Nothing,
+        |config| {
+            config.pool = PoolConfig {
+                max_size: pool_size,
+                checkout_timeout: Duration::from_millis(pool_timeout),
+                ..config.pool.clone()
+            }
+        },
+    )
+    .await?;
+    if let RunServices::External(addrs) = &services {
+        say.line(format_args!(
+            "using the sled agent at {} and the pantry at {}",
+            addrs.sled_agent, addrs.pantry
+        ));
+    }
+    let app = services
+        .nexus()
+        .app()
+        .context("the run's services have no saga context")?;
+    // Each instance takes one address for SNAT, and one more with an ephemeral IP.
+    let addresses = match saga {
+        RunSaga::InstanceCreate(args) => count as i64 * (1 + i64::from(args.external_ip)),
+        _ => 0,
+    };
+    let world = setup::retrying("seeding the world", || async {
+        let mut conn = engine
+            .pool()
+            .get()
+            .await
+            .map_err(ratchet_store::DbError::from)?;
+        Ok(world::take_or_seed(&mut conn, WORLD, &world_spec(), addresses).await?)
     })
     .await?;
-    let mut config = EngineConfig::new(&url, sec);
-    config.pool = PoolConfig {
-        max_size: pool_size,
-        checkout_timeout: Duration::from_millis(pool_timeout),
-        ..config.pool
-    };
-    let (engine, recovered) = engine_setup::engine_builder(config, Some(&app))
-        .start()
-        .await?;
     if !recovered.resumed.is_empty()
         || !recovered.abandoned.is_empty()
         || !recovered.left_alone.is_empty()
@@ -123,19 +168,33 @@ pub async fn run(global: &Global, saga: &RunSaga) -> anyhow::Result<()> {
     let preparing = Progress::new(Some(count as u64), say);
     preparing.message("preparing each saga's instance, disks and parameters");
     for i in 0..count {
-        let job = commands::retrying("preparing a saga's prerequisites", || async {
+        let job = setup::retrying("preparing a saga's prerequisites", || async {
             let mut conn = engine
                 .pool()
                 .get()
                 .await
                 .map_err(ratchet_store::DbError::from)?;
-            prepare(saga, &mut conn, &world, i).await
+            // In one transaction: a reader at rest (another run's final check) never sees a prerequisite
+            // half made (a disk still `creating`, an instance not yet stopped).
+            conn.batch_execute("BEGIN").await?;
+            let job = prepare(saga, &mut conn, &world, i).await;
+            let end = if job.is_ok() { "COMMIT" } else { "ROLLBACK" };
+            conn.batch_execute(end).await?;
+            job
         })
         .await?;
         jobs.push(job);
         preparing.inc();
     }
     preparing.finish();
+    // What this run's final check asks of each saga once it is at rest.
+    let postconditions: Vec<InstanceCreateParams> = jobs
+        .iter()
+        .filter_map(|job| match job {
+            Job::InstanceCreate(params) => Some(params.clone()),
+            _ => None,
+        })
+        .collect();
     let started = Instant::now();
     let mut outcomes: BTreeMap<&'static str, usize> = BTreeMap::new();
     let mut by_saga: BTreeMap<Uuid, SagaOutcome> = BTreeMap::new();
@@ -207,35 +266,76 @@ pub async fn run(global: &Global, saga: &RunSaga) -> anyhow::Result<()> {
         summary.join(", ")
     ));
 
+    // This run's sagas are at rest (each one's run returned); so must be those its engine recovered first.
+    for id in &recovered.resumed {
+        engine.wait(*id).await;
+    }
     let mut problems = Vec::new();
     if let RunSaga::InstanceCreate(args) = saga {
         let want = args.disks + args.create_disks;
         problems.extend(
-            commands::retrying("checking the instances", || async {
+            setup::retrying("checking the instances", || async {
                 let mut conn = engine
                     .pool()
                     .get()
                     .await
                     .map_err(ratchet_store::DbError::from)?;
-                instances_complete_or_gone(&mut conn, &world, want, say).await
+                instances_complete_or_gone(&mut conn, &postconditions, want, say).await
             })
             .await?,
         );
     }
     let (sled_agent, pantry) = services.clients();
-    let violations = commands::retrying("checking the invariants", || async {
+    let global = setup::retrying("checking the invariants", || async {
         let mut conn = engine
             .pool()
             .get()
             .await
             .map_err(ratchet_store::DbError::from)?;
-        Ok(invariants::check(&mut conn, &sled_agent, &pantry).await?)
+        // One snapshot: the sagas' states and the rows the rules read are of the same instant.
+        conn.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .await?;
+        let checked = global_check(&mut conn, &sled_agent, &pantry).await;
+        let end = if checked.is_ok() {
+            "COMMIT"
+        } else {
+            "ROLLBACK"
+        };
+        conn.batch_execute(end).await?;
+        checked
     })
     .await?;
-    say.line(format_args!(
-        "invariant check: {} violation(s)",
-        violations.len()
-    ));
+    let (violations, in_flight) = match global {
+        GlobalCheck::AtRest(violations) => {
+            say.line(format_args!(
+                "invariant check: {} violation(s)",
+                violations.len()
+            ));
+            (violations, BTreeMap::new())
+        }
+        GlobalCheck::InFlight(in_flight) => {
+            let total: i64 = in_flight.values().sum();
+            let whose: Vec<String> = in_flight
+                .iter()
+                .map(|(sec, n)| match sec {
+                    Some(sec) if *sec == executor.id => format!("{n} of executor {sec} (this one)"),
+                    Some(sec) => format!("{n} of executor {sec}"),
+                    None => format!("{n} of no executor"),
+                })
+                .collect();
+            say.line(format_args!(
+                "invariant check: not run: {total} saga(s) of {} executor(s) still in flight ({}); the \
+                 database's rules hold only at rest (`ratchet check` once it is)",
+                in_flight.len(),
+                whose.join(", ")
+            ));
+            let in_flight = in_flight
+                .into_iter()
+                .map(|(sec, n)| (sec.map_or_else(|| "none".to_owned(), |s| s.to_string()), n))
+                .collect();
+            (Vec::new(), in_flight)
+        }
+    };
     for violation in &violations {
         say.line(format_args!("  {}: {}", violation.rule, violation.detail));
     }
@@ -252,6 +352,8 @@ pub async fn run(global: &Global, saga: &RunSaga) -> anyhow::Result<()> {
             outcomes: by_saga,
             violations: violations.clone(),
             incomplete: problems.clone(),
+            invariants_checked: in_flight.is_empty(),
+            in_flight,
         })?;
     }
     let stuck = outcomes.get("STUCK").copied().unwrap_or(0);
@@ -300,10 +402,11 @@ enum RunServices {
 }
 
 impl RunServices {
-    fn app(&self) -> Arc<NexusApp> {
+    /// The services as an engine's start takes them.
+    fn nexus(&self) -> NexusServices {
         match self {
-            RunServices::InProcess(services) => Arc::clone(&services.app),
-            RunServices::External(addrs) => addrs.app(),
+            RunServices::InProcess(services) => NexusServices::InProcess(Arc::clone(&services.app)),
+            RunServices::External(addrs) => NexusServices::At(*addrs),
         }
     }
 
@@ -380,29 +483,43 @@ async fn prepare(
     })
 }
 
-/// Every instance of the run either complete (all its disks attached, in distinct slots) or gone.
+/// The invariants of the whole database if it is at rest (no saga of any executor running or unwinding), on
+/// `conn`, in the transaction the caller opened.
+async fn global_check(
+    conn: &mut ratchet_store::DbConnection,
+    sled_agent: &SledAgentClient,
+    pantry: &PantryClient,
+) -> anyhow::Result<GlobalCheck> {
+    let in_flight = ratchet_store::saga::count_unfinished_by_executor(conn).await?;
+    if !in_flight.is_empty() {
+        return Ok(GlobalCheck::InFlight(in_flight));
+    }
+    Ok(GlobalCheck::AtRest(
+        invariants::check(conn, sled_agent, pantry).await?,
+    ))
+}
+
+/// Every instance of the run either complete (all its disks attached, in distinct slots) or gone: each
+/// instance-create saga's postcondition, asked of the library (`ratchet_sagas::postcondition`).
 async fn instances_complete_or_gone(
     conn: &mut ratchet_store::DbConnection,
-    world: &World,
+    sagas: &[InstanceCreateParams],
     disks: usize,
     say: Say,
 ) -> anyhow::Result<Vec<String>> {
-    let rows = ratchet_datastore::project_instance_attachments(conn, world.project_id).await?;
-    let complete = rows
-        .iter()
-        .filter(|r| r.attached as usize == disks && r.slots as usize == disks)
-        .count();
+    let mut complete = 0;
+    let mut problems = Vec::new();
+    for params in sagas {
+        match postcondition::instance_create(conn, params).await? {
+            InstanceCreateEnd::Complete { .. } => complete += 1,
+            InstanceCreateEnd::Gone => {}
+            incomplete @ InstanceCreateEnd::Incomplete { .. } => {
+                problems.push(incomplete.to_string())
+            }
+        }
+    }
     say.line(format_args!(
         "instances: {complete} complete ({disks} disk(s) attached in distinct slots), the rest gone"
     ));
-    Ok(rows
-        .iter()
-        .filter(|r| !(r.attached as usize == disks && r.slots as usize == disks))
-        .map(|r| {
-            format!(
-                "instance {} ({}) is incomplete: {} disk(s) attached, {} distinct slot(s)",
-                r.id, r.state, r.attached, r.slots
-            )
-        })
-        .collect())
+    Ok(problems)
 }

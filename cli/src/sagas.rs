@@ -1,32 +1,33 @@
-//! `ratchet sagas …`: list, show (a saga's node-by-node timeline and its stuck diagnosis, or its DAG for
-//! Graphviz), retry-unwind, abandon, adopt.
+//! `ratchet sagas …`: list, show (a saga's node-by-node timeline and its stuck diagnosis, rendered by
+//! `history.rs`, or its DAG for Graphviz, by `dot.rs`), retry-unwind, abandon, adopt.
 //!
 //! What is printed is meant for someone who was not at the machine: every line says what happened, when (in
 //! RFC 3339, with its zone), and by which executor, and a stuck saga says what to do next. With `--json` each
 //! command prints the library's own report types instead.
 //!
-//! `list` and `show` only read (see [`commands::read_only`]). `retry-unwind`, `abandon` and `adopt` take
+//! `list` and `show` only read (see [`setup::read_only`]). `retry-unwind`, `abandon` and `adopt` take
 //! `--dry-run` (say what would be done, from the database as it is, and change nothing) and, on a
 //! `--database-url`, ask before changing anything unless given `--yes` ([`output::confirm`]).
 
 use crate::cli::{AbandonArgs, AdoptArgs, Global, ListArgs, RetryUnwindArgs, ShowArgs};
-use crate::commands::{self, Also, Executor};
-use crate::engine_setup::{self, NEXUS_SAGAS, ServiceAddrs};
+use crate::history::{
+    commits_text, describe, format_time, print_history, state_text, version_text,
+};
 use crate::output::{self, Say, print_json};
+use crate::registry::NEXUS_SAGAS;
+use crate::setup::{self, Also, Executor, NexusServices};
 use anyhow::bail;
-use chrono::{DateTime, SecondsFormat, Utc};
-use ratchet_engine::{AdoptOptions, AdoptionReport, Engine, EngineConfig};
+use chrono::{DateTime, Utc};
+use ratchet_engine::{AdoptOptions, AdoptionReport, Engine};
 use ratchet_engine::{EngineError, RecoveryReport, SagaOutcome};
-use ratchet_store::dag::node_paths;
 use ratchet_store::ops::{FailedUndo, StuckDiagnosis, UncompensatedCommit};
 use ratchet_store::saga::{SagaEnd, SagaFilter, SagaHistory, list_sagas_where, saga_history};
 use ratchet_store::{DbConnection, PoolConfig, pool};
 use std::collections::BTreeMap;
-use std::time::Duration;
 use uuid::Uuid;
 
 pub async fn list(global: &Global, args: &ListArgs) -> anyhow::Result<()> {
-    let (_, mut conn) = commands::read_only(global, "sagas list").await?;
+    let (_, mut conn) = setup::read_only(global, "sagas list").await?;
     let filter = SagaFilter {
         state: args.state.map(Into::into),
         name: args.name.clone(),
@@ -76,15 +77,6 @@ pub async fn list(global: &Global, args: &ListArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A saga's state, and how it ended when it is `done`: `done (succeeded)` or `done (unwound)`.
-fn state_text(state: &str, ended: Option<SagaEnd>) -> String {
-    match ended {
-        Some(SagaEnd::Succeeded) => format!("{state} (succeeded)"),
-        Some(SagaEnd::Unwound) => format!("{state} (unwound)"),
-        None => state.to_owned(),
-    }
-}
-
 /// Why a saga waits, and since when (`ratchet_store::saga::waiting`).
 #[derive(serde::Serialize)]
 struct Waiting {
@@ -106,7 +98,7 @@ struct ShowOutput<'a> {
 
 pub async fn show(global: &Global, args: &ShowArgs) -> anyhow::Result<()> {
     let id = args.id;
-    let (_, mut conn) = commands::read_only(global, "sagas show").await?;
+    let (_, mut conn) = setup::read_only(global, "sagas show").await?;
     let history = saga_history(&mut conn, id)
         .await?
         .ok_or(EngineError::NoSuchSaga(id))?;
@@ -134,11 +126,11 @@ pub async fn show(global: &Global, args: &ShowArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The saga definitions an engine of this command registers (see [`engine_setup::engine_builder`]).
-fn registered(services: Option<ServiceAddrs>) -> Vec<&'static str> {
+/// The saga definitions an engine of this command registers (see [`crate::registry::engine_builder`]).
+fn registered(services: &NexusServices) -> Vec<&'static str> {
     let mut names =
         vec![<ratchet_test_utils::example::ProvisionWidget as ratchet_engine::SagaDef>::NAME];
-    if services.is_some() {
+    if services.app().is_some() {
         names.extend(NEXUS_SAGAS);
     }
     names
@@ -207,7 +199,7 @@ async fn retry_unwind_plan(
     executor: &Executor,
 ) -> anyhow::Result<RetryUnwindPlan> {
     let id = args.id;
-    let (url, mut conn) = commands::read_only(global, "sagas retry-unwind").await?;
+    let (url, mut conn) = setup::read_only(global, "sagas retry-unwind").await?;
     let history = history_of(&mut conn, id).await?;
     let saga = &history.saga;
     if saga.saga_state != "stuck" {
@@ -217,18 +209,16 @@ async fn retry_unwind_plan(
             wanted: "stuck",
         });
     }
-    let services = ServiceAddrs::from_args(&args.services);
-    if services.is_none() {
-        engine_setup::refuse_stranded_nexus_sagas(
-            &mut conn,
-            &[executor.id],
-            &[id],
-            "sagas retry-unwind",
-            false,
-        )
-        .await?;
-    }
-    if !registered(services).contains(&saga.name.as_str()) {
+    let services = NexusServices::from_args(&args.services);
+    setup::refuse_stranding(
+        &mut conn,
+        executor.id,
+        &services,
+        "sagas retry-unwind",
+        &Also::Saga(id),
+    )
+    .await?;
+    if !registered(&services).contains(&saga.name.as_str()) {
         bail!(EngineError::UnknownSaga(saga.name.clone()));
     }
     let diagnosis = history.diagnosis();
@@ -255,7 +245,7 @@ async fn retry_unwind_plan(
         previous_executor: saga.current_sec.filter(|sec| *sec != executor.id),
         failed_undos: diagnosis.failed_undos,
         uncompensated: diagnosis.uncompensated,
-        own_unfinished: commands::unfinished_of(&url, executor.id).await?,
+        own_unfinished: setup::unfinished_of(&url, executor.id).await?,
     })
 }
 
@@ -276,18 +266,19 @@ pub async fn retry_unwind(global: &Global, args: &RetryUnwindArgs) -> anyhow::Re
     let say = Say { json };
     let external = global.database_url.is_some();
     if args.safety.dry_run {
-        let executor = commands::executor(global, COMMAND, false)?;
+        let executor = setup::executor(global, COMMAND, false)?;
         let plan = retry_unwind_plan(global, args, &executor).await?;
         return print_plan(json, &plan, || plan.text(&executor));
     }
-    let executor = commands::executor(global, COMMAND, true)?;
+    let executor = setup::executor(global, COMMAND, true)?;
     if output::must_ask(COMMAND, external, args.safety.yes)? {
         let plan = retry_unwind_plan(global, args, &executor).await?;
         output::ask(&plan.text(&executor))?;
     }
-    let (url, _) = commands::open(global, COMMAND).await?;
+    let (url, _) = setup::open(global, COMMAND).await?;
+    let services = NexusServices::from_args(&args.services);
     let (engine, recovered) =
-        commands::start_engine(&url, &executor, &args.services, COMMAND, Also::Saga(id)).await?;
+        setup::start_engine(&url, &executor, &services, COMMAND, Also::Saga(id), |_| {}).await?;
     say_recovered_first(&engine, &recovered, say);
     say.line(format_args!(
         "retrying the unwind of saga {id} as executor {}",
@@ -377,7 +368,7 @@ pub async fn abandon(global: &Global, args: &AbandonArgs) -> anyhow::Result<()> 
     if args.reason.trim().is_empty() {
         bail!(EngineError::EmptyReason);
     }
-    let (url, mut conn) = commands::read_only(global, COMMAND).await?;
+    let (url, mut conn) = setup::read_only(global, COMMAND).await?;
     if args.safety.dry_run {
         let plan = abandon_plan(&mut conn, args).await?;
         return print_plan(json, &plan, || plan.text());
@@ -499,21 +490,18 @@ async fn adopt_plan(
     args: &AdoptArgs,
     executor: &Executor,
 ) -> anyhow::Result<AdoptPlan> {
-    let (url, mut conn) = commands::read_only(global, "sagas adopt").await?;
-    let services = ServiceAddrs::from_args(&args.services);
-    if services.is_none() {
-        engine_setup::refuse_stranded_nexus_sagas(
-            &mut conn,
-            &[executor.id, args.from],
-            &[],
-            "sagas adopt",
-            false,
-        )
-        .await?;
-    }
+    let (url, mut conn) = setup::read_only(global, "sagas adopt").await?;
+    let services = NexusServices::from_args(&args.services);
+    setup::refuse_stranding(
+        &mut conn,
+        executor.id,
+        &services,
+        "sagas adopt",
+        &Also::Executor(args.from),
+    )
+    .await?;
     // The engine the command would start, not started: it says which sagas it could run.
-    let app = services.map(|s| s.app());
-    let engine = engine_setup::engine_builder(EngineConfig::new(&url, executor.id), app.as_ref());
+    let engine = setup::engine_builder(&url, executor.id, &services, |_| {});
     let rows = ratchet_store::saga::list_unfinished(&mut conn, args.from, 1000).await?;
     let mut sagas = Vec::new();
     let mut left_alone = Vec::new();
@@ -537,7 +525,7 @@ async fn adopt_plan(
         abandon_unknown: args.abandon_unknown,
         sagas,
         left_alone,
-        own_unfinished: commands::unfinished_of(&url, executor.id).await?,
+        own_unfinished: setup::unfinished_of(&url, executor.id).await?,
     })
 }
 
@@ -557,7 +545,7 @@ pub async fn adopt(global: &Global, args: &AdoptArgs) -> anyhow::Result<()> {
     let json = args.output.json();
     let say = Say { json };
     let external = global.database_url.is_some();
-    let executor = commands::executor(global, COMMAND, !args.safety.dry_run)?;
+    let executor = setup::executor(global, COMMAND, !args.safety.dry_run)?;
     if from == executor.id {
         bail!(EngineError::AdoptFromSelf(from));
     }
@@ -568,13 +556,15 @@ pub async fn adopt(global: &Global, args: &AdoptArgs) -> anyhow::Result<()> {
     if output::must_ask(COMMAND, external, args.safety.yes)? {
         output::ask(&adopt_plan(global, args, &executor).await?.text(&executor))?;
     }
-    let (url, _) = commands::open(global, COMMAND).await?;
-    let (engine, recovered) = commands::start_engine(
+    let (url, _) = setup::open(global, COMMAND).await?;
+    let services = NexusServices::from_args(&args.services);
+    let (engine, recovered) = setup::start_engine(
         &url,
         &executor,
-        &args.services,
+        &services,
         COMMAND,
         Also::Executor(from),
+        |_| {},
     )
     .await?;
     say_recovered_first(&engine, &recovered, say);
@@ -707,333 +697,4 @@ pub async fn wait_outcome(engine: &Engine, id: Uuid, say: Say) -> Option<SagaOut
         None => say.line(format_args!("  {id}: no longer tracked")),
     }
     outcome
-}
-
-/// One line for an outcome.
-pub fn describe(outcome: &SagaOutcome) -> String {
-    match outcome {
-        SagaOutcome::Succeeded { output } => format!("succeeded, output {output}"),
-        SagaOutcome::Unwound { node, error } => {
-            format!("unwound cleanly after {node} failed: {error}")
-        }
-        SagaOutcome::Stuck {
-            node,
-            error,
-            undo_node,
-            undo_error,
-        } => {
-            format!(
-                "STUCK: {node} failed ({error}), then the compensation of {undo_node} failed ({undo_error})"
-            )
-        }
-        SagaOutcome::Abandoned { reason } => format!("abandoned: {reason}"),
-        SagaOutcome::Fenced => {
-            "fenced out: another executor (or a newer incarnation of this one) owns it now"
-                .to_owned()
-        }
-        SagaOutcome::Interrupted { reason } => format!("interrupted: {reason}"),
-    }
-}
-
-/// One line per commit, each starting on a new line.
-fn commits_text(indent: &str, commits: &[UncompensatedCommit]) -> String {
-    commits
-        .iter()
-        .map(|commit| {
-            format!(
-                "\n{indent}{:<20} committed {} by executor {} at generation {}",
-                commit.node,
-                format_time(commit.time_committed),
-                commit.creator,
-                commit.adopt_generation
-            )
-        })
-        .collect()
-}
-
-/// A time in RFC 3339, in UTC with its `Z`, to the millisecond.
-pub fn format_time(time: DateTime<Utc>) -> String {
-    time.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
-fn format_duration(duration: Duration) -> String {
-    let secs = duration.as_secs();
-    if duration < Duration::from_secs(1) {
-        format!("{:.1} ms", duration.as_secs_f64() * 1000.0)
-    } else if secs < 60 {
-        format!("{:.2} s", duration.as_secs_f64())
-    } else if secs < 3600 {
-        format!("{}m {}s", secs / 60, secs % 60)
-    } else if secs < 86_400 {
-        format!("{}h {}m", secs / 3600, (secs % 3600) / 60)
-    } else {
-        format!("{}d {}h", secs / 86_400, (secs % 86_400) / 3600)
-    }
-}
-
-fn between(from: DateTime<Utc>, to: DateTime<Utc>) -> String {
-    format_duration((to - from).to_std().unwrap_or_default())
-}
-
-/// The order of a node's events at the same instant (steno's own order).
-fn event_rank(event_type: &str) -> u8 {
-    match event_type {
-        "started" => 0,
-        "succeeded" => 1,
-        "failed" => 2,
-        "undo_started" => 3,
-        "undo_finished" => 4,
-        _ => 5,
-    }
-}
-
-/// A `failed` event's error: ratchet's `NodeFailure` (`{"ActionFailed": {"source_error": {node, phase,
-/// message}}}`) as "phase: message"; anything else as JSON.
-fn failure_message(data: &serde_json::Value, full: bool) -> String {
-    let source = data.pointer("/ActionFailed/source_error");
-    let field = |name: &str| {
-        source
-            .and_then(|s| s.get(name))
-            .and_then(serde_json::Value::as_str)
-    };
-    match (field("phase"), field("message")) {
-        (Some(phase), Some(message)) => format!("in {phase}: {message}"),
-        _ => clip(data.to_string(), full),
-    }
-}
-
-/// At most [`CLIP`] characters of `text`, unless `full`.
-fn clip(text: String, full: bool) -> String {
-    clip_to(text, if full { usize::MAX } else { CLIP })
-}
-
-/// How much of a receipt or an event's data `sagas show` prints without `--full`.
-const CLIP: usize = 100;
-
-fn clip_to(text: String, max: usize) -> String {
-    if text.chars().count() <= max {
-        text
-    } else {
-        format!("{}…", text.chars().take(max).collect::<String>())
-    }
-}
-
-/// A saga definition's version as shown: the number, or `-` for a saga plain steno created (none recorded).
-fn version_text(version: Option<i32>) -> String {
-    version.map_or_else(|| "-".to_owned(), |v| v.to_string())
-}
-
-/// A saga's header, its node-by-node timeline (events, with how long each phase took, and the commit and
-/// compensation records), and the stuck diagnosis when there is something to diagnose. Event data and
-/// receipts are cut at 100 characters unless `full`.
-pub fn print_history(history: &SagaHistory, full: bool) {
-    let saga = &history.saga;
-    println!(
-        "saga {} ({}, definition version {})",
-        saga.id,
-        saga.name,
-        version_text(saga.definition_version)
-    );
-    println!(
-        "  state      {}",
-        state_text(saga.saga_state.as_str(), history.ended())
-    );
-    println!(
-        "  created    {} by executor {}",
-        format_time(saga.time_created),
-        saga.creator
-    );
-    if let Some(sec) = saga.current_sec {
-        println!(
-            "  executor   {sec}, generation {} (since {})",
-            saga.adopt_generation,
-            format_time(saga.adopt_time)
-        );
-    }
-    if let Some(finished) = saga.time_finished {
-        println!(
-            "  finished   {} ({} after it was created)",
-            format_time(finished),
-            between(saga.time_created, finished)
-        );
-    }
-    if let Some(reason) = &saga.abandon_reason {
-        let when = saga.abandon_time.map(format_time).unwrap_or_default();
-        let comment = saga.abandon_comment.as_deref().unwrap_or_default();
-        println!("  abandoned  {when} ({reason}): {comment}");
-    }
-
-    // Per node, in DAG order: its events and its records, in time order.
-    let mut lines: BTreeMap<String, Vec<(DateTime<Utc>, u8, String)>> = BTreeMap::new();
-    let names = node_paths(&saga.saga_dag);
-    let name_of = |node_id: i64| {
-        names
-            .get(&node_id)
-            .cloned()
-            .unwrap_or_else(|| format!("#{node_id}"))
-    };
-    let mut began: BTreeMap<(i64, bool), DateTime<Utc>> = BTreeMap::new();
-    let mut events: Vec<_> = history.events.iter().collect();
-    events.sort_by_key(|e| (e.node_id, e.event_time, event_rank(&e.event_type)));
-    for event in events {
-        let undo = event.event_type.starts_with("undo");
-        let took = match event.event_type.as_str() {
-            "started" | "undo_started" => {
-                began.insert((event.node_id, undo), event.event_time);
-                String::new()
-            }
-            _ => began
-                .get(&(event.node_id, undo))
-                .map(|start| format!("after {}", between(*start, event.event_time)))
-                .unwrap_or_default(),
-        };
-        let data = match event.event_type.as_str() {
-            "undo_failed" => ratchet_store::event::undo_error_message(event.data.as_ref()),
-            "failed" => event
-                .data
-                .as_ref()
-                .map(|d| failure_message(d, full))
-                .unwrap_or_default(),
-            _ => event
-                .data
-                .as_ref()
-                .map(|d| clip(d.to_string(), full))
-                .unwrap_or_default(),
-        };
-        lines.entry(name_of(event.node_id)).or_default().push((
-            event.event_time,
-            event_rank(&event.event_type),
-            format!("{:<22} {took:<16} {data}", event.event_type),
-        ));
-    }
-    for commit in &history.commits {
-        lines.entry(commit.node_name.clone()).or_default().push((
-            commit.time_committed,
-            6,
-            format!(
-                "{:<22} {:<16} executor {} generation {}, receipt {}",
-                "commit record",
-                "",
-                commit.creator,
-                commit.adopt_generation,
-                clip(commit.receipt.to_string(), full)
-            ),
-        ));
-    }
-    for compensation in &history.compensations {
-        let what = if compensation.had_commit {
-            "undid the commit"
-        } else {
-            "nothing to undo: no commit"
-        };
-        lines
-            .entry(compensation.node_name.clone())
-            .or_default()
-            .push((
-                compensation.time_compensated,
-                7,
-                format!(
-                    "{:<22} {:<16} executor {} generation {}, {what}",
-                    "compensation record", "", compensation.creator, compensation.adopt_generation
-                ),
-            ));
-    }
-    println!("\nnodes, in DAG order:");
-    // steno numbers its start and end nodes after the saga's own: show them first and last.
-    let mut order: Vec<&String> = names.values().collect();
-    order.sort_by_key(|name| match name.as_str() {
-        "start" => 0,
-        "end" => 2,
-        _ => 1,
-    });
-    for name in order {
-        let Some(mut node_lines) = lines.remove(name) else {
-            if !matches!(name.as_str(), "start" | "end") {
-                println!("  {name}\n    (not started)");
-            }
-            continue;
-        };
-        node_lines.sort_by_key(|(time, rank, _)| (*time, *rank));
-        println!("  {name}");
-        for (time, _, line) in node_lines {
-            println!("    {}  {}", format_time(time), line.trim_end());
-        }
-    }
-    for (name, _) in lines {
-        println!("  {name} (not in the saga's DAG)");
-    }
-    print_diagnosis(history);
-}
-
-fn print_diagnosis(history: &SagaHistory) {
-    let diagnosis = history.diagnosis();
-    let state = diagnosis.state.as_str();
-    let unfinished_unwind = matches!(state, "unwinding" | "stuck" | "abandoned");
-    let worth_showing = state == "stuck"
-        || !diagnosis.failed_undos.is_empty()
-        || (unfinished_unwind && !diagnosis.uncompensated.is_empty());
-    if !worth_showing {
-        return;
-    }
-    let id = diagnosis.saga_id;
-    println!("\ndiagnosis:");
-    for failed in &diagnosis.failed_undos {
-        println!(
-            "  the compensation of {} failed at {}: {}",
-            failed.node,
-            format_time(failed.time),
-            failed.error
-        );
-    }
-    if diagnosis.failed_undos.is_empty()
-        && let (Some(node), Some(reason)) = (&diagnosis.stuck_node, &diagnosis.stuck_reason)
-    {
-        println!("  stuck at {node}: {reason}");
-    }
-    if diagnosis.uncompensated.is_empty() {
-        println!("  no commit awaits compensation");
-    } else {
-        println!(
-            "  commits not yet compensated, oldest first:{}",
-            commits_text("    ", &diagnosis.uncompensated)
-        );
-    }
-    if let (Some(since), Some(stuck_for)) = (diagnosis.stuck_since, diagnosis.stuck_for) {
-        println!(
-            "  stuck for {} (since {})",
-            format_duration(stuck_for),
-            format_time(since)
-        );
-    }
-    if state == "stuck" {
-        if diagnosis.failed_undos.is_empty() {
-            println!(
-                "  next: steno cannot re-drive this one (no failed undo in its log): compensate the node by \
-                 hand, then `ratchet sagas abandon {id} --reason TEXT`"
-            );
-        } else {
-            println!(
-                "  next: fix the cause, then `ratchet sagas retry-unwind {id}`; or give up with \
-                 `ratchet sagas abandon {id} --reason TEXT` (which leaves every row as it is)"
-            );
-        }
-    }
-}
-
-#[cfg(test)]
-mod test {
-    use super::*;
-
-    #[test]
-    fn durations_read_naturally() {
-        assert_eq!(format_duration(Duration::from_micros(12_340)), "12.3 ms");
-        assert_eq!(format_duration(Duration::from_millis(2_500)), "2.50 s");
-        assert_eq!(format_duration(Duration::from_secs(192)), "3m 12s");
-        assert_eq!(format_duration(Duration::from_secs(7_500)), "2h 5m");
-        assert_eq!(format_duration(Duration::from_secs(81 * 86_400)), "81d 0h");
-        assert_eq!(clip_to("abcdef".to_owned(), 3), "abc…");
-        let long = "x".repeat(150);
-        assert_eq!(clip(long.clone(), true), long);
-        assert_eq!(clip(long, false).chars().count(), CLIP + 1);
-    }
 }

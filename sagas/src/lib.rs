@@ -17,7 +17,8 @@
 //!   state its forward left (an attach is undone before the disk it attached is deleted).
 //!
 //! The `legacy` module keeps the pre-fix attach, written directly on steno, to show the harness catching the
-//! leak it causes. [`invariants::check`] is the checker: the datastore's SQL rules plus the services' state.
+//! leak it causes. [`invariants::check`] is the checker: the datastore's SQL rules plus the services' state;
+//! [`postcondition`] says what each saga promises once it is at rest.
 
 mod app;
 pub mod attach_nodes;
@@ -26,12 +27,14 @@ mod errors;
 pub mod instance_create;
 pub mod invariants;
 pub mod legacy;
+pub mod postcondition;
 pub mod snapshot_create;
 pub mod world;
 
 pub use app::{LegacyKnobs, NexusApp};
 pub use disk_attach::{DiskAttach, DiskDetach, DiskInstanceParams};
 pub use instance_create::{DiskSpec, InstanceCreate, InstanceCreateParams, NicSpec};
+pub use postcondition::InstanceCreateEnd;
 pub use ratchet_datastore::MIGRATIONS as DATASTORE_MIGRATIONS;
 pub use snapshot_create::{SnapshotCreate, SnapshotCreateParams};
 pub use world::{Services, World, WorldSpec};

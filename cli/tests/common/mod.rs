@@ -159,3 +159,48 @@ pub fn redacted(labels: &[(Uuid, &str)]) -> insta::Settings {
     settings.add_filter(duration, "[DURATION]");
     settings
 }
+
+/// Whether `line` is one of the lines `ratchet run` prints on stdout (without `--json`, not on a terminal).
+pub fn is_run_result_line(line: &str) -> bool {
+    const SHAPES: [&str; 9] = [
+        "running ",
+        "preparing ",
+        "created ",
+        "recovered ",
+        "using the sled agent",
+        "instances: ",
+        "invariant check",
+        "this run's sagas",
+        "other executors",
+    ];
+    line.is_empty()
+        || SHAPES.iter().any(|shape| line.starts_with(shape))
+        || (line.starts_with('[') && line.contains("] saga "))
+        || line.contains(" saga(s) in ")
+        || line.starts_with("  ")
+}
+
+/// Whether `line` is a record of the engine's log (`tracing`'s format: time, level, target, message).
+pub fn is_log_record(line: &str) -> bool {
+    ["WARN", "ERROR", "INFO", "DEBUG", "TRACE"]
+        .iter()
+        .any(|level| line.contains(&format!(" {level} ")))
+}
+
+/// Asserts a command's stdout holds only result lines (those `is_result` accepts, none holding `WARN` or
+/// `ERROR`), and that no record of the engine's log reached stdout or stderr: it goes to a file.
+#[track_caller]
+pub fn assert_only_result_lines(run: &Run, is_result: impl Fn(&str) -> bool) {
+    for line in run.stdout.lines() {
+        assert!(
+            !line.contains("WARN") && !line.contains("ERROR") && is_result(line),
+            "not a result line on stdout: {line:?}\n{run:?}"
+        );
+    }
+    for line in run.stderr.lines() {
+        assert!(
+            !is_log_record(line),
+            "a log record on stderr: {line:?}\n{run:?}"
+        );
+    }
+}

@@ -319,6 +319,20 @@ pub async fn count_by_state(conn: &mut AsyncPgConnection) -> QueryResult<BTreeMa
         .collect())
 }
 
+/// The unfinished sagas (running or unwinding), counted by the executor that owns them (`None`: no executor
+/// owns it). Empty when the database is at rest.
+pub async fn count_unfinished_by_executor(
+    conn: &mut AsyncPgConnection,
+) -> QueryResult<BTreeMap<Option<Uuid>, i64>> {
+    let counts: Vec<(Option<Uuid>, i64)> = saga::table
+        .filter(saga::saga_state.eq_any([SagaState::Running, SagaState::Unwinding]))
+        .group_by(saga::current_sec)
+        .select((saga::current_sec, diesel::dsl::count_star()))
+        .load(conn)
+        .await?;
+    Ok(counts.into_iter().collect())
+}
+
 /// The sagas `filter` selects, newest first, at most `filter.limit`, saying whether the list was truncated
 /// and how each `done` saga of it ended.
 pub async fn list_sagas_where(

@@ -1,6 +1,6 @@
 //! The one place the CLI learns which sagas exist: every command that starts an engine (demo, run, recover,
-//! sagas retry-unwind, sagas adopt) builds it here, so that a saga registered here can be run, recovered,
-//! adopted and re-driven by all of them.
+//! sagas retry-unwind, sagas adopt) builds it here, through `setup::start_engine`, so that a saga registered
+//! here can be run, recovered, adopted and re-driven by all of them.
 //!
 //! Two kinds of saga are registered:
 //! - the example saga, always;
@@ -113,7 +113,7 @@ pub fn saga_migrations() -> Vec<&'static EmbeddedMigrations> {
     vec![&example::MIGRATIONS, &DATASTORE_MIGRATIONS]
 }
 
-/// Fails, naming the missing options and changing nothing, if an engine that cannot reach the services the
+/// Fails, naming the missing options and changing nothing (`setup::refuse_stranding` calls it), if an engine that cannot reach the services the
 /// Nexus sagas call would have to resume one of them: an unfinished Nexus saga of one of `executors` (the
 /// engine's own recovery, an adoption's source), or a stuck one among `sagas` (`retry-unwind`'s saga). `in_process` says
 /// the command would start new, empty services of its own (`ratchet run`), which cannot be the ones those

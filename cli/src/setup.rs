@@ -1,78 +1,46 @@
-//! The CLI's commands: the database they use, the executor they run as, the engine they start.
+//! What every command sets up before it does its work: the database it uses (the embedded cluster, started
+//! and created on demand, or `--database-url`'s server), the executor it runs as, and the engine it starts.
+//!
+//! # One way to start an engine
+//!
+//! Every command that drives sagas (demo, recover, run, sagas retry-unwind, sagas adopt) starts its engine
+//! through [`start_engine`], which does, in this order:
+//! 1. the services the Nexus sagas call: given by address, they must answer
+//!    ([`ServiceAddrs::check_reachable`]);
+//! 2. stranded sagas: without reachable services of its own, the engine must not resume a Nexus saga, and the
+//!    command fails, changing nothing ([`refuse_stranding`]; the dry runs of `sagas retry-unwind` and `sagas
+//!    adopt` call it alone, to refuse as the real command would);
+//! 3. the builder, with every saga of [`registry`] registered ([`engine_builder`]; `sagas adopt --dry-run`
+//!    asks an unstarted one which sagas it could run);
+//! 4. the start, which recovers this executor's unfinished sagas.
+//!
+//! The rest is the toolbox the commands share: [`open`] (executor and migrated database of a command that
+//! drives sagas), [`read_only`] (a connection for a command that only reads), [`retrying`] (the CLI's own
+//! database work, retried through transient failures).
 
-use crate::cli::{Command, DbCommand, DemoArgs, Global, RecoverArgs, SagasCommand, ServiceArgs};
-use crate::engine_setup::{self, ServiceAddrs};
-use crate::output::{Say, print_json};
-use crate::sagas;
+use crate::cli::{Global, ServiceArgs};
+use crate::registry::{self, ServiceAddrs};
 use anyhow::{Context, bail};
 use ratchet_embedded_pg::{Cluster, ClusterStatus};
-use ratchet_engine::{Engine, EngineConfig, FaultEffect, FaultPoint, RecoveryReport, SagaOutcome};
+use ratchet_engine::{Engine, EngineBuilder, EngineConfig, RecoveryReport};
+use ratchet_sagas::NexusApp;
 use ratchet_store::pool;
-use ratchet_store::saga::saga_history;
-use ratchet_test_utils::example::{self, ProvisionParams, ProvisionWidget};
 use ratchet_test_utils::testing::DatabaseServer;
-use std::collections::BTreeMap;
+use std::sync::Arc;
 use uuid::Uuid;
 
 /// The database the embedded cluster's commands use.
-const DATABASE: &str = "ratchet";
+pub(crate) const DATABASE: &str = "ratchet";
 
 /// What creates the saga log's tables, for the refusals of the commands that only read.
 pub(crate) const SCHEMA_CREATED_BY: &str = "The saga log's tables are created by any command that starts the \
      engine, e.g. `ratchet recover` (on a --database-url, with --sec-id UUID), `ratchet demo` or `ratchet run`";
 
-pub async fn dispatch(global: &Global, command: Command) -> anyhow::Result<()> {
-    match command {
-        Command::Db(db) => self::db(global, db).await,
-        Command::Demo(args) => demo(global, &args).await,
-        Command::Recover(args) => recover(global, &args).await,
-        Command::Sagas(SagasCommand::List(args)) => sagas::list(global, &args).await,
-        Command::Sagas(SagasCommand::Show(args)) => sagas::show(global, &args).await,
-        Command::Sagas(SagasCommand::RetryUnwind(args)) => sagas::retry_unwind(global, &args).await,
-        Command::Sagas(SagasCommand::Abandon(args)) => sagas::abandon(global, &args).await,
-        Command::Sagas(SagasCommand::Adopt(args)) => sagas::adopt(global, &args).await,
-        Command::Run(args) => crate::run::run(global, &args.saga).await,
-        Command::Sim => crate::sim::sim().await,
-        Command::Check(args) => crate::sim::check(global, &args).await,
-        Command::Matrix(args) => crate::matrix::matrix(global, &args).await,
-        Command::MatrixChild { spec } => crate::matrix::child(&spec).await,
-        Command::Bench(args) => crate::bench::bench(global, &args).await,
-    }
-}
-
-async fn db(global: &Global, command: DbCommand) -> anyhow::Result<()> {
-    let cluster = cluster(global)?;
-    match command {
-        DbCommand::Start => {
-            let url = start_embedded(&cluster).await?;
-            println!("PostgreSQL is running; its URL: {url}");
-        }
-        DbCommand::Stop => {
-            tokio::task::spawn_blocking(move || cluster.stop()).await??;
-            println!("PostgreSQL is stopped");
-        }
-        DbCommand::Status => {
-            let status = cluster_status(&cluster).await?;
-            let status = match status {
-                ClusterStatus::NotInitialized => "not initialised",
-                ClusterStatus::Stopped => "stopped",
-                ClusterStatus::Running => "running",
-            };
-            println!(
-                "embedded PostgreSQL in {}: {status}",
-                cluster.base_dir().display()
-            );
-        }
-        DbCommand::Url => println!("{}", cluster.url(DATABASE)),
-    }
-    Ok(())
-}
-
 pub(crate) fn cluster(global: &Global) -> anyhow::Result<Cluster> {
     Ok(Cluster::new(&global.data_dir)?)
 }
 
-async fn cluster_status(cluster: &Cluster) -> anyhow::Result<ClusterStatus> {
+pub(crate) async fn cluster_status(cluster: &Cluster) -> anyhow::Result<ClusterStatus> {
     let cluster = cluster.clone();
     Ok(tokio::task::spawn_blocking(move || cluster.status()).await??)
 }
@@ -110,7 +78,7 @@ async fn embedded_database_exists(cluster: &Cluster) -> anyhow::Result<bool> {
 }
 
 /// Starts the embedded cluster and makes sure its `ratchet` database exists. Returns that database's URL.
-async fn start_embedded(cluster: &Cluster) -> anyhow::Result<String> {
+pub(crate) async fn start_embedded(cluster: &Cluster) -> anyhow::Result<String> {
     start_cluster(cluster).await?;
     pool::create_database_if_missing(&cluster.url("postgres"), DATABASE).await?;
     Ok(cluster.url(DATABASE))
@@ -253,15 +221,6 @@ pub(crate) fn executor(global: &Global, command: &str, create: bool) -> anyhow::
     }
 }
 
-/// What an engine's start must not strand, besides this executor's own unfinished sagas.
-pub(crate) enum Also {
-    Nothing,
-    /// Another executor's unfinished sagas (`sagas adopt --from`).
-    Executor(Uuid),
-    /// One saga (`sagas retry-unwind`).
-    Saga(Uuid),
-}
-
 /// For a command that drives sagas: this executor (refusing, before anything, on a `--database-url` without
 /// an id), and its database's URL with every migration applied.
 pub(crate) async fn open(global: &Global, command: &str) -> anyhow::Result<(String, Executor)> {
@@ -271,48 +230,13 @@ pub(crate) async fn open(global: &Global, command: &str) -> anyhow::Result<(Stri
     Ok((url, executor))
 }
 
-/// An engine for `executor` with every saga of [`engine_setup`] registered (the Nexus sagas when the command
-/// has `--sled-agent ADDR --pantry ADDR`), after its recovery of this executor's unfinished sagas. Without
-/// those addresses it refuses, before writing anything, if it would have to resume a Nexus saga (its own, or
-/// those of `also`): see [`engine_setup`]. `command` names the command in that refusal.
-pub(crate) async fn start_engine(
-    url: &str,
-    executor: &Executor,
-    services: &ServiceArgs,
-    command: &str,
-    also: Also,
-) -> anyhow::Result<(Engine, RecoveryReport)> {
-    let sec = executor.id;
-    let services = ServiceAddrs::from_args(services);
-    if let Some(services) = &services {
-        services.check_reachable().await?;
-    } else {
-        let (executors, sagas) = match also {
-            Also::Nothing => (vec![sec], vec![]),
-            Also::Executor(other) => (vec![sec, other], vec![]),
-            Also::Saga(id) => (vec![sec], vec![id]),
-        };
-        // TODO-robustness A saga created after this check by another process with this executor id (or, for
-        // an adoption, by the live source executor) would still be abandoned by the recovery below; running
-        // two processes as one executor is already unsupported.
-        let mut conn = pool::establish(url).await?;
-        engine_setup::refuse_stranded_nexus_sagas(&mut conn, &executors, &sagas, command, false)
-            .await?;
-    }
-    let app = services.map(|s| s.app());
-    let config = EngineConfig::new(url, sec);
-    Ok(engine_setup::engine_builder(config, app.as_ref())
-        .start()
-        .await?)
-}
-
 /// Applies the saga log's migrations and those of every registered saga's tables.
 pub(crate) async fn prepare_database(url: &str) -> anyhow::Result<()> {
     retrying("applying the saga log's migrations", || async {
         Ok(pool::run_migrations(url, &ratchet_store::SAGA_LOG_MIGRATIONS).await?)
     })
     .await?;
-    for migrations in engine_setup::saga_migrations() {
+    for migrations in registry::saga_migrations() {
         retrying("applying the sagas' migrations", || async {
             Ok(pool::run_migrations(url, migrations).await?)
         })
@@ -332,154 +256,108 @@ pub(crate) async fn unfinished_of(url: &str, sec: Uuid) -> anyhow::Result<usize>
     .await
 }
 
-async fn demo(global: &Global, args: &DemoArgs) -> anyhow::Result<()> {
-    let (url, executor) = open(global, "demo").await?;
-    let (engine, _) = start_engine(&url, &executor, &args.services, "demo", Also::Nothing).await?;
-    let mut conn = engine.pool().get().await?;
-    let account = example::create_account(&mut conn, 100).await?;
-    let name = args
-        .name
-        .clone()
-        .unwrap_or_else(|| format!("widget-{}", &Uuid::new_v4().simple().to_string()[..8]));
-    let price = args.price;
-    println!("account {account}: balance 100; provisioning {name:?} at price {price}");
-    let saga = engine
-        .create::<ProvisionWidget>(ProvisionParams {
-            account_id: account,
-            widget_name: name,
-            price,
-        })
-        .await?;
-    if let Some(node) = &args.fail_after_commit {
-        engine.failpoints().arm(
-            saga.id,
-            node,
-            FaultPoint::AfterCommit,
-            FaultEffect::PermanentError,
-            1,
-        );
-        println!("a failure is injected right after {node}'s COMMIT");
-    }
-    let id = saga.id;
-    let outcome = saga.run().await?;
-    println!("saga {id}: {}", sagas::describe(&outcome));
-    let history = saga_history(&mut conn, id)
-        .await?
-        .context("the saga's row is gone")?;
-    println!();
-    sagas::print_history(&history, false);
-    let state = example::account_state(&mut conn, account).await?;
-    println!(
-        "\naccount afterwards: balance {}, ledger {:?}, widgets {:?}",
-        state.balance, state.ledger, state.widgets
-    );
-    drop(conn);
-    engine.shutdown().await;
-    Ok(())
+/// What an engine's start must not strand, besides this executor's own unfinished sagas.
+pub(crate) enum Also {
+    Nothing,
+    /// Another executor's unfinished sagas (`sagas adopt --from`).
+    Executor(Uuid),
+    /// One saga (`sagas retry-unwind`).
+    Saga(Uuid),
 }
 
-/// What `recover --json` prints.
-#[derive(serde::Serialize)]
-struct RecoverOutput<'a> {
-    executor: Uuid,
-    /// The unfinished sagas this executor owned before it recovered.
-    unfinished_owned: usize,
-    recovery: &'a RecoveryReport,
-    /// How each resumed saga came to rest (`null`: no longer tracked).
-    outcomes: BTreeMap<Uuid, Option<SagaOutcome>>,
-    /// Whether a saga ended stuck, abandoned, left alone or not at rest (the exit status is then 1).
-    needs_operator: bool,
+/// The services the Nexus sagas of an engine call, if it has them.
+pub(crate) enum NexusServices {
+    /// None: the Nexus sagas are not registered, and the engine must not resume one (see [`registry`]).
+    Absent,
+    /// Running elsewhere, at `--sled-agent ADDR --pantry ADDR` (`ratchet sim`).
+    At(ServiceAddrs),
+    /// Started in this process (`ratchet run` without addresses): new and empty, so not the services an
+    /// earlier process's sagas called.
+    InProcess(Arc<NexusApp>),
 }
 
-async fn recover(global: &Global, args: &RecoverArgs) -> anyhow::Result<()> {
-    let json = args.output.json();
-    let say = Say { json };
-    let (url, executor) = open(global, "recover").await?;
-    let sec = executor.id;
-    let owned = unfinished_of(&url, sec).await?;
-    say.line(format_args!(
-        "executor {sec} ({}): owns {owned} unfinished saga(s) (running or unwinding)",
-        executor.origin
-    ));
-    let (engine, report) =
-        start_engine(&url, &executor, &args.services, "recover", Also::Nothing).await?;
-    if report.resumed.is_empty() && report.abandoned.is_empty() && report.left_alone.is_empty() {
-        engine.shutdown().await;
-        if json {
-            return print_json(&RecoverOutput {
-                executor: sec,
-                unfinished_owned: owned,
-                recovery: &report,
-                outcomes: BTreeMap::new(),
-                needs_operator: false,
-            });
+impl NexusServices {
+    /// `--sled-agent ADDR --pantry ADDR`, or none.
+    pub fn from_args(args: &ServiceArgs) -> NexusServices {
+        match ServiceAddrs::from_args(args) {
+            Some(addrs) => NexusServices::At(addrs),
+            None => NexusServices::Absent,
         }
-        println!("executor {sec}: nothing to recover (it has no running or unwinding saga)");
-        return Ok(());
     }
-    say.line(format_args!(
-        "executor {sec}: resumed {} saga(s), abandoned {}, left alone {}",
-        report.resumed.len(),
-        report.abandoned.len(),
-        report.left_alone.len()
-    ));
-    for (id, reason) in &report.abandoned {
-        say.line(format_args!("  abandoned {id}: {reason}"));
+
+    /// The Nexus sagas' context, with clients of these services.
+    pub fn app(&self) -> Option<Arc<NexusApp>> {
+        match self {
+            NexusServices::Absent => None,
+            NexusServices::At(addrs) => Some(addrs.app()),
+            NexusServices::InProcess(app) => Some(Arc::clone(app)),
+        }
     }
-    for (id, reason) in &report.left_alone {
-        say.line(format_args!(
-            "  left alone {id} (unfinished, not driven): {reason}"
-        ));
+}
+
+/// Fails, naming the missing options and changing nothing, if an engine of `executor` with `services` would
+/// have to resume a Nexus saga it cannot run against the services that saga called: its own unfinished ones,
+/// and those of `also` (see [`registry::refuse_stranded_nexus_sagas`]). Services given by address are the
+/// ones to resume against: nothing is refused then.
+pub(crate) async fn refuse_stranding(
+    conn: &mut ratchet_store::DbConnection,
+    executor: Uuid,
+    services: &NexusServices,
+    command: &str,
+    also: &Also,
+) -> anyhow::Result<()> {
+    let in_process = match services {
+        NexusServices::At(_) => return Ok(()),
+        NexusServices::Absent => false,
+        NexusServices::InProcess(_) => true,
+    };
+    let (executors, sagas) = match also {
+        Also::Nothing => (vec![executor], vec![]),
+        Also::Executor(other) => (vec![executor, *other], vec![]),
+        Also::Saga(id) => (vec![executor], vec![*id]),
+    };
+    registry::refuse_stranded_nexus_sagas(conn, &executors, &sagas, command, in_process).await
+}
+
+/// An engine builder for `executor` on `url`, with every saga of [`registry`] registered (the Nexus sagas
+/// when there are `services`), its configuration adjusted by `configure`.
+pub(crate) fn engine_builder(
+    url: &str,
+    executor: Uuid,
+    services: &NexusServices,
+    configure: impl FnOnce(&mut EngineConfig),
+) -> EngineBuilder {
+    let mut config = EngineConfig::new(url, executor);
+    configure(&mut config);
+    registry::engine_builder(config, services.app().as_ref())
+}
+
+/// The one way a command starts an engine (see the module docs): checks the services, refuses before writing
+/// anything if it would strand a Nexus saga, builds the engine with every saga registered, and starts it,
+/// which recovers this executor's unfinished sagas. `command` names the command in a refusal.
+pub(crate) async fn start_engine(
+    url: &str,
+    executor: &Executor,
+    services: &NexusServices,
+    command: &str,
+    also: Also,
+    configure: impl FnOnce(&mut EngineConfig),
+) -> anyhow::Result<(Engine, RecoveryReport)> {
+    if let NexusServices::At(addrs) = services {
+        addrs.check_reachable().await?;
     }
-    let mut tally: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut outcomes = BTreeMap::new();
-    for id in &report.resumed {
-        let outcome = sagas::wait_outcome(&engine, *id, say).await;
-        let kind = match &outcome {
-            Some(SagaOutcome::Succeeded { .. }) => "succeeded",
-            Some(SagaOutcome::Unwound { .. }) => "unwound",
-            Some(SagaOutcome::Stuck { .. }) => "stuck",
-            // Another executor, or a newer incarnation of this one (a second `recover`), claimed the saga
-            // after this one did: it drives the saga now, and this process wrote nothing more for it.
-            Some(SagaOutcome::Fenced) => "taken over by a newer claim",
-            Some(_) | None => "not at rest",
-        };
-        *tally.entry(kind).or_default() += 1;
-        outcomes.insert(*id, outcome);
-    }
-    let summary: Vec<String> = tally.iter().map(|(k, n)| format!("{n} {k}")).collect();
-    say.line(format_args!(
-        "recovered {} saga(s): {}; abandoned {}; left alone {}",
-        report.resumed.len(),
-        summary.join(", "),
-        report.abandoned.len(),
-        report.left_alone.len()
-    ));
-    engine.shutdown().await;
-    // A script that runs `recover` after a restart learns from the exit status whether an operator is needed.
-    let stuck = tally.get("stuck").copied().unwrap_or(0);
-    let not_at_rest = tally.get("not at rest").copied().unwrap_or(0);
-    let abandoned = report.abandoned.len();
-    let left_alone = report.left_alone.len();
-    let needs_operator = stuck + not_at_rest + abandoned + left_alone > 0;
-    if json {
-        print_json(&RecoverOutput {
-            executor: sec,
-            unfinished_owned: owned,
-            recovery: &report,
-            outcomes,
-            needs_operator,
-        })?;
-    }
-    if needs_operator {
-        bail!(
-            "recovery needs an operator: {stuck} saga(s) stuck (see `ratchet sagas list --state stuck`, fix the \
-             cause, then `ratchet sagas retry-unwind ID`), {abandoned} abandoned (they could not be resumed), \
-             {left_alone} left alone (this binary lacks their definitions: recover them with a binary that has \
-             them, or `ratchet sagas abandon ID --reason TEXT`), {not_at_rest} not at rest"
-        );
-    }
-    Ok(())
+    // TODO-robustness A saga created after this check by another process with this executor id (or, for an
+    // adoption, by the live source executor) would still be abandoned by the recovery below; running two
+    // processes as one executor is already unsupported.
+    let mut conn = retrying("connecting to the database", || async {
+        Ok(pool::establish(url).await?)
+    })
+    .await?;
+    refuse_stranding(&mut conn, executor.id, services, command, &also).await?;
+    drop(conn);
+    Ok(engine_builder(url, executor.id, services, configure)
+        .start()
+        .await?)
 }
 
 /// How the CLI retries its own database work (set-up, reports): long enough to ride through a server restart.
