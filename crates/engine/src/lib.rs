@@ -76,7 +76,7 @@
 //! with the reason. A record there means the commit landed (the node goes on with it, committed once); none
 //! means it did not (the node runs again). A unique violation on the commit record's key means the node
 //! committed before: it replays, never fails. Compensations follow the same rule with their record. See
-//! `commit_outcome.rs`.
+//! `run/commit_outcome.rs`.
 //!
 //! # Panics
 //!

@@ -54,6 +54,86 @@ pub async fn commit_receipt(
         .optional()
 }
 
+/// What the log holds for one node, as an executor about to act on it must know it: whether the executor
+/// still owns the saga, and the node's commit and compensation records. [`recorded`] reads it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Recorded {
+    /// The executor no longer owns the saga (another executor, or a newer incarnation of this one, took it
+    /// over; or it is finished): it must act on nothing.
+    Fenced,
+    /// No commit record and no compensation record: the node never committed.
+    Absent,
+    /// Committed, and not compensated: the commit's receipt.
+    Committed { receipt: serde_json::Value },
+    /// Compensated (after its commit, or, with no commit record, recorded as having nothing to undo): the
+    /// commit's receipt if it committed.
+    Compensated { receipt: Option<serde_json::Value> },
+}
+
+/// How [`recorded`] checks the executor's ownership.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OwnerCheck {
+    /// A plain read: for read-only transactions and checks before a call out (an early warning, not a fence;
+    /// see [`crate::owner::is_owner`]).
+    Read,
+    /// A share lock on the saga row, held to the end of the transaction: the fence of a transaction that
+    /// writes (see [`crate::owner::lock_if_owner`]).
+    ShareLock,
+}
+
+/// What the log holds for `node_name` of `saga_id`, and whether `owner` still owns the saga, in one round
+/// trip. The one lookup every node runner makes before it replays, compensates or calls out.
+pub async fn recorded(
+    conn: &mut AsyncPgConnection,
+    saga_id: Uuid,
+    node_name: &str,
+    owner: SagaOwner,
+    check: OwnerCheck,
+) -> QueryResult<Recorded> {
+    use diesel::sql_types::{BigInt, Bool, Jsonb, Nullable, Text};
+    type SqlUuid = diesel::sql_types::Uuid;
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = BigInt)]
+        owners: i64,
+        #[diesel(sql_type = Nullable<Jsonb>)]
+        receipt: Option<serde_json::Value>,
+        #[diesel(sql_type = Bool)]
+        compensated: bool,
+    }
+    let lock = match check {
+        OwnerCheck::Read => "",
+        OwnerCheck::ShareLock => " FOR SHARE",
+    };
+    let row: Row = diesel::sql_query(format!(
+        "WITH owner AS (SELECT id FROM saga WHERE id = $1 AND current_sec = $3 AND adopt_generation = $4 \
+         AND saga_state IN ('running', 'unwinding'){lock}) \
+         SELECT (SELECT count(*) FROM owner) AS owners, \
+         (SELECT receipt FROM saga_commit_record WHERE saga_id = $1 AND node_name = $2) AS receipt, \
+         EXISTS (SELECT 1 FROM saga_compensation_record WHERE saga_id = $1 AND node_name = $2) \
+         AS compensated"
+    ))
+    .bind::<SqlUuid, _>(saga_id)
+    .bind::<Text, _>(node_name)
+    .bind::<SqlUuid, _>(owner.sec_id)
+    .bind::<BigInt, _>(owner.generation)
+    .get_result(conn)
+    .await?;
+    Ok(match row {
+        Row { owners: 0, .. } => Recorded::Fenced,
+        Row {
+            compensated: true,
+            receipt,
+            ..
+        } => Recorded::Compensated { receipt },
+        Row {
+            receipt: Some(receipt),
+            ..
+        } => Recorded::Committed { receipt },
+        Row { receipt: None, .. } => Recorded::Absent,
+    })
+}
+
 /// Whether `node_name` of `saga_id` has been compensated.
 pub async fn is_compensated(
     conn: &mut AsyncPgConnection,

@@ -21,7 +21,7 @@ use diesel_async::SimpleAsyncConnection;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use ratchet_store::event::EventRow;
-use ratchet_store::records::{FencedWrite, RecordKind};
+use ratchet_store::records::{FencedWrite, OwnerCheck, RecordKind, Recorded};
 use ratchet_store::{DbConnection, owner, records, transaction as tx};
 use std::fmt;
 use std::marker::PhantomData;
@@ -253,7 +253,7 @@ async fn attempt_forward<S: SagaDef, T: SagaDef<Context = S::Context>, N: DbNode
             }
         }
         Err(EndedEarly::Exit(forward)) => Ok(forward),
-        Err(EndedEarly::Recorded) => recorded_forward(run).await,
+        Err(EndedEarly::RecordFound) => recorded_forward(run).await,
         Err(EndedEarly::Stop(stop)) => Err(stop),
     };
     // The held events (the start node's, constants', subsagas' start and end nodes') this attempt
@@ -278,16 +278,12 @@ async fn recorded_forward<S: SagaDef>(run: &NodeRun<'_, S>) -> Result<Forward, S
     let found = until_answered(run, "commit", None, |conn| {
         let name = run.name.clone();
         async move {
-            let Some(receipt) = records::commit_receipt(conn, saga_id, &name).await? else {
-                return Ok(None);
-            };
-            if !owner::is_owner(conn, saga_id, owner).await? {
-                return Err(Stop::Fenced);
+            match records::recorded(conn, saga_id, &name, owner, OwnerCheck::Read).await? {
+                Recorded::Fenced => Err(Stop::Fenced),
+                Recorded::Absent => Ok(None),
+                Recorded::Compensated { .. } => Ok(Some(Forward::AlreadyCompensated)),
+                Recorded::Committed { receipt } => Ok(Some(Forward::Replayed { receipt })),
             }
-            if records::is_compensated(conn, saga_id, &name).await? {
-                return Ok(Some(Forward::AlreadyCompensated));
-            }
-            Ok(Some(Forward::Replayed { receipt }))
         }
         .boxed()
     })
@@ -344,7 +340,7 @@ enum EndedEarly {
     Exit(Forward),
     /// The node's commit record is there already (this transaction's insert of it met its key): the node
     /// committed in an earlier attempt. Looked up after the rollback, in the same attempt.
-    Recorded,
+    RecordFound,
     Stop(Stop),
 }
 
@@ -369,15 +365,18 @@ async fn forward_in_transaction<S: SagaDef, T: SagaDef<Context = S::Context>, N:
     let saga_id = run.saga_id();
     if look_up {
         // A replay (steno re-runs a node whose log says only `started`) finds the commit record. A stale
-        // executor must not take it for its own: the record may be the adopting executor's.
-        if let Some(receipt) = records::commit_receipt(conn, saga_id, &run.name).await? {
-            if !owner::is_owner(conn, saga_id, run.cx.log.owner()).await? {
-                return Err(EndedEarly::Stop(Stop::Fenced));
-            }
-            if records::is_compensated(conn, saga_id, &run.name).await? {
+        // executor must not take it for its own: the record may be the adopting executor's. A compensation
+        // record means the node is being (or was) undone: it must not commit again.
+        let owner = run.cx.log.owner();
+        match records::recorded(conn, saga_id, &run.name, owner, OwnerCheck::Read).await? {
+            Recorded::Fenced => return Err(EndedEarly::Stop(Stop::Fenced)),
+            Recorded::Compensated { .. } => {
                 return Err(EndedEarly::Exit(Forward::AlreadyCompensated));
             }
-            return Err(EndedEarly::Exit(Forward::Replayed { receipt }));
+            Recorded::Committed { receipt } => {
+                return Err(EndedEarly::Exit(Forward::Replayed { receipt }));
+            }
+            Recorded::Absent => {}
         }
         conn.batch_execute(&enter_prepare()).await?;
     }
@@ -464,7 +463,7 @@ async fn forward_in_transaction<S: SagaDef, T: SagaDef<Context = S::Context>, N:
             _,
         )) => {
             run.cx.note_commit_unknown(run.node_id);
-            return Err(EndedEarly::Recorded);
+            return Err(EndedEarly::RecordFound);
         }
         Err(error) => return Err(error.into()),
     }
@@ -692,13 +691,14 @@ async fn compensation_in_transaction<S: SagaDef, T: SagaDef<Context = S::Context
 ) -> Result<Compensation, Stop> {
     let saga_id = run.saga_id();
     let owner = run.cx.log.owner();
-    if !owner::lock_if_owner(conn, saga_id, owner).await? {
-        return Err(Stop::Fenced);
-    }
-    if records::is_compensated(conn, saga_id, &run.name).await? {
-        return Ok(Compensation::AlreadyCompensated);
-    }
-    let receipt = records::commit_receipt(conn, saga_id, &run.name).await?;
+    let receipt = match records::recorded(conn, saga_id, &run.name, owner, OwnerCheck::ShareLock)
+        .await?
+    {
+        Recorded::Fenced => return Err(Stop::Fenced),
+        Recorded::Compensated { .. } => return Ok(Compensation::AlreadyCompensated),
+        Recorded::Committed { receipt } => Some(receipt),
+        Recorded::Absent => None,
+    };
     let outcome = match receipt {
         None => Compensation::NothingCommitted,
         Some(receipt) => {

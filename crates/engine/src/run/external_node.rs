@@ -19,7 +19,7 @@ use crate::saga::node::{CallError, ExternalNode};
 use crate::saga::phase::{ExternalCx, PrepareCx};
 use crate::saga::registry::NodeRegistry;
 use futures::future::BoxFuture;
-use ratchet_store::records::FencedWrite;
+use ratchet_store::records::{FencedWrite, OwnerCheck, Recorded};
 use ratchet_store::{DbConnection, RetryPolicy, owner, records, transaction as tx};
 use std::fmt;
 use std::marker::PhantomData;
@@ -269,17 +269,16 @@ async fn prepare<S: SagaDef, T: SagaDef<Context = S::Context>, N: ExternalNode<T
         // TODO-correctness The call itself cannot be fenced by the database: an adoption landing between this
         // check and the call lets one stale call through. Its idempotency key is the adopter's too, so the
         // service applies it at most once; a service that took a generation with the key could refuse it.
-        if !owner::is_owner(conn, saga_id, run.cx.log.owner()).await? {
-            return Err(Stop::Fenced);
-        }
+        //
         // A compensation record, with or without a commit record: the forward failed and is being (or has
         // been) compensated; its call by key must not be sent again (the service would answer it from its
         // cache, as if the compensation had not happened).
-        if records::is_compensated(conn, saga_id, &run.name).await? {
-            return Ok(Prepared::AlreadyCompensated);
-        }
-        if let Some(receipt) = records::commit_receipt(conn, saga_id, &run.name).await? {
-            return Ok(Prepared::Replayed(receipt));
+        let owner = run.cx.log.owner();
+        match records::recorded(conn, saga_id, &run.name, owner, OwnerCheck::Read).await? {
+            Recorded::Fenced => return Err(Stop::Fenced),
+            Recorded::Compensated { .. } => return Ok(Prepared::AlreadyCompensated),
+            Recorded::Committed { receipt } => return Ok(Prepared::Replayed(receipt)),
+            Recorded::Absent => {}
         }
         let params: T::Params = run.params()?;
         let mut cx = PrepareCx::<T> {
@@ -508,17 +507,14 @@ async fn compensate_once<S: SagaDef, T: SagaDef<Context = S::Context>, N: Extern
         let mut pooled = run.connection().await?;
         let conn: &mut DbConnection = &mut pooled;
         // As in `prepare`: a stale executor calls nothing (the same TODO-correctness window applies).
-        if !owner::is_owner(conn, saga_id, run.cx.log.owner()).await? {
-            return Err(Stop::Fenced);
+        let owner = run.cx.log.owner();
+        match records::recorded(conn, saga_id, &run.name, owner, OwnerCheck::Read).await? {
+            Recorded::Fenced => return Err(Stop::Fenced),
+            Recorded::Compensated { .. } if !after_commit => return Ok(()),
+            Recorded::Compensated { receipt } => (receipt, true),
+            Recorded::Committed { receipt } => (Some(receipt), false),
+            Recorded::Absent => (None, false),
         }
-        let recorded = records::is_compensated(conn, saga_id, &run.name).await?;
-        if recorded && !after_commit {
-            return Ok(());
-        }
-        (
-            records::commit_receipt(conn, saga_id, &run.name).await?,
-            recorded,
-        )
     };
     let had_commit = receipt.is_some();
     let receipt: Option<N::Receipt> = receipt.map(|r| decode("commit record", r)).transpose()?;
