@@ -7,10 +7,10 @@ use crate::sagas;
 use anyhow::{Context, bail};
 use ratchet_embedded_pg::{Cluster, ClusterStatus};
 use ratchet_engine::{Engine, EngineConfig, FaultEffect, FaultPoint, RecoveryReport, SagaOutcome};
+use ratchet_example_saga::{self as example, ProvisionParams, ProvisionWidget};
 use ratchet_store::pool;
 use ratchet_store::saga::saga_history;
-use ratchet_test_utils::example::{self, ProvisionParams, ProvisionWidget};
-use ratchet_test_utils::testing::DatabaseServer;
+use ratchet_template_db::DatabaseServer;
 use std::collections::BTreeMap;
 use uuid::Uuid;
 

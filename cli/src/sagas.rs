@@ -136,8 +136,7 @@ pub async fn show(global: &Global, args: &ShowArgs) -> anyhow::Result<()> {
 
 /// The saga definitions an engine of this command registers (see [`engine_setup::engine_builder`]).
 fn registered(services: Option<ServiceAddrs>) -> Vec<&'static str> {
-    let mut names =
-        vec![<ratchet_test_utils::example::ProvisionWidget as ratchet_engine::SagaDef>::NAME];
+    let mut names = vec![<ratchet_example_saga::ProvisionWidget as ratchet_engine::SagaDef>::NAME];
     if services.is_some() {
         names.extend(NEXUS_SAGAS);
     }

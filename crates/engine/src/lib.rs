@@ -271,7 +271,7 @@
 //! }
 //! ```
 //!
-//! The `ratchet-test-utils` crate's `example` module holds a complete saga (the one `ratchet demo` runs).
+//! The `ratchet-example-saga` crate (`sagas/example`) holds a complete saga (the one `ratchet demo` runs).
 
 pub mod adopting;
 mod commit_outcome;
