@@ -98,7 +98,7 @@ struct LiveCell {
     implementation: Implementation,
     workload: Workload,
     concurrency: usize,
-    db: ratchet_test_utils::testing::TestDatabase,
+    db: ratchet_template_db::TestDatabase,
     world: ratchet_sagas::World,
     executor: Executor,
     before: crate::measure::Commits,

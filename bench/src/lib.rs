@@ -60,7 +60,7 @@ pub use recovery::RecoveryRow;
 pub use report::{BenchReport, Machine};
 
 use ratchet_sagas::{NexusApp, Services, World, WorldSpec};
-use ratchet_test_utils::testing::{DatabaseServer, TestDatabase};
+use ratchet_template_db::{DatabaseServer, TestDatabase};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;

@@ -35,7 +35,7 @@ use crate::BenchError;
 use diesel::connection::{Instrumentation, InstrumentationEvent};
 use diesel::sql_types::{BigInt, Text};
 use ratchet_store::pool;
-use ratchet_test_utils::testing::DatabaseServer;
+use ratchet_template_db::DatabaseServer;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 

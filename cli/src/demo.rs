@@ -6,8 +6,8 @@ use crate::history;
 use crate::setup::{self, Also, NexusServices};
 use anyhow::Context;
 use ratchet_engine::{FaultEffect, FaultPoint};
+use ratchet_example_saga::{self as example, ProvisionParams, ProvisionWidget};
 use ratchet_store::saga::saga_history;
-use ratchet_test_utils::example::{self, ProvisionParams, ProvisionWidget};
 use uuid::Uuid;
 
 pub async fn demo(global: &Global, args: &DemoArgs) -> anyhow::Result<()> {

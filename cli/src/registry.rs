@@ -32,11 +32,11 @@ use crate::cli::ServiceArgs;
 use anyhow::{Context, bail};
 use diesel_migrations::EmbeddedMigrations;
 use ratchet_engine::{EngineBuilder, EngineConfig, SagaDef};
+use ratchet_example_saga::{self as example, ProvisionWidget};
 use ratchet_sagas::{
     DATASTORE_MIGRATIONS, DiskAttach, DiskDetach, InstanceCreate, NexusApp, SnapshotCreate,
 };
 use ratchet_sim::{PantryClient, SledAgentClient};
-use ratchet_test_utils::example::{self, ProvisionWidget};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use uuid::Uuid;

@@ -128,8 +128,7 @@ pub async fn show(global: &Global, args: &ShowArgs) -> anyhow::Result<()> {
 
 /// The saga definitions an engine of this command registers (see [`crate::registry::engine_builder`]).
 fn registered(services: &NexusServices) -> Vec<&'static str> {
-    let mut names =
-        vec![<ratchet_test_utils::example::ProvisionWidget as ratchet_engine::SagaDef>::NAME];
+    let mut names = vec![<ratchet_example_saga::ProvisionWidget as ratchet_engine::SagaDef>::NAME];
     if services.app().is_some() {
         names.extend(NEXUS_SAGAS);
     }

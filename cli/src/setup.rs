@@ -25,7 +25,7 @@ use ratchet_embedded_pg::{Cluster, ClusterStatus};
 use ratchet_engine::{Engine, EngineBuilder, EngineConfig, RecoveryReport};
 use ratchet_sagas::NexusApp;
 use ratchet_store::pool;
-use ratchet_test_utils::testing::DatabaseServer;
+use ratchet_template_db::DatabaseServer;
 use std::sync::Arc;
 use uuid::Uuid;
 

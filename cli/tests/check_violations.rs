@@ -5,9 +5,10 @@ mod common;
 
 use common::RATCHET;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use ratchet_example_saga as example;
 use ratchet_sagas::{DATASTORE_MIGRATIONS, Services, WorldSpec, world};
-use ratchet_test_utils::example;
-use ratchet_test_utils::testing::{TestDatabase, fresh_database};
+use ratchet_template_db::TestDatabase;
+use ratchet_test_utils::testing::fresh_database;
 use std::process::Command;
 use uuid::Uuid;
 

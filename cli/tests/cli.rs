@@ -14,12 +14,13 @@ use ratchet_engine::{
     Abandoned, AdoptedSaga, AdoptionReport, Engine, EngineBuilder, EngineConfig, FaultEffect,
     FaultPoint, RecoveryReport, SagaOutcome,
 };
+use ratchet_example_saga::{self as example, ProvisionParams, ProvisionWidget};
 use ratchet_store::saga::{
     SagaEnd, SagaFilter, SagaHistory, SagaPage, get_saga, list_sagas_where, saga_history,
 };
 use ratchet_store::{AbandonReason, StuckDiagnosis};
-use ratchet_test_utils::example::{self, ProvisionParams, ProvisionWidget};
-use ratchet_test_utils::testing::{DatabaseServer, TestDatabase, fresh_database};
+use ratchet_template_db::TestDatabase;
+use ratchet_test_utils::testing::{fresh_database, test_server};
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -900,7 +901,7 @@ async fn adopt_leaves_a_saga_it_has_no_definition_of_untouched() {
 /// what creates it, and leave it as empty as it was.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_commands_create_nothing() {
-    let server = DatabaseServer::for_tests().await.unwrap();
+    let server = test_server().await.unwrap();
     let name = format!("ratchet_empty_{}", Uuid::new_v4().simple());
     let mut admin = AsyncPgConnection::establish(&server.url("postgres"))
         .await

@@ -8,8 +8,8 @@
 mod common;
 
 use common::{RATCHET, Run, Scratch, assert_only_result_lines, is_run_result_line};
+use ratchet_example_saga as example;
 use ratchet_sagas::DATASTORE_MIGRATIONS;
-use ratchet_test_utils::example;
 use ratchet_test_utils::testing::fresh_database;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -5,7 +5,7 @@ mod common;
 
 use common::{Scratch, assert_refused, assert_says, ratchet_at};
 use ratchet_engine::{EngineBuilder, EngineConfig};
-use ratchet_test_utils::example::{self, ProvisionParams, ProvisionWidget};
+use ratchet_example_saga::{self as example, ProvisionParams, ProvisionWidget};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use uuid::Uuid;

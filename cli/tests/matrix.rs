@@ -4,11 +4,11 @@
 mod common;
 
 use common::{ratchet_at, redacted};
-use ratchet_test_utils::testing::DatabaseServer;
+use ratchet_test_utils::testing::test_server;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn matrix_prints_its_table_and_keeps_the_injected_faults_log_apart() {
-    let server = DatabaseServer::for_tests().await.unwrap();
+    let server = test_server().await.unwrap();
     let url = server.url("postgres");
     let args = [
         "--database-url",

@@ -10,14 +10,15 @@ use common::{
 };
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use ratchet_engine::{EngineBuilder, EngineConfig, FaultEffect, FaultPoint, SagaOutcome};
+use ratchet_example_saga::{self as example, ProvisionParams, ProvisionWidget};
 use ratchet_sagas::{
     DATASTORE_MIGRATIONS, InstanceCreate, InstanceCreateParams, NicSpec, Services, World,
     WorldSpec, world,
 };
 use ratchet_sim::{PantryClient, SledAgentClient};
 use ratchet_store::saga::get_saga;
-use ratchet_test_utils::example::{self, ProvisionParams, ProvisionWidget};
-use ratchet_test_utils::testing::{TestDatabase, fresh_database};
+use ratchet_template_db::TestDatabase;
+use ratchet_test_utils::testing::fresh_database;
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};

@@ -5,8 +5,8 @@
 mod common;
 
 use common::{Run, assert_only_result_lines, is_log_record, is_run_result_line, ratchet};
+use ratchet_example_saga as example;
 use ratchet_sagas::DATASTORE_MIGRATIONS;
-use ratchet_test_utils::example;
 use ratchet_test_utils::testing::fresh_database;
 use uuid::Uuid;
 

@@ -19,7 +19,7 @@ use ratchet_engine::{
 };
 use ratchet_store::saga::{get_saga, saga_history};
 use ratchet_store::{PoolConfig, RetryPolicy};
-use ratchet_test_utils::testing::{DatabaseServer, TestDatabase};
+use ratchet_template_db::{DatabaseServer, TestDatabase};
 use serde::Serialize;
 use std::time::{Duration, Instant};
 use uuid::Uuid;

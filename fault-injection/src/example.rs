@@ -20,8 +20,8 @@ use diesel::sql_types::{BigInt, Text, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
 use diesel_migrations::EmbeddedMigrations;
 use ratchet_engine::EngineBuilder;
+use ratchet_example_saga::{self as example, ProvisionParams, ProvisionWidget};
 use ratchet_store::{DbConnection, DbError};
-use ratchet_test_utils::example::{self, ProvisionParams, ProvisionWidget};
 use std::sync::Arc;
 use uuid::Uuid;
 

@@ -42,7 +42,7 @@
 //! use ratchet_fault_injection::example::ProvisionSuite;
 //!
 //! # async fn run() -> Result<(), HarnessError> {
-//! let server = ratchet_test_utils::testing::DatabaseServer::for_tests().await?;
+//! let server = ratchet_test_utils::testing::test_server().await?;
 //! let report = Matrix::new().suite(ProvisionSuite).run(&server, |_, _, _| {}).await?;
 //! assert!(report.failures().is_empty(), "{}", report.table());
 //! # Ok(()) }

@@ -19,7 +19,7 @@ use crate::suite::SagaSuite;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use ratchet_engine::{EngineBuilder, NodeKind};
-use ratchet_test_utils::testing::DatabaseServer;
+use ratchet_template_db::DatabaseServer;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write;

@@ -1,5 +1,13 @@
 //! The Nexus-shaped sagas as suites: instance-create (with start), its legacy variant, disk-attach,
 //! disk-detach and snapshot-create, each in a world of its own with its own simulated services.
+//!
+//! # Design
+//!
+//! Every Nexus suite shares its migrations (the datastore's), its fixture (a seeded world, an instance, a
+//! disk, the simulated services), its registration (every Nexus saga, here or in a child process) and its
+//! invariants at rest. That is written once, in the [`SagaSuite`] implementation of every [`NexusSuite`]; a
+//! Nexus suite says only what sets it apart: its saga, its label, whether the fixture's disk starts attached,
+//! its parameters, its outcome check, and whether its nodes call the simulated services.
 
 use crate::HarnessError;
 use crate::fault::Fault;
@@ -8,7 +16,7 @@ use diesel::sql_types::{BigInt, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
 use diesel_migrations::EmbeddedMigrations;
 use ratchet_datastore as ds;
-use ratchet_engine::{EngineBuilder, NodeKind};
+use ratchet_engine::{EngineBuilder, NodeKind, SagaDef};
 use ratchet_sagas::{
     DATASTORE_MIGRATIONS, DiskAttach, DiskDetach, DiskInstanceParams, DiskSpec, InstanceCreate,
     InstanceCreateParams, NicSpec, Services, SnapshotCreate, SnapshotCreateParams, World,
@@ -16,6 +24,7 @@ use ratchet_sagas::{
 };
 use ratchet_sim::Operation;
 use ratchet_store::DbConnection;
+use std::future::Future;
 use uuid::Uuid;
 
 /// One cell's Nexus world: its rows, its services, and the ids of what the suite set up before the saga.
@@ -209,10 +218,6 @@ fn service_fault_fired(f: &NexusFixture, node: &str) -> bool {
         .is_some_and(|(faults, operation)| faults.counters(operation).responses_dropped > 0)
 }
 
-fn register_all(builder: EngineBuilder, fixture: &NexusFixture) -> EngineBuilder {
-    ratchet_sagas::register_all(builder, &fixture.services.app)
-}
-
 /// What a child process needs to call this fixture's services (see [`crate::real_crash`]).
 #[derive(serde::Serialize, serde::Deserialize)]
 struct ServicesHandle {
@@ -230,24 +235,6 @@ fn services_handle(fixture: &NexusFixture) -> serde_json::Value {
             std::sync::atomic::Ordering::Relaxed,
         ),
     })
-}
-
-/// The two [`SagaSuite`] methods that let a Nexus suite run in a child process (real-crash cells): every Nexus
-/// suite's are the same.
-macro_rules! in_a_child_process {
-    () => {
-        fn services_handle(&self, fixture: &NexusFixture) -> serde_json::Value {
-            services_handle(fixture)
-        }
-
-        fn register_remote(
-            &self,
-            builder: EngineBuilder,
-            handle: &serde_json::Value,
-        ) -> Result<EngineBuilder, HarnessError> {
-            register_remote(builder, handle)
-        }
-    };
 }
 
 /// Registers the Nexus sagas in a child process, with clients of the harness's services.
@@ -268,8 +255,133 @@ fn register_remote(
     ))
 }
 
-fn migrations() -> Vec<&'static EmbeddedMigrations> {
-    vec![&DATASTORE_MIGRATIONS]
+/// A Nexus saga's suite: what sets it apart from the other Nexus suites. Every `NexusSuite` is a
+/// [`SagaSuite`] (the implementation below), which adds what they all share.
+pub trait NexusSuite: Send + Sync + 'static {
+    /// The saga definition.
+    type Saga: SagaDef;
+    /// Whether the fixture's disk starts attached to the fixture's instance (detached otherwise).
+    const DISK_ATTACHED: bool = false;
+    /// Whether the saga's nodes call the simulated services, so that a cell can lose a service's response
+    /// ([`SagaSuite::lose_response`] and the like); disk-attach and disk-detach call none.
+    const CALLS_SERVICES: bool = false;
+
+    /// The row label of this saga in the matrix ([`SagaSuite::label`]).
+    fn label(&self) -> String;
+
+    /// Adjusts a cell's fixture once it is set up (nothing by default).
+    fn prepare(&self, fixture: &NexusFixture) {
+        let _ = fixture;
+    }
+
+    /// The saga's parameters in this world ([`SagaSuite::params`]).
+    fn params(&self, fixture: &NexusFixture) -> <Self::Saga as SagaDef>::Params;
+
+    /// Problems with the saga's resources given how it ended ([`SagaSuite::check_outcome`]).
+    fn check_outcome(
+        &self,
+        fixture: &NexusFixture,
+        conn: &mut DbConnection,
+        succeeded: bool,
+    ) -> impl Future<Output = Result<Vec<String>, HarnessError>> + Send;
+
+    /// [`SagaSuite::fail_after_commit`] (no such knob by default).
+    fn fail_after_commit(&self, fixture: &NexusFixture, node: &str) -> bool {
+        let _ = (fixture, node);
+        false
+    }
+
+    /// [`SagaSuite::includes`] (every node by default).
+    fn includes(&self, node: &str, kind: NodeKind) -> bool {
+        let _ = (node, kind);
+        true
+    }
+
+    /// [`SagaSuite::expects_detection`] (no known defect by default).
+    fn expects_detection(&self, node: &str, fault: Fault) -> bool {
+        let _ = (node, fault);
+        false
+    }
+}
+
+impl<S: NexusSuite> SagaSuite for S {
+    type Saga = S::Saga;
+    type Fixture = NexusFixture;
+
+    fn label(&self) -> String {
+        NexusSuite::label(self)
+    }
+
+    fn migrations(&self) -> Vec<&'static EmbeddedMigrations> {
+        vec![&DATASTORE_MIGRATIONS]
+    }
+
+    async fn fixture(&self, url: &str) -> Result<NexusFixture, HarnessError> {
+        let fixture = nexus_fixture(url, S::DISK_ATTACHED).await?;
+        self.prepare(&fixture);
+        Ok(fixture)
+    }
+
+    fn register(&self, builder: EngineBuilder, fixture: &NexusFixture) -> EngineBuilder {
+        ratchet_sagas::register_all(builder, &fixture.services.app)
+    }
+
+    fn params(&self, fixture: &NexusFixture) -> <S::Saga as SagaDef>::Params {
+        NexusSuite::params(self, fixture)
+    }
+
+    async fn violations(
+        &self,
+        fixture: &NexusFixture,
+        conn: &mut DbConnection,
+    ) -> Result<Vec<String>, HarnessError> {
+        violations(fixture, conn).await
+    }
+
+    fn check_outcome(
+        &self,
+        fixture: &NexusFixture,
+        conn: &mut DbConnection,
+        succeeded: bool,
+    ) -> impl Future<Output = Result<Vec<String>, HarnessError>> + Send {
+        NexusSuite::check_outcome(self, fixture, conn, succeeded)
+    }
+
+    fn lose_response(&self, fixture: &NexusFixture, node: &str) -> bool {
+        S::CALLS_SERVICES && lose_response(fixture, node, None)
+    }
+
+    fn lose_response_then_refuse(&self, fixture: &NexusFixture, node: &str) -> bool {
+        S::CALLS_SERVICES && lose_response(fixture, node, Some(REFUSALS))
+    }
+
+    fn service_fault_fired(&self, fixture: &NexusFixture, node: &str) -> bool {
+        S::CALLS_SERVICES && service_fault_fired(fixture, node)
+    }
+
+    fn fail_after_commit(&self, fixture: &NexusFixture, node: &str) -> bool {
+        NexusSuite::fail_after_commit(self, fixture, node)
+    }
+
+    fn services_handle(&self, fixture: &NexusFixture) -> serde_json::Value {
+        services_handle(fixture)
+    }
+
+    fn register_remote(
+        &self,
+        builder: EngineBuilder,
+        handle: &serde_json::Value,
+    ) -> Result<EngineBuilder, HarnessError> {
+        register_remote(builder, handle)
+    }
+
+    fn includes(&self, node: &str, kind: NodeKind) -> bool {
+        NexusSuite::includes(self, node, kind)
+    }
+
+    fn expects_detection(&self, node: &str, fault: Fault) -> bool {
+        NexusSuite::expects_detection(self, node, fault)
+    }
 }
 
 /// instance-create with one NIC, SNAT and an ephemeral IP, one disk created and one attached, a boot disk,
@@ -291,9 +403,9 @@ impl InstanceCreateSuite {
     }
 }
 
-impl SagaSuite for InstanceCreateSuite {
+impl NexusSuite for InstanceCreateSuite {
     type Saga = InstanceCreate;
-    type Fixture = NexusFixture;
+    const CALLS_SERVICES: bool = true;
 
     fn label(&self) -> String {
         if self.legacy {
@@ -303,25 +415,13 @@ impl SagaSuite for InstanceCreateSuite {
         }
     }
 
-    fn migrations(&self) -> Vec<&'static EmbeddedMigrations> {
-        migrations()
-    }
-
-    async fn fixture(&self, url: &str) -> Result<NexusFixture, HarnessError> {
-        let fixture = nexus_fixture(url, false).await?;
+    fn prepare(&self, fixture: &NexusFixture) {
         fixture
             .services
             .app
             .mint_fresh_keys
             .store(self.mint_fresh_keys, std::sync::atomic::Ordering::Relaxed);
-        Ok(fixture)
     }
-
-    fn register(&self, builder: EngineBuilder, fixture: &NexusFixture) -> EngineBuilder {
-        register_all(builder, fixture)
-    }
-
-    in_a_child_process!();
 
     fn params(&self, f: &NexusFixture) -> InstanceCreateParams {
         InstanceCreateParams {
@@ -344,14 +444,6 @@ impl SagaSuite for InstanceCreateSuite {
             start: true,
             legacy_attach: self.legacy,
         }
-    }
-
-    async fn violations(
-        &self,
-        fixture: &NexusFixture,
-        conn: &mut DbConnection,
-    ) -> Result<Vec<String>, HarnessError> {
-        violations(fixture, conn).await
     }
 
     async fn check_outcome(
@@ -447,18 +539,6 @@ impl SagaSuite for InstanceCreateSuite {
         Ok(problems)
     }
 
-    fn lose_response(&self, f: &NexusFixture, node: &str) -> bool {
-        lose_response(f, node, None)
-    }
-
-    fn lose_response_then_refuse(&self, f: &NexusFixture, node: &str) -> bool {
-        lose_response(f, node, Some(REFUSALS))
-    }
-
-    fn service_fault_fired(&self, f: &NexusFixture, node: &str) -> bool {
-        service_fault_fired(f, node)
-    }
-
     fn fail_after_commit(&self, f: &NexusFixture, node: &str) -> bool {
         f.services.app.legacy.fail_refetch_at(node);
         true
@@ -487,41 +567,18 @@ impl SagaSuite for InstanceCreateSuite {
 /// disk-attach of a detached disk to a stopped instance.
 pub struct DiskAttachSuite;
 
-impl SagaSuite for DiskAttachSuite {
+impl NexusSuite for DiskAttachSuite {
     type Saga = DiskAttach;
-    type Fixture = NexusFixture;
 
     fn label(&self) -> String {
         "disk-attach".to_owned()
     }
-
-    fn migrations(&self) -> Vec<&'static EmbeddedMigrations> {
-        migrations()
-    }
-
-    async fn fixture(&self, url: &str) -> Result<NexusFixture, HarnessError> {
-        nexus_fixture(url, false).await
-    }
-
-    fn register(&self, builder: EngineBuilder, fixture: &NexusFixture) -> EngineBuilder {
-        register_all(builder, fixture)
-    }
-
-    in_a_child_process!();
 
     fn params(&self, f: &NexusFixture) -> DiskInstanceParams {
         DiskInstanceParams {
             instance_id: f.instance_id,
             disk_id: f.disk_id,
         }
-    }
-
-    async fn violations(
-        &self,
-        fixture: &NexusFixture,
-        conn: &mut DbConnection,
-    ) -> Result<Vec<String>, HarnessError> {
-        violations(fixture, conn).await
     }
 
     async fn check_outcome(
@@ -565,41 +622,19 @@ async fn disk_attachment(
 /// disk-detach of a disk attached to a stopped instance.
 pub struct DiskDetachSuite;
 
-impl SagaSuite for DiskDetachSuite {
+impl NexusSuite for DiskDetachSuite {
     type Saga = DiskDetach;
-    type Fixture = NexusFixture;
+    const DISK_ATTACHED: bool = true;
 
     fn label(&self) -> String {
         "disk-detach".to_owned()
     }
-
-    fn migrations(&self) -> Vec<&'static EmbeddedMigrations> {
-        migrations()
-    }
-
-    async fn fixture(&self, url: &str) -> Result<NexusFixture, HarnessError> {
-        nexus_fixture(url, true).await
-    }
-
-    fn register(&self, builder: EngineBuilder, fixture: &NexusFixture) -> EngineBuilder {
-        register_all(builder, fixture)
-    }
-
-    in_a_child_process!();
 
     fn params(&self, f: &NexusFixture) -> DiskInstanceParams {
         DiskInstanceParams {
             instance_id: f.instance_id,
             disk_id: f.disk_id,
         }
-    }
-
-    async fn violations(
-        &self,
-        fixture: &NexusFixture,
-        conn: &mut DbConnection,
-    ) -> Result<Vec<String>, HarnessError> {
-        violations(fixture, conn).await
     }
 
     async fn check_outcome(
@@ -615,27 +650,13 @@ impl SagaSuite for DiskDetachSuite {
 /// snapshot-create of a detached disk through the pantry.
 pub struct SnapshotCreateSuite;
 
-impl SagaSuite for SnapshotCreateSuite {
+impl NexusSuite for SnapshotCreateSuite {
     type Saga = SnapshotCreate;
-    type Fixture = NexusFixture;
+    const CALLS_SERVICES: bool = true;
 
     fn label(&self) -> String {
         "snapshot-create".to_owned()
     }
-
-    fn migrations(&self) -> Vec<&'static EmbeddedMigrations> {
-        migrations()
-    }
-
-    async fn fixture(&self, url: &str) -> Result<NexusFixture, HarnessError> {
-        nexus_fixture(url, false).await
-    }
-
-    fn register(&self, builder: EngineBuilder, fixture: &NexusFixture) -> EngineBuilder {
-        register_all(builder, fixture)
-    }
-
-    in_a_child_process!();
 
     fn params(&self, f: &NexusFixture) -> SnapshotCreateParams {
         SnapshotCreateParams {
@@ -643,14 +664,6 @@ impl SagaSuite for SnapshotCreateSuite {
             disk_id: f.disk_id,
             name: "snap".to_owned(),
         }
-    }
-
-    async fn violations(
-        &self,
-        fixture: &NexusFixture,
-        conn: &mut DbConnection,
-    ) -> Result<Vec<String>, HarnessError> {
-        violations(fixture, conn).await
     }
 
     async fn check_outcome(
@@ -686,18 +699,6 @@ impl SagaSuite for SnapshotCreateSuite {
         );
         problems.extend(service_books(f, conn).await?);
         Ok(problems)
-    }
-
-    fn lose_response(&self, f: &NexusFixture, node: &str) -> bool {
-        lose_response(f, node, None)
-    }
-
-    fn lose_response_then_refuse(&self, f: &NexusFixture, node: &str) -> bool {
-        lose_response(f, node, Some(REFUSALS))
-    }
-
-    fn service_fault_fired(&self, f: &NexusFixture, node: &str) -> bool {
-        service_fault_fired(f, node)
     }
 }
 

@@ -10,7 +10,7 @@
 //! `crash_in_compensation` and the pairs) runs so:
 //!
 //! 1. The harness sets up the cell's world as usual (database, simulated services) and puts a
-//!    [`PgProxy`](ratchet_test_utils::pg_proxy::PgProxy) between the child and the database.
+//!    [`PgProxy`](ratchet_wire_proxy::PgProxy) between the child and the database.
 //! 2. It starts the child ([`ChildProgram`]) with a [`ChildSpec`]: the suite, the proxied URL, the executor
 //!    id, the cell, the saga's parameters and the services' addresses
 //!    ([`SagaSuite::services_handle`](crate::SagaSuite::services_handle)). The child builds an engine against
@@ -40,7 +40,7 @@ use crate::fault::Fault;
 use crate::suite::SagaSuite;
 use ratchet_engine::{Engine, EngineBuilder, FaultEffect, FaultPoint, NodeKind, SagaOutcome};
 use ratchet_store::saga::saga_history;
-use ratchet_test_utils::pg_proxy::{PgProxy, Upstream};
+use ratchet_wire_proxy::{PgProxy, Upstream};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;

@@ -16,10 +16,10 @@ use ratchet_engine::{
     CommitTx, DbNode, EngineBuilder, NodeError, NodeKind, NodeRegistry, PrepareCx, SagaBuilder,
     SagaDef,
 };
+use ratchet_example_saga as example;
 use ratchet_fault_injection::example::{self as checks, ProvisionSuite};
 use ratchet_fault_injection::{CellResult, Fault, HarnessError, Matrix, SagaSuite, Status};
 use ratchet_store::DbConnection;
-use ratchet_test_utils::example::{self};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use uuid::Uuid;

@@ -6,8 +6,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-pub use ratchet_test_utils::pg_proxy;
-
 /// The `ratchet` binary (package `ratchet-cli`), up to date: `RATCHET_BIN` if set; otherwise this function
 /// builds it with `cargo build -p ratchet-cli --bin ratchet`, in this test's target directory and profile,
 /// once per test process (a no-op when it is fresh).
@@ -87,26 +85,6 @@ pub fn after<'a>(lines: &'a [String], prefix: &str) -> Option<&'a str> {
     lines
         .iter()
         .find_map(|line| line.strip_prefix(prefix)?.strip_prefix(' '))
-}
-
-/// A fresh database with the example saga's tables, a connection to it, and an account holding 100.
-pub async fn database_with_account() -> (
-    ratchet_test_utils::testing::TestDatabase,
-    diesel_async::AsyncPgConnection,
-    uuid::Uuid,
-) {
-    use diesel_async::AsyncConnection;
-    let db =
-        ratchet_test_utils::testing::fresh_database(&[&ratchet_test_utils::example::MIGRATIONS])
-            .await
-            .expect("database");
-    let mut conn = diesel_async::AsyncPgConnection::establish(&db.url)
-        .await
-        .expect("connect");
-    let account = ratchet_test_utils::example::create_account(&mut conn, 100)
-        .await
-        .expect("account");
-    (db, conn, account)
 }
 
 // ---------------------------------------------------------------------------------------------------------

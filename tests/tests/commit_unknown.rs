@@ -1,18 +1,20 @@
 //! A `COMMIT` whose reply is lost on the wire, followed by a database outage longer than every retry budget.
 //!
-//! The engine talks to PostgreSQL through a proxy (`ratchet_tests::pg_proxy`) that delivers the node's
+//! The engine talks to PostgreSQL through a proxy (`ratchet_wire_proxy`) that delivers the node's
 //! `COMMIT` to the server, throws the server's reply away and closes the connection; the proxy then refuses
 //! every connection for longer than the node's retry budget. The commit landed, and the engine cannot know it
 //! until the database is back. A node that failed here would leak its commit (steno never undoes a failed
 //! node); one that ran again would charge twice. The engine waits, resolves the outcome from the commit
 //! record once the database answers, and goes on: one charge, one commit record, the saga done.
 
+mod common;
+
+use common::database_with_account;
 use ratchet_engine::{Engine, EngineBuilder, EngineConfig, FaultEffect, FaultPoint, SagaOutcome};
+use ratchet_example_saga::{self as example, ProvisionParams, ProvisionWidget};
 use ratchet_store::RetryPolicy;
 use ratchet_store::saga::saga_history;
-use ratchet_test_utils::example::{self, ProvisionParams, ProvisionWidget};
-use ratchet_tests::database_with_account;
-use ratchet_tests::pg_proxy::{PgProxy, Upstream};
+use ratchet_wire_proxy::{PgProxy, Upstream};
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;

@@ -9,7 +9,7 @@
 
 use diesel::sql_types::BigInt;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use ratchet_test_utils::testing::DatabaseServer;
+use ratchet_test_utils::testing::test_server;
 use ratchet_tests::ratchet_cli;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -21,7 +21,7 @@ const DEADLINE: Duration = Duration::from_secs(180);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn executors_started_together_on_a_blank_database_all_come_up() {
     let ratchet = ratchet_cli();
-    let server = DatabaseServer::for_tests().await.unwrap();
+    let server = test_server().await.unwrap();
     for round in 1..=ROUNDS {
         let database = server.blank_database().await.unwrap();
         // Spawned back to back, before any is awaited: they reach the migrations within milliseconds.

@@ -4,9 +4,12 @@
 //! start limit, the engine counts those starts durably and, past the limit, gives the node up: it fails, the
 //! saga unwinds (the node before it is compensated), and the loop ends.
 
+mod common;
+
+use common::database_with_account;
+use ratchet_example_saga as example;
 use ratchet_store::saga::saga_history;
-use ratchet_test_utils::example;
-use ratchet_tests::{after, database_with_account, lines_of};
+use ratchet_tests::{after, lines_of};
 use std::io::BufRead;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};

@@ -5,9 +5,12 @@
 //! operator's `retry-unwind` and `abandon`, run as `ratchet` processes against a live owner, are attacked the
 //! same way.
 
+mod common;
+
+use common::database_with_account;
+use ratchet_example_saga as example;
 use ratchet_store::saga::saga_history;
-use ratchet_test_utils::example;
-use ratchet_tests::{Scratch, after, database_with_account, lines_of, ratchet_cli, read_until};
+use ratchet_tests::{Scratch, after, lines_of, ratchet_cli, read_until};
 use std::io::Write;
 use std::process::{Command, Stdio};
 use uuid::Uuid;

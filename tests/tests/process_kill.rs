@@ -7,9 +7,12 @@
 //! transaction back when the connection dies), and right after `COMMIT` (the charge is durable; the commit
 //! record makes the recovering process skip it).
 
+mod common;
+
+use common::database_with_account;
+use ratchet_example_saga as example;
 use ratchet_store::saga::{get_saga, saga_history};
-use ratchet_test_utils::example;
-use ratchet_tests::{after, database_with_account, lines_of, read_until};
+use ratchet_tests::{after, lines_of, read_until};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
 use uuid::Uuid;
@@ -185,7 +188,7 @@ async fn sigkill_inside_a_compensation_then_recover_in_a_new_process() {
 /// back the COMMIT itself (`withhold` true: it never reaches the server, whose transaction stays idle until
 /// released); the child is killed while it waits. A new process recovers the saga: one charge either way.
 async fn sigkill_during_a_commit_round_trip(withhold: bool) {
-    use ratchet_tests::pg_proxy::{PgProxy, Upstream};
+    use ratchet_wire_proxy::{PgProxy, Upstream};
     let (db, mut conn, account) = database_with_account().await;
     let (upstream, _, _) = Upstream::from_url(&db.url).unwrap();
     let proxy = PgProxy::start(upstream).await.unwrap();

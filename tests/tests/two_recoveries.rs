@@ -27,7 +27,7 @@
 
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use ratchet_sagas::{DATASTORE_MIGRATIONS, invariants};
-use ratchet_test_utils::testing::{DatabaseServer, fresh_database};
+use ratchet_test_utils::testing::{fresh_database, test_server};
 use ratchet_tests::{
     Child, InstanceCreateShape, Scratch, Sim, SplitMix64, assert_no_saga_given_up,
     check_instance_create_domain, ratchet_cli, saga_states, test_seed,
@@ -79,7 +79,7 @@ async fn two_recoveries_at_once_after_a_sigkill_leave_every_saga_at_rest() {
 async fn one_round(ratchet: &Path, round: usize, seed: u64) -> [usize; 2] {
     println!("round {round}: seed {seed}");
     let mut rng = SplitMix64(seed);
-    let server = DatabaseServer::for_tests().await.expect("the test server");
+    let server = test_server().await.expect("the test server");
     let db = fresh_database(&[&DATASTORE_MIGRATIONS])
         .await
         .expect("test database");

@@ -5,7 +5,7 @@
 
 use diesel::sql_types::Uuid as SqlUuid;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use ratchet_test_utils::testing::TestDatabase;
+use ratchet_template_db::TestDatabase;
 use std::path::Path;
 use std::process::Command;
 use uuid::Uuid;

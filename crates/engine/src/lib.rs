@@ -282,7 +282,7 @@
 //! }
 //! ```
 //!
-//! The `ratchet-test-utils` crate's `example` module holds a complete saga (the one `ratchet demo` runs).
+//! The `ratchet-example-saga` crate (`sagas/example`) holds a complete saga (the one `ratchet demo` runs).
 
 mod engine;
 mod error;

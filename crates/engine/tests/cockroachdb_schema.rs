@@ -13,7 +13,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use ratchet_store::cockroachdb::COCKROACHDB_SCHEMA_SQL;
 use ratchet_store::pool::{MIGRATIONS_SQL, establish};
 use ratchet_test_utils::omicron::OMICRON_SAGA_SCHEMA;
-use ratchet_test_utils::testing::DatabaseServer;
+use ratchet_test_utils::testing::test_server;
 
 /// CockroachDB's `ADD CONSTRAINT IF NOT EXISTS`, which PostgreSQL lacks.
 const ADD_CONSTRAINT_IF_NOT_EXISTS: &str = "ADD CONSTRAINT IF NOT EXISTS";
@@ -160,7 +160,7 @@ async fn apply_cockroachdb_files(conn: &mut AsyncPgConnection) {
 /// PostgreSQL migrations build; applied over the PostgreSQL migrations they change nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cockroachdb_files_define_what_the_postgresql_migrations_define() {
-    let server = DatabaseServer::for_tests().await.unwrap();
+    let server = test_server().await.unwrap();
     let by_postgresql = server.blank_database().await.unwrap();
     let by_cockroachdb = server.blank_database().await.unwrap();
 

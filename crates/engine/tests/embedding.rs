@@ -6,8 +6,8 @@ mod common;
 use common::*;
 use diesel_async::SimpleAsyncConnection;
 use ratchet_engine::{EngineBuilder, EngineConfig, EngineError, SagaOutcome};
+use ratchet_example_saga::{self as example, ProvisionWidget};
 use ratchet_store::pool::{MIGRATIONS_SQL, PoolConfig, connect_pool, establish};
-use ratchet_test_utils::example::{self, ProvisionWidget};
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -130,9 +130,7 @@ async fn with_migrations_off_what_is_missing_is_named() {
 /// key (exactly-once rests on it), it names each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_schema_check_names_what_omicrons_tables_lack_and_a_wrong_shape() {
-    let server = ratchet_test_utils::testing::DatabaseServer::for_tests()
-        .await
-        .unwrap();
+    let server = ratchet_test_utils::testing::test_server().await.unwrap();
     let omicron = server.blank_database().await.unwrap();
     let mut conn = establish(&omicron.url).await.unwrap();
     conn.batch_execute(ratchet_test_utils::omicron::OMICRON_SAGA_SCHEMA)

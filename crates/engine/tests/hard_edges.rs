@@ -16,10 +16,10 @@ use ratchet_engine::{
     CommitTx, DbNode, Engine, EngineBuilder, EngineConfig, EngineError, FaultEffect, FaultPoint,
     NodeError, NodeRegistry, PrepareCx, SagaBuilder, SagaDef, SagaOutcome,
 };
+use ratchet_example_saga::{AccountState, ProvisionWidget};
 use ratchet_store::RetryPolicy;
 use ratchet_store::saga::get_saga;
-use ratchet_test_utils::example::{AccountState, ProvisionWidget};
-use ratchet_test_utils::testing::TestDatabase;
+use ratchet_template_db::TestDatabase;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;

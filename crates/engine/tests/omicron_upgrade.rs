@@ -11,11 +11,11 @@ use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use ratchet_engine::{
     EngineBuilder, EngineConfig, SagaBuilder, SagaCx, SagaDef, SagaOutcome, StenoSaga,
 };
+use ratchet_example_saga::{self as example, ProvisionWidget};
 use ratchet_store::pool::{DbPool, PoolConfig, connect_pool, establish, run_migrations};
 use ratchet_store::saga::get_saga;
-use ratchet_test_utils::example::{self, ProvisionWidget};
 use ratchet_test_utils::omicron::{OMICRON_SAGA_SCHEMA, OmicronSecStore};
-use ratchet_test_utils::testing::DatabaseServer;
+use ratchet_test_utils::testing::test_server;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -279,7 +279,7 @@ fn nexus_before_ratchet(url: &str, sec_id: Uuid) -> (Uuid, Uuid) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn omicron_tables_with_sagas_in_flight_are_upgraded_and_their_sagas_finished() {
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
-    let server = DatabaseServer::for_tests().await.unwrap();
+    let server = test_server().await.unwrap();
     let db = server.blank_database().await.unwrap();
     let mut conn = establish(&db.url).await.unwrap();
     conn.batch_execute(OMICRON_SAGA_SCHEMA).await.unwrap();

@@ -8,15 +8,15 @@ use common::*;
 use diesel::sql_types::{BigInt, Text, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
 use ratchet_engine::{AdoptOptions, Engine, EngineError, FaultEffect, FaultPoint, SagaOutcome};
+use ratchet_example_saga::ProvisionWidget;
 use ratchet_store::saga::{SagaHistory, get_saga, saga_history};
 use ratchet_store::{AbandonReason, stuck_diagnosis};
-use ratchet_test_utils::example::ProvisionWidget;
 use std::time::Duration;
 use uuid::Uuid;
 
 const LONG: FaultEffect = FaultEffect::Delay { millis: 600_000 };
 
-async fn start(db: &ratchet_test_utils::testing::TestDatabase, sec_id: Uuid) -> Engine {
+async fn start(db: &ratchet_template_db::TestDatabase, sec_id: Uuid) -> Engine {
     builder(db, sec_id).start().await.expect("engine starts").0
 }
 
@@ -362,7 +362,7 @@ async fn adopting_from_oneself_or_from_an_idle_executor() {
 /// `count` example sagas created by executor `sec` and never started (`running`, owned by `sec` at generation
 /// 1, as a crash leaves them), and the account they charge; the engine that created them is shut down.
 async fn unstarted_sagas(
-    db: &ratchet_test_utils::testing::TestDatabase,
+    db: &ratchet_template_db::TestDatabase,
     sec: Uuid,
     count: usize,
 ) -> (Vec<Uuid>, Uuid) {
@@ -383,7 +383,7 @@ async fn unstarted_sagas(
 }
 
 /// Renames saga `id`'s definition to `name`, as if another binary (sharing the database) had created it.
-async fn make_foreign(db: &ratchet_test_utils::testing::TestDatabase, id: Uuid, name: &str) {
+async fn make_foreign(db: &ratchet_template_db::TestDatabase, id: Uuid, name: &str) {
     let mut conn = ratchet_store::pool::establish(&db.url).await.unwrap();
     let updated = diesel::sql_query("UPDATE saga SET name = $2 WHERE id = $1")
         .bind::<SqlUuid, _>(id)
@@ -396,7 +396,7 @@ async fn make_foreign(db: &ratchet_test_utils::testing::TestDatabase, id: Uuid, 
 
 /// Points node `charge_account` of saga `id` at an action this binary does not register, as a newer release
 /// of the definition that renamed it would have created it.
-async fn rename_charge_account(db: &ratchet_test_utils::testing::TestDatabase, id: Uuid) {
+async fn rename_charge_account(db: &ratchet_template_db::TestDatabase, id: Uuid) {
     let mut conn = ratchet_store::pool::establish(&db.url).await.unwrap();
     let updated = diesel::sql_query(
         "UPDATE saga SET saga_dag = jsonb_set(saga_dag, '{graph,nodes,1,Action,action_name}', \

@@ -11,7 +11,7 @@ use ratchet_engine::{
     CommitTx, DbNode, EngineBuilder, EngineConfig, EngineError, FaultEffect, FaultPoint, NodeError,
     NodeKind, PrepareCx, SagaBuilder, SagaDef, SagaOutcome,
 };
-use ratchet_test_utils::example::{AccountState, ProvisionParams, ProvisionWidget, Provisioned};
+use ratchet_example_saga::{AccountState, ProvisionParams, ProvisionWidget, Provisioned};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
@@ -127,12 +127,12 @@ fn two_params(account_id: Uuid, parallel_last: bool) -> TwoParams {
     }
 }
 
-fn config(db: &ratchet_test_utils::testing::TestDatabase, sec_id: Uuid) -> EngineConfig {
+fn config(db: &ratchet_template_db::TestDatabase, sec_id: Uuid) -> EngineConfig {
     EngineConfig::new(&db.url, sec_id)
 }
 
 async fn engine_with_two(
-    db: &ratchet_test_utils::testing::TestDatabase,
+    db: &ratchet_template_db::TestDatabase,
     sec_id: Uuid,
 ) -> (ratchet_engine::Engine, ratchet_engine::RecoveryReport) {
     EngineBuilder::new(config(db, sec_id))

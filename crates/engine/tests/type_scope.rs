@@ -24,7 +24,7 @@ use ratchet_engine::{
 };
 use ratchet_store::pool::{DbPool, PoolConfig, connect_pool};
 use ratchet_store::{RetryPolicy, stuck_diagnosis};
-use ratchet_test_utils::testing::TestDatabase;
+use ratchet_template_db::TestDatabase;
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;

@@ -1,20 +1,13 @@
-//! Test utilities shared by ratchet's cross-crate tests (`tests/`) and its fault-injection harness
-//! (`fault-injection/`): things a test needs to attack the engine with real faults, and nothing the engine
-//! itself depends on.
+//! Test utilities shared by ratchet's tests, at every floor: things a test needs and nothing else does.
 //!
-//! - [`example`]: a complete example saga and its tables (the one `ratchet demo` runs, and the engine's own
-//!   tests use);
-//! - [`testing`]: fresh databases cloned from migrated templates, on a private PostgreSQL (or
-//!   `DATABASE_URL`'s server);
+//! - [`testing`]: the test suite's database server (`DATABASE_URL`'s, or a private embedded cluster) and fresh
+//!   databases on it, cloned from migrated templates by `ratchet-template-db`;
 //! - [`omicron`]: Omicron's saga tables as Nexus has them before ratchet, and a steno store that writes them
-//!   as Nexus's does, to build databases for the in-place upgrade;
-//! - [`pg_proxy`]: a TCP proxy between a PostgreSQL client and server that can drop a `COMMIT`'s reply,
-//!   withhold a `COMMIT`, or stage an outage.
+//!   as Nexus's does, to build databases for the in-place upgrade.
 //!
-//! No production crate depends on it: the library crates (`ratchet-store`, `ratchet-engine`) take it as a
-//! dev-dependency only; the harness, the benchmark and the CLI (the top floors) use its template databases.
+//! Every crate takes it as a dev-dependency only (`tests/tests/layers.rs` checks it): what production code
+//! shares with the tests lives elsewhere, by layer: the template databases in `ratchet-template-db`, the
+//! example saga in `ratchet-example-saga`, the fault harness's PostgreSQL wire proxy in `ratchet-wire-proxy`.
 
-pub mod example;
 pub mod omicron;
-pub mod pg_proxy;
 pub mod testing;

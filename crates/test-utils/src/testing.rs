@@ -1,26 +1,36 @@
-//! Databases for tests: one server for the whole suite, a fresh database per test, cloned from a migrated
-//! template.
+//! The test suite's database server and fresh databases on it (the machinery is `ratchet-template-db`'s).
 //!
 //! The server is `DATABASE_URL`'s when that is set; otherwise a private embedded cluster under the temp
 //! directory (`$RATCHET_TEST_PG_DIR` overrides where), started by whichever test process gets there first and
-//! left running for the others (nextest runs every test in its own process). The template is published
-//! atomically by renaming it into place, so concurrent test processes never see a half-migrated one.
+//! left running for the others (nextest runs every test in its own process).
 
-use diesel::migration::MigrationSource;
-use diesel::sql_types::Text;
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::EmbeddedMigrations;
 use ratchet_embedded_pg::Cluster;
-use ratchet_store::{DbError, pool};
+use ratchet_store::DbError;
+use ratchet_template_db::{DatabaseServer, TestDatabase};
 use std::path::PathBuf;
 
-/// A fresh, migrated database of the test server.
-#[derive(Clone, Debug)]
-pub struct TestDatabase {
-    /// The database's connection URL.
-    pub url: String,
-    /// Its name.
-    pub name: String,
+/// The test suite's server: `DATABASE_URL`'s, or the shared embedded test cluster, started if need be.
+pub async fn test_server() -> Result<DatabaseServer, DbError> {
+    if let Ok(url) = std::env::var("DATABASE_URL") {
+        return Ok(DatabaseServer::External(url));
+    }
+    let dir = std::env::var_os("RATCHET_TEST_PG_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let uid = std::fs::metadata("/proc/self")
+                .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+                .unwrap_or(0);
+            std::env::temp_dir().join(format!("ratchet-test-pg-{uid}"))
+        });
+    let cluster = tokio::task::spawn_blocking(move || -> Result<Cluster, DbError> {
+        let cluster = Cluster::new(&dir).map_err(|e| DbError::Pool(e.to_string()))?;
+        cluster.start().map_err(|e| DbError::Pool(e.to_string()))?;
+        Ok(cluster)
+    })
+    .await
+    .map_err(|e| DbError::Pool(format!("starting the test server: {e}")))??;
+    Ok(DatabaseServer::Embedded(cluster))
 }
 
 /// Creates a fresh database holding the saga log's schema plus `extra` migration sets (a datastore's own), on
@@ -28,202 +38,5 @@ pub struct TestDatabase {
 pub async fn fresh_database(
     extra: &[&'static EmbeddedMigrations],
 ) -> Result<TestDatabase, DbError> {
-    DatabaseServer::for_tests()
-        .await?
-        .fresh_database(extra)
-        .await
-}
-
-/// A server fresh databases are made on: an embedded cluster, or an external server's URL.
-#[derive(Clone, Debug)]
-pub enum DatabaseServer {
-    Embedded(Cluster),
-    External(String),
-}
-
-impl DatabaseServer {
-    /// The test suite's server: `DATABASE_URL`'s, or the shared embedded test cluster, started if need be.
-    pub async fn for_tests() -> Result<DatabaseServer, DbError> {
-        if let Ok(url) = std::env::var("DATABASE_URL") {
-            return Ok(DatabaseServer::External(url));
-        }
-        let dir = std::env::var_os("RATCHET_TEST_PG_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                let uid = std::fs::metadata("/proc/self")
-                    .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
-                    .unwrap_or(0);
-                std::env::temp_dir().join(format!("ratchet-test-pg-{uid}"))
-            });
-        let cluster = tokio::task::spawn_blocking(move || -> Result<Cluster, DbError> {
-            let cluster = Cluster::new(&dir).map_err(|e| DbError::Pool(e.to_string()))?;
-            cluster.start().map_err(|e| DbError::Pool(e.to_string()))?;
-            Ok(cluster)
-        })
-        .await
-        .map_err(|e| DbError::Pool(format!("starting the test server: {e}")))??;
-        Ok(DatabaseServer::Embedded(cluster))
-    }
-
-    /// The URL of database `dbname` on this server.
-    pub fn url(&self, dbname: &str) -> String {
-        match self {
-            DatabaseServer::Embedded(cluster) => cluster.url(dbname),
-            DatabaseServer::External(url) => replace_database(url, dbname),
-        }
-    }
-
-    /// Creates a fresh database holding the saga log's schema plus `extra` migration sets, cloned from a
-    /// migrated template (made once per set of migrations).
-    pub async fn fresh_database(
-        &self,
-        extra: &[&'static EmbeddedMigrations],
-    ) -> Result<TestDatabase, DbError> {
-        let mut sets = vec![&pool::SAGA_LOG_MIGRATIONS];
-        sets.extend_from_slice(extra);
-        let template = ensure_template(self, &sets).await?;
-        let name = format!("ratchet_test_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = pool::establish(&self.url("postgres")).await?;
-        diesel::sql_query(format!(
-            "CREATE DATABASE \"{name}\" TEMPLATE \"{template}\""
-        ))
-        .execute(&mut admin)
-        .await?;
-        Ok(TestDatabase {
-            url: self.url(&name),
-            name,
-        })
-    }
-
-    /// Creates a fresh, empty database (no saga log, no migrations table): for a test that builds a schema
-    /// by hand, such as the one a database had before ratchet.
-    pub async fn blank_database(&self) -> Result<TestDatabase, DbError> {
-        let name = format!("ratchet_test_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = pool::establish(&self.url("postgres")).await?;
-        diesel::sql_query(format!("CREATE DATABASE \"{name}\""))
-            .execute(&mut admin)
-            .await?;
-        Ok(TestDatabase {
-            url: self.url(&name),
-            name,
-        })
-    }
-
-    /// Drops a database made by [`DatabaseServer::fresh_database`], closing what is still connected to it.
-    ///
-    /// `WITH (FORCE)` is PostgreSQL 13+ only (CockroachDB has no such clause): test and harness tooling only,
-    /// never on a saga's path.
-    pub async fn drop_database(&self, database: &TestDatabase) -> Result<(), DbError> {
-        let mut admin = pool::establish(&self.url("postgres")).await?;
-        diesel::sql_query(format!(
-            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-            database.name
-        ))
-        .execute(&mut admin)
-        .await?;
-        Ok(())
-    }
-}
-
-/// Replaces the database name in a `postgresql://…/name?…` URL.
-fn replace_database(url: &str, dbname: &str) -> String {
-    let (head, query) = match url.split_once('?') {
-        Some((head, query)) => (head, Some(query)),
-        None => (url, None),
-    };
-    let scheme_end = head.find("://").map(|i| i + 3).unwrap_or(0);
-    let base = match head[scheme_end..].find('/') {
-        Some(slash) => &head[..scheme_end + slash],
-        None => head,
-    };
-    match query {
-        Some(query) => format!("{base}/{dbname}?{query}"),
-        None => format!("{base}/{dbname}"),
-    }
-}
-
-/// Makes sure a template holding exactly `sets` exists and returns its name. The name is derived from the
-/// migrations' names, so a new migration makes a new template.
-//
-// TODO-robustness A migration edited in place (same name, new SQL) reuses a stale template on a long-lived
-// test server; stop the server (`ratchet db stop` for the CLI's, or remove the test cluster) after doing so.
-async fn ensure_template(
-    server: &DatabaseServer,
-    sets: &[&'static EmbeddedMigrations],
-) -> Result<String, DbError> {
-    let mut names = Vec::new();
-    for set in sets {
-        let migrations = MigrationSource::<diesel::pg::Pg>::migrations(*set)
-            .map_err(|e| DbError::Migration(e.to_string()))?;
-        names.extend(migrations.iter().map(|m| m.name().to_string()));
-    }
-    let fingerprint = names
-        .iter()
-        .flat_map(|n| n.bytes().chain([0]))
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
-    let template = format!("ratchet_tpl_{fingerprint:016x}");
-    let mut admin = pool::establish(&server.url("postgres")).await?;
-    if database_exists(&mut admin, &template).await? {
-        return Ok(template);
-    }
-    // Build under a private name, then publish with a rename, which is atomic and fails if another process
-    // published first.
-    let building = format!("ratchet_tplbuild_{}", uuid::Uuid::new_v4().simple());
-    diesel::sql_query(format!("CREATE DATABASE \"{building}\""))
-        .execute(&mut admin)
-        .await?;
-    for set in sets {
-        pool::run_migrations(&server.url(&building), set).await?;
-    }
-    let renamed = diesel::sql_query(format!(
-        "ALTER DATABASE \"{building}\" RENAME TO \"{template}\""
-    ))
-    .execute(&mut admin)
-    .await;
-    if renamed.is_err() {
-        diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{building}\""))
-            .execute(&mut admin)
-            .await?;
-        if !database_exists(&mut admin, &template).await? {
-            renamed?;
-        }
-    }
-    Ok(template)
-}
-
-async fn database_exists(conn: &mut AsyncPgConnection, name: &str) -> Result<bool, DbError> {
-    #[derive(diesel::QueryableByName)]
-    struct Count {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        count: i64,
-    }
-    let row: Count =
-        diesel::sql_query("SELECT count(*) AS count FROM pg_database WHERE datname = $1")
-            .bind::<Text, _>(name)
-            .get_result(conn)
-            .await?;
-    Ok(row.count > 0)
-}
-
-#[cfg(test)]
-mod test {
-    use super::replace_database;
-
-    #[test]
-    fn database_names_are_replaced() {
-        assert_eq!(
-            replace_database("postgresql://postgres@/ratchet?host=/tmp/s", "t1"),
-            "postgresql://postgres@/t1?host=/tmp/s"
-        );
-        assert_eq!(
-            replace_database("postgres://u:p@localhost:5432/db", "t2"),
-            "postgres://u:p@localhost:5432/t2"
-        );
-        assert_eq!(
-            replace_database("postgres://localhost", "t3"),
-            "postgres://localhost/t3"
-        );
-    }
+    test_server().await?.fresh_database(extra).await
 }

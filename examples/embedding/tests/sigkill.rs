@@ -10,7 +10,7 @@
 //! both lines (no sleeping), then kills it.
 
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use ratchet_test_utils::testing::DatabaseServer;
+use ratchet_test_utils::testing::test_server;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Command, Stdio};
@@ -160,7 +160,7 @@ async fn saga_state(conn: &mut AsyncPgConnection, id: &str) -> String {
 #[tokio::test]
 async fn killed_mid_saga_the_host_restarts_and_finishes_both_sagas_once() {
     // An empty database on the test server: the host's migrations make all of it, ratchet's tables included.
-    let server = DatabaseServer::for_tests().await.expect("test server");
+    let server = test_server().await.expect("test server");
     let name = format!("embedding_{}", Uuid::new_v4().simple());
     ratchet_store::pool::create_database_if_missing(&server.url("postgres"), &name)
         .await
@@ -308,7 +308,7 @@ async fn killed_mid_saga_the_host_restarts_and_finishes_both_sagas_once() {
     assert!(status.success(), "{status:?}");
     let _ = std::fs::remove_file(&log);
     drop(conn);
-    let database = ratchet_test_utils::testing::TestDatabase { url, name };
+    let database = ratchet_template_db::TestDatabase { url, name };
     server
         .drop_database(&database)
         .await

@@ -1,7 +1,7 @@
 //! What the harness's test files share: running a matrix on the test server, and the all-pass check.
 
 use ratchet_fault_injection::{Matrix, MatrixReport, Status};
-use ratchet_test_utils::testing::DatabaseServer;
+use ratchet_test_utils::testing::test_server;
 
 /// Runs `matrix` four cells at a time on the test server and prints its table.
 pub async fn run(matrix: Matrix) -> MatrixReport {
@@ -9,7 +9,7 @@ pub async fn run(matrix: Matrix) -> MatrixReport {
         .with_test_writer()
         .with_env_filter("error")
         .try_init();
-    let server = DatabaseServer::for_tests().await.expect("test server");
+    let server = test_server().await.expect("test server");
     let report = matrix
         .parallel(4)
         .run(&server, |_, _, _| {})

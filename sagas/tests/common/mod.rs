@@ -3,7 +3,7 @@
 //!
 //! [`Nexus::start`] does what `ratchet run` does (`cli/src/run.rs`), on a database of its own:
 //!
-//! 1. a fresh database from the test server ([`DatabaseServer::for_tests`]), cloned from a template holding
+//! 1. a fresh database from the test server ([`test_server`]), cloned from a template holding
 //!    the saga log's and the datastore's migrations;
 //! 2. a world seeded into it ([`world::seed`]: a project, a VPC subnet, an IP pool with one range, sleds),
 //!    shaped by a [`WorldSpec`] (a tiny subnet or IP range for the exhaustion tests);
@@ -23,7 +23,7 @@ use ratchet_sagas::{
     WorldSpec, invariants, world,
 };
 use ratchet_store::DbConnection;
-use ratchet_test_utils::testing::DatabaseServer;
+use ratchet_test_utils::testing::test_server;
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
@@ -67,7 +67,7 @@ impl Nexus {
             .with_test_writer()
             .with_env_filter(filter)
             .try_init();
-        let server = DatabaseServer::for_tests().await.expect("the test server");
+        let server = test_server().await.expect("the test server");
         let db = server
             .fresh_database(&[&DATASTORE_MIGRATIONS])
             .await

@@ -28,7 +28,7 @@
 
 use anyhow::{Context, bail};
 use ratchet_engine::{Engine, EngineBuilder, EngineConfig, FaultEffect, FaultPoint};
-use ratchet_test_utils::example::{ProvisionParams, ProvisionWidget};
+use ratchet_example_saga::{ProvisionParams, ProvisionWidget};
 use std::io::Write;
 use std::sync::Arc;
 use tokio::io::{AsyncBufReadExt, BufReader};

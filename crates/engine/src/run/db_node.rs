@@ -691,14 +691,13 @@ async fn compensation_in_transaction<S: SagaDef, T: SagaDef<Context = S::Context
 ) -> Result<Compensation, Stop> {
     let saga_id = run.saga_id();
     let owner = run.cx.log.owner();
-    let receipt = match records::recorded(conn, saga_id, &run.name, owner, OwnerCheck::ShareLock)
-        .await?
-    {
-        Recorded::Fenced => return Err(Stop::Fenced),
-        Recorded::Compensated { .. } => return Ok(Compensation::AlreadyCompensated),
-        Recorded::Committed { receipt } => Some(receipt),
-        Recorded::Absent => None,
-    };
+    let receipt =
+        match records::recorded(conn, saga_id, &run.name, owner, OwnerCheck::ShareLock).await? {
+            Recorded::Fenced => return Err(Stop::Fenced),
+            Recorded::Compensated { .. } => return Ok(Compensation::AlreadyCompensated),
+            Recorded::Committed { receipt } => Some(receipt),
+            Recorded::Absent => None,
+        };
     let outcome = match receipt {
         None => Compensation::NothingCommitted,
         Some(receipt) => {

@@ -73,7 +73,7 @@ pub trait SagaDef: Sized + Send + Sync + 'static {
 /// and the list lacks fails every creation of a saga whose DAG holds it (see [`SagaDef`]). The check runs when
 /// a saga is created rather than at compile time, so that sagas written without this macro (a `register` by
 /// hand) keep compiling: `SagaBuilder` cannot require a declaration they lack. A complete saga using it is
-/// the example saga (`ratchet_test_utils::example`).
+/// the example saga (`ratchet_example_saga`).
 #[macro_export]
 macro_rules! declare_saga_nodes {
     ($($nodes:tt)*) => {

@@ -6,9 +6,10 @@
 use ratchet_engine::{
     Engine, EngineBuilder, EngineConfig, FaultEffect, FaultPoint, PreparedSaga, SagaOutcome,
 };
+use ratchet_example_saga::{self as example, AccountState, ProvisionParams, ProvisionWidget};
 use ratchet_store::saga::{get_saga, saga_history};
-use ratchet_test_utils::example::{self, AccountState, ProvisionParams, ProvisionWidget};
-use ratchet_test_utils::testing::{TestDatabase, fresh_database};
+use ratchet_template_db::TestDatabase;
+use ratchet_test_utils::testing::fresh_database;
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;

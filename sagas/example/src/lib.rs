@@ -1,6 +1,7 @@
 //! A complete example saga: provision a widget and charge for it.
 //!
-//! `ratchet demo` runs it, and the engine's tests use it. Three database nodes in a chain, declared once in
+//! `ratchet demo` runs it, the fault harness runs it as its smallest suite (`ratchet-fault-injection`'s
+//! `example`), and the engine's tests use it. Three database nodes in a chain, declared once in
 //! `ProvisionWidget`'s `declare_saga_nodes!` list (each node type's doc says what it writes): a widget is
 //! reserved, the account charged, the widget activated.
 //!

@@ -1,6 +1,8 @@
-//! A fault-injecting TCP proxy between a PostgreSQL client and a PostgreSQL server, for tests that attack
-//! "a COMMIT whose reply is lost", "a COMMIT that never reaches the server while its transaction lives on"
-//! and "a database outage".
+//! The fault harness's PostgreSQL wire proxy: a fault-injecting TCP proxy between a PostgreSQL client and a
+//! PostgreSQL server, to attack "a COMMIT whose reply is lost", "a COMMIT that never reaches the server while
+//! its transaction lives on" and "a database outage". `ratchet matrix --real-crash` puts it between each
+//! child process and its database (`ratchet-fault-injection`'s `real_crash`), and the cross-crate tests use it
+//! directly.
 //!
 //! # Design
 //!
@@ -1006,8 +1008,9 @@ mod tests {
     }
 
     /// A fresh database, a proxy in front of its server, and the URL through the proxy.
-    async fn proxied_database() -> anyhow::Result<(crate::testing::TestDatabase, PgProxy, String)> {
-        let db = crate::testing::fresh_database(&[]).await?;
+    async fn proxied_database()
+    -> anyhow::Result<(ratchet_template_db::TestDatabase, PgProxy, String)> {
+        let db = ratchet_test_utils::testing::fresh_database(&[]).await?;
         let (upstream, user, dbname) = Upstream::from_url(&db.url)?;
         let proxy = PgProxy::start(upstream).await?;
         let url = proxy.url_for(&dbname, &user);
