@@ -3,8 +3,8 @@
 //!
 //! The server is `DATABASE_URL`'s when that is set; otherwise a private embedded cluster under the temp
 //! directory (`$RATCHET_TEST_PG_DIR` overrides where), started by whichever test process gets there first and
-//! left running for the others (nextest runs every test in its own process). The template is published
-//! atomically by renaming it into place, so concurrent test processes never see a half-migrated one.
+//! left running for the others (nextest runs every test in its own process). The template is migrated
+//! under another name and then renamed into place (one statement), for concurrent test processes.
 
 use diesel::migration::MigrationSource;
 use diesel::sql_types::Text;
