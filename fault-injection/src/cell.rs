@@ -205,7 +205,7 @@ async fn start_engine(
     Ok(engine)
 }
 
-/// Runs one cell. Never panics; every failure is a `Fail` with its reason.
+/// Runs one cell. Every failure it detects is a `Fail` with its reason.
 pub(crate) async fn run_cell<T: SagaSuite>(
     suite: &T,
     server: &DatabaseServer,

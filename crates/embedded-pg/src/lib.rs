@@ -5,7 +5,7 @@
 //! ratchet's saga log lives in PostgreSQL. A newcomer should not need to set a server up: with no
 //! `--database-url` / `DATABASE_URL`, the CLI and the tests run a private cluster made with the machine's own
 //! `initdb` and `pg_ctl`. A [`Cluster`] is a data directory plus a Unix socket directory; it listens on no TCP
-//! port (`listen_addresses = ''`), so two checkouts on one machine cannot collide on a port.
+//! port (`listen_addresses = ''`): two checkouts on one machine take no port to collide on.
 //!
 //! Invariants:
 //! - The server runs with `default_transaction_isolation = serializable`, CockroachDB's default and Nexus's
@@ -20,7 +20,7 @@
 //! - Starting is idempotent: `start` on a running cluster is a no-op; concurrent starters (several test
 //!   processes at once) serialise on a lock file beside the data directory.
 //!
-//! The superuser is always named `postgres` and local connections use `trust` authentication: the socket
+//! The superuser is named `postgres` and local connections use `trust` authentication: the socket
 //! directory is the only way in, and it is only reachable on this machine.
 
 mod binaries;

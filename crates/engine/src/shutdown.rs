@@ -13,7 +13,7 @@
 //!    progress commits, with its log events). The engine counts the nodes between boundaries and waits for
 //!    that count to reach zero.
 //! 3. *Write nothing more*: the saga log store's writes then wait forever ([`ratchet_store::Liveness::stop`]),
-//!    so steno's own bookkeeping for a node that returned just before cannot land half-way either. Every saga
+//!    so steno's own bookkeeping for a node that returned just before waits with them. Every saga
 //!    that was not at rest stays `running` (or `unwinding`) in the database, and the next start of an engine
 //!    with this executor id recovers it; waiters get [`crate::SagaOutcome::Interrupted`].
 //!

@@ -85,7 +85,7 @@ impl Default for PoolConfig {
 /// its `COMMIT` (if it was about to send one) has an unknown outcome, and the engine resolves it from the
 /// database, where the adoption has fenced it out: it writes nothing.
 ///
-/// The engine's own transactions are never idle for long: no call to another service is made inside one,
+/// The engine's own transactions are not meant to idle: no call to another service is made inside one,
 /// and a node's phases run between its statements without waiting on anything else. So the defaults are
 /// generous.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

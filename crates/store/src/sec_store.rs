@@ -34,7 +34,7 @@
 //! - steno's **end node**: its `started` and `succeeded` are held until the transaction that records the saga
 //!   `done` (two durable commits fewer per saga). Recovery runs it again, which does nothing.
 //!
-//! External nodes' events are never held: their `started` must be in the log before the call goes out, so
+//! External nodes' events are not held: their `started` must be in the log before the call goes out, so
 //! that recovery in an unwinding saga knows to compensate the call.
 //!
 //! # One round trip per fenced write

@@ -14,7 +14,7 @@ pub async fn begin(conn: &mut AsyncPgConnection) -> Result<(), DieselError> {
 
 /// `BEGIN` a serializable read-write transaction and run `then` (statements without results, such as a
 /// `SAVEPOINT`) in the same round trip. If `then` fails, the transaction is rolled back before the error is
-/// returned: the connection is never left inside a transaction diesel does not know of.
+/// returned, so as not to leave the connection inside a transaction diesel does not know of.
 pub async fn begin_then(conn: &mut AsyncPgConnection, then: &str) -> Result<(), DieselError> {
     begin_as_then(conn, "BEGIN ISOLATION LEVEL SERIALIZABLE", then).await
 }

@@ -7,8 +7,8 @@
 //! A [`DatabaseServer`] is an embedded cluster (`ratchet-embedded-pg`) or an external server's URL. A fresh
 //! database holds the saga log's schema plus the caller's migration sets; it is made by `CREATE DATABASE …
 //! TEMPLATE`, from a template migrated once per set of migrations and named after the migrations' names. The
-//! template is published atomically by renaming it into place, so concurrent processes (nextest runs every
-//! test in a process of its own) never see a half-migrated one.
+//! template is migrated under another name and then renamed into place (one statement), for concurrent
+//! processes (nextest runs every test in a process of its own).
 //!
 //! It sits on the ground floor, beside the saga log it migrates, because the test kit (`ratchet-test-utils`,
 //! on this floor) builds on it as well as the harness, the benchmark and the CLI above; nothing on a saga's

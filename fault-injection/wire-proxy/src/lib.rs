@@ -6,8 +6,8 @@
 //!
 //! # Design
 //!
-//! [`PgProxy::start`] binds `127.0.0.1:0` once and keeps that listener for its whole life (a port is never
-//! re-bound, so no other process can grab it between an outage and its end). One accept task owns the
+//! [`PgProxy::start`] binds `127.0.0.1:0` once and keeps that listener for its whole life (it binds no
+//! second time, so the port stays the proxy's between an outage and its end). One accept task owns the
 //! listener and a [`JoinSet`] holding one task per proxied connection; dropping the [`PgProxy`] aborts the
 //! accept task, which drops the `JoinSet`, which aborts every connection task, which drops (closes) both
 //! sockets of every connection.
@@ -309,8 +309,8 @@ pub struct PgProxy {
 }
 
 impl PgProxy {
-    /// Starts listening on `127.0.0.1:0` (the listener is kept for the proxy's life; a port is never
-    /// re-bound), forwarding every accepted connection to `upstream`. Must be called inside a tokio runtime.
+    /// Starts listening on `127.0.0.1:0` (the listener is kept for the proxy's life; it binds no
+    /// second time), forwarding every accepted connection to `upstream`. Must be called inside a tokio runtime.
     pub async fn start(upstream: Upstream) -> std::io::Result<PgProxy> {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
         let addr = listener.local_addr()?;

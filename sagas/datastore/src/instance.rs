@@ -318,7 +318,7 @@ struct BootDiskOutcome {
 /// Sets (or with `None` clears) the instance's boot disk. The instance must have no VMM (`creating`, `no_vmm`,
 /// `failed`; else `InvalidState`); a disk must be live (`NotFound`) and attached to this instance (else
 /// `Conflict`). The instance row, then the disk row, are locked for the statement (the order attach and detach
-/// use), so the disk cannot be detached underneath even at READ COMMITTED.
+/// use), so a concurrent detach of the disk waits for the statement, also at READ COMMITTED.
 pub async fn instance_set_boot_disk(
     conn: &mut AsyncPgConnection,
     instance_id: Uuid,

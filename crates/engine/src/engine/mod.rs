@@ -18,7 +18,7 @@
 //! # Invariants
 //!
 //! - [`EngineBuilder::start`] recovers every unfinished saga of this executor *before* it returns the
-//!   engine, so no new saga can start first.
+//!   engine (the handle that creates new sagas).
 //! - A saga definition is registered under one name; a second registration of a node name with another type
 //!   fails the build ([`EngineError::DuplicateNode`]).
 //! - [`Engine::recovering`] orders every claim of this engine (recovery, adoption, retry-unwind) against
@@ -294,7 +294,7 @@ impl EngineBuilder {
     }
 
     /// Applies the saga log's migrations, builds the pool, and recovers every unfinished saga this executor
-    /// owns *before* returning the engine, so no new saga can start first.
+    /// owns *before* returning the engine (the handle that creates new sagas).
     pub async fn start(self) -> Result<(Engine, RecoveryReport), EngineError> {
         if let Some(error) = self.error {
             return Err(error);

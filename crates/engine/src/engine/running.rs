@@ -458,7 +458,7 @@ impl Engine {
 /// log persists, so that a saga's DAG reads the same on creation and on recovery. This is how the engine
 /// learns what steno's public API does not tell: every action node's path and action name, the end node, the
 /// nodes without an action. A DAG that does not serialize reads as no nodes: no event is held (more
-/// durable commits per saga, never correctness) and every node then fails, loudly, as not in the saga's DAG.
+/// durable commits per saga) and every node then fails, loudly, as not in the saga's DAG.
 pub(crate) fn read_dag(dag: &SagaDag) -> PersistedDag {
     serde_json::to_value(dag)
         .map(|serialized| PersistedDag::read(&serialized))

@@ -8,8 +8,8 @@
 //!
 //! # Invariants
 //!
-//! - Each SEC has its own store ([`PgSecStore`]): a stale execution parked in one SEC can never write through
-//!   the registration of a newer one.
+//! - Each SEC has its own store ([`PgSecStore`]): a stale execution parked in one SEC writes through its own
+//!   SEC's registration, not through that of a newer one.
 //! - Once [`Sec::take_client`] has run (shutdown), no call reaches steno again.
 //! - [`Sec::unresolved`] counts the sagas started in this SEC whose steno future has not resolved: shutdown
 //!   awaits steno's own shutdown only when it is zero.
@@ -26,7 +26,7 @@ use uuid::Uuid;
 ///
 /// An engine has one, plus one more for each saga it re-drives that its first SEC already ran (steno keeps every
 /// saga it ran in memory and refuses to resume an id it holds). Each has its own store, so that a stale
-/// execution parked in one SEC can never write through the registration of a newer one.
+/// execution parked in one SEC writes through its own SEC's registration, not through that of a newer one.
 pub(crate) struct Sec {
     client: Mutex<Option<Arc<steno::SecClient>>>,
     pub(crate) store: Arc<PgSecStore>,

@@ -18,8 +18,8 @@
 //!   somewhere and land later, the new attempt's commit record meets its primary key, and that unique
 //!   violation is itself resolved the same way: the node replays, never fails.
 //!
-//! Once a node's commit was unknown, the engine never again assumes it has no record: every later attempt
-//! looks first ([`crate::run::saga_state::SagaCx::commit_may_exist`]). Compensations follow the same rule with their
+//! Once a node's commit was unknown, every later attempt of that node in this run of the saga looks for its
+//! record first ([`crate::run::saga_state::SagaCx::commit_may_exist`]). Compensations follow the same rule with their
 //! compensation record.
 
 use crate::failpoint::FaultPoint;

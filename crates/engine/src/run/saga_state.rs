@@ -29,8 +29,8 @@ pub struct SagaCx<S: SagaDef> {
     /// The database nodes for which this engine sent a `COMMIT` that may have landed (see
     /// [`SagaCx::commit_may_exist`]).
     pub(crate) commit_sent: std::sync::Mutex<HashSet<u32>>,
-    /// The nodes (database nodes, and compensations) one of whose `COMMIT`s had an unknown outcome: never
-    /// forgotten, whatever later attempts meet (see `commit_outcome.rs`).
+    /// The nodes (database nodes, and compensations) one of whose `COMMIT`s had an unknown outcome: the set
+    /// is only added to, whatever later attempts meet (see `commit_outcome.rs`).
     pub(crate) commit_unknown: std::sync::Mutex<HashSet<u32>>,
     /// Whether this engine took the saga over from the database (recovery, adoption, retry-unwind), so that
     /// a node start may follow a crash in the same node ([`crate::EngineConfig::start_limit`]).

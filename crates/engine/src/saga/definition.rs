@@ -43,7 +43,7 @@ pub trait SagaDef: Sized + Send + Sync + 'static {
     /// Registers this saga's node types in the registry of a saga `R` that nests it as a subsaga
     /// ([`SagaBuilder::subsaga`]), under `R`'s steno saga type. [`declare_saga_nodes!`](crate::declare_saga_nodes)
     /// writes it from the same list as `register`, and the list of `R` names this saga (`subsaga Child`) to
-    /// call it. The default refuses: a saga whose `register` is written by hand cannot be nested (the
+    /// call it. The default refuses: a saga whose `register` is written by hand refuses to be nested (the
     /// registration of `R` then fails with [`EngineError::BadRegistration`](crate::EngineError::BadRegistration)).
     fn register_nested<R: SagaDef<Context = Self::Context>>(registry: &mut NodeRegistry<R>) {
         registry.refuse_nested(
@@ -114,8 +114,8 @@ macro_rules! __register_saga_nodes {
 }
 
 /// The muncher behind [`declare_saga_nodes!`](crate::declare_saga_nodes)'s `register_nested`: the same list,
-/// registered under the nesting saga's steno type. An unchecked steno action is typed for its own saga and
-/// cannot be: a saga that has one refuses to be nested.
+/// registered under the nesting saga's steno type. An unchecked steno action is typed for its own saga, so
+/// it is not registered here: a saga that has one refuses to be nested.
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __register_nested_nodes {

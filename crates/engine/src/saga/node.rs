@@ -72,8 +72,8 @@ pub trait DbNode<S: SagaDef>: Serialize + DeserializeOwned + Send + Sync + 'stat
 /// Implementing it implements [`DbNode`] for [`CommitOnlyDbNode::Saga`], with `Plan = ()` and a prepare that
 /// reads nothing; commit (which loses only its `plan` argument), finish and compensate are [`DbNode`]'s, with
 /// the same signatures, bounds and guarantees, and run the same way (see [`DbNode`]). A node that reads before
-/// it writes (to refuse early, or to carry what it read to the commit) implements [`DbNode`] itself; one type
-/// cannot do both (the two impls conflict).
+/// it writes (to refuse early, or to carry what it read to the commit) implements [`DbNode`] itself; a type that
+/// implemented both would hold two conflicting impls (`DbNode` has a blanket impl for every commit-only node).
 ///
 /// The saga is an associated type, not a parameter as in [`DbNode`], so a commit-only node serves one saga.
 /// That keeps the blanket impl coherent with nodes that implement [`DbNode`] for every saga of a context (a

@@ -24,7 +24,7 @@ pub struct NodeRegistry<S: SagaDef> {
     /// to write (`SagaRegistration::db_nodes`).
     pub(crate) db_actions: HashSet<&'static str>,
     pub(crate) duplicate: Option<String>,
-    /// Why a saga this one nests cannot be nested ([`SagaDef::register_nested`]): the registration fails.
+    /// Why a saga this one nests refused to be nested ([`SagaDef::register_nested`]): the registration fails.
     pub(crate) refused: Option<String>,
 }
 
@@ -69,7 +69,7 @@ impl<S: SagaDef> NodeRegistry<S> {
         self
     }
 
-    /// Records that saga `saga`, which this saga nests, cannot be nested, and why: the registration fails.
+    /// Records that saga `saga`, which this saga nests, refuses to be nested, and why: the registration fails.
     #[doc(hidden)]
     pub fn refuse_nested(&mut self, saga: &str, why: &str) -> &mut Self {
         self.refused
