@@ -40,21 +40,7 @@ async fn executors_started_together_on_a_blank_database_all_come_up() {
             })
             .collect();
         let started = Instant::now();
-        let mut failures = Vec::new();
-        for (i, child) in children.into_iter().enumerate() {
-            let output = tokio::task::spawn_blocking(move || child.wait_with_output())
-                .await
-                .unwrap()
-                .expect("wait for ratchet demo");
-            if !output.status.success() {
-                failures.push(format!(
-                    "process {i}: {}\n--- stdout\n{}\n--- stderr\n{}",
-                    output.status,
-                    String::from_utf8_lossy(&output.stdout),
-                    String::from_utf8_lossy(&output.stderr)
-                ));
-            }
-        }
+        let failures = failures_of(children).await;
         assert!(
             started.elapsed() < DEADLINE,
             "round {round}: the processes took {:?}",
@@ -122,6 +108,24 @@ async fn executors_started_together_on_a_new_embedded_cluster_all_come_up() {
                 .expect("spawn ratchet demo")
         })
         .collect();
+    let failures = failures_of(children).await;
+    let stopped = Command::new(&ratchet)
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .args(["db", "stop"])
+        .output()
+        .expect("ratchet db stop");
+    assert!(
+        failures.is_empty(),
+        "{} of {PROCESSES} processes failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert!(stopped.status.success(), "ratchet db stop: {stopped:?}");
+}
+
+/// Waits for every child; returns what each one that failed printed.
+async fn failures_of(children: Vec<std::process::Child>) -> Vec<String> {
     let mut failures = Vec::new();
     for (i, child) in children.into_iter().enumerate() {
         let output = tokio::task::spawn_blocking(move || child.wait_with_output())
@@ -137,17 +141,5 @@ async fn executors_started_together_on_a_new_embedded_cluster_all_come_up() {
             ));
         }
     }
-    let stopped = Command::new(&ratchet)
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .args(["db", "stop"])
-        .output()
-        .expect("ratchet db stop");
-    assert!(
-        failures.is_empty(),
-        "{} of {PROCESSES} processes failed:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
-    assert!(stopped.status.success(), "ratchet db stop: {stopped:?}");
+    failures
 }
