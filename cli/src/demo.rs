@@ -7,7 +7,7 @@ use crate::setup::{self, Also, NexusServices};
 use anyhow::Context;
 use ratchet_engine::{FaultEffect, FaultPoint};
 use ratchet_example_saga::{self as example, ProvisionParams, ProvisionWidget};
-use ratchet_store::saga::saga_history;
+use ratchet_store::saga_history;
 use uuid::Uuid;
 
 pub async fn demo(global: &Global, args: &DemoArgs) -> anyhow::Result<()> {

@@ -490,7 +490,7 @@ async fn global_check(
     sled_agent: &SledAgentClient,
     pantry: &PantryClient,
 ) -> anyhow::Result<GlobalCheck> {
-    let in_flight = ratchet_store::saga::count_unfinished_by_executor(conn).await?;
+    let in_flight = ratchet_store::count_unfinished_by_executor(conn).await?;
     if !in_flight.is_empty() {
         return Ok(GlobalCheck::InFlight(in_flight));
     }

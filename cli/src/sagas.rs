@@ -20,9 +20,10 @@ use anyhow::bail;
 use chrono::{DateTime, Utc};
 use ratchet_engine::{AdoptOptions, AdoptionReport, Engine};
 use ratchet_engine::{EngineError, RecoveryReport, SagaOutcome};
-use ratchet_store::ops::{FailedUndo, StuckDiagnosis, UncompensatedCommit};
-use ratchet_store::saga::{SagaEnd, SagaFilter, SagaHistory, list_sagas_where, saga_history};
-use ratchet_store::{DbConnection, PoolConfig, pool};
+use ratchet_store::{
+    DbConnection, FailedUndo, PoolConfig, SagaEnd, SagaFilter, SagaHistory, StuckDiagnosis,
+    UncompensatedCommit, connect_pool, list_sagas_where, saga_history,
+};
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
@@ -77,7 +78,7 @@ pub async fn list(global: &Global, args: &ListArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Why a saga waits, and since when (`ratchet_store::saga::waiting`).
+/// Why a saga waits, and since when (`ratchet_store::waiting_note`).
 #[derive(serde::Serialize)]
 struct Waiting {
     reason: String,
@@ -102,7 +103,7 @@ pub async fn show(global: &Global, args: &ShowArgs) -> anyhow::Result<()> {
     let history = saga_history(&mut conn, id)
         .await?
         .ok_or(EngineError::NoSuchSaga(id))?;
-    let waiting = ratchet_store::saga::waiting(&mut conn, id).await?;
+    let waiting = ratchet_store::waiting_note(&mut conn, id).await?;
     if args.dot {
         print!("{}", crate::dot::render(&history));
         return Ok(());
@@ -376,7 +377,7 @@ pub async fn abandon(global: &Global, args: &AbandonArgs) -> anyhow::Result<()> 
         output::ask(&abandon_plan(&mut conn, args).await?.text())?;
     }
     drop(conn);
-    let pool = pool::connect_pool(&url, &PoolConfig::default()).await?;
+    let pool = connect_pool(&url, &PoolConfig::default()).await?;
     let abandoned = ratchet_engine::abandon(&pool, id, &args.reason).await?;
     if json {
         return print_json(&abandoned);
@@ -501,7 +502,7 @@ async fn adopt_plan(
     .await?;
     // The engine the command would start, not started: it says which sagas it could run.
     let engine = setup::engine_builder(&url, executor.id, &services, |_| {});
-    let rows = ratchet_store::saga::list_unfinished(&mut conn, args.from, 1000).await?;
+    let rows = ratchet_store::list_unfinished(&mut conn, args.from, 1000).await?;
     let mut sagas = Vec::new();
     let mut left_alone = Vec::new();
     for row in rows {
