@@ -28,7 +28,7 @@ struct CheckOutput {
 /// and creates nothing, and without the Nexus tables it checks only what is there.
 pub async fn check(global: &Global, args: &CheckArgs) -> anyhow::Result<()> {
     let json = args.output.json();
-    let say = crate::output::Say { json };
+    let say = crate::output::Commentary { json };
     let (_, mut conn) = setup::read_only(global, "check").await?;
     let services = ServiceAddrs::from_args(&args.services);
 

@@ -257,7 +257,7 @@ pub(crate) async fn unfinished_of(url: &str, sec: Uuid) -> anyhow::Result<usize>
 }
 
 /// What an engine's start must not strand, besides this executor's own unfinished sagas.
-pub(crate) enum Also {
+pub(crate) enum AlsoUnstranded {
     Nothing,
     /// Another executor's unfinished sagas (`sagas adopt --from`).
     Executor(Uuid),
@@ -304,7 +304,7 @@ pub(crate) async fn refuse_stranding(
     executor: Uuid,
     services: &NexusServices,
     command: &str,
-    also: &Also,
+    also: &AlsoUnstranded,
 ) -> anyhow::Result<()> {
     let in_process = match services {
         NexusServices::At(_) => return Ok(()),
@@ -312,9 +312,9 @@ pub(crate) async fn refuse_stranding(
         NexusServices::InProcess(_) => true,
     };
     let (executors, sagas) = match also {
-        Also::Nothing => (vec![executor], vec![]),
-        Also::Executor(other) => (vec![executor, *other], vec![]),
-        Also::Saga(id) => (vec![executor], vec![*id]),
+        AlsoUnstranded::Nothing => (vec![executor], vec![]),
+        AlsoUnstranded::Executor(other) => (vec![executor, *other], vec![]),
+        AlsoUnstranded::Saga(id) => (vec![executor], vec![*id]),
     };
     registry::refuse_stranded_nexus_sagas(conn, &executors, &sagas, command, in_process).await
 }
@@ -340,7 +340,7 @@ pub(crate) async fn start_engine(
     executor: &Executor,
     services: &NexusServices,
     command: &str,
-    also: Also,
+    also: AlsoUnstranded,
     configure: impl FnOnce(&mut EngineConfig),
 ) -> anyhow::Result<(Engine, RecoveryReport)> {
     if let NexusServices::At(addrs) = services {
