@@ -8,7 +8,7 @@
 use crate::BenchError;
 use crate::baseline_store::BaselineSecStore;
 use ratchet_datastore::DatastoreError;
-use ratchet_store::{DbConnection, DbPool, RetryPolicy, transaction};
+use ratchet_store::{DbConnection, DbPool, RetryPolicy, in_transaction};
 use std::sync::Arc;
 use std::time::Duration;
 use steno::{ActionError, ActionRegistry, SagaDag, SagaId, SagaResult, SagaType, SecClient};
@@ -103,9 +103,7 @@ where
         let outcome: Result<T, ActionTxError> = async {
             let mut conn = pool.get().await.map_err(ratchet_store::DbError::from)?;
             Ok(match wrap {
-                Wrap::Transaction => {
-                    transaction::in_transaction(&mut conn, |conn| body(conn)).await?
-                }
+                Wrap::Transaction => in_transaction(&mut conn, |conn| body(conn)).await?,
                 Wrap::Autocommit => body(&mut conn).await?,
             })
         }

@@ -35,7 +35,7 @@
 //! - Both implementations retry a transaction that meets a serialization failure with the same policy
 //!   (`baseline::FORWARD_RETRY`). Under load a node can still spend it and its saga unwinds: such sagas are
 //!   counted per cell (`unwound`) and their time to rest stays in the latencies.
-//! - Recovery already loads logs in batches (`ratchet_store::saga::list_unfinished` pages of 1,000 sagas,
+//! - Recovery already loads logs in batches (`ratchet_store::list_unfinished` pages of 1,000 sagas,
 //!   `load_logs` 1,000 sagas per query); the bench counts those statements to show it.
 
 mod baseline;
@@ -158,7 +158,7 @@ impl Bench<'_> {
     /// A fresh database with a seeded world (its seeding connection closed).
     pub(crate) async fn fresh_world(&self) -> Result<(TestDatabase, World), BenchError> {
         let db = self.fresh_database().await?;
-        let mut conn = ratchet_store::pool::establish(&db.url).await?;
+        let mut conn = ratchet_store::establish(&db.url).await?;
         let world = ratchet_sagas::world::seed(&mut conn, &WorldSpec::default()).await?;
         Ok((db, world))
     }

@@ -34,7 +34,7 @@
 use crate::BenchError;
 use diesel::connection::{Instrumentation, InstrumentationEvent};
 use diesel::sql_types::{BigInt, Text};
-use ratchet_store::pool;
+use ratchet_store::establish;
 use ratchet_template_db::DatabaseServer;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -120,7 +120,7 @@ impl std::ops::Sub for Commits {
 pub async fn settled_commits(server: &DatabaseServer, dbname: &str) -> Result<Commits, BenchError> {
     // Here, not at the top: its `load` would shadow the atomics'.
     use diesel_async::RunQueryDsl;
-    let mut admin = pool::establish(&server.url("postgres")).await?;
+    let mut admin = establish(&server.url("postgres")).await?;
     for _ in 0..500 {
         let left: Count = diesel::sql_query(
             "SELECT count(pg_terminate_backend(pid)) AS count FROM pg_stat_activity \
@@ -153,7 +153,7 @@ pub async fn settled_commits(server: &DatabaseServer, dbname: &str) -> Result<Co
 
 /// The server's next transaction id now (reading it takes none).
 pub async fn next_xid(server: &DatabaseServer) -> Result<i64, BenchError> {
-    let mut admin = pool::establish(&server.url("postgres")).await?;
+    let mut admin = establish(&server.url("postgres")).await?;
     next_xid_on(&mut admin).await
 }
 

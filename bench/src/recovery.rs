@@ -25,7 +25,7 @@ use crate::{Bench, BenchError};
 use diesel::sql_types::{BigInt, Integer, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
 use ratchet_engine::{FaultEffect, FaultPoint, SagaOutcome};
-use ratchet_store::pool;
+use ratchet_store::establish;
 use serde::Serialize;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -76,7 +76,7 @@ pub(crate) async fn measure(bench: &Bench<'_>, sagas: usize) -> Result<RecoveryR
     drop(first);
 
     // N - 1 copies, in one transaction.
-    let mut conn = pool::establish(&db.url).await?;
+    let mut conn = establish(&db.url).await?;
     copy_unfinished(&mut conn, template, sagas - 1).await?;
     drop(conn);
     settled_commits(bench.server, &db.name).await?;
@@ -113,7 +113,7 @@ pub(crate) async fn measure(bench: &Bench<'_>, sagas: usize) -> Result<RecoveryR
     let statements = queries() - statements_before;
     engine.shutdown().await;
 
-    let mut conn = pool::establish(&db.url).await?;
+    let mut conn = establish(&db.url).await?;
     let rows = count(&mut conn, "SELECT count(*) AS n FROM bench_chain_step").await?;
     if rows != sagas as i64 * i64::from(STEPS) {
         return Err(BenchError::Check(format!(
@@ -180,7 +180,7 @@ async fn copy_unfinished(
          SELECT c.id, b.step, b.value FROM bench_chain_step b CROSS JOIN bench_copy c \
          WHERE b.saga_id = $1 AND $2 > 0",
     ];
-    ratchet_store::transaction::in_transaction(conn, |conn| {
+    ratchet_store::in_transaction(conn, |conn| {
         Box::pin(async move {
             diesel::sql_query(ids).execute(conn).await?;
             for sql in statements {

@@ -45,7 +45,7 @@ pub(crate) async fn machine(bench: &Bench<'_>) -> Result<Machine, BenchError> {
         .and_then(|l| l.split_once(':'))
         .map(|(_, v)| v.trim().to_owned())
         .unwrap_or_else(|| "unknown".to_owned());
-    let mut conn = ratchet_store::pool::establish(&bench.server.url("postgres")).await?;
+    let mut conn = ratchet_store::establish(&bench.server.url("postgres")).await?;
     #[derive(diesel::QueryableByName)]
     struct Setting {
         #[diesel(sql_type = Text)]

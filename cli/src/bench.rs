@@ -5,7 +5,7 @@
 //! only to see that it completes.
 
 use crate::cli::{BenchArgs, Global};
-use crate::output::{Progress, Say};
+use crate::output::{Commentary, Progress};
 use crate::setup;
 use anyhow::Context;
 
@@ -14,7 +14,7 @@ pub async fn bench(global: &Global, args: &BenchArgs) -> anyhow::Result<()> {
     let mut options = ratchet_bench::BenchOptions::new(args.quick);
     options.json = args.json.clone();
     options.with_dbos = args.with_dbos;
-    let bar = Progress::new(None, Say { json: false });
+    let bar = Progress::new(None, Commentary { json: false });
     let progress = |line: &str| {
         bar.note(line);
         bar.message(line.to_owned());

@@ -28,11 +28,11 @@ struct CheckOutput {
 /// and creates nothing, and without the Nexus tables it checks only what is there.
 pub async fn check(global: &Global, args: &CheckArgs) -> anyhow::Result<()> {
     let json = args.output.json();
-    let say = crate::output::Say { json };
+    let say = crate::output::Commentary { json };
     let (_, mut conn) = setup::read_only(global, "check").await?;
     let services = ServiceAddrs::from_args(&args.services);
 
-    let states = ratchet_store::saga::count_by_state(&mut conn).await?;
+    let states = ratchet_store::count_by_state(&mut conn).await?;
     let summary: Vec<String> = states
         .iter()
         .map(|(state, count)| format!("{count} {state}"))
@@ -99,8 +99,5 @@ pub async fn check(global: &Global, args: &CheckArgs) -> anyhow::Result<()> {
 /// Whether every migration of the Nexus tables (`ratchet_sagas::DATASTORE_MIGRATIONS`) is applied, read from
 /// diesel's migration table without creating it.
 async fn datastore_present(conn: &mut ratchet_store::DbConnection) -> anyhow::Result<bool> {
-    Ok(
-        ratchet_store::schema_check::migrations_applied(conn, &ratchet_sagas::DATASTORE_MIGRATIONS)
-            .await?,
-    )
+    Ok(ratchet_store::migrations_applied(conn, &ratchet_sagas::DATASTORE_MIGRATIONS).await?)
 }

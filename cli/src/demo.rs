@@ -3,18 +3,25 @@
 
 use crate::cli::{DemoArgs, Global};
 use crate::history;
-use crate::setup::{self, Also, NexusServices};
+use crate::setup::{self, AlsoUnstranded, NexusServices};
 use anyhow::Context;
 use ratchet_engine::{FaultEffect, FaultPoint};
 use ratchet_example_saga::{self as example, ProvisionParams, ProvisionWidget};
-use ratchet_store::saga::saga_history;
+use ratchet_store::saga_history;
 use uuid::Uuid;
 
 pub async fn demo(global: &Global, args: &DemoArgs) -> anyhow::Result<()> {
     let (url, executor) = setup::open(global, "demo").await?;
     let services = NexusServices::from_args(&args.services);
-    let (engine, _) =
-        setup::start_engine(&url, &executor, &services, "demo", Also::Nothing, |_| {}).await?;
+    let (engine, _) = setup::start_engine(
+        &url,
+        &executor,
+        &services,
+        "demo",
+        AlsoUnstranded::Nothing,
+        |_| {},
+    )
+    .await?;
     let mut conn = engine.pool().get().await?;
     let account = example::create_account(&mut conn, 100).await?;
     let name = args

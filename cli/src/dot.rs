@@ -3,8 +3,7 @@
 //! The DAG is the one persisted with the saga (steno's `SagaDag`, whose `graph` is petgraph's serialized
 //! graph: `nodes`, and `edges` as `[from, to, weight]`); each node's state comes from its events in the log.
 
-use ratchet_store::dag::node_paths;
-use ratchet_store::saga::SagaHistory;
+use ratchet_store::{SagaHistory, node_paths};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 

@@ -5,9 +5,7 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use ratchet_engine::SagaOutcome;
-use ratchet_store::dag::node_paths;
-use ratchet_store::ops::UncompensatedCommit;
-use ratchet_store::saga::{SagaEnd, SagaHistory};
+use ratchet_store::{SagaEnd, SagaHistory, UncompensatedCommit, node_paths};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -199,7 +197,7 @@ pub(crate) fn print_history(history: &SagaHistory, full: bool) {
                 .unwrap_or_default(),
         };
         let data = match event.event_type.as_str() {
-            "undo_failed" => ratchet_store::event::undo_error_message(event.data.as_ref()),
+            "undo_failed" => ratchet_store::undo_error_message(event.data.as_ref()),
             "failed" => event
                 .data
                 .as_ref()

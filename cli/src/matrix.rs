@@ -4,7 +4,7 @@
 //! line. The engine's log of the faults the matrix injects on purpose goes to a file (see `main`).
 
 use crate::cli::{Global, MatrixArgs};
-use crate::output::{Progress, Say};
+use crate::output::{Commentary, Progress};
 use crate::setup;
 use anyhow::{Context, bail};
 use ratchet_fault_injection::{ChildProgram, Matrix, Status, nexus};
@@ -36,8 +36,9 @@ pub async fn matrix(global: &Global, args: &MatrixArgs) -> anyhow::Result<()> {
     let mut progress: Option<Progress> = None;
     let report = matrix
         .run(&server, |cell, done, total| {
-            let progress = progress
-                .get_or_insert_with(|| Progress::new(Some(total as u64), Say { json: false }));
+            let progress = progress.get_or_insert_with(|| {
+                Progress::new(Some(total as u64), Commentary { json: false })
+            });
             let mark = match cell.status {
                 Status::Pass => "ok",
                 Status::Detected => "detected (expected)",

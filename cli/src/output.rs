@@ -18,11 +18,11 @@ pub fn print_json<T: serde::Serialize + ?Sized>(value: &T) -> anyhow::Result<()>
 
 /// Where a command's running commentary goes: stdout, or stderr when stdout carries JSON.
 #[derive(Clone, Copy, Debug)]
-pub struct Say {
+pub struct Commentary {
     pub json: bool,
 }
 
-impl Say {
+impl Commentary {
     pub fn line(&self, text: impl std::fmt::Display) {
         if self.json {
             eprintln!("{text}");
@@ -65,12 +65,12 @@ impl Write for StderrAroundBar {
 /// Progress through `total` steps: a bar on stderr when a person is watching, plain lines otherwise.
 pub struct Progress {
     bar: Option<ProgressBar>,
-    say: Say,
+    say: Commentary,
 }
 
 impl Progress {
     /// A bar of `total` steps (a spinner when `total` is `None`).
-    pub fn new(total: Option<u64>, say: Say) -> Progress {
+    pub fn new(total: Option<u64>, say: Commentary) -> Progress {
         let bar = interactive().then(|| {
             let (bar, template) = match total {
                 Some(total) => (

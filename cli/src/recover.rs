@@ -3,9 +3,9 @@
 //! exit status says whether an operator is needed.
 
 use crate::cli::{Global, RecoverArgs};
-use crate::output::{Say, print_json};
+use crate::output::{Commentary, print_json};
 use crate::sagas;
-use crate::setup::{self, Also, NexusServices};
+use crate::setup::{self, AlsoUnstranded, NexusServices};
 use anyhow::bail;
 use ratchet_engine::{RecoveryReport, SagaOutcome};
 use std::collections::BTreeMap;
@@ -26,7 +26,7 @@ struct RecoverOutput<'a> {
 
 pub async fn recover(global: &Global, args: &RecoverArgs) -> anyhow::Result<()> {
     let json = args.output.json();
-    let say = Say { json };
+    let say = Commentary { json };
     let (url, executor) = setup::open(global, "recover").await?;
     let sec = executor.id;
     let owned = setup::unfinished_of(&url, sec).await?;
@@ -35,8 +35,15 @@ pub async fn recover(global: &Global, args: &RecoverArgs) -> anyhow::Result<()> 
         executor.origin
     ));
     let services = NexusServices::from_args(&args.services);
-    let (engine, report) =
-        setup::start_engine(&url, &executor, &services, "recover", Also::Nothing, |_| {}).await?;
+    let (engine, report) = setup::start_engine(
+        &url,
+        &executor,
+        &services,
+        "recover",
+        AlsoUnstranded::Nothing,
+        |_| {},
+    )
+    .await?;
     if report.resumed.is_empty() && report.abandoned.is_empty() && report.left_alone.is_empty() {
         engine.shutdown().await;
         if json {

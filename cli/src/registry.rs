@@ -125,7 +125,7 @@ pub async fn refuse_stranded_nexus_sagas(
     command: &str,
     in_process: bool,
 ) -> anyhow::Result<()> {
-    let pending = ratchet_store::ops::unfinished_by_name(conn, &NEXUS_SAGAS, executors, sagas)
+    let pending = ratchet_store::unfinished_by_name(conn, &NEXUS_SAGAS, executors, sagas)
         .await
         .context("looking for unfinished Nexus sagas")?;
     if pending.is_empty() {

@@ -22,9 +22,9 @@
 //!   flight, it says so, naming how many of which executors, and does not fail for them.
 
 use crate::cli::{Global, InstanceCreateArgs, RunSaga};
-use crate::output::{Progress, Say, print_json};
+use crate::output::{Commentary, Progress, print_json};
 use crate::registry::ServiceAddrs;
-use crate::setup::{self, Also, NexusServices};
+use crate::setup::{self, AlsoUnstranded, NexusServices};
 use anyhow::{Context, bail};
 use diesel_async::SimpleAsyncConnection;
 use futures::StreamExt;
@@ -84,7 +84,7 @@ enum GlobalCheck {
 pub async fn run(global: &Global, saga: &RunSaga) -> anyhow::Result<()> {
     let common = saga.common();
     let json = common.output.json();
-    let say = Say { json };
+    let say = Commentary { json };
     let name = saga.name();
     let count = common.count;
     let concurrency = common.concurrency as usize;
@@ -103,7 +103,7 @@ pub async fn run(global: &Global, saga: &RunSaga) -> anyhow::Result<()> {
         &executor,
         &services.nexus(),
         "run",
-        Also::Nothing,
+        AlsoUnstranded::Nothing,
         |config| {
             config.pool = PoolConfig {
                 max_size: pool_size,
@@ -490,7 +490,7 @@ async fn global_check(
     sled_agent: &SledAgentClient,
     pantry: &PantryClient,
 ) -> anyhow::Result<GlobalCheck> {
-    let in_flight = ratchet_store::saga::count_unfinished_by_executor(conn).await?;
+    let in_flight = ratchet_store::count_unfinished_by_executor(conn).await?;
     if !in_flight.is_empty() {
         return Ok(GlobalCheck::InFlight(in_flight));
     }
@@ -505,7 +505,7 @@ async fn instances_complete_or_gone(
     conn: &mut ratchet_store::DbConnection,
     sagas: &[InstanceCreateParams],
     disks: usize,
-    say: Say,
+    say: Commentary,
 ) -> anyhow::Result<Vec<String>> {
     let mut complete = 0;
     let mut problems = Vec::new();

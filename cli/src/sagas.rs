@@ -13,16 +13,17 @@ use crate::cli::{AbandonArgs, AdoptArgs, Global, ListArgs, RetryUnwindArgs, Show
 use crate::history::{
     commits_text, describe, format_time, print_history, state_text, version_text,
 };
-use crate::output::{self, Say, print_json};
+use crate::output::{self, Commentary, print_json};
 use crate::registry::NEXUS_SAGAS;
-use crate::setup::{self, Also, Executor, NexusServices};
+use crate::setup::{self, AlsoUnstranded, Executor, NexusServices};
 use anyhow::bail;
 use chrono::{DateTime, Utc};
 use ratchet_engine::{AdoptOptions, AdoptionReport, Engine};
 use ratchet_engine::{EngineError, RecoveryReport, SagaOutcome};
-use ratchet_store::ops::{FailedUndo, StuckDiagnosis, UncompensatedCommit};
-use ratchet_store::saga::{SagaEnd, SagaFilter, SagaHistory, list_sagas_where, saga_history};
-use ratchet_store::{DbConnection, PoolConfig, pool};
+use ratchet_store::{
+    DbConnection, FailedUndo, PoolConfig, SagaEnd, SagaFilter, SagaHistory, StuckDiagnosis,
+    UncompensatedCommit, connect_pool, list_sagas_where, saga_history,
+};
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
@@ -77,7 +78,7 @@ pub async fn list(global: &Global, args: &ListArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Why a saga waits, and since when (`ratchet_store::saga::waiting`).
+/// Why a saga waits, and since when (`ratchet_store::waiting_note`).
 #[derive(serde::Serialize)]
 struct Waiting {
     reason: String,
@@ -102,7 +103,7 @@ pub async fn show(global: &Global, args: &ShowArgs) -> anyhow::Result<()> {
     let history = saga_history(&mut conn, id)
         .await?
         .ok_or(EngineError::NoSuchSaga(id))?;
-    let waiting = ratchet_store::saga::waiting(&mut conn, id).await?;
+    let waiting = ratchet_store::waiting_note(&mut conn, id).await?;
     if args.dot {
         print!("{}", crate::dot::render(&history));
         return Ok(());
@@ -214,7 +215,7 @@ async fn retry_unwind_plan(
         executor.id,
         &services,
         "sagas retry-unwind",
-        &Also::Saga(id),
+        &AlsoUnstranded::Saga(id),
     )
     .await?;
     if !registered(&services).contains(&saga.name.as_str()) {
@@ -262,7 +263,7 @@ pub async fn retry_unwind(global: &Global, args: &RetryUnwindArgs) -> anyhow::Re
     const COMMAND: &str = "sagas retry-unwind";
     let id = args.id;
     let json = args.output.json();
-    let say = Say { json };
+    let say = Commentary { json };
     let external = global.database_url.is_some();
     if args.safety.dry_run {
         let executor = setup::executor(global, COMMAND, false)?;
@@ -276,8 +277,15 @@ pub async fn retry_unwind(global: &Global, args: &RetryUnwindArgs) -> anyhow::Re
     }
     let (url, _) = setup::open(global, COMMAND).await?;
     let services = NexusServices::from_args(&args.services);
-    let (engine, recovered) =
-        setup::start_engine(&url, &executor, &services, COMMAND, Also::Saga(id), |_| {}).await?;
+    let (engine, recovered) = setup::start_engine(
+        &url,
+        &executor,
+        &services,
+        COMMAND,
+        AlsoUnstranded::Saga(id),
+        |_| {},
+    )
+    .await?;
     say_recovered_first(&engine, &recovered, say);
     say.line(format_args!(
         "retrying the unwind of saga {id} as executor {}",
@@ -376,7 +384,7 @@ pub async fn abandon(global: &Global, args: &AbandonArgs) -> anyhow::Result<()> 
         output::ask(&abandon_plan(&mut conn, args).await?.text())?;
     }
     drop(conn);
-    let pool = pool::connect_pool(&url, &PoolConfig::default()).await?;
+    let pool = connect_pool(&url, &PoolConfig::default()).await?;
     let abandoned = ratchet_engine::abandon(&pool, id, &args.reason).await?;
     if json {
         return print_json(&abandoned);
@@ -496,12 +504,12 @@ async fn adopt_plan(
         executor.id,
         &services,
         "sagas adopt",
-        &Also::Executor(args.from),
+        &AlsoUnstranded::Executor(args.from),
     )
     .await?;
     // The engine the command would start, not started: it says which sagas it could run.
     let engine = setup::engine_builder(&url, executor.id, &services, |_| {});
-    let rows = ratchet_store::saga::list_unfinished(&mut conn, args.from, 1000).await?;
+    let rows = ratchet_store::list_unfinished(&mut conn, args.from, 1000).await?;
     let mut sagas = Vec::new();
     let mut left_alone = Vec::new();
     for row in rows {
@@ -542,7 +550,7 @@ pub async fn adopt(global: &Global, args: &AdoptArgs) -> anyhow::Result<()> {
     const COMMAND: &str = "sagas adopt";
     let from = args.from;
     let json = args.output.json();
-    let say = Say { json };
+    let say = Commentary { json };
     let external = global.database_url.is_some();
     let executor = setup::executor(global, COMMAND, !args.safety.dry_run)?;
     if from == executor.id {
@@ -562,7 +570,7 @@ pub async fn adopt(global: &Global, args: &AdoptArgs) -> anyhow::Result<()> {
         &executor,
         &services,
         COMMAND,
-        Also::Executor(from),
+        AlsoUnstranded::Executor(from),
         |_| {},
     )
     .await?;
@@ -672,7 +680,7 @@ fn print_plan<T: serde::Serialize>(
 }
 
 /// Says what the recovery an engine runs first did (if anything).
-fn say_recovered_first(engine: &Engine, recovery: &RecoveryReport, say: Say) {
+fn say_recovered_first(engine: &Engine, recovery: &RecoveryReport, say: Commentary) {
     if !recovery.resumed.is_empty()
         || !recovery.abandoned.is_empty()
         || !recovery.left_alone.is_empty()
@@ -689,7 +697,7 @@ fn say_recovered_first(engine: &Engine, recovery: &RecoveryReport, say: Say) {
 }
 
 /// Waits for saga `id`, resumed by `engine`, and says its outcome.
-pub async fn wait_outcome(engine: &Engine, id: Uuid, say: Say) -> Option<SagaOutcome> {
+pub async fn wait_outcome(engine: &Engine, id: Uuid, say: Commentary) -> Option<SagaOutcome> {
     let outcome = engine.wait(id).await;
     match &outcome {
         Some(outcome) => say.line(format_args!("  {id}: {}", describe(outcome))),

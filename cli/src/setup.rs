@@ -24,7 +24,7 @@ use anyhow::{Context, bail};
 use ratchet_embedded_pg::{Cluster, ClusterStatus};
 use ratchet_engine::{Engine, EngineBuilder, EngineConfig, RecoveryReport};
 use ratchet_sagas::NexusApp;
-use ratchet_store::pool;
+use ratchet_store::{create_database_if_missing, database_exists, establish, run_migrations};
 use ratchet_template_db::DatabaseServer;
 use std::sync::Arc;
 use uuid::Uuid;
@@ -74,13 +74,13 @@ pub(crate) async fn database_server(global: &Global) -> anyhow::Result<DatabaseS
 
 /// Whether `ratchet` database exists on the embedded cluster (which must be running).
 async fn embedded_database_exists(cluster: &Cluster) -> anyhow::Result<bool> {
-    Ok(pool::database_exists(&cluster.url("postgres"), DATABASE).await?)
+    Ok(database_exists(&cluster.url("postgres"), DATABASE).await?)
 }
 
 /// Starts the embedded cluster and makes sure its `ratchet` database exists. Returns that database's URL.
 pub(crate) async fn start_embedded(cluster: &Cluster) -> anyhow::Result<String> {
     start_cluster(cluster).await?;
-    pool::create_database_if_missing(&cluster.url("postgres"), DATABASE).await?;
+    create_database_if_missing(&cluster.url("postgres"), DATABASE).await?;
     Ok(cluster.url(DATABASE))
 }
 
@@ -95,7 +95,7 @@ pub(crate) async fn database_url(global: &Global) -> anyhow::Result<String> {
 
 /// A connection for `command`, which only reads: to `--database-url`'s server, or to the embedded cluster if
 /// it exists (started if stopped). Fails, creating nothing, when there is no cluster, no database or no saga
-/// log (`ratchet_store::schema_check::missing`), naming what creates them.
+/// log (`ratchet_store::missing_schema`), naming what creates them.
 pub(crate) async fn read_only(
     global: &Global,
     command: &str,
@@ -126,8 +126,8 @@ pub(crate) async fn read_only(
             cluster.url(DATABASE)
         }
     };
-    let mut conn = pool::establish(&url).await?;
-    let missing = ratchet_store::schema_check::missing(&mut conn)
+    let mut conn = establish(&url).await?;
+    let missing = ratchet_store::missing_schema(&mut conn)
         .await
         .context("looking for the saga log's tables")?;
     if !missing.is_empty() {
@@ -233,12 +233,12 @@ pub(crate) async fn open(global: &Global, command: &str) -> anyhow::Result<(Stri
 /// Applies the saga log's migrations and those of every registered saga's tables.
 pub(crate) async fn prepare_database(url: &str) -> anyhow::Result<()> {
     retrying("applying the saga log's migrations", || async {
-        Ok(pool::run_migrations(url, &ratchet_store::SAGA_LOG_MIGRATIONS).await?)
+        Ok(run_migrations(url, &ratchet_store::SAGA_LOG_MIGRATIONS).await?)
     })
     .await?;
     for migrations in registry::saga_migrations() {
         retrying("applying the sagas' migrations", || async {
-            Ok(pool::run_migrations(url, migrations).await?)
+            Ok(run_migrations(url, migrations).await?)
         })
         .await?;
     }
@@ -248,8 +248,8 @@ pub(crate) async fn prepare_database(url: &str) -> anyhow::Result<()> {
 /// The unfinished sagas (running or unwinding) executor `sec` owns.
 pub(crate) async fn unfinished_of(url: &str, sec: Uuid) -> anyhow::Result<usize> {
     retrying("counting the executor's unfinished sagas", || async {
-        let mut conn = pool::establish(url).await?;
-        Ok(ratchet_store::saga::list_unfinished(&mut conn, sec, 1000)
+        let mut conn = establish(url).await?;
+        Ok(ratchet_store::list_unfinished(&mut conn, sec, 1000)
             .await?
             .len())
     })
@@ -257,7 +257,7 @@ pub(crate) async fn unfinished_of(url: &str, sec: Uuid) -> anyhow::Result<usize>
 }
 
 /// What an engine's start must not strand, besides this executor's own unfinished sagas.
-pub(crate) enum Also {
+pub(crate) enum AlsoUnstranded {
     Nothing,
     /// Another executor's unfinished sagas (`sagas adopt --from`).
     Executor(Uuid),
@@ -304,7 +304,7 @@ pub(crate) async fn refuse_stranding(
     executor: Uuid,
     services: &NexusServices,
     command: &str,
-    also: &Also,
+    also: &AlsoUnstranded,
 ) -> anyhow::Result<()> {
     let in_process = match services {
         NexusServices::At(_) => return Ok(()),
@@ -312,9 +312,9 @@ pub(crate) async fn refuse_stranding(
         NexusServices::InProcess(_) => true,
     };
     let (executors, sagas) = match also {
-        Also::Nothing => (vec![executor], vec![]),
-        Also::Executor(other) => (vec![executor, *other], vec![]),
-        Also::Saga(id) => (vec![executor], vec![*id]),
+        AlsoUnstranded::Nothing => (vec![executor], vec![]),
+        AlsoUnstranded::Executor(other) => (vec![executor, *other], vec![]),
+        AlsoUnstranded::Saga(id) => (vec![executor], vec![*id]),
     };
     registry::refuse_stranded_nexus_sagas(conn, &executors, &sagas, command, in_process).await
 }
@@ -340,7 +340,7 @@ pub(crate) async fn start_engine(
     executor: &Executor,
     services: &NexusServices,
     command: &str,
-    also: Also,
+    also: AlsoUnstranded,
     configure: impl FnOnce(&mut EngineConfig),
 ) -> anyhow::Result<(Engine, RecoveryReport)> {
     if let NexusServices::At(addrs) = services {
@@ -350,7 +350,7 @@ pub(crate) async fn start_engine(
     // adoption, by the live source executor) would still be abandoned by the recovery below; running two
     // processes as one executor is already unsupported.
     let mut conn = retrying("connecting to the database", || async {
-        Ok(pool::establish(url).await?)
+        Ok(establish(url).await?)
     })
     .await?;
     refuse_stranding(&mut conn, executor.id, services, command, &also).await?;

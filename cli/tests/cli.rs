@@ -15,10 +15,10 @@ use ratchet_engine::{
     FaultPoint, RecoveryReport, SagaOutcome,
 };
 use ratchet_example_saga::{self as example, ProvisionParams, ProvisionWidget};
-use ratchet_store::saga::{
-    SagaEnd, SagaFilter, SagaHistory, SagaPage, get_saga, list_sagas_where, saga_history,
+use ratchet_store::{
+    AbandonReason, SagaEnd, SagaFilter, SagaHistory, SagaPage, StuckDiagnosis, get_saga,
+    list_sagas_where, saga_history,
 };
-use ratchet_store::{AbandonReason, StuckDiagnosis};
 use ratchet_template_db::TestDatabase;
 use ratchet_test_utils::testing::{fresh_database, test_server};
 use std::sync::Arc;

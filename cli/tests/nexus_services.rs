@@ -16,7 +16,7 @@ use ratchet_sagas::{
     WorldSpec, world,
 };
 use ratchet_sim::{PantryClient, SledAgentClient};
-use ratchet_store::saga::get_saga;
+use ratchet_store::get_saga;
 use ratchet_template_db::TestDatabase;
 use ratchet_test_utils::testing::fresh_database;
 use std::io::{BufRead, BufReader, Write};

@@ -17,8 +17,7 @@ use ratchet_engine::{
     Engine, EngineBuilder, EngineConfig, FaultEffect, FaultPoint, NodeKind, PreparedSaga, SagaDef,
     SagaOutcome,
 };
-use ratchet_store::saga::{get_saga, saga_history};
-use ratchet_store::{PoolConfig, RetryPolicy};
+use ratchet_store::{PoolConfig, RetryPolicy, get_saga, saga_history};
 use ratchet_template_db::{DatabaseServer, TestDatabase};
 use serde::Serialize;
 use std::time::{Duration, Instant};
@@ -773,7 +772,7 @@ async fn check_rest<T: SagaSuite>(
     // is in the log (the commit and the event land in one transaction; only a compensation withdraws it).
     // By path: the commit records of nodes inside subsagas are keyed by it.
     let node_ids: std::collections::BTreeMap<String, i64> =
-        ratchet_store::dag::node_paths(&history.saga.saga_dag)
+        ratchet_store::node_paths(&history.saga.saga_dag)
             .into_iter()
             .map(|(id, name)| (name, id))
             .collect();

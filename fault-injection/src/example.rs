@@ -91,7 +91,7 @@ impl SagaSuite for ProvisionSuite {
 
 /// Creates the account with [`OPENING_BALANCE`] on the database at `url`.
 pub async fn open_account(url: &str) -> Result<Uuid, HarnessError> {
-    let mut conn = ratchet_store::pool::establish(url).await?;
+    let mut conn = ratchet_store::establish(url).await?;
     Ok(example::create_account(&mut conn, OPENING_BALANCE)
         .await
         .map_err(DbError::from)?)

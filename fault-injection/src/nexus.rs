@@ -41,7 +41,7 @@ fn fixture_error(error: impl std::fmt::Display) -> HarnessError {
 
 /// Seeds a world, and an instance (`no_vmm`) and a detached disk in it.
 async fn nexus_fixture(url: &str, attach: bool) -> Result<NexusFixture, HarnessError> {
-    let mut conn = ratchet_store::pool::establish(url).await?;
+    let mut conn = ratchet_store::establish(url).await?;
     let conn = &mut conn;
     let world = world::seed(conn, &WorldSpec::default())
         .await

@@ -39,7 +39,7 @@ use crate::cell::{Cell, Running, cell_config, recover_saga, unwind_after};
 use crate::fault::Fault;
 use crate::suite::SagaSuite;
 use ratchet_engine::{Engine, EngineBuilder, FaultEffect, FaultPoint, NodeKind, SagaOutcome};
-use ratchet_store::saga::saga_history;
+use ratchet_store::saga_history;
 use ratchet_wire_proxy::{PgProxy, Upstream};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -433,7 +433,7 @@ async fn commit_record_within<T: SagaSuite>(
     node: &str,
     patience: Duration,
 ) -> Result<bool, HarnessError> {
-    let mut conn = ratchet_store::pool::establish(&running.db.url).await?;
+    let mut conn = ratchet_store::establish(&running.db.url).await?;
     let deadline = Instant::now() + patience;
     loop {
         let history = saga_history(&mut conn, id)

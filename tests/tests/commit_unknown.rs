@@ -12,8 +12,7 @@ mod common;
 use common::database_with_account;
 use ratchet_engine::{Engine, EngineBuilder, EngineConfig, FaultEffect, FaultPoint, SagaOutcome};
 use ratchet_example_saga::{self as example, ProvisionParams, ProvisionWidget};
-use ratchet_store::RetryPolicy;
-use ratchet_store::saga::saga_history;
+use ratchet_store::{RetryPolicy, saga_history};
 use ratchet_wire_proxy::{PgProxy, Upstream};
 use std::sync::Arc;
 use std::time::Duration;
@@ -226,7 +225,7 @@ async fn a_saga_waiting_on_an_unsettled_commit_says_so_in_sagas_show() {
     let (upstream, _, _) = Upstream::from_url(&db.url).unwrap();
     let proxy = Arc::new(PgProxy::start(upstream).await.unwrap());
     let mut config = EngineConfig::new(proxy.url_for(&db.name, "postgres"), Uuid::new_v4());
-    config.pool.session = ratchet_store::pool::SessionLimits {
+    config.pool.session = ratchet_store::SessionLimits {
         idle_in_transaction: Duration::from_secs(10),
         lock_timeout: Duration::from_millis(300),
         statement_timeout: None,
@@ -260,7 +259,7 @@ async fn a_saga_waiting_on_an_unsettled_commit_says_so_in_sagas_show() {
     // The note lands in the saga's row while the withheld transaction still holds the record's key.
     let note = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
-            if let Some(note) = ratchet_store::saga::waiting(&mut direct, id).await.unwrap() {
+            if let Some(note) = ratchet_store::waiting_note(&mut direct, id).await.unwrap() {
                 return note;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -301,7 +300,7 @@ async fn a_saga_waiting_on_an_unsettled_commit_says_so_in_sagas_show() {
         "charged once"
     );
     assert_eq!(
-        ratchet_store::saga::waiting(&mut direct, id).await.unwrap(),
+        ratchet_store::waiting_note(&mut direct, id).await.unwrap(),
         None,
         "the note is cleared"
     );

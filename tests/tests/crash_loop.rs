@@ -8,7 +8,7 @@ mod common;
 
 use common::database_with_account;
 use ratchet_example_saga as example;
-use ratchet_store::saga::saga_history;
+use ratchet_store::saga_history;
 use ratchet_tests::{after, lines_of};
 use std::io::BufRead;
 use std::os::unix::process::ExitStatusExt;

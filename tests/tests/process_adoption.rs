@@ -9,7 +9,7 @@ mod common;
 
 use common::database_with_account;
 use ratchet_example_saga as example;
-use ratchet_store::saga::saga_history;
+use ratchet_store::saga_history;
 use ratchet_tests::{Scratch, after, lines_of, ratchet_cli, read_until};
 use std::io::Write;
 use std::process::{Command, Stdio};

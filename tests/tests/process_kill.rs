@@ -11,7 +11,7 @@ mod common;
 
 use common::database_with_account;
 use ratchet_example_saga as example;
-use ratchet_store::saga::{get_saga, saga_history};
+use ratchet_store::{get_saga, saga_history};
 use ratchet_tests::{after, lines_of, read_until};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};

@@ -118,7 +118,7 @@ pub enum EngineError {
     EmptyReason,
     #[error(
         "the database lacks ratchet's schema: missing {}; apply the saga log's migrations \
-         (ratchet_store::pool::MIGRATIONS_SQL, or EngineConfig::run_migrations)",
+         (ratchet_store::MIGRATIONS_SQL, or EngineConfig::run_migrations)",
         missing.join(", ")
     )]
     SchemaMissing { missing: Vec<String> },

@@ -97,13 +97,13 @@
 //! An executor id is stable across restarts (a Nexus zone's id), so fencing keyed on the id alone cannot tell
 //! a new process from a hung old one. Every engine start, recovery, adoption and retry-unwind therefore takes
 //! a new fencing epoch for the sagas it drives: the statement that claims them bumps their
-//! `adopt_generation` ([`ratchet_store::ops::claim_unfinished`], batched). An older incarnation of the same
+//! `adopt_generation` ([`ratchet_store::claim_unfinished`], batched). An older incarnation of the same
 //! id, still alive, is then fenced exactly like a foreign executor.
 //!
 //! # Bounded transactions
 //!
 //! Every session of the engine's pool runs with `idle_in_transaction_session_timeout`, a `lock_timeout`
-//! (treated as transient) and an optional `statement_timeout` ([`ratchet_store::pool::SessionLimits`], in
+//! (treated as transient) and an optional `statement_timeout` ([`ratchet_store::SessionLimits`], in
 //! [`EngineConfig::pool`]). An executor frozen inside a transaction (SIGSTOP, a hung host) holds its locks
 //! only until the server ends its session; an adopter waiting on them fails its statement after the lock
 //! timeout and retries. The frozen executor, thawed, finds its connection gone, resolves its `COMMIT`'s
@@ -143,9 +143,9 @@
 //! # Fencing
 //!
 //! Every transaction of an executor for a saga takes a share lock on the saga row *if* the executor still
-//! owns it at its generation (see `ratchet_store::owner`), before it commits. An executor that finds itself
-//! fenced out commits nothing, compensates nothing, records nothing, and stops driving the saga without
-//! unwinding it.
+//! owns it at its generation (see `ratchet_store::lock_if_owner`), before it commits. An executor that finds
+//! itself fenced out commits nothing, compensates nothing, records nothing, and stops driving the saga
+//! without unwinding it.
 //!
 //! Where each write is checked:
 //! - a database node's commit transaction: the share lock in the statement that writes the commit record and
@@ -158,7 +158,7 @@
 //! - an external node's call and its compensating call: an ownership read before calling out, then the share
 //!   lock in the transaction that records the receipt or the compensation (see the TODO-correctness in
 //!   `run/external_node.rs` about the window between the read and the call);
-//! - steno's own `record_event` and `saga_update`: the store's share lock ([`ratchet_store::sec_store`]).
+//! - steno's own `record_event` and `saga_update`: the store's share lock ([`ratchet_store::PgSecStore`]).
 //!
 //! Every refused write is counted ([`Counters::fenced`]) and logged at info level with the saga id; the
 //! node then parks for good (its future never resolves), so steno neither fails nor unwinds it, and the

@@ -23,14 +23,14 @@
 //! sagas ratchet drives ever take it.
 //!
 //! Either let the engine apply the migrations ([`EngineConfig::run_migrations`](crate::EngineConfig), the
-//! default: diesel's [`SAGA_LOG_MIGRATIONS`](ratchet_store::pool::SAGA_LOG_MIGRATIONS); for a service on
+//! default: diesel's [`SAGA_LOG_MIGRATIONS`](ratchet_store::SAGA_LOG_MIGRATIONS); for a service on
 //! PostgreSQL without schema tooling of its own, not for Nexus), or copy the SQL
-//! ([`MIGRATIONS_SQL`](ratchet_store::pool::MIGRATIONS_SQL), the same files) into your own schema tooling,
+//! ([`MIGRATIONS_SQL`](ratchet_store::MIGRATIONS_SQL), the same files) into your own schema tooling,
 //! each file in its own transaction, in order, and turn `run_migrations` off. The engine then checks at start
 //! that everything it needs is there and names what is missing
 //! ([`EngineError::SchemaMissing`](crate::EngineError::SchemaMissing): `column saga.time_stuck`, `value stuck
 //! of type saga_state`, `column saga.saga_state of type saga_state`, …). On CockroachDB (Nexus), copy
-//! [`COCKROACHDB_SCHEMA_SQL`](ratchet_store::cockroachdb::COCKROACHDB_SCHEMA_SQL) instead: the same changes
+//! [`COCKROACHDB_SCHEMA_SQL`](ratchet_store::COCKROACHDB_SCHEMA_SQL) instead: the same changes
 //! (the second and later migrations) in CockroachDB's dialect, one schema change per file, in
 //! `crates/store/cockroachdb/`. `docs/COCKROACHDB.md` says how each statement reads on CockroachDB.
 //!
@@ -98,8 +98,8 @@
 //! executor, and recovers this executor's unfinished sagas of the definitions it registers (others are left
 //! alone and reported). Everything the `ratchet` CLI does for operators is a library call returning
 //! serializable types, for Nexus's internal API and omdb: list with filters
-//! ([`ratchet_store::saga::list_sagas_where`]), history ([`ratchet_store::saga::saga_history`]), stuck
-//! diagnosis ([`ratchet_store::ops::stuck_diagnosis`]), [`Engine::retry_unwind`](crate::Engine::retry_unwind),
+//! ([`ratchet_store::list_sagas_where`]), history ([`ratchet_store::saga_history`]), stuck
+//! diagnosis ([`ratchet_store::stuck_diagnosis`]), [`Engine::retry_unwind`](crate::Engine::retry_unwind),
 //! [`Engine::abandon`](crate::Engine::abandon) (recorded as Omicron records an omdb abandonment: reason
 //! `omdb`, the operator's words as the comment), [`Engine::adopt`](crate::Engine::adopt); and the counters
 //! ([`Engine::counters`](crate::Engine::counters)).
@@ -131,13 +131,13 @@
 //!   runs a saga that could end there.
 //! - omdb and ratchet's logs: Omicron's conversion of a `saga_node_event` row refuses every `undo_failed` row
 //!   (it parses none), and ratchet writes them with the error as data; omdb also shows a ratchet saga's
-//!   parameters inside ratchet's envelope (`{"params": …, "nodes": …}`). `ratchet_store::saga::saga_history`
-//!   and [`ratchet_store::ops::stuck_diagnosis`] read both.
+//!   parameters inside ratchet's envelope (`{"params": …, "nodes": …}`). `ratchet_store::saga_history`
+//!   and [`ratchet_store::stuck_diagnosis`] read both.
 //! - Schema versions: Nexus applies its schema as numbered versions (`schema/crdb/<N>/up*.sql`, one schema
 //!   change per file, and `dbinit.sql`), in CockroachDB's dialect, never through diesel's harness (whose
 //!   migration lock is a PostgreSQL advisory lock). ratchet ships its additions in that shape,
 //!   `crates/store/cockroachdb/up01.sql` …
-//!   ([`COCKROACHDB_SCHEMA_SQL`](ratchet_store::cockroachdb::COCKROACHDB_SCHEMA_SQL)): the second and later
+//!   ([`COCKROACHDB_SCHEMA_SQL`](ratchet_store::COCKROACHDB_SCHEMA_SQL)): the second and later
 //!   migrations, without `DO` blocks, each statement `IF NOT EXISTS` (the first is Nexus's own tables), to be
 //!   added as one new Omicron schema version (`schema/crdb/<version>/up01.sql` …, plus the same changes in
 //!   `dbinit.sql`). A PostgreSQL-side test checks they build what the PostgreSQL migrations build; they have

@@ -1,5 +1,5 @@
-//! The CockroachDB rendering of ratchet's schema changes (`ratchet_store::cockroachdb::COCKROACHDB_SCHEMA_SQL`)
-//! defines what the PostgreSQL migrations (`ratchet_store::pool::MIGRATIONS_SQL`) define, checked on
+//! The CockroachDB rendering of ratchet's schema changes (`ratchet_store::COCKROACHDB_SCHEMA_SQL`)
+//! defines what the PostgreSQL migrations (`ratchet_store::MIGRATIONS_SQL`) define, checked on
 //! PostgreSQL: both are applied to a database holding only Omicron's tables, and the two schemas are compared
 //! (columns with types, lengths, nullability and defaults; constraints with their definitions; indexes; enum
 //! labels). A column, constraint, index or enum value added to one and not to the other fails it.
@@ -10,8 +10,7 @@
 use diesel::QueryableByName;
 use diesel::sql_types::Text;
 use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
-use ratchet_store::cockroachdb::COCKROACHDB_SCHEMA_SQL;
-use ratchet_store::pool::{MIGRATIONS_SQL, establish};
+use ratchet_store::{COCKROACHDB_SCHEMA_SQL, MIGRATIONS_SQL, establish};
 use ratchet_test_utils::omicron::OMICRON_SAGA_SCHEMA;
 use ratchet_test_utils::testing::test_server;
 

@@ -7,7 +7,7 @@ use common::*;
 use diesel_async::SimpleAsyncConnection;
 use ratchet_engine::{EngineBuilder, EngineConfig, EngineError, SagaOutcome};
 use ratchet_example_saga::{self as example, ProvisionWidget};
-use ratchet_store::pool::{MIGRATIONS_SQL, PoolConfig, connect_pool, establish};
+use ratchet_store::{MIGRATIONS_SQL, PoolConfig, connect_pool, establish};
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -136,9 +136,7 @@ async fn the_schema_check_names_what_omicrons_tables_lack_and_a_wrong_shape() {
     conn.batch_execute(ratchet_test_utils::omicron::OMICRON_SAGA_SCHEMA)
         .await
         .unwrap();
-    let missing = ratchet_store::schema_check::missing(&mut conn)
-        .await
-        .unwrap();
+    let missing = ratchet_store::missing_schema(&mut conn).await.unwrap();
     assert_eq!(
         missing,
         [
@@ -168,9 +166,7 @@ async fn the_schema_check_names_what_omicrons_tables_lack_and_a_wrong_shape() {
     )
     .await
     .unwrap();
-    let missing = ratchet_store::schema_check::missing(&mut conn)
-        .await
-        .unwrap();
+    let missing = ratchet_store::missing_schema(&mut conn).await.unwrap();
     assert_eq!(
         missing,
         [
@@ -357,7 +353,7 @@ async fn the_hosts_slog_logger_gets_commits_compensations_and_stenos_log() {
 /// Listing sagas as a library call, with filters, says when the list was cut short.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sagas_are_listed_with_filters_and_the_list_says_when_it_is_truncated() {
-    use ratchet_store::saga::{SagaFilter, SagaState, list_sagas_where};
+    use ratchet_store::{SagaFilter, SagaState, list_sagas_where};
     let db = database().await;
     let sec_id = Uuid::new_v4();
     let (engine, _) = builder(&db, sec_id).start().await.unwrap();
@@ -434,8 +430,8 @@ async fn sagas_are_listed_with_filters_and_the_list_says_when_it_is_truncated() 
     assert_eq!(json["truncated"], false);
 }
 
-async fn page_json_probe(conn: &mut ratchet_store::DbConnection) -> ratchet_store::saga::SagaPage {
-    ratchet_store::saga::list_sagas_where(conn, &ratchet_store::saga::SagaFilter::default())
+async fn page_json_probe(conn: &mut ratchet_store::DbConnection) -> ratchet_store::SagaPage {
+    ratchet_store::list_sagas_where(conn, &ratchet_store::SagaFilter::default())
         .await
         .unwrap()
 }

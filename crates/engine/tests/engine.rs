@@ -10,7 +10,7 @@ use ratchet_engine::{
     SagaBuilder, SagaDef, SagaOutcome,
 };
 use ratchet_example_saga::{AccountState, ProvisionWidget};
-use ratchet_store::saga::{get_saga, saga_history};
+use ratchet_store::{get_saga, saga_history};
 use ratchet_template_db::TestDatabase;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -300,7 +300,7 @@ async fn compensation_without_a_commit_record_is_skipped() {
         // Make the log say: charge_account succeeded without a commit (its record gone), and activate_widget
         // failed. Recovery must unwind, and charge_account's compensation must not refund a charge it cannot
         // prove happened. (The crashed engine's own sessions were ended with it: a connection of our own.)
-        let mut conn = ratchet_store::pool::establish(&db.url).await.unwrap();
+        let mut conn = ratchet_store::establish(&db.url).await.unwrap();
         diesel::sql_query(
             "DELETE FROM saga_commit_record WHERE saga_id = $1 AND node_name = 'charge_account'",
         )

@@ -11,14 +11,13 @@ mod common;
 use common::*;
 use diesel::sql_types::Uuid as SqlUuid;
 use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
-use ratchet_engine::store::pool::SessionLimits;
+use ratchet_engine::store::SessionLimits;
 use ratchet_engine::{
     CommitTx, DbNode, Engine, EngineBuilder, EngineConfig, EngineError, FaultEffect, FaultPoint,
     NodeError, NodeRegistry, PrepareCx, SagaBuilder, SagaDef, SagaOutcome,
 };
 use ratchet_example_saga::{AccountState, ProvisionWidget};
-use ratchet_store::RetryPolicy;
-use ratchet_store::saga::get_saga;
+use ratchet_store::{RetryPolicy, get_saga};
 use ratchet_template_db::TestDatabase;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -624,8 +623,8 @@ async fn a_commit_record_already_there_is_replayed_not_failed() {
 /// saga's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_executor_cannot_leave_a_waiting_note() {
-    use ratchet_store::owner::SagaOwner;
-    use ratchet_store::saga::{note_waiting, waiting};
+    use ratchet_store::SagaOwner;
+    use ratchet_store::{note_waiting, waiting_note};
     let db = database().await;
     let sec = Uuid::new_v4();
     let engine = start(config(&db, sec)).await;
@@ -660,13 +659,17 @@ async fn a_stale_executor_cannot_leave_a_waiting_note() {
         note_waiting(&mut conn, id, "charge_account", stale, Some("stale"))
             .await
             .unwrap();
-        assert_eq!(waiting(&mut conn, id).await.unwrap(), None, "{stale:?}");
+        assert_eq!(
+            waiting_note(&mut conn, id).await.unwrap(),
+            None,
+            "{stale:?}"
+        );
     }
     // The owner: a note.
     note_waiting(&mut conn, id, "charge_account", owner, Some("the owner's"))
         .await
         .unwrap();
-    let (reason, _) = waiting(&mut conn, id)
+    let (reason, _) = waiting_note(&mut conn, id)
         .await
         .unwrap()
         .expect("the owner's note");
@@ -680,7 +683,7 @@ async fn a_stale_executor_cannot_leave_a_waiting_note() {
     .execute(&mut conn)
     .await
     .unwrap();
-    assert_eq!(waiting(&mut conn, id).await.unwrap(), None);
+    assert_eq!(waiting_note(&mut conn, id).await.unwrap(), None);
     drop(conn);
     drop(saga);
 }

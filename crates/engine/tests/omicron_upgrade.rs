@@ -12,8 +12,7 @@ use ratchet_engine::{
     EngineBuilder, EngineConfig, SagaBuilder, SagaCx, SagaDef, SagaOutcome, StenoSaga,
 };
 use ratchet_example_saga::{self as example, ProvisionWidget};
-use ratchet_store::pool::{DbPool, PoolConfig, connect_pool, establish, run_migrations};
-use ratchet_store::saga::get_saga;
+use ratchet_store::{DbPool, PoolConfig, connect_pool, establish, get_saga, run_migrations};
 use ratchet_test_utils::omicron::{OMICRON_SAGA_SCHEMA, OmicronSecStore};
 use ratchet_test_utils::testing::test_server;
 use serde::{Deserialize, Serialize};

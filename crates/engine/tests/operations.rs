@@ -9,8 +9,7 @@ use diesel::sql_types::{BigInt, Text, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
 use ratchet_engine::{AdoptOptions, Engine, EngineError, FaultEffect, FaultPoint, SagaOutcome};
 use ratchet_example_saga::ProvisionWidget;
-use ratchet_store::saga::{SagaHistory, get_saga, saga_history};
-use ratchet_store::{AbandonReason, stuck_diagnosis};
+use ratchet_store::{AbandonReason, SagaHistory, get_saga, saga_history, stuck_diagnosis};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -384,7 +383,7 @@ async fn unstarted_sagas(
 
 /// Renames saga `id`'s definition to `name`, as if another binary (sharing the database) had created it.
 async fn make_foreign(db: &ratchet_template_db::TestDatabase, id: Uuid, name: &str) {
-    let mut conn = ratchet_store::pool::establish(&db.url).await.unwrap();
+    let mut conn = ratchet_store::establish(&db.url).await.unwrap();
     let updated = diesel::sql_query("UPDATE saga SET name = $2 WHERE id = $1")
         .bind::<SqlUuid, _>(id)
         .bind::<Text, _>(name)
@@ -397,7 +396,7 @@ async fn make_foreign(db: &ratchet_template_db::TestDatabase, id: Uuid, name: &s
 /// Points node `charge_account` of saga `id` at an action this binary does not register, as a newer release
 /// of the definition that renamed it would have created it.
 async fn rename_charge_account(db: &ratchet_template_db::TestDatabase, id: Uuid) {
-    let mut conn = ratchet_store::pool::establish(&db.url).await.unwrap();
+    let mut conn = ratchet_store::establish(&db.url).await.unwrap();
     let updated = diesel::sql_query(
         "UPDATE saga SET saga_dag = jsonb_set(saga_dag, '{graph,nodes,1,Action,action_name}', \
          '\"example.charge_account_v0\"') WHERE id = $1 \
@@ -427,7 +426,7 @@ async fn adoption_leaves_what_this_binary_cannot_run_with_its_owner() {
     let history = |id: Uuid| {
         let url = db.url.clone();
         async move {
-            let mut conn = ratchet_store::pool::establish(&url).await.unwrap();
+            let mut conn = ratchet_store::establish(&url).await.unwrap();
             saga_history(&mut conn, id).await.unwrap().unwrap()
         }
     };
@@ -524,7 +523,7 @@ async fn recovery_leaves_alone_what_it_cannot_run_and_abandons_what_does_not_loa
     rename_charge_account(&db, unknown_action).await;
     make_foreign(&db, foreign, "someone-elses-saga").await;
     {
-        let mut conn = ratchet_store::pool::establish(&db.url).await.unwrap();
+        let mut conn = ratchet_store::establish(&db.url).await.unwrap();
         // activate_widget (node 2) succeeded while its parents never started: steno refuses this log.
         // A `failed` event whose error does not decode: the log cannot even be read.
         for (id, node, event, data) in [
@@ -547,7 +546,7 @@ async fn recovery_leaves_alone_what_it_cannot_run_and_abandons_what_does_not_loa
     }
 
     let foreign_generation = {
-        let mut conn = ratchet_store::pool::establish(&db.url).await.unwrap();
+        let mut conn = ratchet_store::establish(&db.url).await.unwrap();
         get_saga(&mut conn, foreign)
             .await
             .unwrap()

@@ -22,8 +22,7 @@ use ratchet_engine::{
     CommitTx, DbNode, EngineBuilder, EngineConfig, NodeError, NodeRegistry, PrepareCx, SagaBuilder,
     SagaDef, SagaOutcome,
 };
-use ratchet_store::pool::{DbPool, PoolConfig, connect_pool};
-use ratchet_store::{RetryPolicy, stuck_diagnosis};
+use ratchet_store::{DbPool, PoolConfig, RetryPolicy, connect_pool, stuck_diagnosis};
 use ratchet_template_db::TestDatabase;
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, OnceLock};

@@ -65,7 +65,7 @@ impl DagNodeKind {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DagNode {
     pub kind: DagNodeKind,
-    /// The node's path for an action node ([`action_path`]); for any other node, its name, or its kind in
+    /// The node's path for an action node (`action_path`); for any other node, its name, or its kind in
     /// lower case when it has none (`start`, `end`, `subsagastart`), or `#i` when even that is missing.
     pub path: String,
     /// The action an action node runs (`action_name`); `None` for every other node, and for an action node

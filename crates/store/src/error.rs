@@ -3,7 +3,7 @@
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 
 /// The connection pool's own error type.
-pub type PoolRunError = bb8::RunError<diesel_async::pooled_connection::PoolError>;
+pub(crate) type PoolRunError = bb8::RunError<diesel_async::pooled_connection::PoolError>;
 
 /// An error talking to the database.
 #[derive(Debug, thiserror::Error)]

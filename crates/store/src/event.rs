@@ -1,6 +1,6 @@
 //! Saga log events as rows, and back: every steno event type round-trips, `undo_failed` included.
 
-use crate::DbError;
+use crate::error::DbError;
 use crate::schema::saga_node_event;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -100,7 +100,7 @@ impl EventRow {
 }
 
 /// The error an `undo_failed` event without data (as Nexus's store writes them) reads as.
-pub const UNDO_FAILED_WITHOUT_ERROR: &str =
+pub(crate) const UNDO_FAILED_WITHOUT_ERROR: &str =
     "undo failed (the store that recorded it kept no error)";
 
 /// A readable message from the `data` of an `undo_failed` event: steno's `UndoActionError::PermanentFailure`

@@ -22,8 +22,10 @@ pub struct SagaOwner {
 }
 
 /// The saga states in which a saga's executor may still write.
-pub const WRITABLE_STATES: [crate::SagaState; 2] =
-    [crate::SagaState::Running, crate::SagaState::Unwinding];
+pub(crate) const WRITABLE_STATES: [crate::saga::SagaState; 2] = [
+    crate::saga::SagaState::Running,
+    crate::saga::SagaState::Unwinding,
+];
 
 /// [`lock_if_owner`]'s condition as a common table expression named `owner`, for the statements that write only
 /// if the executor still owns the saga ([`crate::records::record_commit_if_owner`],

@@ -1,6 +1,6 @@
 //! Connections: the pool every executor shares, and the embedded schema migrations.
 
-use crate::DbError;
+use crate::error::DbError;
 use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
@@ -215,13 +215,13 @@ pub async fn establish(url: &str) -> Result<AsyncPgConnection, DbError> {
 
 /// Applies every pending embedded migration in `migrations` to the database at `url`, retrying transient
 /// failures (a backend terminated, the server restarting, a serialization failure) with
-/// [`RetryPolicy::OPERATOR`](crate::RetryPolicy::OPERATOR): each migration runs in a transaction of its own,
-/// so an attempt cut short leaves every migration applied or not, and the next attempt applies what is
-/// pending.
+/// [`RetryPolicy::OPERATOR`](crate::retry::RetryPolicy::OPERATOR): each migration runs in a transaction of
+/// its own, so an attempt cut short leaves every migration applied or not, and the next attempt applies what
+/// is pending.
 ///
 /// **Executors that start together** (several processes on a fresh or upgraded database, hosts rolling out
 /// at once) are serialized: the whole step runs under a session-level advisory lock,
-/// [`MIGRATION_LOCK`], taken on the connection that applies the migrations. A start that finds the schema
+/// `MIGRATION_LOCK`, taken on the connection that applies the migrations. A start that finds the schema
 /// being built waits for the lock, then finds nothing pending (or only what is still missing) and applies
 /// nothing twice. Without it, two `CREATE TYPE` or `CREATE TABLE IF NOT EXISTS` of the same name race in
 /// PostgreSQL's catalog and one fails (`duplicate key value violates unique constraint
@@ -236,8 +236,8 @@ pub async fn run_migrations(
     url: &str,
     migrations: &'static EmbeddedMigrations,
 ) -> Result<(), DbError> {
-    crate::retry_transient(
-        crate::RetryPolicy::OPERATOR,
+    crate::retry::retry_transient(
+        crate::retry::RetryPolicy::OPERATOR,
         "applying migrations",
         || async move {
             let url = url.to_owned();
@@ -270,7 +270,7 @@ pub async fn run_migrations(
 /// The key of the advisory lock [`run_migrations`] holds while it applies migrations: one key for every
 /// migration set (the saga log's, a datastore's), since one process applies them one after another. Advisory
 /// locks belong to a database, so starts on different databases of one server do not wait for each other.
-pub const MIGRATION_LOCK: i64 = 0x7261_7463_6865_7401; // "ratchet", 1
+pub(crate) const MIGRATION_LOCK: i64 = 0x7261_7463_6865_7401; // "ratchet", 1
 
 /// A migration harness error as a [`DbError`]: a query's error keeps its kind (so that a transient one is
 /// retried); anything else is a permanent migration error.
@@ -291,7 +291,7 @@ fn migration_error(error: Box<dyn std::error::Error + Send + Sync>) -> DbError {
 
 /// A `&'static EmbeddedMigrations` as a migration source (diesel implements it only for the owned value, which
 /// is not `Clone`).
-pub struct StaticMigrations(pub &'static EmbeddedMigrations);
+pub(crate) struct StaticMigrations(pub &'static EmbeddedMigrations);
 
 impl diesel::migration::MigrationSource<diesel::pg::Pg> for StaticMigrations {
     fn migrations(

@@ -134,22 +134,6 @@ pub async fn recorded(
     })
 }
 
-/// Whether `node_name` of `saga_id` has been compensated.
-pub async fn is_compensated(
-    conn: &mut AsyncPgConnection,
-    saga_id: Uuid,
-    node_name: &str,
-) -> QueryResult<bool> {
-    let row: Option<String> = saga_compensation_record::table
-        .filter(saga_compensation_record::saga_id.eq(saga_id))
-        .filter(saga_compensation_record::node_name.eq(node_name))
-        .select(saga_compensation_record::node_name)
-        .first(conn)
-        .await
-        .optional()?;
-    Ok(row.is_some())
-}
-
 /// The session setting that names the engine's transaction for a node: the engine sets it (`SET LOCAL`) right
 /// after its `BEGIN`, to a token of its own, and every write that closes the node's transaction (the commit
 /// record, the compensation record) happens only if the setting still holds that token. A node that sent its
@@ -184,7 +168,7 @@ pub async fn node_tx_token(conn: &mut AsyncPgConnection) -> QueryResult<String> 
 
 /// The words every failure of a node that ended the engine's transaction carries (in its `failed` or
 /// `undo_failed` event): the saga's diagnosis finds such nodes by them
-/// ([`StuckDiagnosis::escaped_writes`](crate::StuckDiagnosis)).
+/// ([`StuckDiagnosis::escaped_writes`](crate::operator::StuckDiagnosis)).
 pub const ESCAPED_WRITES: &str = "writes may have escaped the engine's record";
 
 /// What a fenced write of a node's transaction found.
@@ -276,13 +260,13 @@ pub async fn probe_record(
              VALUES ($1, $2, false, now(), $1, -1) ON CONFLICT DO NOTHING RETURNING 1 AS probe"
         }
     };
-    crate::transaction::begin(conn).await?;
+    crate::transaction::begin_transaction(conn).await?;
     let inserted: QueryResult<Vec<Inserted>> = diesel::sql_query(sql)
         .bind::<SqlUuid, _>(saga_id)
         .bind::<Text, _>(node_name)
         .load(conn)
         .await;
-    crate::transaction::rollback(conn).await;
+    crate::transaction::rollback_transaction(conn).await;
     Ok(inserted?.is_empty())
 }
 
@@ -373,7 +357,7 @@ pub async fn record_commit_if_owner(
 /// In one statement: if `owner` still owns `saga_id`, takes the share lock on its row and inserts `events`
 /// (an event already present is left as it is). Returns `false`, having written nothing, when the executor
 /// has been fenced out.
-pub async fn insert_events_if_owner(
+pub(crate) async fn insert_events_if_owner(
     conn: &mut AsyncPgConnection,
     saga_id: Uuid,
     owner: SagaOwner,

@@ -52,10 +52,10 @@ pub async fn retry_transient<T, F, Fut>(
     policy: RetryPolicy,
     what: &str,
     mut attempt: F,
-) -> Result<T, crate::DbError>
+) -> Result<T, crate::error::DbError>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, crate::DbError>>,
+    Fut: std::future::Future<Output = Result<T, crate::error::DbError>>,
 {
     let mut attempts = 0u32;
     loop {

@@ -185,7 +185,7 @@ impl SagaRow {
 }
 
 /// Inserts a new saga, owned by its creator at generation 1.
-pub async fn insert_saga(conn: &mut AsyncPgConnection, row: &SagaRow) -> QueryResult<()> {
+pub(crate) async fn insert_saga(conn: &mut AsyncPgConnection, row: &SagaRow) -> QueryResult<()> {
     diesel::insert_into(saga::table)
         .values(row)
         .execute(conn)
@@ -389,7 +389,7 @@ pub async fn list_unfinished(
 
 /// One page of [`list_unfinished`]: up to `batch` unfinished sagas of executor `sec_id` with ids above
 /// `after`, lowest id first. Reads only: an adoption reads a page to decide which sagas it can run, then
-/// claims those ([`crate::ops::adopt_sagas`]).
+/// claims those ([`crate::operator::adopt_sagas`]).
 pub async fn unfinished_after(
     conn: &mut AsyncPgConnection,
     sec_id: Uuid,
@@ -534,7 +534,7 @@ pub async fn note_waiting(
 /// Why saga `id` is waiting, and since when, if a node of it waits for an unknown `COMMIT` outcome and the
 /// saga is unfinished. Only a note by the saga's current executor counts (one left by an executor the saga
 /// was adopted from is stale).
-pub async fn waiting(
+pub async fn waiting_note(
     conn: &mut AsyncPgConnection,
     id: Uuid,
 ) -> QueryResult<Option<(String, DateTime<Utc>)>> {

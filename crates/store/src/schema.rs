@@ -2,10 +2,11 @@
 //!
 //! `saga` and `saga_node_event` are Omicron's tables, with ratchet's nullable columns added to `saga`;
 //! `saga_state` and `abandon_reason` are PostgreSQL enum types (Omicron's `saga_state`, plus `stuck`, and
-//! `saga_abandon_reason`), whose Rust sides are [`crate::SagaState`] and [`crate::AbandonReason`].
+//! `saga_abandon_reason`), whose Rust sides are [`crate::saga::SagaState`] and
+//! [`crate::saga::AbandonReason`].
 
 /// The PostgreSQL enum types of the saga log.
-pub mod sql_types {
+pub(crate) mod sql_types {
     /// `saga_state`: running, unwinding, done, abandoned (Omicron's), stuck (ratchet's).
     #[derive(diesel::query_builder::QueryId, diesel::sql_types::SqlType, Clone, Copy, Debug)]
     #[diesel(postgres_type(name = "saga_state"))]

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 
 /// Every table of the saga log and the columns ratchet reads or writes (the migrations in
 /// [`crate::pool::MIGRATIONS_SQL`] create them all).
-pub const REQUIRED: &[(&str, &[&str])] = &[
+pub(crate) const REQUIRED: &[(&str, &[&str])] = &[
     (
         "saga",
         &[
@@ -75,13 +75,13 @@ pub const REQUIRED: &[(&str, &[&str])] = &[
 ];
 
 /// The columns of [`REQUIRED`] whose type is a PostgreSQL enum, with its name: (table, column, type).
-pub const ENUM_COLUMNS: &[(&str, &str, &str)] = &[
+pub(crate) const ENUM_COLUMNS: &[(&str, &str, &str)] = &[
     ("saga", "saga_state", "saga_state"),
     ("saga", "abandon_reason", "saga_abandon_reason"),
 ];
 
 /// Every table's primary key: the commit and compensation records' keys are what make a node exactly-once.
-pub const PRIMARY_KEYS: &[(&str, &[&str])] = &[
+pub(crate) const PRIMARY_KEYS: &[(&str, &[&str])] = &[
     ("saga", &["id"]),
     ("saga_node_event", &["saga_id", "node_id", "event_type"]),
     ("saga_commit_record", &["saga_id", "node_name"]),
@@ -91,7 +91,7 @@ pub const PRIMARY_KEYS: &[(&str, &[&str])] = &[
 ];
 
 /// ratchet's columns of `saga`, which must be nullable: Nexus's store inserts sagas naming none of them.
-pub const NULLABLE_SAGA_COLUMNS: &[&str] = &[
+pub(crate) const NULLABLE_SAGA_COLUMNS: &[&str] = &[
     "definition_version",
     "time_finished",
     "stuck_node",
@@ -119,13 +119,13 @@ struct Column {
     is_nullable: String,
 }
 
-/// What of [`REQUIRED`] the database lacks, in its current schema: `table T` for a table missing whole,
-/// `column T.C` for a column, `column T.C of type E` for a column of [`ENUM_COLUMNS`] of another type (a
-/// saga log made by a pre-release ratchet, whose states were text), `column saga.C nullable` for a column of
-/// [`NULLABLE_SAGA_COLUMNS`] that is `NOT NULL` (Nexus's inserts would fail), `primary key T (…)` for a
-/// table of [`PRIMARY_KEYS`] without that key, `value stuck of type saga_state` for ratchet's one enum
+/// What of `REQUIRED` (in `schema_check.rs`) the database lacks, in its current schema: `table T` for a table
+/// missing whole, `column T.C` for a column, `column T.C of type E` for a column of `ENUM_COLUMNS` of another
+/// type (a saga log made by a pre-release ratchet, whose states were text), `column saga.C nullable` for a
+/// column of `NULLABLE_SAGA_COLUMNS` that is `NOT NULL` (Nexus's inserts would fail), `primary key T (…)` for
+/// a table of `PRIMARY_KEYS` without that key, `value stuck of type saga_state` for ratchet's one enum
 /// addition. Empty when everything is there.
-pub async fn missing(conn: &mut AsyncPgConnection) -> diesel::QueryResult<Vec<String>> {
+pub async fn missing_schema(conn: &mut AsyncPgConnection) -> diesel::QueryResult<Vec<String>> {
     let tables: Vec<&str> = REQUIRED.iter().map(|(table, _)| *table).collect();
     let present: Vec<Column> = diesel::sql_query(
         "SELECT table_name::TEXT AS table_name, column_name::TEXT AS column_name, udt_name::TEXT AS udt_name, \
@@ -231,12 +231,12 @@ pub async fn missing(conn: &mut AsyncPgConnection) -> diesel::QueryResult<Vec<St
 pub async fn migrations_applied(
     conn: &mut AsyncPgConnection,
     migrations: &'static diesel_migrations::EmbeddedMigrations,
-) -> Result<bool, crate::DbError> {
+) -> Result<bool, crate::error::DbError> {
     use diesel::migration::MigrationSource;
     use diesel::sql_types::BigInt;
     let wanted: Vec<String> =
         MigrationSource::<diesel::pg::Pg>::migrations(&crate::pool::StaticMigrations(migrations))
-            .map_err(|e| crate::DbError::Migration(format!("listing the migrations: {e}")))?
+            .map_err(|e| crate::error::DbError::Migration(format!("listing the migrations: {e}")))?
             .iter()
             .map(|m| m.name().version().to_string())
             .collect();

@@ -8,20 +8,23 @@ use diesel::result::Error as DieselError;
 use diesel_async::{AnsiTransactionManager, AsyncPgConnection, TransactionManager};
 
 /// `BEGIN` a serializable read-write transaction.
-pub async fn begin(conn: &mut AsyncPgConnection) -> Result<(), DieselError> {
+pub async fn begin_transaction(conn: &mut AsyncPgConnection) -> Result<(), DieselError> {
     AnsiTransactionManager::begin_transaction_sql(conn, "BEGIN ISOLATION LEVEL SERIALIZABLE").await
 }
 
 /// `BEGIN` a serializable read-write transaction and run `then` (statements without results, such as a
 /// `SAVEPOINT`) in the same round trip. If `then` fails, the transaction is rolled back before the error is
 /// returned, so as not to leave the connection inside a transaction diesel does not know of.
-pub async fn begin_then(conn: &mut AsyncPgConnection, then: &str) -> Result<(), DieselError> {
+pub async fn begin_transaction_then(
+    conn: &mut AsyncPgConnection,
+    then: &str,
+) -> Result<(), DieselError> {
     begin_as_then(conn, "BEGIN ISOLATION LEVEL SERIALIZABLE", then).await
 }
 
 /// `BEGIN` a serializable read-only transaction (PostgreSQL rejects every write inside it) and run `then` in
-/// the same round trip, as [`begin_then`].
-pub async fn begin_read_only_then(
+/// the same round trip, as [`begin_transaction_then`].
+pub async fn begin_read_only_transaction_then(
     conn: &mut AsyncPgConnection,
     then: &str,
 ) -> Result<(), DieselError> {
@@ -49,14 +52,14 @@ async fn begin_as_then(
 }
 
 /// `COMMIT` the open transaction.
-pub async fn commit(conn: &mut AsyncPgConnection) -> Result<(), DieselError> {
+pub async fn commit_transaction(conn: &mut AsyncPgConnection) -> Result<(), DieselError> {
     <AnsiTransactionManager as TransactionManager<AsyncPgConnection>>::commit_transaction(conn)
         .await
 }
 
 /// `ROLLBACK` the open transaction. A failure to roll back leaves the connection marked broken, and the pool
 /// then discards it, which rolls the transaction back on the server.
-pub async fn rollback(conn: &mut AsyncPgConnection) {
+pub async fn rollback_transaction(conn: &mut AsyncPgConnection) {
     if let Err(error) =
         <AnsiTransactionManager as TransactionManager<AsyncPgConnection>>::rollback_transaction(
             conn,
@@ -73,14 +76,14 @@ where
     E: From<DieselError>,
     F: for<'c> FnOnce(&'c mut AsyncPgConnection) -> futures::future::BoxFuture<'c, Result<T, E>>,
 {
-    begin(conn).await?;
+    begin_transaction(conn).await?;
     match body(conn).await {
         Ok(value) => {
-            commit(conn).await?;
+            commit_transaction(conn).await?;
             Ok(value)
         }
         Err(error) => {
-            rollback(conn).await;
+            rollback_transaction(conn).await;
             Err(error)
         }
     }
@@ -89,7 +92,7 @@ where
 /// How deep diesel's transaction nesting on `conn` is: 1 inside the engine's own transaction, more when a
 /// caller began a nested transaction (a savepoint) and did not end it (a `conn.transaction(..)` future dropped
 /// half-way does that), `None` outside any transaction.
-pub fn depth(conn: &mut AsyncPgConnection) -> Option<u32> {
+pub fn transaction_depth(conn: &mut AsyncPgConnection) -> Option<u32> {
     <AnsiTransactionManager as TransactionManager<AsyncPgConnection>>::transaction_manager_status_mut(
         conn,
     )

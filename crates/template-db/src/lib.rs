@@ -19,7 +19,7 @@ use diesel::sql_types::Text;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::EmbeddedMigrations;
 use ratchet_embedded_pg::Cluster;
-use ratchet_store::{DbError, pool};
+use ratchet_store::{DbError, SAGA_LOG_MIGRATIONS, establish, run_migrations};
 
 /// A fresh, migrated database on a [`DatabaseServer`]: a test's, a matrix cell's or a benchmark run's.
 #[derive(Clone, Debug)]
@@ -54,11 +54,11 @@ impl DatabaseServer {
         &self,
         extra: &[&'static EmbeddedMigrations],
     ) -> Result<TestDatabase, DbError> {
-        let mut sets = vec![&pool::SAGA_LOG_MIGRATIONS];
+        let mut sets = vec![&SAGA_LOG_MIGRATIONS];
         sets.extend_from_slice(extra);
         let template = ensure_template(self, &sets).await?;
         let name = format!("ratchet_test_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = pool::establish(&self.url("postgres")).await?;
+        let mut admin = establish(&self.url("postgres")).await?;
         diesel::sql_query(format!(
             "CREATE DATABASE \"{name}\" TEMPLATE \"{template}\""
         ))
@@ -74,7 +74,7 @@ impl DatabaseServer {
     /// by hand, such as the one a database had before ratchet.
     pub async fn blank_database(&self) -> Result<TestDatabase, DbError> {
         let name = format!("ratchet_test_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = pool::establish(&self.url("postgres")).await?;
+        let mut admin = establish(&self.url("postgres")).await?;
         diesel::sql_query(format!("CREATE DATABASE \"{name}\""))
             .execute(&mut admin)
             .await?;
@@ -89,7 +89,7 @@ impl DatabaseServer {
     /// `WITH (FORCE)` is PostgreSQL 13+ only (CockroachDB has no such clause): test and harness tooling only,
     /// never on a saga's path.
     pub async fn drop_database(&self, database: &TestDatabase) -> Result<(), DbError> {
-        let mut admin = pool::establish(&self.url("postgres")).await?;
+        let mut admin = establish(&self.url("postgres")).await?;
         diesel::sql_query(format!(
             "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
             database.name
@@ -139,7 +139,7 @@ async fn ensure_template(
             (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
         });
     let template = format!("ratchet_tpl_{fingerprint:016x}");
-    let mut admin = pool::establish(&server.url("postgres")).await?;
+    let mut admin = establish(&server.url("postgres")).await?;
     if database_exists(&mut admin, &template).await? {
         return Ok(template);
     }
@@ -150,7 +150,7 @@ async fn ensure_template(
         .execute(&mut admin)
         .await?;
     for set in sets {
-        pool::run_migrations(&server.url(&building), set).await?;
+        run_migrations(&server.url(&building), set).await?;
     }
     let renamed = diesel::sql_query(format!(
         "ALTER DATABASE \"{building}\" RENAME TO \"{template}\""

@@ -16,8 +16,7 @@
 
 use diesel::sql_types::{BigInt, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
-use ratchet_store::DbPool;
-use ratchet_store::event::uuid_of;
+use ratchet_store::{DbPool, uuid_of};
 use std::time::Duration;
 use steno::{SagaCachedState, SagaCreateParams, SagaId, SagaNodeEvent, SagaNodeEventType};
 use uuid::Uuid;

@@ -4,8 +4,7 @@
 use anyhow::Context;
 use diesel::sql_types::Text;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
-use ratchet_store::pool::SessionLimits;
-use ratchet_store::{DbPool, MIGRATIONS_SQL, session_manager};
+use ratchet_store::{DbPool, MIGRATIONS_SQL, SessionLimits, session_manager};
 use std::time::Duration;
 
 /// The host's own tables. A widget is created by the typed saga (`widget.rs`), a project by the plain steno

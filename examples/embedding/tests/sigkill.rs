@@ -162,7 +162,7 @@ async fn killed_mid_saga_the_host_restarts_and_finishes_both_sagas_once() {
     // An empty database on the test server: the host's migrations make all of it, ratchet's tables included.
     let server = test_server().await.expect("test server");
     let name = format!("embedding_{}", Uuid::new_v4().simple());
-    ratchet_store::pool::create_database_if_missing(&server.url("postgres"), &name)
+    ratchet_store::create_database_if_missing(&server.url("postgres"), &name)
         .await
         .expect("create the database");
     let url = server.url(&name);

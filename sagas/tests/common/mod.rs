@@ -72,7 +72,7 @@ impl Nexus {
             .fresh_database(&[&DATASTORE_MIGRATIONS])
             .await
             .expect("a fresh database");
-        let mut conn = ratchet_store::pool::establish(&db.url)
+        let mut conn = ratchet_store::establish(&db.url)
             .await
             .expect("connecting to the test database");
         let world = world::seed(&mut conn, &spec)

@@ -42,10 +42,9 @@ use crate::observe::{Counters, HostLog, RecentOutcome, RecentOutcomes, Waiting, 
 use crate::saga::definition::{SagaDef, StenoSaga};
 use crate::saga::registry::NodeRegistry;
 use crate::shutdown::ShutdownState;
-use ratchet_store::dag;
 use ratchet_store::{
-    DbPool, Liveness, PoolConfig, RetryPolicy, SagaRow, connect_pool, retry_transient,
-    run_migrations,
+    DbPool, Liveness, PoolConfig, RetryPolicy, SagaRow, action_names, connect_pool,
+    retry_transient, run_migrations,
 };
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -78,7 +77,7 @@ pub struct EngineConfig {
     pub start_limit: Option<u32>,
     /// Whether [`EngineBuilder::start`] applies the saga log's migrations (ratchet's tables and columns) to
     /// `database_url` first. An embedder whose own schema tooling applies them (the SQL files are in
-    /// `ratchet_store::pool::MIGRATIONS_SQL`) turns this off; the engine then checks at start that every table
+    /// `ratchet_store::MIGRATIONS_SQL`) turns this off; the engine then checks at start that every table
     /// and column it needs is there, and names what is missing ([`EngineError::SchemaMissing`]).
     pub run_migrations: bool,
     /// The embedder's `slog` logger (Omicron's convention): steno's log and ratchet's own events go to it
@@ -207,7 +206,7 @@ impl Definitions {
         let Some((version, actions)) = self.0.get(row.name.as_str()) else {
             return Some(missing);
         };
-        let (node, action) = dag::action_names(&row.saga_dag)
+        let (node, action) = action_names(&row.saga_dag)
             .into_iter()
             .find(|(_, action)| !actions.contains(action.as_str()))?;
         Some(format!(
@@ -245,7 +244,7 @@ impl EngineBuilder {
     /// never takes a second one for a node. Its other users are the saga log's writes (one connection per
     /// statement) and the engine's own bookkeeping. The sessions are the embedder's: set
     /// `idle_in_transaction_session_timeout` and `lock_timeout` on them (see
-    /// [`ratchet_store::pool::SessionLimits::set_statements`]) so that a frozen executor cannot hold its locks
+    /// [`ratchet_store::SessionLimits::set_statements`]) so that a frozen executor cannot hold its locks
     /// forever.
     pub fn with_pool(mut self, pool: DbPool) -> EngineBuilder {
         self.pool = Some(pool);
@@ -335,7 +334,7 @@ impl EngineBuilder {
         };
         let missing = retry_transient(RetryPolicy::OPERATOR, "checking the schema", || async {
             let mut conn = pool.get().await?;
-            Ok(ratchet_store::schema_check::missing(&mut conn).await?)
+            Ok(ratchet_store::missing_schema(&mut conn).await?)
         })
         .await?;
         if !missing.is_empty() {

@@ -4,9 +4,9 @@
 //! # Adoption
 //!
 //! [`Engine::adopt`] moves the unfinished sagas of another executor that this binary can run to this one,
-//! [`BATCH`] at a time: it reads a page of them ([`ratchet_store::saga::unfinished_after`]), then claims those
+//! [`BATCH`] at a time: it reads a page of them ([`ratchet_store::unfinished_after`]), then claims those
 //! it has the definition of in one `UPDATE … RETURNING` that bumps their `adopt_generation`
-//! ([`ratchet_store::ops::adopt_sagas`]), then resumes them exactly as recovery does. The other executor may
+//! ([`ratchet_store::adopt_sagas`]), then resumes them exactly as recovery does. The other executor may
 //! still be alive: every write it makes for those sagas is conditional on the old generation, so none lands
 //! after the adoption; it notices at its next write (or its next replay, or before its next external call),
 //! logs why, and stops driving the saga without unwinding it (see the `fencing` section of the crate docs).
@@ -20,7 +20,7 @@
 //!
 //! A saga is stuck when a compensation failed for good: steno stops unwinding and records `undo_failed`.
 //! [`Engine::retry_unwind`], once the cause is fixed, removes that event, sets the saga `unwinding` under this
-//! executor at the next generation ([`ratchet_store::ops::take_for_retry_unwind`]) and resumes it: steno finds
+//! executor at the next generation ([`ratchet_store::take_for_retry_unwind`]) and resumes it: steno finds
 //! the node `undo_started`, runs its undo again, then the undos of its ancestors that never ran.
 //! [`Engine::abandon`] records an operator's reason and touches nothing else.
 
@@ -29,11 +29,11 @@ use crate::engine::outcome::SagaOutcome;
 use crate::engine::recovery::BATCH;
 use crate::engine::sec::lock;
 use crate::error::EngineError;
-use ratchet_store::ops::{
-    UncompensatedCommit, abandon_saga, adopt_sagas, stuck_diagnosis, take_for_retry_unwind,
+use ratchet_store::{
+    AbandonReason, DbError, DbPool, RetryPolicy, SagaState, UncompensatedCommit, abandon_saga,
+    adopt_sagas, get_saga, load_logs, retry_transient, stuck_diagnosis, take_for_retry_unwind,
+    unfinished_after,
 };
-use ratchet_store::saga::{get_saga, load_logs, unfinished_after};
-use ratchet_store::{AbandonReason, DbError, DbPool, RetryPolicy, SagaState, retry_transient};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;

@@ -27,10 +27,10 @@ use crate::engine::{Engine, Registered};
 use crate::error::EngineError;
 use crate::saga::definition::SagaDef;
 use crate::shutdown::steno_call;
-use ratchet_store::dag;
-use ratchet_store::ops::{abandon_saga, claim_unfinished, unfinished_among, unfinished_not_named};
-use ratchet_store::saga::load_logs;
-use ratchet_store::{AbandonReason, DbError, RetryPolicy, SagaRow, retry_transient};
+use ratchet_store::{
+    AbandonReason, DbError, RetryPolicy, SagaRow, abandon_saga, action_names, claim_unfinished,
+    load_logs, retry_transient, unfinished_among, unfinished_not_named,
+};
 use std::sync::Arc;
 use std::time::Duration;
 use steno::SagaDag;
@@ -346,7 +346,7 @@ impl Engine {
         let id = row.id;
         let owner = row.owner().ok_or(EngineError::NoSuchSaga(id))?;
         // Versioning: name an action this binary lacks before steno is asked (its own message is terser).
-        let actions = dag::action_names(&row.saga_dag);
+        let actions = action_names(&row.saga_dag);
         if let Some((node, action)) = actions
             .iter()
             .find(|(_, action)| !registered.actions.contains(action.as_str()))

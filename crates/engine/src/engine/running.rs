@@ -28,8 +28,7 @@ use crate::saga::builder::SagaBuilder;
 use crate::saga::definition::{NodeKind, SagaDef, StenoParams};
 use crate::shutdown::panic_message;
 use futures::FutureExt;
-use ratchet_store::dag::{DagNodeKind, PersistedDag};
-use ratchet_store::{SagaLogHandle, SagaOwner, SagaRegistration};
+use ratchet_store::{DagNodeKind, PersistedDag, SagaLogHandle, SagaOwner, SagaRegistration};
 use std::collections::{BTreeMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
@@ -454,10 +453,10 @@ impl Engine {
     }
 }
 
-/// `dag` as the store reads a persisted DAG ([`ratchet_store::dag`]): steno's serialized form, the form the saga
-/// log persists, so that a saga's DAG reads the same on creation and on recovery. This is how the engine
-/// learns what steno's public API does not tell: every action node's path and action name, the end node, the
-/// nodes without an action. A DAG that does not serialize reads as no nodes: no event is held (more
+/// `dag` as the store reads a persisted DAG ([`ratchet_store::PersistedDag`]): steno's serialized form, the
+/// form the saga log persists, so that a saga's DAG reads the same on creation and on recovery. This is how
+/// the engine learns what steno's public API does not tell: every action node's path and action name, the end
+/// node, the nodes without an action. A DAG that does not serialize reads as no nodes: no event is held (more
 /// durable commits per saga) and every node then fails, loudly, as not in the saga's DAG.
 pub(crate) fn read_dag(dag: &SagaDag) -> PersistedDag {
     serde_json::to_value(dag)

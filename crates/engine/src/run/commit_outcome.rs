@@ -28,8 +28,7 @@ use crate::saga::definition::SagaDef;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use ratchet_store::records::{self, RecordKind};
-use ratchet_store::{DbConnection, RetryPolicy};
+use ratchet_store::{DbConnection, RecordKind, RetryPolicy, probe_record};
 
 /// What a `COMMIT` (or `RELEASE`) returned.
 #[derive(Debug)]
@@ -93,7 +92,7 @@ fn proves_rollback(error: &DieselError) -> bool {
 }
 
 /// Settles a compensation `COMMIT` whose outcome is unknown: whether the node's compensation record exists,
-/// waiting out any transaction still writing it ([`records::probe_record`]).
+/// waiting out any transaction still writing it ([`probe_record`]).
 pub(crate) async fn compensation_landed<S: SagaDef>(
     run: &NodeRun<'_, S>,
     reason: &str,
@@ -101,10 +100,8 @@ pub(crate) async fn compensation_landed<S: SagaDef>(
     let saga_id = run.saga_id();
     resolve(run, "compensation", reason, |conn| {
         let name = run.name.clone();
-        async move {
-            Ok(records::probe_record(conn, RecordKind::Compensation, saga_id, &name).await?)
-        }
-        .boxed()
+        async move { Ok(probe_record(conn, RecordKind::Compensation, saga_id, &name).await?) }
+            .boxed()
     })
     .await
 }
@@ -181,7 +178,7 @@ where
                 // Say so in the saga's row as soon as the database can be written (for `ratchet sagas
                 // show` in another process); the lookup may then still wait on a lock.
                 if let (Some(note), false) = (note, noted) {
-                    noted = ratchet_store::saga::note_waiting(
+                    noted = ratchet_store::note_waiting(
                         &mut conn,
                         saga_id,
                         &run.name,
@@ -227,7 +224,7 @@ async fn clear_waiting<S: SagaDef>(run: &NodeRun<'_, S>) {
         "clearing a waiting note",
         || async move {
             let mut conn = pool.get().await?;
-            Ok(ratchet_store::saga::note_waiting(&mut conn, saga_id, name, owner, None).await?)
+            Ok(ratchet_store::note_waiting(&mut conn, saga_id, name, owner, None).await?)
         },
     )
     .await;

@@ -1,9 +1,9 @@
 //! Running a database node: forward (prepare, commit, finish in one transaction) and undo (compensate).
 //!
-//! The commit point of every database node is the one `tx::commit` call in [`attempt_forward`]. Before it,
-//! any failure rolls everything back and the node fails (or retries) with nothing to undo. After it, nothing
-//! fallible runs on the success path; an injected failure there is compensated inline, from the receipt,
-//! before steno hears of it ([`compensate_after_commit`]).
+//! The commit point of every database node is the one `commit_transaction` call in [`attempt_forward`].
+//! Before it, any failure rolls everything back and the node fails (or retries) with nothing to undo. After
+//! it, nothing fallible runs on the success path; an injected failure there is compensated inline, from the
+//! receipt, before steno hears of it ([`compensate_after_commit`]).
 
 use crate::error::NodeError;
 use crate::failpoint::FaultPoint;
@@ -20,9 +20,12 @@ use crate::saga::registry::NodeRegistry;
 use diesel_async::SimpleAsyncConnection;
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use ratchet_store::event::EventRow;
-use ratchet_store::records::{FencedWrite, OwnerCheck, RecordKind, Recorded};
-use ratchet_store::{DbConnection, owner, records, transaction as tx};
+use ratchet_store::{
+    DbConnection, EventRow, FencedWrite, OwnerCheck, RecordKind, Recorded, begin_transaction_then,
+    commit_transaction, delete_event, insert_compensation_record, insert_events, is_owner,
+    probe_record, record_commit_if_owner, recorded, rollback_transaction, set_node_tx,
+    transaction_depth,
+};
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -191,18 +194,18 @@ async fn attempt_forward<S: SagaDef, T: SagaDef<Context = S::Context>, N: DbNode
     let _turn = run.cx.db_turn().await;
     let look_up = run.cx.commit_may_exist(run.node_id);
     // The token names this attempt's transaction: the fenced write that closes it checks it is still there
-    // (a node that ended the engine's transaction itself is caught, see `records::NODE_TX_SETTING`).
+    // (a node that ended the engine's transaction itself is caught, see `ratchet_store::NODE_TX_SETTING`).
     let token = Uuid::new_v4();
     let mut held_events = Vec::new();
     let sent = {
         let mut pooled = run.connection().await?;
         let conn: &mut DbConnection = &mut pooled;
-        let mut begin = records::set_node_tx(token);
+        let mut begin = set_node_tx(token);
         if !look_up {
             // No record to look up: BEGIN and enter the prepare's savepoint in one round trip.
             begin = format!("{begin}; {}", enter_prepare());
         }
-        tx::begin_then(conn, &begin).await?;
+        begin_transaction_then(conn, &begin).await?;
         let result = forward_in_transaction::<S, T, N>(
             run,
             node,
@@ -217,7 +220,7 @@ async fn attempt_forward<S: SagaDef, T: SagaDef<Context = S::Context>, N: DbNode
             Ok(output) => {
                 run.cx.note_commit_sent(run.node_id);
                 // -------- the commit point --------
-                let committed = tx::commit(conn).await;
+                let committed = commit_transaction(conn).await;
                 let outcome = CommitOutcome::after(run, FaultPoint::CommitReply, committed);
                 Ok((output, outcome))
             }
@@ -225,11 +228,11 @@ async fn attempt_forward<S: SagaDef, T: SagaDef<Context = S::Context>, N: DbNode
                 // Whatever stopped the attempt (the node's error, a panic, a fault), a transaction the node
                 // ended itself is what the node fails for.
                 let stop = unless_foreign(run, conn, token, "prepare or commit", stop).await;
-                tx::rollback(conn).await;
+                rollback_transaction(conn).await;
                 Err(EndedEarly::Stop(stop))
             }
             Err(early) => {
-                tx::rollback(conn).await;
+                rollback_transaction(conn).await;
                 Err(early)
             }
         }
@@ -278,7 +281,7 @@ async fn recorded_forward<S: SagaDef>(run: &NodeRun<'_, S>) -> Result<Forward, S
     let found = until_answered(run, "commit", None, |conn| {
         let name = run.name.clone();
         async move {
-            match records::recorded(conn, saga_id, &name, owner, OwnerCheck::Read).await? {
+            match recorded(conn, saga_id, &name, owner, OwnerCheck::Read).await? {
                 Recorded::Fenced => Err(Stop::Fenced),
                 Recorded::Absent => Ok(None),
                 Recorded::Compensated { .. } => Ok(Some(Forward::AlreadyCompensated)),
@@ -297,7 +300,7 @@ async fn recorded_forward<S: SagaDef>(run: &NodeRun<'_, S>) -> Result<Forward, S
 }
 
 /// Settles a node `COMMIT` whose outcome is unknown: whether its commit record exists, waiting out any
-/// transaction still writing it ([`records::probe_record`]). A record there is this attempt's own (any
+/// transaction still writing it ([`probe_record`]). A record there is this attempt's own (any
 /// earlier one would have failed this attempt's insert of it), unless this executor has since been fenced.
 async fn resolve_commit<S: SagaDef>(run: &NodeRun<'_, S>, reason: &str) -> Result<bool, Stop> {
     let saga_id = run.saga_id();
@@ -305,10 +308,10 @@ async fn resolve_commit<S: SagaDef>(run: &NodeRun<'_, S>, reason: &str) -> Resul
     resolve(run, "commit", reason, |conn| {
         let name = run.name.clone();
         async move {
-            if !records::probe_record(conn, RecordKind::Commit, saga_id, &name).await? {
+            if !probe_record(conn, RecordKind::Commit, saga_id, &name).await? {
                 return Ok(false);
             }
-            if !owner::is_owner(conn, saga_id, owner).await? {
+            if !is_owner(conn, saga_id, owner).await? {
                 return Err(Stop::Fenced);
             }
             Ok(true)
@@ -368,7 +371,7 @@ async fn forward_in_transaction<S: SagaDef, T: SagaDef<Context = S::Context>, N:
         // executor must not take it for its own: the record may be the adopting executor's. A compensation
         // record means the node is being (or was) undone: it must not commit again.
         let owner = run.cx.log.owner();
-        match records::recorded(conn, saga_id, &run.name, owner, OwnerCheck::Read).await? {
+        match recorded(conn, saga_id, &run.name, owner, OwnerCheck::Read).await? {
             Recorded::Fenced => return Err(EndedEarly::Stop(Stop::Fenced)),
             Recorded::Compensated { .. } => {
                 return Err(EndedEarly::Exit(Forward::AlreadyCompensated));
@@ -437,7 +440,7 @@ async fn forward_in_transaction<S: SagaDef, T: SagaDef<Context = S::Context>, N:
         SagaNodeEventType::Succeeded(Arc::new(output_json.clone())),
         sec_id,
     )?);
-    let written = records::record_commit_if_owner(
+    let written = record_commit_if_owner(
         conn,
         saga_id,
         &run.name,
@@ -480,7 +483,7 @@ fn one_transaction_deep<S: SagaDef>(
     conn: &mut DbConnection,
     phase: &str,
 ) -> Result<(), Stop> {
-    match tx::depth(conn) {
+    match transaction_depth(conn) {
         Some(1) => Ok(()),
         // No transaction at all: the node ended the engine's (a COMMIT through diesel's manager).
         None => Err(Stop::Node(foreign_transaction(
@@ -607,7 +610,7 @@ async fn attempt_compensation<S: SagaDef, T: SagaDef<Context = S::Context>, N: D
     let sent = {
         let mut pooled = run.connection().await?;
         let conn: &mut DbConnection = &mut pooled;
-        tx::begin_then(conn, &records::set_node_tx(token)).await?;
+        begin_transaction_then(conn, &set_node_tx(token)).await?;
         // The whole transaction runs under the panic guard: a panicking compensation rolls back and fails
         // for good (steno then records the saga stuck, with the message).
         let result = catch_phase(
@@ -618,12 +621,12 @@ async fn attempt_compensation<S: SagaDef, T: SagaDef<Context = S::Context>, N: D
         .await;
         match result {
             Ok(Compensation::AlreadyCompensated) => {
-                tx::rollback(conn).await;
+                rollback_transaction(conn).await;
                 return Ok(Compensation::AlreadyCompensated);
             }
             Ok(outcome) => {
                 // -------- the compensation's commit point --------
-                let committed = tx::commit(conn).await;
+                let committed = commit_transaction(conn).await;
                 (
                     outcome,
                     CommitOutcome::after(run, FaultPoint::CompensationReply, committed),
@@ -631,7 +634,7 @@ async fn attempt_compensation<S: SagaDef, T: SagaDef<Context = S::Context>, N: D
             }
             Err(stop) => {
                 let stop = unless_foreign(run, conn, token, "compensation", stop).await;
-                tx::rollback(conn).await;
+                rollback_transaction(conn).await;
                 return Err(stop);
             }
         }
@@ -691,13 +694,12 @@ async fn compensation_in_transaction<S: SagaDef, T: SagaDef<Context = S::Context
 ) -> Result<Compensation, Stop> {
     let saga_id = run.saga_id();
     let owner = run.cx.log.owner();
-    let receipt =
-        match records::recorded(conn, saga_id, &run.name, owner, OwnerCheck::ShareLock).await? {
-            Recorded::Fenced => return Err(Stop::Fenced),
-            Recorded::Compensated { .. } => return Ok(Compensation::AlreadyCompensated),
-            Recorded::Committed { receipt } => Some(receipt),
-            Recorded::Absent => None,
-        };
+    let receipt = match recorded(conn, saga_id, &run.name, owner, OwnerCheck::ShareLock).await? {
+        Recorded::Fenced => return Err(Stop::Fenced),
+        Recorded::Compensated { .. } => return Ok(Compensation::AlreadyCompensated),
+        Recorded::Committed { receipt } => Some(receipt),
+        Recorded::Absent => None,
+    };
     let outcome = match receipt {
         None => Compensation::NothingCommitted,
         Some(receipt) => {
@@ -712,7 +714,7 @@ async fn compensation_in_transaction<S: SagaDef, T: SagaDef<Context = S::Context
             Compensation::Compensated
         }
     };
-    let written = records::insert_compensation_record(
+    let written = insert_compensation_record(
         conn,
         saga_id,
         &run.name,
@@ -730,9 +732,9 @@ async fn compensation_in_transaction<S: SagaDef, T: SagaDef<Context = S::Context
                 event_row(run, SagaNodeEventType::UndoStarted, owner.sec_id)?,
                 event_row(run, SagaNodeEventType::UndoFinished, owner.sec_id)?,
             ];
-            records::insert_events(conn, &events).await?;
+            insert_events(conn, &events).await?;
         }
-        Mode::AfterCommit => records::delete_event(conn, saga_id, run.node_id, "succeeded").await?,
+        Mode::AfterCommit => delete_event(conn, saga_id, run.node_id, "succeeded").await?,
     }
     // Everything of the compensation is written, nothing is committed: a fault here rolls it all back.
     run.fault(FaultPoint::InCompensation).await?;

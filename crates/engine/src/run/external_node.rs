@@ -19,8 +19,12 @@ use crate::saga::node::{CallError, ExternalNode};
 use crate::saga::phase::{ExternalCx, PrepareCx};
 use crate::saga::registry::NodeRegistry;
 use futures::future::BoxFuture;
-use ratchet_store::records::{FencedWrite, OwnerCheck, Recorded};
-use ratchet_store::{DbConnection, RetryPolicy, owner, records, transaction as tx};
+use ratchet_store::{
+    DbConnection, FencedWrite, OwnerCheck, Recorded, RetryPolicy, begin_read_only_transaction_then,
+    begin_transaction, commit_receipt, commit_transaction, delete_event,
+    insert_compensation_record, insert_events, lock_if_owner, record_commit_if_owner, recorded,
+    rollback_transaction, set_node_tx,
+};
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -261,7 +265,7 @@ async fn prepare<S: SagaDef, T: SagaDef<Context = S::Context>, N: ExternalNode<T
     let conn: &mut DbConnection = &mut pooled;
     // The token names the prepare's transaction, as a database node's does: checked before it is rolled back.
     let token = Uuid::new_v4();
-    tx::begin_read_only_then(conn, &records::set_node_tx(token)).await?;
+    begin_read_only_transaction_then(conn, &set_node_tx(token)).await?;
     let result = async {
         let saga_id = run.saga_id();
         // A stale executor stops here, before it replays someone else's receipt or calls out.
@@ -274,7 +278,7 @@ async fn prepare<S: SagaDef, T: SagaDef<Context = S::Context>, N: ExternalNode<T
         // been) compensated; its call by key must not be sent again (the service would answer it from its
         // cache, as if the compensation had not happened).
         let owner = run.cx.log.owner();
-        match records::recorded(conn, saga_id, &run.name, owner, OwnerCheck::Read).await? {
+        match recorded(conn, saga_id, &run.name, owner, OwnerCheck::Read).await? {
             Recorded::Fenced => return Err(Stop::Fenced),
             Recorded::Compensated { .. } => return Ok(Prepared::AlreadyCompensated),
             Recorded::Committed { receipt } => return Ok(Prepared::Replayed(receipt)),
@@ -308,7 +312,7 @@ async fn prepare<S: SagaDef, T: SagaDef<Context = S::Context>, N: ExternalNode<T
         },
         Err(stop) => Err(unless_foreign(run, conn, token, "prepare", stop).await),
     };
-    tx::rollback(conn).await;
+    rollback_transaction(conn).await;
     result
 }
 
@@ -414,7 +418,7 @@ async fn record_receipt<S: SagaDef>(
         owner.sec_id,
     )?;
     let saga_id = run.saga_id();
-    match records::record_commit_if_owner(
+    match record_commit_if_owner(
         conn,
         saga_id,
         &run.name,
@@ -430,7 +434,7 @@ async fn record_receipt<S: SagaDef>(
         Err(diesel::result::Error::DatabaseError(
             diesel::result::DatabaseErrorKind::UniqueViolation,
             _,
-        )) if records::commit_receipt(conn, saga_id, &run.name).await? == Some(receipt) => Ok(()),
+        )) if commit_receipt(conn, saga_id, &run.name).await? == Some(receipt) => Ok(()),
         Err(error) => Err(error.into()),
     }
 }
@@ -508,7 +512,7 @@ async fn compensate_once<S: SagaDef, T: SagaDef<Context = S::Context>, N: Extern
         let conn: &mut DbConnection = &mut pooled;
         // As in `prepare`: a stale executor calls nothing (the same TODO-correctness window applies).
         let owner = run.cx.log.owner();
-        match records::recorded(conn, saga_id, &run.name, owner, OwnerCheck::Read).await? {
+        match recorded(conn, saga_id, &run.name, owner, OwnerCheck::Read).await? {
             Recorded::Fenced => return Err(Stop::Fenced),
             Recorded::Compensated { .. } if !after_commit => return Ok(()),
             Recorded::Compensated { receipt } => (receipt, true),
@@ -572,22 +576,21 @@ async fn record_compensation<S: SagaDef>(
     let saga_id = run.saga_id();
     let mut pooled = run.connection().await?;
     let conn: &mut DbConnection = &mut pooled;
-    tx::begin(conn).await?;
+    begin_transaction(conn).await?;
     let result = async {
         let owner = run.cx.log.owner();
-        if !owner::lock_if_owner(conn, saga_id, owner).await? {
+        if !lock_if_owner(conn, saga_id, owner).await? {
             return Err(Stop::Fenced);
         }
-        records::insert_compensation_record(conn, saga_id, &run.name, had_commit, owner, None)
-            .await?;
+        insert_compensation_record(conn, saga_id, &run.name, had_commit, owner, None).await?;
         if after_commit {
-            records::delete_event(conn, saga_id, run.node_id, "succeeded").await?;
+            delete_event(conn, saga_id, run.node_id, "succeeded").await?;
         } else {
             let events = [
                 event_row(run, SagaNodeEventType::UndoStarted, owner.sec_id)?,
                 event_row(run, SagaNodeEventType::UndoFinished, owner.sec_id)?,
             ];
-            records::insert_events(conn, &events).await?;
+            insert_events(conn, &events).await?;
             // The compensating call is made, its record written but not committed: a fault here rolls the
             // record back, and the retry calls again (the service answers a repeated key as it did first).
             run.fault(FaultPoint::InCompensation).await?;
@@ -598,11 +601,11 @@ async fn record_compensation<S: SagaDef>(
     match result {
         Ok(()) => {}
         Err(stop) => {
-            tx::rollback(conn).await;
+            rollback_transaction(conn).await;
             return Err(stop);
         }
     }
-    let committed = tx::commit(conn).await;
+    let committed = commit_transaction(conn).await;
     let outcome = CommitOutcome::after(run, FaultPoint::CompensationReply, committed);
     drop(pooled);
     match outcome {

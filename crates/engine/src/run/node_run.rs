@@ -86,9 +86,7 @@ impl<'a, S: SagaDef> NodeRun<'a, S> {
     }
 
     /// A connection from the engine's pool (a pool timeout is a transient error).
-    pub(crate) async fn connection(
-        &self,
-    ) -> Result<ratchet_store::pool::PooledConnection<'_>, Stop> {
+    pub(crate) async fn connection(&self) -> Result<ratchet_store::PooledConnection<'_>, Stop> {
         self.alive()?;
         Ok(self
             .cx
@@ -120,9 +118,7 @@ impl<'a, S: SagaDef> NodeRun<'a, S> {
         };
         let starts = with_retries(self, forever, "count start", |_| async {
             let mut conn = pool.get().await.map_err(ratchet_store::DbError::from)?;
-            Ok::<_, Stop>(
-                ratchet_store::records::count_start(&mut conn, saga_id, name, phase).await?,
-            )
+            Ok::<_, Stop>(ratchet_store::count_start(&mut conn, saga_id, name, phase).await?)
         })
         .await?;
         let starts = u32::try_from(starts).unwrap_or(u32::MAX);
@@ -202,8 +198,7 @@ impl<'a, S: SagaDef> NodeRun<'a, S> {
             );
             return;
         };
-        match ratchet_store::pool::terminate_sessions(&shared.database_url, application_name).await
-        {
+        match ratchet_store::terminate_sessions(&shared.database_url, application_name).await {
             Ok(ended) => tracing::info!(ended, "the crashed executor's sessions were ended"),
             Err(error) => {
                 tracing::warn!(%error, "could not end the crashed executor's sessions")
@@ -467,7 +462,7 @@ async fn exhaust_pool(pool: &ratchet_store::DbPool, millis: u64) {
 /// through the connection of [`CommitTx`](crate::CommitTx) or [`PrepareCx`](crate::PrepareCx)): whatever it
 /// wrote before that is outside the engine's guarantees, so the engine says so as loudly as it can and fails
 /// the node (or, from a compensation, makes the saga stuck). The message carries
-/// [`records::ESCAPED_WRITES`](ratchet_store::records::ESCAPED_WRITES), by which the saga's diagnosis lists
+/// [`records::ESCAPED_WRITES`](ratchet_store::ESCAPED_WRITES), by which the saga's diagnosis lists
 /// the node.
 pub(crate) fn foreign_transaction<S: SagaDef>(
     run: &NodeRun<'_, S>,
@@ -479,7 +474,7 @@ pub(crate) fn foreign_transaction<S: SagaDef>(
          node's connection; the transaction token now reads {found:?}): {}: what it wrote before that may be \
          committed outside the engine, with no record and no compensation",
         run.name,
-        ratchet_store::records::ESCAPED_WRITES,
+        ratchet_store::ESCAPED_WRITES,
     );
     tracing::error!(saga_id = %run.saga_id(), node = %run.name, "{message}");
     NodeError::permanent(message)
@@ -487,7 +482,7 @@ pub(crate) fn foreign_transaction<S: SagaDef>(
 
 /// Before the engine ends a node's transaction on a path where it will not write the node's record (a phase
 /// that failed or panicked, a fault, a read-only prepare): checks that the transaction is still the one the
-/// engine began, named by `token` (see [`records::NODE_TX_SETTING`](ratchet_store::records::NODE_TX_SETTING)).
+/// engine began, named by `token` (see [`records::NODE_TX_SETTING`](ratchet_store::NODE_TX_SETTING)).
 /// If it is not, the node ended it itself, and `stop` (the node's own error) gives way to that reason: the
 /// attempt is not retried (a retry would apply the escaped writes again) and the node fails naming it. The
 /// success paths check the same token in the statement that writes the record.
@@ -506,7 +501,7 @@ pub(crate) async fn unless_foreign<S: SagaDef>(
         // The executor dies here: it checks nothing.
         return stop;
     }
-    match ratchet_store::records::node_tx_token(conn).await {
+    match ratchet_store::node_tx_token(conn).await {
         Ok(found) if found != token.to_string() => {
             Stop::Node(foreign_transaction(run, phase, &found))
         }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 /// The separator of a node path: a node inside subsaga `attach_disk_0` named `attach` there has path
 /// `attach_disk_0/attach` (see [`SagaBuilder::subsaga`]). Node names may not contain it.
-pub const PATH_SEPARATOR: char = ratchet_store::dag::PATH_SEPARATOR;
+pub const PATH_SEPARATOR: char = ratchet_store::PATH_SEPARATOR;
 
 /// The name of the node [`SagaBuilder`] appends after a parallel last stage: a saga's (or subsaga's) output
 /// is its last node's, and steno wants exactly one last node. Its output is a JSON object holding every

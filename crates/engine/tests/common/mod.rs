@@ -7,7 +7,7 @@ use ratchet_engine::{
     Engine, EngineBuilder, EngineConfig, FaultEffect, FaultPoint, PreparedSaga, SagaOutcome,
 };
 use ratchet_example_saga::{self as example, AccountState, ProvisionParams, ProvisionWidget};
-use ratchet_store::saga::{get_saga, saga_history};
+use ratchet_store::{get_saga, saga_history};
 use ratchet_template_db::TestDatabase;
 use ratchet_test_utils::testing::fresh_database;
 use std::sync::Arc;
@@ -72,7 +72,7 @@ pub async fn records(engine: &Engine, id: Uuid) -> (Vec<String>, Vec<(String, bo
 /// [`records`] read on a connection of its own: after an engine's injected crash, whose session
 /// terminations may still reach that engine's pooled connections.
 pub async fn records_in(db: &TestDatabase, id: Uuid) -> (Vec<String>, Vec<(String, bool)>) {
-    let mut conn = ratchet_store::pool::establish(&db.url).await.unwrap();
+    let mut conn = ratchet_store::establish(&db.url).await.unwrap();
     records_on(&mut conn, id).await
 }
 

@@ -50,14 +50,15 @@
 //! steno reports a saga whose undo failed as `done`. When steno marks a saga `done`, this store looks for an
 //! `undo_failed` event in the same transaction and records `stuck`, with the node and the error, instead.
 
+use crate::error::DbError;
 use crate::event::{EventRow, undo_error_message, uuid_of};
 use crate::fence::{Fence, Liveness};
 use crate::owner::{SagaOwner, WRITABLE_STATES};
+use crate::pool::DbPool;
 use crate::retry::RetryPolicy;
 use crate::saga::{SagaRow, SagaState, insert_saga};
 use crate::schema::{saga, saga_node_event};
 use crate::transaction::in_transaction;
-use crate::{DbError, DbPool};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;

@@ -5,7 +5,7 @@
 //! at all, and each that changes who drives a saga bumps `adopt_generation`: any executor still holding the
 //! saga at the old generation is fenced out of it ([`crate::owner`]).
 
-use crate::DbError;
+use crate::error::DbError;
 use crate::event::undo_error_message;
 use crate::records::CommitRecord;
 use crate::saga::{AbandonReason, SagaHistory, SagaRow, SagaState, saga_history};
