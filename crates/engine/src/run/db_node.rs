@@ -68,7 +68,7 @@ impl<S: SagaDef, T: SagaDef<Context = S::Context>, N: DbNode<T>> steno::Action<S
     }
 }
 
-/// A database node's registration (its steno action, [`DbAction`]) and layout.
+/// A database node's registration (its steno action, `DbAction`) and layout.
 impl<S: SagaDef> NodeRegistry<S> {
     /// Registers database node type `N` of this saga.
     pub fn db<N: DbNode<S>>(&mut self) -> &mut Self {

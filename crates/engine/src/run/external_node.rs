@@ -67,7 +67,7 @@ impl<S: SagaDef, T: SagaDef<Context = S::Context>, N: ExternalNode<T>> steno::Ac
     }
 }
 
-/// An external node's registration (its steno action, [`ExternalAction`]) and layout.
+/// An external node's registration (its steno action, `ExternalAction`) and layout.
 impl<S: SagaDef> NodeRegistry<S> {
     /// Registers external node type `N` of this saga.
     pub fn external<N: ExternalNode<S>>(&mut self) -> &mut Self {

@@ -122,7 +122,7 @@ impl<S: SagaDef> SagaCx<S> {
     }
 
     /// **Unchecked**: the engine's connection pool, for plain steno actions
-    /// ([`NodeRegistry::unchecked_steno_action`]) only, which manage their own connections and transactions the
+    /// ([`NodeRegistry::unchecked_steno_action`](crate::NodeRegistry::unchecked_steno_action)) only, which manage their own connections and transactions the
     /// way code did before ratchet. A typed node never needs it and must not use it: a write through it is
     /// outside the node's transaction, so nothing makes it exactly-once or compensates it (the class of bug
     /// ratchet exists to rule out). Typed nodes get no pool from the engine: only this escape hatch, whose

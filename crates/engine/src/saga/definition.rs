@@ -165,7 +165,7 @@ pub enum NodeKind {
     /// A subsaga ([`SagaBuilder::subsaga`]): its entry stands for its output (steno's subsaga end node); its
     /// own nodes are listed before it, by their paths.
     Subsaga,
-    /// The node [`SagaBuilder`] appends after a parallel last stage ([`JOIN_NODE`]): it commits nothing, and
+    /// The node [`SagaBuilder`] appends after a parallel last stage ([`JOIN_NODE`](crate::JOIN_NODE)): it commits nothing, and
     /// outputs the last stage's outputs by node name.
     Join,
 }

@@ -60,7 +60,7 @@ impl<S: SagaDef> NodeRegistry<S> {
         }
     }
 
-    /// Every node type of saga `T`, which `S`'s DAG nests as a subsaga ([`SagaBuilder::subsaga`]), registered
+    /// Every node type of saga `T`, which `S`'s DAG nests as a subsaga ([`SagaBuilder::subsaga`](crate::SagaBuilder::subsaga)), registered
     /// under `S`'s steno saga type (so that recovery can run a DAG holding `T`'s nodes): through
     /// [`SagaDef::register_nested`], and so on down for the sagas `T` nests. A saga nesting itself, directly
     /// or not, recurses without end here: the engine does not check for it.
