@@ -23,7 +23,7 @@ use std::sync::Arc;
 use steno::{ActionContext, ActionError, ActionRegistry, DagBuilder, Node, SagaDag, SagaName};
 use uuid::Uuid;
 
-/// Nexus's per-instance disk limit (as `ratchet_sagas::attach_nodes::MAX_DISKS_PER_INSTANCE`).
+/// Nexus's per-instance disk limit (as `ratchet_sagas::MAX_DISKS_PER_INSTANCE`).
 const MAX_DISKS: u32 = 12;
 
 /// The plain instance-create.

@@ -159,7 +159,7 @@ impl Bench<'_> {
     pub(crate) async fn fresh_world(&self) -> Result<(TestDatabase, World), BenchError> {
         let db = self.fresh_database().await?;
         let mut conn = ratchet_store::establish(&db.url).await?;
-        let world = ratchet_sagas::world::seed(&mut conn, &WorldSpec::default()).await?;
+        let world = ratchet_sagas::seed_world(&mut conn, &WorldSpec::default()).await?;
         Ok((db, world))
     }
 

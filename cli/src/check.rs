@@ -6,7 +6,6 @@ use crate::output::print_json;
 use crate::registry::ServiceAddrs;
 use crate::setup;
 use anyhow::bail;
-use ratchet_sagas::invariants;
 use std::collections::BTreeMap;
 
 /// What `ratchet check --json` prints.
@@ -67,7 +66,12 @@ pub async fn check(global: &Global, args: &CheckArgs) -> anyhow::Result<()> {
             vec![]
         }
         (Some(services), true) => {
-            invariants::check(&mut conn, &services.sled_agent(), &services.pantry()).await?
+            ratchet_sagas::check_nexus_invariants(
+                &mut conn,
+                &services.sled_agent(),
+                &services.pantry(),
+            )
+            .await?
         }
         (None, true) => {
             say.line(

@@ -14,7 +14,7 @@
 //! # Beside other executors
 //!
 //! Operators run this from several hosts on one database, each as its own executor (`--sec-id`). So:
-//! - the runs share one world (`ratchet_sagas::world::take_or_seed`, named [`WORLD`]): each takes what
+//! - the runs share one world (`ratchet_sagas::take_or_seed_world`, named [`WORLD`]): each takes what
 //!   exists of it and creates what is missing, and runs started at the same instant do not trip on each other;
 //! - the final check judges this run's sagas (each at rest, and each one's postcondition, asked of
 //!   `ratchet_sagas::postcondition`), and the invariants of the whole database only when it is at rest: read
@@ -33,7 +33,7 @@ use ratchet_engine::{Engine, PreparedSaga, SagaOutcome};
 use ratchet_sagas::{
     DiskAttach, DiskDetach, DiskInstanceParams, DiskSpec, InstanceCreate, InstanceCreateEnd,
     InstanceCreateParams, NicSpec, Services, SnapshotCreate, SnapshotCreateParams, World,
-    WorldSpec, invariants, postcondition, world,
+    WorldSpec,
 };
 use ratchet_sim::{PantryClient, SledAgentClient};
 use ratchet_store::PoolConfig;
@@ -134,7 +134,7 @@ pub async fn run(global: &Global, saga: &RunSaga) -> anyhow::Result<()> {
             .get()
             .await
             .map_err(ratchet_store::DbError::from)?;
-        Ok(world::take_or_seed(&mut conn, WORLD, &world_spec(), addresses).await?)
+        Ok(ratchet_sagas::take_or_seed_world(&mut conn, WORLD, &world_spec(), addresses).await?)
     })
     .await?;
     if !recovered.resumed.is_empty()
@@ -431,8 +431,9 @@ async fn prepare(
         RunSaga::InstanceCreate(args) => {
             let mut attach_disks = Vec::new();
             for d in 0..args.disks {
-                attach_disks
-                    .push(world::detached_disk(conn, world, &format!("disk-{tag}-{d}")).await?);
+                attach_disks.push(
+                    ratchet_sagas::detached_disk(conn, world, &format!("disk-{tag}-{d}")).await?,
+                );
             }
             let nics = (0..args.nics)
                 .map(|n| NicSpec {
@@ -462,8 +463,9 @@ async fn prepare(
             })
         }
         RunSaga::DiskAttach(_) | RunSaga::DiskDetach(_) => {
-            let instance = world::stopped_instance(conn, world, &format!("inst-{tag}")).await?;
-            let disk = world::detached_disk(conn, world, &format!("disk-{tag}")).await?;
+            let instance =
+                ratchet_sagas::stopped_instance(conn, world, &format!("inst-{tag}")).await?;
+            let disk = ratchet_sagas::detached_disk(conn, world, &format!("disk-{tag}")).await?;
             let params = DiskInstanceParams {
                 instance_id: instance,
                 disk_id: disk,
@@ -477,7 +479,7 @@ async fn prepare(
         }
         RunSaga::SnapshotCreate(_) => Job::SnapshotCreate(SnapshotCreateParams {
             project_id: world.project_id,
-            disk_id: world::detached_disk(conn, world, &format!("disk-{tag}")).await?,
+            disk_id: ratchet_sagas::detached_disk(conn, world, &format!("disk-{tag}")).await?,
             name: format!("snap-{tag}"),
         }),
     })
@@ -495,7 +497,7 @@ async fn global_check(
         return Ok(GlobalCheck::InFlight(in_flight));
     }
     Ok(GlobalCheck::AtRest(
-        invariants::check(conn, sled_agent, pantry).await?,
+        ratchet_sagas::check_nexus_invariants(conn, sled_agent, pantry).await?,
     ))
 }
 
@@ -510,7 +512,7 @@ async fn instances_complete_or_gone(
     let mut complete = 0;
     let mut problems = Vec::new();
     for params in sagas {
-        match postcondition::instance_create(conn, params).await? {
+        match ratchet_sagas::instance_create_postcondition(conn, params).await? {
             InstanceCreateEnd::Complete { .. } => complete += 1,
             InstanceCreateEnd::Gone => {}
             incomplete @ InstanceCreateEnd::Incomplete { .. } => {

@@ -6,7 +6,7 @@ mod common;
 use common::RATCHET;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use ratchet_example_saga as example;
-use ratchet_sagas::{DATASTORE_MIGRATIONS, Services, WorldSpec, world};
+use ratchet_sagas::{DATASTORE_MIGRATIONS, Services, WorldSpec};
 use ratchet_template_db::TestDatabase;
 use ratchet_test_utils::testing::fresh_database;
 use std::process::Command;
@@ -48,17 +48,19 @@ async fn world_at_rest() -> (TestDatabase, AsyncPgConnection, Uuid) {
         .await
         .expect("test database");
     let mut conn = AsyncPgConnection::establish(&db.url).await.unwrap();
-    let world = world::seed(&mut conn, &WorldSpec::default()).await.unwrap();
-    let instance = world::stopped_instance(&mut conn, &world, "inst")
+    let world = ratchet_sagas::seed_world(&mut conn, &WorldSpec::default())
         .await
         .unwrap();
-    let data = world::detached_disk(&mut conn, &world, "data")
+    let instance = ratchet_sagas::stopped_instance(&mut conn, &world, "inst")
+        .await
+        .unwrap();
+    let data = ratchet_sagas::detached_disk(&mut conn, &world, "data")
         .await
         .unwrap();
     ratchet_datastore::instance_attach_disk(&mut conn, instance, data, 12)
         .await
         .unwrap();
-    let spare = world::detached_disk(&mut conn, &world, "spare")
+    let spare = ratchet_sagas::detached_disk(&mut conn, &world, "spare")
         .await
         .unwrap();
     (db, conn, spare)

@@ -12,8 +12,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection};
 use ratchet_engine::{EngineBuilder, EngineConfig, FaultEffect, FaultPoint, SagaOutcome};
 use ratchet_example_saga::{self as example, ProvisionParams, ProvisionWidget};
 use ratchet_sagas::{
-    DATASTORE_MIGRATIONS, InstanceCreate, InstanceCreateParams, NicSpec, Services, World,
-    WorldSpec, world,
+    DATASTORE_MIGRATIONS, InstanceCreate, InstanceCreateParams, NicSpec, Services, World, WorldSpec,
 };
 use ratchet_sim::{PantryClient, SledAgentClient};
 use ratchet_store::get_saga;
@@ -94,7 +93,9 @@ impl Setup {
             .await
             .expect("test database");
         let mut conn = AsyncPgConnection::establish(&db.url).await.unwrap();
-        let world = world::seed(&mut conn, &WorldSpec::default()).await.unwrap();
+        let world = ratchet_sagas::seed_world(&mut conn, &WorldSpec::default())
+            .await
+            .unwrap();
         let services = Services::start().unwrap();
         Setup {
             db,

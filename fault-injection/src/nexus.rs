@@ -20,7 +20,7 @@ use ratchet_engine::{EngineBuilder, NodeKind, SagaDef};
 use ratchet_sagas::{
     DATASTORE_MIGRATIONS, DiskAttach, DiskDetach, DiskInstanceParams, DiskSpec, InstanceCreate,
     InstanceCreateParams, NicSpec, Services, SnapshotCreate, SnapshotCreateParams, World,
-    WorldSpec, invariants, world,
+    WorldSpec,
 };
 use ratchet_sim::Operation;
 use ratchet_store::DbConnection;
@@ -43,13 +43,13 @@ fn fixture_error(error: impl std::fmt::Display) -> HarnessError {
 async fn nexus_fixture(url: &str, attach: bool) -> Result<NexusFixture, HarnessError> {
     let mut conn = ratchet_store::establish(url).await?;
     let conn = &mut conn;
-    let world = world::seed(conn, &WorldSpec::default())
+    let world = ratchet_sagas::seed_world(conn, &WorldSpec::default())
         .await
         .map_err(fixture_error)?;
-    let instance = world::stopped_instance(conn, &world, "fixture")
+    let instance = ratchet_sagas::stopped_instance(conn, &world, "fixture")
         .await
         .map_err(fixture_error)?;
-    let disk = world::detached_disk(conn, &world, "fixture-disk")
+    let disk = ratchet_sagas::detached_disk(conn, &world, "fixture-disk")
         .await
         .map_err(fixture_error)?;
     if attach {
@@ -70,7 +70,7 @@ async fn violations(
     fixture: &NexusFixture,
     conn: &mut DbConnection,
 ) -> Result<Vec<String>, HarnessError> {
-    let found = invariants::check(
+    let found = ratchet_sagas::check_nexus_invariants(
         conn,
         &fixture.services.sled_agent.client(),
         &fixture.services.pantry.client(),

@@ -47,7 +47,7 @@ struct IdState {
 }
 
 /// Every violation at rest, in the database and in the services.
-pub async fn check(
+pub async fn check_nexus_invariants(
     conn: &mut diesel_async::AsyncPgConnection,
     sled_agent: &SledAgentClient,
     pantry: &PantryClient,

@@ -17,27 +17,31 @@
 //!   state its forward left (an attach is undone before the disk it attached is deleted).
 //!
 //! The `legacy` module keeps the pre-fix attach, written directly on steno, to show the harness catching the
-//! leak it causes. [`invariants::check`] is the checker: the datastore's SQL rules plus the services' state;
-//! [`postcondition`] says what each saga promises once it is at rest.
+//! leak it causes. [`check_nexus_invariants`] is the checker: the datastore's SQL rules plus the services' state;
+//! [`instance_create_postcondition`] says what each saga promises once it is at rest.
 
 mod app;
-pub mod attach_nodes;
-pub mod disk_attach;
+mod attach_nodes;
+mod disk_attach;
 mod errors;
-pub mod instance_create;
-pub mod invariants;
-pub mod legacy;
-pub mod postcondition;
-pub mod snapshot_create;
-pub mod world;
+mod instance_create;
+mod invariants;
+mod legacy;
+mod postcondition;
+mod snapshot_create;
+mod world;
 
 pub use app::{LegacyKnobs, NexusApp};
+pub use attach_nodes::MAX_DISKS_PER_INSTANCE;
 pub use disk_attach::{DiskAttach, DiskDetach, DiskInstanceParams};
 pub use instance_create::{DiskSpec, InstanceCreate, InstanceCreateParams, NicSpec};
-pub use postcondition::InstanceCreateEnd;
+pub use invariants::{CheckError, check_nexus_invariants};
+pub use postcondition::{InstanceCreateEnd, instance_create_postcondition};
 pub use ratchet_datastore::MIGRATIONS as DATASTORE_MIGRATIONS;
 pub use snapshot_create::{SnapshotCreate, SnapshotCreateParams};
-pub use world::{Services, World, WorldSpec};
+pub use world::{
+    Services, World, WorldSpec, detached_disk, seed_world, stopped_instance, take_or_seed_world,
+};
 
 use ratchet_engine::EngineBuilder;
 use std::sync::Arc;

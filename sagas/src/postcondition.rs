@@ -77,7 +77,7 @@ struct InstanceDisks {
 /// The postcondition of the instance-create saga run with `params`, read at rest: the live instance of that
 /// name in that project, if any, has every disk of `params` (created and attached) attached, in distinct
 /// slots. Reads only.
-pub async fn instance_create(
+pub async fn instance_create_postcondition(
     conn: &mut diesel_async::AsyncPgConnection,
     params: &InstanceCreateParams,
 ) -> Result<InstanceCreateEnd, DatastoreError> {

@@ -53,7 +53,7 @@ pub struct World {
 }
 
 /// Seeds a world's rows (one statement each, on `conn`).
-pub async fn seed(
+pub async fn seed_world(
     conn: &mut diesel_async::AsyncPgConnection,
     spec: &WorldSpec,
 ) -> Result<World, DatastoreError> {
@@ -179,7 +179,7 @@ async fn free_addresses(
 /// project, subnet, IP pool and sleds, shaped by `spec` when they are created, and, in its pool, address
 /// blocks until at least `addresses` are free (`spec.ip_range`, when given, is the pool's one range instead).
 /// Safe to run from several processes at the same instant on one database; every statement stands alone.
-pub async fn take_or_seed(
+pub async fn take_or_seed_world(
     conn: &mut diesel_async::AsyncPgConnection,
     name: &str,
     spec: &WorldSpec,

@@ -31,7 +31,7 @@ use ratchet_sagas::{DiskSpec, SnapshotCreate, SnapshotCreateParams};
 use std::collections::BTreeSet;
 use uuid::Uuid;
 
-/// The service rules of `ratchet_sagas::invariants::check`, as its module documents them.
+/// The service rules of `ratchet_sagas::check_nexus_invariants`, as its module documents them.
 const SERVICE_RULES: [&str; 4] = [
     "vmm_without_live_owner",
     "running_instance_without_vmm",

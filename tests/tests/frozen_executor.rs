@@ -21,7 +21,7 @@
 
 use diesel::sql_types::{BigInt, Nullable, Text, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use ratchet_sagas::{DATASTORE_MIGRATIONS, invariants};
+use ratchet_sagas::DATASTORE_MIGRATIONS;
 use ratchet_test_utils::testing::fresh_database;
 use ratchet_tests::{
     Child, Count, InstanceCreateShape, Scratch, Sim, assert_no_saga_given_up,
@@ -156,7 +156,7 @@ async fn frozen_executor() {
         at_rest <= AT_REST_WITHIN,
         "every saga at rest only {at_rest:?} after the freeze"
     );
-    let violations = invariants::check(&mut conn, &sim.sled_agent, &sim.pantry)
+    let violations = ratchet_sagas::check_nexus_invariants(&mut conn, &sim.sled_agent, &sim.pantry)
         .await
         .expect("invariant check");
     assert!(
@@ -224,7 +224,7 @@ async fn frozen_executor() {
         before.sled_agent, after.sled_agent,
         "the sled agent's VMMs, or the requests the services applied, changed"
     );
-    let violations = invariants::check(&mut conn, &sim.sled_agent, &sim.pantry)
+    let violations = ratchet_sagas::check_nexus_invariants(&mut conn, &sim.sled_agent, &sim.pantry)
         .await
         .expect("invariant check");
     assert!(

@@ -29,7 +29,7 @@
 
 use diesel_async::RunQueryDsl;
 use diesel_async::{AsyncConnection, AsyncPgConnection};
-use ratchet_sagas::{DATASTORE_MIGRATIONS, invariants};
+use ratchet_sagas::DATASTORE_MIGRATIONS;
 use ratchet_test_utils::testing::fresh_database;
 use ratchet_tests::{
     Child, Count, InstanceCreateShape, Scratch, Sim, SplitMix64, assert_no_saga_given_up,
@@ -192,7 +192,7 @@ async fn two_hundred_instance_creates_survive_repeated_sigkills() {
     );
 
     // The invariant checker: the database, the sled agent and the pantry.
-    let violations = invariants::check(&mut conn, &sim.sled_agent, &sim.pantry)
+    let violations = ratchet_sagas::check_nexus_invariants(&mut conn, &sim.sled_agent, &sim.pantry)
         .await
         .expect("invariant check");
     assert!(

@@ -26,7 +26,7 @@
 //! delays only pick the moment of the kill.
 
 use diesel_async::{AsyncConnection, AsyncPgConnection};
-use ratchet_sagas::{DATASTORE_MIGRATIONS, invariants};
+use ratchet_sagas::DATASTORE_MIGRATIONS;
 use ratchet_test_utils::testing::{fresh_database, test_server};
 use ratchet_tests::{
     Child, InstanceCreateShape, Scratch, Sim, SplitMix64, assert_no_saga_given_up,
@@ -202,7 +202,7 @@ async fn one_round(ratchet: &Path, round: usize, seed: u64) -> [usize; 2] {
         BTreeMap::from([("done".to_owned(), COUNT as i64)]),
         "every saga is done"
     );
-    let violations = invariants::check(&mut conn, &sim.sled_agent, &sim.pantry)
+    let violations = ratchet_sagas::check_nexus_invariants(&mut conn, &sim.sled_agent, &sim.pantry)
         .await
         .expect("invariant check");
     assert!(

@@ -100,20 +100,20 @@
 //! no longer the one the maintenance step wrote, so someone else owns it now.
 
 mod common;
-pub mod error;
+mod error;
 mod project_scoped_insert;
 mod soft_delete;
 
-pub mod attach;
-pub mod disk;
-pub mod external_ip;
-pub mod instance;
-pub mod invariants;
-pub mod network;
-pub mod project;
-pub mod sled;
-pub mod snapshot;
-pub mod volume;
+mod attach;
+mod disk;
+mod external_ip;
+mod instance;
+mod invariants;
+mod network;
+mod project;
+mod sled;
+mod snapshot;
+mod volume;
 
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 

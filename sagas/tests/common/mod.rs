@@ -20,7 +20,7 @@ use ratchet_datastore::{self as ds, Violation};
 use ratchet_engine::{Engine, EngineBuilder, EngineConfig, SagaOutcome};
 use ratchet_sagas::{
     DATASTORE_MIGRATIONS, DiskSpec, InstanceCreate, InstanceCreateParams, NicSpec, Services, World,
-    WorldSpec, invariants, world,
+    WorldSpec,
 };
 use ratchet_store::DbConnection;
 use ratchet_test_utils::testing::test_server;
@@ -75,7 +75,7 @@ impl Nexus {
         let mut conn = ratchet_store::establish(&db.url)
             .await
             .expect("connecting to the test database");
-        let world = world::seed(&mut conn, &spec)
+        let world = ratchet_sagas::seed_world(&mut conn, &spec)
             .await
             .expect("seeding a world");
         let services = Services::start().expect("starting the sled agent and pantry sims");
@@ -95,7 +95,7 @@ impl Nexus {
 
     /// Every invariant violation, in the database and in the services.
     pub async fn violations(&mut self) -> Vec<Violation> {
-        invariants::check(
+        ratchet_sagas::check_nexus_invariants(
             &mut self.conn,
             &self.services.sled_agent.client(),
             &self.services.pantry.client(),
@@ -204,14 +204,14 @@ impl Nexus {
 
     /// A detached disk (generation 2: created, finalized).
     pub async fn detached_disk(&mut self, name: &str) -> Uuid {
-        world::detached_disk(&mut self.conn, &self.world, name)
+        ratchet_sagas::detached_disk(&mut self.conn, &self.world, name)
             .await
             .expect("a detached disk")
     }
 
     /// A stopped (`no_vmm`) instance with nothing attached (generation 2).
     pub async fn stopped_instance(&mut self, name: &str) -> Uuid {
-        world::stopped_instance(&mut self.conn, &self.world, name)
+        ratchet_sagas::stopped_instance(&mut self.conn, &self.world, name)
             .await
             .expect("a stopped instance")
     }
