@@ -18,7 +18,7 @@
 //! [`every_rule_has_a_planted_test`] fails when a rule (a new entry of [`RULES`], or a new `rule: "..."` in
 //! `sagas/src/invariants.rs`) has no planted test here.
 //!
-//! [`check`]: ratchet_sagas::invariants::check
+//! [`check`]: ratchet_sagas::check_nexus_invariants
 
 #[allow(dead_code)]
 mod common;
@@ -415,7 +415,7 @@ async fn mutant_check(nexus: &mut Nexus, mutant: &str) -> Vec<Violation> {
     assert_eq!(
         &all[..db.len()],
         &db[..],
-        "invariants::check reports the datastore's rules first"
+        "check_nexus_invariants reports the datastore's rules first"
     );
     let services = all[db.len()..].to_vec();
     if SERVICE_RULES.contains(&mutant) {

@@ -5,7 +5,7 @@
 //!
 //! 1. a fresh database from the test server ([`test_server`]), cloned from a template holding
 //!    the saga log's and the datastore's migrations;
-//! 2. a world seeded into it ([`world::seed`]: a project, a VPC subnet, an IP pool with one range, sleds),
+//! 2. a world seeded into it ([`seed_world`](ratchet_sagas::seed_world): a project, a VPC subnet, an IP pool with one range, sleds),
 //!    shaped by a [`WorldSpec`] (a tiny subnet or IP range for the exhaustion tests);
 //! 3. the simulated sled agent and pantry ([`Services::start`]: real HTTP servers on loopback);
 //! 4. an engine on that database with [`ratchet_sagas::register_all`], its config adjustable by the caller.
