@@ -17,9 +17,9 @@
 //! - the runs share one world (`ratchet_sagas::take_or_seed_world`, named [`WORLD`]): each takes what
 //!   exists of it and creates what is missing, and runs started at the same instant do not trip on each other;
 //! - the final check judges this run's sagas (each at rest, and each one's postcondition, asked of
-//!   `ratchet_sagas::instance_create_postcondition`), and the invariants of the whole database only when it is at rest: read
-//!   in one snapshot, no saga of any executor running or unwinding. When other executors' sagas are in
-//!   flight, it says so, naming how many of which executors, and does not fail for them.
+//!   `ratchet_sagas::instance_create_postcondition`), and the invariants of the whole database only when it
+//!   is at rest: read in one snapshot, no saga of any executor running or unwinding. When other executors'
+//!   sagas are in flight, it says so, naming how many of which executors, and does not fail for them.
 
 use crate::cli::{Global, InstanceCreateArgs, RunSaga};
 use crate::output::{Commentary, Progress, print_json};
