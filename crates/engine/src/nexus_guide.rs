@@ -106,14 +106,17 @@
 //!
 //! # What stays different from Nexus's stack, and what Nexus must change
 //!
-//! - Connections: ratchet's pool is bb8 over diesel-async's `AsyncPgConnection`, and a node's phases get a
-//!   `&mut AsyncPgConnection`; Nexus's pool is a qorb pool of `async-bb8-diesel` connections (over diesel's
-//!   synchronous `PgConnection`). Nexus cannot hand its pool to
-//!   [`EngineBuilder::with_pool`](crate::EngineBuilder::with_pool) today: it keeps a second pool, on the same database, for ratchet
-//!   ([`ratchet_store::session_manager`] builds one under ratchet's session limits). A node's SQL written
-//!   with diesel's query builder ports unchanged; its `.execute_async(&*conn)` calls become diesel-async's
-//!   `.execute(conn)`. Datastore functions that take Nexus's connection type must be duplicated or made
-//!   generic before typed nodes can call them.
+//! - Connections: ratchet's own pool (the saga log's) is bb8 over diesel-async's `AsyncPgConnection`;
+//!   Nexus's is a qorb pool of `async-bb8-diesel` connections (over diesel's synchronous `PgConnection`).
+//!   A database node may run on either: a [`DbNode<S, C>`](crate::DbNode) whose `C` is
+//!   `async_bb8_diesel::Connection<C>` (ratchet-store's `async-bb8-diesel` feature) gets Nexus's connection
+//!   type in its phases, so datastore functions taking `&async_bb8_diesel::Connection<C>` and bodies in
+//!   Nexus's idiom (`execute_async(tx.conn())`) run unchanged inside its commit; the connections come from
+//!   the pool the host registers for `C` ([`EngineBuilder::node_pool`](crate::EngineBuilder::node_pool): a
+//!   bb8 pool of async-bb8-diesel's `ConnectionManager` today; a qorb pool needs its own
+//!   [`ratchet_store::NodePool`] impl). The saga log still needs a diesel-async pool on the same database
+//!   ([`ratchet_store::session_manager`] builds one under ratchet's session limits), passed to
+//!   [`EngineBuilder::with_pool`](crate::EngineBuilder::with_pool) or built from the URL.
 //! - Two executors, one executor id: while Nexus still runs some sagas on its own steno executor, both
 //!   recover the unfinished sagas of that id, and nothing fences one from the other: Nexus's store checks no
 //!   generation (its state update filters on `current_sec` alone, its event inserts on nothing). ratchet's

@@ -32,6 +32,7 @@
 //! `saga_abandon_reason`).
 
 #![warn(unreachable_pub)]
+mod backend;
 mod cockroachdb;
 mod dag;
 mod error;
@@ -48,6 +49,9 @@ mod schema;
 mod schema_check;
 mod transaction;
 
+#[cfg(feature = "async-bb8-diesel")]
+pub use backend::SyncPgConnection;
+pub use backend::{NodeCheckout, NodeConnection, NodePool, Statement, get_result, statement};
 pub use cockroachdb::COCKROACHDB_SCHEMA_SQL;
 pub use dag::{DagNode, DagNodeKind, PATH_SEPARATOR, PersistedDag, action_names, node_paths};
 pub use error::{DbError, is_transient_diesel, message_is_transient};

@@ -119,6 +119,23 @@ impl SessionLimits {
             self.statement_timeout.map_or(0, ms),
         )
     }
+
+    /// The `SET LOCAL` statements that put one transaction under these limits, whatever its session's: for a
+    /// transaction on a session ratchet did not open (a host's pool), sent with its `BEGIN`. (A `SET LOCAL` of
+    /// `idle_in_transaction_session_timeout` holds while the transaction is open, which is when it matters.)
+    /// Without a `statement_timeout` here, the session's stands.
+    pub fn set_local_statements(&self) -> String {
+        let ms = |d: Duration| d.as_millis().max(1);
+        let mut sql = format!(
+            "SET LOCAL idle_in_transaction_session_timeout = {}; SET LOCAL lock_timeout = {}",
+            ms(self.idle_in_transaction),
+            ms(self.lock_timeout),
+        );
+        if let Some(timeout) = self.statement_timeout {
+            sql.push_str(&format!("; SET LOCAL statement_timeout = {}", ms(timeout)));
+        }
+        sql
+    }
 }
 
 /// Builds a pool for `url` and checks that one connection can be made, so that a wrong URL or a missing

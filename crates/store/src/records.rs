@@ -3,9 +3,10 @@
 //! These functions run *inside* a transaction the engine opened (a database node's commit or compensation
 //! transaction) or as single statements for external nodes. None of them begins or ends a transaction.
 
+use crate::backend::{NodeConnection, get_result, statement};
 use crate::event::EventRow;
 use crate::owner::SagaOwner;
-use crate::schema::{saga_commit_record, saga_compensation_record, saga_node_event};
+use crate::schema::{saga_commit_record, saga_compensation_record};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
@@ -83,8 +84,8 @@ pub enum OwnerCheck {
 
 /// What the log holds for `node_name` of `saga_id`, and whether `owner` still owns the saga, in one round
 /// trip. The one lookup every node runner makes before it replays, compensates or calls out.
-pub async fn recorded(
-    conn: &mut AsyncPgConnection,
+pub async fn recorded<C: NodeConnection + ?Sized>(
+    conn: &mut C,
     saga_id: Uuid,
     node_name: &str,
     owner: SagaOwner,
@@ -105,7 +106,7 @@ pub async fn recorded(
         OwnerCheck::Read => "",
         OwnerCheck::ShareLock => " FOR SHARE",
     };
-    let row: Row = diesel::sql_query(format!(
+    let query = statement(format!(
         "WITH owner AS (SELECT id FROM saga WHERE id = $1 AND current_sec = $3 AND adopt_generation = $4 \
          AND saga_state IN ('running', 'unwinding'){lock}) \
          SELECT (SELECT count(*) FROM owner) AS owners, \
@@ -114,11 +115,10 @@ pub async fn recorded(
          AS compensated"
     ))
     .bind::<SqlUuid, _>(saga_id)
-    .bind::<Text, _>(node_name)
+    .bind::<Text, _>(node_name.to_owned())
     .bind::<SqlUuid, _>(owner.sec_id)
-    .bind::<BigInt, _>(owner.generation)
-    .get_result(conn)
-    .await?;
+    .bind::<BigInt, _>(owner.generation);
+    let row: Row = get_result(conn, query).await?;
     Ok(match row {
         Row { owners: 0, .. } => Recorded::Fenced,
         Row {
@@ -152,16 +152,16 @@ pub fn set_node_tx(token: Uuid) -> String {
 /// What [`NODE_TX_SETTING`] holds on `conn` now: the token of the engine's transaction if it is still open,
 /// an empty string if the transaction that set it has ended (the node sent its own `COMMIT` or `ROLLBACK`).
 /// Fails in a transaction a failed statement has aborted (PostgreSQL runs nothing there but its end).
-pub async fn node_tx_token(conn: &mut AsyncPgConnection) -> QueryResult<String> {
+pub async fn node_tx_token<C: NodeConnection + ?Sized>(conn: &mut C) -> QueryResult<String> {
     #[derive(QueryableByName)]
     struct Token {
         #[diesel(sql_type = diesel::sql_types::Text)]
         tx_token: String,
     }
-    let row: Token = diesel::sql_query(
-        "SELECT coalesce(current_setting('ratchet.node_tx', true), '') AS tx_token",
+    let row: Token = get_result(
+        conn,
+        statement("SELECT coalesce(current_setting('ratchet.node_tx', true), '') AS tx_token"),
     )
-    .get_result(conn)
     .await?;
     Ok(row.tx_token)
 }
@@ -187,8 +187,8 @@ pub enum FencedWrite {
 /// statement runs in the transaction `tx_token` names (see [`NODE_TX_SETTING`]; `None`: any). Returns
 /// [`FencedWrite::ForeignTransaction`], having written nothing, when it does not. Fails with a unique
 /// violation if the node was already compensated.
-pub async fn insert_compensation_record(
-    conn: &mut AsyncPgConnection,
+pub async fn insert_compensation_record<C: NodeConnection + ?Sized>(
+    conn: &mut C,
     saga_id: Uuid,
     node_name: &str,
     had_commit: bool,
@@ -197,7 +197,7 @@ pub async fn insert_compensation_record(
 ) -> QueryResult<FencedWrite> {
     use diesel::sql_types::{BigInt, Bool, Nullable, Text, Timestamptz};
     type SqlUuid = diesel::sql_types::Uuid;
-    let row: TokenCheck = diesel::sql_query(
+    let query = statement(
         "WITH written AS (INSERT INTO saga_compensation_record \
          (saga_id, node_name, had_commit, time_compensated, creator, adopt_generation) \
          SELECT $1, $2, $3, $4, $5, $6 \
@@ -207,14 +207,13 @@ pub async fn insert_compensation_record(
          coalesce(current_setting('ratchet.node_tx', true), '') AS tx_token",
     )
     .bind::<SqlUuid, _>(saga_id)
-    .bind::<Text, _>(node_name)
+    .bind::<Text, _>(node_name.to_owned())
     .bind::<Bool, _>(had_commit)
     .bind::<Timestamptz, _>(Utc::now())
     .bind::<SqlUuid, _>(owner.sec_id)
     .bind::<BigInt, _>(owner.generation)
-    .bind::<Nullable<Text>, _>(tx_token.map(|t| t.to_string()))
-    .get_result(conn)
-    .await?;
+    .bind::<Nullable<Text>, _>(tx_token.map(|t| t.to_string()));
+    let row: TokenCheck = get_result(conn, query).await?;
     Ok(row.outcome(tx_token))
 }
 
@@ -292,12 +291,11 @@ impl TokenCheck {
     }
 }
 
-/// A raw statement, boxed so that binds can be added in a loop.
-type BoxedQuery<'a> =
-    diesel::query_builder::BoxedSqlQuery<'a, diesel::pg::Pg, diesel::query_builder::SqlQuery>;
-
-/// Binds `events` as the six column arrays [`events_from_owner`] `unnest`s.
-fn bind_event_arrays<'a>(query: BoxedQuery<'a>, events: &[EventRow]) -> BoxedQuery<'a> {
+/// Binds `events` as the six column arrays [`events_from_owner`] (and [`insert_events`]) `unnest`.
+fn bind_event_arrays(
+    query: crate::backend::Statement,
+    events: &[EventRow],
+) -> crate::backend::Statement {
     use diesel::sql_types::{Array, BigInt, Jsonb, Nullable, Text, Timestamptz};
     type SqlUuid = diesel::sql_types::Uuid;
     query
@@ -334,8 +332,8 @@ fn events_from_owner(first: usize) -> String {
 /// that `node_name` committed with `receipt`, and inserts `events` (the node's `started` and `succeeded`, and
 /// any held event that lands with them). Writes nothing otherwise, and says why. Fails with a unique
 /// violation if the node's commit was already recorded: a second commit of one node can never land.
-pub async fn record_commit_if_owner(
-    conn: &mut AsyncPgConnection,
+pub async fn record_commit_if_owner<C: NodeConnection + ?Sized>(
+    conn: &mut C,
     saga_id: Uuid,
     node_name: &str,
     receipt: serde_json::Value,
@@ -370,8 +368,8 @@ pub(crate) async fn insert_events_if_owner(
 /// The one fenced write behind [`record_commit_if_owner`] (`commit`: the node and its receipt) and
 /// [`insert_events_if_owner`] (`None`). Binds `$1`–`$4` for [`crate::owner::OWNER_CTE`], then the commit
 /// record's `$5`–`$7` if any, then the event arrays.
-async fn write_if_owner(
-    conn: &mut AsyncPgConnection,
+async fn write_if_owner<C: NodeConnection + ?Sized>(
+    conn: &mut C,
     saga_id: Uuid,
     owner: SagaOwner,
     commit: Option<(&str, serde_json::Value)>,
@@ -404,8 +402,7 @@ async fn write_if_owner(
     } else {
         &EVENTS_ONLY
     };
-    let mut query = diesel::sql_query(sql.as_str())
-        .into_boxed()
+    let mut query = statement(sql.as_str())
         .bind::<diesel::sql_types::Uuid, _>(saga_id)
         .bind::<diesel::sql_types::Uuid, _>(owner.sec_id)
         .bind::<BigInt, _>(owner.generation)
@@ -416,40 +413,44 @@ async fn write_if_owner(
             .bind::<Jsonb, _>(receipt)
             .bind::<Timestamptz, _>(Utc::now());
     }
-    let row: TokenCheck = bind_event_arrays(query, events).get_result(conn).await?;
+    let row: TokenCheck = get_result(conn, bind_event_arrays(query, events)).await?;
     Ok(row.outcome(tx_token))
 }
 
 /// Inserts log events; an event already present (same saga, node and type) is left as it is.
-pub async fn insert_events(conn: &mut AsyncPgConnection, rows: &[EventRow]) -> QueryResult<()> {
+pub async fn insert_events<C: NodeConnection + ?Sized>(
+    conn: &mut C,
+    rows: &[EventRow],
+) -> QueryResult<()> {
     if rows.is_empty() {
         return Ok(());
     }
-    diesel::insert_into(saga_node_event::table)
-        .values(rows)
-        .on_conflict_do_nothing()
-        .execute(conn)
+    let query = statement(
+        "INSERT INTO saga_node_event (saga_id, node_id, event_type, data, event_time, creator) \
+         SELECT * FROM unnest($1::UUID[], $2::BIGINT[], $3::TEXT[], $4::JSONB[], $5::TIMESTAMPTZ[], \
+         $6::UUID[]) ON CONFLICT DO NOTHING",
+    );
+    conn.execute(bind_event_arrays(query, rows))
         .await
         .map(|_| ())
 }
 
 /// Removes one log event. Used only when a commit's own `succeeded` event must be withdrawn because the node
 /// is being compensated before steno learned that it succeeded (see the engine's after-commit path).
-pub async fn delete_event(
-    conn: &mut AsyncPgConnection,
+pub async fn delete_event<C: NodeConnection + ?Sized>(
+    conn: &mut C,
     saga_id: Uuid,
     node_id: u32,
     event_type: &str,
 ) -> QueryResult<()> {
-    diesel::delete(
-        saga_node_event::table
-            .filter(saga_node_event::saga_id.eq(saga_id))
-            .filter(saga_node_event::node_id.eq(i64::from(node_id)))
-            .filter(saga_node_event::event_type.eq(event_type)),
+    use diesel::sql_types::{BigInt, Text};
+    let query = statement(
+        "DELETE FROM saga_node_event WHERE saga_id = $1 AND node_id = $2 AND event_type = $3",
     )
-    .execute(conn)
-    .await
-    .map(|_| ())
+    .bind::<diesel::sql_types::Uuid, _>(saga_id)
+    .bind::<BigInt, _>(i64::from(node_id))
+    .bind::<Text, _>(event_type.to_owned());
+    conn.execute(query).await.map(|_| ())
 }
 
 /// Counts one more start of `node_name`'s `phase` ("forward" or "compensation") in saga `saga_id`, durably,

@@ -4,6 +4,7 @@
 //! inside one. These helpers go through diesel-async's transaction manager, so a node that calls
 //! `conn.transaction(...)` inside ours gets a savepoint, never a second `BEGIN` or an early `COMMIT`.
 
+use crate::backend::NodeConnection;
 use diesel::result::Error as DieselError;
 use diesel_async::{AnsiTransactionManager, AsyncPgConnection, TransactionManager};
 
@@ -15,8 +16,8 @@ pub async fn begin_transaction(conn: &mut AsyncPgConnection) -> Result<(), Diese
 /// `BEGIN` a serializable read-write transaction and run `then` (statements without results, such as a
 /// `SAVEPOINT`) in the same round trip. If `then` fails, the transaction is rolled back before the error is
 /// returned, so as not to leave the connection inside a transaction diesel does not know of.
-pub async fn begin_transaction_then(
-    conn: &mut AsyncPgConnection,
+pub async fn begin_transaction_then<C: NodeConnection + ?Sized>(
+    conn: &mut C,
     then: &str,
 ) -> Result<(), DieselError> {
     begin_as_then(conn, "BEGIN ISOLATION LEVEL SERIALIZABLE", then).await
@@ -24,21 +25,20 @@ pub async fn begin_transaction_then(
 
 /// `BEGIN` a serializable read-only transaction (PostgreSQL rejects every write inside it) and run `then` in
 /// the same round trip, as [`begin_transaction_then`].
-pub async fn begin_read_only_transaction_then(
-    conn: &mut AsyncPgConnection,
+pub async fn begin_read_only_transaction_then<C: NodeConnection + ?Sized>(
+    conn: &mut C,
     then: &str,
 ) -> Result<(), DieselError> {
     begin_as_then(conn, "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY", then).await
 }
 
-async fn begin_as_then(
-    conn: &mut AsyncPgConnection,
+async fn begin_as_then<C: NodeConnection + ?Sized>(
+    conn: &mut C,
     begin: &str,
     then: &str,
 ) -> Result<(), DieselError> {
-    use diesel_async::SimpleAsyncConnection;
     let sql = format!("{begin}; {then}");
-    match AnsiTransactionManager::begin_transaction_sql(conn, &sql).await {
+    match conn.begin_transaction_sql(&sql).await {
         Ok(()) => Ok(()),
         Err(error) => {
             // The BEGIN may have run and the statement after it failed: end that transaction. (If the
@@ -52,20 +52,16 @@ async fn begin_as_then(
 }
 
 /// `COMMIT` the open transaction.
-pub async fn commit_transaction(conn: &mut AsyncPgConnection) -> Result<(), DieselError> {
-    <AnsiTransactionManager as TransactionManager<AsyncPgConnection>>::commit_transaction(conn)
-        .await
+pub async fn commit_transaction<C: NodeConnection + ?Sized>(
+    conn: &mut C,
+) -> Result<(), DieselError> {
+    conn.commit_transaction().await
 }
 
 /// `ROLLBACK` the open transaction. A failure to roll back leaves the connection marked broken, and the pool
 /// then discards it, which rolls the transaction back on the server.
-pub async fn rollback_transaction(conn: &mut AsyncPgConnection) {
-    if let Err(error) =
-        <AnsiTransactionManager as TransactionManager<AsyncPgConnection>>::rollback_transaction(
-            conn,
-        )
-        .await
-    {
+pub async fn rollback_transaction<C: NodeConnection + ?Sized>(conn: &mut C) {
+    if let Err(error) = conn.rollback_transaction().await {
         tracing::warn!(%error, "rollback failed; the connection will be discarded");
     }
 }

@@ -35,7 +35,7 @@ pub(crate) mod shared;
 use crate::engine::outcome::SagaOutcome;
 use crate::engine::recovery::{RecoveryReport, ResumedSaga};
 use crate::engine::sec::Sec;
-use crate::engine::shared::EngineShared;
+use crate::engine::shared::{EngineShared, NodePools};
 use crate::error::EngineError;
 use crate::failpoint::Failpoints;
 use crate::observe::{Counters, HostLog, RecentOutcome, RecentOutcomes, Waiting, WaitingNode};
@@ -43,8 +43,8 @@ use crate::saga::definition::{SagaDef, StenoSaga};
 use crate::saga::registry::NodeRegistry;
 use crate::shutdown::ShutdownState;
 use ratchet_store::{
-    DbPool, Liveness, PoolConfig, RetryPolicy, SagaRow, action_names, connect_pool,
-    retry_transient, run_migrations,
+    DbConnection, DbPool, Liveness, NodeConnection, NodePool, PoolConfig, RetryPolicy, SagaRow,
+    action_names, connect_pool, retry_transient, run_migrations,
 };
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -177,6 +177,8 @@ pub struct EngineBuilder {
     config: EngineConfig,
     /// A pool the embedder brought ([`EngineBuilder::with_pool`]).
     pool: Option<DbPool>,
+    /// Pools for database nodes on other connection types ([`EngineBuilder::node_pool`]).
+    node_pools: NodePools,
     resumers: HashMap<&'static str, Resumer>,
     definitions: Definitions,
     registries: Vec<(&'static str, Arc<dyn std::any::Any + Send + Sync>)>,
@@ -230,6 +232,7 @@ impl EngineBuilder {
         EngineBuilder {
             config,
             pool: None,
+            node_pools: NodePools::default(),
             resumers: HashMap::new(),
             definitions: Definitions::default(),
             registries: Vec::new(),
@@ -248,6 +251,20 @@ impl EngineBuilder {
     /// forever.
     pub fn with_pool(mut self, pool: DbPool) -> EngineBuilder {
         self.pool = Some(pool);
+        self
+    }
+
+    /// Registers the pool database nodes on connection type `C` (a [`DbNode<S, C>`](crate::DbNode)) check their
+    /// transaction's connection out of: the host's pool, such as Nexus's bb8 pool of
+    /// `async_bb8_diesel::ConnectionManager<C>` (ratchet-store's `async-bb8-diesel` feature). The node's
+    /// writes, its commit record, its events and the fence run in one transaction on one connection of it, as
+    /// on the engine's own pool; an unknown `COMMIT` is resolved on the engine's own pool (any connection to
+    /// the same database settles it). The engine's transactions on it set `lock_timeout` and
+    /// `idle_in_transaction_session_timeout` themselves (`SET LOCAL`, with their `BEGIN`, from
+    /// [`EngineConfig::pool`]'s session limits), since the sessions are the host's. Without a pool for `C`,
+    /// such a node fails permanently, saying so.
+    pub fn node_pool<C: NodeConnection>(mut self, pool: impl NodePool<C>) -> EngineBuilder {
+        self.node_pools.insert::<C>(Arc::new(pool));
         self
     }
 
@@ -340,8 +357,14 @@ impl EngineBuilder {
         if !missing.is_empty() {
             return Err(EngineError::SchemaMissing { missing });
         }
+        let mut node_pools = self.node_pools;
+        if !node_pools.contains::<DbConnection>() {
+            node_pools.insert::<DbConnection>(Arc::new(pool.clone()));
+        }
         let shared = Arc::new(EngineShared {
             pool,
+            node_pools,
+            node_session: self.config.pool.session,
             failpoints: Failpoints::default(),
             liveness: Arc::new(Liveness::default()),
             counters: Counters::default(),

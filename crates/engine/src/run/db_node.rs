@@ -17,14 +17,12 @@ use crate::saga::definition::{NodeKind, SagaDef, StenoSaga};
 use crate::saga::node::DbNode;
 use crate::saga::phase::{CommitTx, PrepareCx};
 use crate::saga::registry::NodeRegistry;
-use diesel_async::SimpleAsyncConnection;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use ratchet_store::{
-    DbConnection, EventRow, FencedWrite, OwnerCheck, RecordKind, Recorded, begin_transaction_then,
-    commit_transaction, delete_event, insert_compensation_record, insert_events, is_owner,
-    probe_record, record_commit_if_owner, recorded, rollback_transaction, set_node_tx,
-    transaction_depth,
+    DbConnection, EventRow, FencedWrite, NodeConnection, OwnerCheck, RecordKind, Recorded,
+    begin_transaction_then, commit_transaction, delete_event, insert_compensation_record,
+    insert_events, is_owner, probe_record, record_commit_if_owner, recorded, rollback_transaction,
 };
 use std::fmt;
 use std::marker::PhantomData;
@@ -38,29 +36,31 @@ use uuid::Uuid;
 ///
 /// `S` is the root saga, whose steno saga type the action runs under; `T` the saga `N` belongs to: `S` itself,
 /// or a saga nested in it as a subsaga (same application context), whose parameters the node sees.
-pub(crate) struct DbAction<S, T, N>(PhantomData<crate::saga::definition::Marker<(S, T, N)>>);
+///
+/// `C` is the connection type the node's transaction runs on (see [`DbNode`]).
+pub(crate) struct DbAction<S, T, N, C>(PhantomData<crate::saga::definition::Marker<(S, T, N, C)>>);
 
-impl<S, T, N> DbAction<S, T, N> {
+impl<S, T, N, C> DbAction<S, T, N, C> {
     pub(crate) fn new() -> Self {
         DbAction(PhantomData)
     }
 }
 
-impl<S, T, N> fmt::Debug for DbAction<S, T, N> {
+impl<S, T, N, C> fmt::Debug for DbAction<S, T, N, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("DbAction")
     }
 }
 
-impl<S: SagaDef, T: SagaDef<Context = S::Context>, N: DbNode<T>> steno::Action<StenoSaga<S>>
-    for DbAction<S, T, N>
+impl<S: SagaDef, T: SagaDef<Context = S::Context>, N: DbNode<T, C>, C: NodeConnection>
+    steno::Action<StenoSaga<S>> for DbAction<S, T, N, C>
 {
     fn do_it(&self, ctx: ActionContext<StenoSaga<S>>) -> BoxFuture<'_, steno::ActionResult> {
-        Box::pin(async move { forward::<S, T, N>(&ctx).await })
+        Box::pin(async move { forward::<S, T, N, C>(&ctx).await })
     }
 
     fn undo_it(&self, ctx: ActionContext<StenoSaga<S>>) -> BoxFuture<'_, steno::UndoResult> {
-        Box::pin(async move { undo::<S, T, N>(&ctx).await })
+        Box::pin(async move { undo::<S, T, N, C>(&ctx).await })
     }
 
     fn name(&self) -> ActionName {
@@ -79,10 +79,29 @@ impl<S: SagaDef> NodeRegistry<S> {
     /// [`declare_saga_nodes!`](crate::declare_saga_nodes) writes for a nested saga's `db` entries).
     #[doc(hidden)]
     pub fn nested_db<T: SagaDef<Context = S::Context>, N: DbNode<T>>(&mut self) -> &mut Self {
-        let name = <N as DbNode<T>>::NAME;
+        self.nested_db_on::<T, DbConnection, N>()
+    }
+
+    /// Registers database node type `N` of this saga, whose transaction runs on connection type `C` (what
+    /// [`declare_saga_nodes!`](crate::declare_saga_nodes) writes for `db(C) N`). The engine checks its
+    /// connections out of the pool registered for `C` ([`crate::EngineBuilder::node_pool`]).
+    pub fn db_on<C: NodeConnection, N: DbNode<S, C>>(&mut self) -> &mut Self {
+        self.nested_db_on::<S, C, N>()
+    }
+
+    /// Database node type `N` of saga `T` on connection type `C` (see [`NodeRegistry::nested_db`]).
+    #[doc(hidden)]
+    pub fn nested_db_on<T, C, N>(&mut self) -> &mut Self
+    where
+        T: SagaDef<Context = S::Context>,
+        C: NodeConnection,
+        N: DbNode<T, C>,
+    {
+        let name = <N as DbNode<T, C>>::NAME;
         if self.claim::<(T, N)>(name) {
             self.db_actions.insert(name);
-            self.actions.register(Arc::new(DbAction::<S, T, N>::new()));
+            self.actions
+                .register(Arc::new(DbAction::<S, T, N, C>::new()));
         }
         self
     }
@@ -91,7 +110,12 @@ impl<S: SagaDef> NodeRegistry<S> {
 impl<S: SagaDef> Stage<'_, S> {
     /// Lays out database node `node` as `name` in this stage.
     pub fn db<N: DbNode<S>>(&mut self, name: &str, node: N) -> &mut Self {
-        let action = DbAction::<S, S, N>::new();
+        self.db_on::<DbConnection, N>(name, node)
+    }
+
+    /// Lays out database node `node`, whose transaction runs on connection type `C`, as `name` in this stage.
+    pub fn db_on<C: NodeConnection, N: DbNode<S, C>>(&mut self, name: &str, node: N) -> &mut Self {
+        let action = DbAction::<S, S, N, C>::new();
         let node = self.builder.planned::<N, _>(name, &node, &action);
         self.push(name, NodeKind::Db, node)
     }
@@ -100,8 +124,13 @@ impl<S: SagaDef> Stage<'_, S> {
 impl<S: SagaDef> SagaBuilder<S> {
     /// Appends a database node as a stage of its own.
     pub fn db<N: DbNode<S>>(&mut self, name: &str, node: N) -> &mut Self {
+        self.db_on::<DbConnection, N>(name, node)
+    }
+
+    /// Appends a database node on connection type `C` as a stage of its own.
+    pub fn db_on<C: NodeConnection, N: DbNode<S, C>>(&mut self, name: &str, node: N) -> &mut Self {
         self.stage(|s| {
-            s.db(name, node);
+            s.db_on::<C, N>(name, node);
         })
     }
 }
@@ -116,7 +145,12 @@ enum Forward {
     AlreadyCompensated,
 }
 
-async fn forward<S: SagaDef, T: SagaDef<Context = S::Context>, N: DbNode<T>>(
+async fn forward<
+    S: SagaDef,
+    T: SagaDef<Context = S::Context>,
+    N: DbNode<T, C>,
+    C: NodeConnection,
+>(
     ctx: &ActionContext<StenoSaga<S>>,
 ) -> steno::ActionResult {
     let run =
@@ -130,7 +164,7 @@ async fn forward<S: SagaDef, T: SagaDef<Context = S::Context>, N: DbNode<T>>(
         let policy = run.cx.shared.forward_retry;
         let outcome = with_retries(&run, policy, "commit", |attempt| {
             let span = tracing::info_span!("attempt", attempt);
-            attempt_forward::<S, T, N>(&run, &node, ctx).instrument(span)
+            attempt_forward::<S, T, N, C>(&run, &node, ctx).instrument(span)
         })
         .await
         .map_err(|e| run.failure("commit", &e))?;
@@ -152,7 +186,7 @@ async fn forward<S: SagaDef, T: SagaDef<Context = S::Context>, N: DbNode<T>>(
                             .map_err(|e| run.failure("replay", &e))
                     }
                     Err(Stop::Node(error)) => {
-                        compensate_after_commit::<S, T, N>(&run, &node, None, error).await
+                        compensate_after_commit::<S, T, N, C>(&run, &node, None, error).await
                     }
                     Err(stop) => run.stop_driving(&stop).await,
                 }
@@ -173,7 +207,7 @@ async fn forward<S: SagaDef, T: SagaDef<Context = S::Context>, N: DbNode<T>>(
                     Ok(()) => Ok(Arc::new(output)),
                     Err(Stop::Node(error)) => {
                         run.cx.log.unmark_written(run.node_id, "succeeded");
-                        compensate_after_commit::<S, T, N>(&run, &node, Some(output), error).await
+                        compensate_after_commit::<S, T, N, C>(&run, &node, Some(output), error).await
                     }
                     Err(stop) => run.stop_driving(&stop).await,
                 }
@@ -185,7 +219,12 @@ async fn forward<S: SagaDef, T: SagaDef<Context = S::Context>, N: DbNode<T>>(
 }
 
 /// One attempt: BEGIN … COMMIT, or a rollback.
-async fn attempt_forward<S: SagaDef, T: SagaDef<Context = S::Context>, N: DbNode<T>>(
+async fn attempt_forward<
+    S: SagaDef,
+    T: SagaDef<Context = S::Context>,
+    N: DbNode<T, C>,
+    C: NodeConnection,
+>(
     run: &NodeRun<'_, S>,
     node: &N,
     ctx: &ActionContext<StenoSaga<S>>,
@@ -198,15 +237,15 @@ async fn attempt_forward<S: SagaDef, T: SagaDef<Context = S::Context>, N: DbNode
     let token = Uuid::new_v4();
     let mut held_events = Vec::new();
     let sent = {
-        let mut pooled = run.connection().await?;
-        let conn: &mut DbConnection = &mut pooled;
-        let mut begin = set_node_tx(token);
+        let mut pooled = run.node_connection::<C>().await?;
+        let conn: &mut C = &mut pooled;
+        let mut begin = run.node_begin::<C>(token);
         if !look_up {
             // No record to look up: BEGIN and enter the prepare's savepoint in one round trip.
             begin = format!("{begin}; {}", enter_prepare());
         }
         begin_transaction_then(conn, &begin).await?;
-        let result = forward_in_transaction::<S, T, N>(
+        let result = forward_in_transaction::<S, T, N, C>(
             run,
             node,
             ctx,
@@ -356,11 +395,16 @@ impl<E: Into<Stop>> From<E> for EndedEarly {
 /// Everything between BEGIN and COMMIT. Returns the output to commit. `look_up`: whether to look for an
 /// earlier commit first (else the prepare's savepoint was entered with the BEGIN). `held_events` is set to the
 /// nodes whose held events the transaction carries.
-async fn forward_in_transaction<S: SagaDef, T: SagaDef<Context = S::Context>, N: DbNode<T>>(
+async fn forward_in_transaction<
+    S: SagaDef,
+    T: SagaDef<Context = S::Context>,
+    N: DbNode<T, C>,
+    C: NodeConnection,
+>(
     run: &NodeRun<'_, S>,
     node: &N,
     ctx: &ActionContext<StenoSaga<S>>,
-    conn: &mut DbConnection,
+    conn: &mut C,
     look_up: bool,
     token: Uuid,
     held_events: &mut Vec<u32>,
@@ -389,7 +433,7 @@ async fn forward_in_transaction<S: SagaDef, T: SagaDef<Context = S::Context>, N:
     // fails the attempt, and the caller rolls the whole transaction back.
     let plan = {
         let params: T::Params = run.params()?;
-        let mut cx = PrepareCx::<T> {
+        let mut cx = PrepareCx::<T, C> {
             steno: ctx,
             params: &params,
             conn: &mut *conn,
@@ -405,7 +449,7 @@ async fn forward_in_transaction<S: SagaDef, T: SagaDef<Context = S::Context>, N:
     };
     // The plan reaches the commit only through its serialized form: nothing serde skips survives.
     let (_, plan) = pass_on("plan", plan)?;
-    one_transaction_deep(run, conn, "prepare")?;
+    one_transaction_deep(run, conn, "prepare").await?;
     conn.batch_execute(&leave_prepare()).await?;
     run.fault(FaultPoint::AfterPrepare).await?;
 
@@ -425,7 +469,7 @@ async fn forward_in_transaction<S: SagaDef, T: SagaDef<Context = S::Context>, N:
         })
         .await?
     };
-    one_transaction_deep(run, conn, "commit")?;
+    one_transaction_deep(run, conn, "commit").await?;
     // `finish` gets the receipt as the commit record holds it (nothing serde skips survives), and it is pure,
     // so it runs before COMMIT: a panic in it rolls the commit back.
     let (receipt_json, receipt) = pass_on("receipt", receipt)?;
@@ -478,12 +522,12 @@ async fn forward_in_transaction<S: SagaDef, T: SagaDef<Context = S::Context>, N:
 /// Fails the node loudly if its phase left a nested transaction (a savepoint diesel opened) unfinished: the
 /// engine's `COMMIT` would then only release that savepoint, report the commit landed, and leave the real
 /// transaction open, to be rolled back when the pool discards the connection.
-fn one_transaction_deep<S: SagaDef>(
+async fn one_transaction_deep<S: SagaDef, C: NodeConnection>(
     run: &NodeRun<'_, S>,
-    conn: &mut DbConnection,
+    conn: &mut C,
     phase: &str,
 ) -> Result<(), Stop> {
-    match transaction_depth(conn) {
+    match conn.transaction_depth().await {
         Some(1) => Ok(()),
         // No transaction at all: the node ended the engine's (a COMMIT through diesel's manager).
         None => Err(Stop::Node(foreign_transaction(
@@ -532,7 +576,12 @@ pub(crate) fn event_row<S: SagaDef>(
 ///
 /// If the compensation itself fails for good, the node's commit stands: with its output known, the node
 /// reports success (the saga goes on, consistently); without it, the saga is recorded stuck.
-async fn compensate_after_commit<S: SagaDef, T: SagaDef<Context = S::Context>, N: DbNode<T>>(
+async fn compensate_after_commit<
+    S: SagaDef,
+    T: SagaDef<Context = S::Context>,
+    N: DbNode<T, C>,
+    C: NodeConnection,
+>(
     run: &NodeRun<'_, S>,
     node: &N,
     output: Option<serde_json::Value>,
@@ -541,7 +590,7 @@ async fn compensate_after_commit<S: SagaDef, T: SagaDef<Context = S::Context>, N
     tracing::warn!(%cause, "failure after the commit: compensating inline before failing the node");
     let policy = run.cx.shared.compensation_retry;
     let compensated = with_retries(run, policy, "compensate", |_| {
-        attempt_compensation::<S, T, N>(run, node, Mode::AfterCommit)
+        attempt_compensation::<S, T, N, C>(run, node, Mode::AfterCommit)
     })
     .await;
     match (compensated, output) {
@@ -561,7 +610,7 @@ async fn compensate_after_commit<S: SagaDef, T: SagaDef<Context = S::Context>, N
     }
 }
 
-async fn undo<S: SagaDef, T: SagaDef<Context = S::Context>, N: DbNode<T>>(
+async fn undo<S: SagaDef, T: SagaDef<Context = S::Context>, N: DbNode<T, C>, C: NodeConnection>(
     ctx: &ActionContext<StenoSaga<S>>,
 ) -> steno::UndoResult {
     let run = NodeRun::<S>::new(ctx).map_err(anyhow::Error::new)?;
@@ -572,7 +621,7 @@ async fn undo<S: SagaDef, T: SagaDef<Context = S::Context>, N: DbNode<T>>(
         let policy = run.cx.shared.compensation_retry;
         let outcome = with_retries(&run, policy, "compensate", |attempt| {
             let span = tracing::info_span!("attempt", attempt);
-            attempt_compensation::<S, T, N>(&run, &node, Mode::Undo).instrument(span)
+            attempt_compensation::<S, T, N, C>(&run, &node, Mode::Undo).instrument(span)
         })
         .await?;
         tracing::info!(?outcome, "compensation finished");
@@ -601,22 +650,27 @@ pub(crate) enum Compensation {
     NothingCommitted,
 }
 
-async fn attempt_compensation<S: SagaDef, T: SagaDef<Context = S::Context>, N: DbNode<T>>(
+async fn attempt_compensation<
+    S: SagaDef,
+    T: SagaDef<Context = S::Context>,
+    N: DbNode<T, C>,
+    C: NodeConnection,
+>(
     run: &NodeRun<'_, S>,
     node: &N,
     mode: Mode,
 ) -> Result<Compensation, Stop> {
     let token = Uuid::new_v4();
     let sent = {
-        let mut pooled = run.connection().await?;
-        let conn: &mut DbConnection = &mut pooled;
-        begin_transaction_then(conn, &set_node_tx(token)).await?;
+        let mut pooled = run.node_connection::<C>().await?;
+        let conn: &mut C = &mut pooled;
+        begin_transaction_then(conn, &run.node_begin::<C>(token)).await?;
         // The whole transaction runs under the panic guard: a panicking compensation rolls back and fails
         // for good (steno then records the saga stuck, with the message).
         let result = catch_phase(
             run,
             "compensation",
-            compensation_in_transaction::<S, T, N>(run, node, mode, conn, token),
+            compensation_in_transaction::<S, T, N, C>(run, node, mode, conn, token),
         )
         .await;
         match result {
@@ -685,11 +739,16 @@ async fn compensation_landed<S: SagaDef>(
     Ok(outcome)
 }
 
-async fn compensation_in_transaction<S: SagaDef, T: SagaDef<Context = S::Context>, N: DbNode<T>>(
+async fn compensation_in_transaction<
+    S: SagaDef,
+    T: SagaDef<Context = S::Context>,
+    N: DbNode<T, C>,
+    C: NodeConnection,
+>(
     run: &NodeRun<'_, S>,
     node: &N,
     mode: Mode,
-    conn: &mut DbConnection,
+    conn: &mut C,
     token: Uuid,
 ) -> Result<Compensation, Stop> {
     let saga_id = run.saga_id();
@@ -710,7 +769,7 @@ async fn compensation_in_transaction<S: SagaDef, T: SagaDef<Context = S::Context
                 node_name: &run.name,
             };
             node.compensate(&mut tx, receipt).await?;
-            one_transaction_deep(run, conn, "compensation")?;
+            one_transaction_deep(run, conn, "compensation").await?;
             Compensation::Compensated
         }
     };

@@ -97,6 +97,37 @@ impl<'a, S: SagaDef> NodeRun<'a, S> {
             .map_err(ratchet_store::DbError::from)?)
     }
 
+    /// A connection of type `C` for a database node's transaction, from the pool registered for `C` (the
+    /// engine's own pool for diesel-async's connection). A connection type no pool was registered for is a
+    /// permanent error of the node.
+    pub(crate) async fn node_connection<C: ratchet_store::NodeConnection>(
+        &self,
+    ) -> Result<ratchet_store::NodeCheckout<C>, Stop> {
+        self.alive()?;
+        let Some(pool) = self.cx.shared.node_pools.get::<C>() else {
+            return Err(Stop::Node(NodeError::permanent(format!(
+                "node {:?} runs on connections of type {}, and no pool of them was registered with the \
+                 engine (EngineBuilder::node_pool)",
+                self.name,
+                std::any::type_name::<C>()
+            ))));
+        };
+        Ok(pool.checkout().await?)
+    }
+
+    /// What a database node's transaction on connection type `C` runs with its `BEGIN`: the token that names
+    /// it ([`ratchet_store::set_node_tx`]), and, on a connection of the host's pool (whose sessions ratchet did
+    /// not set up), the session limits for this transaction.
+    pub(crate) fn node_begin<C: ratchet_store::NodeConnection>(&self, token: Uuid) -> String {
+        let set_token = ratchet_store::set_node_tx(token);
+        if std::any::TypeId::of::<C>() == std::any::TypeId::of::<ratchet_store::DbConnection>() {
+            set_token
+        } else {
+            let limits = self.cx.shared.node_session.set_local_statements();
+            format!("{set_token}; {limits}")
+        }
+    }
+
     /// Counts this start of the node's `phase` ("forward" or "compensation") durably, in a saga this engine
     /// recovered, and refuses it once the [`crate::EngineConfig::start_limit`] is passed: a node that keeps
     /// killing its process (a deterministic panic under `panic = "abort"`) is given up on instead of crashing
@@ -490,9 +521,9 @@ pub(crate) fn foreign_transaction<S: SagaDef>(
 /// TODO-robustness A transaction a failed statement has aborted cannot be read (PostgreSQL runs nothing there
 /// but its end), nor can a broken connection: then `stop` stands. So a node that ends the engine's
 /// transaction, begins another and leaves that one aborted is not caught here.
-pub(crate) async fn unless_foreign<S: SagaDef>(
+pub(crate) async fn unless_foreign<S: SagaDef, C: ratchet_store::NodeConnection>(
     run: &NodeRun<'_, S>,
-    conn: &mut ratchet_store::DbConnection,
+    conn: &mut C,
     token: Uuid,
     phase: &str,
     stop: Stop,

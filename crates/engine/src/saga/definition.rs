@@ -95,6 +95,10 @@ macro_rules! declare_saga_nodes {
 #[macro_export]
 macro_rules! __register_saga_nodes {
     ($registry:ident;) => {};
+    ($registry:ident; db ($conn:ty) $node:ty $(, $($rest:tt)*)?) => {
+        $registry.db_on::<$conn, $node>();
+        $crate::__register_saga_nodes!($registry; $($($rest)*)?);
+    };
     ($registry:ident; db $node:ty $(, $($rest:tt)*)?) => {
         $registry.db::<$node>();
         $crate::__register_saga_nodes!($registry; $($($rest)*)?);
@@ -120,6 +124,10 @@ macro_rules! __register_saga_nodes {
 #[macro_export]
 macro_rules! __register_nested_nodes {
     ($registry:ident, $saga:ty;) => {};
+    ($registry:ident, $saga:ty; db ($conn:ty) $node:ty $(, $($rest:tt)*)?) => {
+        $registry.nested_db_on::<$saga, $conn, $node>();
+        $crate::__register_nested_nodes!($registry, $saga; $($($rest)*)?);
+    };
     ($registry:ident, $saga:ty; db $node:ty $(, $($rest:tt)*)?) => {
         $registry.nested_db::<$saga, $node>();
         $crate::__register_nested_nodes!($registry, $saga; $($($rest)*)?);

@@ -5,6 +5,7 @@ use crate::error::NodeError;
 use crate::saga::definition::SagaDef;
 use crate::saga::output::{NodeOutput, NodeReceipt};
 use crate::saga::phase::{CommitTx, ExternalCx, PrepareCx};
+use ratchet_store::{DbConnection, NodeConnection};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::future::Future;
@@ -27,7 +28,16 @@ use std::future::Future;
 ///
 /// A node value is its own arguments: it is serialized into the saga's DAG when the saga is built, so a
 /// recovered saga runs the same node with the same arguments.
-pub trait DbNode<S: SagaDef>: Serialize + DeserializeOwned + Send + Sync + 'static {
+///
+/// `C` is the connection type the node's phases get: diesel-async's (the default), or any other
+/// [`NodeConnection`], such as Nexus's `async_bb8_diesel::Connection<C>` (ratchet-store's `async-bb8-diesel`
+/// feature), checked out of the pool the host registered for it
+/// ([`EngineBuilder::node_pool`](crate::EngineBuilder::node_pool)). A node on another connection type is
+/// registered with `db(C) N` in [`declare_saga_nodes!`](crate::declare_saga_nodes) and laid out with
+/// [`SagaBuilder::db_on`](crate::SagaBuilder::db_on).
+pub trait DbNode<S: SagaDef, C: NodeConnection = DbConnection>:
+    Serialize + DeserializeOwned + Send + Sync + 'static
+{
     /// The action name persisted in the DAG: stable across releases.
     const NAME: &'static str;
     /// What prepare decided, handed to commit. Serializable data: a type whose serialized fields hold a
@@ -42,14 +52,14 @@ pub trait DbNode<S: SagaDef>: Serialize + DeserializeOwned + Send + Sync + 'stat
     /// Reads and decides. Runs read-only; may be run again (after a transient error, or a crash).
     fn prepare(
         &self,
-        cx: &mut PrepareCx<'_, S>,
+        cx: &mut PrepareCx<'_, S, C>,
     ) -> impl Future<Output = Result<Self::Plan, NodeError>> + Send;
 
     /// Every write of the node, on the transaction the engine opened. The receipt must come from the writes
     /// themselves (`RETURNING` rows, values computed before), never from a re-read.
     fn commit(
         &self,
-        tx: &mut CommitTx<'_>,
+        tx: &mut CommitTx<'_, C>,
         plan: Self::Plan,
     ) -> impl Future<Output = Result<Self::Receipt, NodeError>> + Send;
 
@@ -61,7 +71,7 @@ pub trait DbNode<S: SagaDef>: Serialize + DeserializeOwned + Send + Sync + 'stat
     /// exists and no compensation record does.
     fn compensate(
         &self,
-        tx: &mut CommitTx<'_>,
+        tx: &mut CommitTx<'_, C>,
         receipt: Self::Receipt,
     ) -> impl Future<Output = Result<(), NodeError>> + Send;
 }

@@ -9,19 +9,20 @@ use std::panic::AssertUnwindSafe;
 use uuid::Uuid;
 
 /// The prepare phase's view: the saga's parameters, earlier nodes' outputs, and one connection inside a
-/// read-only transaction (PostgreSQL rejects any write made through it).
-pub struct PrepareCx<'a, S: SagaDef> {
+/// read-only transaction (PostgreSQL rejects any write made through it). `C` is the connection's type: the
+/// engine's diesel-async connection unless the node runs on another ([`crate::DbNode`]'s `C`).
+pub struct PrepareCx<'a, S: SagaDef, C = DbConnection> {
     /// steno's view of the node's ancestors, scoped to the node's own saga or subsaga (inside a subsaga, only
     /// the subsaga's earlier nodes are visible, by their names there).
     pub(crate) steno: &'a dyn Ancestors,
     pub(crate) params: &'a S::Params,
-    pub(crate) conn: &'a mut DbConnection,
+    pub(crate) conn: &'a mut C,
     pub(crate) saga_id: Uuid,
     pub(crate) node_name: &'a str,
     pub(crate) app: &'a S::Context,
 }
 
-impl<S: SagaDef> PrepareCx<'_, S> {
+impl<S: SagaDef, C> PrepareCx<'_, S, C> {
     /// The saga's parameters.
     pub fn params(&self) -> &S::Params {
         self.params
@@ -33,7 +34,7 @@ impl<S: SagaDef> PrepareCx<'_, S> {
     }
 
     /// The connection, inside the engine's read-only transaction.
-    pub fn conn(&mut self) -> &mut DbConnection {
+    pub fn conn(&mut self) -> &mut C {
         self.conn
     }
 
@@ -90,16 +91,17 @@ pub(crate) fn decode_params<T: DeserializeOwned>(
 }
 
 /// The commit phase's view (also a compensation's): one connection inside the transaction the engine opened.
-/// It cannot be built outside the engine, and it borrows the connection only for the phase.
-pub struct CommitTx<'a> {
-    pub(crate) conn: &'a mut DbConnection,
+/// It cannot be built outside the engine, and it borrows the connection only for the phase. `C` is the
+/// connection's type, as in [`PrepareCx`].
+pub struct CommitTx<'a, C = DbConnection> {
+    pub(crate) conn: &'a mut C,
     pub(crate) saga_id: Uuid,
     pub(crate) node_name: &'a str,
 }
 
-impl CommitTx<'_> {
+impl<C> CommitTx<'_, C> {
     /// The connection, inside the engine's transaction. Run the node's writes on it; do not commit.
-    pub fn conn(&mut self) -> &mut DbConnection {
+    pub fn conn(&mut self) -> &mut C {
         self.conn
     }
 
