@@ -703,7 +703,7 @@ impl NexusSuite for SnapshotCreateSuite {
 }
 
 /// Every Nexus suite: the four sagas and the legacy variant.
-pub fn all_suites(matrix: crate::Matrix) -> crate::Matrix {
+pub fn all_nexus_suites(matrix: crate::Matrix) -> crate::Matrix {
     matrix
         .suite(InstanceCreateSuite::new(false))
         .suite(InstanceCreateSuite::new(true))
@@ -713,7 +713,7 @@ pub fn all_suites(matrix: crate::Matrix) -> crate::Matrix {
 }
 
 /// The suite names `ratchet matrix --saga` accepts.
-pub const SUITE_NAMES: [&str; 5] = [
+pub const NEXUS_SUITE_NAMES: [&str; 5] = [
     "instance-create",
     "legacy-instance-create",
     "disk-attach",
@@ -722,7 +722,7 @@ pub const SUITE_NAMES: [&str; 5] = [
 ];
 
 /// Adds the named suite.
-pub fn add_suite(matrix: crate::Matrix, name: &str) -> Result<crate::Matrix, String> {
+pub fn add_nexus_suite(matrix: crate::Matrix, name: &str) -> Result<crate::Matrix, String> {
     Ok(match name {
         "instance-create" => matrix.suite(InstanceCreateSuite::new(false)),
         "legacy-instance-create" => matrix.suite(InstanceCreateSuite::new(true)),
@@ -732,7 +732,7 @@ pub fn add_suite(matrix: crate::Matrix, name: &str) -> Result<crate::Matrix, Str
         other => {
             return Err(format!(
                 "unknown saga {other:?} (one of: {})",
-                SUITE_NAMES.join(", ")
+                NEXUS_SUITE_NAMES.join(", ")
             ));
         }
     })

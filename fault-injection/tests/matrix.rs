@@ -4,10 +4,10 @@ mod common;
 
 use common::{assert_all_pass, run};
 use ratchet_engine::FaultPoint;
-use ratchet_fault_injection::nexus::{
-    DiskAttachSuite, DiskDetachSuite, InstanceCreateSuite, SnapshotCreateSuite,
+use ratchet_fault_injection::{
+    DiskAttachSuite, DiskDetachSuite, Fault, InstanceCreateSuite, Matrix, SnapshotCreateSuite,
+    Status,
 };
-use ratchet_fault_injection::{Fault, Matrix, Status};
 
 /// How many faults apply to a database node: all but `response_lost` and `unknown_then_refused`.
 const DB_FAULTS: usize = Fault::ALL.len() - 2;

@@ -10,8 +10,8 @@ use crate::failpoint::FaultPoint;
 use crate::run::commit_outcome::{self, CommitOutcome};
 use crate::run::db_node::event_row;
 use crate::run::node_run::{
-    NodeRun, Stop, catch_phase, decode, encode, finish_guarded, pass_on, unless_foreign,
-    with_retries,
+    NodeRun, Stop, catch_phase, check_token, decode, encode, finish_guarded, pass_on,
+    unless_foreign, with_retries,
 };
 use crate::saga::builder::{SagaBuilder, Stage};
 use crate::saga::definition::{NodeKind, SagaDef, StenoSaga};
@@ -306,9 +306,9 @@ async fn prepare<S: SagaDef, T: SagaDef<Context = S::Context>, N: ExternalNode<T
     // On every path, Ok included: a prepare that sent its own COMMIT has left read-only behind, and what it
     // wrote after that is outside the engine.
     let result = match result {
-        Ok(prepared) => match unless_foreign(run, conn, token, "prepare", Stop::Shutdown).await {
-            Stop::Node(foreign) => Err(Stop::Node(foreign)),
-            _ => Ok(prepared),
+        Ok(prepared) => match check_token(run, conn, token, "prepare").await {
+            Some(foreign) => Err(Stop::Node(foreign)),
+            None => Ok(prepared),
         },
         Err(stop) => Err(unless_foreign(run, conn, token, "prepare", stop).await),
     };

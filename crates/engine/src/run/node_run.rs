@@ -483,13 +483,31 @@ pub(crate) fn foreign_transaction<S: SagaDef>(
 /// Before the engine ends a node's transaction on a path where it will not write the node's record (a phase
 /// that failed or panicked, a fault, a read-only prepare): checks that the transaction is still the one the
 /// engine began, named by `token` (see [`records::NODE_TX_SETTING`](ratchet_store::NODE_TX_SETTING)).
-/// If it is not, the node ended it itself, and `stop` (the node's own error) gives way to that reason: the
-/// attempt is not retried (a retry would apply the escaped writes again) and the node fails naming it. The
-/// success paths check the same token in the statement that writes the record.
+/// If it is not, the node ended it itself: returns the node's error naming that ([`foreign_transaction`]).
+/// The success paths of a commit check the same token in the statement that writes the record.
 ///
 /// TODO-robustness A transaction a failed statement has aborted cannot be read (PostgreSQL runs nothing there
-/// but its end), nor can a broken connection: then `stop` stands. So a node that ends the engine's
-/// transaction, begins another and leaves that one aborted is not caught here.
+/// but its end), nor can a broken connection: then nothing is found, and the caller's own reason stands. So a
+/// node that ends the engine's transaction, begins another and leaves that one aborted is not caught here.
+pub(crate) async fn check_token<S: SagaDef>(
+    run: &NodeRun<'_, S>,
+    conn: &mut ratchet_store::DbConnection,
+    token: Uuid,
+    phase: &str,
+) -> Option<NodeError> {
+    match ratchet_store::node_tx_token(conn).await {
+        Ok(found) if found != token.to_string() => Some(foreign_transaction(run, phase, &found)),
+        Ok(_) => None,
+        Err(error) => {
+            tracing::debug!(%error, "the node's transaction could not be checked; its own reason stands");
+            None
+        }
+    }
+}
+
+/// [`check_token`] on a path that stops with `stop`: a node that ended the engine's transaction itself turns
+/// `stop` (its own error) into that reason, so the attempt is not retried (a retry would apply the escaped
+/// writes again) and the node fails naming it.
 pub(crate) async fn unless_foreign<S: SagaDef>(
     run: &NodeRun<'_, S>,
     conn: &mut ratchet_store::DbConnection,
@@ -501,14 +519,8 @@ pub(crate) async fn unless_foreign<S: SagaDef>(
         // The executor dies here: it checks nothing.
         return stop;
     }
-    match ratchet_store::node_tx_token(conn).await {
-        Ok(found) if found != token.to_string() => {
-            Stop::Node(foreign_transaction(run, phase, &found))
-        }
-        Ok(_) => stop,
-        Err(error) => {
-            tracing::debug!(%error, "the node's transaction could not be checked; its own error stands");
-            stop
-        }
+    match check_token(run, conn, token, phase).await {
+        Some(foreign) => Stop::Node(foreign),
+        None => stop,
     }
 }
