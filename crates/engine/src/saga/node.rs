@@ -156,8 +156,9 @@ pub enum CallError {
 /// A node whose effect is one idempotent call to another service (a sled agent, a storage pantry).
 ///
 /// The engine gives every call the node's idempotency key (a UUIDv5 of saga id and node name, the same on
-/// every attempt and after a restart). A node never fails while the outcome of its call is unknown: the
-/// engine retries, or compensates by key, first.
+/// every attempt and after a restart); a service idempotent by resource id and generation instead needs none
+/// (see below). A node never fails while the outcome of its call is unknown: the engine retries, or
+/// compensates, first.
 ///
 /// # The service's side of the contract
 ///
@@ -172,6 +173,18 @@ pub enum CallError {
 /// - **Typed answers**: `call` says whether the request was applied ([`Ok`]), definitely not applied
 ///   ([`CallError::Refused`]), or may have been ([`CallError::Unknown`]). Only a service's explicit "not
 ///   applied" is a refusal; a timeout or a dropped connection is unknown.
+///
+/// # Or: idempotent by resource id and generation
+///
+/// A service that takes no keys (Nexus's sled agent) makes the same two promises by generation instead: the
+/// call names its resource and carries a generation, and a call at the resource's current generation changes
+/// nothing (**deduplication**); the compensation removes the resource and *fences* the generation the call
+/// carried, so a late call at a fenced generation is refused (the **tombstone**, by generation). A node then
+/// ignores the keys: its `call` sends its own resource id and generation (fixed in its arguments or plan, the
+/// same on every attempt and after a restart), and its `compensate` fences that generation (the receipt's,
+/// or the one the call sent when `receipt` is `None`). The engine drives both forms alike: retries while the
+/// outcome is unknown, compensation before failing once any attempt was unknown. Instance-create's
+/// `EnsureVmm` (`ratchet_sagas`) is written this way.
 pub trait ExternalNode<S: SagaDef>: Serialize + DeserializeOwned + Send + Sync + 'static {
     const NAME: &'static str;
     /// What prepare decided, handed to the call: serializable data, as for database nodes.
