@@ -25,6 +25,22 @@
 
 use std::collections::BTreeMap;
 
+/// The key, beside steno's own fields in a persisted DAG, under which ratchet keeps its typed nodes'
+/// arguments (an object by node path). steno's parameters stay the saga's own, as plain steno actions read
+/// them (`ActionContext::saga_params`); steno, and any other reader that decodes the column as a `SagaDag`,
+/// ignores the key. Written by the store's `saga_create`, in the saga's own `INSERT`; read on recovery from
+/// the row that is loaded anyway.
+pub const NODE_ARGS_KEY: &str = "ratchet_node_args";
+
+/// The typed nodes' arguments a persisted DAG holds under [`NODE_ARGS_KEY`], by path: `None` when it holds
+/// none (a saga without typed nodes, one plain steno created, or one an earlier release created, whose
+/// arguments are in its parameters).
+pub fn node_args(dag: &serde_json::Value) -> Option<BTreeMap<String, serde_json::Value>> {
+    dag.get(NODE_ARGS_KEY)?
+        .as_object()
+        .map(|args| args.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+}
+
 /// The separator of a node path (the engine's `PATH_SEPARATOR`).
 pub const PATH_SEPARATOR: char = '/';
 
@@ -159,6 +175,15 @@ pub fn action_names(dag: &serde_json::Value) -> Vec<(String, String)> {
         .action_nodes()
         .map(|(_, path, action_name)| (path.to_owned(), action_name.to_owned()))
         .collect()
+}
+
+/// The saga's parameters in a persisted DAG (its start node's): `None` in a form this reader does not
+/// recognise.
+pub fn saga_params(dag: &serde_json::Value) -> Option<&serde_json::Value> {
+    dag.pointer("/graph/nodes")?
+        .as_array()?
+        .iter()
+        .find_map(|node| node.get("Start")?.get("params"))
 }
 
 /// One node of the serialized graph (`graph.nodes[index]`), read.

@@ -23,9 +23,9 @@ use crate::engine::sec::{Sec, lock};
 use crate::engine::{Engine, Registered};
 use crate::error::EngineError;
 use crate::observe::RecentOutcome;
-use crate::run::saga_state::SagaCx;
+use crate::run::saga_state::{NodeInputs, SagaCx};
 use crate::saga::builder::SagaBuilder;
-use crate::saga::definition::{NodeKind, SagaDef, StenoParams};
+use crate::saga::definition::{NodeKind, SagaDef};
 use crate::shutdown::panic_message;
 use futures::FutureExt;
 use ratchet_store::{DagNodeKind, PersistedDag, SagaLogHandle, SagaOwner, SagaRegistration};
@@ -134,6 +134,20 @@ impl PreparedSaga {
             .await
     }
 
+    /// Replaces the undo of the node at `path` with an error (steno's own injection: the undo body never
+    /// runs), for a plain steno action as for a typed node: should the saga unwind past the node, it ends
+    /// stuck, its diagnosis naming the node.
+    pub async fn inject_error_undo(&self, path: &str) -> Result<(), EngineError> {
+        let index = self.petgraph_index(path)?;
+        let id = steno_id(self.id);
+        self.tracked
+            .sec
+            .call("saga_inject_error_undo", |sec| async move {
+                sec.saga_inject_error_undo(id, index).await
+            })
+            .await
+    }
+
     /// Runs the action of the node at `path` `action` times and its undo `undo` times (steno's repeat
     /// injection).
     pub async fn inject_repeat(
@@ -176,10 +190,29 @@ pub(crate) fn steno_id(id: Uuid) -> SagaId {
 
 impl Engine {
     /// Creates saga `S` with `params`: builds its DAG and records it durably. Nothing runs until
-    /// [`PreparedSaga::run`]. Refused once the engine is shutting down.
+    /// [`PreparedSaga::run`]. Refused once the engine is shutting down. Its actions see the engine's context
+    /// for `S` (the one [`EngineBuilder::register`](crate::EngineBuilder::register) was given).
     pub async fn create<S: SagaDef>(&self, params: S::Params) -> Result<PreparedSaga, EngineError> {
+        self.create_built::<S>(params, None).await
+    }
+
+    /// [`Engine::create`], with a context of this saga's own for its actions (steno's `saga_create` takes
+    /// one per saga; trip booking makes one per trip). The context lives in memory only: a saga recovered
+    /// after a restart (or adopted, or re-driven) sees the engine's context for `S`.
+    pub async fn create_with_context<S: SagaDef>(
+        &self,
+        params: S::Params,
+        context: Arc<S::Context>,
+    ) -> Result<PreparedSaga, EngineError> {
+        self.create_built::<S>(params, Some(context)).await
+    }
+
+    async fn create_built<S: SagaDef>(
+        &self,
+        params: S::Params,
+        context: Option<Arc<S::Context>>,
+    ) -> Result<PreparedSaga, EngineError> {
         self.refuse_if_shutting_down()?;
-        let registered = self.registered::<S>()?;
         let mut builder = SagaBuilder::<S>::new();
         S::build(&params, &mut builder).map_err(|message| EngineError::BadParams {
             saga: S::NAME.to_owned(),
@@ -189,23 +222,95 @@ impl Engine {
             saga: S::NAME.to_owned(),
             message,
         })?;
-        let steno_params = serde_json::to_value(StenoParams {
-            params,
-            nodes: built.node_args,
-        })
-        .map_err(|e| EngineError::BadParams {
+        // steno's parameters are the saga's own: a plain action reads them with `saga_params`. The typed
+        // nodes' arguments go beside them (see `NodeInputs`).
+        let steno_params = serde_json::to_value(&params).map_err(|e| EngineError::BadParams {
             saga: S::NAME.to_owned(),
             message: e.to_string(),
         })?;
         let dag = Arc::new(SagaDag::new(built.dag, steno_params));
+        self.create_dag_inner::<S>(dag, built.node_args, Some(built.nodes), context)
+            .await
+    }
+
+    /// Creates saga `S` from a DAG the caller built with steno's own `DagBuilder` (as Nexus's
+    /// `make_saga_dag` does), as it is: its nodes, names and labels are kept. Its actions must be the ones
+    /// `S` registers (plain steno actions: `unchecked` in its
+    /// [`declare_saga_nodes!`](crate::declare_saga_nodes) list), the DAG must carry `S`'s name, and its
+    /// parameters must decode as `S::Params`; otherwise nothing is written. Its actions run on the unchecked
+    /// path, as under steno, and read their parameters with `saga_params`; `context` is the saga's own
+    /// (see [`Engine::create_with_context`]), or the engine's for `S` when `None`.
+    ///
+    /// Nodes are known by their labels (every record and diagnosis of a plain action names its node so):
+    /// give action nodes distinct labels for diagnoses to tell them apart.
+    pub async fn create_from_dag<S: SagaDef>(
+        &self,
+        dag: Arc<SagaDag>,
+        context: Option<Arc<S::Context>>,
+    ) -> Result<PreparedSaga, EngineError> {
+        self.refuse_if_shutting_down()?;
+        if dag.saga_name().to_string() != S::NAME {
+            return Err(EngineError::BadDag {
+                saga: S::NAME.to_owned(),
+                message: format!(
+                    "the DAG is saga {:?}'s (recovery finds a saga's definition by that name)",
+                    dag.saga_name().to_string()
+                ),
+            });
+        }
+        let serialized = serde_json::to_value(dag.as_ref()).map_err(|e| EngineError::BadDag {
+            saga: S::NAME.to_owned(),
+            message: format!("the DAG does not serialize: {e}"),
+        })?;
+        let params = ratchet_store::saga_params(&serialized)
+            .cloned()
+            .unwrap_or_default();
+        serde_json::from_value::<S::Params>(params).map_err(|e| EngineError::BadParams {
+            saga: S::NAME.to_owned(),
+            message: format!("the DAG's parameters do not decode: {e}"),
+        })?;
+        self.create_dag_inner::<S>(dag, BTreeMap::new(), None, context)
+            .await
+    }
+
+    /// Registers and records a saga whose DAG is built. `nodes`: every node by path and kind, as the builder
+    /// laid them out; `None` for a DAG built elsewhere (they are then read from the DAG).
+    async fn create_dag_inner<S: SagaDef>(
+        &self,
+        dag: Arc<SagaDag>,
+        node_args: BTreeMap<String, serde_json::Value>,
+        listed: Option<Vec<(String, NodeKind)>>,
+        context: Option<Arc<S::Context>>,
+    ) -> Result<PreparedSaga, EngineError> {
+        let registered = self.registered::<S>()?;
         let nodes = read_dag(&dag);
+        if let Some((_, path, action)) = nodes
+            .action_nodes()
+            .find(|(_, _, action)| !registered.actions.contains(action))
+        {
+            return Err(EngineError::UnknownAction {
+                saga: S::NAME.to_owned(),
+                node: path.to_owned(),
+                action: action.to_owned(),
+            });
+        }
+        let listed = listed.unwrap_or_else(|| kinds_of(&nodes, &registered.db_actions));
         let id = Uuid::new_v4();
         let owner = SagaOwner {
             sec_id: self.sec_id,
             generation: 1,
         };
         let sec = Arc::clone(&self.sec);
-        let (cx, log) = self.saga_cx::<S>(&registered, &sec, id, owner, &nodes, None);
+        let (cx, log) = self.saga_cx::<S>(
+            &registered,
+            &sec,
+            id,
+            owner,
+            &nodes,
+            None,
+            NodeInputs::Beside(node_args),
+            context,
+        );
         let dag_for_steno = Arc::clone(&dag);
         // Live before its row exists, and no claim of this engine runs until the row is there: a recovery
         // never claims (and so fences) it.
@@ -241,7 +346,7 @@ impl Engine {
             future: Mutex::new(future),
             tracked: StartedSaga::new(id, S::NAME, sec, log, nodes.action_paths()),
             dag,
-            nodes: built.nodes,
+            nodes: listed,
             node_ids: nodes.action_ids_by_path(),
         })
     }
@@ -269,7 +374,8 @@ impl Engine {
 
     /// The per-saga context and its registration with `sec`'s store. `nodes`: the saga's DAG as the store
     /// reads it ([`read_dag`]). `resumed_from`: the log a resumed saga was loaded from (`None` for a saga
-    /// created here).
+    /// created here). `inputs`: where its typed nodes' arguments are (for a saga created here, the store
+    /// writes them with its row). `context`: the saga's own host context, or `None` for the engine's.
     ///
     /// Nodes are known by their paths (an action node's steno label, see [`SagaBuilder::subsaga`]), not by
     /// steno's names, which repeat across the instances of one subsaga; a node is a database node (its
@@ -283,6 +389,8 @@ impl Engine {
         owner: SagaOwner,
         nodes: &PersistedDag,
         resumed_from: Option<&[steno::SagaNodeEvent]>,
+        inputs: NodeInputs,
+        context: Option<Arc<S::Context>>,
     ) -> (SagaCx<S>, SagaLogHandle) {
         let db_nodes = nodes
             .action_nodes()
@@ -313,14 +421,23 @@ impl Engine {
                         .iter()
                         .any(|e| matches!(e.event_type, steno::SagaNodeEventType::UndoFailed(_)))
                 }),
+                node_args: match &inputs {
+                    NodeInputs::Beside(args) if resumed_from.is_none() && !args.is_empty() => {
+                        Some(serde_json::Value::Object(
+                            args.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                        ))
+                    }
+                    _ => None,
+                },
             },
         );
         let cx = SagaCx {
             saga_id: id,
             shared: Arc::clone(&self.shared),
             log: log.clone(),
-            app: Arc::clone(&registered.app),
+            app: context.unwrap_or_else(|| Arc::clone(&registered.app)),
             node_ids: nodes.action_ids_by_path(),
+            inputs,
             started_in_log: resumed_from
                 .into_iter()
                 .flatten()
@@ -462,6 +579,29 @@ pub(crate) fn read_dag(dag: &SagaDag) -> PersistedDag {
     serde_json::to_value(dag)
         .map(|serialized| PersistedDag::read(&serialized))
         .unwrap_or_default()
+}
+
+/// Every node of a DAG built elsewhere (not by [`SagaBuilder`]) by path and kind, in steno's node order, as
+/// [`PreparedSaga::nodes`] lists them: an action is a database node when its action is registered as one,
+/// else a plain steno action; a subsaga is listed by its end node; the start and end nodes and subsaga
+/// starts are left out.
+fn kinds_of(nodes: &PersistedDag, db_actions: &HashSet<&'static str>) -> Vec<(String, NodeKind)> {
+    nodes
+        .nodes()
+        .filter_map(|(_, node)| {
+            let kind = match node.kind {
+                DagNodeKind::Action => match node.action_name.as_deref() {
+                    Some(action) if db_actions.contains(action) => NodeKind::Db,
+                    Some(crate::saga::builder::JOIN_ACTION) => NodeKind::Join,
+                    _ => NodeKind::Steno,
+                },
+                DagNodeKind::Constant => NodeKind::Constant,
+                DagNodeKind::SubsagaEnd => NodeKind::Subsaga,
+                _ => return None,
+            };
+            Some((node.path.clone(), kind))
+        })
+        .collect()
 }
 
 /// The path of the node steno names `name` whose log shows an event `of_kind`: steno's names repeat across

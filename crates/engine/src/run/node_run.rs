@@ -4,7 +4,7 @@
 use crate::error::{NodeError, NodeFailure};
 use crate::failpoint::{FaultEffect, FaultPoint};
 use crate::run::saga_state::SagaCx;
-use crate::saga::definition::{SagaDef, StenoParams, StenoSaga};
+use crate::saga::definition::{SagaDef, StenoSaga};
 use crate::shutdown::{ActiveNode, panic_message};
 use ratchet_store::RetryPolicy;
 use serde::de::DeserializeOwned;
@@ -68,17 +68,12 @@ impl<'a, S: SagaDef> NodeRun<'a, S> {
         let node_id = *cx.node_ids.get(&name).ok_or_else(|| {
             NodeError::permanent(format!("node {name:?} is not in the saga's DAG"))
         })?;
-        let steno_params: StenoParams<serde_json::Value> = ctx
-            .saga_params()
-            .map_err(|e| NodeError::permanent(format!("saga parameters do not decode: {e}")))?;
-        let args = steno_params.nodes.get(&name).cloned().ok_or_else(|| {
-            NodeError::permanent(format!("no arguments recorded for node {name:?}"))
-        })?;
+        let (params, args) = cx.node_input(ctx, &name).map_err(NodeError::permanent)?;
         Ok(NodeRun {
             cx,
             name,
             node_id,
-            params: steno_params.params,
+            params,
             args,
             active: ActiveNode::enter(&cx.shared.shutdown),
             began: chrono::Utc::now(),
