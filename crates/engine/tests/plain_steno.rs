@@ -10,7 +10,7 @@ use diesel::sql_types::{Jsonb, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
 use ratchet_engine::{
     CommitOnlyDbNode, CommitTx, Engine, FaultEffect, FaultPoint, NodeError, SagaBuilder, SagaDef,
-    SagaOutcome, StenoSaga,
+    SagaOutcome, StenoSaga, TypedNodes,
 };
 use ratchet_template_db::TestDatabase;
 use serde::{Deserialize, Serialize};
@@ -177,6 +177,112 @@ async fn a_plain_action_reads_its_parameters_after_a_crash_and_recovery() {
     );
     let (commits, _) = records(&second, id).await;
     assert_eq!(commits, names(&["typed"]));
+}
+
+/// `Mixed` as Nexus would build it, with steno's own `DagBuilder`: the typed node from [`TypedNodes`], the
+/// plain action under a label of its own.
+fn steno_built(
+    params: &MixedParams,
+    plain_label: &str,
+) -> Result<(Arc<steno::SagaDag>, TypedNodes<Mixed>), ratchet_engine::EngineError> {
+    let mut typed = TypedNodes::<Mixed>::new();
+    let mut dag = steno::DagBuilder::new(steno::SagaName::new(Mixed::NAME));
+    dag.append(typed.db(
+        "typed",
+        Typed {
+            n: params.label.len() as u32,
+        },
+    )?);
+    dag.append(steno::Node::action(
+        "plain",
+        plain_label,
+        plain_action().as_ref(),
+    ));
+    let dag = dag.build().expect("the DAG builds");
+    let dag = steno::SagaDag::new(dag, serde_json::to_value(params).unwrap());
+    Ok((Arc::new(dag), typed))
+}
+
+/// A DAG built with steno's `DagBuilder`, holding a typed node: created as it is (labels kept), the executor
+/// dies right after the typed node's `COMMIT`, and the engine that recovers it finds the commit record (the
+/// node committed once) and runs the plain action, which reads the parameters with `saga_params`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_steno_built_dag_with_a_typed_node_keeps_its_guarantees_across_a_crash() {
+    let db = database().await;
+    let sec_id = Uuid::new_v4();
+    let first = engine(&db, sec_id).await;
+    let (dag, typed) = steno_built(&mixed("nexus"), "PlainLabel").unwrap();
+    let saga = first
+        .create_from_dag::<Mixed>(dag, typed, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        saga.nodes(),
+        [
+            ("typed".to_owned(), ratchet_engine::NodeKind::Db),
+            // A plain node is known by its name (its label is for people).
+            ("plain".to_owned(), ratchet_engine::NodeKind::Steno),
+        ]
+    );
+    first.failpoints().arm(
+        saga.id,
+        "typed",
+        FaultPoint::AfterCommit,
+        FaultEffect::Crash,
+        1,
+    );
+    let id = run_prepared_until_crash(&first, saga).await;
+    let second = engine(&db, sec_id).await;
+    let outcome = second.wait(id).await.expect("the saga was resumed");
+    assert_eq!(
+        outcome,
+        SagaOutcome::Succeeded {
+            output: serde_json::json!("hello from the engine nexus (5)")
+        }
+    );
+    let (commits, _) = records(&second, id).await;
+    assert_eq!(commits, names(&["typed"]));
+    let mut conn = ratchet_store::establish(&db.url).await.unwrap();
+    let Dag { saga_dag } = diesel::sql_query("SELECT saga_dag FROM saga WHERE id = $1")
+        .bind::<SqlUuid, _>(id)
+        .get_result::<Dag>(&mut conn)
+        .await
+        .unwrap();
+    let labels: Vec<&str> = saga_dag["graph"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|node| node.get("Action")?.get("label")?.as_str())
+        .collect();
+    assert_eq!(labels, ["typed", "PlainLabel"]);
+}
+
+/// A steno-built DAG of another saga (recovery would not find its definition) is refused before anything is
+/// written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_steno_built_dag_of_another_saga_is_refused() {
+    let db = database().await;
+    let engine = engine(&db, Uuid::new_v4()).await;
+    let other = steno::DagBuilder::new(steno::SagaName::new("another-saga"));
+    let mut other = other;
+    other.append(steno::Node::constant("c", serde_json::json!(1)));
+    let other = steno::SagaDag::new(other.build().unwrap(), serde_json::json!({"label": "x"}));
+    let error = engine
+        .create_from_dag::<Mixed>(Arc::new(other), TypedNodes::new(), None)
+        .await
+        .err()
+        .expect("refused");
+    assert!(error.to_string().contains("another-saga"), "{error}");
+    assert_eq!(count_sagas(&engine).await, 0, "nothing was written");
+}
+
+async fn count_sagas(engine: &Engine) -> usize {
+    let mut conn = engine.pool().get().await.unwrap();
+    diesel::sql_query("SELECT saga_dag FROM saga")
+        .load::<Dag>(&mut conn)
+        .await
+        .unwrap()
+        .len()
 }
 
 #[derive(diesel::QueryableByName)]

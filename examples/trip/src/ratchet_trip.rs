@@ -34,7 +34,11 @@ pub async fn book_trip(
     // The actions are registered once, with the engine (`Trip`'s node list below).
     let dag = make_trip_dag(params);
     let saga = engine
-        .create_from_dag::<Trip>(Arc::clone(&dag), Some(trip_context))
+        .create_from_dag::<Trip>(
+            Arc::clone(&dag),
+            ratchet_engine::TypedNodes::new(),
+            Some(trip_context),
+        )
         .await
         .expect("failed to create saga");
     if let Some(node) = inject_error {

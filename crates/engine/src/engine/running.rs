@@ -235,17 +235,20 @@ impl Engine {
 
     /// Creates saga `S` from a DAG the caller built with steno's own `DagBuilder` (as Nexus's
     /// `make_saga_dag` does), as it is: its nodes, names and labels are kept. Its actions must be the ones
-    /// `S` registers (plain steno actions: `unchecked` in its
-    /// [`declare_saga_nodes!`](crate::declare_saga_nodes) list), the DAG must carry `S`'s name, and its
-    /// parameters must decode as `S::Params`; otherwise nothing is written. Its actions run on the unchecked
-    /// path, as under steno, and read their parameters with `saga_params`; `context` is the saga's own
-    /// (see [`Engine::create_with_context`]), or the engine's for `S` when `None`.
+    /// `S` registers (its [`declare_saga_nodes!`](crate::declare_saga_nodes) list), the DAG must carry `S`'s
+    /// name, and its parameters must decode as `S::Params`; otherwise nothing is written. Its plain steno
+    /// actions run on the unchecked path, as under steno, and read their parameters with `saga_params`; its
+    /// typed nodes (laid out with `typed`, [`TypedNodes`](crate::TypedNodes); `TypedNodes::new()` when it
+    /// has none) have every guarantee they have in a DAG [`SagaBuilder`] lays out. `context` is the saga's
+    /// own (see [`Engine::create_with_context`]), or the engine's for `S` when `None`.
     ///
-    /// Nodes are known by their labels (every record and diagnosis of a plain action names its node so):
-    /// give action nodes distinct labels for diagnoses to tell them apart.
+    /// A plain action node is known by its name (its label, for people, is kept in the DAG): the store's
+    /// DAG reader ([`PersistedDag`]) gives an action node its label as its path only when the label is a
+    /// path ratchet gave it.
     pub async fn create_from_dag<S: SagaDef>(
         &self,
         dag: Arc<SagaDag>,
+        typed: crate::TypedNodes<S>,
         context: Option<Arc<S::Context>>,
     ) -> Result<PreparedSaga, EngineError> {
         self.refuse_if_shutting_down()?;
@@ -269,8 +272,24 @@ impl Engine {
             saga: S::NAME.to_owned(),
             message: format!("the DAG's parameters do not decode: {e}"),
         })?;
-        self.create_dag_inner::<S>(dag, BTreeMap::new(), None, context)
-            .await
+        let args = typed.into_args();
+        let persisted = PersistedDag::read(&serialized);
+        for path in args.keys() {
+            let holding = persisted
+                .action_nodes()
+                .filter(|(_, other, _)| other == path)
+                .count();
+            if holding != 1 {
+                return Err(EngineError::BadDag {
+                    saga: S::NAME.to_owned(),
+                    message: format!(
+                        "typed node {path:?}'s path is that of {holding} action nodes of the DAG: \
+                         exactly one (its own) may have it"
+                    ),
+                });
+            }
+        }
+        self.create_dag_inner::<S>(dag, args, None, context).await
     }
 
     /// Registers and records a saga whose DAG is built. `nodes`: every node by path and kind, as the builder

@@ -77,7 +77,7 @@ pub struct SagaBuilder<S: SagaDef> {
     used: Vec<UsedNodeType>,
     /// The path of the subsaga this builder lays out, `None` for a saga of its own.
     prefix: Option<String>,
-    error: Option<String>,
+    pub(crate) error: Option<String>,
     _saga: PhantomData<S>,
 }
 
@@ -401,6 +401,61 @@ impl<S: SagaDef> SagaBuilder<S> {
             nodes: self.nodes,
             used: self.used,
         })
+    }
+}
+
+/// Typed nodes for a DAG built with steno's own `DagBuilder` (as Nexus's `make_saga_dag` builds one), which
+/// [`Engine::create_from_dag`](crate::Engine::create_from_dag) then creates as it is: each method returns the
+/// steno node to append, and keeps the node's arguments for the engine to record beside the DAG.
+///
+/// A typed node's label is its name, which is its path (such a DAG has no ratchet subsagas), by which its
+/// records are kept; its type must be in the saga's node list, as for [`SagaBuilder`]. The plain steno
+/// actions around it keep their own names and labels (they are known by their names); no other action node
+/// may have a typed node's path (one named so inside a steno subsaga: the engine refuses such a DAG). The typed nodes' own layout methods (`db`, `external`) live with their runners in
+/// `run/`.
+pub struct TypedNodes<S: SagaDef> {
+    pub(crate) builder: SagaBuilder<S>,
+}
+
+impl<S: SagaDef> TypedNodes<S> {
+    /// No typed node yet (a DAG of plain steno actions needs no more).
+    pub fn new() -> Self {
+        TypedNodes {
+            builder: SagaBuilder::new(),
+        }
+    }
+
+    /// A node laid out by `planned`, or what is wrong with it.
+    pub(crate) fn node(
+        &mut self,
+        planned: Option<(String, steno::Node)>,
+    ) -> Result<steno::Node, crate::EngineError> {
+        match (planned, self.builder.error.take()) {
+            (Some((_, node)), None) => Ok(node),
+            (_, error) => Err(crate::EngineError::BadDag {
+                saga: S::NAME.to_owned(),
+                message: error.unwrap_or_else(|| "the node was not laid out".to_owned()),
+            }),
+        }
+    }
+
+    /// Every typed node's arguments, by path.
+    pub(crate) fn into_args(self) -> BTreeMap<String, serde_json::Value> {
+        self.builder.node_args
+    }
+}
+
+impl<S: SagaDef> Default for TypedNodes<S> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<S: SagaDef> fmt::Debug for TypedNodes<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TypedNodes")
+            .field("nodes", &self.builder.node_args.keys().collect::<Vec<_>>())
+            .finish()
     }
 }
 
