@@ -373,9 +373,11 @@ impl Engine {
             id,
             owner,
             &nodes,
-            Some(&events),
-            inputs,
-            None,
+            super::running::SagaOrigin {
+                resumed_from: Some(&events),
+                inputs,
+                context: None,
+            },
         );
         let registry = Arc::clone(&registered.registry);
         let resumed = sec

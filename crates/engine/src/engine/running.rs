@@ -69,6 +69,16 @@ impl StartedSaga {
     }
 }
 
+/// Where a saga the engine is about to drive comes from (for [`Engine::saga_cx`]).
+pub(super) struct SagaOrigin<'a, S: SagaDef> {
+    /// The log a resumed saga was loaded from; `None` for a saga created here.
+    pub(super) resumed_from: Option<&'a [steno::SagaNodeEvent]>,
+    /// Where its typed nodes' arguments are (for a saga created here, the store writes them with its row).
+    pub(super) inputs: NodeInputs,
+    /// The saga's own host context; `None` for the engine's.
+    pub(super) context: Option<Arc<S::Context>>,
+}
+
 /// A saga created (durably) but not yet started: arm failpoints or steno injections, then run it.
 pub struct PreparedSaga {
     engine: Engine,
@@ -326,9 +336,11 @@ impl Engine {
             id,
             owner,
             &nodes,
-            None,
-            NodeInputs::Beside(node_args),
-            context,
+            SagaOrigin {
+                resumed_from: None,
+                inputs: NodeInputs::Beside(node_args),
+                context,
+            },
         );
         let dag_for_steno = Arc::clone(&dag);
         // Live before its row exists, and no claim of this engine runs until the row is there: a recovery
@@ -392,9 +404,7 @@ impl Engine {
     }
 
     /// The per-saga context and its registration with `sec`'s store. `nodes`: the saga's DAG as the store
-    /// reads it ([`read_dag`]). `resumed_from`: the log a resumed saga was loaded from (`None` for a saga
-    /// created here). `inputs`: where its typed nodes' arguments are (for a saga created here, the store
-    /// writes them with its row). `context`: the saga's own host context, or `None` for the engine's.
+    /// reads it ([`read_dag`]). `origin`: where the saga comes from ([`SagaOrigin`]).
     ///
     /// Nodes are known by their paths (an action node's steno label, see [`SagaBuilder::subsaga`]), not by
     /// steno's names, which repeat across the instances of one subsaga; a node is a database node (its
@@ -407,10 +417,13 @@ impl Engine {
         id: Uuid,
         owner: SagaOwner,
         nodes: &PersistedDag,
-        resumed_from: Option<&[steno::SagaNodeEvent]>,
-        inputs: NodeInputs,
-        context: Option<Arc<S::Context>>,
+        origin: SagaOrigin<'_, S>,
     ) -> (SagaCx<S>, SagaLogHandle) {
+        let SagaOrigin {
+            resumed_from,
+            inputs,
+            context,
+        } = origin;
         let db_nodes = nodes
             .action_nodes()
             .filter(|(_, _, action_name)| registered.db_actions.contains(action_name))
