@@ -14,6 +14,7 @@ use ratchet_engine::{
 };
 use ratchet_template_db::TestDatabase;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use steno::{ActionContext, ActionError, ActionFunc};
 use uuid::Uuid;
@@ -90,9 +91,21 @@ fn plain_action() -> Arc<dyn steno::Action<MixedSaga>> {
     ActionFunc::new_action(PLAIN, plain, undo_plain)
 }
 
+/// How many times the plain action's body ran, by the saga's label (each test binary is its own process).
+static PLAIN_RUNS: std::sync::Mutex<BTreeMap<String, u32>> = std::sync::Mutex::new(BTreeMap::new());
+
+fn plain_runs(label: &str) -> u32 {
+    PLAIN_RUNS.lock().unwrap().get(label).copied().unwrap_or(0)
+}
+
 /// As written for steno: `saga_params::<P>()`, `user_data().field`, `lookup`.
 async fn plain(ctx: ActionContext<MixedSaga>) -> Result<String, ActionError> {
     let params = ctx.saga_params::<MixedParams>()?;
+    *PLAIN_RUNS
+        .lock()
+        .unwrap()
+        .entry(params.label.clone())
+        .or_default() += 1;
     let typed: u32 = ctx.lookup("typed")?;
     Ok(format!(
         "{} {} ({typed})",
@@ -283,6 +296,36 @@ async fn count_sagas(engine: &Engine) -> usize {
         .await
         .unwrap()
         .len()
+}
+
+/// The matrix's crash faults reach a plain action: the executor dies before its body runs (recovery runs it
+/// once), or after its body ran and before steno recorded it (recovery runs it again: steno's at-least-once,
+/// which is all a plain action gets).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_before_or_after_a_plain_action_is_recovered_at_least_once() {
+    for (point, label, runs) in [
+        (FaultPoint::BeforeCommit, "before", 1),
+        (FaultPoint::AfterCommit, "after", 2),
+    ] {
+        let db = database().await;
+        let sec_id = Uuid::new_v4();
+        let first = engine(&db, sec_id).await;
+        let saga = first.create::<Mixed>(mixed(label)).await.unwrap();
+        first
+            .failpoints()
+            .arm(saga.id, "plain", point, FaultEffect::Crash, 1);
+        let id = run_prepared_until_crash(&first, saga).await;
+        assert!(first.failpoints().has_fired(id, "plain", point));
+        let second = engine(&db, sec_id).await;
+        let outcome = second.wait(id).await.expect("the saga was resumed");
+        assert!(
+            matches!(outcome, SagaOutcome::Succeeded { .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(plain_runs(label), runs, "crash {point:?}");
+        let (commits, _) = records(&second, id).await;
+        assert_eq!(commits, names(&["typed"]), "the typed node committed once");
+    }
 }
 
 #[derive(diesel::QueryableByName)]

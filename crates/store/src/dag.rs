@@ -87,6 +87,9 @@ pub struct DagNode {
     /// The action an action node runs (`action_name`); `None` for every other node, and for an action node
     /// without a name or an action name (such a node is not an action node to anyone reading the DAG).
     pub action_name: Option<String>,
+    /// An action node's steno label, when it is not its path (a plain steno node labelled for people, as
+    /// Nexus's are): a plain action knows itself only by its label. `None` for every other node.
+    pub label: Option<String>,
 }
 
 /// A persisted DAG, read: its nodes by steno node id, and its end node.
@@ -135,6 +138,24 @@ impl PersistedDag {
             let action_name = node.action_name.as_deref()?;
             Some((id, node.path.as_str(), action_name))
         })
+    }
+
+    /// The path of every plain action node whose label is not its path, by label, for the labels only one
+    /// node has (a plain action finds its path by its label).
+    pub fn paths_by_label(&self) -> BTreeMap<String, String> {
+        let mut by_label: BTreeMap<String, Option<String>> = BTreeMap::new();
+        for node in &self.nodes {
+            if let Some(label) = &node.label {
+                by_label
+                    .entry(label.clone())
+                    .and_modify(|path| *path = None)
+                    .or_insert_with(|| Some(node.path.clone()));
+            }
+        }
+        by_label
+            .into_iter()
+            .filter_map(|(label, path)| Some((label, path?)))
+            .collect()
     }
 
     /// Every action node's path, by steno node id.
@@ -204,10 +225,16 @@ fn read_node(index: usize, node: &serde_json::Value) -> DagNode {
             .get("action_name")
             .and_then(serde_json::Value::as_str)
             .map(str::to_owned);
+        let label = action
+            .get("label")
+            .and_then(serde_json::Value::as_str)
+            .filter(|label| *label != path)
+            .map(str::to_owned);
         return DagNode {
             kind,
             path,
             action_name,
+            label,
         };
     }
     let named = body
@@ -227,6 +254,7 @@ fn read_node(index: usize, node: &serde_json::Value) -> DagNode {
         kind,
         path,
         action_name: None,
+        label: None,
     }
 }
 

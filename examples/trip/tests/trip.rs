@@ -3,10 +3,11 @@
 
 use diesel::sql_types::{Nullable, Text};
 use diesel_async::RunQueryDsl;
-use ratchet_engine::{Engine, EngineBuilder, EngineConfig};
+use ratchet_engine::{Engine, EngineBuilder, EngineConfig, FaultEffect, FaultPoint, SagaOutcome};
 use ratchet_test_utils::testing::fresh_database;
 use ratchet_trip_example::{TripOutcome, ratchet_trip, steno_trip};
 use std::sync::Arc;
+use std::time::Duration;
 use uuid::Uuid;
 
 fn params_steno() -> steno_trip::TripParams {
@@ -161,4 +162,79 @@ struct Stuck {
     saga_state: String,
     #[diesel(sql_type = Nullable<Text>)]
     stuck_node: Option<String>,
+}
+
+/// The executor crashes (its sessions ended from the server side, its tasks parked) at a fault point of one
+/// plain action: before its body, after it (its effect done, not recorded), or after its undo's body (the
+/// saga unwinding from an error injected at the last node). An engine under the same executor id recovers
+/// the saga, and it comes to rest as steno's uncrashed run does, with the same outcome, output and events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_at_each_plain_action_recovers_to_stenos_outcome() {
+    let db = fresh_database(&[]).await.expect("test database");
+    let cells = ["payment", "hotel", "flight", "car", "output"]
+        .into_iter()
+        .flat_map(|node| {
+            [FaultPoint::BeforeCommit, FaultPoint::AfterCommit]
+                .into_iter()
+                .map(move |point| (node, point))
+        })
+        .chain(
+            ["payment", "hotel", "flight", "car"]
+                .into_iter()
+                .map(|node| (node, FaultPoint::InCompensation)),
+        );
+    for (node, point) in cells {
+        let unwinds = point == FaultPoint::InCompensation;
+        let inject = unwinds.then_some("output");
+        let sec_id = Uuid::new_v4();
+        let first = trip_engine(&db.url, sec_id).await;
+        let dag = ratchet_trip::make_trip_dag(params_ratchet());
+        let saga = first
+            .create_from_dag::<ratchet_trip::Trip>(
+                Arc::clone(&dag),
+                ratchet_engine::TypedNodes::new(),
+                None,
+            )
+            .await
+            .expect("created");
+        if let Some(last) = inject {
+            saga.inject_error(last).await.expect("injected");
+        }
+        first
+            .failpoints()
+            .arm(saga.id, node, point, FaultEffect::Crash, 1);
+        let id = saga.id;
+        let run = tokio::spawn(saga.run());
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while !first.is_crashed() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no crash at {node} {point:?}"));
+        run.abort();
+        assert!(first.failpoints().has_fired(id, node, point));
+
+        let second = trip_engine(&db.url, sec_id).await;
+        let outcome = second.wait(id).await.expect("the saga was resumed");
+        let result = match outcome {
+            SagaOutcome::Succeeded { output } => Ok(output),
+            SagaOutcome::Unwound { node, .. } => Err((node, None)),
+            other => panic!("{node} {point:?}: {other:?}"),
+        };
+        let events = ratchet_trip_example::logged_events(&second, id).await;
+        let ratchet = TripOutcome::new(&dag, result, events);
+        let steno = on_steno(inject, None).await;
+        assert_eq!(ratchet, steno, "crash at {node} {point:?}");
+        second.shutdown().await;
+    }
+}
+
+async fn trip_engine(url: &str, sec_id: Uuid) -> Engine {
+    EngineBuilder::new(EngineConfig::new(url, sec_id))
+        .register::<ratchet_trip::Trip>(Arc::new(ratchet_trip::TripContext))
+        .start()
+        .await
+        .expect("engine")
+        .0
 }

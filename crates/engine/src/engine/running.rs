@@ -470,6 +470,7 @@ impl Engine {
             app: context.unwrap_or_else(|| Arc::clone(&registered.app)),
             node_ids: nodes.action_ids_by_path(),
             inputs,
+            paths_by_label: nodes.paths_by_label(),
             started_in_log: resumed_from
                 .into_iter()
                 .flatten()

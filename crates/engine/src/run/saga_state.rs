@@ -38,6 +38,9 @@ pub struct SagaCx<S: SagaDef> {
     pub(crate) node_ids: BTreeMap<String, u32>,
     /// Where the typed nodes' arguments are, and the shape of steno's parameters.
     pub(crate) inputs: NodeInputs,
+    /// The path of every plain action node labelled otherwise (labels one node has), by label: a plain
+    /// action knows itself only by its label.
+    pub(crate) paths_by_label: BTreeMap<String, String>,
     /// For a saga this engine took over from a log (recovery, adoption, retry-unwind): the nodes that log
     /// shows `started`. Empty for a saga created here.
     pub(crate) started_in_log: HashSet<u32>,
@@ -120,6 +123,14 @@ impl<S: SagaDef> SagaCx<S> {
                 Ok((envelope.params, args))
             }
         }
+    }
+
+    /// The path of the action node labelled `label` (its label, when no other path is known).
+    pub(crate) fn plain_path(&self, label: &str) -> String {
+        self.paths_by_label
+            .get(label)
+            .cloned()
+            .unwrap_or_else(|| label.to_owned())
     }
 
     /// Whether a commit (or compensation) record of `node_id` may already exist, so that a forward attempt
