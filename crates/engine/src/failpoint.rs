@@ -8,6 +8,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use uuid::Uuid;
 
 /// Where in a node a fault fires.
+///
+/// In a plain steno action (`NodeRegistry::unchecked_steno_action`), which has no phases, four of them fire
+/// (`run/unchecked.rs`): `BeforePrepare` and `BeforeCommit` before its body, `AfterCommit` after it (before
+/// steno records its output), `InCompensation` after its undo's body (before steno records the undo).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FaultPoint {

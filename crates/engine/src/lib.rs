@@ -305,7 +305,9 @@ pub use error::{EngineError, NodeError, NodeFailure};
 pub use failpoint::{Failpoints, FaultEffect, FaultPoint};
 pub use observe::{CounterValues, Counters, RECENT_OUTCOMES, RecentOutcome, WaitingNode};
 pub use run::saga_state::{SagaCx, steno_action_params};
-pub use saga::builder::{JOIN_NODE, PATH_SEPARATOR, SUBSAGA_PARAMS_SUFFIX, SagaBuilder, Stage};
+pub use saga::builder::{
+    JOIN_NODE, PATH_SEPARATOR, SUBSAGA_PARAMS_SUFFIX, SagaBuilder, Stage, TypedNodes,
+};
 pub use saga::definition::{NodeKind, SagaDef, StenoSaga};
 pub use saga::node::{CallError, CallOnlyExternalNode, CommitOnlyDbNode, DbNode, ExternalNode};
 pub use saga::output::{NodeOutput, NodeReceipt};

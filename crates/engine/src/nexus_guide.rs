@@ -55,16 +55,45 @@
 //!
 //! A saga not yet ported registers its existing steno actions as
 //! [`unchecked_steno_action`](crate::NodeRegistry::unchecked_steno_action)s under a [`SagaDef`](crate::SagaDef)
-//! whose `NAME` is the saga's name in the log. Its actions run as plain steno actions: **nothing makes them
-//! exactly-once, and a fallible step after their commit leaks exactly as it does today**; the path exists only
-//! so that the saga's in-flight and future instances keep running while it is ported. The actions' context
-//! type changes: they run under ratchet's [`StenoSaga<S>`](crate::StenoSaga) saga type, whose context is
-//! [`SagaCx<S>`](crate::SagaCx) (your context is [`SagaCx::context`](crate::SagaCx::context); the pool, for
-//! such actions only, [`SagaCx::unchecked_pool`](crate::SagaCx::unchecked_pool)). Writing the actions generic
-//! over a small trait both contexts implement lets one body serve both executors during the move. Read the
-//! saga's parameters with [`steno_action_params`](crate::steno_action_params): it reads them bare (a saga plain
-//! steno created) or from ratchet's envelope (a saga ratchet created, whose steno parameters also carry its
-//! nodes' arguments); steno's own `saga_params` reads only the first.
+//! whose `NAME` is the saga's name in the log (`unchecked NAME => action` in its
+//! [`declare_saga_nodes!`](crate::declare_saga_nodes) list). Its actions run as plain steno actions: **nothing
+//! makes them exactly-once, and a fallible step after their commit leaks exactly as it does today**; the path
+//! exists only so that the saga's in-flight and future instances keep running while it is ported.
+//!
+//! The actions themselves do not change; only the saga type their context names does. They run under
+//! ratchet's [`StenoSaga<S>`](crate::StenoSaga) saga type, whose context is [`SagaCx<S>`](crate::SagaCx),
+//! which derefs to your context (`S::Context`): `sagactx.user_data().datastore()` reads as it did. steno's
+//! parameters are the saga's own, so `sagactx.saga_params::<Params>()` reads them as it did, for sagas
+//! ratchet creates and for those plain steno created before the upgrade (ratchet keeps its typed nodes'
+//! arguments beside the DAG, where no plain action looks). Only sagas an earlier release of ratchet created
+//! hold their parameters in an envelope; [`steno_action_params`](crate::steno_action_params) reads those too.
+//! The pool, for such actions only, is [`SagaCx::unchecked_pool`](crate::SagaCx::unchecked_pool).
+//!
+//! Project-create's first action, in Nexus's shape, before and after (sketched; the body is unchanged):
+//!
+//! ```text
+//! // before: one context type for every Nexus saga
+//! type NexusActionContext = steno::ActionContext<NexusSagaType>; // ExecContextType = Arc<SagaContext>
+//!
+//! // after: the alias, in the saga's own module, names that saga's ratchet saga type
+//! type NexusActionContext = steno::ActionContext<ratchet_engine::StenoSaga<SagaProjectCreate>>;
+//! // (SagaProjectCreate: SagaDef { NAME = "project-create", Params = Params, Context = SagaContext })
+//!
+//! async fn spc_create_record(sagactx: NexusActionContext) -> Result<Project, ActionError> {
+//!     let osagactx = sagactx.user_data();                  // derefs to SagaContext
+//!     let params = sagactx.saga_params::<Params>()?;       // the saga's own parameters
+//!     let opctx = op_context_for_saga_action(&sagactx, &params.serialized_authn);
+//!     osagactx.datastore().project_create(&opctx, /* … */).await.map_err(ActionError::action_failed)
+//! }
+//! ```
+//!
+//! Nexus's `make_saga_dag` keeps building its DAG with steno's `DagBuilder`: hand the `SagaDag` to
+//! [`Engine::create_from_dag`](crate::Engine::create_from_dag), which creates it as it is (names, labels,
+//! steno subsagas), with a context of the saga's own if the caller has one
+//! ([`Engine::create_with_context`](crate::Engine::create_with_context) for a DAG ratchet lays out). A typed
+//! node can join such a DAG before the whole saga is ported: [`TypedNodes`](crate::TypedNodes) makes its
+//! steno node and keeps its arguments. `examples/trip` runs steno's own trip example this way, unchanged but
+//! for the saga type, beside steno's in-memory executor, with the same results.
 //!
 //! The test `omicron_upgrade.rs` of this crate does all of this: Omicron's tables, two plain steno sagas
 //! written by a store that writes rows as `CockroachDbSecStore` does and left in flight (one running, one
@@ -130,9 +159,11 @@
 //!   `stuck` sagas too; omdb's listing fails on them. Teach Omicron's enum (and omdb) `stuck` before ratchet
 //!   runs a saga that could end there.
 //! - omdb and ratchet's logs: Omicron's conversion of a `saga_node_event` row refuses every `undo_failed` row
-//!   (it parses none), and ratchet writes them with the error as data; omdb also shows a ratchet saga's
-//!   parameters inside ratchet's envelope (`{"params": …, "nodes": …}`). `ratchet_store::saga_history`
-//!   and [`ratchet_store::stuck_diagnosis`] read both.
+//!   (it parses none), and ratchet writes them with the error as data. A saga's DAG (`saga_dag`) holds, beside
+//!   steno's fields, ratchet's typed nodes' arguments under `ratchet_node_args`, which decoding it as a steno
+//!   `SagaDag` ignores; its parameters are the saga's own (only sagas an earlier ratchet release created show
+//!   them inside an envelope, `{"params": …, "nodes": …}`). `ratchet_store::saga_history` and
+//!   [`ratchet_store::stuck_diagnosis`] read both.
 //! - Schema versions: Nexus applies its schema as numbered versions (`schema/crdb/<N>/up*.sql`, one schema
 //!   change per file, and `dbinit.sql`), in CockroachDB's dialect, never through diesel's harness (whose
 //!   migration lock is a PostgreSQL advisory lock). ratchet ships its additions in that shape,
@@ -143,7 +174,8 @@
 //!   `dbinit.sql`). A PostgreSQL-side test checks they build what the PostgreSQL migrations build; they have
 //!   not been run on a CockroachDB (the directory's README lists what to check).
 //! - Action contexts: a plain steno action of Nexus takes `ActionContext<NexusSagaType>`; under ratchet it
-//!   takes `ActionContext<StenoSaga<S>>` (step 4).
+//!   takes `ActionContext<StenoSaga<S>>`, one saga type per saga definition (step 4): the alias moves from
+//!   Nexus's shared module to each saga's.
 //! - Database: ratchet is tested on PostgreSQL; `docs/COCKROACHDB.md` lists every construct whose behaviour
 //!   differs on CockroachDB and what ratchet would do there.
 //! - Schema names: Nexus qualifies its tables as `omicron.public.saga`; ratchet's SQL names them unqualified,

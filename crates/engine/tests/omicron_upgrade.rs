@@ -328,6 +328,43 @@ async fn omicron_tables_with_sagas_in_flight_are_upgraded_and_their_sagas_finish
         .unwrap();
     assert!(matches!(typed, SagaOutcome::Succeeded { .. }), "{typed:?}");
 
+    // After the upgrade, Nexus creates the legacy saga on ratchet from the DAG it builds with steno's own
+    // `DagBuilder`, labels and all (its plain nodes are known by their names); its actions, unchanged, read
+    // their parameters with `saga_params`.
+    let c = Uuid::new_v4();
+    let created = engine
+        .create_from_dag::<LegacyProvision>(
+            legacy_dag(&LegacyParams {
+                saga_id: c,
+                fail: false,
+            }),
+            ratchet_engine::TypedNodes::new(),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        created.nodes(),
+        [
+            ("reserve".to_owned(), ratchet_engine::NodeKind::Steno),
+            ("wait".to_owned(), ratchet_engine::NodeKind::Steno),
+            ("finish".to_owned(), ratchet_engine::NodeKind::Steno),
+        ]
+    );
+    let outcome_c = created.run().await.unwrap();
+    assert!(
+        matches!(outcome_c, SagaOutcome::Succeeded { .. }),
+        "{outcome_c:?}"
+    );
+    assert_eq!(
+        count(
+            engine.pool(),
+            &format!("SELECT count(*) AS count FROM legacy_effect WHERE saga_id = '{c}'")
+        )
+        .await,
+        3
+    );
+
     let outcome_a = engine.wait(a).await.expect("a is tracked");
     let outcome_b = engine.wait(b).await.expect("b is tracked");
     assert!(

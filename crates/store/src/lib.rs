@@ -49,7 +49,10 @@ mod schema_check;
 mod transaction;
 
 pub use cockroachdb::COCKROACHDB_SCHEMA_SQL;
-pub use dag::{DagNode, DagNodeKind, PATH_SEPARATOR, PersistedDag, action_names, node_paths};
+pub use dag::{
+    DagNode, DagNodeKind, NODE_ARGS_KEY, PATH_SEPARATOR, PersistedDag, action_names, node_args,
+    node_paths, saga_params,
+};
 pub use error::{DbError, is_transient_diesel, message_is_transient};
 pub use event::{EventRow, undo_error_message, uuid_of};
 pub use fence::{Fence, Liveness};

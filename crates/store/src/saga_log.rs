@@ -90,6 +90,10 @@ pub struct SagaRegistration {
     /// Whether the log the saga was resumed from (recovery, adoption, retry-unwind) holds an `undo_failed`
     /// event: written before this store saw the saga, it decides whether `done` is recorded `stuck`.
     pub undo_failed_logged: bool,
+    /// The typed nodes' arguments, by path, for a saga being created: `saga_create` writes them into the
+    /// persisted DAG, under [`NODE_ARGS_KEY`](crate::NODE_ARGS_KEY), in the saga's own `INSERT`. `None` for a
+    /// resumed saga (its row holds them already) and for a saga without typed nodes.
+    pub node_args: Option<serde_json::Value>,
 }
 
 /// The engine's handle on one registered saga's log.
@@ -519,12 +523,18 @@ impl steno::SecStore for PgSecStore {
         })?;
         let now = Utc::now();
         let owner = handle.owner();
+        let mut saga_dag = params.dag;
+        if let (Some(node_args), serde_json::Value::Object(dag)) =
+            (&handle.0.registration.node_args, &mut saga_dag)
+        {
+            dag.insert(crate::NODE_ARGS_KEY.to_owned(), node_args.clone());
+        }
         let row = SagaRow {
             id: uuid_of(params.id),
             creator: self.sec_id,
             time_created: now,
             name: params.name.to_string(),
-            saga_dag: params.dag,
+            saga_dag,
             saga_state: state_of(params.state),
             current_sec: Some(owner.sec_id),
             adopt_generation: owner.generation,

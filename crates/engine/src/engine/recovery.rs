@@ -366,7 +366,19 @@ impl Engine {
             .map_err(|e| EngineError::Steno(format!("the saga's DAG does not decode: {e}")))?;
         let sec = self.sec_for_resume(id).await?;
         let nodes = super::running::read_dag(&dag);
-        let (cx, log) = self.saga_cx::<S>(registered, &sec, id, owner, &nodes, Some(&events));
+        let inputs = crate::run::saga_state::NodeInputs::of_persisted(&row.saga_dag);
+        let (cx, log) = self.saga_cx::<S>(
+            registered,
+            &sec,
+            id,
+            owner,
+            &nodes,
+            super::running::SagaOrigin {
+                resumed_from: Some(&events),
+                inputs,
+                context: None,
+            },
+        );
         let registry = Arc::clone(&registered.registry);
         let resumed = sec
             .call("saga_resume", |client| async move {

@@ -23,9 +23,9 @@ use crate::engine::sec::{Sec, lock};
 use crate::engine::{Engine, Registered};
 use crate::error::EngineError;
 use crate::observe::RecentOutcome;
-use crate::run::saga_state::SagaCx;
+use crate::run::saga_state::{NodeInputs, SagaCx};
 use crate::saga::builder::SagaBuilder;
-use crate::saga::definition::{NodeKind, SagaDef, StenoParams};
+use crate::saga::definition::{NodeKind, SagaDef};
 use crate::shutdown::panic_message;
 use futures::FutureExt;
 use ratchet_store::{DagNodeKind, PersistedDag, SagaLogHandle, SagaOwner, SagaRegistration};
@@ -67,6 +67,16 @@ impl StartedSaga {
             paths,
         }
     }
+}
+
+/// Where a saga the engine is about to drive comes from (for [`Engine::saga_cx`]).
+pub(super) struct SagaOrigin<'a, S: SagaDef> {
+    /// The log a resumed saga was loaded from; `None` for a saga created here.
+    pub(super) resumed_from: Option<&'a [steno::SagaNodeEvent]>,
+    /// Where its typed nodes' arguments are (for a saga created here, the store writes them with its row).
+    pub(super) inputs: NodeInputs,
+    /// The saga's own host context; `None` for the engine's.
+    pub(super) context: Option<Arc<S::Context>>,
 }
 
 /// A saga created (durably) but not yet started: arm failpoints or steno injections, then run it.
@@ -134,6 +144,20 @@ impl PreparedSaga {
             .await
     }
 
+    /// Replaces the undo of the node at `path` with an error (steno's own injection: the undo body never
+    /// runs), for a plain steno action as for a typed node: should the saga unwind past the node, it ends
+    /// stuck, its diagnosis naming the node.
+    pub async fn inject_error_undo(&self, path: &str) -> Result<(), EngineError> {
+        let index = self.petgraph_index(path)?;
+        let id = steno_id(self.id);
+        self.tracked
+            .sec
+            .call("saga_inject_error_undo", |sec| async move {
+                sec.saga_inject_error_undo(id, index).await
+            })
+            .await
+    }
+
     /// Runs the action of the node at `path` `action` times and its undo `undo` times (steno's repeat
     /// injection).
     pub async fn inject_repeat(
@@ -176,10 +200,29 @@ pub(crate) fn steno_id(id: Uuid) -> SagaId {
 
 impl Engine {
     /// Creates saga `S` with `params`: builds its DAG and records it durably. Nothing runs until
-    /// [`PreparedSaga::run`]. Refused once the engine is shutting down.
+    /// [`PreparedSaga::run`]. Refused once the engine is shutting down. Its actions see the engine's context
+    /// for `S` (the one [`EngineBuilder::register`](crate::EngineBuilder::register) was given).
     pub async fn create<S: SagaDef>(&self, params: S::Params) -> Result<PreparedSaga, EngineError> {
+        self.create_built::<S>(params, None).await
+    }
+
+    /// [`Engine::create`], with a context of this saga's own for its actions (steno's `saga_create` takes
+    /// one per saga; trip booking makes one per trip). The context lives in memory only: a saga recovered
+    /// after a restart (or adopted, or re-driven) sees the engine's context for `S`.
+    pub async fn create_with_context<S: SagaDef>(
+        &self,
+        params: S::Params,
+        context: Arc<S::Context>,
+    ) -> Result<PreparedSaga, EngineError> {
+        self.create_built::<S>(params, Some(context)).await
+    }
+
+    async fn create_built<S: SagaDef>(
+        &self,
+        params: S::Params,
+        context: Option<Arc<S::Context>>,
+    ) -> Result<PreparedSaga, EngineError> {
         self.refuse_if_shutting_down()?;
-        let registered = self.registered::<S>()?;
         let mut builder = SagaBuilder::<S>::new();
         S::build(&params, &mut builder).map_err(|message| EngineError::BadParams {
             saga: S::NAME.to_owned(),
@@ -189,23 +232,116 @@ impl Engine {
             saga: S::NAME.to_owned(),
             message,
         })?;
-        let steno_params = serde_json::to_value(StenoParams {
-            params,
-            nodes: built.node_args,
-        })
-        .map_err(|e| EngineError::BadParams {
+        // steno's parameters are the saga's own: a plain action reads them with `saga_params`. The typed
+        // nodes' arguments go beside them (see `NodeInputs`).
+        let steno_params = serde_json::to_value(&params).map_err(|e| EngineError::BadParams {
             saga: S::NAME.to_owned(),
             message: e.to_string(),
         })?;
         let dag = Arc::new(SagaDag::new(built.dag, steno_params));
+        self.create_dag_inner::<S>(dag, built.node_args, Some(built.nodes), context)
+            .await
+    }
+
+    /// Creates saga `S` from a DAG the caller built with steno's own `DagBuilder` (as Nexus's
+    /// `make_saga_dag` does), as it is: its nodes, names and labels are kept. Its actions must be the ones
+    /// `S` registers (its [`declare_saga_nodes!`](crate::declare_saga_nodes) list), the DAG must carry `S`'s
+    /// name, and its parameters must decode as `S::Params`; otherwise nothing is written. Its plain steno
+    /// actions run on the unchecked path, as under steno, and read their parameters with `saga_params`; its
+    /// typed nodes (laid out with `typed`, [`TypedNodes`](crate::TypedNodes); `TypedNodes::new()` when it
+    /// has none) have every guarantee they have in a DAG [`SagaBuilder`] lays out. `context` is the saga's
+    /// own (see [`Engine::create_with_context`]), or the engine's for `S` when `None`.
+    ///
+    /// A plain action node is known by its name (its label, for people, is kept in the DAG): the store's
+    /// DAG reader ([`PersistedDag`]) gives an action node its label as its path only when the label is a
+    /// path ratchet gave it.
+    pub async fn create_from_dag<S: SagaDef>(
+        &self,
+        dag: Arc<SagaDag>,
+        typed: crate::TypedNodes<S>,
+        context: Option<Arc<S::Context>>,
+    ) -> Result<PreparedSaga, EngineError> {
+        self.refuse_if_shutting_down()?;
+        if dag.saga_name().to_string() != S::NAME {
+            return Err(EngineError::BadDag {
+                saga: S::NAME.to_owned(),
+                message: format!(
+                    "the DAG is saga {:?}'s (recovery finds a saga's definition by that name)",
+                    dag.saga_name().to_string()
+                ),
+            });
+        }
+        let serialized = serde_json::to_value(dag.as_ref()).map_err(|e| EngineError::BadDag {
+            saga: S::NAME.to_owned(),
+            message: format!("the DAG does not serialize: {e}"),
+        })?;
+        let params = ratchet_store::saga_params(&serialized)
+            .cloned()
+            .unwrap_or_default();
+        serde_json::from_value::<S::Params>(params).map_err(|e| EngineError::BadParams {
+            saga: S::NAME.to_owned(),
+            message: format!("the DAG's parameters do not decode: {e}"),
+        })?;
+        let args = typed.into_args();
+        let persisted = PersistedDag::read(&serialized);
+        for path in args.keys() {
+            let holding = persisted
+                .action_nodes()
+                .filter(|(_, other, _)| other == path)
+                .count();
+            if holding != 1 {
+                return Err(EngineError::BadDag {
+                    saga: S::NAME.to_owned(),
+                    message: format!(
+                        "typed node {path:?}'s path is that of {holding} action nodes of the DAG: \
+                         exactly one (its own) may have it"
+                    ),
+                });
+            }
+        }
+        self.create_dag_inner::<S>(dag, args, None, context).await
+    }
+
+    /// Registers and records a saga whose DAG is built. `nodes`: every node by path and kind, as the builder
+    /// laid them out; `None` for a DAG built elsewhere (they are then read from the DAG).
+    async fn create_dag_inner<S: SagaDef>(
+        &self,
+        dag: Arc<SagaDag>,
+        node_args: BTreeMap<String, serde_json::Value>,
+        listed: Option<Vec<(String, NodeKind)>>,
+        context: Option<Arc<S::Context>>,
+    ) -> Result<PreparedSaga, EngineError> {
+        let registered = self.registered::<S>()?;
         let nodes = read_dag(&dag);
+        if let Some((_, path, action)) = nodes
+            .action_nodes()
+            .find(|(_, _, action)| !registered.actions.contains(action))
+        {
+            return Err(EngineError::UnknownAction {
+                saga: S::NAME.to_owned(),
+                node: path.to_owned(),
+                action: action.to_owned(),
+            });
+        }
+        let listed = listed.unwrap_or_else(|| kinds_of(&nodes, &registered.db_actions));
         let id = Uuid::new_v4();
         let owner = SagaOwner {
             sec_id: self.sec_id,
             generation: 1,
         };
         let sec = Arc::clone(&self.sec);
-        let (cx, log) = self.saga_cx::<S>(&registered, &sec, id, owner, &nodes, None);
+        let (cx, log) = self.saga_cx::<S>(
+            &registered,
+            &sec,
+            id,
+            owner,
+            &nodes,
+            SagaOrigin {
+                resumed_from: None,
+                inputs: NodeInputs::Beside(node_args),
+                context,
+            },
+        );
         let dag_for_steno = Arc::clone(&dag);
         // Live before its row exists, and no claim of this engine runs until the row is there: a recovery
         // never claims (and so fences) it.
@@ -241,7 +377,7 @@ impl Engine {
             future: Mutex::new(future),
             tracked: StartedSaga::new(id, S::NAME, sec, log, nodes.action_paths()),
             dag,
-            nodes: built.nodes,
+            nodes: listed,
             node_ids: nodes.action_ids_by_path(),
         })
     }
@@ -268,8 +404,7 @@ impl Engine {
     }
 
     /// The per-saga context and its registration with `sec`'s store. `nodes`: the saga's DAG as the store
-    /// reads it ([`read_dag`]). `resumed_from`: the log a resumed saga was loaded from (`None` for a saga
-    /// created here).
+    /// reads it ([`read_dag`]). `origin`: where the saga comes from ([`SagaOrigin`]).
     ///
     /// Nodes are known by their paths (an action node's steno label, see [`SagaBuilder::subsaga`]), not by
     /// steno's names, which repeat across the instances of one subsaga; a node is a database node (its
@@ -282,8 +417,13 @@ impl Engine {
         id: Uuid,
         owner: SagaOwner,
         nodes: &PersistedDag,
-        resumed_from: Option<&[steno::SagaNodeEvent]>,
+        origin: SagaOrigin<'_, S>,
     ) -> (SagaCx<S>, SagaLogHandle) {
+        let SagaOrigin {
+            resumed_from,
+            inputs,
+            context,
+        } = origin;
         let db_nodes = nodes
             .action_nodes()
             .filter(|(_, _, action_name)| registered.db_actions.contains(action_name))
@@ -313,14 +453,24 @@ impl Engine {
                         .iter()
                         .any(|e| matches!(e.event_type, steno::SagaNodeEventType::UndoFailed(_)))
                 }),
+                node_args: match &inputs {
+                    NodeInputs::Beside(args) if resumed_from.is_none() && !args.is_empty() => {
+                        Some(serde_json::Value::Object(
+                            args.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                        ))
+                    }
+                    _ => None,
+                },
             },
         );
         let cx = SagaCx {
             saga_id: id,
             shared: Arc::clone(&self.shared),
             log: log.clone(),
-            app: Arc::clone(&registered.app),
+            app: context.unwrap_or_else(|| Arc::clone(&registered.app)),
             node_ids: nodes.action_ids_by_path(),
+            inputs,
+            paths_by_label: nodes.paths_by_label(),
             started_in_log: resumed_from
                 .into_iter()
                 .flatten()
@@ -462,6 +612,29 @@ pub(crate) fn read_dag(dag: &SagaDag) -> PersistedDag {
     serde_json::to_value(dag)
         .map(|serialized| PersistedDag::read(&serialized))
         .unwrap_or_default()
+}
+
+/// Every node of a DAG built elsewhere (not by [`SagaBuilder`]) by path and kind, in steno's node order, as
+/// [`PreparedSaga::nodes`] lists them: an action is a database node when its action is registered as one,
+/// else a plain steno action; a subsaga is listed by its end node; the start and end nodes and subsaga
+/// starts are left out.
+fn kinds_of(nodes: &PersistedDag, db_actions: &HashSet<&'static str>) -> Vec<(String, NodeKind)> {
+    nodes
+        .nodes()
+        .filter_map(|(_, node)| {
+            let kind = match node.kind {
+                DagNodeKind::Action => match node.action_name.as_deref() {
+                    Some(action) if db_actions.contains(action) => NodeKind::Db,
+                    Some(crate::saga::builder::JOIN_ACTION) => NodeKind::Join,
+                    _ => NodeKind::Steno,
+                },
+                DagNodeKind::Constant => NodeKind::Constant,
+                DagNodeKind::SubsagaEnd => NodeKind::Subsaga,
+                _ => return None,
+            };
+            Some((node.path.clone(), kind))
+        })
+        .collect()
 }
 
 /// The path of the node steno names `name` whose log shows an event `of_kind`: steno's names repeat across

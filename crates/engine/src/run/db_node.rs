@@ -12,7 +12,7 @@ use crate::run::node_run::{
     NodeRun, Stop, catch_phase, decode, encode, finish_guarded, foreign_transaction, pass_on,
     unless_foreign, with_retries,
 };
-use crate::saga::builder::{SagaBuilder, Stage};
+use crate::saga::builder::{SagaBuilder, Stage, TypedNodes};
 use crate::saga::definition::{NodeKind, SagaDef, StenoSaga};
 use crate::saga::node::DbNode;
 use crate::saga::phase::{CommitTx, PrepareCx};
@@ -94,6 +94,21 @@ impl<S: SagaDef> Stage<'_, S> {
         let action = DbAction::<S, S, N>::new();
         let node = self.builder.planned::<N, _>(name, &node, &action);
         self.push(name, NodeKind::Db, node)
+    }
+}
+
+impl<S: SagaDef> TypedNodes<S> {
+    /// Database node `name` for a DAG built with steno's `DagBuilder`: the steno node to append (labelled
+    /// `name`), or why it cannot be one (a name holding `/`, arguments that do not encode, a type missing
+    /// from the saga's node list).
+    pub fn db<N: DbNode<S>>(
+        &mut self,
+        name: &str,
+        node: N,
+    ) -> Result<steno::Node, crate::EngineError> {
+        let action = DbAction::<S, S, N>::new();
+        let planned = self.builder.planned::<N, _>(name, &node, &action);
+        self.node(planned)
     }
 }
 

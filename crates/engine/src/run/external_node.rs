@@ -96,6 +96,19 @@ impl<S: SagaDef> Stage<'_, S> {
     }
 }
 
+impl<S: SagaDef> crate::saga::builder::TypedNodes<S> {
+    /// External node `name` for a DAG built with steno's `DagBuilder` (see [`TypedNodes::db`](crate::TypedNodes::db)).
+    pub fn external<N: ExternalNode<S>>(
+        &mut self,
+        name: &str,
+        node: N,
+    ) -> Result<steno::Node, crate::EngineError> {
+        let action = ExternalAction::<S, S, N>::new();
+        let planned = self.builder.planned::<N, _>(name, &node, &action);
+        self.node(planned)
+    }
+}
+
 impl<S: SagaDef> SagaBuilder<S> {
     /// Appends an external node as a stage of its own.
     pub fn external<N: ExternalNode<S>>(&mut self, name: &str, node: N) -> &mut Self {

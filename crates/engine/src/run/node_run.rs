@@ -4,13 +4,38 @@
 use crate::error::{NodeError, NodeFailure};
 use crate::failpoint::{FaultEffect, FaultPoint};
 use crate::run::saga_state::SagaCx;
-use crate::saga::definition::{SagaDef, StenoParams, StenoSaga};
+use crate::saga::definition::{SagaDef, StenoSaga};
 use crate::shutdown::{ActiveNode, panic_message};
 use ratchet_store::RetryPolicy;
 use serde::de::DeserializeOwned;
 use std::panic::AssertUnwindSafe;
 use steno::{ActionContext, ActionError};
 use uuid::Uuid;
+
+/// An injected crash of the executor (see [`NodeRun::fault`]'s `Crash`): every writer of this engine waits
+/// forever from now on, and every session of this engine incarnation is ended from the server side.
+pub(crate) async fn crash_executor(
+    shared: &crate::engine::shared::EngineShared,
+    saga_id: Uuid,
+    node: &str,
+    point: FaultPoint,
+) {
+    tracing::warn!(%saga_id, node, ?point,
+        "executor crashed (injected): its sessions end without a word");
+    shared.liveness.kill();
+    let Some(application_name) = &shared.application_name else {
+        tracing::info!(
+            "the crashed executor runs on the embedder's pool: its sessions are left alone"
+        );
+        return;
+    };
+    match ratchet_store::terminate_sessions(&shared.database_url, application_name).await {
+        Ok(ended) => tracing::info!(ended, "the crashed executor's sessions were ended"),
+        Err(error) => {
+            tracing::warn!(%error, "could not end the crashed executor's sessions")
+        }
+    }
+}
 
 /// Why an attempt at a phase stopped.
 #[derive(Debug)]
@@ -68,17 +93,12 @@ impl<'a, S: SagaDef> NodeRun<'a, S> {
         let node_id = *cx.node_ids.get(&name).ok_or_else(|| {
             NodeError::permanent(format!("node {name:?} is not in the saga's DAG"))
         })?;
-        let steno_params: StenoParams<serde_json::Value> = ctx
-            .saga_params()
-            .map_err(|e| NodeError::permanent(format!("saga parameters do not decode: {e}")))?;
-        let args = steno_params.nodes.get(&name).cloned().ok_or_else(|| {
-            NodeError::permanent(format!("no arguments recorded for node {name:?}"))
-        })?;
+        let (params, args) = cx.node_input(ctx, &name).map_err(NodeError::permanent)?;
         Ok(NodeRun {
             cx,
             name,
             node_id,
-            params: steno_params.params,
+            params,
             args,
             active: ActiveNode::enter(&cx.shared.shutdown),
             began: chrono::Utc::now(),
@@ -188,22 +208,7 @@ impl<'a, S: SagaDef> NodeRun<'a, S> {
     /// memory, parked at their next phase boundary; the engine that recovers the saga claims it under a new
     /// epoch, so any of them that wakes is fenced.
     async fn crash(&self, point: FaultPoint) {
-        tracing::warn!(saga_id = %self.saga_id(), node = %self.name, ?point,
-            "executor crashed (injected): its sessions end without a word");
-        self.cx.shared.liveness.kill();
-        let shared = &self.cx.shared;
-        let Some(application_name) = &shared.application_name else {
-            tracing::info!(
-                "the crashed executor runs on the embedder's pool: its sessions are left alone"
-            );
-            return;
-        };
-        match ratchet_store::terminate_sessions(&shared.database_url, application_name).await {
-            Ok(ended) => tracing::info!(ended, "the crashed executor's sessions were ended"),
-            Err(error) => {
-                tracing::warn!(%error, "could not end the crashed executor's sessions")
-            }
-        }
+        crash_executor(&self.cx.shared, self.saga_id(), &self.name, point).await;
     }
 
     /// [`NodeRun::fault`] for the synchronous post-commit phase, where a delay has no meaning (it is ignored).

@@ -4,8 +4,8 @@
 //! [`declare_saga_nodes!`](crate::declare_saga_nodes)) fills one. Each action name belongs to one node type
 //! (of the saga itself, or of a saga it nests): a second type under one name is a duplicate, and the
 //! registration fails. The typed node kinds register through methods their runners define (`db` and
-//! `nested_db` in `run/db_node.rs`, `external` and `nested_external` in `run/external_node.rs`); plain steno
-//! actions and nested sagas register here.
+//! `nested_db` in `run/db_node.rs`, `external` and `nested_external` in `run/external_node.rs`, plain steno
+//! actions' `unchecked_steno_action` in `run/unchecked.rs`); nested sagas register here.
 
 use crate::saga::builder::{JOIN_ACTION, JoinAction};
 use crate::saga::definition::{SagaDef, StenoSaga};
@@ -74,23 +74,6 @@ impl<S: SagaDef> NodeRegistry<S> {
     pub fn refuse_nested(&mut self, saga: &str, why: &str) -> &mut Self {
         self.refused
             .get_or_insert_with(|| format!("saga {saga:?} cannot be nested as a subsaga: {why}"));
-        self
-    }
-
-    /// **Unchecked**: a plain steno action, registered as is. It gets none of ratchet's guarantees: no commit
-    /// record, no exactly-once replay, no compensation after a failure, no read-only prepare, no panic guard,
-    /// no fencing of its own writes (only of steno's log events). Its commit point is wherever its code puts
-    /// it, and a fallible step after it leaks exactly as in plain steno (Omicron issue 10695). It exists for
-    /// incremental adoption (a saga ported node by node, a plain steno saga recovered beside typed ones) and
-    /// for the pre-fix comparison fixtures. `name` must be the action's own name (what it was made with).
-    pub fn unchecked_steno_action(
-        &mut self,
-        name: &'static str,
-        action: Arc<dyn steno::Action<StenoSaga<S>>>,
-    ) -> &mut Self {
-        if self.claim::<(S, UncheckedAction<S>)>(name) {
-            self.actions.register(action);
-        }
         self
     }
 }
