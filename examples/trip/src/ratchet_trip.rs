@@ -1,3 +1,6 @@
+// Copyright Oxide Computer Company. Licensed under the Apache License, Version 2.0.
+// This file is steno's `examples/trip.rs` (steno 0.5.0), with its actions unchanged, run on ratchet.
+
 //! Example from the canonical distributed sagas talk: suppose you have existing
 //! functions to book a hotel, book a flight, book a car reservation, and charge
 //! a payment card.  You also have functions to cancel a hotel, flight, or car
