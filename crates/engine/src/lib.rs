@@ -298,7 +298,8 @@ pub use engine::operations::{
     Abandoned, AdoptOptions, AdoptedSaga, AdoptionReport, ShutdownReport, abandon,
 };
 pub use engine::outcome::SagaOutcome;
-pub use engine::recovery::RecoveryReport;
+pub use engine::quiesce::QuiesceStatus;
+pub use engine::recovery::{RecoveryReport, RecoveryStatus};
 pub use engine::running::PreparedSaga;
 pub use engine::{DEFAULT_START_LIMIT, Engine, EngineBuilder, EngineConfig};
 pub use error::{EngineError, NodeError, NodeFailure};
