@@ -171,7 +171,19 @@ async fn periodic_recovery_racing_reassignment_runs_every_saga_once() {
     assert!(report.resumed.is_empty(), "{report:?}");
     let mut explicit = Vec::new();
     for owner in &owners {
-        assert_eq!(reassign_sec(&mut conn, &[*owner], sec_id).await.unwrap(), 2);
+        // The database runs serializable: a reassignment racing a claim may be refused, and is retried (as
+        // Nexus's would be).
+        let moved = loop {
+            match reassign_sec(&mut conn, &[*owner], sec_id).await {
+                Ok(moved) => break moved,
+                Err(diesel::result::Error::DatabaseError(
+                    diesel::result::DatabaseErrorKind::SerializationFailure,
+                    _,
+                )) => tokio::time::sleep(Duration::from_millis(1)).await,
+                Err(other) => panic!("reassigning: {other}"),
+            }
+        };
+        assert_eq!(moved, 2);
         engine.trigger_recovery();
         explicit.extend(engine.recover().await.unwrap().resumed);
         tokio::time::sleep(Duration::from_millis(3)).await;

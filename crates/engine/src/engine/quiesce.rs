@@ -23,7 +23,7 @@
 use crate::engine::Engine;
 use crate::engine::sec::lock;
 use crate::error::EngineError;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use uuid::Uuid;
 
 /// The engine's quiesce state.
@@ -33,6 +33,8 @@ pub(crate) struct QuiesceState {
     requested: AtomicBool,
     /// Woken whenever a saga leaves [`Engine::live`] and whenever a claim of this engine ends.
     changed: tokio::sync::Notify,
+    /// Claims of this engine in progress ([`ClaimTurn`]).
+    claims: AtomicUsize,
 }
 
 impl QuiesceState {
@@ -94,8 +96,8 @@ impl Engine {
             let changed = self.quiesce.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            let idle = self.recovering.try_write().is_ok();
-            if idle && self.quiesce_status().is_quiesced() {
+            let claiming = self.quiesce.claims.load(Ordering::SeqCst) > 0;
+            if !claiming && self.quiesce_status().is_quiesced() {
                 return;
             }
             // A claim in progress ends with a wake-up too ([`ClaimTurn`]); `enable` came before the checks, so
@@ -117,8 +119,10 @@ impl Engine {
     /// Takes this engine's turn to claim sagas under a new epoch (see [`Engine::recovering`]); the turn's end
     /// wakes the waiters of [`Engine::quiesced`].
     pub(crate) async fn claim_turn(&self) -> ClaimTurn<'_> {
+        let guard = self.recovering.write().await;
+        self.quiesce.claims.fetch_add(1, Ordering::SeqCst);
         ClaimTurn {
-            guard: Some(self.recovering.write().await),
+            guard: Some(guard),
             quiesce: &self.quiesce,
         }
     }
@@ -138,8 +142,9 @@ pub(crate) struct ClaimTurn<'a> {
 
 impl Drop for ClaimTurn<'_> {
     fn drop(&mut self) {
-        // Released first: a waiter woken by the notification must find the turn free.
+        // Released first: a waiter woken by the notification must find the claim over.
         drop(self.guard.take());
+        self.quiesce.claims.fetch_sub(1, Ordering::SeqCst);
         self.quiesce.notify();
     }
 }
