@@ -106,6 +106,8 @@ pub enum EngineError {
     Steno(String),
     #[error("the engine is shutting down: it takes no new work")]
     ShuttingDown,
+    #[error("the engine is quiescing: it takes no new sagas (the running ones go on to rest)")]
+    Quiescing,
     #[error("steno's executor (SEC) is gone: {0}")]
     SecGone(String),
     #[error(

@@ -180,7 +180,16 @@
 //!
 //! [`Engine::shutdown`] stops taking work, lets every node in flight reach its next phase boundary and stop
 //! there (as a crash would, but without dying), then stops all writes. What was not at rest stays unfinished
-//! in the database for the next start; see `shutdown.rs`.
+//! in the database for the next start; see `shutdown.rs`. [`Engine::quiesce`] is the gentler step before it:
+//! new sagas are refused, the running ones go on to rest, and [`Engine::quiesced`] says when none is left.
+//!
+//! # Recovery as Nexus runs it
+//!
+//! Recovery runs at start and, with [`EngineConfig::recovery_interval`], periodically (and on
+//! [`Engine::trigger_recovery`]), picking up sagas Omicron reassigns to this executor. It takes only the sagas
+//! ratchet drives (`saga.driven_by_ratchet`), so Nexus's plain steno executor and ratchet can share one executor
+//! id; with [`EngineConfig::omicron_readable_log`] nothing ratchet writes is a row Omicron's readers refuse. See
+//! `recovery.rs` and the adoption guide ([`nexus_guide`]).
 //!
 //! # Observability
 //!
@@ -298,7 +307,8 @@ pub use engine::operations::{
     Abandoned, AdoptOptions, AdoptedSaga, AdoptionReport, ShutdownReport, abandon,
 };
 pub use engine::outcome::SagaOutcome;
-pub use engine::recovery::RecoveryReport;
+pub use engine::quiesce::QuiesceStatus;
+pub use engine::recovery::{RecoveryReport, RecoveryStatus};
 pub use engine::running::PreparedSaga;
 pub use engine::{DEFAULT_START_LIMIT, Engine, EngineBuilder, EngineConfig};
 pub use error::{EngineError, NodeError, NodeFailure};

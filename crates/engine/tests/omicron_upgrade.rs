@@ -308,7 +308,12 @@ async fn omicron_tables_with_sagas_in_flight_are_upgraded_and_their_sagas_finish
     );
 
     // ratchet's engine starts with migrations on: they upgrade the tables in place, and recovery resumes both.
-    let (engine, report) = EngineBuilder::new(EngineConfig::new(&db.url, sec_id))
+    // Nexus's executor has stopped for good, so this engine takes the sagas plain steno created: explicitly
+    // (by default recovery takes only ratchet's own, since Nexus may still drive plain steno sagas under this
+    // executor id).
+    let mut config = EngineConfig::new(&db.url, sec_id);
+    config.recovery_scope = ratchet_store::RecoveryScope::PlainStenoToo;
+    let (engine, report) = EngineBuilder::new(config)
         .register::<LegacyProvision>(Arc::new(()))
         .register::<ProvisionWidget>(Arc::new(()))
         .start()
@@ -407,6 +412,10 @@ async fn omicron_tables_with_sagas_in_flight_are_upgraded_and_their_sagas_finish
             "recovery claimed it at a new generation"
         );
         assert_eq!(row.definition_version, None, "plain steno created it");
+        assert!(
+            row.driven_by_ratchet,
+            "claimed by ratchet: Nexus's recovery listing leaves it out from now on"
+        );
         assert_eq!(row.abandon_reason, None);
     }
     // The upgrade only added: Omicron's columns are all still there, with their types.

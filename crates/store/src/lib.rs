@@ -57,9 +57,9 @@ pub use error::{DbError, is_transient_diesel, message_is_transient};
 pub use event::{EventRow, undo_error_message, uuid_of};
 pub use fence::{Fence, Liveness};
 pub use operator::{
-    EscapedWrites, FailedUndo, Refusal, StuckDiagnosis, UncompensatedCommit, abandon_saga,
-    adopt_sagas, claim_unfinished, stuck_diagnosis, take_for_retry_unwind, unfinished_among,
-    unfinished_by_name, unfinished_not_named,
+    EscapedWrites, FailedUndo, RecoveryScope, Refusal, StuckDiagnosis, UncompensatedCommit,
+    abandon_saga, adopt_sagas, claim_unfinished, stuck_diagnosis, take_for_retry_unwind,
+    unfinished_among, unfinished_by_name, unfinished_not_named,
 };
 pub use owner::{SagaOwner, is_owner, lock_if_owner};
 pub use pool::{
@@ -74,9 +74,10 @@ pub use records::{
 };
 pub use retry::{RetryPolicy, retry_transient};
 pub use saga::{
-    AbandonReason, SagaEnd, SagaFilter, SagaHistory, SagaPage, SagaRow, SagaState, count_by_state,
-    count_unfinished_by_executor, get_saga, list_sagas, list_sagas_where, list_unfinished,
-    load_logs, note_waiting, saga_endings, saga_history, unfinished_after, waiting_note,
+    AbandonReason, EFFECTIVE_STATE_SQL, NEXUS_RECOVERY_PREDICATE, SagaEnd, SagaFilter, SagaHistory,
+    SagaPage, SagaRow, SagaState, count_by_state, count_unfinished_by_executor, get_saga,
+    list_sagas, list_sagas_where, list_unfinished, load_logs, note_waiting, saga_endings,
+    saga_history, state_condition_sql, unfinished_after, waiting_note,
 };
 pub use saga_log::{PgSecStore, SagaLogHandle, SagaRegistration};
 pub use schema_check::{migrations_applied, missing_schema};

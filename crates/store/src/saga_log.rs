@@ -49,11 +49,27 @@
 //!
 //! steno reports a saga whose undo failed as `done`. When steno marks a saga `done`, this store looks for an
 //! `undo_failed` event in the same transaction and records `stuck`, with the node and the error, instead.
+//!
+//! # An Omicron-readable log
+//!
+//! Nexus's readers of the saga log know Omicron's four states (`running`, `unwinding`, `done`, `abandoned`) and
+//! refuse every `undo_failed` event row; one row they cannot parse fails a whole listing. A store made with
+//! `omicron_readable` on ([`PgSecStore::new`]) writes nothing they cannot parse:
+//!
+//! - a stuck saga is recorded `unwinding`, with `stuck_node`, `stuck_reason` and `time_stuck` set: ratchet's
+//!   readers see it `stuck` ([`crate::SagaRow::saga_state`] reads [`crate::EFFECTIVE_STATE_SQL`]), and
+//!   nothing treats it as unfinished ([`crate::owner`]'s fence and every recovery listing require
+//!   `time_stuck IS NULL`); Nexus's recovery leaves it alone because ratchet drives it (`driven_by_ratchet`);
+//! - an `undo_failed` event is written to `saga_undo_failure` (in the transaction of the fenced write of the
+//!   node's other events) instead of `saga_node_event`; ratchet's readers of a log read both tables.
+//!
+//! Off, the store records `stuck` and `undo_failed` as before. Readers handle both forms either way, so a
+//! database may hold both.
 
 use crate::error::DbError;
 use crate::event::{EventRow, undo_error_message, uuid_of};
 use crate::fence::{Fence, Liveness};
-use crate::owner::{SagaOwner, WRITABLE_STATES};
+use crate::owner::{SagaOwner, unfinished};
 use crate::pool::DbPool;
 use crate::retry::RetryPolicy;
 use crate::saga::{SagaRow, SagaState, insert_saga};
@@ -257,16 +273,20 @@ pub struct PgSecStore {
     sagas: Mutex<HashMap<Uuid, SagaLogHandle>>,
     liveness: Arc<Liveness>,
     fenced_writes: Arc<AtomicU64>,
+    /// Write only what Omicron's readers parse (see "An Omicron-readable log").
+    omicron_readable: bool,
 }
 
 impl PgSecStore {
     /// A store for executor `sec_id`. `fenced_writes` counts the writes it drops because another executor
-    /// adopted the saga (the engine shares the counter with its own transactions').
+    /// adopted the saga (the engine shares the counter with its own transactions'). `omicron_readable`: record
+    /// a stuck saga and a failed undo in forms Omicron's readers parse (see "An Omicron-readable log").
     pub fn new(
         pool: DbPool,
         sec_id: Uuid,
         liveness: Arc<Liveness>,
         fenced_writes: Arc<AtomicU64>,
+        omicron_readable: bool,
     ) -> PgSecStore {
         PgSecStore {
             pool,
@@ -274,6 +294,7 @@ impl PgSecStore {
             sagas: Mutex::new(HashMap::new()),
             liveness,
             fenced_writes,
+            omicron_readable,
         }
     }
 
@@ -336,16 +357,36 @@ impl PgSecStore {
         owner: SagaOwner,
         rows: Vec<EventRow>,
     ) -> bool {
-        let rows = &rows;
+        let aside = self.omicron_readable
+            && rows
+                .iter()
+                .any(|row| row.event_type == crate::records::UNDO_FAILED);
+        let rows = &Arc::new(rows);
         retry_forever(
             "recording saga events",
             saga_id,
             &self.liveness,
             || async move {
                 let mut conn = self.pool.get().await?;
-                Ok::<_, DbError>(
-                    crate::records::insert_events_if_owner(&mut conn, saga_id, owner, rows).await?,
-                )
+                if !aside {
+                    return Ok::<_, DbError>(
+                        crate::records::insert_events_if_owner(&mut conn, saga_id, owner, rows)
+                            .await?,
+                    );
+                }
+                let rows = Arc::clone(rows);
+                in_transaction(&mut conn, |conn| {
+                    async move {
+                        Ok::<_, DbError>(
+                            crate::records::insert_events_if_owner_undo_failures_aside(
+                                conn, saga_id, owner, &rows,
+                            )
+                            .await?,
+                        )
+                    }
+                    .boxed()
+                })
+                .await
             },
         )
         .await
@@ -370,7 +411,7 @@ impl PgSecStore {
                             .filter(saga::id.eq(saga_id))
                             .filter(saga::current_sec.eq(owner.sec_id))
                             .filter(saga::adopt_generation.eq(owner.generation))
-                            .filter(saga::saga_state.eq_any(WRITABLE_STATES)),
+                            .filter(unfinished()),
                     )
                     .set(saga::saga_state.eq(state))
                     .execute(&mut conn)
@@ -387,6 +428,7 @@ impl PgSecStore {
         let end_events = &end_events;
         let may_have_undo_failed =
             handle.0.registration.undo_failed_logged || lock(&handle.0.log).undo_recorded;
+        let omicron_readable = self.omicron_readable;
         retry_forever(
             "updating saga state",
             saga_id,
@@ -410,14 +452,26 @@ impl PgSecStore {
                         }
                         let undo_failed: Option<(i64, Option<serde_json::Value>)> =
                             if may_have_undo_failed {
-                                saga_node_event::table
-                                    .filter(saga_node_event::saga_id.eq(saga_id))
-                                    .filter(saga_node_event::event_type.eq("undo_failed"))
-                                    .select((saga_node_event::node_id, saga_node_event::data))
-                                    .order(saga_node_event::node_id)
-                                    .first(conn)
-                                    .await
-                                    .optional()?
+                                let logged: Option<(i64, Option<serde_json::Value>)> =
+                                    saga_node_event::table
+                                        .filter(saga_node_event::saga_id.eq(saga_id))
+                                        .filter(
+                                            saga_node_event::event_type
+                                                .eq(crate::records::UNDO_FAILED),
+                                        )
+                                        .select((saga_node_event::node_id, saga_node_event::data))
+                                        .order(saga_node_event::node_id)
+                                        .first(conn)
+                                        .await
+                                        .optional()?;
+                                let aside = crate::saga::undo_failures(conn, &[saga_id])
+                                    .await?
+                                    .into_iter()
+                                    .map(|e| (e.node_id, e.data));
+                                logged
+                                    .into_iter()
+                                    .chain(aside)
+                                    .min_by_key(|(node, _)| *node)
                             } else {
                                 None
                             };
@@ -439,13 +493,20 @@ impl PgSecStore {
                             }
                         };
                         let now = Utc::now();
+                        let stuck = state == SagaState::Stuck;
+                        // Omicron's enum has no `stuck`: the readable form is `unwinding` with `time_stuck` set.
+                        let recorded = if stuck && omicron_readable {
+                            SagaState::Unwinding
+                        } else {
+                            state
+                        };
                         diesel::update(saga::table.filter(saga::id.eq(saga_id)))
                             .set((
-                                saga::saga_state.eq(state),
+                                saga::saga_state.eq(recorded),
                                 saga::stuck_node.eq(node),
                                 saga::stuck_reason.eq(reason),
                                 saga::time_finished.eq(now),
-                                saga::time_stuck.eq((state == SagaState::Stuck).then_some(now)),
+                                saga::time_stuck.eq(stuck.then_some(now)),
                             ))
                             .execute(conn)
                             .await?;
@@ -547,6 +608,7 @@ impl steno::SecStore for PgSecStore {
             stuck_node: None,
             stuck_reason: None,
             time_stuck: None,
+            driven_by_ratchet: true,
         };
         let mut attempts = 0;
         let started = std::time::Instant::now();

@@ -200,8 +200,9 @@ pub(crate) fn steno_id(id: Uuid) -> SagaId {
 
 impl Engine {
     /// Creates saga `S` with `params`: builds its DAG and records it durably. Nothing runs until
-    /// [`PreparedSaga::run`]. Refused once the engine is shutting down. Its actions see the engine's context
-    /// for `S` (the one [`EngineBuilder::register`](crate::EngineBuilder::register) was given).
+    /// [`PreparedSaga::run`]. Refused once the engine is shutting down or quiescing ([`Engine::quiesce`]).
+    /// Its actions see the engine's context for `S` (the one
+    /// [`EngineBuilder::register`](crate::EngineBuilder::register) was given).
     pub async fn create<S: SagaDef>(&self, params: S::Params) -> Result<PreparedSaga, EngineError> {
         self.create_built::<S>(params, None).await
     }
@@ -346,7 +347,16 @@ impl Engine {
         // Live before its row exists, and no claim of this engine runs until the row is there: a recovery
         // never claims (and so fences) it.
         let creating = self.recovering.read().await;
-        lock(&self.live).insert(id, S::NAME.to_owned());
+        {
+            // Checked and entered under one lock: a quiesce either reports this saga or refuses it.
+            let mut live = lock(&self.live);
+            if let Err(refused) = self.refuse_if_quiescing() {
+                drop(live);
+                sec.store.unregister(steno_id(id));
+                return Err(refused);
+            }
+            live.insert(id, S::NAME.to_owned());
+        }
         let created = sec
             .call("saga_create", |client| async move {
                 client
@@ -361,7 +371,7 @@ impl Engine {
             .await;
         let future = created.map_err(|error| {
             sec.store.unregister(steno_id(id));
-            lock(&self.live).remove(&id);
+            self.release_live(&id);
             if self.is_shutting_down() {
                 EngineError::ShuttingDown
             } else {
@@ -581,7 +591,7 @@ impl Engine {
         self.shared.counters.count_outcome(&outcome);
         self.record_outcome(id, name, outcome.clone(), started.elapsed());
         sec.store.unregister(steno_id(id));
-        lock(&self.live).remove(&id);
+        self.release_live(&id);
         outcome
     }
 
