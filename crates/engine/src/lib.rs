@@ -231,6 +231,7 @@
 //! #     const NAME: &'static str = "billing";
 //! #     type Params = uuid::Uuid;
 //! #     type Context = ();
+//! #     type Error = ratchet_engine::Untyped;
 //! #     ratchet_engine::declare_saga_nodes! { db Debit }
 //! #     fn build(_: &uuid::Uuid, dag: &mut SagaBuilder<Self>) -> Result<(), String> {
 //! #         dag.db("debit", Debit { amount: 5 }); Ok(())
@@ -297,11 +298,11 @@ pub mod slog_bridge;
 pub use engine::operations::{
     Abandoned, AdoptOptions, AdoptedSaga, AdoptionReport, ShutdownReport, abandon,
 };
-pub use engine::outcome::SagaOutcome;
+pub use engine::outcome::{OutcomeLookupError, SagaOutcome};
 pub use engine::recovery::RecoveryReport;
 pub use engine::running::PreparedSaga;
 pub use engine::{DEFAULT_START_LIMIT, Engine, EngineBuilder, EngineConfig};
-pub use error::{EngineError, NodeError, NodeFailure};
+pub use error::{EngineError, NodeError, NodeFailure, SagaError, Untyped};
 pub use failpoint::{Failpoints, FaultEffect, FaultPoint};
 pub use observe::{CounterValues, Counters, RECENT_OUTCOMES, RecentOutcome, WaitingNode};
 pub use run::saga_state::{SagaCx, steno_action_params};

@@ -51,12 +51,12 @@ mod transaction;
 pub use cockroachdb::COCKROACHDB_SCHEMA_SQL;
 pub use dag::{DagNode, DagNodeKind, PATH_SEPARATOR, PersistedDag, action_names, node_paths};
 pub use error::{DbError, is_transient_diesel, message_is_transient};
-pub use event::{EventRow, undo_error_message, uuid_of};
+pub use event::{EventRow, SAGA_ERROR_FIELD, saga_error_of, undo_error_message, uuid_of};
 pub use fence::{Fence, Liveness};
 pub use operator::{
-    EscapedWrites, FailedUndo, Refusal, StuckDiagnosis, UncompensatedCommit, abandon_saga,
-    adopt_sagas, claim_unfinished, stuck_diagnosis, take_for_retry_unwind, unfinished_among,
-    unfinished_by_name, unfinished_not_named,
+    EscapedWrites, FailedNode, FailedUndo, Refusal, StuckDiagnosis, UncompensatedCommit,
+    abandon_saga, adopt_sagas, claim_unfinished, stuck_diagnosis, take_for_retry_unwind,
+    unfinished_among, unfinished_by_name, unfinished_not_named,
 };
 pub use owner::{SagaOwner, is_owner, lock_if_owner};
 pub use pool::{

@@ -13,8 +13,8 @@ use diesel::sql_types::{BigInt, Text, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use ratchet_engine::{
-    CommitTx, DbNode, Engine, EngineError, FaultEffect, FaultPoint, NodeError, NodeOutput,
-    PrepareCx, SagaBuilder, SagaDef, SagaOutcome,
+    CommitTx, DbNode, Engine, EngineError, FaultEffect, FaultPoint, NodeError, PrepareCx,
+    SagaBuilder, SagaDef, SagaOutcome,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -37,6 +37,7 @@ impl SagaDef for ProvisionWidget {
     const NAME: &'static str = "example-provision";
     type Params = ProvisionParams;
     type Context = ();
+    type Error = ratchet_engine::Untyped;
 
     ratchet_engine::declare_saga_nodes! {
         db ReserveWidget,
@@ -271,8 +272,6 @@ pub struct Activated {
 pub struct Provisioned {
     pub widget_id: Uuid,
 }
-
-impl NodeOutput for Provisioned {}
 
 impl DbNode<ProvisionWidget> for ActivateWidget {
     const NAME: &'static str = "example.activate_widget";

@@ -195,6 +195,7 @@ mod crash_loop {
         const NAME: &'static str = "test-crash-loop";
         type Params = Uuid;
         type Context = ();
+        type Error = ratchet_engine::Untyped;
         fn register(registry: &mut NodeRegistry<Self>) {
             registry.db::<DebitOne>().db::<Detonate>();
         }
