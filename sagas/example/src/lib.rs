@@ -8,6 +8,15 @@
 //! `charge_account` is deliberately not idempotent (it subtracts and appends a ledger row), so "exactly once"
 //! is visible as exactly one ledger row and one subtraction; its compensation adds the price back, so a second
 //! compensation would show as a balance above the original.
+//!
+//! [`OrderWidget`] is a second saga on the same tables, with a typed error ([`ApiError`], an HTTP status
+//! each) and outputs of plain types (a tuple of three, a `chrono::DateTime`, a `BTreeMap`).
+
+mod typed;
+
+pub use typed::{
+    ApiError, CONFLICT_MESSAGE, Check, Debit, Debited, OrderParams, OrderWidget, Stamp, Summarise,
+};
 
 use diesel::sql_types::{BigInt, Text, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};

@@ -123,7 +123,7 @@ async fn forward<S: SagaDef, T: SagaDef<Context = S::Context>, N: DbNode<T>>(
     let run =
         NodeRun::<S>::new(ctx).map_err(|e| steno::ActionError::action_failed(e.to_string()))?;
     let span = tracing::info_span!("node", saga_id = %run.saga_id(), node = %run.name, kind = "db");
-    async {
+    let result = async {
         let node: N = run.node().map_err(|e| run.failure("prepare", &e))?;
         run.count_start("forward")
             .await
@@ -182,7 +182,8 @@ async fn forward<S: SagaDef, T: SagaDef<Context = S::Context>, N: DbNode<T>>(
         }
     }
     .instrument(span)
-    .await
+    .await;
+    run.after_failure(result).await
 }
 
 /// One attempt: BEGIN … COMMIT, or a rollback.

@@ -132,7 +132,7 @@ async fn forward<S: SagaDef, T: SagaDef<Context = S::Context>, N: ExternalNode<T
         NodeRun::<S>::new(ctx).map_err(|e| steno::ActionError::action_failed(e.to_string()))?;
     let span =
         tracing::info_span!("node", saga_id = %run.saga_id(), node = %run.name, kind = "external");
-    async {
+    let result = async {
         let node: N = run.node().map_err(|e| run.failure("prepare", &e))?;
         // An earlier run of this node (before a crash) may have made its call: the log says `started`, and
         // a `started` external node's call outcome is unknown until its record says otherwise. Any failure
@@ -253,7 +253,8 @@ async fn forward<S: SagaDef, T: SagaDef<Context = S::Context>, N: ExternalNode<T
         }
     }
     .instrument(span)
-    .await
+    .await;
+    run.after_failure(result).await
 }
 
 async fn prepare<S: SagaDef, T: SagaDef<Context = S::Context>, N: ExternalNode<T>>(

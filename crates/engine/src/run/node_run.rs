@@ -213,6 +213,30 @@ impl<'a, S: SagaDef> NodeRun<'a, S> {
         }
     }
 
+    /// The [`FaultPoint::AfterFailure`] boundary of a forward that ends in `result`: when it failed, a `Crash`
+    /// armed there kills the executor (the failure is never recorded) and a `Delay` pauses before steno
+    /// hears of the failure. Nothing else is checked here: a node that failed is reported failed, even while
+    /// the engine shuts down.
+    pub(crate) async fn after_failure(&self, result: steno::ActionResult) -> steno::ActionResult {
+        if result.is_ok() {
+            return result;
+        }
+        match self.armed_fault(FaultPoint::AfterFailure) {
+            Some(FaultEffect::Delay { millis }) => {
+                tracing::info!(node = %self.name, point = ?FaultPoint::AfterFailure, millis,
+                    "fault point reached: delaying");
+                let delay = std::time::Duration::from_millis(millis);
+                self.cx.shared.failpoints.delay(self.saga_id(), delay).await;
+            }
+            Some(FaultEffect::Crash) => {
+                self.crash(FaultPoint::AfterFailure).await;
+                self.stop_driving(&Stop::Crash).await;
+            }
+            _ => {}
+        }
+        result
+    }
+
     /// [`NodeRun::fault`] for the synchronous post-commit phase, where a delay has no meaning (it is ignored).
     pub(crate) fn fault_in_finish(&self) -> Result<(), Stop> {
         self.alive()?;
