@@ -84,6 +84,7 @@ impl SagaDef for MutantProvision {
     const NAME: &'static str = "mutant-provision";
     type Params = MutantParams;
     type Context = ();
+    type Error = ratchet_engine::Untyped;
 
     fn register(registry: &mut NodeRegistry<Self>) {
         registry

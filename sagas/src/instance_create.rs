@@ -78,6 +78,7 @@ impl SagaDef for InstanceCreate {
     const NAME: &'static str = "instance-create";
     type Params = InstanceCreateParams;
     type Context = NexusApp;
+    type Error = ratchet_engine::Untyped;
 
     // The node types, in DAG order, with what each commits. `build` lays out one node a NIC, an IP or a disk
     // (a stage of parallel nodes for the disks it creates, then one to finalize them), and the boot disk,

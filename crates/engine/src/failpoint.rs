@@ -43,6 +43,10 @@ pub enum FaultPoint {
     CompensationReply,
     /// Right after the compensation committed.
     AfterCompensation,
+    /// The node's forward failed for good (its error, typed or not, is in hand), before the engine hands the
+    /// failure to steno, which records the node's `failed` event: a crash (or a process killed in a `Delay`)
+    /// here loses the failure, and recovery runs the node again. Only `Crash` and `Delay` act here.
+    AfterFailure,
 }
 
 impl FaultPoint {

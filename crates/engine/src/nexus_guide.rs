@@ -122,14 +122,55 @@
 //! recovery hold there as everywhere. A last stage may be parallel: the saga's output is then an object of
 //! that stage's outputs by node name.
 //!
-//! # 6. Start, and wire the operations
+//! # 6. Map a failed saga to its API error, and read intermediate outputs
+//!
+//! Nexus answers a failed saga with an API error and its status (instance-start's 409, snapshot's 503), and
+//! reads outputs of nodes other than the last (the created instance's id). Give the saga Nexus's error type
+//! (`omicron_common::api::external::Error`, serializable), marked once with
+//! `impl ratchet_engine::SagaError for Error {}` (in the crate that defines the type, or on a newtype: the
+//! orphan rule allows the impl only there), and name it in the definition:
+//!
+//! ```ignore
+//! impl SagaDef for InstanceStart {
+//!     type Error = external::Error;
+//!     // NAME, Params, Context, declare_saga_nodes!, build …
+//! }
+//! ```
+//!
+//! A node then returns `Result<_, NodeError<external::Error>>`; `?` converts an `external::Error` (and a diesel
+//! error, transient or permanent by its kind), and a datastore call that returns another error type converts
+//! it first (`.map_err(external::Error::from)?`). A typed error is permanent: the saga unwinds (a failed
+//! compensation with one leaves it stuck). The error is recorded in the node's `failed` event, so the outcome
+//! carries it the same whether the saga failed in this process or was recovered after a crash:
+//!
+//! ```ignore
+//! let (_, outcome) = engine.run::<InstanceStart>(params).await?;
+//! match &outcome {
+//!     SagaOutcome::Succeeded { .. } => {
+//!         let instance_id: Uuid = outcome.lookup_node_output("instance_record")?; // any node, by path
+//!         Ok(instance_id)
+//!     }
+//!     SagaOutcome::Unwound { .. } | SagaOutcome::Stuck { .. } => Err(match outcome.saga_error::<InstanceStart>()? {
+//!         Some(api_error) => api_error, // its status: the saga's own 409 or 503
+//!         None => external::Error::internal_error(&format!("{outcome:?}")), // infrastructure, untyped
+//!     }),
+//!     _ => Err(external::Error::unavail("the saga did not come to rest here")),
+//! }
+//! ```
+//!
+//! A node inside a subsaga is found by its path (`attach_disk_0/attach_disk`); a subsaga shares the error type
+//! of the saga nesting it. Outputs need no newtype: any serializable type (a model type, a tuple, a
+//! `BTreeMap`) is a node's output. A saga left untyped (`type Error = ratchet_engine::Untyped;`, the
+//! Nexus-shaped sagas of `ratchet-sagas` today) fails with messages only, as plain `NodeError`.
+//!
+//! # 7. Start, and wire the operations
 //!
 //! [`EngineBuilder::start`](crate::EngineBuilder::start) applies (or checks) the schema, starts steno's
 //! executor, and recovers this executor's unfinished sagas of the definitions it registers (others are left
 //! alone and reported). Everything the `ratchet` CLI does for operators is a library call returning
 //! serializable types, for Nexus's internal API and omdb: list with filters
 //! ([`ratchet_store::list_sagas_where`]), history ([`ratchet_store::saga_history`]), stuck
-//! diagnosis ([`ratchet_store::stuck_diagnosis`]), [`Engine::retry_unwind`](crate::Engine::retry_unwind),
+//! diagnosis ([`ratchet_store::stuck_diagnosis`], whose `failed_nodes` and `failed_undos` keep the typed errors), [`Engine::retry_unwind`](crate::Engine::retry_unwind),
 //! [`Engine::abandon`](crate::Engine::abandon) (recorded as Omicron records an omdb abandonment: reason
 //! `omdb`, the operator's words as the comment), [`Engine::adopt`](crate::Engine::adopt); and the counters
 //! ([`Engine::counters`](crate::Engine::counters)).

@@ -72,6 +72,7 @@ impl SagaDef for LegacyProvision {
     const NAME: &'static str = LEGACY_SAGA;
     type Params = LegacyParams;
     type Context = ();
+    type Error = ratchet_engine::Untyped;
 
     ratchet_engine::declare_saga_nodes! {
         unchecked RESERVE => reserve_action::<StenoSaga<LegacyProvision>>(),

@@ -37,6 +37,7 @@ struct Host {
 const PLAIN: &str = "mixed.plain";
 
 impl SagaDef for Mixed {
+    type Error = ratchet_engine::Untyped;
     const NAME: &'static str = "test-mixed";
     type Params = MixedParams;
     type Context = Host;
@@ -140,11 +141,9 @@ async fn a_plain_action_reads_parameters_and_context_as_under_steno() {
     let db = database().await;
     let engine = engine(&db, Uuid::new_v4()).await;
     let (_, outcome) = engine.run::<Mixed>(mixed("trip")).await.unwrap();
-    assert_eq!(
-        outcome,
-        SagaOutcome::Succeeded {
-            output: serde_json::json!("hello from the engine trip (4)")
-        }
+    assert!(
+        matches!(&outcome, SagaOutcome::Succeeded { output, .. } if *output == serde_json::json!("hello from the engine trip (4)")),
+        "{outcome:?}"
     );
     // A context of the saga's own reaches its actions.
     let saga = engine
@@ -156,11 +155,10 @@ async fn a_plain_action_reads_parameters_and_context_as_under_steno() {
         )
         .await
         .unwrap();
-    assert_eq!(
-        saga.run().await.unwrap(),
-        SagaOutcome::Succeeded {
-            output: serde_json::json!("hello from the saga own (3)")
-        }
+    let outcome = saga.run().await.unwrap();
+    assert!(
+        matches!(&outcome, SagaOutcome::Succeeded { output, .. } if *output == serde_json::json!("hello from the saga own (3)")),
+        "{outcome:?}"
     );
 }
 
@@ -182,11 +180,9 @@ async fn a_plain_action_reads_its_parameters_after_a_crash_and_recovery() {
     let id = run_prepared_until_crash(&first, saga).await;
     let second = engine(&db, sec_id).await;
     let outcome = second.wait(id).await.expect("the saga was resumed");
-    assert_eq!(
-        outcome,
-        SagaOutcome::Succeeded {
-            output: serde_json::json!("hello from the engine crash (5)")
-        }
+    assert!(
+        matches!(&outcome, SagaOutcome::Succeeded { output, .. } if *output == serde_json::json!("hello from the engine crash (5)")),
+        "{outcome:?}"
     );
     let (commits, _) = records(&second, id).await;
     assert_eq!(commits, names(&["typed"]));
@@ -247,11 +243,9 @@ async fn a_steno_built_dag_with_a_typed_node_keeps_its_guarantees_across_a_crash
     let id = run_prepared_until_crash(&first, saga).await;
     let second = engine(&db, sec_id).await;
     let outcome = second.wait(id).await.expect("the saga was resumed");
-    assert_eq!(
-        outcome,
-        SagaOutcome::Succeeded {
-            output: serde_json::json!("hello from the engine nexus (5)")
-        }
+    assert!(
+        matches!(&outcome, SagaOutcome::Succeeded { output, .. } if *output == serde_json::json!("hello from the engine nexus (5)")),
+        "{outcome:?}"
     );
     let (commits, _) = records(&second, id).await;
     assert_eq!(commits, names(&["typed"]));

@@ -62,6 +62,7 @@ impl SagaDef for Smuggles {
     const NAME: &'static str = "test-smuggles-a-pool";
     type Params = Uuid;
     type Context = DbPool;
+    type Error = ratchet_engine::Untyped;
     fn register(registry: &mut NodeRegistry<Self>) {
         registry.db::<SmugglingNode>();
     }
@@ -135,7 +136,7 @@ async fn a_pool_smuggled_past_serde_in_a_plan_or_receipt_never_arrives() {
         .unwrap();
     let account = account(&engine).await;
     let (id, outcome) = engine.run::<Smuggles>(account).await.unwrap();
-    let SagaOutcome::Succeeded { output } = &outcome else {
+    let SagaOutcome::Succeeded { output, .. } = &outcome else {
         panic!("expected success, got {outcome:?}");
     };
     let arrived: (bool, bool) = serde_json::from_value(output.clone()).unwrap();
@@ -196,6 +197,7 @@ impl SagaDef for RogueSaga {
     const NAME: &'static str = "test-rogue-transaction";
     type Params = RogueParams;
     type Context = ();
+    type Error = ratchet_engine::Untyped;
     fn register(registry: &mut NodeRegistry<Self>) {
         registry.db::<RogueNode>();
         registry.db::<FailsIfAsked>();
@@ -350,7 +352,7 @@ async fn run_rogue(rogue: Rogue) -> (SagaOutcome, i64, Vec<(String, String)>) {
 
 fn assert_failed_for_ending_the_transaction(outcome: &SagaOutcome, own: &str) {
     match outcome {
-        SagaOutcome::Unwound { node, error } => {
+        SagaOutcome::Unwound { node, error, .. } => {
             assert_eq!(node, "rogue");
             assert!(
                 error.contains("ended the engine's transaction"),

@@ -54,12 +54,12 @@ pub use dag::{
     node_paths, saga_params,
 };
 pub use error::{DbError, is_transient_diesel, message_is_transient};
-pub use event::{EventRow, undo_error_message, uuid_of};
+pub use event::{EventRow, SAGA_ERROR_FIELD, saga_error_of, undo_error_message, uuid_of};
 pub use fence::{Fence, Liveness};
 pub use operator::{
-    EscapedWrites, FailedUndo, RecoveryScope, Refusal, StuckDiagnosis, UncompensatedCommit,
-    abandon_saga, adopt_sagas, claim_unfinished, stuck_diagnosis, take_for_retry_unwind,
-    unfinished_among, unfinished_by_name, unfinished_not_named,
+    EscapedWrites, FailedNode, FailedUndo, RecoveryScope, Refusal, StuckDiagnosis,
+    UncompensatedCommit, abandon_saga, adopt_sagas, claim_unfinished, stuck_diagnosis,
+    take_for_retry_unwind, unfinished_among, unfinished_by_name, unfinished_not_named,
 };
 pub use owner::{SagaOwner, is_owner, lock_if_owner};
 pub use pool::{

@@ -6,7 +6,7 @@
 //! saga at the old generation is fenced out of it ([`crate::owner`]).
 
 use crate::error::DbError;
-use crate::event::undo_error_message;
+use crate::event::{saga_error_of, undo_error_message};
 use crate::owner::unfinished;
 use crate::records::CommitRecord;
 use crate::saga::{AbandonReason, SagaHistory, SagaRow, SagaState, saga_history};
@@ -326,6 +326,24 @@ pub struct FailedUndo {
     pub node_id: i64,
     pub node: String,
     pub error: String,
+    /// The saga's typed error the compensation failed with, serialized (decode it as the saga's
+    /// `SagaDef::Error`); `None` for an untyped error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saga_error: Option<serde_json::Value>,
+    pub time: DateTime<Utc>,
+}
+
+/// A node whose forward action failed: its `failed` event.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FailedNode {
+    pub node_id: i64,
+    pub node: String,
+    /// The failure as recorded (for a ratchet node: its node, phase and message, as JSON).
+    pub error: serde_json::Value,
+    /// The saga's typed error the node failed with, serialized (decode it as the saga's `SagaDef::Error`);
+    /// `None` for an untyped error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saga_error: Option<serde_json::Value>,
     pub time: DateTime<Utc>,
 }
 
@@ -358,6 +376,9 @@ pub struct UncompensatedCommit {
 pub struct StuckDiagnosis {
     pub saga_id: Uuid,
     pub state: String,
+    /// Nodes whose forward action failed (the failure the unwind began with), from the log's `failed` events.
+    #[serde(default)]
+    pub failed_nodes: Vec<FailedNode>,
     /// Nodes whose compensation failed, from the log's `undo_failed` events.
     pub failed_undos: Vec<FailedUndo>,
     /// What the store recorded when it marked the saga stuck: the node and the error. Set also when the saga
@@ -396,6 +417,24 @@ impl SagaHistory {
                 node_id: e.node_id,
                 node: name_of(e.node_id),
                 error: undo_error_message(e.data.as_ref()),
+                saga_error: saga_error_of(e.data.as_ref()),
+                time: e.event_time,
+            })
+            .collect();
+        let failed_nodes = self
+            .events
+            .iter()
+            .filter(|e| e.event_type == "failed")
+            .map(|e| FailedNode {
+                node_id: e.node_id,
+                node: name_of(e.node_id),
+                error: e
+                    .data
+                    .as_ref()
+                    .map(|data| data.pointer("/ActionFailed/source_error").unwrap_or(data))
+                    .cloned()
+                    .unwrap_or(serde_json::Value::Null),
+                saga_error: saga_error_of(e.data.as_ref()),
                 time: e.event_time,
             })
             .collect();
@@ -439,6 +478,7 @@ impl SagaHistory {
         StuckDiagnosis {
             saga_id: saga.id,
             state: saga.saga_state.to_string(),
+            failed_nodes,
             failed_undos,
             stuck_node: saga.stuck_node.clone(),
             stuck_reason: saga.stuck_reason.clone(),

@@ -136,6 +136,8 @@ struct HeldLog {
     stuck: Option<(String, String)>,
     /// Whether steno recorded an undo event (so the log may hold an `undo_failed`).
     undo_recorded: bool,
+    /// The saga's typed errors of failed compensations, by node ([`SagaLogHandle::note_undo_error`]).
+    undo_errors: HashMap<u32, serde_json::Value>,
     /// The nodes without an action whose held events a database node's transaction in flight carries
     /// ([`SagaLogHandle::claim_held_events`]); no other write takes them meanwhile.
     in_flight: HashSet<u32>,
@@ -169,6 +171,18 @@ impl SagaLogHandle {
     /// node without an action other than the end node.
     fn held_until_next_write(&self, node_id: u32) -> bool {
         self.0.registration.nodes_without_action.contains(&node_id)
+    }
+
+    /// Notes the saga's typed error (serialized) with which node `node_id`'s compensation failed: steno's
+    /// `undo_failed` event carries only a message, so the store adds it there (as `saga_error` beside the
+    /// message in `PermanentFailure.source_error`) when steno records the event.
+    pub fn note_undo_error(&self, node_id: u32, error: serde_json::Value) {
+        lock(&self.0.log).undo_errors.insert(node_id, error);
+    }
+
+    /// The typed error noted for node `node_id`'s failed compensation, if any.
+    pub fn undo_error(&self, node_id: u32) -> Option<serde_json::Value> {
+        lock(&self.0.log).undo_errors.get(&node_id).cloned()
     }
 
     /// Records that the saga must end `stuck` (a commit neither kept nor compensated), whatever its log says.
@@ -638,7 +652,7 @@ impl steno::SecStore for PgSecStore {
         }
     }
 
-    async fn record_event(&self, event: SagaNodeEvent) {
+    async fn record_event(&self, mut event: SagaNodeEvent) {
         let Some(handle) = self.handle(event.saga_id) else {
             // An invariant of the engine: every saga is registered before steno can record its events.
             tracing::error!(saga_id = %event.saga_id, ?event, "event for an unregistered saga dropped");
@@ -652,6 +666,13 @@ impl steno::SecStore for PgSecStore {
         let label = event.event_type.label();
         {
             let mut log = lock(&handle.0.log);
+            if let SagaNodeEventType::UndoFailed(steno::UndoActionError::PermanentFailure {
+                source_error: serde_json::Value::Object(fields),
+            }) = &mut event.event_type
+                && let Some(typed) = log.undo_errors.get(&node_id)
+            {
+                fields.insert(crate::event::SAGA_ERROR_FIELD.to_owned(), typed.clone());
+            }
             if matches!(
                 event.event_type,
                 SagaNodeEventType::UndoStarted

@@ -39,6 +39,7 @@ impl SagaDef for ProjectCreate {
     const NAME: &'static str = "project-create";
     type Params = ProjectParams;
     type Context = App;
+    type Error = ratchet_engine::Untyped;
 
     ratchet_engine::declare_saga_nodes! {
         unchecked CREATE_PROJECT => create_project_action(),

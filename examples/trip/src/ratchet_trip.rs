@@ -57,7 +57,7 @@ pub async fn book_trip(
     let saga_id = saga.id;
     let outcome = saga.run().await.expect("failed to run the saga");
     let result = match outcome {
-        ratchet_engine::SagaOutcome::Succeeded { output } => Ok(output),
+        ratchet_engine::SagaOutcome::Succeeded { output, .. } => Ok(output),
         ratchet_engine::SagaOutcome::Unwound { node, .. } => Err((node, None)),
         ratchet_engine::SagaOutcome::Stuck {
             node, undo_node, ..
@@ -163,6 +163,7 @@ impl ratchet_engine::SagaDef for Trip {
     const NAME: &'static str = "book-trip";
     type Params = TripParams;
     type Context = TripContext;
+    type Error = ratchet_engine::Untyped;
 
     ratchet_engine::declare_saga_nodes! {
         unchecked "payment" => actions::PAYMENT.clone(),

@@ -218,7 +218,7 @@ async fn a_crash_at_each_plain_action_recovers_to_stenos_outcome() {
         let second = trip_engine(&db.url, sec_id).await;
         let outcome = second.wait(id).await.expect("the saga was resumed");
         let result = match outcome {
-            SagaOutcome::Succeeded { output } => Ok(output),
+            SagaOutcome::Succeeded { output, .. } => Ok(output),
             SagaOutcome::Unwound { node, .. } => Err((node, None)),
             other => panic!("{node} {point:?}: {other:?}"),
         };

@@ -497,7 +497,7 @@ impl Engine {
         };
         tracing::debug!(saga_id = %id, saga = S::NAME, generation = owner.generation, "saga handed to steno");
         Ok(ResumedSaga {
-            tracked: StartedSaga::new(id, S::NAME, sec, log, nodes.action_paths()),
+            tracked: StartedSaga::new(id, S::NAME, sec, log, &nodes),
             future,
         })
     }

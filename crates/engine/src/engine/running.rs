@@ -47,6 +47,9 @@ pub(crate) struct StartedSaga {
     /// Action nodes' paths by steno node index: steno names a failed node by its name, which repeats
     /// across the instances of a subsaga.
     paths: BTreeMap<u32, String>,
+    /// The paths under which a succeeded saga's outcome gives node outputs, by steno node index: every
+    /// action node's, every constant's and subsaga entry's ([`output_paths`]).
+    output_paths: BTreeMap<u32, String>,
 }
 
 impl StartedSaga {
@@ -56,7 +59,7 @@ impl StartedSaga {
         name: &'static str,
         sec: Arc<Sec>,
         log: SagaLogHandle,
-        paths: BTreeMap<u32, String>,
+        nodes: &PersistedDag,
     ) -> StartedSaga {
         StartedSaga {
             id,
@@ -64,7 +67,8 @@ impl StartedSaga {
             started: Instant::now(),
             sec,
             log,
-            paths,
+            paths: nodes.action_paths(),
+            output_paths: output_paths(nodes),
         }
     }
 }
@@ -385,7 +389,7 @@ impl Engine {
             engine: self.clone(),
             id,
             future: Mutex::new(future),
-            tracked: StartedSaga::new(id, S::NAME, sec, log, nodes.action_paths()),
+            tracked: StartedSaga::new(id, S::NAME, sec, log, &nodes),
             dag,
             nodes: listed,
             node_ids: nodes.action_ids_by_path(),
@@ -527,6 +531,7 @@ impl Engine {
             sec,
             log,
             paths,
+            output_paths,
         } = tracked;
         let fence = Arc::clone(log.fence());
         let mut outcome = tokio::select! {
@@ -534,7 +539,7 @@ impl Engine {
             result = AssertUnwindSafe(future).catch_unwind() => {
                 sec.unresolved.fetch_sub(1, Ordering::SeqCst);
                 match result {
-                    Ok(result) => outcome_of(result, &paths),
+                    Ok(result) => outcome_of(result, &paths, &output_paths, &log),
                     Err(panic) => {
                         let reason = format!(
                             "steno's executor dropped the saga ({}); it stays unfinished in the database",
@@ -647,6 +652,49 @@ fn kinds_of(nodes: &PersistedDag, db_actions: &HashSet<&'static str>) -> Vec<(St
         .collect()
 }
 
+/// The paths a succeeded saga's outputs are given under ([`SagaOutcome::lookup_node_output`]), by steno node
+/// index: action nodes by path; constants and subsaga entries by their name (a later one wins where a name
+/// repeats, as across the instances of one subsaga); an action node's path wins over any of those.
+fn output_paths(nodes: &PersistedDag) -> BTreeMap<u32, String> {
+    let actions = nodes.action_paths();
+    let taken: HashSet<&String> = actions.values().collect();
+    let mut paths: BTreeMap<u32, String> = nodes
+        .nodes()
+        .filter(|(_, node)| matches!(node.kind, DagNodeKind::Constant | DagNodeKind::SubsagaEnd))
+        .filter(|(_, node)| !taken.contains(&node.path))
+        .map(|(index, node)| (index, node.path.clone()))
+        .collect();
+    paths.extend(actions);
+    paths
+}
+
+/// The steno node index of the node steno names `name` whose log shows an event `of_kind`: steno's names
+/// repeat across the instances of one subsaga, its log's node ids do not. `None` when no such node, or more
+/// than one, matches.
+fn node_of(
+    log: &steno::SagaLog,
+    paths: &BTreeMap<u32, String>,
+    name: &steno::NodeName,
+    of_kind: fn(&steno::SagaNodeEventType) -> bool,
+) -> Option<(u32, String)> {
+    let name = name.as_ref();
+    let mut found: Vec<(u32, &String)> = log
+        .events()
+        .iter()
+        .filter(|event| of_kind(&event.event_type))
+        .filter_map(|event| {
+            let id = u32::from(event.node_id);
+            paths.get(&id).map(|path| (id, path))
+        })
+        .filter(|(_, path)| path.rsplit(crate::saga::builder::PATH_SEPARATOR).next() == Some(name))
+        .collect();
+    found.dedup();
+    match found.as_slice() {
+        [(id, path)] => Some((*id, (*path).clone())),
+        _ => None,
+    }
+}
+
 /// The path of the node steno names `name` whose log shows an event `of_kind`: steno's names repeat across
 /// the instances of one subsaga, its log's node ids do not. `name` itself when no such node, or more than
 /// one, matches (a node outside any subsaga: its path is its name).
@@ -656,28 +704,33 @@ fn path_of(
     name: &steno::NodeName,
     of_kind: fn(&steno::SagaNodeEventType) -> bool,
 ) -> String {
-    let name = name.as_ref();
-    let mut found: Vec<&String> = log
-        .events()
-        .iter()
-        .filter(|event| of_kind(&event.event_type))
-        .filter_map(|event| paths.get(&u32::from(event.node_id)))
-        .filter(|path| path.rsplit(crate::saga::builder::PATH_SEPARATOR).next() == Some(name))
-        .collect();
-    found.dedup();
-    match found.as_slice() {
-        [path] => (*path).clone(),
-        _ => name.to_owned(),
-    }
+    node_of(log, paths, name, of_kind).map_or_else(|| name.as_ref().to_owned(), |(_, path)| path)
 }
 
-fn outcome_of(result: steno::SagaResult, paths: &BTreeMap<u32, String>) -> SagaOutcome {
+/// A steno result as an outcome. `log`: the saga's log with this store, which holds the typed errors of
+/// failed compensations (steno's own record of one holds only its message).
+fn outcome_of(
+    result: steno::SagaResult,
+    paths: &BTreeMap<u32, String>,
+    output_paths: &BTreeMap<u32, String>,
+    saga_log: &SagaLogHandle,
+) -> SagaOutcome {
     let log = &result.saga_log;
     match result.kind {
         Ok(ok) => SagaOutcome::Succeeded {
             output: ok
                 .saga_output::<serde_json::Value>()
                 .unwrap_or(serde_json::Value::Null),
+            outputs: log
+                .events()
+                .iter()
+                .filter_map(|event| match &event.event_type {
+                    steno::SagaNodeEventType::Succeeded(output) => output_paths
+                        .get(&u32::from(event.node_id))
+                        .map(|path| (path.clone(), (**output).clone())),
+                    _ => None,
+                })
+                .collect(),
         },
         Err(SagaResultErr {
             error_node_name,
@@ -686,25 +739,46 @@ fn outcome_of(result: steno::SagaResult, paths: &BTreeMap<u32, String>) -> SagaO
         }) => {
             // A ratchet node's failure names the node by its path; steno's name is only unique within the
             // node's saga or subsaga.
-            let (node, error) = match error_source.clone().convert::<crate::error::NodeFailure>() {
-                Ok(failure) => (failure.node, failure.message),
-                Err(_) => (
-                    path_of(log, paths, &error_node_name, |kind| {
-                        matches!(kind, steno::SagaNodeEventType::Failed(_))
-                    }),
-                    error_source.to_string(),
-                ),
-            };
+            let (node, error, saga_error) =
+                match error_source.clone().convert::<crate::error::NodeFailure>() {
+                    Ok(failure) => (failure.node, failure.message, failure.saga_error),
+                    Err(_) => (
+                        path_of(log, paths, &error_node_name, |kind| {
+                            matches!(kind, steno::SagaNodeEventType::Failed(_))
+                        }),
+                        error_source.to_string(),
+                        None,
+                    ),
+                };
             match undo_failure {
-                None => SagaOutcome::Unwound { node, error },
-                Some((undo_node, undo_error)) => SagaOutcome::Stuck {
+                None => SagaOutcome::Unwound {
                     node,
                     error,
-                    undo_node: path_of(log, paths, &undo_node, |kind| {
-                        matches!(kind, steno::SagaNodeEventType::UndoFailed(_))
-                    }),
-                    undo_error: undo_error.to_string(),
+                    saga_error,
                 },
+                Some((undo_node, undo_error)) => {
+                    let undo_failed = node_of(log, paths, &undo_node, |kind| {
+                        matches!(kind, steno::SagaNodeEventType::UndoFailed(_))
+                    });
+                    let steno::UndoActionError::PermanentFailure { source_error } = &undo_error;
+                    let undo_saga_error = source_error
+                        .get(ratchet_store::SAGA_ERROR_FIELD)
+                        .cloned()
+                        .or_else(|| {
+                            undo_failed
+                                .as_ref()
+                                .and_then(|(id, _)| saga_log.undo_error(*id))
+                        });
+                    SagaOutcome::Stuck {
+                        node,
+                        error,
+                        saga_error,
+                        undo_node: undo_failed
+                            .map_or_else(|| undo_node.as_ref().to_owned(), |(_, path)| path),
+                        undo_error: undo_error.to_string(),
+                        undo_saga_error,
+                    }
+                }
             }
         }
     }

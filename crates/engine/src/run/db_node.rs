@@ -5,7 +5,7 @@
 //! it, nothing fallible runs on the success path; an injected failure there is compensated inline, from the
 //! receipt, before steno hears of it ([`compensate_after_commit`]).
 
-use crate::error::NodeError;
+use crate::error::{NodeError, RunError};
 use crate::failpoint::FaultPoint;
 use crate::run::commit_outcome::{self, CommitOutcome, resolve, until_answered};
 use crate::run::node_run::{
@@ -80,6 +80,7 @@ impl<S: SagaDef> NodeRegistry<S> {
     #[doc(hidden)]
     pub fn nested_db<T: SagaDef<Context = S::Context>, N: DbNode<T>>(&mut self) -> &mut Self {
         let name = <N as DbNode<T>>::NAME;
+        self.refuse_result_output::<N::Output>(name);
         if self.claim::<(T, N)>(name) {
             self.db_actions.insert(name);
             self.actions.register(Arc::new(DbAction::<S, T, N>::new()));
@@ -137,7 +138,7 @@ async fn forward<S: SagaDef, T: SagaDef<Context = S::Context>, N: DbNode<T>>(
     let run =
         NodeRun::<S>::new(ctx).map_err(|e| steno::ActionError::action_failed(e.to_string()))?;
     let span = tracing::info_span!("node", saga_id = %run.saga_id(), node = %run.name, kind = "db");
-    async {
+    let result = async {
         let node: N = run.node().map_err(|e| run.failure("prepare", &e))?;
         run.count_start("forward")
             .await
@@ -196,7 +197,8 @@ async fn forward<S: SagaDef, T: SagaDef<Context = S::Context>, N: DbNode<T>>(
         }
     }
     .instrument(span)
-    .await
+    .await;
+    run.after_failure(result).await
 }
 
 /// One attempt: BEGIN … COMMIT, or a rollback.
@@ -525,7 +527,7 @@ pub(crate) fn event_row<S: SagaDef>(
     run: &NodeRun<'_, S>,
     event_type: SagaNodeEventType,
     creator: uuid::Uuid,
-) -> Result<EventRow, NodeError> {
+) -> Result<EventRow, RunError> {
     let began = matches!(
         event_type,
         SagaNodeEventType::Started | SagaNodeEventType::UndoStarted
@@ -551,7 +553,7 @@ async fn compensate_after_commit<S: SagaDef, T: SagaDef<Context = S::Context>, N
     run: &NodeRun<'_, S>,
     node: &N,
     output: Option<serde_json::Value>,
-    cause: NodeError,
+    cause: RunError,
 ) -> steno::ActionResult {
     tracing::warn!(%cause, "failure after the commit: compensating inline before failing the node");
     let policy = run.cx.shared.compensation_retry;
@@ -589,7 +591,8 @@ async fn undo<S: SagaDef, T: SagaDef<Context = S::Context>, N: DbNode<T>>(
             let span = tracing::info_span!("attempt", attempt);
             attempt_compensation::<S, T, N>(&run, &node, Mode::Undo).instrument(span)
         })
-        .await?;
+        .await
+        .map_err(|error| run.undo_failure(error))?;
         tracing::info!(?outcome, "compensation finished");
         Ok(())
     }

@@ -1,7 +1,7 @@
 //! What database and external node execution share: finding the node's arguments, firing failpoints,
 //! retrying, stopping when fenced or crashed, and encoding failures for steno.
 
-use crate::error::{NodeError, NodeFailure};
+use crate::error::{NodeError, NodeFailure, RunError, SagaError};
 use crate::failpoint::{FaultEffect, FaultPoint};
 use crate::run::saga_state::SagaCx;
 use crate::saga::definition::{SagaDef, StenoSaga};
@@ -41,7 +41,7 @@ pub(crate) async fn crash_executor(
 #[derive(Debug)]
 pub(crate) enum Stop {
     /// The phase failed: retry if transient and budget remains, else fail.
-    Node(NodeError),
+    Node(RunError),
     /// The executor was fenced out of the saga: write nothing more, stop driving it.
     Fenced,
     /// A `Crash` fault fired: the executor dies.
@@ -50,9 +50,16 @@ pub(crate) enum Stop {
     Shutdown,
 }
 
-impl From<NodeError> for Stop {
-    fn from(error: NodeError) -> Self {
+impl From<RunError> for Stop {
+    fn from(error: RunError) -> Self {
         Stop::Node(error)
+    }
+}
+
+/// A node's own phase failed: its typed error (if any) is encoded here, once.
+impl<E: SagaError> From<NodeError<E>> for Stop {
+    fn from(error: NodeError<E>) -> Self {
+        Stop::Node(error.encode())
     }
 }
 
@@ -87,7 +94,7 @@ pub(crate) struct NodeRun<'a, S: SagaDef> {
 }
 
 impl<'a, S: SagaDef> NodeRun<'a, S> {
-    pub(crate) fn new(ctx: &'a ActionContext<StenoSaga<S>>) -> Result<NodeRun<'a, S>, NodeError> {
+    pub(crate) fn new(ctx: &'a ActionContext<StenoSaga<S>>) -> Result<NodeRun<'a, S>, RunError> {
         let cx = ctx.user_data();
         let name = ctx.node_label();
         let node_id = *cx.node_ids.get(&name).ok_or_else(|| {
@@ -121,7 +128,7 @@ impl<'a, S: SagaDef> NodeRun<'a, S> {
     /// recovered, and refuses it once the [`crate::EngineConfig::start_limit`] is passed: a node that keeps
     /// killing its process (a deterministic panic under `panic = "abort"`) is given up on instead of crashing
     /// every executor that recovers it. A no-op without a limit, and for sagas this engine created.
-    pub(crate) async fn count_start(&self, phase: &str) -> Result<(), NodeError> {
+    pub(crate) async fn count_start(&self, phase: &str) -> Result<(), RunError> {
         let Some(limit) = self.cx.shared.start_limit else {
             return Ok(());
         };
@@ -155,12 +162,12 @@ impl<'a, S: SagaDef> NodeRun<'a, S> {
     }
 
     /// The parameters of the saga the node belongs to (the subsaga's, inside a subsaga).
-    pub(crate) fn params<P: DeserializeOwned>(&self) -> Result<P, NodeError> {
+    pub(crate) fn params<P: DeserializeOwned>(&self) -> Result<P, RunError> {
         crate::saga::phase::decode_params(&self.params)
     }
 
     /// The node value (its arguments) recorded in the DAG.
-    pub(crate) fn node<N: DeserializeOwned>(&self) -> Result<N, NodeError> {
+    pub(crate) fn node<N: DeserializeOwned>(&self) -> Result<N, RunError> {
         serde_json::from_value(self.args.clone()).map_err(|e| {
             NodeError::permanent(format!(
                 "arguments of node {:?} do not decode: {e}",
@@ -209,6 +216,30 @@ impl<'a, S: SagaDef> NodeRun<'a, S> {
     /// epoch, so any of them that wakes is fenced.
     async fn crash(&self, point: FaultPoint) {
         crash_executor(&self.cx.shared, self.saga_id(), &self.name, point).await;
+    }
+
+    /// The [`FaultPoint::AfterFailure`] boundary of a forward that ends in `result`: when it failed, a `Crash`
+    /// armed there kills the executor (the failure is never recorded) and a `Delay` pauses before steno
+    /// hears of the failure. Nothing else is checked here: a node that failed is reported failed, even while
+    /// the engine shuts down.
+    pub(crate) async fn after_failure(&self, result: steno::ActionResult) -> steno::ActionResult {
+        if result.is_ok() {
+            return result;
+        }
+        match self.armed_fault(FaultPoint::AfterFailure) {
+            Some(FaultEffect::Delay { millis }) => {
+                tracing::info!(node = %self.name, point = ?FaultPoint::AfterFailure, millis,
+                    "fault point reached: delaying");
+                let delay = std::time::Duration::from_millis(millis);
+                self.cx.shared.failpoints.delay(self.saga_id(), delay).await;
+            }
+            Some(FaultEffect::Crash) => {
+                self.crash(FaultPoint::AfterFailure).await;
+                self.stop_driving(&Stop::Crash).await;
+            }
+            _ => {}
+        }
+        result
     }
 
     /// [`NodeRun::fault`] for the synchronous post-commit phase, where a delay has no meaning (it is ignored).
@@ -294,12 +325,25 @@ impl<'a, S: SagaDef> NodeRun<'a, S> {
             .event(level, event, self.saga_id(), Some(&self.name), message);
     }
 
+    /// steno's error for a failed compensation. steno records only the error's message (in the node's
+    /// `undo_failed` event); a typed error is noted with the saga's log, whose store adds it to that event
+    /// and from which the saga's outcome reads it.
+    pub(crate) fn undo_failure(&self, error: RunError) -> anyhow::Error {
+        if let Some(typed) = error.saga_error() {
+            self.cx
+                .log
+                .note_undo_error(self.node_id, typed.value.clone());
+        }
+        anyhow::Error::new(error)
+    }
+
     /// steno's error for a failed node.
-    pub(crate) fn failure(&self, phase: &str, error: &NodeError) -> ActionError {
+    pub(crate) fn failure(&self, phase: &str, error: &RunError) -> ActionError {
         ActionError::action_failed(NodeFailure {
             node: self.name.clone(),
             phase: phase.to_owned(),
             message: error.to_string(),
+            saga_error: error.saga_error().map(|typed| typed.value.clone()),
         })
     }
 }
@@ -311,7 +355,7 @@ pub(crate) async fn with_retries<S, T, F, Fut>(
     policy: RetryPolicy,
     phase: &str,
     mut attempt: F,
-) -> Result<T, NodeError>
+) -> Result<T, RunError>
 where
     S: SagaDef,
     F: FnMut(u32) -> Fut,
@@ -398,7 +442,7 @@ pub(crate) async fn catch_phase<S: SagaDef, T>(
 pub(crate) fn encode<T: serde::Serialize>(
     what: &str,
     value: &T,
-) -> Result<serde_json::Value, NodeError> {
+) -> Result<serde_json::Value, RunError> {
     serde_json::to_value(value)
         .map_err(|e| NodeError::permanent(format!("{what} does not encode: {e}")))
 }
@@ -415,7 +459,7 @@ pub(crate) fn encode<T: serde::Serialize>(
 pub(crate) fn pass_on<T: serde::Serialize + DeserializeOwned>(
     what: &str,
     value: T,
-) -> Result<(serde_json::Value, T), NodeError> {
+) -> Result<(serde_json::Value, T), RunError> {
     let encoded = encode(what, &value)?;
     drop(value);
     let rebuilt = decode(what, encoded.clone())?;
@@ -425,7 +469,7 @@ pub(crate) fn pass_on<T: serde::Serialize + DeserializeOwned>(
 pub(crate) fn decode<T: DeserializeOwned>(
     what: &str,
     value: serde_json::Value,
-) -> Result<T, NodeError> {
+) -> Result<T, RunError> {
     serde_json::from_value(value)
         .map_err(|e| NodeError::permanent(format!("{what} does not decode: {e}")))
 }
@@ -473,7 +517,7 @@ pub(crate) fn foreign_transaction<S: SagaDef>(
     run: &NodeRun<'_, S>,
     phase: &str,
     found: &str,
-) -> NodeError {
+) -> RunError {
     let message = format!(
         "node {:?} ended the engine's transaction during its {phase} (transaction control sent through the \
          node's connection; the transaction token now reads {found:?}): {}: what it wrote before that may be \
@@ -499,7 +543,7 @@ pub(crate) async fn check_token<S: SagaDef>(
     conn: &mut ratchet_store::DbConnection,
     token: Uuid,
     phase: &str,
-) -> Option<NodeError> {
+) -> Option<RunError> {
     match ratchet_store::node_tx_token(conn).await {
         Ok(found) if found != token.to_string() => Some(foreign_transaction(run, phase, &found)),
         Ok(_) => None,

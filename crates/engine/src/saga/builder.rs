@@ -137,7 +137,7 @@ impl<S: SagaDef> Stage<'_, S> {
     /// `T`'s node types must be registered in this saga (`subsaga T` in its
     /// [`declare_saga_nodes!`](crate::declare_saga_nodes) list): the build fails, naming the node, if one is
     /// not. A `T::build` error fails this saga's build, with the subsaga's path.
-    pub fn subsaga<T: SagaDef<Context = S::Context>>(
+    pub fn subsaga<T: SagaDef<Context = S::Context, Error = S::Error>>(
         &mut self,
         name: &str,
         params: &T::Params,
@@ -358,7 +358,7 @@ impl<S: SagaDef> SagaBuilder<S> {
     ///     Ok(())  // later nodes read `cx.output::<Attached>("attach_disk_0")`
     /// }
     /// ```
-    pub fn subsaga<T: SagaDef<Context = S::Context>>(
+    pub fn subsaga<T: SagaDef<Context = S::Context, Error = S::Error>>(
         &mut self,
         name: &str,
         params: &T::Params,
@@ -534,6 +534,7 @@ mod test {
         const NAME: &'static str = "test-declares";
         type Params = String;
         type Context = ();
+        type Error = crate::Untyped;
 
         crate::declare_saga_nodes! {
             db Listed,

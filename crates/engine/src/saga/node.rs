@@ -43,7 +43,7 @@ pub trait DbNode<S: SagaDef>: Serialize + DeserializeOwned + Send + Sync + 'stat
     fn prepare(
         &self,
         cx: &mut PrepareCx<'_, S>,
-    ) -> impl Future<Output = Result<Self::Plan, NodeError>> + Send;
+    ) -> impl Future<Output = Result<Self::Plan, NodeError<S::Error>>> + Send;
 
     /// Every write of the node, on the transaction the engine opened. The receipt must come from the writes
     /// themselves (`RETURNING` rows, values computed before), never from a re-read.
@@ -51,7 +51,7 @@ pub trait DbNode<S: SagaDef>: Serialize + DeserializeOwned + Send + Sync + 'stat
         &self,
         tx: &mut CommitTx<'_>,
         plan: Self::Plan,
-    ) -> impl Future<Output = Result<Self::Receipt, NodeError>> + Send;
+    ) -> impl Future<Output = Result<Self::Receipt, NodeError<S::Error>>> + Send;
 
     /// The post-commit phase: pure, synchronous and infallible. No `self`, no context, no `Result`, no
     /// `async`: it can only compute the output from the receipt.
@@ -63,7 +63,7 @@ pub trait DbNode<S: SagaDef>: Serialize + DeserializeOwned + Send + Sync + 'stat
         &self,
         tx: &mut CommitTx<'_>,
         receipt: Self::Receipt,
-    ) -> impl Future<Output = Result<(), NodeError>> + Send;
+    ) -> impl Future<Output = Result<(), NodeError<S::Error>>> + Send;
 }
 
 /// A database node with nothing to read or decide before its commit: its arguments (fixed when the DAG was
@@ -93,7 +93,7 @@ pub trait CommitOnlyDbNode: Serialize + DeserializeOwned + Send + Sync + 'static
     fn commit(
         &self,
         tx: &mut CommitTx<'_>,
-    ) -> impl Future<Output = Result<Self::Receipt, NodeError>> + Send;
+    ) -> impl Future<Output = Result<Self::Receipt, NodeError<<Self::Saga as SagaDef>::Error>>> + Send;
 
     /// The post-commit phase, as [`DbNode::finish`]: pure, synchronous and infallible.
     fn finish(receipt: Self::Receipt) -> Self::Output;
@@ -103,7 +103,7 @@ pub trait CommitOnlyDbNode: Serialize + DeserializeOwned + Send + Sync + 'static
         &self,
         tx: &mut CommitTx<'_>,
         receipt: Self::Receipt,
-    ) -> impl Future<Output = Result<(), NodeError>> + Send;
+    ) -> impl Future<Output = Result<(), NodeError<<Self::Saga as SagaDef>::Error>>> + Send;
 }
 
 impl<N: CommitOnlyDbNode> DbNode<N::Saga> for N {
@@ -116,7 +116,7 @@ impl<N: CommitOnlyDbNode> DbNode<N::Saga> for N {
     fn prepare(
         &self,
         _: &mut PrepareCx<'_, N::Saga>,
-    ) -> impl Future<Output = Result<(), NodeError>> + Send {
+    ) -> impl Future<Output = Result<(), NodeError<<N::Saga as SagaDef>::Error>>> + Send {
         std::future::ready(Ok(()))
     }
 
@@ -124,7 +124,8 @@ impl<N: CommitOnlyDbNode> DbNode<N::Saga> for N {
         &self,
         tx: &mut CommitTx<'_>,
         (): (),
-    ) -> impl Future<Output = Result<N::Receipt, NodeError>> + Send {
+    ) -> impl Future<Output = Result<N::Receipt, NodeError<<N::Saga as SagaDef>::Error>>> + Send
+    {
         CommitOnlyDbNode::commit(self, tx)
     }
 
@@ -136,17 +137,20 @@ impl<N: CommitOnlyDbNode> DbNode<N::Saga> for N {
         &self,
         tx: &mut CommitTx<'_>,
         receipt: N::Receipt,
-    ) -> impl Future<Output = Result<(), NodeError>> + Send {
+    ) -> impl Future<Output = Result<(), NodeError<<N::Saga as SagaDef>::Error>>> + Send {
         CommitOnlyDbNode::compensate(self, tx, receipt)
     }
 }
 
 /// Why an external call did not give a receipt.
+///
+/// `E` is the saga's error type ([`SagaDef::Error`]): a refusal may carry the saga's typed error
+/// ([`NodeError::Saga`]), which fails the node (or, from a compensation, makes the saga stuck) with it.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum CallError {
+pub enum CallError<E = crate::error::Untyped> {
     /// The service definitely did not apply the request (it refused, or failed before applying it).
     #[error("refused: {0}")]
-    Refused(NodeError),
+    Refused(NodeError<E>),
     /// The outcome is unknown (a lost response, a timeout): the engine retries the call with the same
     /// idempotency key until the answer is definite.
     #[error("outcome unknown: {0}")]
@@ -196,14 +200,14 @@ pub trait ExternalNode<S: SagaDef>: Serialize + DeserializeOwned + Send + Sync +
     fn prepare(
         &self,
         cx: &mut PrepareCx<'_, S>,
-    ) -> impl Future<Output = Result<Self::Plan, NodeError>> + Send;
+    ) -> impl Future<Output = Result<Self::Plan, NodeError<S::Error>>> + Send;
 
     /// The call. Must be idempotent on `cx.idempotency_key()`.
     fn call(
         &self,
         cx: &ExternalCx<'_, S>,
         plan: &Self::Plan,
-    ) -> impl Future<Output = Result<Self::Receipt, CallError>> + Send;
+    ) -> impl Future<Output = Result<Self::Receipt, CallError<S::Error>>> + Send;
 
     /// The post-commit phase, as for database nodes.
     fn finish(receipt: Self::Receipt) -> Self::Output;
@@ -214,7 +218,7 @@ pub trait ExternalNode<S: SagaDef>: Serialize + DeserializeOwned + Send + Sync +
         &self,
         cx: &ExternalCx<'_, S>,
         receipt: Option<Self::Receipt>,
-    ) -> impl Future<Output = Result<(), CallError>> + Send;
+    ) -> impl Future<Output = Result<(), CallError<S::Error>>> + Send;
 }
 
 /// An external node with nothing to read or decide before its call: the external twin of
@@ -236,7 +240,7 @@ pub trait CallOnlyExternalNode: Serialize + DeserializeOwned + Send + Sync + 'st
     fn call(
         &self,
         cx: &ExternalCx<'_, Self::Saga>,
-    ) -> impl Future<Output = Result<Self::Receipt, CallError>> + Send;
+    ) -> impl Future<Output = Result<Self::Receipt, CallError<<Self::Saga as SagaDef>::Error>>> + Send;
 
     /// The post-commit phase, as [`ExternalNode::finish`].
     fn finish(receipt: Self::Receipt) -> Self::Output;
@@ -246,7 +250,7 @@ pub trait CallOnlyExternalNode: Serialize + DeserializeOwned + Send + Sync + 'st
         &self,
         cx: &ExternalCx<'_, Self::Saga>,
         receipt: Option<Self::Receipt>,
-    ) -> impl Future<Output = Result<(), CallError>> + Send;
+    ) -> impl Future<Output = Result<(), CallError<<Self::Saga as SagaDef>::Error>>> + Send;
 }
 
 impl<N: CallOnlyExternalNode> ExternalNode<N::Saga> for N {
@@ -259,7 +263,7 @@ impl<N: CallOnlyExternalNode> ExternalNode<N::Saga> for N {
     fn prepare(
         &self,
         _: &mut PrepareCx<'_, N::Saga>,
-    ) -> impl Future<Output = Result<(), NodeError>> + Send {
+    ) -> impl Future<Output = Result<(), NodeError<<N::Saga as SagaDef>::Error>>> + Send {
         std::future::ready(Ok(()))
     }
 
@@ -267,7 +271,8 @@ impl<N: CallOnlyExternalNode> ExternalNode<N::Saga> for N {
         &self,
         cx: &ExternalCx<'_, N::Saga>,
         (): &(),
-    ) -> impl Future<Output = Result<N::Receipt, CallError>> + Send {
+    ) -> impl Future<Output = Result<N::Receipt, CallError<<N::Saga as SagaDef>::Error>>> + Send
+    {
         CallOnlyExternalNode::call(self, cx)
     }
 
@@ -279,7 +284,7 @@ impl<N: CallOnlyExternalNode> ExternalNode<N::Saga> for N {
         &self,
         cx: &ExternalCx<'_, N::Saga>,
         receipt: Option<N::Receipt>,
-    ) -> impl Future<Output = Result<(), CallError>> + Send {
+    ) -> impl Future<Output = Result<(), CallError<<N::Saga as SagaDef>::Error>>> + Send {
         CallOnlyExternalNode::compensate(self, cx, receipt)
     }
 }

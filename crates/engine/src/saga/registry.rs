@@ -64,7 +64,7 @@ impl<S: SagaDef> NodeRegistry<S> {
     /// under `S`'s steno saga type (so that recovery can run a DAG holding `T`'s nodes): through
     /// [`SagaDef::register_nested`], and so on down for the sagas `T` nests. A saga nesting itself, directly
     /// or not, recurses without end here: the engine does not check for it.
-    pub fn subsaga<T: SagaDef<Context = S::Context>>(&mut self) -> &mut Self {
+    pub fn subsaga<T: SagaDef<Context = S::Context, Error = S::Error>>(&mut self) -> &mut Self {
         T::register_nested(self);
         self
     }
@@ -75,6 +75,24 @@ impl<S: SagaDef> NodeRegistry<S> {
         self.refused
             .get_or_insert_with(|| format!("saga {saga:?} cannot be nested as a subsaga: {why}"));
         self
+    }
+
+    /// Refuses the registration of node type `node` when its output type `O` is a `Result`. The engine never
+    /// reads a node's output as success or failure (a node fails from its prepare, commit or call, never from
+    /// `finish`), so a `Result` output would be a failure the engine silently treats as data. A runtime check,
+    /// by the type's name (`std::any::type_name`): it catches an output that *is* a `Result` (under any alias,
+    /// `anyhow::Result` too), not one nested inside another type (a tuple holding a `Result`).
+    pub(crate) fn refuse_result_output<O>(&mut self, node: &str) {
+        let output = std::any::type_name::<O>();
+        if output.starts_with("core::result::Result<") {
+            self.refused.get_or_insert_with(|| {
+                format!(
+                    "node type {node:?} outputs {output}: a node's output is data, never a failure (a node \
+                     fails from its prepare, commit or call; its finish cannot fail), so a Result output is \
+                     refused"
+                )
+            });
+        }
     }
 }
 
