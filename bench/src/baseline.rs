@@ -7,10 +7,10 @@
 
 use crate::BenchError;
 use crate::baseline_store::BaselineSecStore;
+use crate::forward_retry::FORWARD_RETRY;
 use ratchet_datastore::DatastoreError;
-use ratchet_store::{DbConnection, DbPool, RetryPolicy, in_transaction};
+use ratchet_store::{DbConnection, DbPool, in_transaction};
 use std::sync::Arc;
-use std::time::Duration;
 use steno::{ActionError, ActionRegistry, SagaDag, SagaId, SagaResult, SagaType, SecClient};
 use uuid::Uuid;
 
@@ -66,15 +66,6 @@ impl BaselineSec {
         self.client.shutdown().await;
     }
 }
-
-/// The retries of a forward transaction, for both implementations (the engine's default backoff, with the
-/// attempts doubled: parallel nodes of one saga meet serialization failures under load, and neither side
-/// should fail a saga the other would have retried).
-pub(crate) const FORWARD_RETRY: RetryPolicy = RetryPolicy {
-    initial: Duration::from_millis(2),
-    max_delay: Duration::from_secs(1),
-    max_attempts: Some(24),
-};
 
 /// How a baseline action's statements are sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

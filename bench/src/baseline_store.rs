@@ -12,7 +12,7 @@
 //! `record_event` and `saga_update` cannot fail in steno's trait: like Omicron's store, they retry until the
 //! write lands. This store has none of ratchet's fencing, held events or commit records: it is the baseline.
 
-use crate::baseline::FORWARD_RETRY;
+use crate::forward_retry::FORWARD_RETRY;
 use chrono::Utc;
 use diesel::sql_types::{BigInt, Int4, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;

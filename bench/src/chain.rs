@@ -49,6 +49,7 @@ impl SagaDef for BenchChain {
     const NAME: &'static str = "bench-chain";
     type Params = ChainParams;
     type Context = ();
+    type Error = ratchet_engine::Untyped;
 
     fn register(registry: &mut NodeRegistry<Self>) {
         registry.db::<InsertChainStep>();

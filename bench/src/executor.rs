@@ -217,7 +217,7 @@ pub(crate) async fn start_engine(
 ) -> Result<(Engine, ratchet_engine::RecoveryReport), BenchError> {
     let mut config = EngineConfig::new(url, sec_id);
     config.pool = pool_config(pool_size);
-    config.forward_retry = crate::baseline::FORWARD_RETRY;
+    config.forward_retry = crate::forward_retry::FORWARD_RETRY;
     let builder = EngineBuilder::new(config)
         .register::<InstanceCreate>(Arc::clone(app))
         .register::<BenchChain>(Arc::new(()));

@@ -33,7 +33,7 @@
 //!   tests run), unless a URL is given; the report records the server's settings.
 //! - Each measurement gets a fresh database cloned from a migrated template, dropped afterwards.
 //! - Both implementations retry a transaction that meets a serialization failure with the same policy
-//!   (`baseline::FORWARD_RETRY`). Under load a node can still spend it and its saga unwinds: such sagas are
+//!   (`forward_retry::FORWARD_RETRY`). Under load a node can still spend it and its saga unwinds: such sagas are
 //!   counted per cell (`unwound`) and their time to rest stays in the latencies.
 //! - Recovery already loads logs in batches (`ratchet_store::list_unfinished` pages of 1,000 sagas,
 //!   `load_logs` 1,000 sagas per query); the bench counts those statements to show it.
@@ -45,6 +45,7 @@ pub mod chain;
 mod commits;
 mod error;
 mod executor;
+mod forward_retry;
 mod latency;
 mod measure;
 mod peer;

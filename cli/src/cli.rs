@@ -139,7 +139,7 @@ pub struct DemoArgs {
 pub struct MatrixArgs {
     /// Only this saga (repeatable) [default: all]
     #[arg(long, value_name = "SAGA", value_parser = clap::builder::PossibleValuesParser::new(
-        ratchet_fault_injection::nexus::SUITE_NAMES))]
+        ratchet_fault_injection::NEXUS_SUITE_NAMES))]
     pub saga: Vec<String>,
     /// Only this fault (repeatable) [default: all]
     #[arg(long, value_name = "FAULT", value_parser = fault_parser())]

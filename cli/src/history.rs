@@ -21,8 +21,8 @@ pub(crate) fn state_text(state: &str, ended: Option<SagaEnd>) -> String {
 /// One line for an outcome.
 pub(crate) fn describe(outcome: &SagaOutcome) -> String {
     match outcome {
-        SagaOutcome::Succeeded { output } => format!("succeeded, output {output}"),
-        SagaOutcome::Unwound { node, error } => {
+        SagaOutcome::Succeeded { output, .. } => format!("succeeded, output {output}"),
+        SagaOutcome::Unwound { node, error, .. } => {
             format!("unwound cleanly after {node} failed: {error}")
         }
         SagaOutcome::Stuck {
@@ -30,6 +30,7 @@ pub(crate) fn describe(outcome: &SagaOutcome) -> String {
             error,
             undo_node,
             undo_error,
+            ..
         } => {
             format!(
                 "STUCK: {node} failed ({error}), then the compensation of {undo_node} failed ({undo_error})"

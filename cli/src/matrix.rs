@@ -7,17 +7,17 @@ use crate::cli::{Global, MatrixArgs};
 use crate::output::{Commentary, Progress};
 use crate::setup;
 use anyhow::{Context, bail};
-use ratchet_fault_injection::{ChildProgram, Matrix, Status, nexus};
+use ratchet_fault_injection::{ChildProgram, Matrix, Status, add_nexus_suite, all_nexus_suites};
 
 pub async fn matrix(global: &Global, args: &MatrixArgs) -> anyhow::Result<()> {
     // --pairs adds, for every database and external node N, an error right after N's COMMIT followed by a
-    // crash in the compensation of N or of a node before it (see ratchet_fault_injection::cell).
+    // crash in the compensation of N or of a node before it (see ratchet_fault_injection::Cell).
     let mut matrix = Matrix::new().pairs(args.pairs);
     if args.saga.is_empty() {
-        matrix = nexus::all_suites(matrix);
+        matrix = all_nexus_suites(matrix);
     }
     for saga in &args.saga {
-        matrix = nexus::add_suite(matrix, saga).map_err(anyhow::Error::msg)?;
+        matrix = add_nexus_suite(matrix, saga).map_err(anyhow::Error::msg)?;
     }
     if !args.fault.is_empty() {
         matrix = matrix.faults(&args.fault);
@@ -25,7 +25,7 @@ pub async fn matrix(global: &Global, args: &MatrixArgs) -> anyhow::Result<()> {
     matrix = matrix.parallel(usize::from(args.parallel));
     if args.real_crash {
         // Each crash cell runs its saga in a child `ratchet matrix-child SPEC`, killed with SIGKILL at the
-        // fault point (see ratchet_fault_injection::real_crash).
+        // fault point (see ratchet_fault_injection::ChildProgram).
         let me = std::env::current_exe().context("finding this program, to run it as a child")?;
         matrix = matrix.real_crash(ChildProgram::new(me, &["matrix-child"]));
     }
@@ -78,7 +78,7 @@ pub async fn matrix(global: &Global, args: &MatrixArgs) -> anyhow::Result<()> {
 
 /// `ratchet matrix-child SPEC`: one real-crash cell's saga, run until the parent kills it.
 pub async fn child(spec: &str) -> anyhow::Result<()> {
-    nexus::all_suites(Matrix::new()).run_child(spec).await?;
+    all_nexus_suites(Matrix::new()).run_child(spec).await?;
     Ok(())
 }
 

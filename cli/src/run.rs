@@ -236,7 +236,7 @@ pub async fn run(global: &Global, saga: &RunSaga) -> anyhow::Result<()> {
         };
         *outcomes.entry(kind).or_default() += 1;
         let detail = match &outcome {
-            SagaOutcome::Unwound { node, error } => format!(" ({node}: {error})"),
+            SagaOutcome::Unwound { node, error, .. } => format!(" ({node}: {error})"),
             SagaOutcome::Stuck {
                 undo_node,
                 undo_error,

@@ -9,7 +9,9 @@
 //! `--dry-run` (say what would be done, from the database as it is, and change nothing) and, on a
 //! `--database-url`, ask before changing anything unless given `--yes` ([`output::confirm`]).
 
-use crate::cli::{AbandonArgs, AdoptArgs, Global, ListArgs, RetryUnwindArgs, ShowArgs};
+use crate::cli::{
+    AbandonArgs, AdoptArgs, Global, ListArgs, RetryUnwindArgs, ServiceArgs, ShowArgs,
+};
 use crate::history::{
     commits_text, describe, format_time, print_history, state_text, version_text,
 };
@@ -275,18 +277,15 @@ pub async fn retry_unwind(global: &Global, args: &RetryUnwindArgs) -> anyhow::Re
         let plan = retry_unwind_plan(global, args, &executor).await?;
         output::ask(&plan.text(&executor))?;
     }
-    let (url, _) = setup::open(global, COMMAND).await?;
-    let services = NexusServices::from_args(&args.services);
-    let (engine, recovered) = setup::start_engine(
-        &url,
+    let (engine, recovered) = start_operator_engine(
+        global,
         &executor,
-        &services,
+        &args.services,
         COMMAND,
         AlsoUnstranded::Saga(id),
-        |_| {},
+        say,
     )
     .await?;
-    say_recovered_first(&engine, &recovered, say);
     say.line(format_args!(
         "retrying the unwind of saga {id} as executor {}",
         engine.sec_id()
@@ -563,18 +562,15 @@ pub async fn adopt(global: &Global, args: &AdoptArgs) -> anyhow::Result<()> {
     if output::must_ask(COMMAND, external, args.safety.yes)? {
         output::ask(&adopt_plan(global, args, &executor).await?.text(&executor))?;
     }
-    let (url, _) = setup::open(global, COMMAND).await?;
-    let services = NexusServices::from_args(&args.services);
-    let (engine, recovered) = setup::start_engine(
-        &url,
+    let (engine, recovered) = start_operator_engine(
+        global,
         &executor,
-        &services,
+        &args.services,
         COMMAND,
         AlsoUnstranded::Executor(from),
-        |_| {},
+        say,
     )
     .await?;
-    say_recovered_first(&engine, &recovered, say);
     let options = AdoptOptions {
         abandon_unknown: args.abandon_unknown,
     };
@@ -680,6 +676,25 @@ fn print_plan<T: serde::Serialize>(
 }
 
 /// Says what the recovery an engine runs first did (if anything).
+/// Starts the engine an operator command drives (retry-unwind, adopt) on the database `global` names, with
+/// the services `services` names, through the one engine start of every command ([`setup::start_engine`]),
+/// and says what its own recovery did first (and returns its report).
+async fn start_operator_engine(
+    global: &Global,
+    executor: &Executor,
+    services: &ServiceArgs,
+    command: &str,
+    also: AlsoUnstranded,
+    say: Commentary,
+) -> anyhow::Result<(Engine, RecoveryReport)> {
+    let (url, _) = setup::open(global, command).await?;
+    let services = NexusServices::from_args(services);
+    let (engine, recovered) =
+        setup::start_engine(&url, executor, &services, command, also, |_| {}).await?;
+    say_recovered_first(&engine, &recovered, say);
+    Ok((engine, recovered))
+}
+
 fn say_recovered_first(engine: &Engine, recovery: &RecoveryReport, say: Commentary) {
     if !recovery.resumed.is_empty()
         || !recovery.abandoned.is_empty()

@@ -26,11 +26,11 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 /// The account's balance before the saga.
-pub const OPENING_BALANCE: i64 = 100;
+pub const EXAMPLE_OPENING_BALANCE: i64 = 100;
 /// What the widget costs.
-pub const PRICE: i64 = 30;
+pub const EXAMPLE_WIDGET_PRICE: i64 = 30;
 /// The widget's name.
-pub const WIDGET_NAME: &str = "under-test";
+pub const EXAMPLE_WIDGET_NAME: &str = "under-test";
 
 /// [`ProvisionWidget`] under test; its fixture is the account it charges.
 pub struct ProvisionSuite;
@@ -48,7 +48,7 @@ impl SagaSuite for ProvisionSuite {
     }
 
     async fn fixture(&self, url: &str) -> Result<Uuid, HarnessError> {
-        open_account(url).await
+        open_example_account(url).await
     }
 
     fn register(&self, builder: EngineBuilder, _: &Uuid) -> EngineBuilder {
@@ -66,8 +66,8 @@ impl SagaSuite for ProvisionSuite {
     fn params(&self, account: &Uuid) -> ProvisionParams {
         ProvisionParams {
             account_id: *account,
-            widget_name: WIDGET_NAME.to_owned(),
-            price: PRICE,
+            widget_name: EXAMPLE_WIDGET_NAME.to_owned(),
+            price: EXAMPLE_WIDGET_PRICE,
         }
     }
 
@@ -76,7 +76,7 @@ impl SagaSuite for ProvisionSuite {
         account: &Uuid,
         conn: &mut DbConnection,
     ) -> Result<Vec<String>, HarnessError> {
-        violations(conn, *account).await
+        example_violations(conn, *account).await
     }
 
     async fn check_outcome(
@@ -85,14 +85,14 @@ impl SagaSuite for ProvisionSuite {
         conn: &mut DbConnection,
         succeeded: bool,
     ) -> Result<Vec<String>, HarnessError> {
-        check_outcome(conn, *account, succeeded).await
+        check_example_outcome(conn, *account, succeeded).await
     }
 }
 
-/// Creates the account with [`OPENING_BALANCE`] on the database at `url`.
-pub async fn open_account(url: &str) -> Result<Uuid, HarnessError> {
+/// Creates the account with [`EXAMPLE_OPENING_BALANCE`] on the database at `url`.
+pub async fn open_example_account(url: &str) -> Result<Uuid, HarnessError> {
     let mut conn = ratchet_store::establish(url).await?;
-    Ok(example::create_account(&mut conn, OPENING_BALANCE)
+    Ok(example::create_account(&mut conn, EXAMPLE_OPENING_BALANCE)
         .await
         .map_err(DbError::from)?)
 }
@@ -159,17 +159,17 @@ async fn books(conn: &mut DbConnection, account: Uuid) -> Result<Books, HarnessE
     })
 }
 
-/// The invariants of the example's tables at rest, for `account` (opened with [`OPENING_BALANCE`]).
-pub async fn violations(
+/// The invariants of the example's tables at rest, for `account` (opened with [`EXAMPLE_OPENING_BALANCE`]).
+pub async fn example_violations(
     conn: &mut DbConnection,
     account: Uuid,
 ) -> Result<Vec<String>, HarnessError> {
     let books = books(conn, account).await?;
     let mut found = Vec::new();
-    let expected_balance = OPENING_BALANCE + books.ledger_sum;
+    let expected_balance = EXAMPLE_OPENING_BALANCE + books.ledger_sum;
     if books.balance != expected_balance {
         found.push(format!(
-            "money not conserved: balance {} but opening {OPENING_BALANCE} plus the ledger ({} in {} rows) is \
+            "money not conserved: balance {} but opening {EXAMPLE_OPENING_BALANCE} plus the ledger ({} in {} rows) is \
              {expected_balance}; {} unaccounted for",
             books.balance,
             books.ledger_sum,
@@ -199,8 +199,8 @@ pub async fn violations(
     Ok(found)
 }
 
-/// After a success: exactly one active widget, charged [`PRICE`] once. After an unwind: nothing at all.
-pub async fn check_outcome(
+/// After a success: exactly one active widget, charged [`EXAMPLE_WIDGET_PRICE`] once. After an unwind: nothing at all.
+pub async fn check_example_outcome(
     conn: &mut DbConnection,
     account: Uuid,
     succeeded: bool,
@@ -214,7 +214,7 @@ pub async fn check_outcome(
         .map(|w| w.name.as_str())
         .collect();
     let (want_widgets, want_sum, want_rows) = if succeeded {
-        (vec![WIDGET_NAME], -PRICE, 1)
+        (vec![EXAMPLE_WIDGET_NAME], -EXAMPLE_WIDGET_PRICE, 1)
     } else {
         (vec![], 0, 0)
     };
@@ -232,11 +232,11 @@ pub async fn check_outcome(
             books.ledger_sum, books.ledger_rows
         ));
     }
-    if books.balance != OPENING_BALANCE + want_sum {
+    if books.balance != EXAMPLE_OPENING_BALANCE + want_sum {
         problems.push(format!(
             "balance {}, expected {}",
             books.balance,
-            OPENING_BALANCE + want_sum
+            EXAMPLE_OPENING_BALANCE + want_sum
         ));
     }
     Ok(problems)

@@ -23,7 +23,7 @@
 //!
 //! With [`Matrix::pairs`] it also crosses two faults: an error right after node N's commit, then a crash of
 //! the engine in the compensation of N or of a node before N, during the unwind that error caused (see
-//! [`cell`]).
+//! [`Cell`]).
 //!
 //! The harness has teeth: a suite can declare cells where its saga is known to be defective
 //! ([`SagaSuite::expects_detection`], the legacy disk-attach); those must show a leak or a stuck unwind, and
@@ -32,14 +32,14 @@
 //! # Pointing it at a saga
 //!
 //! Implement [`SagaSuite`]: a fixture (the world the saga runs in), the parameters, and the checks at rest.
-//! [`example::ProvisionSuite`] is a complete suite for the engine's example saga in a few dozen lines; the
+//! [`ProvisionSuite`] is a complete suite for the engine's example saga in a few dozen lines; the
 //! crate's tests run it over the full matrix, and run copies of that saga with deliberately broken
 //! compensations (one that does nothing, one that forgets a row, one that refunds twice), which the matrix
 //! must fail:
 //!
 //! ```no_run
 //! # use ratchet_fault_injection::{HarnessError, Matrix};
-//! use ratchet_fault_injection::example::ProvisionSuite;
+//! use ratchet_fault_injection::ProvisionSuite;
 //!
 //! # async fn run() -> Result<(), HarnessError> {
 //! let server = ratchet_test_utils::testing::test_server().await?;
@@ -48,17 +48,25 @@
 //! # Ok(()) }
 //! ```
 
-pub mod cell;
-pub mod example;
-pub mod fault;
+mod cell;
+mod example;
+mod fault;
 mod matrix;
-pub mod nexus;
-pub mod real_crash;
+mod nexus;
+mod real_crash;
 mod suite;
 
-pub use cell::{CellResult, Status};
+pub use cell::{Cell, CellResult, Status};
+pub use example::{
+    EXAMPLE_OPENING_BALANCE, EXAMPLE_WIDGET_NAME, EXAMPLE_WIDGET_PRICE, ProvisionSuite,
+    check_example_outcome, example_violations, open_example_account,
+};
 pub use fault::{Expected, Fault};
 pub use matrix::{Matrix, MatrixReport};
+pub use nexus::{
+    DiskAttachSuite, DiskDetachSuite, InstanceCreateSuite, NEXUS_SUITE_NAMES, NexusFixture,
+    NexusSuite, SnapshotCreateSuite, add_nexus_suite, all_nexus_suites,
+};
 pub use real_crash::{ChildProgram, ChildSpec};
 pub use suite::SagaSuite;
 

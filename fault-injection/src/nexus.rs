@@ -117,30 +117,51 @@ fn service_operation(f: &NexusFixture, node: &str) -> Option<(ratchet_sim::Fault
     })
 }
 
-/// The external nodes of the Nexus sagas: each one's service operation, and its compensation's.
-const EXTERNAL_NODES: [(&str, Operation, Option<Operation>); 4] = [
+/// How an external node names its calls to its service.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum CallNaming {
+    /// By the node's idempotency key (its call) and compensation key (its compensation).
+    Key,
+    /// By resource id and generation, with no key (the sled agent's form, as Nexus calls it): the service
+    /// books such a call under the resource's id, when it changed the state.
+    Generation,
+}
+
+/// The external nodes of the Nexus sagas: how each names its calls, its service operation, and its
+/// compensation's.
+const EXTERNAL_NODES: [(&str, CallNaming, Operation, Option<Operation>); 4] = [
     (
         "ensure_vmm",
+        CallNaming::Generation,
         Operation::VmmEnsure,
         Some(Operation::VmmUnregister),
     ),
     (
         "pantry_attach",
+        CallNaming::Key,
         Operation::DiskAttach,
         Some(Operation::DiskDetach),
     ),
     (
         "pantry_snapshot",
+        CallNaming::Key,
         Operation::DiskSnapshot,
         Some(Operation::SnapshotDelete),
     ),
-    ("pantry_detach", Operation::DiskDetach, None),
+    (
+        "pantry_detach",
+        CallNaming::Key,
+        Operation::DiskDetach,
+        None,
+    ),
 ];
 
-/// The services' books against the saga's external nodes: every request the sled agent or the pantry
-/// applied carried one of the keys the saga's nodes use (a node's idempotency key for its call, its
-/// compensation key for its compensation), and each key was applied at most once. A caller that minted a new
-/// key on a retry would show up as a foreign key, or as the call applied twice.
+/// The services' books against the saga's external nodes. A keyed call: every request the service applied
+/// carried one of the keys the saga's nodes use (a node's idempotency key for its call, its compensation key
+/// for its compensation), and each key was applied at most once. A call by generation: each resource was
+/// changed at most once by each operation (a retry at the same generation changes nothing). A caller that
+/// minted a new key, or a newer generation, on a retry would show up as a foreign key, or as the call applied
+/// twice.
 async fn service_books(
     f: &NexusFixture,
     conn: &mut DbConnection,
@@ -155,21 +176,23 @@ async fn service_books(
         .get_result(conn)
         .await
         .map_err(ratchet_store::DbError::from)?;
-    let mut allowed: std::collections::BTreeMap<Operation, Vec<Uuid>> = Default::default();
-    for (node, call, compensation) in EXTERNAL_NODES {
-        allowed
-            .entry(call)
-            .or_default()
-            .push(ratchet_engine::derived_id(saga.id, node, "idempotency-key"));
-        if let Some(compensation) = compensation {
-            allowed
-                .entry(compensation)
-                .or_default()
-                .push(ratchet_engine::derived_id(
-                    saga.id,
-                    node,
-                    "compensation-key",
-                ));
+    // By operation: the keys the saga's nodes may use, or `None` for an operation booked by resource.
+    let mut allowed: std::collections::BTreeMap<Operation, Option<Vec<Uuid>>> = Default::default();
+    for (node, naming, call, compensation) in EXTERNAL_NODES {
+        let operations = [
+            (Some(call), "idempotency-key"),
+            (compensation, "compensation-key"),
+        ];
+        for (operation, purpose) in operations {
+            let Some(operation) = operation else { continue };
+            let keys = allowed.entry(operation).or_insert_with(|| Some(Vec::new()));
+            match (naming, keys) {
+                (CallNaming::Generation, keys) => *keys = None,
+                (CallNaming::Key, Some(keys)) => {
+                    keys.push(ratchet_engine::derived_id(saga.id, node, purpose));
+                }
+                (CallNaming::Key, None) => {}
+            }
         }
     }
     let mut problems = Vec::new();
@@ -181,12 +204,17 @@ async fn service_books(
         let applied = faults.applied_keys(*operation);
         for key in &applied {
             let times = applied.iter().filter(|k| *k == key).count();
-            if !keys.contains(key) {
+            if keys.as_ref().is_some_and(|keys| !keys.contains(key)) {
                 problems.push(format!(
                     "{operation} applied under {key}, a key none of the saga's nodes uses"
                 ));
             } else if times > 1 {
-                problems.push(format!("{operation} applied {times} times under {key}"));
+                let under = if keys.is_some() {
+                    "under"
+                } else {
+                    "to resource"
+                };
+                problems.push(format!("{operation} applied {times} times {under} {key}"));
             }
         }
     }
@@ -223,15 +251,15 @@ fn service_fault_fired(f: &NexusFixture, node: &str) -> bool {
 struct ServicesHandle {
     sled_agent: std::net::SocketAddr,
     pantry: std::net::SocketAddr,
-    mint_fresh_keys: bool,
+    fresh_request_per_attempt: bool,
 }
 
 fn services_handle(fixture: &NexusFixture) -> serde_json::Value {
     serde_json::json!(ServicesHandle {
         sled_agent: fixture.services.sled_agent.addr(),
         pantry: fixture.services.pantry.addr(),
-        mint_fresh_keys: std::sync::atomic::AtomicBool::load(
-            &fixture.services.app.mint_fresh_keys,
+        fresh_request_per_attempt: std::sync::atomic::AtomicBool::load(
+            &fixture.services.app.fresh_request_per_attempt,
             std::sync::atomic::Ordering::Relaxed,
         ),
     })
@@ -247,8 +275,10 @@ fn register_remote(
         ratchet_sim::SledAgentClient::new(handle.sled_agent),
         ratchet_sim::PantryClient::new(handle.pantry),
     );
-    app.mint_fresh_keys
-        .store(handle.mint_fresh_keys, std::sync::atomic::Ordering::Relaxed);
+    app.fresh_request_per_attempt.store(
+        handle.fresh_request_per_attempt,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     Ok(ratchet_sagas::register_all(
         builder,
         &std::sync::Arc::new(app),
@@ -388,9 +418,9 @@ impl<S: NexusSuite> SagaSuite for S {
 /// and start; `legacy` attaches disks with the pre-fix steno action.
 pub struct InstanceCreateSuite {
     pub legacy: bool,
-    /// A mutant for the harness's own tests: the VMM ensure mints a fresh key on every attempt
-    /// (`NexusApp::mint_fresh_keys`). The services' books must show it.
-    pub mint_fresh_keys: bool,
+    /// A mutant for the harness's own tests: the VMM ensure makes every attempt a new request
+    /// (`NexusApp::fresh_request_per_attempt`). The services' books must show it.
+    pub fresh_request_per_attempt: bool,
 }
 
 impl InstanceCreateSuite {
@@ -398,7 +428,7 @@ impl InstanceCreateSuite {
     pub fn new(legacy: bool) -> InstanceCreateSuite {
         InstanceCreateSuite {
             legacy,
-            mint_fresh_keys: false,
+            fresh_request_per_attempt: false,
         }
     }
 }
@@ -416,11 +446,10 @@ impl NexusSuite for InstanceCreateSuite {
     }
 
     fn prepare(&self, fixture: &NexusFixture) {
-        fixture
-            .services
-            .app
-            .mint_fresh_keys
-            .store(self.mint_fresh_keys, std::sync::atomic::Ordering::Relaxed);
+        fixture.services.app.fresh_request_per_attempt.store(
+            self.fresh_request_per_attempt,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     fn params(&self, f: &NexusFixture) -> InstanceCreateParams {
@@ -703,7 +732,7 @@ impl NexusSuite for SnapshotCreateSuite {
 }
 
 /// Every Nexus suite: the four sagas and the legacy variant.
-pub fn all_suites(matrix: crate::Matrix) -> crate::Matrix {
+pub fn all_nexus_suites(matrix: crate::Matrix) -> crate::Matrix {
     matrix
         .suite(InstanceCreateSuite::new(false))
         .suite(InstanceCreateSuite::new(true))
@@ -713,7 +742,7 @@ pub fn all_suites(matrix: crate::Matrix) -> crate::Matrix {
 }
 
 /// The suite names `ratchet matrix --saga` accepts.
-pub const SUITE_NAMES: [&str; 5] = [
+pub const NEXUS_SUITE_NAMES: [&str; 5] = [
     "instance-create",
     "legacy-instance-create",
     "disk-attach",
@@ -722,7 +751,7 @@ pub const SUITE_NAMES: [&str; 5] = [
 ];
 
 /// Adds the named suite.
-pub fn add_suite(matrix: crate::Matrix, name: &str) -> Result<crate::Matrix, String> {
+pub fn add_nexus_suite(matrix: crate::Matrix, name: &str) -> Result<crate::Matrix, String> {
     Ok(match name {
         "instance-create" => matrix.suite(InstanceCreateSuite::new(false)),
         "legacy-instance-create" => matrix.suite(InstanceCreateSuite::new(true)),
@@ -732,7 +761,7 @@ pub fn add_suite(matrix: crate::Matrix, name: &str) -> Result<crate::Matrix, Str
         other => {
             return Err(format!(
                 "unknown saga {other:?} (one of: {})",
-                SUITE_NAMES.join(", ")
+                NEXUS_SUITE_NAMES.join(", ")
             ));
         }
     })

@@ -17,8 +17,11 @@ use ratchet_engine::{
     SagaDef,
 };
 use ratchet_example_saga as example;
-use ratchet_fault_injection::example::{self as checks, ProvisionSuite};
-use ratchet_fault_injection::{CellResult, Fault, HarnessError, Matrix, SagaSuite, Status};
+use ratchet_fault_injection::{
+    CellResult, EXAMPLE_WIDGET_NAME, EXAMPLE_WIDGET_PRICE, Fault, HarnessError, Matrix,
+    ProvisionSuite, SagaSuite, Status, check_example_outcome, example_violations,
+    open_example_account,
+};
 use ratchet_store::DbConnection;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -81,6 +84,7 @@ impl SagaDef for MutantProvision {
     const NAME: &'static str = "mutant-provision";
     type Params = MutantParams;
     type Context = ();
+    type Error = ratchet_engine::Untyped;
 
     fn register(registry: &mut NodeRegistry<Self>) {
         registry
@@ -296,7 +300,7 @@ impl SagaSuite for MutantSuite {
     }
 
     async fn fixture(&self, url: &str) -> Result<Uuid, HarnessError> {
-        checks::open_account(url).await
+        open_example_account(url).await
     }
 
     fn register(&self, builder: EngineBuilder, _: &Uuid) -> EngineBuilder {
@@ -306,8 +310,8 @@ impl SagaSuite for MutantSuite {
     fn params(&self, account: &Uuid) -> MutantParams {
         MutantParams {
             account_id: *account,
-            widget_name: checks::WIDGET_NAME.to_owned(),
-            price: checks::PRICE,
+            widget_name: EXAMPLE_WIDGET_NAME.to_owned(),
+            price: EXAMPLE_WIDGET_PRICE,
             mutation: self.mutation,
         }
     }
@@ -317,7 +321,7 @@ impl SagaSuite for MutantSuite {
         account: &Uuid,
         conn: &mut DbConnection,
     ) -> Result<Vec<String>, HarnessError> {
-        checks::violations(conn, *account).await
+        example_violations(conn, *account).await
     }
 
     async fn check_outcome(
@@ -326,7 +330,7 @@ impl SagaSuite for MutantSuite {
         conn: &mut DbConnection,
         succeeded: bool,
     ) -> Result<Vec<String>, HarnessError> {
-        checks::check_outcome(conn, *account, succeeded).await
+        check_example_outcome(conn, *account, succeeded).await
     }
 
     fn includes(&self, node: &str, _: NodeKind) -> bool {

@@ -4,10 +4,10 @@ mod common;
 
 use common::{assert_all_pass, run};
 use ratchet_engine::FaultPoint;
-use ratchet_fault_injection::nexus::{
-    DiskAttachSuite, DiskDetachSuite, InstanceCreateSuite, SnapshotCreateSuite,
+use ratchet_fault_injection::{
+    DiskAttachSuite, DiskDetachSuite, Fault, InstanceCreateSuite, Matrix, SnapshotCreateSuite,
+    Status,
 };
-use ratchet_fault_injection::{Fault, Matrix, Status};
 
 /// How many faults apply to a database node: all but `response_lost` and `unknown_then_refused`.
 const DB_FAULTS: usize = Fault::ALL.len() - 2;
@@ -130,14 +130,15 @@ async fn snapshot_create_pairs_pass() {
     );
 }
 
-/// The services' books have teeth: a caller that mints a fresh idempotency key on every attempt (a mutant)
+/// The services' books have teeth: a caller that makes every attempt a new request (a mutant: the VMM ensure,
+/// idempotent by generation, sends a newer generation on every attempt, as a caller minting a fresh key would)
 /// gets its VMM ensure applied twice when a response is lost, and the cell fails on the sled agent's books.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_caller_minting_keys_on_retry_fails_the_response_lost_cell() {
+async fn a_caller_making_each_retry_a_new_request_fails_the_response_lost_cell() {
     let report = run(Matrix::new()
         .suite(InstanceCreateSuite {
             legacy: false,
-            mint_fresh_keys: true,
+            fresh_request_per_attempt: true,
         })
         .faults(&[Fault::ResponseLost])
         .nodes(&["ensure_vmm"]))
@@ -148,7 +149,7 @@ async fn a_caller_minting_keys_on_retry_fails_the_response_lost_cell() {
     assert!(
         cell.problems
             .iter()
-            .any(|p| p.contains("a key none of the saga's nodes uses")),
+            .any(|p| p.contains("vmm_ensure applied 2 times to resource")),
         "{:?}",
         cell.problems
     );

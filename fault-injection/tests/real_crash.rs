@@ -6,9 +6,9 @@ mod common;
 
 use common::{assert_all_pass, run};
 use ratchet_engine::FaultPoint;
-use ratchet_fault_injection::example::ProvisionSuite;
-use ratchet_fault_injection::nexus::{InstanceCreateSuite, SnapshotCreateSuite};
-use ratchet_fault_injection::{ChildProgram, Fault, Matrix, Status};
+use ratchet_fault_injection::{
+    ChildProgram, Fault, InstanceCreateSuite, Matrix, ProvisionSuite, SnapshotCreateSuite, Status,
+};
 
 const CRASHES: [Fault; 3] = [
     Fault::CrashBeforeCommit,

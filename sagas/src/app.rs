@@ -12,10 +12,11 @@ pub struct NexusApp {
     pub pantry: PantryClient,
     /// Knobs of the pre-fix `legacy` disk-attach, which exists only to be shown failing.
     pub legacy: LegacyKnobs,
-    /// A mutant for the fault harness's own tests, never set otherwise: the sled agent's VMM ensure then
-    /// sends a fresh idempotency key on every attempt instead of the node's key, as a client that mints a
-    /// key per retry would. The harness must catch it (the service's books show the call applied twice).
-    pub mint_fresh_keys: std::sync::atomic::AtomicBool,
+    /// A mutant for the fault harness's own tests, never set otherwise: the sled agent's VMM ensure (a call
+    /// idempotent by generation) then sends a newer generation on every attempt instead of the node's, as a
+    /// client that mints a key per retry would make every retry a new request. The harness must catch it
+    /// (the service's books show the call applied twice).
+    pub fresh_request_per_attempt: std::sync::atomic::AtomicBool,
 }
 
 impl NexusApp {
@@ -24,7 +25,7 @@ impl NexusApp {
             sled_agent,
             pantry,
             legacy: LegacyKnobs::default(),
-            mint_fresh_keys: std::sync::atomic::AtomicBool::new(false),
+            fresh_request_per_attempt: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }

@@ -9,7 +9,7 @@
 
 use crate::app::NexusApp;
 use ratchet_datastore::{self as ds, DiskState, InstanceState};
-use ratchet_engine::{CommitTx, DbNode, NodeError, PrepareCx, SagaDef};
+use ratchet_engine::{CommitTx, DbNode, NodeError, PrepareCx, SagaDef, Untyped};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -55,7 +55,7 @@ pub struct Attached {
     pub attached_here: bool,
 }
 
-impl<S: SagaDef<Context = NexusApp>> DbNode<S> for AttachDisk {
+impl<S: SagaDef<Context = NexusApp, Error = Untyped>> DbNode<S> for AttachDisk {
     const NAME: &'static str = "nexus.attach_disk";
     type Plan = AttachPlan;
     type Receipt = Attached;
@@ -146,7 +146,7 @@ pub struct Detached {
     pub detached_here: bool,
 }
 
-impl<S: SagaDef<Context = NexusApp>> DbNode<S> for DetachDisk {
+impl<S: SagaDef<Context = NexusApp, Error = Untyped>> DbNode<S> for DetachDisk {
     const NAME: &'static str = "nexus.detach_disk";
     type Plan = DetachPlan;
     type Receipt = Detached;

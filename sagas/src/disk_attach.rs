@@ -24,6 +24,7 @@ impl SagaDef for DiskAttach {
     const NAME: &'static str = "disk-attach";
     type Params = DiskInstanceParams;
     type Context = NexusApp;
+    type Error = ratchet_engine::Untyped;
 
     ratchet_engine::declare_saga_nodes! {
         db AttachDisk,
@@ -48,6 +49,7 @@ impl SagaDef for DiskDetach {
     const NAME: &'static str = "disk-detach";
     type Params = DiskInstanceParams;
     type Context = NexusApp;
+    type Error = ratchet_engine::Untyped;
 
     ratchet_engine::declare_saga_nodes! {
         db DetachDisk,

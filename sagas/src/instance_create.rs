@@ -78,6 +78,7 @@ impl SagaDef for InstanceCreate {
     const NAME: &'static str = "instance-create";
     type Params = InstanceCreateParams;
     type Context = NexusApp;
+    type Error = ratchet_engine::Untyped;
 
     // The node types, in DAG order, with what each commits. `build` lays out one node a NIC, an IP or a disk
     // (a stage of parallel nodes for the disks it creates, then one to finalize them), and the boot disk,
@@ -94,7 +95,7 @@ impl SagaDef for InstanceCreate {
         db SetBootDisk,             // instance.boot_disk_id
         db MoveToStopped,           // instance creating -> no_vmm
         db ReserveSled,             // INSERT sled_resource_vmm on a sled with room
-        external EnsureVmm,         // sled agent: PUT /vmms/{propolis_id}, keyed
+        external EnsureVmm,         // sled agent: PUT /vmms/{propolis_id}, by generation
         db MarkRunning,             // instance no_vmm -> vmm, active_propolis_id
     }
 
@@ -564,12 +565,18 @@ impl CommitOnlyDbNode for ReserveSled {
     }
 }
 
-/// Asks the sled agent to run the instance's VMM (an external node: one keyed, idempotent call).
+/// Asks the sled agent to run the instance's VMM: an external node in the form Nexus's sled agent takes
+/// calls, idempotent by propolis id and generation (no idempotency key). Its compensation unregisters the VMM
+/// and fences the generation the ensure carried, so a late duplicate of the ensure is refused: the
+/// tombstone, by generation.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EnsureVmm {
     pub propolis_id: Uuid,
     pub instance_id: Uuid,
 }
+
+/// The generation of the VMM's runtime state that instance-create registers.
+const FIRST_VMM_GENERATION: u64 = 1;
 
 impl CallOnlyExternalNode for EnsureVmm {
     type Saga = InstanceCreate;
@@ -580,17 +587,20 @@ impl CallOnlyExternalNode for EnsureVmm {
 
     async fn call(&self, cx: &ExternalCx<'_, InstanceCreate>) -> Result<u64, CallError> {
         let app = cx.context();
-        let key = if app
-            .mint_fresh_keys
+        let generation = if app
+            .fresh_request_per_attempt
             .load(std::sync::atomic::Ordering::Relaxed)
         {
-            Uuid::new_v4() // the harness's mutant (`NexusApp::mint_fresh_keys`), never set otherwise
+            // The harness's mutant (`NexusApp::fresh_request_per_attempt`), never set otherwise: every attempt a newer
+            // generation, as a caller minting a fresh key on every retry would.
+            static ATTEMPTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            FIRST_VMM_GENERATION + 1 + ATTEMPTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         } else {
-            cx.idempotency_key()
+            FIRST_VMM_GENERATION
         };
         let vmm = app
             .sled_agent
-            .vmm_ensure(key, self.propolis_id, self.instance_id, 1)
+            .vmm_ensure_at_generation(self.propolis_id, self.instance_id, generation)
             .await
             .map_err(crate::errors::call)?;
         Ok(vmm.generation)
@@ -603,16 +613,13 @@ impl CallOnlyExternalNode for EnsureVmm {
     async fn compensate(
         &self,
         cx: &ExternalCx<'_, InstanceCreate>,
-        _: Option<u64>,
+        receipt: Option<u64>,
     ) -> Result<(), CallError> {
+        // Fences the generation the ensure carried (the receipt's, or the first when the outcome was never
+        // recorded): the sled agent then refuses a late ensure of it.
         cx.context()
             .sled_agent
-            // Names the ensure's key: the sled agent then refuses a late ensure under it.
-            .vmm_unregister(
-                cx.compensation_key(),
-                Some(cx.idempotency_key()),
-                self.propolis_id,
-            )
+            .vmm_unregister_fencing(self.propolis_id, receipt.unwrap_or(FIRST_VMM_GENERATION))
             .await
             .map_err(crate::errors::call)?;
         Ok(())

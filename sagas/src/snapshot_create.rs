@@ -33,6 +33,7 @@ impl SagaDef for SnapshotCreate {
     const NAME: &'static str = "snapshot-create";
     type Params = SnapshotCreateParams;
     type Context = NexusApp;
+    type Error = ratchet_engine::Untyped;
 
     // The node types, in DAG order (a chain), with what each commits.
     ratchet_engine::declare_saga_nodes! {

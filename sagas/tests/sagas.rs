@@ -245,11 +245,12 @@ mod instance_create {
     }
 
     /// The sled agent applies the VMM ensure and loses its answer; every later attempt is refused. The
-    /// refusals say nothing of the first attempt, which may have landed (it did): the node must undo it by
-    /// key before it fails. The VMM is unregistered, the key tombstoned (a late ensure under it is refused),
-    /// and the saga unwinds with nothing left on the sled agent.
+    /// refusals say nothing of the first attempt, which may have landed (it did): the node must undo it
+    /// before it fails. The VMM is unregistered, its generation fenced (a late ensure of it is refused: the
+    /// tombstone, by generation, as Nexus's sled agent takes calls), and the saga unwinds with nothing left on
+    /// the sled agent.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn ensure_applied_then_refused_is_compensated_by_key() {
+    async fn ensure_applied_then_refused_is_compensated_and_fenced() {
         let mut nexus = Nexus::with(WorldSpec::default(), |config| {
             // Slow retries, so that the refusals can be armed between the first attempt and the next.
             config.forward_retry = ratchet_store::RetryPolicy {
@@ -290,10 +291,28 @@ mod instance_create {
         let unregister = faults.counters(ratchet_sim::Operation::VmmUnregister);
         assert_eq!(
             unregister.applied, 1,
-            "compensated by key once: {unregister:?}"
+            "compensated once, fencing the generation: {unregister:?}"
         );
         assert!(nexus.services.sled_agent.vmms().is_empty(), "no VMM leaked");
-        assert_eq!(nexus.services.sled_agent.tombstones(), 1);
+        // The compensation fenced the ensure's generation: a late duplicate of it is refused.
+        let [propolis] = faults.applied_keys(ratchet_sim::Operation::VmmEnsure)[..] else {
+            panic!(
+                "one VMM ensured: {:?}",
+                faults.applied_keys(ratchet_sim::Operation::VmmEnsure)
+            );
+        };
+        faults.clear();
+        let late = nexus
+            .services
+            .sled_agent
+            .client()
+            .vmm_ensure_at_generation(propolis, Uuid::new_v4(), 1)
+            .await;
+        assert!(
+            matches!(&late, Err(ratchet_sim::CallOutcomeError::Refused(m)) if m.contains("vmm_fenced")),
+            "{late:?}"
+        );
+        assert!(nexus.services.sled_agent.vmms().is_empty(), "no VMM leaked");
         nexus.assert_no_violations().await;
     }
 

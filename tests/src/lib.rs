@@ -524,11 +524,13 @@ pub async fn assert_no_saga_given_up(
     if !states.contains_key("stuck") && !states.contains_key("abandoned") {
         return;
     }
-    let given_up: Vec<Count> = diesel::sql_query(
-        "SELECT id::text || ' ' || saga_state || ' at ' || COALESCE(stuck_node, '-') || ': ' \
+    // The state as ratchet's readers see it: a stuck saga may be recorded `unwinding` (an Omicron-readable log).
+    let state = ratchet_store::EFFECTIVE_STATE_SQL;
+    let given_up: Vec<Count> = diesel::sql_query(format!(
+        "SELECT id::text || ' ' || {state}::text || ' at ' || COALESCE(stuck_node, '-') || ': ' \
                 || COALESCE(stuck_reason, abandon_comment, '-') AS key, 1::int8 AS count \
-         FROM saga WHERE saga_state IN ('stuck', 'abandoned') ORDER BY id",
-    )
+         FROM saga WHERE {state} IN ('stuck', 'abandoned') ORDER BY id"
+    ))
     .load(conn)
     .await
     .expect("list the stuck and abandoned sagas");

@@ -24,21 +24,10 @@ async fn executors_started_together_on_a_blank_database_all_come_up() {
     let server = test_server().await.unwrap();
     for round in 1..=ROUNDS {
         let database = server.blank_database().await.unwrap();
-        // Spawned back to back, before any is awaited: they reach the migrations within milliseconds.
-        let children: Vec<_> = (0..PROCESSES)
-            .map(|_| {
-                Command::new(&ratchet)
-                    .args(["--database-url", &database.url, "--sec-id"])
-                    .arg(uuid::Uuid::new_v4().to_string())
-                    .arg("demo")
-                    .env_remove("RATCHET_LOG")
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .expect("spawn ratchet demo")
-            })
-            .collect();
+        let children = spawn_demos(&ratchet, |demo| {
+            demo.args(["--database-url", &database.url, "--sec-id"])
+                .arg(uuid::Uuid::new_v4().to_string());
+        });
         let started = Instant::now();
         let failures = failures_of(children).await;
         assert!(
@@ -93,21 +82,11 @@ async fn executors_started_together_on_a_new_embedded_cluster_all_come_up() {
     let ratchet = ratchet_cli();
     let scratch = ratchet_tests::Scratch::new();
     let data_dir = scratch.path().join("data");
-    let children: Vec<_> = (0..PROCESSES)
-        .map(|_| {
-            Command::new(&ratchet)
-                .arg("--data-dir")
-                .arg(&data_dir)
-                .arg("demo")
-                .env_remove("RATCHET_LOG")
-                .env_remove("DATABASE_URL")
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawn ratchet demo")
-        })
-        .collect();
+    let children = spawn_demos(&ratchet, |demo| {
+        demo.arg("--data-dir")
+            .arg(&data_dir)
+            .env_remove("DATABASE_URL");
+    });
     let failures = failures_of(children).await;
     let stopped = Command::new(&ratchet)
         .arg("--data-dir")
@@ -122,6 +101,27 @@ async fn executors_started_together_on_a_new_embedded_cluster_all_come_up() {
         failures.join("\n")
     );
     assert!(stopped.status.success(), "ratchet db stop: {stopped:?}");
+}
+
+/// Spawns [`PROCESSES`] `ratchet demo` processes back to back, before any is awaited, so that they reach the
+/// migrations within milliseconds of each other; `database` adds each one's database arguments.
+fn spawn_demos(
+    ratchet: &std::path::Path,
+    database: impl Fn(&mut Command),
+) -> Vec<std::process::Child> {
+    (0..PROCESSES)
+        .map(|_| {
+            let mut demo = Command::new(ratchet);
+            database(&mut demo);
+            demo.arg("demo")
+                .env_remove("RATCHET_LOG")
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn ratchet demo")
+        })
+        .collect()
 }
 
 /// Waits for every child; returns what each one that failed printed.

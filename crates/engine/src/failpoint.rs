@@ -8,6 +8,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use uuid::Uuid;
 
 /// Where in a node a fault fires.
+///
+/// In a plain steno action (`NodeRegistry::unchecked_steno_action`), which has no phases, four of them fire
+/// (`run/unchecked.rs`): `BeforePrepare` and `BeforeCommit` before its body, `AfterCommit` after it (before
+/// steno records its output), `InCompensation` after its undo's body (before steno records the undo).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FaultPoint {
@@ -39,6 +43,10 @@ pub enum FaultPoint {
     CompensationReply,
     /// Right after the compensation committed.
     AfterCompensation,
+    /// The node's forward failed for good (its error, typed or not, is in hand), before the engine hands the
+    /// failure to steno, which records the node's `failed` event: a crash (or a process killed in a `Delay`)
+    /// here loses the failure, and recovery runs the node again. Only `Crash` and `Delay` act here.
+    AfterFailure,
 }
 
 impl FaultPoint {

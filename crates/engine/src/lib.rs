@@ -66,6 +66,15 @@
 //! only when a compensation fails permanently or spends its budget; the store then records it `stuck`, with
 //! the node and error.
 //!
+//! A saga names its own error type ([`SagaDef::Error`]: serializable, the host's, e.g. an API error with an
+//! HTTP status; [`Untyped`] for none), and a node fails with it as [`NodeError::Saga`] (`?` converts it, see
+//! [`SagaError`]). It is permanent. The engine records it in the failed node's `failed` event (or, for a
+//! compensation, its `undo_failed` event), so the saga's [`SagaOutcome`] carries it back typed
+//! ([`SagaOutcome::saga_error`], [`SagaOutcome::undo_saga_error`]) the same after a crash and recovery, and a
+//! stuck saga's diagnosis keeps both ([`ratchet_store::StuckDiagnosis`]). A succeeded saga's outcome gives
+//! every node's output by path, typed ([`SagaOutcome::lookup_node_output`]); any serializable type is an
+//! output ([`NodeOutput`]).
+//!
 //! # A COMMIT whose outcome is unknown
 //!
 //! Only a definite refusal of a `COMMIT` (40001, 40P01, 23xxx) proves a rollback. Any other failure after the
@@ -114,7 +123,8 @@
 //! Each sentence below has its attacking test, listed in `docs/CLAIMS.md`.
 //!
 //! - **Types** (compile-time; `tests/ui` holds the programs that must not compile): `finish` is synchronous,
-//!   infallible and contextless (it cannot await, return an error, or take a connection); [`CommitTx`] and
+//!   infallible and contextless (it cannot await, propagate an error with `?`, or take a connection: it returns
+//!   the node's output, which the engine never reads as a failure); [`CommitTx`] and
 //!   [`PrepareCx`] can only be made by the engine and do not outlive their phase; a node's `Plan`, `Receipt`
 //!   and `Output` must be serializable (`Serialize + DeserializeOwned`): a plan or receipt type that holds a
 //!   connection or a pool in a serialized field does not compile.
@@ -127,7 +137,8 @@
 //!   transaction carries a token: the record's write checks it on success, and before any rollback the
 //!   engine reads it, so a node that ended the engine's transaction fails for that, is not retried, writes
 //!   no record, and the saga's diagnosis lists it under `escaped_writes`); fencing; exactly-once records;
-//!   unknown outcomes resolved; panics caught; the start limit.
+//!   unknown outcomes resolved; panics caught; the start limit; a node type whose output is a `Result` (data
+//!   the engine would never read as a failure) is refused when its saga is registered.
 //! - **Convention** (no type or check can enforce it): a node must not reach the database by any other path
 //!   than the connection it is given. Ambient authority cannot be taken away: a node can reach a pool in the
 //!   saga's application context ([`SagaDef::Context`], which prepare sees), in a static, or in a task it
@@ -180,7 +191,16 @@
 //!
 //! [`Engine::shutdown`] stops taking work, lets every node in flight reach its next phase boundary and stop
 //! there (as a crash would, but without dying), then stops all writes. What was not at rest stays unfinished
-//! in the database for the next start; see `shutdown.rs`.
+//! in the database for the next start; see `shutdown.rs`. [`Engine::quiesce`] is the gentler step before it:
+//! new sagas are refused, the running ones go on to rest, and [`Engine::quiesced`] says when none is left.
+//!
+//! # Recovery as Nexus runs it
+//!
+//! Recovery runs at start and, with [`EngineConfig::recovery_interval`], periodically (and on
+//! [`Engine::trigger_recovery`]), picking up sagas Omicron reassigns to this executor. It takes only the sagas
+//! ratchet drives (`saga.driven_by_ratchet`), so Nexus's plain steno executor and ratchet can share one executor
+//! id; with [`EngineConfig::omicron_readable_log`] nothing ratchet writes is a row Omicron's readers refuse. See
+//! `recovery.rs` and the adoption guide ([`nexus_guide`]).
 //!
 //! # Observability
 //!
@@ -231,6 +251,7 @@
 //! #     const NAME: &'static str = "billing";
 //! #     type Params = uuid::Uuid;
 //! #     type Context = ();
+//! #     type Error = ratchet_engine::Untyped;
 //! #     ratchet_engine::declare_saga_nodes! { db Debit }
 //! #     fn build(_: &uuid::Uuid, dag: &mut SagaBuilder<Self>) -> Result<(), String> {
 //! #         dag.db("debit", Debit { amount: 5 }); Ok(())
@@ -297,15 +318,18 @@ pub mod slog_bridge;
 pub use engine::operations::{
     Abandoned, AdoptOptions, AdoptedSaga, AdoptionReport, ShutdownReport, abandon,
 };
-pub use engine::outcome::SagaOutcome;
-pub use engine::recovery::RecoveryReport;
+pub use engine::outcome::{OutcomeLookupError, SagaOutcome};
+pub use engine::quiesce::QuiesceStatus;
+pub use engine::recovery::{RecoveryReport, RecoveryStatus};
 pub use engine::running::PreparedSaga;
 pub use engine::{DEFAULT_START_LIMIT, Engine, EngineBuilder, EngineConfig};
-pub use error::{EngineError, NodeError, NodeFailure};
+pub use error::{EngineError, NodeError, NodeFailure, SagaError, Untyped};
 pub use failpoint::{Failpoints, FaultEffect, FaultPoint};
 pub use observe::{CounterValues, Counters, RECENT_OUTCOMES, RecentOutcome, WaitingNode};
 pub use run::saga_state::{SagaCx, steno_action_params};
-pub use saga::builder::{JOIN_NODE, PATH_SEPARATOR, SUBSAGA_PARAMS_SUFFIX, SagaBuilder, Stage};
+pub use saga::builder::{
+    JOIN_NODE, PATH_SEPARATOR, SUBSAGA_PARAMS_SUFFIX, SagaBuilder, Stage, TypedNodes,
+};
 pub use saga::definition::{NodeKind, SagaDef, StenoSaga};
 pub use saga::node::{CallError, CallOnlyExternalNode, CommitOnlyDbNode, DbNode, ExternalNode};
 pub use saga::output::{NodeOutput, NodeReceipt};

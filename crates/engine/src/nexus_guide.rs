@@ -16,11 +16,12 @@
 //! | `2026-12-01-000003_ratchet_saga_log` | nullable columns of `saga` (`definition_version`, `time_finished`, `stuck_node`, `stuck_reason`, `time_stuck`) and the commit and compensation record tables |
 //! | `2026-12-01-000004_saga_node_start` | the crash-loop counter table |
 //! | `2026-12-01-000005_saga_waiting` | the table that says why a saga waits on an unknown `COMMIT` outcome |
+//! | `2026-12-08-000006_omicron_readable_log` | `saga.driven_by_ratchet` (which executor's saga it is) and `saga_undo_failure` (failed undos kept where Omicron's event reader never looks) |
 //!
 //! Rows Nexus's store (`CockroachDbSecStore`) writes stay valid: they name none of ratchet's columns, which are
-//! NULL for them (`definition_version` NULL reads as "created by plain steno"). The one thing a Nexus still on
-//! plain steno must know: `stuck` is a new `saga_state` value, which its diesel enum does not decode; only
-//! sagas ratchet drives ever take it.
+//! NULL for them (`definition_version` NULL reads as "created by plain steno"), and `driven_by_ratchet` FALSE.
+//! Start the engine with [`EngineConfig::omicron_readable_log`](crate::EngineConfig) on: then nothing
+//! ratchet writes is a row Omicron's readers cannot parse (see "What stays different" below).
 //!
 //! Either let the engine apply the migrations ([`EngineConfig::run_migrations`](crate::EngineConfig), the
 //! default: diesel's [`SAGA_LOG_MIGRATIONS`](ratchet_store::SAGA_LOG_MIGRATIONS); for a service on
@@ -55,16 +56,45 @@
 //!
 //! A saga not yet ported registers its existing steno actions as
 //! [`unchecked_steno_action`](crate::NodeRegistry::unchecked_steno_action)s under a [`SagaDef`](crate::SagaDef)
-//! whose `NAME` is the saga's name in the log. Its actions run as plain steno actions: **nothing makes them
-//! exactly-once, and a fallible step after their commit leaks exactly as it does today**; the path exists only
-//! so that the saga's in-flight and future instances keep running while it is ported. The actions' context
-//! type changes: they run under ratchet's [`StenoSaga<S>`](crate::StenoSaga) saga type, whose context is
-//! [`SagaCx<S>`](crate::SagaCx) (your context is [`SagaCx::context`](crate::SagaCx::context); the pool, for
-//! such actions only, [`SagaCx::unchecked_pool`](crate::SagaCx::unchecked_pool)). Writing the actions generic
-//! over a small trait both contexts implement lets one body serve both executors during the move. Read the
-//! saga's parameters with [`steno_action_params`](crate::steno_action_params): it reads them bare (a saga plain
-//! steno created) or from ratchet's envelope (a saga ratchet created, whose steno parameters also carry its
-//! nodes' arguments); steno's own `saga_params` reads only the first.
+//! whose `NAME` is the saga's name in the log (`unchecked NAME => action` in its
+//! [`declare_saga_nodes!`](crate::declare_saga_nodes) list). Its actions run as plain steno actions: **nothing
+//! makes them exactly-once, and a fallible step after their commit leaks exactly as it does today**; the path
+//! exists only so that the saga's in-flight and future instances keep running while it is ported.
+//!
+//! The actions themselves do not change; only the saga type their context names does. They run under
+//! ratchet's [`StenoSaga<S>`](crate::StenoSaga) saga type, whose context is [`SagaCx<S>`](crate::SagaCx),
+//! which derefs to your context (`S::Context`): `sagactx.user_data().datastore()` reads as it did. steno's
+//! parameters are the saga's own, so `sagactx.saga_params::<Params>()` reads them as it did, for sagas
+//! ratchet creates and for those plain steno created before the upgrade (ratchet keeps its typed nodes'
+//! arguments beside the DAG, where no plain action looks). Only sagas an earlier release of ratchet created
+//! hold their parameters in an envelope; [`steno_action_params`](crate::steno_action_params) reads those too.
+//! The pool, for such actions only, is [`SagaCx::unchecked_pool`](crate::SagaCx::unchecked_pool).
+//!
+//! Project-create's first action, in Nexus's shape, before and after (sketched; the body is unchanged):
+//!
+//! ```text
+//! // before: one context type for every Nexus saga
+//! type NexusActionContext = steno::ActionContext<NexusSagaType>; // ExecContextType = Arc<SagaContext>
+//!
+//! // after: the alias, in the saga's own module, names that saga's ratchet saga type
+//! type NexusActionContext = steno::ActionContext<ratchet_engine::StenoSaga<SagaProjectCreate>>;
+//! // (SagaProjectCreate: SagaDef { NAME = "project-create", Params = Params, Context = SagaContext })
+//!
+//! async fn spc_create_record(sagactx: NexusActionContext) -> Result<Project, ActionError> {
+//!     let osagactx = sagactx.user_data();                  // derefs to SagaContext
+//!     let params = sagactx.saga_params::<Params>()?;       // the saga's own parameters
+//!     let opctx = op_context_for_saga_action(&sagactx, &params.serialized_authn);
+//!     osagactx.datastore().project_create(&opctx, /* … */).await.map_err(ActionError::action_failed)
+//! }
+//! ```
+//!
+//! Nexus's `make_saga_dag` keeps building its DAG with steno's `DagBuilder`: hand the `SagaDag` to
+//! [`Engine::create_from_dag`](crate::Engine::create_from_dag), which creates it as it is (names, labels,
+//! steno subsagas), with a context of the saga's own if the caller has one
+//! ([`Engine::create_with_context`](crate::Engine::create_with_context) for a DAG ratchet lays out). A typed
+//! node can join such a DAG before the whole saga is ported: [`TypedNodes`](crate::TypedNodes) makes its
+//! steno node and keeps its arguments. `examples/trip` runs steno's own trip example this way, unchanged but
+//! for the saga type, beside steno's in-memory executor, with the same results.
 //!
 //! The test `omicron_upgrade.rs` of this crate does all of this: Omicron's tables, two plain steno sagas
 //! written by a store that writes rows as `CockroachDbSecStore` does and left in flight (one running, one
@@ -92,17 +122,83 @@
 //! recovery hold there as everywhere. A last stage may be parallel: the saga's output is then an object of
 //! that stage's outputs by node name.
 //!
-//! # 6. Start, and wire the operations
+//! # 6. Map a failed saga to its API error, and read intermediate outputs
+//!
+//! Nexus answers a failed saga with an API error and its status (instance-start's 409, snapshot's 503), and
+//! reads outputs of nodes other than the last (the created instance's id). Give the saga Nexus's error type
+//! (`omicron_common::api::external::Error`, serializable), marked once with
+//! `impl ratchet_engine::SagaError for Error {}` (in the crate that defines the type, or on a newtype: the
+//! orphan rule allows the impl only there), and name it in the definition:
+//!
+//! ```ignore
+//! impl SagaDef for InstanceStart {
+//!     type Error = external::Error;
+//!     // NAME, Params, Context, declare_saga_nodes!, build …
+//! }
+//! ```
+//!
+//! A node then returns `Result<_, NodeError<external::Error>>`; `?` converts an `external::Error` (and a diesel
+//! error, transient or permanent by its kind), and a datastore call that returns another error type converts
+//! it first (`.map_err(external::Error::from)?`). A typed error is permanent: the saga unwinds (a failed
+//! compensation with one leaves it stuck). The error is recorded in the node's `failed` event, so the outcome
+//! carries it the same whether the saga failed in this process or was recovered after a crash:
+//!
+//! ```ignore
+//! let (_, outcome) = engine.run::<InstanceStart>(params).await?;
+//! match &outcome {
+//!     SagaOutcome::Succeeded { .. } => {
+//!         let instance_id: Uuid = outcome.lookup_node_output("instance_record")?; // any node, by path
+//!         Ok(instance_id)
+//!     }
+//!     SagaOutcome::Unwound { .. } | SagaOutcome::Stuck { .. } => Err(match outcome.saga_error::<InstanceStart>()? {
+//!         Some(api_error) => api_error, // its status: the saga's own 409 or 503
+//!         None => external::Error::internal_error(&format!("{outcome:?}")), // infrastructure, untyped
+//!     }),
+//!     _ => Err(external::Error::unavail("the saga did not come to rest here")),
+//! }
+//! ```
+//!
+//! A node inside a subsaga is found by its path (`attach_disk_0/attach_disk`); a subsaga shares the error type
+//! of the saga nesting it. Outputs need no newtype: any serializable type (a model type, a tuple, a
+//! `BTreeMap`) is a node's output. A saga left untyped (`type Error = ratchet_engine::Untyped;`, the
+//! Nexus-shaped sagas of `ratchet-sagas` today) fails with messages only, as plain `NodeError`.
+//!
+//! # 7. Start, and wire the operations
 //!
 //! [`EngineBuilder::start`](crate::EngineBuilder::start) applies (or checks) the schema, starts steno's
 //! executor, and recovers this executor's unfinished sagas of the definitions it registers (others are left
 //! alone and reported). Everything the `ratchet` CLI does for operators is a library call returning
 //! serializable types, for Nexus's internal API and omdb: list with filters
 //! ([`ratchet_store::list_sagas_where`]), history ([`ratchet_store::saga_history`]), stuck
-//! diagnosis ([`ratchet_store::stuck_diagnosis`]), [`Engine::retry_unwind`](crate::Engine::retry_unwind),
+//! diagnosis ([`ratchet_store::stuck_diagnosis`], whose `failed_nodes` and `failed_undos` keep the typed errors), [`Engine::retry_unwind`](crate::Engine::retry_unwind),
 //! [`Engine::abandon`](crate::Engine::abandon) (recorded as Omicron records an omdb abandonment: reason
 //! `omdb`, the operator's words as the comment), [`Engine::adopt`](crate::Engine::adopt); and the counters
 //! ([`Engine::counters`](crate::Engine::counters)).
+//!
+//! # 7. Recovery and quiesce as Nexus runs them
+//!
+//! Set [`EngineConfig::recovery_interval`](crate::EngineConfig) (Nexus's saga-recovery task runs every few
+//! minutes) and call [`Engine::trigger_recovery`](crate::Engine::trigger_recovery) where Nexus activates its
+//! recovery task (after `sagas_reassign_sec` hands an expunged Nexus's sagas to this one). Each pass claims
+//! the sagas that came to this executor under a new epoch (`adopt_generation` bumped again, so the expunged
+//! owner, were it alive, is fenced out) and never starts a second copy of a saga this engine already runs.
+//! [`Engine::recovery_status`](crate::Engine::recovery_status) says what the passes did.
+//!
+//! Before an upgrade, [`Engine::quiesce`](crate::Engine::quiesce) refuses new sagas
+//! ([`EngineError::Quiescing`](crate::EngineError::Quiescing)) and reports those still running (every saga
+//! created before it is among them); [`Engine::quiesced`](crate::Engine::quiesced) resolves once none runs
+//! and no recovery pass is under way; [`Engine::quiesce_status`](crate::Engine::quiesce_status) reports
+//! meanwhile. Sagas handed to the engine while it quiesces (a reassignment) are still recovered: they are
+//! existing work, and they show up in the status until they come to rest.
+//!
+//! # 8. Taking over the sagas plain steno left
+//!
+//! When Nexus's plain steno executor has stopped for good under an executor id (the release after the last
+//! saga moved), start that id's engine once with
+//! [`EngineConfig::recovery_scope`](crate::EngineConfig) = [`ratchet_store::RecoveryScope::PlainStenoToo`]:
+//! recovery then also claims the plain steno sagas of the names it registers, and marks them
+//! `driven_by_ratchet` in the claiming statement (`omicron_upgrade.rs` does this). Never while a plain steno
+//! executor may still drive sagas under that id: both would run them.
 //!
 //! # What stays different from Nexus's stack, and what Nexus must change
 //!
@@ -119,23 +215,45 @@
 //!   [`EngineBuilder::with_pool`](crate::EngineBuilder::with_pool) or built from the URL.
 //! - Two executors, one executor id: while Nexus still runs some sagas on its own steno executor, both
 //!   recover the unfinished sagas of that id, and nothing fences one from the other: Nexus's store checks no
-//!   generation (its state update filters on `current_sec` alone, its event inserts on nothing). ratchet's
-//!   recovery claims only the sagas whose names it registers (the others are reported, untouched). Nexus's
-//!   saga-recovery task **must** skip those names too: otherwise it finds a ratchet saga it has no actions
-//!   for, and marks it `abandoned` (`unrecoverable`), and that write lands. Move a saga's name from Nexus's
-//!   registry to ratchet's in one release, and filter Nexus's recovery by name in the same release. After
-//!   Nexus reassigns an expunged executor's sagas (`sagas_reassign_sec`), call
-//!   [`Engine::adopt`](crate::Engine::adopt) or [`Engine::recover`](crate::Engine::recover) on the new owner:
-//!   ratchet has no periodic recovery of its own.
-//! - The `stuck` state: Omicron's `SagaState` enum does not decode it, and Nexus reads unfinished sagas in more
-//!   places than recovery (which lists only `running` and `unwinding`): the fault-management analysis task
-//!   lists every saga not `done`, and fails its whole listing on one `stuck` row; `sagas_reassign_sec` moves
-//!   `stuck` sagas too; omdb's listing fails on them. Teach Omicron's enum (and omdb) `stuck` before ratchet
-//!   runs a saga that could end there.
-//! - omdb and ratchet's logs: Omicron's conversion of a `saga_node_event` row refuses every `undo_failed` row
-//!   (it parses none), and ratchet writes them with the error as data; omdb also shows a ratchet saga's
-//!   parameters inside ratchet's envelope (`{"params": …, "nodes": …}`). `ratchet_store::saga_history`
-//!   and [`ratchet_store::stuck_diagnosis`] read both.
+//!   generation (its state update filters on `current_sec` alone, its event inserts on nothing). A saga's
+//!   name cannot tell them apart (in the release that moves a saga, both register its name); the column
+//!   `saga.driven_by_ratchet` does. ratchet sets it when it creates a saga and in every statement with which
+//!   it claims one (recovery, adoption, retry-unwind); Nexus's store never names it, so its rows are FALSE.
+//!   ratchet's recovery takes only its own sagas (`driven_by_ratchet`, or `definition_version` set: created
+//!   by ratchet before the column existed) unless told to take plain steno ones too (step 8). Nexus's
+//!   saga-recovery listing (`saga_list_recovery_candidates_batched`) **must** add exactly this predicate
+//!   ([`ratchet_store::NEXUS_RECOVERY_PREDICATE`]):
+//!
+//!   ```sql
+//!   AND NOT driven_by_ratchet
+//!   ```
+//!
+//!   (in diesel: `.filter(dsl::driven_by_ratchet.eq(false))`), so the listing becomes
+//!   `saga_state IN ('running', 'unwinding') AND current_sec = $sec_id AND NOT driven_by_ratchet`.
+//!   Otherwise Nexus finds a ratchet saga it has no actions for (or, with a shared name, runs it a second
+//!   time under plain steno) and that write lands. `crates/engine/tests/recovery_periodic.rs` checks, with both
+//!   kinds in flight under one executor id, that each executor takes exactly its own.
+//! - The `stuck` state and `undo_failed` events: Omicron's `SagaState` enum decodes `running`, `unwinding`,
+//!   `done` and `abandoned` only, and one row with another label fails a whole listing (the fault-management
+//!   analysis task lists every saga not `done`; omdb lists them all); its conversion of a `saga_node_event`
+//!   row accepts `started`, `undo_started` and `undo_finished` without data and `succeeded` and `failed` with
+//!   data, and refuses every `undo_failed` row (steno 0.4, which Omicron pins). With
+//!   [`EngineConfig::omicron_readable_log`](crate::EngineConfig) on, ratchet records a stuck saga
+//!   `unwinding` with `stuck_node`, `stuck_reason` and `time_stuck` set, and a failed undo in
+//!   `saga_undo_failure` instead of `saga_node_event`. ratchet's readers (the operator listing and counts,
+//!   the diagnosis, retry-unwind, abandon, the CLI's `sagas` commands, the matrix's checks) see such a saga
+//!   `stuck` ([`ratchet_store::EFFECTIVE_STATE_SQL`]); nothing of ratchet's resumes it or writes for it
+//!   (the fence and every recovery listing require `time_stuck IS NULL`); Nexus's recovery listing leaves it
+//!   alone (it is ratchet's); `sagas_reassign_sec` moves it like any unfinished saga, and the new owner's
+//!   ratchet still sees it stuck. Omicron's orphan abandonment (`sagas_abandon_orphans`) would abandon it
+//!   like any unfinished saga of an expunged executor: what it does to a plain steno saga left unwinding.
+//!   `crates/engine/tests/omicron_readable.rs` reads every row with Omicron's shapes. The mode is off by
+//!   default: off, the `stuck` label says what it is to any SQL reader (psql, dashboards), which a host whose
+//!   log no Omicron code reads wants; Nexus must turn it on.
+//! - A saga's DAG (`saga_dag`) holds, beside steno's fields, ratchet's typed nodes' arguments under
+//!   `ratchet_node_args`, which decoding it as a steno `SagaDag` ignores; its parameters are the saga's own
+//!   (only sagas an earlier ratchet release created show them inside an envelope, `{"params": …, "nodes":
+//!   …}`). `ratchet_store::saga_history` and [`ratchet_store::stuck_diagnosis`] read both.
 //! - Schema versions: Nexus applies its schema as numbered versions (`schema/crdb/<N>/up*.sql`, one schema
 //!   change per file, and `dbinit.sql`), in CockroachDB's dialect, never through diesel's harness (whose
 //!   migration lock is a PostgreSQL advisory lock). ratchet ships its additions in that shape,
@@ -146,7 +264,8 @@
 //!   `dbinit.sql`). A PostgreSQL-side test checks they build what the PostgreSQL migrations build; they have
 //!   not been run on a CockroachDB (the directory's README lists what to check).
 //! - Action contexts: a plain steno action of Nexus takes `ActionContext<NexusSagaType>`; under ratchet it
-//!   takes `ActionContext<StenoSaga<S>>` (step 4).
+//!   takes `ActionContext<StenoSaga<S>>`, one saga type per saga definition (step 4): the alias moves from
+//!   Nexus's shared module to each saga's.
 //! - Database: ratchet is tested on PostgreSQL; `docs/COCKROACHDB.md` lists every construct whose behaviour
 //!   differs on CockroachDB and what ratchet would do there.
 //! - Schema names: Nexus qualifies its tables as `omicron.public.saga`; ratchet's SQL names them unqualified,

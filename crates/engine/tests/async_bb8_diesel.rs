@@ -64,6 +64,7 @@ impl SagaDef for NexusIdiom {
     const NAME: &'static str = "test-nexus-idiom";
     type Params = WidgetParams;
     type Context = ();
+    type Error = ratchet_engine::Untyped;
     ratchet_engine::declare_saga_nodes!(db(NexusConn) CreateWidget, db(NexusConn) ActivateWidget);
     fn build(_: &WidgetParams, dag: &mut SagaBuilder<Self>) -> Result<(), String> {
         dag.db_on::<NexusConn, _>("create_widget", CreateWidget)
@@ -82,8 +83,6 @@ struct Created {
     lock_timeout: String,
     idle_in_transaction: String,
 }
-
-impl ratchet_engine::NodeOutput for Created {}
 
 impl DbNode<NexusIdiom, NexusConn> for CreateWidget {
     const NAME: &'static str = "nexus.create_widget";
@@ -346,7 +345,7 @@ async fn a_panic_after_the_writes_rolls_back_the_writes_the_record_and_the_event
         }
         let outcome = within("the saga", saga.run()).await.unwrap();
         match &outcome {
-            SagaOutcome::Unwound { node, error } => {
+            SagaOutcome::Unwound { node, error, .. } => {
                 assert_eq!(node, "create_widget");
                 assert!(error.contains("panic"), "{error}");
             }

@@ -145,10 +145,12 @@ async fn the_schema_check_names_what_omicrons_tables_lack_and_a_wrong_shape() {
             "column saga.stuck_node",
             "column saga.stuck_reason",
             "column saga.time_stuck",
+            "column saga.driven_by_ratchet",
             "table saga_commit_record",
             "table saga_compensation_record",
             "table saga_node_start",
             "table saga_waiting",
+            "table saga_undo_failure",
             "value stuck of type saga_state",
         ]
     );

@@ -114,7 +114,7 @@ async fn panic_in_finish_rolls_the_commit_back() {
     let id = saga.id;
     let outcome = saga.run().await.unwrap();
     assert!(
-        matches!(&outcome, SagaOutcome::Unwound { node, error } if node == "charge_account" && error.contains("panicked")),
+        matches!(&outcome, SagaOutcome::Unwound { node, error, .. } if node == "charge_account" && error.contains("panicked")),
         "{outcome:?}"
     );
     assert_eq!(
@@ -408,6 +408,7 @@ impl SagaDef for WritesInPrepare {
     const NAME: &'static str = "test-writes-in-prepare";
     type Params = ();
     type Context = ();
+    type Error = ratchet_engine::Untyped;
     fn register(registry: &mut NodeRegistry<Self>) {
         registry.db::<SneakyWrite>();
     }
@@ -445,7 +446,7 @@ async fn a_write_inside_prepare_is_rejected_by_postgres() {
     let engine = engine(&db, Uuid::new_v4()).await;
     let (_, outcome) = engine.run::<WritesInPrepare>(()).await.unwrap();
     match outcome {
-        SagaOutcome::Unwound { node, error } => {
+        SagaOutcome::Unwound { node, error, .. } => {
             assert_eq!(node, "sneaky");
             assert!(error.contains("read-only transaction"), "{error}");
         }

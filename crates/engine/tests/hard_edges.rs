@@ -208,7 +208,7 @@ async fn a_panic_in_prepare_or_commit_fails_the_node_and_the_saga_unwinds() {
     ] {
         let (engine, id, account, outcome) = panic_in(point).await;
         match &outcome {
-            SagaOutcome::Unwound { node, error } => {
+            SagaOutcome::Unwound { node, error, .. } => {
                 assert_eq!(node, "charge_account");
                 assert!(
                     error.contains(&format!("the node's {phase} panicked")),
@@ -410,6 +410,7 @@ impl SagaDef for EndsItsTransaction {
     const NAME: &'static str = "test-ends-its-transaction";
     type Params = Uuid;
     type Context = ();
+    type Error = ratchet_engine::Untyped;
     fn register(registry: &mut NodeRegistry<Self>) {
         registry.db::<CommitsOnItsOwn>();
     }
@@ -430,6 +431,7 @@ impl SagaDef for LeavesASavepointOpen {
     const NAME: &'static str = "test-leaves-a-savepoint-open";
     type Params = Uuid;
     type Context = ();
+    type Error = ratchet_engine::Untyped;
     fn register(registry: &mut NodeRegistry<Self>) {
         registry.db::<HalfATransaction>();
     }
@@ -479,7 +481,7 @@ async fn a_node_that_leaves_a_savepoint_open_is_failed_not_taken_for_committed()
     let account = account(&engine).await;
     let (id, outcome) = engine.run::<LeavesASavepointOpen>(account).await.unwrap();
     match &outcome {
-        SagaOutcome::Unwound { node, error } => {
+        SagaOutcome::Unwound { node, error, .. } => {
             assert_eq!(node, "half");
             assert!(error.contains("nested transaction"), "{error}");
         }
@@ -526,7 +528,7 @@ async fn a_node_that_ends_the_engines_transaction_is_failed_loudly() {
     let account = account(&engine).await;
     let (id, outcome) = engine.run::<EndsItsTransaction>(account).await.unwrap();
     match &outcome {
-        SagaOutcome::Unwound { node, error } => {
+        SagaOutcome::Unwound { node, error, .. } => {
             assert_eq!(node, "rogue");
             assert!(error.contains("ended the engine's transaction"), "{error}");
         }

@@ -72,6 +72,7 @@ impl SagaDef for LegacyProvision {
     const NAME: &'static str = LEGACY_SAGA;
     type Params = LegacyParams;
     type Context = ();
+    type Error = ratchet_engine::Untyped;
 
     ratchet_engine::declare_saga_nodes! {
         unchecked RESERVE => reserve_action::<StenoSaga<LegacyProvision>>(),
@@ -308,7 +309,12 @@ async fn omicron_tables_with_sagas_in_flight_are_upgraded_and_their_sagas_finish
     );
 
     // ratchet's engine starts with migrations on: they upgrade the tables in place, and recovery resumes both.
-    let (engine, report) = EngineBuilder::new(EngineConfig::new(&db.url, sec_id))
+    // Nexus's executor has stopped for good, so this engine takes the sagas plain steno created: explicitly
+    // (by default recovery takes only ratchet's own, since Nexus may still drive plain steno sagas under this
+    // executor id).
+    let mut config = EngineConfig::new(&db.url, sec_id);
+    config.recovery_scope = ratchet_store::RecoveryScope::PlainStenoToo;
+    let (engine, report) = EngineBuilder::new(config)
         .register::<LegacyProvision>(Arc::new(()))
         .register::<ProvisionWidget>(Arc::new(()))
         .start()
@@ -327,6 +333,43 @@ async fn omicron_tables_with_sagas_in_flight_are_upgraded_and_their_sagas_finish
         .await
         .unwrap();
     assert!(matches!(typed, SagaOutcome::Succeeded { .. }), "{typed:?}");
+
+    // After the upgrade, Nexus creates the legacy saga on ratchet from the DAG it builds with steno's own
+    // `DagBuilder`, labels and all (its plain nodes are known by their names); its actions, unchanged, read
+    // their parameters with `saga_params`.
+    let c = Uuid::new_v4();
+    let created = engine
+        .create_from_dag::<LegacyProvision>(
+            legacy_dag(&LegacyParams {
+                saga_id: c,
+                fail: false,
+            }),
+            ratchet_engine::TypedNodes::new(),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        created.nodes(),
+        [
+            ("reserve".to_owned(), ratchet_engine::NodeKind::Steno),
+            ("wait".to_owned(), ratchet_engine::NodeKind::Steno),
+            ("finish".to_owned(), ratchet_engine::NodeKind::Steno),
+        ]
+    );
+    let outcome_c = created.run().await.unwrap();
+    assert!(
+        matches!(outcome_c, SagaOutcome::Succeeded { .. }),
+        "{outcome_c:?}"
+    );
+    assert_eq!(
+        count(
+            engine.pool(),
+            &format!("SELECT count(*) AS count FROM legacy_effect WHERE saga_id = '{c}'")
+        )
+        .await,
+        3
+    );
 
     let outcome_a = engine.wait(a).await.expect("a is tracked");
     let outcome_b = engine.wait(b).await.expect("b is tracked");
@@ -370,6 +413,10 @@ async fn omicron_tables_with_sagas_in_flight_are_upgraded_and_their_sagas_finish
             "recovery claimed it at a new generation"
         );
         assert_eq!(row.definition_version, None, "plain steno created it");
+        assert!(
+            row.driven_by_ratchet,
+            "claimed by ratchet: Nexus's recovery listing leaves it out from now on"
+        );
         assert_eq!(row.abandon_reason, None);
     }
     // The upgrade only added: Omicron's columns are all still there, with their types.

@@ -947,7 +947,7 @@ async fn abandon_against_a_live_owner_fences_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compensation_that_spends_its_budget_leaves_the_saga_stuck_then_retry_unwind_finishes() {
     let db = database().await;
-    let mut config = ratchet_engine::EngineConfig::new(&db.url, Uuid::new_v4());
+    let mut config = common::config(&db, Uuid::new_v4());
     config.compensation_retry = ratchet_store::RetryPolicy {
         initial: Duration::from_millis(5),
         max_delay: Duration::from_millis(20),

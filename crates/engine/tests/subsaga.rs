@@ -44,6 +44,7 @@ impl SagaDef for ProvisionTwo {
     const NAME: &'static str = "test-provision-two";
     type Params = TwoParams;
     type Context = ();
+    type Error = ratchet_engine::Untyped;
 
     ratchet_engine::declare_saga_nodes! {
         subsaga ProvisionWidget,
@@ -108,6 +109,7 @@ impl SagaDef for ForgetsItsSubsaga {
     const NAME: &'static str = "test-forgets-its-subsaga";
     type Params = ProvisionParams;
     type Context = ();
+    type Error = ratchet_engine::Untyped;
 
     ratchet_engine::declare_saga_nodes! {}
 
@@ -197,7 +199,7 @@ async fn two_instances_of_one_subsaga_commit_under_distinct_paths() {
 
     let id = saga.id;
     let outcome = saga.run().await.unwrap();
-    let SagaOutcome::Succeeded { output } = outcome else {
+    let SagaOutcome::Succeeded { output, .. } = outcome else {
         panic!("{outcome:?}")
     };
     let (first, second): (Uuid, Uuid) = serde_json::from_value(output).unwrap();
@@ -356,7 +358,7 @@ async fn a_parallel_last_stage_of_subsagas_joins_their_outputs() {
     );
     let id = saga.id;
     let outcome = saga.run().await.unwrap();
-    let SagaOutcome::Succeeded { output } = outcome else {
+    let SagaOutcome::Succeeded { output, .. } = outcome else {
         panic!("{outcome:?}")
     };
     let joined: std::collections::BTreeMap<String, Provisioned> =

@@ -9,7 +9,8 @@
 //! - **A node that ends the engine's transaction, on every path.** A `COMMIT` sent through the node's
 //!   connection ends the engine's transaction. The success path was already caught (the record's statement
 //!   checks the transaction's token); here the node then fails (an error, a transient error that would be
-//!   retried, a panic), ends it in its read-only prepare, or in a compensation. Each time the node fails for
+//!   retried, a panic), ends it in its read-only prepare (of a database node or of an external node, whose call
+//!   is then never made), or in a compensation. Each time the node fails for
 //!   *that* reason, not its own, it is not retried, and the saga's diagnosis lists the node under
 //!   `escaped_writes`.
 
@@ -19,8 +20,8 @@ use common::*;
 use diesel::sql_types::Uuid as SqlUuid;
 use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use ratchet_engine::{
-    CommitTx, DbNode, EngineBuilder, EngineConfig, NodeError, NodeRegistry, PrepareCx, SagaBuilder,
-    SagaDef, SagaOutcome,
+    CallError, CommitTx, DbNode, EngineBuilder, EngineConfig, ExternalCx, ExternalNode, NodeError,
+    NodeRegistry, PrepareCx, SagaBuilder, SagaDef, SagaOutcome,
 };
 use ratchet_store::{DbPool, PoolConfig, RetryPolicy, connect_pool, stuck_diagnosis};
 use ratchet_template_db::TestDatabase;
@@ -61,6 +62,7 @@ impl SagaDef for Smuggles {
     const NAME: &'static str = "test-smuggles-a-pool";
     type Params = Uuid;
     type Context = DbPool;
+    type Error = ratchet_engine::Untyped;
     fn register(registry: &mut NodeRegistry<Self>) {
         registry.db::<SmugglingNode>();
     }
@@ -134,7 +136,7 @@ async fn a_pool_smuggled_past_serde_in_a_plan_or_receipt_never_arrives() {
         .unwrap();
     let account = account(&engine).await;
     let (id, outcome) = engine.run::<Smuggles>(account).await.unwrap();
-    let SagaOutcome::Succeeded { output } = &outcome else {
+    let SagaOutcome::Succeeded { output, .. } = &outcome else {
         panic!("expected success, got {outcome:?}");
     };
     let arrived: (bool, bool) = serde_json::from_value(output.clone()).unwrap();
@@ -166,6 +168,8 @@ enum Rogue {
     CommitThenPanic,
     /// Its read-only prepare sends `COMMIT` and writes (autocommitted), then returns a plan.
     InPrepare,
+    /// The same in the prepare of an external node, which then returns a plan and would make its call.
+    InExternalPrepare,
     /// Its forward is clean; its compensation sends `COMMIT; BEGIN`, then fails (the next node fails, so the
     /// saga unwinds into it).
     InCompensation,
@@ -185,16 +189,26 @@ struct RogueNode;
 #[derive(Serialize, Deserialize)]
 struct FailsIfAsked;
 
+/// The rogue as an external node: its prepare ends the engine's transaction and succeeds.
+#[derive(Serialize, Deserialize)]
+struct RogueCall;
+
 impl SagaDef for RogueSaga {
     const NAME: &'static str = "test-rogue-transaction";
     type Params = RogueParams;
     type Context = ();
+    type Error = ratchet_engine::Untyped;
     fn register(registry: &mut NodeRegistry<Self>) {
         registry.db::<RogueNode>();
         registry.db::<FailsIfAsked>();
+        registry.external::<RogueCall>();
     }
-    fn build(_: &RogueParams, dag: &mut SagaBuilder<Self>) -> Result<(), String> {
-        dag.db("rogue", RogueNode);
+    fn build(params: &RogueParams, dag: &mut SagaBuilder<Self>) -> Result<(), String> {
+        if params.rogue == Rogue::InExternalPrepare {
+            dag.external("rogue", RogueCall);
+        } else {
+            dag.db("rogue", RogueNode);
+        }
         dag.db("next", FailsIfAsked);
         Ok(())
     }
@@ -224,7 +238,10 @@ impl DbNode<RogueSaga> for RogueNode {
     }
     async fn commit(&self, tx: &mut CommitTx<'_>, params: RogueParams) -> Result<(), NodeError> {
         debit(tx.conn(), params.account).await?;
-        if params.rogue == Rogue::InCompensation || params.rogue == Rogue::InPrepare {
+        if matches!(
+            params.rogue,
+            Rogue::InCompensation | Rogue::InPrepare | Rogue::InExternalPrepare
+        ) {
             return Ok(());
         }
         tx.conn().batch_execute("COMMIT; BEGIN").await?;
@@ -234,7 +251,7 @@ impl DbNode<RogueSaga> for RogueNode {
                 Err(NodeError::transient("the node's own transient error"))
             }
             Rogue::CommitThenPanic => panic!("the node's own panic"),
-            Rogue::InPrepare | Rogue::InCompensation => unreachable!(),
+            Rogue::InPrepare | Rogue::InCompensation | Rogue::InExternalPrepare => unreachable!(),
         }
     }
     fn finish((): ()) {}
@@ -264,6 +281,34 @@ impl DbNode<RogueSaga> for FailsIfAsked {
     }
     fn finish((): ()) {}
     async fn compensate(&self, _: &mut CommitTx<'_>, (): ()) -> Result<(), NodeError> {
+        Ok(())
+    }
+}
+
+/// Whether [`RogueCall`]'s call was made (it must not be: its prepare ended the engine's transaction).
+static ROGUE_CALL_MADE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+impl ExternalNode<RogueSaga> for RogueCall {
+    const NAME: &'static str = "test.rogue_call";
+    type Plan = Uuid;
+    type Receipt = ();
+    type Output = ();
+    async fn prepare(&self, cx: &mut PrepareCx<'_, RogueSaga>) -> Result<Uuid, NodeError> {
+        let account = cx.params().account;
+        cx.conn().batch_execute("COMMIT").await?;
+        debit(cx.conn(), account).await?;
+        Ok(account)
+    }
+    async fn call(&self, _: &ExternalCx<'_, RogueSaga>, _: &Uuid) -> Result<(), CallError> {
+        ROGUE_CALL_MADE.store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+    fn finish((): ()) {}
+    async fn compensate(
+        &self,
+        _: &ExternalCx<'_, RogueSaga>,
+        _: Option<()>,
+    ) -> Result<(), CallError> {
         Ok(())
     }
 }
@@ -307,7 +352,7 @@ async fn run_rogue(rogue: Rogue) -> (SagaOutcome, i64, Vec<(String, String)>) {
 
 fn assert_failed_for_ending_the_transaction(outcome: &SagaOutcome, own: &str) {
     match outcome {
-        SagaOutcome::Unwound { node, error } => {
+        SagaOutcome::Unwound { node, error, .. } => {
             assert_eq!(node, "rogue");
             assert!(
                 error.contains("ended the engine's transaction"),
@@ -359,6 +404,20 @@ async fn a_commit_then_a_panic_is_caught() {
 async fn a_commit_in_a_read_only_prepare_is_caught() {
     let (outcome, balance, escaped) = run_rogue(Rogue::InPrepare).await;
     assert_failed_for_ending_the_transaction(&outcome, "ROLLBACK TO SAVEPOINT");
+    assert_eq!(balance, 99, "the prepare's escaped debit, once");
+    assert_eq!(escaped, vec![("rogue".to_owned(), "failed".to_owned())]);
+}
+
+/// An external node's prepare runs in the engine's read-only transaction too: one that ends it and then
+/// succeeds is failed for that, and its call is never made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_in_an_external_nodes_prepare_is_caught_and_the_call_not_made() {
+    let (outcome, balance, escaped) = run_rogue(Rogue::InExternalPrepare).await;
+    assert_failed_for_ending_the_transaction(&outcome, "the call was made");
+    assert!(
+        !std::sync::atomic::AtomicBool::load(&ROGUE_CALL_MADE, std::sync::atomic::Ordering::SeqCst),
+        "the call was made after a prepare that ended the engine's transaction"
+    );
     assert_eq!(balance, 99, "the prepare's escaped debit, once");
     assert_eq!(escaped, vec![("rogue".to_owned(), "failed".to_owned())]);
 }

@@ -13,7 +13,7 @@
 //! PostgreSQL cannot tell apart: an integer column says its width (CockroachDB's `INT` is PostgreSQL's
 //! `BIGINT`).
 
-/// ratchet's schema changes (the PostgreSQL migrations 2 to 5) in CockroachDB's dialect, in order, each as
+/// ratchet's schema changes (the PostgreSQL migrations 2 to 6) in CockroachDB's dialect, in order, each as
 /// (file name, SQL): one schema change per file, no `DO` blocks, each idempotent. Apply each in its own
 /// transaction, in this order, on a database holding Omicron's `saga` and `saga_node_event` tables: the first
 /// adds the `stuck` value of `saga_state`, which no statement may use in the transaction that adds it.
@@ -29,6 +29,8 @@ pub const COCKROACHDB_SCHEMA_SQL: &[(&str, &str)] = &[
     ("up09.sql", include_str!("../cockroachdb/up09.sql")),
     ("up10.sql", include_str!("../cockroachdb/up10.sql")),
     ("up11.sql", include_str!("../cockroachdb/up11.sql")),
+    ("up12.sql", include_str!("../cockroachdb/up12.sql")),
+    ("up13.sql", include_str!("../cockroachdb/up13.sql")),
 ];
 
 #[cfg(test)]

@@ -25,6 +25,22 @@
 
 use std::collections::BTreeMap;
 
+/// The key, beside steno's own fields in a persisted DAG, under which ratchet keeps its typed nodes'
+/// arguments (an object by node path). steno's parameters stay the saga's own, as plain steno actions read
+/// them (`ActionContext::saga_params`); steno, and any other reader that decodes the column as a `SagaDag`,
+/// ignores the key. Written by the store's `saga_create`, in the saga's own `INSERT`; read on recovery from
+/// the row that is loaded anyway.
+pub const NODE_ARGS_KEY: &str = "ratchet_node_args";
+
+/// The typed nodes' arguments a persisted DAG holds under [`NODE_ARGS_KEY`], by path: `None` when it holds
+/// none (a saga without typed nodes, one plain steno created, or one an earlier release created, whose
+/// arguments are in its parameters).
+pub fn node_args(dag: &serde_json::Value) -> Option<BTreeMap<String, serde_json::Value>> {
+    dag.get(NODE_ARGS_KEY)?
+        .as_object()
+        .map(|args| args.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+}
+
 /// The separator of a node path (the engine's `PATH_SEPARATOR`).
 pub const PATH_SEPARATOR: char = '/';
 
@@ -71,6 +87,9 @@ pub struct DagNode {
     /// The action an action node runs (`action_name`); `None` for every other node, and for an action node
     /// without a name or an action name (such a node is not an action node to anyone reading the DAG).
     pub action_name: Option<String>,
+    /// An action node's steno label, when it is not its path (a plain steno node labelled for people, as
+    /// Nexus's are): a plain action knows itself only by its label. `None` for every other node.
+    pub label: Option<String>,
 }
 
 /// A persisted DAG, read: its nodes by steno node id, and its end node.
@@ -121,6 +140,24 @@ impl PersistedDag {
         })
     }
 
+    /// The path of every plain action node whose label is not its path, by label, for the labels only one
+    /// node has (a plain action finds its path by its label).
+    pub fn paths_by_label(&self) -> BTreeMap<String, String> {
+        let mut by_label: BTreeMap<String, Option<String>> = BTreeMap::new();
+        for node in &self.nodes {
+            if let Some(label) = &node.label {
+                by_label
+                    .entry(label.clone())
+                    .and_modify(|path| *path = None)
+                    .or_insert_with(|| Some(node.path.clone()));
+            }
+        }
+        by_label
+            .into_iter()
+            .filter_map(|(label, path)| Some((label, path?)))
+            .collect()
+    }
+
     /// Every action node's path, by steno node id.
     pub fn action_paths(&self) -> BTreeMap<u32, String> {
         self.action_nodes()
@@ -161,6 +198,15 @@ pub fn action_names(dag: &serde_json::Value) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The saga's parameters in a persisted DAG (its start node's): `None` in a form this reader does not
+/// recognise.
+pub fn saga_params(dag: &serde_json::Value) -> Option<&serde_json::Value> {
+    dag.pointer("/graph/nodes")?
+        .as_array()?
+        .iter()
+        .find_map(|node| node.get("Start")?.get("params"))
+}
+
 /// One node of the serialized graph (`graph.nodes[index]`), read.
 fn read_node(index: usize, node: &serde_json::Value) -> DagNode {
     let (kind, body) = match node {
@@ -179,10 +225,16 @@ fn read_node(index: usize, node: &serde_json::Value) -> DagNode {
             .get("action_name")
             .and_then(serde_json::Value::as_str)
             .map(str::to_owned);
+        let label = action
+            .get("label")
+            .and_then(serde_json::Value::as_str)
+            .filter(|label| *label != path)
+            .map(str::to_owned);
         return DagNode {
             kind,
             path,
             action_name,
+            label,
         };
     }
     let named = body
@@ -202,6 +254,7 @@ fn read_node(index: usize, node: &serde_json::Value) -> DagNode {
         kind,
         path,
         action_name: None,
+        label: None,
     }
 }
 

@@ -116,6 +116,24 @@ pub fn undo_error_message(data: Option<&serde_json::Value>) -> String {
     }
 }
 
+/// The field of a failure's `source_error` that holds the saga's typed error, serialized: in a `failed`
+/// event, ratchet's node failure carries it (`{"ActionFailed": {"source_error": {.., "saga_error": E}}}`); in
+/// an `undo_failed` event, the store adds it beside steno's message
+/// (`{"PermanentFailure": {"source_error": {"message": .., "saga_error": E}}}`).
+pub const SAGA_ERROR_FIELD: &str = "saga_error";
+
+/// The saga's typed error (serialized) recorded in the `data` of a `failed` or `undo_failed` event, if any.
+pub fn saga_error_of(data: Option<&serde_json::Value>) -> Option<serde_json::Value> {
+    let data = data?;
+    [
+        "/ActionFailed/source_error/",
+        "/PermanentFailure/source_error/",
+    ]
+    .iter()
+    .find_map(|prefix| data.pointer(&format!("{prefix}{SAGA_ERROR_FIELD}")))
+    .cloned()
+}
+
 /// The plain UUID of a steno saga id.
 pub fn uuid_of(saga_id: SagaId) -> Uuid {
     use newtype_uuid::GenericUuid;

@@ -53,14 +53,17 @@ mod transaction;
 pub use backend::SyncPgConnection;
 pub use backend::{NodeCheckout, NodeConnection, NodePool, Statement, get_result, statement};
 pub use cockroachdb::COCKROACHDB_SCHEMA_SQL;
-pub use dag::{DagNode, DagNodeKind, PATH_SEPARATOR, PersistedDag, action_names, node_paths};
+pub use dag::{
+    DagNode, DagNodeKind, NODE_ARGS_KEY, PATH_SEPARATOR, PersistedDag, action_names, node_args,
+    node_paths, saga_params,
+};
 pub use error::{DbError, is_transient_diesel, message_is_transient};
-pub use event::{EventRow, undo_error_message, uuid_of};
+pub use event::{EventRow, SAGA_ERROR_FIELD, saga_error_of, undo_error_message, uuid_of};
 pub use fence::{Fence, Liveness};
 pub use operator::{
-    EscapedWrites, FailedUndo, Refusal, StuckDiagnosis, UncompensatedCommit, abandon_saga,
-    adopt_sagas, claim_unfinished, stuck_diagnosis, take_for_retry_unwind, unfinished_among,
-    unfinished_by_name, unfinished_not_named,
+    EscapedWrites, FailedNode, FailedUndo, RecoveryScope, Refusal, StuckDiagnosis,
+    UncompensatedCommit, abandon_saga, adopt_sagas, claim_unfinished, stuck_diagnosis,
+    take_for_retry_unwind, unfinished_among, unfinished_by_name, unfinished_not_named,
 };
 pub use owner::{SagaOwner, is_owner, lock_if_owner};
 pub use pool::{
@@ -75,9 +78,10 @@ pub use records::{
 };
 pub use retry::{RetryPolicy, retry_transient};
 pub use saga::{
-    AbandonReason, SagaEnd, SagaFilter, SagaHistory, SagaPage, SagaRow, SagaState, count_by_state,
-    count_unfinished_by_executor, get_saga, list_sagas, list_sagas_where, list_unfinished,
-    load_logs, note_waiting, saga_endings, saga_history, unfinished_after, waiting_note,
+    AbandonReason, EFFECTIVE_STATE_SQL, NEXUS_RECOVERY_PREDICATE, SagaEnd, SagaFilter, SagaHistory,
+    SagaPage, SagaRow, SagaState, count_by_state, count_unfinished_by_executor, get_saga,
+    list_sagas, list_sagas_where, list_unfinished, load_logs, note_waiting, saga_endings,
+    saga_history, state_condition_sql, unfinished_after, waiting_note,
 };
 pub use saga_log::{PgSecStore, SagaLogHandle, SagaRegistration};
 pub use schema_check::{migrations_applied, missing_schema};

@@ -6,10 +6,11 @@
 //! saga at the old generation is fenced out of it ([`crate::owner`]).
 
 use crate::error::DbError;
-use crate::event::undo_error_message;
+use crate::event::{saga_error_of, undo_error_message};
+use crate::owner::unfinished;
 use crate::records::CommitRecord;
 use crate::saga::{AbandonReason, SagaHistory, SagaRow, SagaState, saga_history};
-use crate::schema::{saga, saga_node_event};
+use crate::schema::{saga, saga_node_event, saga_undo_failure};
 use crate::transaction::in_transaction;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -40,13 +41,14 @@ pub async fn adopt_sagas(
     let mut rows: Vec<SagaRow> = diesel::update(
         saga::table
             .filter(saga::current_sec.eq(from))
-            .filter(saga::saga_state.eq_any(crate::owner::WRITABLE_STATES))
+            .filter(unfinished())
             .filter(saga::id.eq_any(ids)),
     )
     .set((
         saga::current_sec.eq(to),
         saga::adopt_generation.eq(saga::adopt_generation + 1),
         saga::adopt_time.eq(Utc::now()),
+        saga::driven_by_ratchet.eq(true),
     ))
     .returning(SagaRow::as_returning())
     .get_results(conn)
@@ -55,34 +57,62 @@ pub async fn adopt_sagas(
     Ok(rows)
 }
 
-/// Claims up to `batch` of executor `sec_id`'s own unfinished sagas for a new incarnation of it, in one
-/// statement: `adopt_generation + 1`, `adopt_time = now`, for the lowest ids above `after`, leaving out
-/// `exclude` (the sagas the claiming incarnation is already driving). Returns the claimed rows (with their new
-/// generation), lowest id first; page on with the last id.
+/// Which unfinished sagas of an executor ratchet's recovery takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum RecoveryScope {
+    /// Only the sagas ratchet drives (`driven_by_ratchet`, or created by ratchet before that column existed:
+    /// `definition_version` set). The sagas Nexus's plain steno executor drives under the same executor id
+    /// are its own.
+    #[default]
+    RatchetOnly,
+    /// Also the sagas plain steno created and drives no more (a Nexus that stopped, whose sagas ratchet now
+    /// finishes): they are marked `driven_by_ratchet` in the claiming statement.
+    PlainStenoToo,
+}
+
+impl RecoveryScope {
+    /// The SQL condition on a `saga` row.
+    fn condition(self) -> &'static str {
+        match self {
+            RecoveryScope::RatchetOnly => "(driven_by_ratchet OR definition_version IS NOT NULL)",
+            RecoveryScope::PlainStenoToo => "TRUE",
+        }
+    }
+}
+
+/// Claims up to `batch` of executor `sec_id`'s own unfinished sagas within `scope` for a new incarnation of it,
+/// in one statement: `adopt_generation + 1`, `adopt_time = now`, `driven_by_ratchet`, for the lowest ids above
+/// `after`, leaving out `exclude` (the sagas the claiming incarnation is already driving). Returns the claimed
+/// rows (with their new generation), lowest id first; page on with the last id.
 ///
 /// An executor id is stable across restarts (a Nexus zone's id), so an owner check on the id alone cannot
 /// tell a new process from an old one that is still alive (hung, or a second `recover` started beside the
 /// first). The bump makes the difference: every write of an older incarnation carries the older generation
 /// and is fenced out exactly like a foreign executor's. Like [`adopt_sagas`], the `UPDATE` waits for the
 /// share locks the older incarnation's in-flight transactions hold, so none of its writes lands after it.
+#[allow(clippy::too_many_arguments)]
 pub async fn claim_unfinished(
     conn: &mut AsyncPgConnection,
     sec_id: Uuid,
     names: &[String],
+    scope: RecoveryScope,
     after: Option<Uuid>,
     exclude: &[Uuid],
     batch: i64,
 ) -> QueryResult<Vec<SagaRow>> {
     use diesel::sql_types::{Array, BigInt, Text, Timestamptz, Uuid as SqlUuid};
-    let mut rows: Vec<SagaRow> = diesel::sql_query(
-        "UPDATE saga SET adopt_generation = adopt_generation + 1, adopt_time = $2 \
-         WHERE current_sec = $1 AND saga_state IN ('running', 'unwinding') AND name = ANY($6) \
+    let unfinished = crate::owner::UNFINISHED_SQL;
+    let scope = scope.condition();
+    let mut rows: Vec<SagaRow> = diesel::sql_query(format!(
+        "UPDATE saga SET adopt_generation = adopt_generation + 1, adopt_time = $2, \
+             driven_by_ratchet = TRUE \
+         WHERE current_sec = $1 AND {unfinished} AND name = ANY($6) AND {scope} \
            AND id IN (SELECT id FROM saga \
-                      WHERE current_sec = $1 AND saga_state IN ('running', 'unwinding') \
+                      WHERE current_sec = $1 AND {unfinished} AND {scope} \
                         AND name = ANY($6) AND id > $3 AND NOT (id = ANY($4)) \
                       ORDER BY id LIMIT $5) \
-         RETURNING *",
-    )
+         RETURNING *"
+    ))
     .bind::<SqlUuid, _>(sec_id)
     .bind::<Timestamptz, _>(Utc::now())
     .bind::<SqlUuid, _>(after.unwrap_or(Uuid::nil()))
@@ -95,17 +125,21 @@ pub async fn claim_unfinished(
     Ok(rows)
 }
 
-/// The unfinished sagas of executor `sec_id` whose name is none of `names` (sagas of a definition some other
-/// binary registers), oldest id first, at most `limit`. Reads only.
+/// The unfinished sagas of executor `sec_id` within `scope` whose name is none of `names` (sagas of a
+/// definition some other binary registers), oldest id first, at most `limit`. Reads only.
 pub async fn unfinished_not_named(
     conn: &mut AsyncPgConnection,
     sec_id: Uuid,
     names: &[String],
+    scope: RecoveryScope,
     limit: i64,
 ) -> QueryResult<Vec<SagaRow>> {
     saga::table
         .filter(saga::current_sec.eq(sec_id))
-        .filter(saga::saga_state.eq_any(crate::owner::WRITABLE_STATES))
+        .filter(unfinished())
+        .filter(diesel::dsl::sql::<diesel::sql_types::Bool>(
+            scope.condition(),
+        ))
         .filter(saga::name.ne_all(names))
         .order(saga::id)
         .limit(limit)
@@ -122,7 +156,7 @@ pub async fn unfinished_among(
 ) -> QueryResult<Vec<Uuid>> {
     saga::table
         .filter(saga::current_sec.eq(sec_id))
-        .filter(saga::saga_state.eq_any(crate::owner::WRITABLE_STATES))
+        .filter(unfinished())
         .filter(saga::id.eq_any(ids))
         .select(saga::id)
         .order(saga::id)
@@ -140,12 +174,11 @@ pub async fn unfinished_by_name(
     executors: &[Uuid],
     sagas: &[Uuid],
 ) -> QueryResult<BTreeMap<String, i64>> {
-    let unfinished = saga::saga_state
-        .eq_any(crate::owner::WRITABLE_STATES)
-        .and(saga::current_sec.eq_any(executors));
-    let stuck = saga::saga_state
-        .eq(SagaState::Stuck)
-        .and(saga::id.eq_any(sagas));
+    let unfinished = unfinished().and(saga::current_sec.eq_any(executors));
+    let stuck = diesel::dsl::sql::<diesel::sql_types::Bool>(crate::saga::state_condition_sql(
+        SagaState::Stuck,
+    ))
+    .and(saga::id.eq_any(sagas));
     let counts: Vec<(String, i64)> = saga::table
         .filter(saga::name.eq_any(names))
         .filter(unfinished.or(stuck))
@@ -195,10 +228,15 @@ pub async fn take_for_retry_unwind(
             let deleted = diesel::delete(
                 saga_node_event::table
                     .filter(saga_node_event::saga_id.eq(id))
-                    .filter(saga_node_event::event_type.eq("undo_failed")),
+                    .filter(saga_node_event::event_type.eq(crate::records::UNDO_FAILED)),
             )
             .execute(conn)
-            .await?;
+            .await?
+                + diesel::delete(
+                    saga_undo_failure::table.filter(saga_undo_failure::saga_id.eq(id)),
+                )
+                .execute(conn)
+                .await?;
             if deleted == 0 {
                 return Ok(Err(Refusal::NoFailedUndo {
                     stuck_node: row.stuck_node,
@@ -215,6 +253,7 @@ pub async fn take_for_retry_unwind(
                     saga::current_sec.eq(sec_id),
                     saga::adopt_generation.eq(saga::adopt_generation + 1),
                     saga::adopt_time.eq(Utc::now()),
+                    saga::driven_by_ratchet.eq(true),
                 ))
                 .returning(SagaRow::as_returning())
                 .get_result(conn)
@@ -287,6 +326,24 @@ pub struct FailedUndo {
     pub node_id: i64,
     pub node: String,
     pub error: String,
+    /// The saga's typed error the compensation failed with, serialized (decode it as the saga's
+    /// `SagaDef::Error`); `None` for an untyped error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saga_error: Option<serde_json::Value>,
+    pub time: DateTime<Utc>,
+}
+
+/// A node whose forward action failed: its `failed` event.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FailedNode {
+    pub node_id: i64,
+    pub node: String,
+    /// The failure as recorded (for a ratchet node: its node, phase and message, as JSON).
+    pub error: serde_json::Value,
+    /// The saga's typed error the node failed with, serialized (decode it as the saga's `SagaDef::Error`);
+    /// `None` for an untyped error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saga_error: Option<serde_json::Value>,
     pub time: DateTime<Utc>,
 }
 
@@ -319,6 +376,9 @@ pub struct UncompensatedCommit {
 pub struct StuckDiagnosis {
     pub saga_id: Uuid,
     pub state: String,
+    /// Nodes whose forward action failed (the failure the unwind began with), from the log's `failed` events.
+    #[serde(default)]
+    pub failed_nodes: Vec<FailedNode>,
     /// Nodes whose compensation failed, from the log's `undo_failed` events.
     pub failed_undos: Vec<FailedUndo>,
     /// What the store recorded when it marked the saga stuck: the node and the error. Set also when the saga
@@ -357,6 +417,24 @@ impl SagaHistory {
                 node_id: e.node_id,
                 node: name_of(e.node_id),
                 error: undo_error_message(e.data.as_ref()),
+                saga_error: saga_error_of(e.data.as_ref()),
+                time: e.event_time,
+            })
+            .collect();
+        let failed_nodes = self
+            .events
+            .iter()
+            .filter(|e| e.event_type == "failed")
+            .map(|e| FailedNode {
+                node_id: e.node_id,
+                node: name_of(e.node_id),
+                error: e
+                    .data
+                    .as_ref()
+                    .map(|data| data.pointer("/ActionFailed/source_error").unwrap_or(data))
+                    .cloned()
+                    .unwrap_or(serde_json::Value::Null),
+                saga_error: saga_error_of(e.data.as_ref()),
                 time: e.event_time,
             })
             .collect();
@@ -400,6 +478,7 @@ impl SagaHistory {
         StuckDiagnosis {
             saga_id: saga.id,
             state: saga.saga_state.to_string(),
+            failed_nodes,
             failed_undos,
             stuck_node: saga.stuck_node.clone(),
             stuck_reason: saga.stuck_reason.clone(),

@@ -47,6 +47,10 @@ pub const MIGRATIONS_SQL: &[(&str, &str)] = &[
         "2026-12-01-000005_saga_waiting",
         include_str!("../migrations/2026-12-01-000005_saga_waiting/up.sql"),
     ),
+    (
+        "2026-12-08-000006_omicron_readable_log",
+        include_str!("../migrations/2026-12-08-000006_omicron_readable_log/up.sql"),
+    ),
 ];
 
 /// How to build a pool.

@@ -6,7 +6,7 @@
 use crate::backend::{NodeConnection, get_result, statement};
 use crate::event::EventRow;
 use crate::owner::SagaOwner;
-use crate::schema::{saga_commit_record, saga_compensation_record};
+use crate::schema::{saga_commit_record, saga_compensation_record, saga_undo_failure};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
@@ -108,7 +108,7 @@ pub async fn recorded<C: NodeConnection + ?Sized>(
     };
     let query = statement(format!(
         "WITH owner AS (SELECT id FROM saga WHERE id = $1 AND current_sec = $3 AND adopt_generation = $4 \
-         AND saga_state IN ('running', 'unwinding'){lock}) \
+         AND saga_state IN ('running', 'unwinding') AND time_stuck IS NULL{lock}) \
          SELECT (SELECT count(*) FROM owner) AS owners, \
          (SELECT receipt FROM saga_commit_record WHERE saga_id = $1 AND node_name = $2) AS receipt, \
          EXISTS (SELECT 1 FROM saga_compensation_record WHERE saga_id = $1 AND node_name = $2) \
@@ -364,6 +364,42 @@ pub(crate) async fn insert_events_if_owner(
     let written = write_if_owner(conn, saga_id, owner, None, events, None).await?;
     Ok(written == FencedWrite::Written)
 }
+
+/// Writes the `undo_failed` events among `events` to `saga_undo_failure` (where Omicron's event reader, which
+/// refuses every `undo_failed` row of `saga_node_event`, never looks), and the others as
+/// [`insert_events_if_owner`] does. Call it inside a transaction: the side rows are written only after the
+/// fenced write found the executor the owner, under the share lock it took.
+pub(crate) async fn insert_events_if_owner_undo_failures_aside(
+    conn: &mut AsyncPgConnection,
+    saga_id: Uuid,
+    owner: SagaOwner,
+    events: &[EventRow],
+) -> QueryResult<bool> {
+    let (failures, others): (Vec<EventRow>, Vec<EventRow>) = events
+        .iter()
+        .cloned()
+        .partition(|e| e.event_type == UNDO_FAILED);
+    if !insert_events_if_owner(conn, saga_id, owner, &others).await? {
+        return Ok(false);
+    }
+    for failure in &failures {
+        diesel::insert_into(saga_undo_failure::table)
+            .values((
+                saga_undo_failure::saga_id.eq(failure.saga_id),
+                saga_undo_failure::node_id.eq(failure.node_id),
+                saga_undo_failure::data.eq(failure.data.clone().unwrap_or_default()),
+                saga_undo_failure::event_time.eq(failure.event_time),
+                saga_undo_failure::creator.eq(failure.creator),
+            ))
+            .on_conflict_do_nothing()
+            .execute(conn)
+            .await?;
+    }
+    Ok(true)
+}
+
+/// steno's label of a failed undo.
+pub(crate) const UNDO_FAILED: &str = "undo_failed";
 
 /// The one fenced write behind [`record_commit_if_owner`] (`commit`: the node and its receipt) and
 /// [`insert_events_if_owner`] (`None`). Binds `$1`–`$4` for [`crate::owner::OWNER_CTE`], then the commit

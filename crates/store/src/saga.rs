@@ -1,10 +1,12 @@
 //! Saga rows: creation, state, and the queries recovery and operators use.
 
 use crate::event::EventRow;
-use crate::owner::{SagaOwner, WRITABLE_STATES};
+use crate::owner::{SagaOwner, unfinished};
 use crate::records::{CommitRecord, CompensationRecord};
 use crate::schema::sql_types::{SagaAbandonReasonEnum, SagaStateEnum};
-use crate::schema::{saga, saga_commit_record, saga_compensation_record, saga_node_event};
+use crate::schema::{
+    saga, saga_commit_record, saga_compensation_record, saga_node_event, saga_undo_failure,
+};
 use chrono::{DateTime, Utc};
 use diesel::deserialize::FromSql;
 use diesel::pg::{Pg, PgValue};
@@ -147,6 +149,13 @@ pub struct SagaRow {
     pub time_created: DateTime<Utc>,
     pub name: String,
     pub saga_dag: serde_json::Value,
+    /// The saga's state as ratchet's readers see it: a saga recorded `unwinding` with `time_stuck` set (the
+    /// Omicron-readable form of `stuck`, see the saga log's "Stuck sagas") reads as [`SagaState::Stuck`], in
+    /// every query that selects a `SagaRow` ([`EFFECTIVE_STATE_SQL`]).
+    #[diesel(
+        select_expression = diesel::dsl::sql::<SagaStateEnum>(EFFECTIVE_STATE_SQL),
+        select_expression_type = diesel::expression::SqlLiteral<SagaStateEnum>
+    )]
     pub saga_state: SagaState,
     pub current_sec: Option<Uuid>,
     pub adopt_generation: i64,
@@ -161,8 +170,36 @@ pub struct SagaRow {
     pub time_finished: Option<DateTime<Utc>>,
     pub stuck_node: Option<String>,
     pub stuck_reason: Option<String>,
-    /// When the saga was recorded `stuck`.
+    /// When the saga was recorded `stuck` (in either form: see [`SagaRow::saga_state`]).
     pub time_stuck: Option<DateTime<Utc>>,
+    /// Whether ratchet drives the saga: set when ratchet creates it, and in the statement that claims it
+    /// (recovery, adoption, retry-unwind). `false` for the rows Nexus's plain steno store writes; Nexus's
+    /// recovery listing leaves out the sagas where it is `true`.
+    #[serde(default)]
+    pub driven_by_ratchet: bool,
+}
+
+/// The condition Nexus's saga-recovery listing must add (`AND NOT driven_by_ratchet`) when Nexus's plain steno
+/// executor and ratchet share an executor id: it leaves out every saga ratchet drives, whatever its name.
+pub const NEXUS_RECOVERY_PREDICATE: &str = "NOT driven_by_ratchet";
+
+/// The state ratchet's readers see, as SQL over a `saga` row: `stuck` for a saga recorded `unwinding` with
+/// `time_stuck` set (what an engine writing an Omicron-readable log records for a stuck saga), the recorded
+/// state otherwise.
+pub const EFFECTIVE_STATE_SQL: &str = "(CASE WHEN saga.saga_state = 'unwinding' AND saga.time_stuck IS NOT NULL \
+     THEN 'stuck'::saga_state ELSE saga.saga_state END)";
+
+/// The SQL condition "the saga is in `state`" as ratchet's readers see states ([`SagaRow::saga_state`]).
+pub fn state_condition_sql(state: SagaState) -> &'static str {
+    match state {
+        SagaState::Running => "saga.saga_state = 'running'",
+        SagaState::Unwinding => "(saga.saga_state = 'unwinding' AND saga.time_stuck IS NULL)",
+        SagaState::Done => "saga.saga_state = 'done'",
+        SagaState::Stuck => {
+            "(saga.saga_state = 'stuck' OR (saga.saga_state = 'unwinding' AND saga.time_stuck IS NOT NULL))"
+        }
+        SagaState::Abandoned => "saga.saga_state = 'abandoned'",
+    }
 }
 
 impl SagaRow {
@@ -308,15 +345,19 @@ impl SagaEnd {
 
 /// How many sagas are in each state (a state no saga is in has no entry).
 pub async fn count_by_state(conn: &mut AsyncPgConnection) -> QueryResult<BTreeMap<String, i64>> {
-    let counts: Vec<(SagaState, i64)> = saga::table
-        .group_by(saga::saga_state)
-        .select((saga::saga_state, diesel::dsl::count_star()))
-        .load(conn)
-        .await?;
-    Ok(counts
-        .into_iter()
-        .map(|(state, count)| (state.to_string(), count))
-        .collect())
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        state: String,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        count: i64,
+    }
+    let counts: Vec<Count> = diesel::sql_query(format!(
+        "SELECT {EFFECTIVE_STATE_SQL}::TEXT AS state, count(*) AS count FROM saga GROUP BY 1"
+    ))
+    .load(conn)
+    .await?;
+    Ok(counts.into_iter().map(|c| (c.state, c.count)).collect())
 }
 
 /// The unfinished sagas (running or unwinding), counted by the executor that owns them (`None`: no executor
@@ -325,7 +366,7 @@ pub async fn count_unfinished_by_executor(
     conn: &mut AsyncPgConnection,
 ) -> QueryResult<BTreeMap<Option<Uuid>, i64>> {
     let counts: Vec<(Option<Uuid>, i64)> = saga::table
-        .filter(saga::saga_state.eq_any([SagaState::Running, SagaState::Unwinding]))
+        .filter(unfinished())
         .group_by(saga::current_sec)
         .select((saga::current_sec, diesel::dsl::count_star()))
         .load(conn)
@@ -341,7 +382,9 @@ pub async fn list_sagas_where(
 ) -> QueryResult<SagaPage> {
     let mut query = saga::table.select(SagaRow::as_select()).into_boxed();
     if let Some(state) = filter.state {
-        query = query.filter(saga::saga_state.eq(state));
+        query = query.filter(diesel::dsl::sql::<diesel::sql_types::Bool>(
+            state_condition_sql(state),
+        ));
     }
     if let Some(name) = &filter.name {
         query = query.filter(saga::name.eq(name.clone()));
@@ -398,7 +441,7 @@ pub async fn unfinished_after(
 ) -> QueryResult<Vec<SagaRow>> {
     let mut query = saga::table
         .filter(saga::current_sec.eq(sec_id))
-        .filter(saga::saga_state.eq_any(WRITABLE_STATES))
+        .filter(unfinished())
         .select(SagaRow::as_select())
         .order(saga::id)
         .limit(batch)
@@ -428,11 +471,42 @@ pub async fn load_logs(
             ))
             .load(conn)
             .await?;
-        for row in rows {
+        for row in rows.into_iter().chain(undo_failures(conn, chunk).await?) {
             logs.entry(row.saga_id).or_default().push(row);
         }
     }
     Ok(logs)
+}
+
+/// The failed undos of `saga_ids` kept in `saga_undo_failure` (an Omicron-readable log keeps them out of
+/// `saga_node_event`), as the `undo_failed` events they stand for.
+pub(crate) async fn undo_failures(
+    conn: &mut AsyncPgConnection,
+    saga_ids: &[Uuid],
+) -> QueryResult<Vec<EventRow>> {
+    let rows: Vec<(Uuid, i64, serde_json::Value, DateTime<Utc>, Uuid)> = saga_undo_failure::table
+        .filter(saga_undo_failure::saga_id.eq_any(saga_ids))
+        .select((
+            saga_undo_failure::saga_id,
+            saga_undo_failure::node_id,
+            saga_undo_failure::data,
+            saga_undo_failure::event_time,
+            saga_undo_failure::creator,
+        ))
+        .order((saga_undo_failure::saga_id, saga_undo_failure::node_id))
+        .load(conn)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(saga_id, node_id, data, event_time, creator)| EventRow {
+            saga_id,
+            node_id,
+            event_type: crate::records::UNDO_FAILED.to_owned(),
+            data: Some(data),
+            event_time,
+            creator,
+        })
+        .collect())
 }
 
 /// Everything recorded about one saga: its events in time order, and its commit and compensation records.
@@ -460,12 +534,17 @@ pub async fn saga_history(
     let Some(saga) = get_saga(conn, id).await? else {
         return Ok(None);
     };
-    let events = saga_node_event::table
+    let mut events: Vec<EventRow> = saga_node_event::table
         .filter(saga_node_event::saga_id.eq(id))
         .select(EventRow::as_select())
         .order((saga_node_event::event_time, saga_node_event::node_id))
         .load(conn)
         .await?;
+    let aside = undo_failures(conn, &[id]).await?;
+    if !aside.is_empty() {
+        events.extend(aside);
+        events.sort_by_key(|e| (e.event_time, e.node_id));
+    }
     let commits = saga_commit_record::table
         .filter(saga_commit_record::saga_id.eq(id))
         .select(CommitRecord::as_select())
@@ -507,7 +586,7 @@ pub async fn note_waiting(
                 "INSERT INTO saga_waiting (saga_id, node_name, reason, time_waiting, creator) \
                  SELECT $1, $2, $3, $4, $5 WHERE EXISTS ( \
                      SELECT 1 FROM saga WHERE id = $1 AND current_sec = $5 AND adopt_generation = $6 \
-                       AND saga_state IN ('running', 'unwinding')) \
+                       AND saga_state IN ('running', 'unwinding') AND time_stuck IS NULL) \
                  ON CONFLICT (saga_id, node_name) DO UPDATE \
                  SET reason = $3, time_waiting = $4, creator = $5",
             )
@@ -548,7 +627,7 @@ pub async fn waiting_note(
     }
     let row: Option<Waiting> = diesel::sql_query(
         "SELECT w.reason, w.time_waiting FROM saga_waiting w JOIN saga s ON s.id = w.saga_id \
-         WHERE w.saga_id = $1 AND s.saga_state IN ('running', 'unwinding') \
+         WHERE w.saga_id = $1 AND s.saga_state IN ('running', 'unwinding') AND s.time_stuck IS NULL \
            AND w.creator = s.current_sec \
          ORDER BY w.time_waiting LIMIT 1",
     )

@@ -49,11 +49,27 @@
 //!
 //! steno reports a saga whose undo failed as `done`. When steno marks a saga `done`, this store looks for an
 //! `undo_failed` event in the same transaction and records `stuck`, with the node and the error, instead.
+//!
+//! # An Omicron-readable log
+//!
+//! Nexus's readers of the saga log know Omicron's four states (`running`, `unwinding`, `done`, `abandoned`) and
+//! refuse every `undo_failed` event row; one row they cannot parse fails a whole listing. A store made with
+//! `omicron_readable` on ([`PgSecStore::new`]) writes nothing they cannot parse:
+//!
+//! - a stuck saga is recorded `unwinding`, with `stuck_node`, `stuck_reason` and `time_stuck` set: ratchet's
+//!   readers see it `stuck` ([`crate::SagaRow::saga_state`] reads [`crate::EFFECTIVE_STATE_SQL`]), and
+//!   nothing treats it as unfinished ([`crate::owner`]'s fence and every recovery listing require
+//!   `time_stuck IS NULL`); Nexus's recovery leaves it alone because ratchet drives it (`driven_by_ratchet`);
+//! - an `undo_failed` event is written to `saga_undo_failure` (in the transaction of the fenced write of the
+//!   node's other events) instead of `saga_node_event`; ratchet's readers of a log read both tables.
+//!
+//! Off, the store records `stuck` and `undo_failed` as before. Readers handle both forms either way, so a
+//! database may hold both.
 
 use crate::error::DbError;
 use crate::event::{EventRow, undo_error_message, uuid_of};
 use crate::fence::{Fence, Liveness};
-use crate::owner::{SagaOwner, WRITABLE_STATES};
+use crate::owner::{SagaOwner, unfinished};
 use crate::pool::DbPool;
 use crate::retry::RetryPolicy;
 use crate::saga::{SagaRow, SagaState, insert_saga};
@@ -90,6 +106,10 @@ pub struct SagaRegistration {
     /// Whether the log the saga was resumed from (recovery, adoption, retry-unwind) holds an `undo_failed`
     /// event: written before this store saw the saga, it decides whether `done` is recorded `stuck`.
     pub undo_failed_logged: bool,
+    /// The typed nodes' arguments, by path, for a saga being created: `saga_create` writes them into the
+    /// persisted DAG, under [`NODE_ARGS_KEY`](crate::NODE_ARGS_KEY), in the saga's own `INSERT`. `None` for a
+    /// resumed saga (its row holds them already) and for a saga without typed nodes.
+    pub node_args: Option<serde_json::Value>,
 }
 
 /// The engine's handle on one registered saga's log.
@@ -116,6 +136,8 @@ struct HeldLog {
     stuck: Option<(String, String)>,
     /// Whether steno recorded an undo event (so the log may hold an `undo_failed`).
     undo_recorded: bool,
+    /// The saga's typed errors of failed compensations, by node ([`SagaLogHandle::note_undo_error`]).
+    undo_errors: HashMap<u32, serde_json::Value>,
     /// The nodes without an action whose held events a database node's transaction in flight carries
     /// ([`SagaLogHandle::claim_held_events`]); no other write takes them meanwhile.
     in_flight: HashSet<u32>,
@@ -149,6 +171,18 @@ impl SagaLogHandle {
     /// node without an action other than the end node.
     fn held_until_next_write(&self, node_id: u32) -> bool {
         self.0.registration.nodes_without_action.contains(&node_id)
+    }
+
+    /// Notes the saga's typed error (serialized) with which node `node_id`'s compensation failed: steno's
+    /// `undo_failed` event carries only a message, so the store adds it there (as `saga_error` beside the
+    /// message in `PermanentFailure.source_error`) when steno records the event.
+    pub fn note_undo_error(&self, node_id: u32, error: serde_json::Value) {
+        lock(&self.0.log).undo_errors.insert(node_id, error);
+    }
+
+    /// The typed error noted for node `node_id`'s failed compensation, if any.
+    pub fn undo_error(&self, node_id: u32) -> Option<serde_json::Value> {
+        lock(&self.0.log).undo_errors.get(&node_id).cloned()
     }
 
     /// Records that the saga must end `stuck` (a commit neither kept nor compensated), whatever its log says.
@@ -253,16 +287,20 @@ pub struct PgSecStore {
     sagas: Mutex<HashMap<Uuid, SagaLogHandle>>,
     liveness: Arc<Liveness>,
     fenced_writes: Arc<AtomicU64>,
+    /// Write only what Omicron's readers parse (see "An Omicron-readable log").
+    omicron_readable: bool,
 }
 
 impl PgSecStore {
     /// A store for executor `sec_id`. `fenced_writes` counts the writes it drops because another executor
-    /// adopted the saga (the engine shares the counter with its own transactions').
+    /// adopted the saga (the engine shares the counter with its own transactions'). `omicron_readable`: record
+    /// a stuck saga and a failed undo in forms Omicron's readers parse (see "An Omicron-readable log").
     pub fn new(
         pool: DbPool,
         sec_id: Uuid,
         liveness: Arc<Liveness>,
         fenced_writes: Arc<AtomicU64>,
+        omicron_readable: bool,
     ) -> PgSecStore {
         PgSecStore {
             pool,
@@ -270,6 +308,7 @@ impl PgSecStore {
             sagas: Mutex::new(HashMap::new()),
             liveness,
             fenced_writes,
+            omicron_readable,
         }
     }
 
@@ -332,16 +371,36 @@ impl PgSecStore {
         owner: SagaOwner,
         rows: Vec<EventRow>,
     ) -> bool {
-        let rows = &rows;
+        let aside = self.omicron_readable
+            && rows
+                .iter()
+                .any(|row| row.event_type == crate::records::UNDO_FAILED);
+        let rows = &Arc::new(rows);
         retry_forever(
             "recording saga events",
             saga_id,
             &self.liveness,
             || async move {
                 let mut conn = self.pool.get().await?;
-                Ok::<_, DbError>(
-                    crate::records::insert_events_if_owner(&mut conn, saga_id, owner, rows).await?,
-                )
+                if !aside {
+                    return Ok::<_, DbError>(
+                        crate::records::insert_events_if_owner(&mut conn, saga_id, owner, rows)
+                            .await?,
+                    );
+                }
+                let rows = Arc::clone(rows);
+                in_transaction(&mut conn, |conn| {
+                    async move {
+                        Ok::<_, DbError>(
+                            crate::records::insert_events_if_owner_undo_failures_aside(
+                                conn, saga_id, owner, &rows,
+                            )
+                            .await?,
+                        )
+                    }
+                    .boxed()
+                })
+                .await
             },
         )
         .await
@@ -366,7 +425,7 @@ impl PgSecStore {
                             .filter(saga::id.eq(saga_id))
                             .filter(saga::current_sec.eq(owner.sec_id))
                             .filter(saga::adopt_generation.eq(owner.generation))
-                            .filter(saga::saga_state.eq_any(WRITABLE_STATES)),
+                            .filter(unfinished()),
                     )
                     .set(saga::saga_state.eq(state))
                     .execute(&mut conn)
@@ -383,6 +442,7 @@ impl PgSecStore {
         let end_events = &end_events;
         let may_have_undo_failed =
             handle.0.registration.undo_failed_logged || lock(&handle.0.log).undo_recorded;
+        let omicron_readable = self.omicron_readable;
         retry_forever(
             "updating saga state",
             saga_id,
@@ -406,14 +466,26 @@ impl PgSecStore {
                         }
                         let undo_failed: Option<(i64, Option<serde_json::Value>)> =
                             if may_have_undo_failed {
-                                saga_node_event::table
-                                    .filter(saga_node_event::saga_id.eq(saga_id))
-                                    .filter(saga_node_event::event_type.eq("undo_failed"))
-                                    .select((saga_node_event::node_id, saga_node_event::data))
-                                    .order(saga_node_event::node_id)
-                                    .first(conn)
-                                    .await
-                                    .optional()?
+                                let logged: Option<(i64, Option<serde_json::Value>)> =
+                                    saga_node_event::table
+                                        .filter(saga_node_event::saga_id.eq(saga_id))
+                                        .filter(
+                                            saga_node_event::event_type
+                                                .eq(crate::records::UNDO_FAILED),
+                                        )
+                                        .select((saga_node_event::node_id, saga_node_event::data))
+                                        .order(saga_node_event::node_id)
+                                        .first(conn)
+                                        .await
+                                        .optional()?;
+                                let aside = crate::saga::undo_failures(conn, &[saga_id])
+                                    .await?
+                                    .into_iter()
+                                    .map(|e| (e.node_id, e.data));
+                                logged
+                                    .into_iter()
+                                    .chain(aside)
+                                    .min_by_key(|(node, _)| *node)
                             } else {
                                 None
                             };
@@ -435,13 +507,20 @@ impl PgSecStore {
                             }
                         };
                         let now = Utc::now();
+                        let stuck = state == SagaState::Stuck;
+                        // Omicron's enum has no `stuck`: the readable form is `unwinding` with `time_stuck` set.
+                        let recorded = if stuck && omicron_readable {
+                            SagaState::Unwinding
+                        } else {
+                            state
+                        };
                         diesel::update(saga::table.filter(saga::id.eq(saga_id)))
                             .set((
-                                saga::saga_state.eq(state),
+                                saga::saga_state.eq(recorded),
                                 saga::stuck_node.eq(node),
                                 saga::stuck_reason.eq(reason),
                                 saga::time_finished.eq(now),
-                                saga::time_stuck.eq((state == SagaState::Stuck).then_some(now)),
+                                saga::time_stuck.eq(stuck.then_some(now)),
                             ))
                             .execute(conn)
                             .await?;
@@ -519,12 +598,18 @@ impl steno::SecStore for PgSecStore {
         })?;
         let now = Utc::now();
         let owner = handle.owner();
+        let mut saga_dag = params.dag;
+        if let (Some(node_args), serde_json::Value::Object(dag)) =
+            (&handle.0.registration.node_args, &mut saga_dag)
+        {
+            dag.insert(crate::NODE_ARGS_KEY.to_owned(), node_args.clone());
+        }
         let row = SagaRow {
             id: uuid_of(params.id),
             creator: self.sec_id,
             time_created: now,
             name: params.name.to_string(),
-            saga_dag: params.dag,
+            saga_dag,
             saga_state: state_of(params.state),
             current_sec: Some(owner.sec_id),
             adopt_generation: owner.generation,
@@ -537,6 +622,7 @@ impl steno::SecStore for PgSecStore {
             stuck_node: None,
             stuck_reason: None,
             time_stuck: None,
+            driven_by_ratchet: true,
         };
         let mut attempts = 0;
         let started = std::time::Instant::now();
@@ -566,7 +652,7 @@ impl steno::SecStore for PgSecStore {
         }
     }
 
-    async fn record_event(&self, event: SagaNodeEvent) {
+    async fn record_event(&self, mut event: SagaNodeEvent) {
         let Some(handle) = self.handle(event.saga_id) else {
             // An invariant of the engine: every saga is registered before steno can record its events.
             tracing::error!(saga_id = %event.saga_id, ?event, "event for an unregistered saga dropped");
@@ -580,6 +666,13 @@ impl steno::SecStore for PgSecStore {
         let label = event.event_type.label();
         {
             let mut log = lock(&handle.0.log);
+            if let SagaNodeEventType::UndoFailed(steno::UndoActionError::PermanentFailure {
+                source_error: serde_json::Value::Object(fields),
+            }) = &mut event.event_type
+                && let Some(typed) = log.undo_errors.get(&node_id)
+            {
+                fields.insert(crate::event::SAGA_ERROR_FIELD.to_owned(), typed.clone());
+            }
             if matches!(
                 event.event_type,
                 SagaNodeEventType::UndoStarted

@@ -40,6 +40,7 @@ diesel::table! {
         stuck_node -> Nullable<Text>,
         stuck_reason -> Nullable<Text>,
         time_stuck -> Nullable<Timestamptz>,
+        driven_by_ratchet -> Bool,
     }
 }
 
@@ -76,8 +77,19 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    saga_undo_failure (saga_id, node_id) {
+        saga_id -> Uuid,
+        node_id -> Int8,
+        data -> Jsonb,
+        event_time -> Timestamptz,
+        creator -> Uuid,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
     saga,
+    saga_undo_failure,
     saga_node_event,
     saga_commit_record,
     saga_compensation_record

@@ -29,6 +29,7 @@ pub(crate) const REQUIRED: &[(&str, &[&str])] = &[
             "stuck_node",
             "stuck_reason",
             "time_stuck",
+            "driven_by_ratchet",
         ],
     ),
     (
@@ -71,6 +72,10 @@ pub(crate) const REQUIRED: &[(&str, &[&str])] = &[
     (
         "saga_waiting",
         &["saga_id", "node_name", "reason", "time_waiting", "creator"],
+    ),
+    (
+        "saga_undo_failure",
+        &["saga_id", "node_id", "data", "event_time", "creator"],
     ),
 ];
 

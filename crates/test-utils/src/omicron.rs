@@ -177,3 +177,147 @@ impl steno::SecStore for OmicronSecStore {
         .await;
     }
 }
+
+/// The labels Omicron's `saga_state` enum decodes (its diesel enum in `nexus/db-model`): one row holding any
+/// other label fails every listing that reads it, whole.
+pub const OMICRON_SAGA_STATES: &[&str] = &["running", "unwinding", "done", "abandoned"];
+
+/// What Omicron's reader of a `saga_node_event` row accepts, as (event type, whether `data` is set): its
+/// conversion into a steno event (steno 0.4, which Omicron pins) takes exactly these and refuses every other row,
+/// `undo_failed` ones whatever their data. A `failed` row's data must also decode as steno's `ActionError`.
+pub const OMICRON_EVENT_SHAPES: &[(&str, bool)] = &[
+    ("started", false),
+    ("succeeded", true),
+    ("failed", true),
+    ("undo_started", false),
+    ("undo_finished", false),
+];
+
+/// Every row of `saga` and `saga_node_event` that Omicron's readers would refuse, described (empty when every
+/// row parses): a `saga_state` outside [`OMICRON_SAGA_STATES`], abandonment metadata that does not match the
+/// state (Omicron's validation of a saga row), an event outside [`OMICRON_EVENT_SHAPES`], a `failed` event whose
+/// data is not an `ActionError`.
+pub async fn rows_omicron_cannot_parse(
+    conn: &mut diesel_async::AsyncPgConnection,
+) -> Result<Vec<String>, diesel::result::Error> {
+    #[derive(diesel::QueryableByName)]
+    struct SagaRow {
+        #[diesel(sql_type = SqlUuid)]
+        id: Uuid,
+        #[diesel(sql_type = Text)]
+        state: String,
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        abandon_fields: i32,
+    }
+    #[derive(diesel::QueryableByName)]
+    struct EventRow {
+        #[diesel(sql_type = SqlUuid)]
+        saga_id: Uuid,
+        #[diesel(sql_type = BigInt)]
+        node_id: i64,
+        #[diesel(sql_type = Text)]
+        event_type: String,
+        #[diesel(sql_type = Nullable<Jsonb>)]
+        data: Option<serde_json::Value>,
+    }
+    let mut problems = Vec::new();
+    let sagas: Vec<SagaRow> = diesel::sql_query(
+        "SELECT id, saga_state::TEXT AS state, \
+                ((abandon_time IS NOT NULL)::INT + (abandon_reason IS NOT NULL)::INT \
+                 + (abandon_comment IS NOT NULL)::INT) AS abandon_fields \
+         FROM saga ORDER BY id",
+    )
+    .load(conn)
+    .await?;
+    for saga in sagas {
+        if !OMICRON_SAGA_STATES.contains(&saga.state.as_str()) {
+            problems.push(format!(
+                "saga {}: state {:?} is not one of Omicron's",
+                saga.id, saga.state
+            ));
+        }
+        let abandoned = saga.state == "abandoned";
+        if (abandoned && saga.abandon_fields != 3) || (!abandoned && saga.abandon_fields != 0) {
+            problems.push(format!(
+                "saga {}: state {:?} with {} of the 3 abandonment columns set",
+                saga.id, saga.state, saga.abandon_fields
+            ));
+        }
+    }
+    let events: Vec<EventRow> = diesel::sql_query(
+        "SELECT saga_id, node_id, event_type, data FROM saga_node_event ORDER BY saga_id, node_id",
+    )
+    .load(conn)
+    .await?;
+    for event in events {
+        let shape = (event.event_type.as_str(), event.data.is_some());
+        if !OMICRON_EVENT_SHAPES.contains(&shape) {
+            problems.push(format!(
+                "saga {} node {}: event {:?} with data {:?} is not one Omicron reads",
+                event.saga_id, event.node_id, event.event_type, event.data
+            ));
+        } else if event.event_type == "failed" {
+            let data = event.data.clone().unwrap_or_default();
+            if let Err(error) = serde_json::from_value::<steno::ActionError>(data) {
+                problems.push(format!(
+                    "saga {} node {}: `failed` data is not an ActionError: {error}",
+                    event.saga_id, event.node_id
+                ));
+            }
+        }
+    }
+    Ok(problems)
+}
+
+/// Nexus's saga-recovery listing for executor `sec_id`, as Omicron writes it (unfinished sagas of that
+/// executor, in pages by id) plus the predicate ratchet's adoption guide says it must add
+/// ([`ratchet_store::NEXUS_RECOVERY_PREDICATE`]): the sagas Nexus's plain steno executor would resume. Fails,
+/// as Omicron's does, on a row whose state it cannot decode.
+pub async fn omicron_recovery_listing(
+    conn: &mut diesel_async::AsyncPgConnection,
+    sec_id: Uuid,
+) -> Result<Vec<Uuid>, String> {
+    #[derive(diesel::QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = SqlUuid)]
+        id: Uuid,
+        #[diesel(sql_type = Text)]
+        state: String,
+    }
+    let rows: Vec<Row> = diesel::sql_query(format!(
+        "SELECT id, saga_state::TEXT AS state FROM saga \
+         WHERE saga_state IN ('running', 'unwinding') AND current_sec = $1 AND {} ORDER BY id",
+        ratchet_store::NEXUS_RECOVERY_PREDICATE
+    ))
+    .bind::<SqlUuid, _>(sec_id)
+    .load(conn)
+    .await
+    .map_err(|e| e.to_string())?;
+    rows.into_iter()
+        .map(|row| {
+            if OMICRON_SAGA_STATES.contains(&row.state.as_str()) {
+                Ok(row.id)
+            } else {
+                Err(format!("saga {}: unknown state {:?}", row.id, row.state))
+            }
+        })
+        .collect()
+}
+
+/// Omicron's `sagas_reassign_sec`: every saga of executors `from` that is not `done` moves to executor `to`,
+/// its `adopt_generation` bumped (one statement, as Nexus runs it when it expunges a Nexus). Returns how many.
+pub async fn reassign_sec(
+    conn: &mut diesel_async::AsyncPgConnection,
+    from: &[Uuid],
+    to: Uuid,
+) -> Result<usize, diesel::result::Error> {
+    diesel::sql_query(
+        "UPDATE saga SET current_sec = $2, adopt_generation = adopt_generation + 1, adopt_time = $3 \
+         WHERE current_sec IS NOT NULL AND current_sec = ANY($1) AND saga_state != 'done'",
+    )
+    .bind::<diesel::sql_types::Array<SqlUuid>, _>(from)
+    .bind::<SqlUuid, _>(to)
+    .bind::<Timestamptz, _>(chrono::Utc::now())
+    .execute(conn)
+    .await
+}

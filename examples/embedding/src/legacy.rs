@@ -39,6 +39,7 @@ impl SagaDef for ProjectCreate {
     const NAME: &'static str = "project-create";
     type Params = ProjectParams;
     type Context = App;
+    type Error = ratchet_engine::Untyped;
 
     ratchet_engine::declare_saga_nodes! {
         unchecked CREATE_PROJECT => create_project_action(),
@@ -65,7 +66,8 @@ fn failed(error: impl std::fmt::Display) -> ActionError {
 /// Inserts the project, `creating`, and its audit row: the project's id is derived from the saga's, and the
 /// audit row is written only by the insert that created the project, so a re-run changes nothing.
 async fn create_project(ctx: Cx) -> Result<Uuid, ActionError> {
-    // The saga's parameters (not `ctx.saga_params()`: ratchet wraps them with the typed nodes' arguments).
+    // The saga's parameters: `ctx.saga_params()` reads them for sagas this release creates; this also reads
+    // those an earlier release created (in an envelope with the typed nodes' arguments).
     let params = steno_action_params::<ProjectCreate>(&ctx)?;
     let saga = ctx.user_data();
     let id = derived_id(saga.saga_id(), "create_project", "project");

@@ -23,6 +23,7 @@ impl SagaDef for WidgetStorage {
     const NAME: &'static str = "widget-storage";
     type Params = StorageParams;
     type Context = App;
+    type Error = ratchet_engine::Untyped;
 
     ratchet_engine::declare_saga_nodes! {
         db AllocateVolume,

@@ -25,6 +25,7 @@ impl SagaDef for WidgetCreate {
     const NAME: &'static str = "widget-create";
     type Params = WidgetParams;
     type Context = App;
+    type Error = ratchet_engine::Untyped;
 
     // Every node type the saga may use, once: recovery needs them without the parameters.
     ratchet_engine::declare_saga_nodes! {

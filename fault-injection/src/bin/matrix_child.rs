@@ -1,7 +1,7 @@
 //! The child process of the harness's real-crash cells in this crate's tests: `ratchet-matrix-child SPEC`
 //! runs the saga SPEC (JSON, see `ratchet_fault_injection::ChildSpec`) names until the harness kills it.
 
-use ratchet_fault_injection::{Matrix, example::ProvisionSuite, nexus};
+use ratchet_fault_injection::{Matrix, ProvisionSuite, all_nexus_suites};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -9,7 +9,7 @@ async fn main() -> std::process::ExitCode {
         eprintln!("usage: ratchet-matrix-child SPEC");
         return std::process::ExitCode::from(2);
     };
-    let suites = nexus::all_suites(Matrix::new()).suite(ProvisionSuite);
+    let suites = all_nexus_suites(Matrix::new()).suite(ProvisionSuite);
     match suites.run_child(&spec).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {

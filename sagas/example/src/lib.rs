@@ -8,13 +8,22 @@
 //! `charge_account` is deliberately not idempotent (it subtracts and appends a ledger row), so "exactly once"
 //! is visible as exactly one ledger row and one subtraction; its compensation adds the price back, so a second
 //! compensation would show as a balance above the original.
+//!
+//! [`OrderWidget`] is a second saga on the same tables, with a typed error ([`ApiError`], an HTTP status
+//! each) and outputs of plain types (a tuple of three, a `chrono::DateTime`, a `BTreeMap`).
+
+mod typed;
+
+pub use typed::{
+    ApiError, CONFLICT_MESSAGE, Check, Debit, Debited, OrderParams, OrderWidget, Stamp, Summarise,
+};
 
 use diesel::sql_types::{BigInt, Text, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use ratchet_engine::{
-    CommitTx, DbNode, Engine, EngineError, FaultEffect, FaultPoint, NodeError, NodeOutput,
-    PrepareCx, SagaBuilder, SagaDef, SagaOutcome,
+    CommitTx, DbNode, Engine, EngineError, FaultEffect, FaultPoint, NodeError, PrepareCx,
+    SagaBuilder, SagaDef, SagaOutcome,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -37,6 +46,7 @@ impl SagaDef for ProvisionWidget {
     const NAME: &'static str = "example-provision";
     type Params = ProvisionParams;
     type Context = ();
+    type Error = ratchet_engine::Untyped;
 
     ratchet_engine::declare_saga_nodes! {
         db ReserveWidget,
@@ -271,8 +281,6 @@ pub struct Activated {
 pub struct Provisioned {
     pub widget_id: Uuid,
 }
-
-impl NodeOutput for Provisioned {}
 
 impl DbNode<ProvisionWidget> for ActivateWidget {
     const NAME: &'static str = "example.activate_widget";

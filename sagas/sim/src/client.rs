@@ -37,7 +37,7 @@ use crate::pantry::{
     SnapshotDeleteResponse,
 };
 use crate::service::{COMPENSATES_KEY, IDEMPOTENCY_KEY};
-use crate::sled_agent::{Vmm, VmmEnsureBody, VmmUnregisterResponse};
+use crate::sled_agent::{Vmm, VmmEnsureBody, VmmUnregisterBody, VmmUnregisterResponse};
 
 /// How long a call waits for its answer, by default.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -147,18 +147,7 @@ impl SledAgentClient {
         instance_id: Uuid,
         generation: u64,
     ) -> Result<Vmm, CallOutcomeError> {
-        let body = VmmEnsureBody {
-            instance_id,
-            generation,
-        };
-        self.endpoint
-            .call(
-                Method::PUT,
-                &format!("/vmms/{propolis_id}"),
-                Some(key),
-                None,
-                Some(&body),
-            )
+        self.put_vmm(Some(key), propolis_id, instance_id, generation)
             .await
     }
 
@@ -181,6 +170,62 @@ impl SledAgentClient {
                 Some(key),
                 compensates,
                 None::<&()>,
+            )
+            .await
+    }
+
+    /// `PUT /vmms/{propolis_id}` in the generation form, as Nexus's sled agent takes it: no idempotency key;
+    /// the call is idempotent by propolis id and generation (a retry at the same generation changes nothing),
+    /// and refused once an unregister has fenced `generation`.
+    pub async fn vmm_ensure_at_generation(
+        &self,
+        propolis_id: Uuid,
+        instance_id: Uuid,
+        generation: u64,
+    ) -> Result<Vmm, CallOutcomeError> {
+        self.put_vmm(None, propolis_id, instance_id, generation)
+            .await
+    }
+
+    /// `PUT /vmms/{propolis_id}`, under `key` or (`None`) in the generation form.
+    async fn put_vmm(
+        &self,
+        key: Option<Uuid>,
+        propolis_id: Uuid,
+        instance_id: Uuid,
+        generation: u64,
+    ) -> Result<Vmm, CallOutcomeError> {
+        let body = VmmEnsureBody {
+            instance_id,
+            generation,
+        };
+        self.endpoint
+            .call(
+                Method::PUT,
+                &format!("/vmms/{propolis_id}"),
+                key,
+                None,
+                Some(&body),
+            )
+            .await
+    }
+
+    /// `DELETE /vmms/{propolis_id}` in the generation form: unregisters the VMM (succeeds if it does not
+    /// exist) and fences every generation up to `fence_generation`, so that a late ensure of one of them is
+    /// refused (409 `vmm_fenced`, a permanent [`CallOutcomeError::Refused`]). A compensation passes the
+    /// generation its ensure carried.
+    pub async fn vmm_unregister_fencing(
+        &self,
+        propolis_id: Uuid,
+        fence_generation: u64,
+    ) -> Result<VmmUnregisterResponse, CallOutcomeError> {
+        self.endpoint
+            .call(
+                Method::DELETE,
+                &format!("/vmms/{propolis_id}"),
+                None,
+                None,
+                Some(&VmmUnregisterBody { fence_generation }),
             )
             .await
     }

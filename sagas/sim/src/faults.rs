@@ -238,7 +238,9 @@ impl Faults {
     }
 
     /// The idempotency keys of the requests of `op` the service applied, in order: the service's books, for
-    /// checking that a caller applied each of its calls at most once, under the key it should have used.
+    /// checking that a caller applied each of its calls at most once, under the key it should have used. A
+    /// request in the generation form (no key) is booked under its resource's id (the propolis id), and only
+    /// when it changed the state.
     pub fn applied_keys(&self, op: Operation) -> Vec<Uuid> {
         self.lock()
             .applied_keys

@@ -16,7 +16,7 @@
 //! ## Idempotency
 //!
 //! Every mutating request carries an `Idempotency-Key: <uuid>` header; a request without one is refused
-//! (400). A service records, for every key under which it applied a request, a fingerprint of the request
+//! (400), except in the sled agent's generation form (below). A service records, for every key under which it applied a request, a fingerprint of the request
 //! (operation, resource id, compensated key if any, canonical JSON body) and the response it gave. Then:
 //!
 //! - the same key with the same request is answered with the recorded response, byte for byte, and is not
@@ -48,6 +48,16 @@
 //! retrying safe; natural idempotency is what makes an undo by a *new* key safe.
 //!
 //! Lookup, apply and record happen under one lock: concurrent requests with one key apply at most once.
+//!
+//! ## The generation form
+//!
+//! Nexus's sled agent takes no idempotency keys: its calls are idempotent by resource id and generation. The
+//! simulated sled agent serves that form too ([`SledAgentClient::vmm_ensure_at_generation`],
+//! [`SledAgentClient::vmm_unregister_fencing`]): an ensure without a key carries a generation, and a retry at
+//! the VMM's generation changes nothing; an unregister without a key carries a `fence_generation`, removes
+//! the VMM and fences every generation up to it, so a late ensure of a fenced generation (in either form) is
+//! refused (409 `vmm_fenced`). That fence is the tombstone, by generation instead of key. The fault knobs
+//! and [`Faults::applied_keys`] name such a request by its resource (the propolis id).
 //!
 //! ## Fault knobs
 //!

@@ -39,6 +39,16 @@
 //! would have answered (the compensation wins over the replay). The client sees a permanent
 //! [`CallOutcomeError::Refused`](crate::CallOutcomeError::Refused) (not retryable). Tombstones are kept for
 //! the life of the service; see the `TODO-robustness` on the ledger.
+//!
+//! # The generation form
+//!
+//! Nexus's sled agent takes no idempotency key: its calls are idempotent by resource id and generation (an
+//! ensure carries a generation; a removal fences lower generations). An operation whose handler serves that
+//! form ([`Service::mutate_by_generation_at`]) takes requests without `Idempotency-Key`: they skip the
+//! ledger, and the state alone decides (the handler says whether the request changed anything:
+//! [`Applied`]). Steps 1–3 and 5 are the same; the fault knobs and the books name such a request by the
+//! resource it acts on (retries of one request act on one resource), so a dropped answer's retries are
+//! refused as for a keyed request, and a resource changed twice by one operation shows in the books.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -59,6 +69,14 @@ pub(crate) const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
 /// The header by which a compensating request names the idempotency key of the forward request it undoes;
 /// the service tombstones that key (see the module documentation).
 pub(crate) const COMPENSATES_KEY: &str = "X-Compensates-Key";
+
+/// What a request in the generation form did: changed the state, or found it as asked already (a retry, a
+/// replay: counted `replayed`, not `applied`).
+#[derive(Debug)]
+pub(crate) enum Applied<T> {
+    Changed(T),
+    Unchanged(T),
+}
 
 /// A semantic refusal: the request is well-formed but the service will not apply it (409).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -212,45 +230,15 @@ impl<S> Service<S> {
             }
             Some(Ok(forward)) => Some(forward),
         };
-        let body: Value = if request.body.iter().all(u8::is_ascii_whitespace) {
-            Value::Null
-        } else {
-            match serde_json::from_slice(&request.body) {
-                Ok(v) => v,
-                Err(e) => {
-                    return Reply::Send(Response::error(
-                        400,
-                        "bad_body",
-                        format!("body is not JSON: {e}"),
-                    ));
-                }
-            }
-        };
-        let decoded: B = match serde_json::from_value(body.clone()) {
-            Ok(b) => b,
-            Err(e) => {
-                return Reply::Send(Response::error(
-                    400,
-                    "bad_body",
-                    format!("invalid {op} body: {e}"),
-                ));
-            }
+        let (body, decoded) = match decode_body::<B>(op, request) {
+            Ok(decoded) => decoded,
+            Err(response) => return Reply::Send(response),
         };
         let fingerprint = Fingerprint::new(op, resource, compensates, &body);
 
-        if let Some(delay) = self.faults.on_received(op) {
-            tracing::info!(service = name, %op, ?delay, "injected fault: delaying request");
-            tokio::time::sleep(delay).await;
+        if let Some(refused) = self.before_apply(op, key).await {
+            return refused;
         }
-        if self.faults.take_fail_before_apply(op, key) {
-            tracing::warn!(service = name, %op, %key, "injected fault: failing before apply");
-            return Reply::Send(Response::error(
-                503,
-                "fail_before_apply",
-                format!("injected fault: {op} failed before applying"),
-            ));
-        }
-
         let response = {
             let mut guarded = self.lock();
             match guarded.ledger.lookup(key, &fingerprint) {
@@ -305,12 +293,111 @@ impl<S> Service<S> {
             }
         };
 
+        self.answer(op, key, response)
+    }
+
+    /// Runs a request in the generation form (no idempotency key: see the module documentation) on the
+    /// resource named by the path segment `id_segment`. `apply` gets the state, the resource's id and the
+    /// decoded body, and says whether the request changed the state.
+    pub(crate) async fn mutate_by_generation_at<B, T>(
+        &self,
+        op: Operation,
+        id_segment: &str,
+        request: &Request,
+        apply: impl FnOnce(&mut S, Uuid, B) -> Result<Applied<T>, Refusal>,
+    ) -> Reply
+    where
+        B: DeserializeOwned,
+        T: Serialize,
+    {
+        let name = self.name;
+        let resource = match parse_id(id_segment) {
+            Ok(resource) => resource,
+            Err(response) => return Reply::Send(response),
+        };
+        if request.header(COMPENSATES_KEY).is_some() {
+            return Reply::Send(Response::error(
+                400,
+                "bad_compensates_key",
+                format!(
+                    "{op} without an {IDEMPOTENCY_KEY} is idempotent by generation and takes no \
+                     {COMPENSATES_KEY} header: a removal fences by generation"
+                ),
+            ));
+        }
+        let (_, decoded) = match decode_body::<B>(op, request) {
+            Ok(decoded) => decoded,
+            Err(response) => return Reply::Send(response),
+        };
+        if let Some(refused) = self.before_apply(op, resource).await {
+            return refused;
+        }
+        let response = {
+            let mut guarded = self.lock();
+            match apply(&mut guarded.state, resource, decoded) {
+                Ok(Applied::Changed(result)) => {
+                    tracing::info!(service = name, %op, %resource, "applied (by generation)");
+                    self.faults.record_applied(op, resource);
+                    Response::json(&result)
+                }
+                Ok(Applied::Unchanged(result)) => {
+                    tracing::info!(service = name, %op, %resource, "already so (by generation)");
+                    self.faults.record(op, Outcome::Replayed);
+                    Response::json(&result)
+                }
+                Err(refusal) => {
+                    tracing::info!(service = name, %op, %resource, code = refusal.code, "refused");
+                    self.faults.record(op, Outcome::Conflicted);
+                    Response::error(409, refusal.code, refusal.message)
+                }
+            }
+        };
+        self.answer(op, resource, response)
+    }
+
+    /// Steps 2 and 3 of the pipeline: counts the request, delays it if asked, and answers 503 instead of
+    /// applying it if a "fail before apply" is armed (for the request named `key`).
+    async fn before_apply(&self, op: Operation, key: Uuid) -> Option<Reply> {
+        let name = self.name;
+        if let Some(delay) = self.faults.on_received(op) {
+            tracing::info!(service = name, %op, ?delay, "injected fault: delaying request");
+            tokio::time::sleep(delay).await;
+        }
+        if self.faults.take_fail_before_apply(op, key) {
+            tracing::warn!(service = name, %op, %key, "injected fault: failing before apply");
+            return Some(Reply::Send(Response::error(
+                503,
+                "fail_before_apply",
+                format!("injected fault: {op} failed before applying"),
+            )));
+        }
+        None
+    }
+
+    /// Step 5: sends `response`, unless a "drop response" is armed.
+    fn answer(&self, op: Operation, key: Uuid, response: Response) -> Reply {
         if self.faults.take_drop_response(op, key) {
-            tracing::warn!(service = name, %op, %key, status = response.status, "injected fault: dropping response");
+            tracing::warn!(service = self.name, %op, %key, status = response.status, "injected fault: dropping response");
             return Reply::Drop;
         }
         Reply::Send(response)
     }
+}
+
+/// Step 1's body: JSON (an empty body is `null`), decoded as the operation's body type; else 400.
+fn decode_body<B: DeserializeOwned>(
+    op: Operation,
+    request: &Request,
+) -> Result<(Value, B), Response> {
+    let body: Value = if request.body.iter().all(u8::is_ascii_whitespace) {
+        Value::Null
+    } else {
+        serde_json::from_slice(&request.body)
+            .map_err(|e| Response::error(400, "bad_body", format!("body is not JSON: {e}")))?
+    };
+    let decoded = serde_json::from_value(body.clone())
+        .map_err(|e| Response::error(400, "bad_body", format!("invalid {op} body: {e}")))?;
+    Ok((body, decoded))
 }
 
 /// A service being served: its [`Service`] behind a [`Server`] on 127.0.0.1 (the accept loop). Each

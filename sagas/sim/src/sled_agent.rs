@@ -13,6 +13,19 @@
 //! An unregister that undoes an ensure names the ensure's idempotency key in `X-Compensates-Key`; from then
 //! on an ensure under that key is refused (409 `idempotency_key_compensated`), so a late duplicate of it
 //! cannot bring the VMM back.
+//!
+//! # The generation form, as Nexus's sled agent takes calls
+//!
+//! Both operations are also served without an `Idempotency-Key` (see the serving skeleton's generation
+//! form): the request is idempotent by propolis id and generation.
+//!
+//! - `PUT /vmms/{propolis_id}` `{instance_id, generation}`: as above; an ensure at the VMM's generation
+//!   changes nothing and succeeds (a retry). An ensure in either form at or below the propolis id's *fence*
+//!   is refused (409 `vmm_fenced`).
+//! - `DELETE /vmms/{propolis_id}` `{fence_generation}`: unregisters the VMM and fences generations up to
+//!   `fence_generation`: from then on an ensure of that propolis id at a generation no newer is refused. A
+//!   compensation fences the generation its ensure carried, so a late duplicate of that ensure (a retry still
+//!   in flight, a stale executor) cannot bring the VMM back: the tombstone, expressed by generation.
 
 use std::collections::BTreeMap;
 
@@ -22,7 +35,10 @@ use uuid::Uuid;
 use crate::client::SledAgentClient;
 use crate::faults::Operation;
 use crate::http::{Handler, Reply, Request, Response};
-use crate::service::{Refusal, Served, Service, method_not_allowed, not_found, served_service_api};
+use crate::service::{
+    Applied, IDEMPOTENCY_KEY, Refusal, Served, Service, method_not_allowed, not_found,
+    served_service_api,
+};
 
 /// A VMM's run state. The simulation only ever has running VMMs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,14 +78,35 @@ pub(crate) struct VmmEnsureBody {
     pub(crate) generation: u64,
 }
 
+/// The body of `DELETE /vmms/{propolis_id}` in the generation form.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct VmmUnregisterBody {
+    pub(crate) fence_generation: u64,
+}
+
 /// The sled agent's state.
 #[derive(Debug, Default)]
 pub(crate) struct SledAgentState {
     vmms: BTreeMap<Uuid, Vmm>,
+    /// By propolis id: the newest generation an unregister in the generation form fenced.
+    fences: BTreeMap<Uuid, u64>,
 }
 
 impl SledAgentState {
     fn ensure(&mut self, propolis_id: Uuid, body: VmmEnsureBody) -> Result<Vmm, Refusal> {
+        if let Some(&fence) = self.fences.get(&propolis_id)
+            && body.generation <= fence
+        {
+            return Err(Refusal::new(
+                "vmm_fenced",
+                format!(
+                    "VMM {propolis_id} was unregistered with generations up to {fence} fenced; the ensure has \
+                     generation {}",
+                    body.generation
+                ),
+            ));
+        }
         let Some(vmm) = self.vmms.get_mut(&propolis_id) else {
             let vmm = Vmm {
                 propolis_id,
@@ -102,6 +139,41 @@ impl SledAgentState {
         Ok(vmm.clone())
     }
 
+    /// An ensure in the generation form: [`SledAgentState::ensure`], unchanged when the VMM is at that
+    /// generation already.
+    fn ensure_by_generation(
+        &mut self,
+        propolis_id: Uuid,
+        body: VmmEnsureBody,
+    ) -> Result<Applied<Vmm>, Refusal> {
+        let unchanged = self.vmms.get(&propolis_id).is_some_and(|vmm| {
+            vmm.instance_id == body.instance_id && vmm.generation == body.generation
+        });
+        let vmm = self.ensure(propolis_id, body)?;
+        Ok(if unchanged {
+            Applied::Unchanged(vmm)
+        } else {
+            Applied::Changed(vmm)
+        })
+    }
+
+    /// An unregister in the generation form: removes the VMM and raises the propolis id's fence.
+    fn unregister_fencing(
+        &mut self,
+        propolis_id: Uuid,
+        body: VmmUnregisterBody,
+    ) -> Applied<VmmUnregisterResponse> {
+        let fence = self.fences.entry(propolis_id).or_default();
+        let raised = body.fence_generation > *fence;
+        *fence = (*fence).max(body.fence_generation);
+        let response = self.unregister(propolis_id);
+        if raised || response.existed {
+            Applied::Changed(response)
+        } else {
+            Applied::Unchanged(response)
+        }
+    }
+
     fn unregister(&mut self, propolis_id: Uuid) -> VmmUnregisterResponse {
         let vmm = self.vmms.remove(&propolis_id);
         VmmUnregisterResponse {
@@ -118,6 +190,24 @@ impl Handler for Service<SledAgentState> {
             ("GET", ["vmms"]) => Reply::Send(Response::json(
                 &self.read(|s| s.vmms.values().cloned().collect::<Vec<_>>()),
             )),
+            ("PUT", ["vmms", id]) if request.header(IDEMPOTENCY_KEY).is_none() => {
+                self.mutate_by_generation_at(
+                    Operation::VmmEnsure,
+                    id,
+                    &request,
+                    |state, propolis_id, body| state.ensure_by_generation(propolis_id, body),
+                )
+                .await
+            }
+            ("DELETE", ["vmms", id]) if request.header(IDEMPOTENCY_KEY).is_none() => {
+                self.mutate_by_generation_at(
+                    Operation::VmmUnregister,
+                    id,
+                    &request,
+                    |state, propolis_id, body| Ok(state.unregister_fencing(propolis_id, body)),
+                )
+                .await
+            }
             ("PUT", ["vmms", id]) => {
                 self.mutate_at(
                     Operation::VmmEnsure,

@@ -1240,3 +1240,146 @@ async fn dropping_the_sim_abandons_the_requests_it_was_handling() {
         "a stopped service applied a request"
     );
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// The generation form: no idempotency key; idempotent by propolis id and generation; a removal fences.
+
+/// A lost answer, then retries: the VMM is created once, the retry finds it at its generation (replayed,
+/// not applied again), and the books name the VMM once.
+#[tokio::test]
+async fn by_generation_a_lost_answer_and_its_retry_apply_once() {
+    let sim = SledAgentSim::start().expect("start");
+    let client = sim.client();
+    let faults = sim.faults();
+    let (propolis, instance) = (id(), id());
+
+    faults.op(Operation::VmmEnsure).drop_response_after_apply(1);
+    assert_unknown(client.vmm_ensure_at_generation(propolis, instance, 1).await);
+    let retry = client
+        .vmm_ensure_at_generation(propolis, instance, 1)
+        .await
+        .expect("retry");
+    assert_eq!(retry, sim.vmms()[0]);
+    let counters = faults.counters(Operation::VmmEnsure);
+    assert_eq!(
+        (counters.received, counters.applied, counters.replayed),
+        (2, 1, 1),
+        "{counters:?}"
+    );
+    assert_eq!(faults.applied_keys(Operation::VmmEnsure), vec![propolis]);
+    assert_eq!(
+        sim.idempotency_records(),
+        0,
+        "the generation form keeps no keys"
+    );
+}
+
+/// The tombstone by generation: a compensation that unregisters and fences generation 1 refuses the late
+/// duplicate of the ensure it undoes (delayed past its caller's timeout), in either form, while a newer
+/// generation is still accepted.
+#[tokio::test]
+async fn by_generation_a_late_ensure_after_its_fencing_unregister_is_refused() {
+    let sim = SledAgentSim::start().expect("start");
+    let faults = sim.faults();
+    let (propolis, instance) = (id(), id());
+
+    faults
+        .op(Operation::VmmEnsure)
+        .delay(Duration::from_millis(400));
+    let impatient = sim.client().with_timeout(Duration::from_millis(100));
+    assert_unknown(
+        impatient
+            .vmm_ensure_at_generation(propolis, instance, 1)
+            .await,
+    );
+
+    let gone = sim
+        .client()
+        .vmm_unregister_fencing(propolis, 1)
+        .await
+        .expect("compensate");
+    assert!(!gone.existed, "compensated before the ensure was handled");
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while faults.counters(Operation::VmmEnsure).conflicted == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the delayed ensure was never handled: {:?}",
+            faults.counters(Operation::VmmEnsure)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(sim.vmms().is_empty(), "the late ensure re-created the VMM");
+    faults.clear();
+    assert_refused(
+        sim.client()
+            .vmm_ensure_at_generation(propolis, instance, 1)
+            .await,
+        "vmm_fenced",
+    );
+    assert_refused(
+        sim.client().vmm_ensure(id(), propolis, instance, 1).await,
+        "vmm_fenced",
+    );
+    let newer = sim
+        .client()
+        .vmm_ensure_at_generation(propolis, instance, 2)
+        .await
+        .expect("a newer generation");
+    assert_eq!(newer.generation, 2);
+}
+
+/// After a dropped answer with refusals armed, the retries of that request are refused: the fault knob
+/// names a keyless request by its resource.
+#[tokio::test]
+async fn by_generation_a_dropped_answer_then_refused_retries() {
+    let sim = SledAgentSim::start().expect("start");
+    let client = sim.client();
+    let faults = sim.faults();
+    let (propolis, instance) = (id(), id());
+
+    faults.op(Operation::VmmEnsure).drop_response_then_refuse(2);
+    assert_unknown(client.vmm_ensure_at_generation(propolis, instance, 1).await);
+    assert_refused(
+        client.vmm_ensure_at_generation(propolis, instance, 1).await,
+        "fail_before_apply",
+    );
+    assert_refused(
+        client.vmm_ensure_at_generation(propolis, instance, 1).await,
+        "fail_before_apply",
+    );
+    assert_eq!(sim.vmms().len(), 1, "the first request was applied");
+    let removed = client
+        .vmm_unregister_fencing(propolis, 1)
+        .await
+        .expect("compensate");
+    assert!(removed.existed);
+    assert!(sim.vmms().is_empty());
+}
+
+/// The generation form takes no `X-Compensates-Key`, and its bodies are checked.
+#[tokio::test]
+async fn by_generation_requests_are_validated() {
+    let sim = SledAgentSim::start().expect("start");
+    let propolis = id();
+    let answer = raw_exchange(
+        sim.addr(),
+        format!(
+            "DELETE /vmms/{propolis} HTTP/1.1\r\nHost: x\r\nX-Compensates-Key: {}\r\nContent-Type: \
+             application/json\r\nContent-Length: 22\r\n\r\n{{\"fence_generation\":1}}",
+            id()
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("bad_compensates_key"), "{answer}");
+    let answer = raw_exchange(
+        sim.addr(),
+        format!("DELETE /vmms/{propolis} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+            .as_bytes(),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("bad_body"), "{answer}");
+}

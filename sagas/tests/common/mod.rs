@@ -321,6 +321,7 @@ pub fn assert_unwound(outcome: &SagaOutcome, node: &str, needles: &[&str]) {
         SagaOutcome::Unwound {
             node: failed,
             error,
+            ..
         } => {
             assert_eq!(failed, node, "failed at another node: {error}");
             for needle in needles {

@@ -10,6 +10,8 @@
 //! ratchet-crash-child start-unwinding URL SEC_ID ACCOUNT NODE POINT
 //!                                                              as start, with activate_widget failing, so the
 //!                                                              saga unwinds (pause in a compensation)
+//! ratchet-crash-child order   URL SEC_ID ACCOUNT NODE POINT   as start, for the example's OrderWidget saga
+//!                                                              refused with its typed error (ApiError)
 //! ratchet-crash-child recover URL SEC_ID SAGA_ID              prints "outcome <json>" when the saga is at rest
 //! ratchet-crash-child adopt   URL SEC_ID FROM_SEC SAGA_ID     adopts FROM_SEC's sagas; prints "adopted <json>",
 //!                                                              then "outcome <json>" when SAGA_ID is at rest
@@ -28,7 +30,7 @@
 
 use anyhow::{Context, bail};
 use ratchet_engine::{Engine, EngineBuilder, EngineConfig, FaultEffect, FaultPoint};
-use ratchet_example_saga::{ProvisionParams, ProvisionWidget};
+use ratchet_example_saga::{OrderParams, OrderWidget, ProvisionParams, ProvisionWidget};
 use std::io::Write;
 use std::sync::Arc;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -58,6 +60,9 @@ async fn main() -> anyhow::Result<()> {
             UNWIND.store(true, std::sync::atomic::Ordering::Relaxed);
             start(url, sec_id.parse()?, account.parse()?, node, point, false).await
         }
+        ["order", url, sec_id, account, node, point] => {
+            refused_order(url, sec_id.parse()?, account.parse()?, node, point).await
+        }
         ["recover", url, sec_id, saga_id] => recover(url, sec_id.parse()?, saga_id.parse()?).await,
         ["adopt", url, sec_id, from, saga_id] => {
             adopt(url, sec_id.parse()?, from.parse()?, saga_id.parse()?).await
@@ -69,7 +74,7 @@ async fn main() -> anyhow::Result<()> {
             crash_loop::recover(url, sec_id.parse()?, saga_id.parse()?, limit.parse()?).await
         }
         _ => bail!(
-            "usage: start|pause|start-unwinding URL SEC_ID ACCOUNT NODE POINT | recover URL SEC_ID SAGA_ID \
+            "usage: start|pause|start-unwinding|order URL SEC_ID ACCOUNT NODE POINT | recover URL SEC_ID SAGA_ID \
              | adopt URL SEC_ID FROM_SEC SAGA_ID | crashloop-start URL SEC_ID ACCOUNT \
              | crashloop-recover URL SEC_ID SAGA_ID LIMIT"
         ),
@@ -82,10 +87,44 @@ static UNWIND: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::ne
 async fn engine(url: &str, sec_id: Uuid) -> anyhow::Result<Engine> {
     let (engine, report) = EngineBuilder::new(EngineConfig::new(url, sec_id))
         .register::<ProvisionWidget>(Arc::new(()))
+        .register::<OrderWidget>(Arc::new(()))
         .start()
         .await?;
     say(&format!("recovered {}", serde_json::to_string(&report)?));
     Ok(engine)
+}
+
+/// Runs an `OrderWidget` saga whose check refuses it with the saga's typed error, pausing at `node`/`point`
+/// (for the parent's SIGKILL).
+async fn refused_order(
+    url: &str,
+    sec_id: Uuid,
+    account_id: Uuid,
+    node: &str,
+    point: &str,
+) -> anyhow::Result<()> {
+    let point: FaultPoint = serde_json::from_value(serde_json::Value::String(point.into()))
+        .with_context(|| format!("unknown fault point {point:?}"))?;
+    let engine = engine(url, sec_id).await?;
+    let saga = engine
+        .create::<OrderWidget>(OrderParams {
+            account_id,
+            price: 30,
+            refuse: true,
+            refuse_undo: false,
+        })
+        .await?;
+    engine.failpoints().arm(
+        saga.id,
+        node,
+        point,
+        FaultEffect::Delay { millis: 600_000 },
+        1,
+    );
+    say(&format!("saga {}", saga.id));
+    let outcome = saga.run().await?;
+    say(&format!("outcome {}", serde_json::to_string(&outcome)?));
+    Ok(())
 }
 
 async fn start(
@@ -195,6 +234,7 @@ mod crash_loop {
         const NAME: &'static str = "test-crash-loop";
         type Params = Uuid;
         type Context = ();
+        type Error = ratchet_engine::Untyped;
         fn register(registry: &mut NodeRegistry<Self>) {
             registry.db::<DebitOne>().db::<Detonate>();
         }

@@ -10,7 +10,9 @@
 //! before they take a saga ([`Definitions`]). The rest of the engine's behaviour lives beside this file:
 //!
 //! - `running.rs`: creating a saga, running it ([`PreparedSaga`]), and following any started saga to rest;
-//! - `recovery.rs`: recovery, and the resuming half of adoption and retry-unwind;
+//! - `recovery.rs`: recovery (at start, and periodically when configured), and the resuming half of adoption
+//!   and retry-unwind;
+//! - `quiesce.rs`: quiesce (no new sagas; say what still runs, and when nothing does);
 //! - `sec.rs`: the wrapper around steno's SEC client;
 //! - operator actions (adoption, retry-unwind, abandonment) in `operations.rs`, shutdown in `shutdown.rs`,
 //!   counters and recent outcomes in `observe.rs`.
@@ -27,6 +29,7 @@
 
 pub(crate) mod operations;
 pub(crate) mod outcome;
+pub(crate) mod quiesce;
 pub(crate) mod recovery;
 pub(crate) mod running;
 pub(crate) mod sec;
@@ -43,8 +46,8 @@ use crate::saga::definition::{SagaDef, StenoSaga};
 use crate::saga::registry::NodeRegistry;
 use crate::shutdown::ShutdownState;
 use ratchet_store::{
-    DbConnection, DbPool, Liveness, NodeConnection, NodePool, PoolConfig, RetryPolicy, SagaRow,
-    action_names, connect_pool, retry_transient, run_migrations,
+    DbConnection, DbPool, Liveness, NodeConnection, NodePool, PoolConfig, RecoveryScope,
+    RetryPolicy, SagaRow, action_names, connect_pool, retry_transient, run_migrations,
 };
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -83,6 +86,23 @@ pub struct EngineConfig {
     /// The embedder's `slog` logger (Omicron's convention): steno's log and ratchet's own events go to it
     /// (see the crate docs, "Observability"). Without one, steno's log is bridged into `tracing`.
     pub log: Option<slog::Logger>,
+    /// Run a recovery pass this often after the one at start (`None`, the default: only the one at start).
+    /// Each pass picks up the sagas handed to this executor since the last (Omicron's `sagas_reassign_sec`
+    /// moving an expunged Nexus's sagas here), as Nexus's saga-recovery background task does;
+    /// [`Engine::trigger_recovery`] runs one now. See `recovery.rs`.
+    pub recovery_interval: Option<Duration>,
+    /// Which of this executor's unfinished sagas recovery takes: only ratchet's own (the default), or also
+    /// those plain steno created ([`RecoveryScope::PlainStenoToo`]: a Nexus that ran them has stopped and
+    /// ratchet finishes them). Never the second while a plain steno executor may still drive sagas under this
+    /// executor id: it would run them twice.
+    pub recovery_scope: RecoveryScope,
+    /// Write only what Omicron's readers of the saga log parse: a stuck saga recorded `unwinding` (with
+    /// `time_stuck` set) instead of `stuck`, a failed undo in `saga_undo_failure` instead of an `undo_failed`
+    /// event (see `ratchet_store`'s saga log, "An Omicron-readable log"). Off by default: the `stuck` state
+    /// says what it is to every SQL reader, and a host whose own readers are ratchet's (or know `stuck`)
+    /// loses nothing; a host whose saga log Omicron's code also reads (Nexus) must turn it on. ratchet's
+    /// readers see a stuck saga as stuck either way.
+    pub omicron_readable_log: bool,
 }
 
 impl EngineConfig {
@@ -115,6 +135,9 @@ impl EngineConfig {
             start_limit: cfg!(panic = "abort").then_some(DEFAULT_START_LIMIT),
             run_migrations: true,
             log: None,
+            recovery_interval: None,
+            recovery_scope: RecoveryScope::RatchetOnly,
+            omicron_readable_log: false,
         }
     }
 }
@@ -170,6 +193,11 @@ pub struct Engine {
     /// bump (and so fence out) a saga this engine is creating, or one another claim of it has just taken and
     /// not yet marked live.
     pub(crate) recovering: Arc<tokio::sync::RwLock<()>>,
+    /// Quiesce: whether new sagas are refused, and a wake-up whenever a saga leaves [`Engine::live`].
+    pub(crate) quiesce: Arc<quiesce::QuiesceState>,
+    /// The periodic recovery task's trigger and status.
+    pub(crate) periodic: Arc<recovery::PeriodicRecovery>,
+    pub(crate) recovery_scope: RecoveryScope,
 }
 
 /// Collects the saga definitions an engine runs, then starts it.
@@ -377,6 +405,7 @@ impl EngineBuilder {
             database_url: self.config.database_url.clone(),
             application_name,
             host_log: HostLog(self.config.log.clone()),
+            omicron_readable_log: self.config.omicron_readable_log,
         });
         let engine = Engine {
             sec: Sec::start(&shared, self.config.sec_id),
@@ -389,8 +418,14 @@ impl EngineBuilder {
             live: Arc::default(),
             recovering: Arc::default(),
             registries: Arc::new(self.registries.into_iter().collect()),
+            quiesce: Arc::default(),
+            periodic: Arc::default(),
+            recovery_scope: self.config.recovery_scope,
         };
         let report = engine.recover().await?;
+        if let Some(interval) = self.config.recovery_interval {
+            engine.spawn_periodic_recovery(interval);
+        }
         Ok((engine, report))
     }
 }

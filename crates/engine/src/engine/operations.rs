@@ -127,7 +127,7 @@ impl Engine {
         let pool = &self.shared.pool;
         let to_sec = self.sec_id;
         // No other claim of this engine runs until the adopted sagas are live here (see `Engine::recovering`).
-        let _turn = self.recovering.write().await;
+        let _turn = self.claim_turn().await;
         // A shutdown may have come while this waited for its turn: adopt nothing then.
         self.refuse_if_shutting_down()?;
         let mut after = None;
@@ -218,7 +218,7 @@ impl Engine {
         );
         let sec_id = self.sec_id;
         // No other claim of this engine runs until the saga is live here (see `Engine::recovering`).
-        let turn = self.recovering.write().await;
+        let turn = self.claim_turn().await;
         self.refuse_if_shutting_down()?;
         let row = retry_transient(
             RetryPolicy::OPERATOR,

@@ -1,7 +1,21 @@
-//! Recovery: resuming this executor's unfinished sagas under a new fencing epoch, and the resuming half of
-//! adoption and retry-unwind.
+//! Recovery: resuming this executor's unfinished sagas under a new fencing epoch (once at start, and
+//! periodically when configured), and the resuming half of adoption and retry-unwind.
 //!
 //! # Design
+//!
+//! A recovery pass ([`Engine::recover`]) takes the unfinished sagas whose `current_sec` is this executor and
+//! that ratchet drives ([`ratchet_store::RecoveryScope`]): `driven_by_ratchet` set (ratchet created or claimed them), or
+//! `definition_version` set (created by ratchet before that column existed); with
+//! [`ratchet_store::RecoveryScope::PlainStenoToo`], also those plain steno created. The claiming statement sets
+//! `driven_by_ratchet`, so a plain steno saga ratchet takes over is ratchet's from then on, and Nexus's
+//! recovery listing (which leaves out `driven_by_ratchet` rows) no longer sees it.
+//!
+//! The first pass runs at start. With `EngineConfig::recovery_interval`, a task ([`Engine::spawn_periodic_recovery`])
+//! runs a pass at that interval, or at once when [`Engine::trigger_recovery`] is called: it picks up sagas handed
+//! to this executor while it runs (Omicron's `sagas_reassign_sec` moving an expunged Nexus's sagas here:
+//! `current_sec` changed, `adopt_generation` bumped). Each pass claims under a new epoch, exactly as the first;
+//! it leaves out the sagas this engine already drives ([`Engine::live`], read under the claim turn that orders
+//! every claim against creation), so no pass starts a second copy of a saga running here.
 //!
 //! [`Engine::recover`] claims the sagas [`BATCH`] at a time, each batch in one statement that bumps their
 //! `adopt_generation` ([`claim_unfinished`]), and only then resumes them ([`Engine::resume_rows`]): their
@@ -65,13 +79,93 @@ pub struct RecoveryReport {
     pub running_here: Vec<Uuid>,
 }
 
+/// The periodic recovery task's state: its trigger, and what its passes did.
+#[derive(Debug)]
+pub(crate) struct PeriodicRecovery {
+    trigger: tokio::sync::Notify,
+    status: tokio::sync::watch::Sender<RecoveryStatus>,
+}
+
+impl Default for PeriodicRecovery {
+    fn default() -> Self {
+        PeriodicRecovery {
+            trigger: tokio::sync::Notify::new(),
+            status: tokio::sync::watch::Sender::new(RecoveryStatus::default()),
+        }
+    }
+}
+
+/// What the periodic recovery task's passes did so far (the pass at start is not counted: its report is
+/// [`EngineBuilder::start`](crate::EngineBuilder::start)'s).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RecoveryStatus {
+    /// Passes finished (successfully or not).
+    pub passes: u64,
+    /// Every saga a pass resumed, in the order the passes resumed them.
+    pub resumed: Vec<Uuid>,
+    /// The last pass's report, if it succeeded.
+    pub last_report: Option<RecoveryReport>,
+    /// The last pass's error, if it failed (the next pass tries again).
+    pub last_error: Option<String>,
+}
+
 impl Engine {
+    /// Runs a recovery pass of the periodic task now (or, if one is running, right after it), without waiting
+    /// for it: [`Engine::recovery_status`] says when it is done. Does nothing without
+    /// `EngineConfig::recovery_interval` (no task); [`Engine::recover`] runs a pass and waits for it.
+    pub fn trigger_recovery(&self) {
+        self.periodic.trigger.notify_one();
+    }
+
+    /// What the periodic recovery task's passes did so far; a receiver that sees each pass end.
+    pub fn recovery_status(&self) -> tokio::sync::watch::Receiver<RecoveryStatus> {
+        self.periodic.status.subscribe()
+    }
+
+    /// Starts the periodic recovery task: a pass every `interval` (or at once when triggered) until the engine
+    /// shuts down.
+    pub(crate) fn spawn_periodic_recovery(&self, interval: Duration) {
+        let engine = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(interval) => {}
+                    () = engine.periodic.trigger.notified() => {}
+                    () = engine.shared.shutdown.stopped() => return,
+                }
+                if engine.is_shutting_down() {
+                    return;
+                }
+                let pass = engine.recover().await;
+                if matches!(pass, Err(EngineError::ShuttingDown)) {
+                    return;
+                }
+                if let Err(error) = &pass {
+                    tracing::warn!(sec_id = %engine.sec_id, %error,
+                        "periodic recovery pass failed; the next pass tries again");
+                }
+                engine.periodic.status.send_modify(|status| {
+                    status.passes += 1;
+                    match pass {
+                        Ok(report) => {
+                            status.resumed.extend(report.resumed.iter().copied());
+                            status.last_report = Some(report);
+                            status.last_error = None;
+                        }
+                        Err(error) => status.last_error = Some(error.to_string()),
+                    }
+                });
+            }
+        });
+    }
+
     /// Why this engine cannot run saga `row` (see [`EngineBuilder::lacks_definition`](crate::EngineBuilder::lacks_definition)), or `None` if it can.
     pub fn lacks_definition(&self, row: &SagaRow) -> Option<String> {
         self.definitions.lacks(row)
     }
 
-    /// Resumes every unfinished saga this executor owns, under a new fencing epoch.
+    /// Resumes every unfinished saga this executor owns (within `EngineConfig::recovery_scope`), under a new
+    /// fencing epoch.
     ///
     /// A saga whose definition (at its version) this binary lacks (no definition of its name, or an action
     /// of its DAG not registered) is left unfinished and not driven, and reported in
@@ -88,7 +182,8 @@ impl Engine {
     /// recoveries of one engine take turns.
     pub async fn recover(&self) -> Result<RecoveryReport, EngineError> {
         self.refuse_if_shutting_down()?;
-        let _turn = self.recovering.write().await;
+        let _turn = self.claim_turn().await;
+        let scope = self.recovery_scope;
         // A shutdown may have come while this waited for its turn: claim nothing then.
         self.refuse_if_shutting_down()?;
         let driving: Vec<Uuid> = lock(&self.live).keys().copied().collect();
@@ -113,10 +208,16 @@ impl Engine {
                 "claiming unfinished sagas",
                 || async move {
                     let mut conn = pool.get().await?;
-                    Ok(
-                        claim_unfinished(&mut conn, sec_id, names, after, driving, BATCH as i64)
-                            .await?,
+                    Ok(claim_unfinished(
+                        &mut conn,
+                        sec_id,
+                        names,
+                        scope,
+                        after,
+                        driving,
+                        BATCH as i64,
                     )
+                    .await?)
                 },
             )
             .await?;
@@ -135,7 +236,7 @@ impl Engine {
             "listing sagas of definitions this binary lacks",
             || async move {
                 let mut conn = pool.get().await?;
-                Ok(unfinished_not_named(&mut conn, sec_id, names, BATCH as i64).await?)
+                Ok(unfinished_not_named(&mut conn, sec_id, names, scope, BATCH as i64).await?)
             },
         )
         .await?;
@@ -249,7 +350,7 @@ impl Engine {
         abandon_unknown: bool,
         report: &mut RecoveryReport,
     ) -> Result<(), EngineError> {
-        lock(&self.live).remove(&row.id);
+        self.release_live(&row.id);
         let reason = match why {
             Unresumed::Interrupted => return Ok(()),
             Unresumed::Unknown(reason) if !abandon_unknown => {
@@ -366,7 +467,19 @@ impl Engine {
             .map_err(|e| EngineError::Steno(format!("the saga's DAG does not decode: {e}")))?;
         let sec = self.sec_for_resume(id).await?;
         let nodes = super::running::read_dag(&dag);
-        let (cx, log) = self.saga_cx::<S>(registered, &sec, id, owner, &nodes, Some(&events));
+        let inputs = crate::run::saga_state::NodeInputs::of_persisted(&row.saga_dag);
+        let (cx, log) = self.saga_cx::<S>(
+            registered,
+            &sec,
+            id,
+            owner,
+            &nodes,
+            super::running::SagaOrigin {
+                resumed_from: Some(&events),
+                inputs,
+                context: None,
+            },
+        );
         let registry = Arc::clone(&registered.registry);
         let resumed = sec
             .call("saga_resume", |client| async move {
@@ -384,7 +497,7 @@ impl Engine {
         };
         tracing::debug!(saga_id = %id, saga = S::NAME, generation = owner.generation, "saga handed to steno");
         Ok(ResumedSaga {
-            tracked: StartedSaga::new(id, S::NAME, sec, log, nodes.action_paths()),
+            tracked: StartedSaga::new(id, S::NAME, sec, log, &nodes),
             future,
         })
     }

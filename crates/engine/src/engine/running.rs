@@ -23,9 +23,9 @@ use crate::engine::sec::{Sec, lock};
 use crate::engine::{Engine, Registered};
 use crate::error::EngineError;
 use crate::observe::RecentOutcome;
-use crate::run::saga_state::SagaCx;
+use crate::run::saga_state::{NodeInputs, SagaCx};
 use crate::saga::builder::SagaBuilder;
-use crate::saga::definition::{NodeKind, SagaDef, StenoParams};
+use crate::saga::definition::{NodeKind, SagaDef};
 use crate::shutdown::panic_message;
 use futures::FutureExt;
 use ratchet_store::{DagNodeKind, PersistedDag, SagaLogHandle, SagaOwner, SagaRegistration};
@@ -47,6 +47,9 @@ pub(crate) struct StartedSaga {
     /// Action nodes' paths by steno node index: steno names a failed node by its name, which repeats
     /// across the instances of a subsaga.
     paths: BTreeMap<u32, String>,
+    /// The paths under which a succeeded saga's outcome gives node outputs, by steno node index: every
+    /// action node's, every constant's and subsaga entry's ([`output_paths`]).
+    output_paths: BTreeMap<u32, String>,
 }
 
 impl StartedSaga {
@@ -56,7 +59,7 @@ impl StartedSaga {
         name: &'static str,
         sec: Arc<Sec>,
         log: SagaLogHandle,
-        paths: BTreeMap<u32, String>,
+        nodes: &PersistedDag,
     ) -> StartedSaga {
         StartedSaga {
             id,
@@ -64,9 +67,20 @@ impl StartedSaga {
             started: Instant::now(),
             sec,
             log,
-            paths,
+            paths: nodes.action_paths(),
+            output_paths: output_paths(nodes),
         }
     }
+}
+
+/// Where a saga the engine is about to drive comes from (for [`Engine::saga_cx`]).
+pub(super) struct SagaOrigin<'a, S: SagaDef> {
+    /// The log a resumed saga was loaded from; `None` for a saga created here.
+    pub(super) resumed_from: Option<&'a [steno::SagaNodeEvent]>,
+    /// Where its typed nodes' arguments are (for a saga created here, the store writes them with its row).
+    pub(super) inputs: NodeInputs,
+    /// The saga's own host context; `None` for the engine's.
+    pub(super) context: Option<Arc<S::Context>>,
 }
 
 /// A saga created (durably) but not yet started: arm failpoints or steno injections, then run it.
@@ -134,6 +148,20 @@ impl PreparedSaga {
             .await
     }
 
+    /// Replaces the undo of the node at `path` with an error (steno's own injection: the undo body never
+    /// runs), for a plain steno action as for a typed node: should the saga unwind past the node, it ends
+    /// stuck, its diagnosis naming the node.
+    pub async fn inject_error_undo(&self, path: &str) -> Result<(), EngineError> {
+        let index = self.petgraph_index(path)?;
+        let id = steno_id(self.id);
+        self.tracked
+            .sec
+            .call("saga_inject_error_undo", |sec| async move {
+                sec.saga_inject_error_undo(id, index).await
+            })
+            .await
+    }
+
     /// Runs the action of the node at `path` `action` times and its undo `undo` times (steno's repeat
     /// injection).
     pub async fn inject_repeat(
@@ -176,10 +204,30 @@ pub(crate) fn steno_id(id: Uuid) -> SagaId {
 
 impl Engine {
     /// Creates saga `S` with `params`: builds its DAG and records it durably. Nothing runs until
-    /// [`PreparedSaga::run`]. Refused once the engine is shutting down.
+    /// [`PreparedSaga::run`]. Refused once the engine is shutting down or quiescing ([`Engine::quiesce`]).
+    /// Its actions see the engine's context for `S` (the one
+    /// [`EngineBuilder::register`](crate::EngineBuilder::register) was given).
     pub async fn create<S: SagaDef>(&self, params: S::Params) -> Result<PreparedSaga, EngineError> {
+        self.create_built::<S>(params, None).await
+    }
+
+    /// [`Engine::create`], with a context of this saga's own for its actions (steno's `saga_create` takes
+    /// one per saga; trip booking makes one per trip). The context lives in memory only: a saga recovered
+    /// after a restart (or adopted, or re-driven) sees the engine's context for `S`.
+    pub async fn create_with_context<S: SagaDef>(
+        &self,
+        params: S::Params,
+        context: Arc<S::Context>,
+    ) -> Result<PreparedSaga, EngineError> {
+        self.create_built::<S>(params, Some(context)).await
+    }
+
+    async fn create_built<S: SagaDef>(
+        &self,
+        params: S::Params,
+        context: Option<Arc<S::Context>>,
+    ) -> Result<PreparedSaga, EngineError> {
         self.refuse_if_shutting_down()?;
-        let registered = self.registered::<S>()?;
         let mut builder = SagaBuilder::<S>::new();
         S::build(&params, &mut builder).map_err(|message| EngineError::BadParams {
             saga: S::NAME.to_owned(),
@@ -189,28 +237,130 @@ impl Engine {
             saga: S::NAME.to_owned(),
             message,
         })?;
-        let steno_params = serde_json::to_value(StenoParams {
-            params,
-            nodes: built.node_args,
-        })
-        .map_err(|e| EngineError::BadParams {
+        // steno's parameters are the saga's own: a plain action reads them with `saga_params`. The typed
+        // nodes' arguments go beside them (see `NodeInputs`).
+        let steno_params = serde_json::to_value(&params).map_err(|e| EngineError::BadParams {
             saga: S::NAME.to_owned(),
             message: e.to_string(),
         })?;
         let dag = Arc::new(SagaDag::new(built.dag, steno_params));
+        self.create_dag_inner::<S>(dag, built.node_args, Some(built.nodes), context)
+            .await
+    }
+
+    /// Creates saga `S` from a DAG the caller built with steno's own `DagBuilder` (as Nexus's
+    /// `make_saga_dag` does), as it is: its nodes, names and labels are kept. Its actions must be the ones
+    /// `S` registers (its [`declare_saga_nodes!`](crate::declare_saga_nodes) list), the DAG must carry `S`'s
+    /// name, and its parameters must decode as `S::Params`; otherwise nothing is written. Its plain steno
+    /// actions run on the unchecked path, as under steno, and read their parameters with `saga_params`; its
+    /// typed nodes (laid out with `typed`, [`TypedNodes`](crate::TypedNodes); `TypedNodes::new()` when it
+    /// has none) have every guarantee they have in a DAG [`SagaBuilder`] lays out. `context` is the saga's
+    /// own (see [`Engine::create_with_context`]), or the engine's for `S` when `None`.
+    ///
+    /// A plain action node is known by its name (its label, for people, is kept in the DAG): the store's
+    /// DAG reader ([`PersistedDag`]) gives an action node its label as its path only when the label is a
+    /// path ratchet gave it.
+    pub async fn create_from_dag<S: SagaDef>(
+        &self,
+        dag: Arc<SagaDag>,
+        typed: crate::TypedNodes<S>,
+        context: Option<Arc<S::Context>>,
+    ) -> Result<PreparedSaga, EngineError> {
+        self.refuse_if_shutting_down()?;
+        if dag.saga_name().to_string() != S::NAME {
+            return Err(EngineError::BadDag {
+                saga: S::NAME.to_owned(),
+                message: format!(
+                    "the DAG is saga {:?}'s (recovery finds a saga's definition by that name)",
+                    dag.saga_name().to_string()
+                ),
+            });
+        }
+        let serialized = serde_json::to_value(dag.as_ref()).map_err(|e| EngineError::BadDag {
+            saga: S::NAME.to_owned(),
+            message: format!("the DAG does not serialize: {e}"),
+        })?;
+        let params = ratchet_store::saga_params(&serialized)
+            .cloned()
+            .unwrap_or_default();
+        serde_json::from_value::<S::Params>(params).map_err(|e| EngineError::BadParams {
+            saga: S::NAME.to_owned(),
+            message: format!("the DAG's parameters do not decode: {e}"),
+        })?;
+        let args = typed.into_args();
+        let persisted = PersistedDag::read(&serialized);
+        for path in args.keys() {
+            let holding = persisted
+                .action_nodes()
+                .filter(|(_, other, _)| other == path)
+                .count();
+            if holding != 1 {
+                return Err(EngineError::BadDag {
+                    saga: S::NAME.to_owned(),
+                    message: format!(
+                        "typed node {path:?}'s path is that of {holding} action nodes of the DAG: \
+                         exactly one (its own) may have it"
+                    ),
+                });
+            }
+        }
+        self.create_dag_inner::<S>(dag, args, None, context).await
+    }
+
+    /// Registers and records a saga whose DAG is built. `nodes`: every node by path and kind, as the builder
+    /// laid them out; `None` for a DAG built elsewhere (they are then read from the DAG).
+    async fn create_dag_inner<S: SagaDef>(
+        &self,
+        dag: Arc<SagaDag>,
+        node_args: BTreeMap<String, serde_json::Value>,
+        listed: Option<Vec<(String, NodeKind)>>,
+        context: Option<Arc<S::Context>>,
+    ) -> Result<PreparedSaga, EngineError> {
+        let registered = self.registered::<S>()?;
         let nodes = read_dag(&dag);
+        if let Some((_, path, action)) = nodes
+            .action_nodes()
+            .find(|(_, _, action)| !registered.actions.contains(action))
+        {
+            return Err(EngineError::UnknownAction {
+                saga: S::NAME.to_owned(),
+                node: path.to_owned(),
+                action: action.to_owned(),
+            });
+        }
+        let listed = listed.unwrap_or_else(|| kinds_of(&nodes, &registered.db_actions));
         let id = Uuid::new_v4();
         let owner = SagaOwner {
             sec_id: self.sec_id,
             generation: 1,
         };
         let sec = Arc::clone(&self.sec);
-        let (cx, log) = self.saga_cx::<S>(&registered, &sec, id, owner, &nodes, None);
+        let (cx, log) = self.saga_cx::<S>(
+            &registered,
+            &sec,
+            id,
+            owner,
+            &nodes,
+            SagaOrigin {
+                resumed_from: None,
+                inputs: NodeInputs::Beside(node_args),
+                context,
+            },
+        );
         let dag_for_steno = Arc::clone(&dag);
         // Live before its row exists, and no claim of this engine runs until the row is there: a recovery
         // never claims (and so fences) it.
         let creating = self.recovering.read().await;
-        lock(&self.live).insert(id, S::NAME.to_owned());
+        {
+            // Checked and entered under one lock: a quiesce either reports this saga or refuses it.
+            let mut live = lock(&self.live);
+            if let Err(refused) = self.refuse_if_quiescing() {
+                drop(live);
+                sec.store.unregister(steno_id(id));
+                return Err(refused);
+            }
+            live.insert(id, S::NAME.to_owned());
+        }
         let created = sec
             .call("saga_create", |client| async move {
                 client
@@ -225,7 +375,7 @@ impl Engine {
             .await;
         let future = created.map_err(|error| {
             sec.store.unregister(steno_id(id));
-            lock(&self.live).remove(&id);
+            self.release_live(&id);
             if self.is_shutting_down() {
                 EngineError::ShuttingDown
             } else {
@@ -239,9 +389,9 @@ impl Engine {
             engine: self.clone(),
             id,
             future: Mutex::new(future),
-            tracked: StartedSaga::new(id, S::NAME, sec, log, nodes.action_paths()),
+            tracked: StartedSaga::new(id, S::NAME, sec, log, &nodes),
             dag,
-            nodes: built.nodes,
+            nodes: listed,
             node_ids: nodes.action_ids_by_path(),
         })
     }
@@ -268,8 +418,7 @@ impl Engine {
     }
 
     /// The per-saga context and its registration with `sec`'s store. `nodes`: the saga's DAG as the store
-    /// reads it ([`read_dag`]). `resumed_from`: the log a resumed saga was loaded from (`None` for a saga
-    /// created here).
+    /// reads it ([`read_dag`]). `origin`: where the saga comes from ([`SagaOrigin`]).
     ///
     /// Nodes are known by their paths (an action node's steno label, see [`SagaBuilder::subsaga`]), not by
     /// steno's names, which repeat across the instances of one subsaga; a node is a database node (its
@@ -282,8 +431,13 @@ impl Engine {
         id: Uuid,
         owner: SagaOwner,
         nodes: &PersistedDag,
-        resumed_from: Option<&[steno::SagaNodeEvent]>,
+        origin: SagaOrigin<'_, S>,
     ) -> (SagaCx<S>, SagaLogHandle) {
+        let SagaOrigin {
+            resumed_from,
+            inputs,
+            context,
+        } = origin;
         let db_nodes = nodes
             .action_nodes()
             .filter(|(_, _, action_name)| registered.db_actions.contains(action_name))
@@ -313,14 +467,24 @@ impl Engine {
                         .iter()
                         .any(|e| matches!(e.event_type, steno::SagaNodeEventType::UndoFailed(_)))
                 }),
+                node_args: match &inputs {
+                    NodeInputs::Beside(args) if resumed_from.is_none() && !args.is_empty() => {
+                        Some(serde_json::Value::Object(
+                            args.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                        ))
+                    }
+                    _ => None,
+                },
             },
         );
         let cx = SagaCx {
             saga_id: id,
             shared: Arc::clone(&self.shared),
             log: log.clone(),
-            app: Arc::clone(&registered.app),
+            app: context.unwrap_or_else(|| Arc::clone(&registered.app)),
             node_ids: nodes.action_ids_by_path(),
+            inputs,
+            paths_by_label: nodes.paths_by_label(),
             started_in_log: resumed_from
                 .into_iter()
                 .flatten()
@@ -367,6 +531,7 @@ impl Engine {
             sec,
             log,
             paths,
+            output_paths,
         } = tracked;
         let fence = Arc::clone(log.fence());
         let mut outcome = tokio::select! {
@@ -374,7 +539,7 @@ impl Engine {
             result = AssertUnwindSafe(future).catch_unwind() => {
                 sec.unresolved.fetch_sub(1, Ordering::SeqCst);
                 match result {
-                    Ok(result) => outcome_of(result, &paths),
+                    Ok(result) => outcome_of(result, &paths, &output_paths, &log),
                     Err(panic) => {
                         let reason = format!(
                             "steno's executor dropped the saga ({}); it stays unfinished in the database",
@@ -431,7 +596,7 @@ impl Engine {
         self.shared.counters.count_outcome(&outcome);
         self.record_outcome(id, name, outcome.clone(), started.elapsed());
         sec.store.unregister(steno_id(id));
-        lock(&self.live).remove(&id);
+        self.release_live(&id);
         outcome
     }
 
@@ -464,6 +629,72 @@ pub(crate) fn read_dag(dag: &SagaDag) -> PersistedDag {
         .unwrap_or_default()
 }
 
+/// Every node of a DAG built elsewhere (not by [`SagaBuilder`]) by path and kind, in steno's node order, as
+/// [`PreparedSaga::nodes`] lists them: an action is a database node when its action is registered as one,
+/// else a plain steno action; a subsaga is listed by its end node; the start and end nodes and subsaga
+/// starts are left out.
+fn kinds_of(nodes: &PersistedDag, db_actions: &HashSet<&'static str>) -> Vec<(String, NodeKind)> {
+    nodes
+        .nodes()
+        .filter_map(|(_, node)| {
+            let kind = match node.kind {
+                DagNodeKind::Action => match node.action_name.as_deref() {
+                    Some(action) if db_actions.contains(action) => NodeKind::Db,
+                    Some(crate::saga::builder::JOIN_ACTION) => NodeKind::Join,
+                    _ => NodeKind::Steno,
+                },
+                DagNodeKind::Constant => NodeKind::Constant,
+                DagNodeKind::SubsagaEnd => NodeKind::Subsaga,
+                _ => return None,
+            };
+            Some((node.path.clone(), kind))
+        })
+        .collect()
+}
+
+/// The paths a succeeded saga's outputs are given under ([`SagaOutcome::lookup_node_output`]), by steno node
+/// index: action nodes by path; constants and subsaga entries by their name (a later one wins where a name
+/// repeats, as across the instances of one subsaga); an action node's path wins over any of those.
+fn output_paths(nodes: &PersistedDag) -> BTreeMap<u32, String> {
+    let actions = nodes.action_paths();
+    let taken: HashSet<&String> = actions.values().collect();
+    let mut paths: BTreeMap<u32, String> = nodes
+        .nodes()
+        .filter(|(_, node)| matches!(node.kind, DagNodeKind::Constant | DagNodeKind::SubsagaEnd))
+        .filter(|(_, node)| !taken.contains(&node.path))
+        .map(|(index, node)| (index, node.path.clone()))
+        .collect();
+    paths.extend(actions);
+    paths
+}
+
+/// The steno node index of the node steno names `name` whose log shows an event `of_kind`: steno's names
+/// repeat across the instances of one subsaga, its log's node ids do not. `None` when no such node, or more
+/// than one, matches.
+fn node_of(
+    log: &steno::SagaLog,
+    paths: &BTreeMap<u32, String>,
+    name: &steno::NodeName,
+    of_kind: fn(&steno::SagaNodeEventType) -> bool,
+) -> Option<(u32, String)> {
+    let name = name.as_ref();
+    let mut found: Vec<(u32, &String)> = log
+        .events()
+        .iter()
+        .filter(|event| of_kind(&event.event_type))
+        .filter_map(|event| {
+            let id = u32::from(event.node_id);
+            paths.get(&id).map(|path| (id, path))
+        })
+        .filter(|(_, path)| path.rsplit(crate::saga::builder::PATH_SEPARATOR).next() == Some(name))
+        .collect();
+    found.dedup();
+    match found.as_slice() {
+        [(id, path)] => Some((*id, (*path).clone())),
+        _ => None,
+    }
+}
+
 /// The path of the node steno names `name` whose log shows an event `of_kind`: steno's names repeat across
 /// the instances of one subsaga, its log's node ids do not. `name` itself when no such node, or more than
 /// one, matches (a node outside any subsaga: its path is its name).
@@ -473,28 +704,33 @@ fn path_of(
     name: &steno::NodeName,
     of_kind: fn(&steno::SagaNodeEventType) -> bool,
 ) -> String {
-    let name = name.as_ref();
-    let mut found: Vec<&String> = log
-        .events()
-        .iter()
-        .filter(|event| of_kind(&event.event_type))
-        .filter_map(|event| paths.get(&u32::from(event.node_id)))
-        .filter(|path| path.rsplit(crate::saga::builder::PATH_SEPARATOR).next() == Some(name))
-        .collect();
-    found.dedup();
-    match found.as_slice() {
-        [path] => (*path).clone(),
-        _ => name.to_owned(),
-    }
+    node_of(log, paths, name, of_kind).map_or_else(|| name.as_ref().to_owned(), |(_, path)| path)
 }
 
-fn outcome_of(result: steno::SagaResult, paths: &BTreeMap<u32, String>) -> SagaOutcome {
+/// A steno result as an outcome. `log`: the saga's log with this store, which holds the typed errors of
+/// failed compensations (steno's own record of one holds only its message).
+fn outcome_of(
+    result: steno::SagaResult,
+    paths: &BTreeMap<u32, String>,
+    output_paths: &BTreeMap<u32, String>,
+    saga_log: &SagaLogHandle,
+) -> SagaOutcome {
     let log = &result.saga_log;
     match result.kind {
         Ok(ok) => SagaOutcome::Succeeded {
             output: ok
                 .saga_output::<serde_json::Value>()
                 .unwrap_or(serde_json::Value::Null),
+            outputs: log
+                .events()
+                .iter()
+                .filter_map(|event| match &event.event_type {
+                    steno::SagaNodeEventType::Succeeded(output) => output_paths
+                        .get(&u32::from(event.node_id))
+                        .map(|path| (path.clone(), (**output).clone())),
+                    _ => None,
+                })
+                .collect(),
         },
         Err(SagaResultErr {
             error_node_name,
@@ -503,25 +739,46 @@ fn outcome_of(result: steno::SagaResult, paths: &BTreeMap<u32, String>) -> SagaO
         }) => {
             // A ratchet node's failure names the node by its path; steno's name is only unique within the
             // node's saga or subsaga.
-            let (node, error) = match error_source.clone().convert::<crate::error::NodeFailure>() {
-                Ok(failure) => (failure.node, failure.message),
-                Err(_) => (
-                    path_of(log, paths, &error_node_name, |kind| {
-                        matches!(kind, steno::SagaNodeEventType::Failed(_))
-                    }),
-                    error_source.to_string(),
-                ),
-            };
+            let (node, error, saga_error) =
+                match error_source.clone().convert::<crate::error::NodeFailure>() {
+                    Ok(failure) => (failure.node, failure.message, failure.saga_error),
+                    Err(_) => (
+                        path_of(log, paths, &error_node_name, |kind| {
+                            matches!(kind, steno::SagaNodeEventType::Failed(_))
+                        }),
+                        error_source.to_string(),
+                        None,
+                    ),
+                };
             match undo_failure {
-                None => SagaOutcome::Unwound { node, error },
-                Some((undo_node, undo_error)) => SagaOutcome::Stuck {
+                None => SagaOutcome::Unwound {
                     node,
                     error,
-                    undo_node: path_of(log, paths, &undo_node, |kind| {
-                        matches!(kind, steno::SagaNodeEventType::UndoFailed(_))
-                    }),
-                    undo_error: undo_error.to_string(),
+                    saga_error,
                 },
+                Some((undo_node, undo_error)) => {
+                    let undo_failed = node_of(log, paths, &undo_node, |kind| {
+                        matches!(kind, steno::SagaNodeEventType::UndoFailed(_))
+                    });
+                    let steno::UndoActionError::PermanentFailure { source_error } = &undo_error;
+                    let undo_saga_error = source_error
+                        .get(ratchet_store::SAGA_ERROR_FIELD)
+                        .cloned()
+                        .or_else(|| {
+                            undo_failed
+                                .as_ref()
+                                .and_then(|(id, _)| saga_log.undo_error(*id))
+                        });
+                    SagaOutcome::Stuck {
+                        node,
+                        error,
+                        saga_error,
+                        undo_node: undo_failed
+                            .map_or_else(|| undo_node.as_ref().to_owned(), |(_, path)| path),
+                        undo_error: undo_error.to_string(),
+                        undo_saga_error,
+                    }
+                }
             }
         }
     }

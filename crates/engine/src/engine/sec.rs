@@ -41,6 +41,7 @@ impl Sec {
             sec_id,
             Arc::clone(&shared.liveness),
             Arc::clone(&shared.counters.fenced),
+            shared.omicron_readable_log,
         ));
         let log = match &shared.host_log.0 {
             Some(host) => {

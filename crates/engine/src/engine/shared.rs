@@ -32,6 +32,8 @@ pub(crate) struct EngineShared {
     /// `None` on a pool the embedder brought: its sessions are the embedder's.
     pub(crate) application_name: Option<String>,
     pub(crate) host_log: HostLog,
+    /// Record stuck sagas and failed undos in forms Omicron's readers parse (`EngineConfig::omicron_readable_log`).
+    pub(crate) omicron_readable_log: bool,
 }
 
 /// The pools database nodes' transactions check their connections out of, one a connection type: the

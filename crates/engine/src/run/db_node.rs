@@ -5,14 +5,14 @@
 //! it, nothing fallible runs on the success path; an injected failure there is compensated inline, from the
 //! receipt, before steno hears of it ([`compensate_after_commit`]).
 
-use crate::error::NodeError;
+use crate::error::{NodeError, RunError};
 use crate::failpoint::FaultPoint;
 use crate::run::commit_outcome::{self, CommitOutcome, resolve, until_answered};
 use crate::run::node_run::{
     NodeRun, Stop, catch_phase, decode, encode, finish_guarded, foreign_transaction, pass_on,
     unless_foreign, with_retries,
 };
-use crate::saga::builder::{SagaBuilder, Stage};
+use crate::saga::builder::{SagaBuilder, Stage, TypedNodes};
 use crate::saga::definition::{NodeKind, SagaDef, StenoSaga};
 use crate::saga::node::DbNode;
 use crate::saga::phase::{CommitTx, PrepareCx};
@@ -98,6 +98,7 @@ impl<S: SagaDef> NodeRegistry<S> {
         N: DbNode<T, C>,
     {
         let name = <N as DbNode<T, C>>::NAME;
+        self.refuse_result_output::<N::Output>(name);
         if self.claim::<(T, N)>(name) {
             self.db_actions.insert(name);
             self.actions
@@ -118,6 +119,21 @@ impl<S: SagaDef> Stage<'_, S> {
         let action = DbAction::<S, S, N, C>::new();
         let node = self.builder.planned::<N, _>(name, &node, &action);
         self.push(name, NodeKind::Db, node)
+    }
+}
+
+impl<S: SagaDef> TypedNodes<S> {
+    /// Database node `name` for a DAG built with steno's `DagBuilder`: the steno node to append (labelled
+    /// `name`), or why it cannot be one (a name holding `/`, arguments that do not encode, a type missing
+    /// from the saga's node list).
+    pub fn db<N: DbNode<S>>(
+        &mut self,
+        name: &str,
+        node: N,
+    ) -> Result<steno::Node, crate::EngineError> {
+        let action = DbAction::<S, S, N, DbConnection>::new();
+        let planned = self.builder.planned::<N, _>(name, &node, &action);
+        self.node(planned)
     }
 }
 
@@ -156,7 +172,7 @@ async fn forward<
     let run =
         NodeRun::<S>::new(ctx).map_err(|e| steno::ActionError::action_failed(e.to_string()))?;
     let span = tracing::info_span!("node", saga_id = %run.saga_id(), node = %run.name, kind = "db");
-    async {
+    let result = async {
         let node: N = run.node().map_err(|e| run.failure("prepare", &e))?;
         run.count_start("forward")
             .await
@@ -215,7 +231,8 @@ async fn forward<
         }
     }
     .instrument(span)
-    .await
+    .await;
+    run.after_failure(result).await
 }
 
 /// One attempt: BEGIN … COMMIT, or a rollback.
@@ -554,7 +571,7 @@ pub(crate) fn event_row<S: SagaDef>(
     run: &NodeRun<'_, S>,
     event_type: SagaNodeEventType,
     creator: uuid::Uuid,
-) -> Result<EventRow, NodeError> {
+) -> Result<EventRow, RunError> {
     let began = matches!(
         event_type,
         SagaNodeEventType::Started | SagaNodeEventType::UndoStarted
@@ -585,7 +602,7 @@ async fn compensate_after_commit<
     run: &NodeRun<'_, S>,
     node: &N,
     output: Option<serde_json::Value>,
-    cause: NodeError,
+    cause: RunError,
 ) -> steno::ActionResult {
     tracing::warn!(%cause, "failure after the commit: compensating inline before failing the node");
     let policy = run.cx.shared.compensation_retry;
@@ -623,7 +640,8 @@ async fn undo<S: SagaDef, T: SagaDef<Context = S::Context>, N: DbNode<T, C>, C: 
             let span = tracing::info_span!("attempt", attempt);
             attempt_compensation::<S, T, N, C>(&run, &node, Mode::Undo).instrument(span)
         })
-        .await?;
+        .await
+        .map_err(|error| run.undo_failure(error))?;
         tracing::info!(?outcome, "compensation finished");
         Ok(())
     }

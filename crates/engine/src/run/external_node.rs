@@ -5,13 +5,13 @@
 //! key; when the retry budget is spent, the engine compensates by key (until that answer is definite) and
 //! only then fails the node.
 
-use crate::error::NodeError;
+use crate::error::{NodeError, RunError};
 use crate::failpoint::FaultPoint;
 use crate::run::commit_outcome::{self, CommitOutcome};
 use crate::run::db_node::event_row;
 use crate::run::node_run::{
-    NodeRun, Stop, catch_phase, decode, encode, finish_guarded, pass_on, unless_foreign,
-    with_retries,
+    NodeRun, Stop, catch_phase, check_token, decode, encode, finish_guarded, pass_on,
+    unless_foreign, with_retries,
 };
 use crate::saga::builder::{SagaBuilder, Stage};
 use crate::saga::definition::{NodeKind, SagaDef, StenoSaga};
@@ -79,6 +79,7 @@ impl<S: SagaDef> NodeRegistry<S> {
     pub fn nested_external<T: SagaDef<Context = S::Context>, N: ExternalNode<T>>(
         &mut self,
     ) -> &mut Self {
+        self.refuse_result_output::<N::Output>(<N as ExternalNode<T>>::NAME);
         if self.claim::<(T, N)>(<N as ExternalNode<T>>::NAME) {
             self.actions
                 .register(Arc::new(ExternalAction::<S, T, N>::new()));
@@ -93,6 +94,19 @@ impl<S: SagaDef> Stage<'_, S> {
         let action = ExternalAction::<S, S, N>::new();
         let node = self.builder.planned::<N, _>(name, &node, &action);
         self.push(name, NodeKind::External, node)
+    }
+}
+
+impl<S: SagaDef> crate::saga::builder::TypedNodes<S> {
+    /// External node `name` for a DAG built with steno's `DagBuilder` (see [`TypedNodes::db`](crate::TypedNodes::db)).
+    pub fn external<N: ExternalNode<S>>(
+        &mut self,
+        name: &str,
+        node: N,
+    ) -> Result<steno::Node, crate::EngineError> {
+        let action = ExternalAction::<S, S, N>::new();
+        let planned = self.builder.planned::<N, _>(name, &node, &action);
+        self.node(planned)
     }
 }
 
@@ -115,7 +129,7 @@ enum Prepared<P> {
 /// subsaga nested in it).
 fn external_cx<'a, S: SagaDef, T: SagaDef<Context = S::Context>>(
     run: &'a NodeRun<'_, S>,
-) -> Result<ExternalCx<'a, T>, NodeError> {
+) -> Result<ExternalCx<'a, T>, RunError> {
     Ok(ExternalCx {
         params: run.params()?,
         app: &run.cx.app,
@@ -131,7 +145,7 @@ async fn forward<S: SagaDef, T: SagaDef<Context = S::Context>, N: ExternalNode<T
         NodeRun::<S>::new(ctx).map_err(|e| steno::ActionError::action_failed(e.to_string()))?;
     let span =
         tracing::info_span!("node", saga_id = %run.saga_id(), node = %run.name, kind = "external");
-    async {
+    let result = async {
         let node: N = run.node().map_err(|e| run.failure("prepare", &e))?;
         // An earlier run of this node (before a crash) may have made its call: the log says `started`, and
         // a `started` external node's call outcome is unknown until its record says otherwise. Any failure
@@ -252,7 +266,8 @@ async fn forward<S: SagaDef, T: SagaDef<Context = S::Context>, N: ExternalNode<T
         }
     }
     .instrument(span)
-    .await
+    .await;
+    run.after_failure(result).await
 }
 
 async fn prepare<S: SagaDef, T: SagaDef<Context = S::Context>, N: ExternalNode<T>>(
@@ -306,9 +321,9 @@ async fn prepare<S: SagaDef, T: SagaDef<Context = S::Context>, N: ExternalNode<T
     // On every path, Ok included: a prepare that sent its own COMMIT has left read-only behind, and what it
     // wrote after that is outside the engine.
     let result = match result {
-        Ok(prepared) => match unless_foreign(run, conn, token, "prepare", Stop::Shutdown).await {
-            Stop::Node(foreign) => Err(Stop::Node(foreign)),
-            _ => Ok(prepared),
+        Ok(prepared) => match check_token(run, conn, token, "prepare").await {
+            Some(foreign) => Err(Stop::Node(foreign)),
+            None => Ok(prepared),
         },
         Err(stop) => Err(unless_foreign(run, conn, token, "prepare", stop).await),
     };
@@ -323,7 +338,7 @@ async fn fail_before_calling<S: SagaDef, T: SagaDef<Context = S::Context>, N: Ex
     node: &N,
     may_have_called: bool,
     phase: &str,
-    error: NodeError,
+    error: RunError,
 ) -> steno::ActionResult {
     if may_have_called {
         compensate_then_fail::<S, T, N>(run, node, error).await
@@ -334,11 +349,11 @@ async fn fail_before_calling<S: SagaDef, T: SagaDef<Context = S::Context>, N: Ex
 
 enum CallFailed {
     /// Definitely not applied: every attempt was refused.
-    Refused(NodeError),
+    Refused(RunError),
     /// Maybe applied: some attempt's outcome was unknown (a lost response, a panic), and no later attempt
     /// applied it for sure (the budget ran out, or the service refused: a refusal of a retry says nothing of
     /// an earlier attempt that may have landed). The node compensates by key before it fails.
-    Unknown(NodeError),
+    Unknown(RunError),
 }
 
 async fn call_until_definite<S: SagaDef, T: SagaDef<Context = S::Context>, N: ExternalNode<T>>(
@@ -366,13 +381,14 @@ async fn call_until_definite<S: SagaDef, T: SagaDef<Context = S::Context>, N: Ex
         let error = match called {
             Ok(Ok(receipt)) => return Ok(receipt),
             Ok(Err(CallError::Refused(error))) if !error.is_transient() => {
+                let error = error.encode();
                 return Err(if unknown_seen {
                     CallFailed::Unknown(error)
                 } else {
                     CallFailed::Refused(error)
                 });
             }
-            Ok(Err(CallError::Refused(error))) => error,
+            Ok(Err(CallError::Refused(error))) => error.encode(),
             Ok(Err(CallError::Unknown(message))) => {
                 unknown_seen = true;
                 NodeError::transient(format!("outcome unknown: {message}"))
@@ -443,7 +459,7 @@ async fn record_receipt<S: SagaDef>(
 async fn compensate_then_fail<S: SagaDef, T: SagaDef<Context = S::Context>, N: ExternalNode<T>>(
     run: &NodeRun<'_, S>,
     node: &N,
-    cause: NodeError,
+    cause: RunError,
 ) -> steno::ActionResult {
     tracing::warn!(%cause, "external node failing: compensating by key first");
     let policy = RetryPolicy {
@@ -484,7 +500,8 @@ async fn undo<S: SagaDef, T: SagaDef<Context = S::Context>, N: ExternalNode<T>>(
                 compensate_once::<S, T, N>(&run, &node, false),
             )
         })
-        .await?;
+        .await
+        .map_err(|error| run.undo_failure(error))?;
         Ok(())
     }
     .instrument(span)
@@ -560,7 +577,7 @@ async fn call_compensation<S: SagaDef, T: SagaDef<Context = S::Context>, N: Exte
     let cx = external_cx::<S, T>(run)?;
     match node.compensate(&cx, receipt).await {
         Ok(()) => Ok(()),
-        Err(CallError::Refused(error)) => Err(Stop::Node(error)),
+        Err(CallError::Refused(error)) => Err(Stop::Node(error.encode())),
         Err(CallError::Unknown(message)) => Err(Stop::Node(NodeError::transient(message))),
     }
 }

@@ -1,7 +1,7 @@
 //! Running one node: an attempt at a database node (`db_node.rs`) or an external node (`external_node.rs`),
 //! what every attempt shares (`node_run.rs`: who the node is, retries, panics, faults), how a `COMMIT` whose
 //! outcome is unknown is settled (`commit_outcome.rs`), and the runtime state of the saga the node belongs
-//! to (`saga_state.rs`).
+//! to (`saga_state.rs`); plain steno actions behind the failpoints' guard (`unchecked.rs`).
 //!
 //! # The states of a database node's attempt
 //!
@@ -48,3 +48,4 @@ pub(crate) mod db_node;
 pub(crate) mod external_node;
 pub(crate) mod node_run;
 pub(crate) mod saga_state;
+pub(crate) mod unchecked;

@@ -1,10 +1,10 @@
 //! What database and external node execution share: finding the node's arguments, firing failpoints,
 //! retrying, stopping when fenced or crashed, and encoding failures for steno.
 
-use crate::error::{NodeError, NodeFailure};
+use crate::error::{NodeError, NodeFailure, RunError, SagaError};
 use crate::failpoint::{FaultEffect, FaultPoint};
 use crate::run::saga_state::SagaCx;
-use crate::saga::definition::{SagaDef, StenoParams, StenoSaga};
+use crate::saga::definition::{SagaDef, StenoSaga};
 use crate::shutdown::{ActiveNode, panic_message};
 use ratchet_store::RetryPolicy;
 use serde::de::DeserializeOwned;
@@ -12,11 +12,36 @@ use std::panic::AssertUnwindSafe;
 use steno::{ActionContext, ActionError};
 use uuid::Uuid;
 
+/// An injected crash of the executor (see [`NodeRun::fault`]'s `Crash`): every writer of this engine waits
+/// forever from now on, and every session of this engine incarnation is ended from the server side.
+pub(crate) async fn crash_executor(
+    shared: &crate::engine::shared::EngineShared,
+    saga_id: Uuid,
+    node: &str,
+    point: FaultPoint,
+) {
+    tracing::warn!(%saga_id, node, ?point,
+        "executor crashed (injected): its sessions end without a word");
+    shared.liveness.kill();
+    let Some(application_name) = &shared.application_name else {
+        tracing::info!(
+            "the crashed executor runs on the embedder's pool: its sessions are left alone"
+        );
+        return;
+    };
+    match ratchet_store::terminate_sessions(&shared.database_url, application_name).await {
+        Ok(ended) => tracing::info!(ended, "the crashed executor's sessions were ended"),
+        Err(error) => {
+            tracing::warn!(%error, "could not end the crashed executor's sessions")
+        }
+    }
+}
+
 /// Why an attempt at a phase stopped.
 #[derive(Debug)]
 pub(crate) enum Stop {
     /// The phase failed: retry if transient and budget remains, else fail.
-    Node(NodeError),
+    Node(RunError),
     /// The executor was fenced out of the saga: write nothing more, stop driving it.
     Fenced,
     /// A `Crash` fault fired: the executor dies.
@@ -25,9 +50,16 @@ pub(crate) enum Stop {
     Shutdown,
 }
 
-impl From<NodeError> for Stop {
-    fn from(error: NodeError) -> Self {
+impl From<RunError> for Stop {
+    fn from(error: RunError) -> Self {
         Stop::Node(error)
+    }
+}
+
+/// A node's own phase failed: its typed error (if any) is encoded here, once.
+impl<E: SagaError> From<NodeError<E>> for Stop {
+    fn from(error: NodeError<E>) -> Self {
+        Stop::Node(error.encode())
     }
 }
 
@@ -62,23 +94,18 @@ pub(crate) struct NodeRun<'a, S: SagaDef> {
 }
 
 impl<'a, S: SagaDef> NodeRun<'a, S> {
-    pub(crate) fn new(ctx: &'a ActionContext<StenoSaga<S>>) -> Result<NodeRun<'a, S>, NodeError> {
+    pub(crate) fn new(ctx: &'a ActionContext<StenoSaga<S>>) -> Result<NodeRun<'a, S>, RunError> {
         let cx = ctx.user_data();
         let name = ctx.node_label();
         let node_id = *cx.node_ids.get(&name).ok_or_else(|| {
             NodeError::permanent(format!("node {name:?} is not in the saga's DAG"))
         })?;
-        let steno_params: StenoParams<serde_json::Value> = ctx
-            .saga_params()
-            .map_err(|e| NodeError::permanent(format!("saga parameters do not decode: {e}")))?;
-        let args = steno_params.nodes.get(&name).cloned().ok_or_else(|| {
-            NodeError::permanent(format!("no arguments recorded for node {name:?}"))
-        })?;
+        let (params, args) = cx.node_input(ctx, &name).map_err(NodeError::permanent)?;
         Ok(NodeRun {
             cx,
             name,
             node_id,
-            params: steno_params.params,
+            params,
             args,
             active: ActiveNode::enter(&cx.shared.shutdown),
             began: chrono::Utc::now(),
@@ -132,7 +159,7 @@ impl<'a, S: SagaDef> NodeRun<'a, S> {
     /// recovered, and refuses it once the [`crate::EngineConfig::start_limit`] is passed: a node that keeps
     /// killing its process (a deterministic panic under `panic = "abort"`) is given up on instead of crashing
     /// every executor that recovers it. A no-op without a limit, and for sagas this engine created.
-    pub(crate) async fn count_start(&self, phase: &str) -> Result<(), NodeError> {
+    pub(crate) async fn count_start(&self, phase: &str) -> Result<(), RunError> {
         let Some(limit) = self.cx.shared.start_limit else {
             return Ok(());
         };
@@ -166,12 +193,12 @@ impl<'a, S: SagaDef> NodeRun<'a, S> {
     }
 
     /// The parameters of the saga the node belongs to (the subsaga's, inside a subsaga).
-    pub(crate) fn params<P: DeserializeOwned>(&self) -> Result<P, NodeError> {
+    pub(crate) fn params<P: DeserializeOwned>(&self) -> Result<P, RunError> {
         crate::saga::phase::decode_params(&self.params)
     }
 
     /// The node value (its arguments) recorded in the DAG.
-    pub(crate) fn node<N: DeserializeOwned>(&self) -> Result<N, NodeError> {
+    pub(crate) fn node<N: DeserializeOwned>(&self) -> Result<N, RunError> {
         serde_json::from_value(self.args.clone()).map_err(|e| {
             NodeError::permanent(format!(
                 "arguments of node {:?} do not decode: {e}",
@@ -219,22 +246,31 @@ impl<'a, S: SagaDef> NodeRun<'a, S> {
     /// memory, parked at their next phase boundary; the engine that recovers the saga claims it under a new
     /// epoch, so any of them that wakes is fenced.
     async fn crash(&self, point: FaultPoint) {
-        tracing::warn!(saga_id = %self.saga_id(), node = %self.name, ?point,
-            "executor crashed (injected): its sessions end without a word");
-        self.cx.shared.liveness.kill();
-        let shared = &self.cx.shared;
-        let Some(application_name) = &shared.application_name else {
-            tracing::info!(
-                "the crashed executor runs on the embedder's pool: its sessions are left alone"
-            );
-            return;
-        };
-        match ratchet_store::terminate_sessions(&shared.database_url, application_name).await {
-            Ok(ended) => tracing::info!(ended, "the crashed executor's sessions were ended"),
-            Err(error) => {
-                tracing::warn!(%error, "could not end the crashed executor's sessions")
-            }
+        crash_executor(&self.cx.shared, self.saga_id(), &self.name, point).await;
+    }
+
+    /// The [`FaultPoint::AfterFailure`] boundary of a forward that ends in `result`: when it failed, a `Crash`
+    /// armed there kills the executor (the failure is never recorded) and a `Delay` pauses before steno
+    /// hears of the failure. Nothing else is checked here: a node that failed is reported failed, even while
+    /// the engine shuts down.
+    pub(crate) async fn after_failure(&self, result: steno::ActionResult) -> steno::ActionResult {
+        if result.is_ok() {
+            return result;
         }
+        match self.armed_fault(FaultPoint::AfterFailure) {
+            Some(FaultEffect::Delay { millis }) => {
+                tracing::info!(node = %self.name, point = ?FaultPoint::AfterFailure, millis,
+                    "fault point reached: delaying");
+                let delay = std::time::Duration::from_millis(millis);
+                self.cx.shared.failpoints.delay(self.saga_id(), delay).await;
+            }
+            Some(FaultEffect::Crash) => {
+                self.crash(FaultPoint::AfterFailure).await;
+                self.stop_driving(&Stop::Crash).await;
+            }
+            _ => {}
+        }
+        result
     }
 
     /// [`NodeRun::fault`] for the synchronous post-commit phase, where a delay has no meaning (it is ignored).
@@ -320,12 +356,25 @@ impl<'a, S: SagaDef> NodeRun<'a, S> {
             .event(level, event, self.saga_id(), Some(&self.name), message);
     }
 
+    /// steno's error for a failed compensation. steno records only the error's message (in the node's
+    /// `undo_failed` event); a typed error is noted with the saga's log, whose store adds it to that event
+    /// and from which the saga's outcome reads it.
+    pub(crate) fn undo_failure(&self, error: RunError) -> anyhow::Error {
+        if let Some(typed) = error.saga_error() {
+            self.cx
+                .log
+                .note_undo_error(self.node_id, typed.value.clone());
+        }
+        anyhow::Error::new(error)
+    }
+
     /// steno's error for a failed node.
-    pub(crate) fn failure(&self, phase: &str, error: &NodeError) -> ActionError {
+    pub(crate) fn failure(&self, phase: &str, error: &RunError) -> ActionError {
         ActionError::action_failed(NodeFailure {
             node: self.name.clone(),
             phase: phase.to_owned(),
             message: error.to_string(),
+            saga_error: error.saga_error().map(|typed| typed.value.clone()),
         })
     }
 }
@@ -337,7 +386,7 @@ pub(crate) async fn with_retries<S, T, F, Fut>(
     policy: RetryPolicy,
     phase: &str,
     mut attempt: F,
-) -> Result<T, NodeError>
+) -> Result<T, RunError>
 where
     S: SagaDef,
     F: FnMut(u32) -> Fut,
@@ -424,7 +473,7 @@ pub(crate) async fn catch_phase<S: SagaDef, T>(
 pub(crate) fn encode<T: serde::Serialize>(
     what: &str,
     value: &T,
-) -> Result<serde_json::Value, NodeError> {
+) -> Result<serde_json::Value, RunError> {
     serde_json::to_value(value)
         .map_err(|e| NodeError::permanent(format!("{what} does not encode: {e}")))
 }
@@ -441,7 +490,7 @@ pub(crate) fn encode<T: serde::Serialize>(
 pub(crate) fn pass_on<T: serde::Serialize + DeserializeOwned>(
     what: &str,
     value: T,
-) -> Result<(serde_json::Value, T), NodeError> {
+) -> Result<(serde_json::Value, T), RunError> {
     let encoded = encode(what, &value)?;
     drop(value);
     let rebuilt = decode(what, encoded.clone())?;
@@ -451,7 +500,7 @@ pub(crate) fn pass_on<T: serde::Serialize + DeserializeOwned>(
 pub(crate) fn decode<T: DeserializeOwned>(
     what: &str,
     value: serde_json::Value,
-) -> Result<T, NodeError> {
+) -> Result<T, RunError> {
     serde_json::from_value(value)
         .map_err(|e| NodeError::permanent(format!("{what} does not decode: {e}")))
 }
@@ -499,7 +548,7 @@ pub(crate) fn foreign_transaction<S: SagaDef>(
     run: &NodeRun<'_, S>,
     phase: &str,
     found: &str,
-) -> NodeError {
+) -> RunError {
     let message = format!(
         "node {:?} ended the engine's transaction during its {phase} (transaction control sent through the \
          node's connection; the transaction token now reads {found:?}): {}: what it wrote before that may be \
@@ -514,13 +563,31 @@ pub(crate) fn foreign_transaction<S: SagaDef>(
 /// Before the engine ends a node's transaction on a path where it will not write the node's record (a phase
 /// that failed or panicked, a fault, a read-only prepare): checks that the transaction is still the one the
 /// engine began, named by `token` (see [`records::NODE_TX_SETTING`](ratchet_store::NODE_TX_SETTING)).
-/// If it is not, the node ended it itself, and `stop` (the node's own error) gives way to that reason: the
-/// attempt is not retried (a retry would apply the escaped writes again) and the node fails naming it. The
-/// success paths check the same token in the statement that writes the record.
+/// If it is not, the node ended it itself: returns the node's error naming that ([`foreign_transaction`]).
+/// The success paths of a commit check the same token in the statement that writes the record.
 ///
 /// TODO-robustness A transaction a failed statement has aborted cannot be read (PostgreSQL runs nothing there
-/// but its end), nor can a broken connection: then `stop` stands. So a node that ends the engine's
-/// transaction, begins another and leaves that one aborted is not caught here.
+/// but its end), nor can a broken connection: then nothing is found, and the caller's own reason stands. So a
+/// node that ends the engine's transaction, begins another and leaves that one aborted is not caught here.
+pub(crate) async fn check_token<S: SagaDef, C: ratchet_store::NodeConnection>(
+    run: &NodeRun<'_, S>,
+    conn: &mut C,
+    token: Uuid,
+    phase: &str,
+) -> Option<RunError> {
+    match ratchet_store::node_tx_token(conn).await {
+        Ok(found) if found != token.to_string() => Some(foreign_transaction(run, phase, &found)),
+        Ok(_) => None,
+        Err(error) => {
+            tracing::debug!(%error, "the node's transaction could not be checked; its own reason stands");
+            None
+        }
+    }
+}
+
+/// [`check_token`] on a path that stops with `stop`: a node that ended the engine's transaction itself turns
+/// `stop` (its own error) into that reason, so the attempt is not retried (a retry would apply the escaped
+/// writes again) and the node fails naming it.
 pub(crate) async fn unless_foreign<S: SagaDef, C: ratchet_store::NodeConnection>(
     run: &NodeRun<'_, S>,
     conn: &mut C,
@@ -532,14 +599,8 @@ pub(crate) async fn unless_foreign<S: SagaDef, C: ratchet_store::NodeConnection>
         // The executor dies here: it checks nothing.
         return stop;
     }
-    match ratchet_store::node_tx_token(conn).await {
-        Ok(found) if found != token.to_string() => {
-            Stop::Node(foreign_transaction(run, phase, &found))
-        }
-        Ok(_) => stop,
-        Err(error) => {
-            tracing::debug!(%error, "the node's transaction could not be checked; its own error stands");
-            stop
-        }
+    match check_token(run, conn, token, phase).await {
+        Some(foreign) => Stop::Node(foreign),
+        None => stop,
     }
 }

@@ -1,13 +1,26 @@
 //! The runtime state of one saga ([`SagaCx`]): what every action of the saga sees through steno's
 //! `ActionContext::user_data` — its id, the engine's shared state, its log handle, the host's context, its
-//! node ids by path, and what this engine knows of its nodes' commits. Also the steno saga type's binding of
-//! that state ([`StenoSaga`]'s `SagaType` impl), and what steno holds as a ratchet saga's parameters.
+//! node ids by path, its typed nodes' arguments, and what this engine knows of its nodes' commits. Also the
+//! steno saga type's binding of that state ([`StenoSaga`]'s `SagaType` impl).
+//!
+//! # Parameters as steno holds them
+//!
+//! steno's parameters of a saga are the saga's own (`S::Params`, and a subsaga's own inside it), so that a
+//! plain steno action reads them as in steno, with `ActionContext::saga_params::<P>()`. The typed nodes'
+//! arguments, which a plain action never reads, are kept beside them ([`NodeInputs`]): in the persisted DAG
+//! under [`ratchet_store::NODE_ARGS_KEY`], written in the saga's own `INSERT` and read back on recovery from
+//! the row that is loaded anyway. Sagas an earlier release created hold both in an envelope (`StenoParams`,
+//! in the saga's and each subsaga's parameters): they are read in that shape to the end of their lives.
+//!
+//! `SagaCx<S>` derefs to the host's context (`S::Context`), so a plain action written against steno's
+//! `ActionContext` reads `ctx.user_data().field` as it did.
 
 use crate::engine::shared::EngineShared;
 use crate::saga::definition::{SagaDef, StenoParams, StenoSaga};
 use ratchet_store::SagaLogHandle;
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
+use std::ops::Deref;
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -23,6 +36,11 @@ pub struct SagaCx<S: SagaDef> {
     pub(crate) app: Arc<S::Context>,
     /// Action node path to steno node id.
     pub(crate) node_ids: BTreeMap<String, u32>,
+    /// Where the typed nodes' arguments are, and the shape of steno's parameters.
+    pub(crate) inputs: NodeInputs,
+    /// The path of every plain action node labelled otherwise (labels one node has), by label: a plain
+    /// action knows itself only by its label.
+    pub(crate) paths_by_label: BTreeMap<String, String>,
     /// For a saga this engine took over from a log (recovery, adoption, retry-unwind): the nodes that log
     /// shows `started`. Empty for a saga created here.
     pub(crate) started_in_log: HashSet<u32>,
@@ -40,7 +58,81 @@ pub struct SagaCx<S: SagaDef> {
     pub(crate) db_turn: tokio::sync::Mutex<()>,
 }
 
+/// Where a saga's typed nodes find their arguments, which also says what steno holds as its parameters.
+#[derive(Debug)]
+pub(crate) enum NodeInputs {
+    /// steno's parameters are the saga's own (a subsaga's own inside it); the arguments are these, by path
+    /// (empty for a saga without typed nodes, and for one plain steno created).
+    Beside(BTreeMap<String, serde_json::Value>),
+    /// A saga an earlier release created: steno's parameters (the saga's, and each subsaga's) are a
+    /// `StenoParams` envelope holding the parameters and the arguments of that saga's own nodes.
+    InEnvelope,
+}
+
+impl NodeInputs {
+    /// How a persisted DAG (a saga row's) holds its arguments: beside steno's parameters under
+    /// [`ratchet_store::NODE_ARGS_KEY`]; in the envelope when it lacks that key and its parameters have the
+    /// envelope's shape (exactly the fields `params` and `nodes`, `nodes` an object: every saga an earlier
+    /// release created had one, for its action nodes); otherwise none (plain steno created it, or it has no
+    /// typed nodes). Parameters of a plain saga that themselves have exactly that shape would be misread:
+    /// its plain actions would still see them whole through `saga_params`, and only typed nodes, which
+    /// such a saga lacks, read the envelope.
+    pub(crate) fn of_persisted(dag: &serde_json::Value) -> NodeInputs {
+        if let Some(args) = ratchet_store::node_args(dag) {
+            return NodeInputs::Beside(args);
+        }
+        let envelope = ratchet_store::saga_params(dag)
+            .and_then(serde_json::Value::as_object)
+            .is_some_and(|fields| {
+                fields.len() == 2
+                    && fields.contains_key("params")
+                    && fields
+                        .get("nodes")
+                        .is_some_and(serde_json::Value::is_object)
+            });
+        if envelope {
+            NodeInputs::InEnvelope
+        } else {
+            NodeInputs::Beside(BTreeMap::new())
+        }
+    }
+}
+
 impl<S: SagaDef> SagaCx<S> {
+    /// The parameters of the saga node `path` belongs to (a subsaga's, inside one) and the node's own
+    /// arguments, for an action running as that node.
+    pub(crate) fn node_input(
+        &self,
+        ctx: &steno::ActionContext<StenoSaga<S>>,
+        path: &str,
+    ) -> Result<(serde_json::Value, serde_json::Value), String> {
+        let missing = || format!("no arguments recorded for node {path:?}");
+        match &self.inputs {
+            NodeInputs::Beside(args) => {
+                let params = ctx
+                    .saga_params::<serde_json::Value>()
+                    .map_err(|e| format!("saga parameters do not decode: {e}"))?;
+                let args = args.get(path).cloned().ok_or_else(missing)?;
+                Ok((params, args))
+            }
+            NodeInputs::InEnvelope => {
+                let envelope: StenoParams<serde_json::Value> = ctx
+                    .saga_params()
+                    .map_err(|e| format!("saga parameters do not decode: {e}"))?;
+                let args = envelope.nodes.get(path).cloned().ok_or_else(missing)?;
+                Ok((envelope.params, args))
+            }
+        }
+    }
+
+    /// The path of the action node labelled `label` (its label, when no other path is known).
+    pub(crate) fn plain_path(&self, label: &str) -> String {
+        self.paths_by_label
+            .get(label)
+            .cloned()
+            .unwrap_or_else(|| label.to_owned())
+    }
+
     /// Whether a commit (or compensation) record of `node_id` may already exist, so that a forward attempt
     /// must look for one before it commits (a replay).
     ///
@@ -131,26 +223,33 @@ impl<S: SagaDef> SagaCx<S> {
         &self.shared.pool
     }
 
-    /// The application context the saga was registered with.
+    /// The application context of this saga: the one it was created with
+    /// ([`Engine::create_with_context`](crate::Engine::create_with_context)), else the engine's for its
+    /// saga type. `SagaCx` also derefs to it.
     pub fn context(&self) -> &S::Context {
         &self.app
     }
 }
 
-/// The saga's parameters, for a plain steno action: from ratchet's StenoParams (a saga ratchet created, whose
-/// steno parameters also carry its nodes' arguments) or, failing that, bare (a saga plain steno created,
-/// through Nexus's store, before ratchet took over the log). So one action body serves both while a saga is
-/// being moved to ratchet.
+/// A plain steno action reads the host's context through `ctx.user_data()` as it did under steno:
+/// `ctx.user_data().field`.
+impl<S: SagaDef> Deref for SagaCx<S> {
+    type Target = S::Context;
+
+    fn deref(&self) -> &S::Context {
+        &self.app
+    }
+}
+
+/// The saga's parameters, for a plain steno action, whatever created the saga: `ctx.saga_params()` does the
+/// same for every saga but those an earlier release of ratchet created, whose parameters are in an envelope
+/// with the typed nodes' arguments (see the module's docs); this reads those too. An action that never meets
+/// such a saga needs only `saga_params`.
 pub fn steno_action_params<S: SagaDef>(
     ctx: &steno::ActionContext<StenoSaga<S>>,
 ) -> Result<S::Params, steno::ActionError> {
-    match ctx.saga_params::<StenoParams<S::Params>>() {
-        Ok(steno_params) => Ok(steno_params.params),
-        Err(in_envelope) => ctx.saga_params::<S::Params>().map_err(|bare| {
-            steno::ActionError::action_failed(format!(
-                "the saga's parameters decode neither from ratchet's StenoParams ({in_envelope}) nor bare \
-                 ({bare})"
-            ))
-        }),
+    match ctx.user_data().inputs {
+        NodeInputs::InEnvelope => Ok(ctx.saga_params::<StenoParams<S::Params>>()?.params),
+        NodeInputs::Beside(_) => ctx.saga_params::<S::Params>(),
     }
 }

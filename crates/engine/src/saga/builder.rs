@@ -5,7 +5,7 @@
 //! runners in `run/` (they name the steno action the node runs); constants, subsagas and plain steno actions
 //! are laid out here.
 
-use crate::saga::definition::{NodeKind, SagaDef, StenoParams, StenoSaga};
+use crate::saga::definition::{NodeKind, SagaDef, StenoSaga};
 use crate::saga::registry::{NodeRegistry, UncheckedAction};
 use serde::Serialize;
 use std::any::TypeId;
@@ -30,8 +30,8 @@ pub(crate) const JOIN_ACTION: &str = "ratchet.join";
 /// subsaga `attach_disk_0`'s parameters are node `attach_disk_0.params`.
 pub const SUBSAGA_PARAMS_SUFFIX: &str = ".params";
 
-/// A built DAG: steno's DAG, every node's arguments by path (for a subsaga: its own nodes only; they go in its
-/// parameters' StenoParams), every node by path and kind in steno's node order, and every node type laid out.
+/// A built DAG: steno's DAG, every typed node's arguments by path (a subsaga's nodes' too: paths are unique in
+/// the whole DAG), every node by path and kind in steno's node order, and every node type laid out.
 pub(crate) struct BuiltDag {
     pub(crate) dag: steno::Dag,
     pub(crate) node_args: BTreeMap<String, serde_json::Value>,
@@ -77,7 +77,7 @@ pub struct SagaBuilder<S: SagaDef> {
     used: Vec<UsedNodeType>,
     /// The path of the subsaga this builder lays out, `None` for a saga of its own.
     prefix: Option<String>,
-    error: Option<String>,
+    pub(crate) error: Option<String>,
     _saga: PhantomData<S>,
 }
 
@@ -103,6 +103,10 @@ impl<S: SagaDef> Stage<'_, S> {
         let node =
             self.builder
                 .planned::<UncheckedAction<S>, _>(name, &serde_json::Value::Null, action);
+        // A plain action has no arguments but the saga's parameters: none is recorded for it.
+        if let Some((path, _)) = &node {
+            self.builder.node_args.remove(path);
+        }
         self.push(name, NodeKind::Steno, node)
     }
 
@@ -133,7 +137,7 @@ impl<S: SagaDef> Stage<'_, S> {
     /// `T`'s node types must be registered in this saga (`subsaga T` in its
     /// [`declare_saga_nodes!`](crate::declare_saga_nodes) list): the build fails, naming the node, if one is
     /// not. A `T::build` error fails this saga's build, with the subsaga's path.
-    pub fn subsaga<T: SagaDef<Context = S::Context>>(
+    pub fn subsaga<T: SagaDef<Context = S::Context, Error = S::Error>>(
         &mut self,
         name: &str,
         params: &T::Params,
@@ -171,11 +175,9 @@ impl<S: SagaDef> Stage<'_, S> {
             ));
             return self;
         }
-        let steno_params = serde_json::to_value(StenoParams {
-            params,
-            nodes: built.node_args,
-        });
-        let steno_params = match steno_params {
+        // The subsaga's parameters are its own (what its plain actions read with `saga_params`); its typed
+        // nodes' arguments join the saga's, by path.
+        let steno_params = match serde_json::to_value(params) {
             Ok(steno_params) => steno_params,
             Err(error) => {
                 self.builder.fail(format!(
@@ -189,6 +191,7 @@ impl<S: SagaDef> Stage<'_, S> {
             steno::Node::constant(&params_name, steno_params),
         ));
         self.params_order.push((params_path, NodeKind::Constant));
+        self.builder.node_args.extend(built.node_args);
         self.order.extend(built.nodes);
         self.builder.used.extend(built.used);
         let node = steno::Node::subsaga(name, built.dag, &params_name);
@@ -355,7 +358,7 @@ impl<S: SagaDef> SagaBuilder<S> {
     ///     Ok(())  // later nodes read `cx.output::<Attached>("attach_disk_0")`
     /// }
     /// ```
-    pub fn subsaga<T: SagaDef<Context = S::Context>>(
+    pub fn subsaga<T: SagaDef<Context = S::Context, Error = S::Error>>(
         &mut self,
         name: &str,
         params: &T::Params,
@@ -401,6 +404,61 @@ impl<S: SagaDef> SagaBuilder<S> {
     }
 }
 
+/// Typed nodes for a DAG built with steno's own `DagBuilder` (as Nexus's `make_saga_dag` builds one), which
+/// [`Engine::create_from_dag`](crate::Engine::create_from_dag) then creates as it is: each method returns the
+/// steno node to append, and keeps the node's arguments for the engine to record beside the DAG.
+///
+/// A typed node's label is its name, which is its path (such a DAG has no ratchet subsagas), by which its
+/// records are kept; its type must be in the saga's node list, as for [`SagaBuilder`]. The plain steno
+/// actions around it keep their own names and labels (they are known by their names); no other action node
+/// may have a typed node's path (one named so inside a steno subsaga: the engine refuses such a DAG). The typed nodes' own layout methods (`db`, `external`) live with their runners in
+/// `run/`.
+pub struct TypedNodes<S: SagaDef> {
+    pub(crate) builder: SagaBuilder<S>,
+}
+
+impl<S: SagaDef> TypedNodes<S> {
+    /// No typed node yet (a DAG of plain steno actions needs no more).
+    pub fn new() -> Self {
+        TypedNodes {
+            builder: SagaBuilder::new(),
+        }
+    }
+
+    /// A node laid out by `planned`, or what is wrong with it.
+    pub(crate) fn node(
+        &mut self,
+        planned: Option<(String, steno::Node)>,
+    ) -> Result<steno::Node, crate::EngineError> {
+        match (planned, self.builder.error.take()) {
+            (Some((_, node)), None) => Ok(node),
+            (_, error) => Err(crate::EngineError::BadDag {
+                saga: S::NAME.to_owned(),
+                message: error.unwrap_or_else(|| "the node was not laid out".to_owned()),
+            }),
+        }
+    }
+
+    /// Every typed node's arguments, by path.
+    pub(crate) fn into_args(self) -> BTreeMap<String, serde_json::Value> {
+        self.builder.node_args
+    }
+}
+
+impl<S: SagaDef> Default for TypedNodes<S> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<S: SagaDef> fmt::Debug for TypedNodes<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TypedNodes")
+            .field("nodes", &self.builder.node_args.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
 /// The action of [`JOIN_NODE`]: outputs the outputs of the nodes its arguments name (the parallel last stage
 /// it follows), as an object by node name. It writes nothing, so it needs none of a typed node's machinery; a
 /// re-run computes the same object. Its undo does nothing.
@@ -443,15 +501,9 @@ fn join_outputs<S: SagaDef>(
 ) -> Result<serde_json::Value, steno::ActionError> {
     let path = ctx.node_label();
     let failed = |message: String| steno::ActionError::action_failed(message);
-    let steno_params: StenoParams<serde_json::Value> = ctx.saga_params()?;
-    let names: Vec<String> = steno_params
-        .nodes
-        .get(&path)
-        .cloned()
-        .map(serde_json::from_value)
-        .transpose()
-        .map_err(|e| failed(format!("the arguments of {path:?} do not decode: {e}")))?
-        .ok_or_else(|| failed(format!("no arguments recorded for node {path:?}")))?;
+    let (_, args) = ctx.user_data().node_input(ctx, &path).map_err(failed)?;
+    let names: Vec<String> = serde_json::from_value(args)
+        .map_err(|e| failed(format!("the arguments of {path:?} do not decode: {e}")))?;
     let mut outputs = serde_json::Map::new();
     for name in names {
         // steno panics on a name that is not an ancestor (steno#32); the names are the stage this node was
@@ -482,6 +534,7 @@ mod test {
         const NAME: &'static str = "test-declares";
         type Params = String;
         type Context = ();
+        type Error = crate::Untyped;
 
         crate::declare_saga_nodes! {
             db Listed,

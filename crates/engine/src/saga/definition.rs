@@ -32,6 +32,13 @@ pub trait SagaDef: Sized + Send + Sync + 'static {
     type Params: Serialize + DeserializeOwned + fmt::Debug + Send + Sync + 'static;
     /// What external nodes (and prepares) may use: clients of other services, configuration.
     type Context: Send + Sync + 'static;
+    /// The saga's typed error: what its nodes fail with besides transient and permanent infrastructure
+    /// errors ([`NodeError::Saga`](crate::NodeError::Saga)), recorded in the log and carried back by the
+    /// saga's outcome ([`SagaOutcome::saga_error`](crate::SagaOutcome::saga_error)), after a crash too. A
+    /// saga without one writes `type Error = ratchet_engine::Untyped;` (associated-type defaults are not
+    /// stable Rust); its nodes' `Result<_, NodeError>` then compiles as it always did. A subsaga shares the
+    /// error type of the saga that nests it.
+    type Error: crate::error::SagaError;
 
     /// Registers every node type the saga may use: write it with
     /// [`declare_saga_nodes!`](crate::declare_saga_nodes).
@@ -45,7 +52,9 @@ pub trait SagaDef: Sized + Send + Sync + 'static {
     /// writes it from the same list as `register`, and the list of `R` names this saga (`subsaga Child`) to
     /// call it. The default refuses: a saga whose `register` is written by hand refuses to be nested (the
     /// registration of `R` then fails with [`EngineError::BadRegistration`](crate::EngineError::BadRegistration)).
-    fn register_nested<R: SagaDef<Context = Self::Context>>(registry: &mut NodeRegistry<R>) {
+    fn register_nested<R: SagaDef<Context = Self::Context, Error = Self::Error>>(
+        registry: &mut NodeRegistry<R>,
+    ) {
         registry.refuse_nested(
             Self::NAME,
             "its node types are registered by hand, not with declare_saga_nodes!",
@@ -58,7 +67,7 @@ pub trait SagaDef: Sized + Send + Sync + 'static {
 ///
 /// ```ignore
 /// impl SagaDef for InstanceCreate {
-///     // NAME, Params, Context …
+///     // NAME, Params, Context, Error …
 ///     ratchet_engine::declare_saga_nodes! {
 ///         db CreateInstanceRecord,          // a `DbNode<Self>` (or `CommitOnlyDbNode`)
 ///         external EnsureVmm,               // an `ExternalNode<Self>` (or `CallOnlyExternalNode`)
@@ -83,7 +92,10 @@ macro_rules! declare_saga_nodes {
 
         fn register_nested<R>(registry: &mut $crate::NodeRegistry<R>)
         where
-            R: $crate::SagaDef<Context = <Self as $crate::SagaDef>::Context>,
+            R: $crate::SagaDef<
+                    Context = <Self as $crate::SagaDef>::Context,
+                    Error = <Self as $crate::SagaDef>::Error,
+                >,
         {
             $crate::__register_nested_nodes!(registry, Self; $($nodes)*);
         }

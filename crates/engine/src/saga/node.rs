@@ -53,7 +53,7 @@ pub trait DbNode<S: SagaDef, C: NodeConnection = DbConnection>:
     fn prepare(
         &self,
         cx: &mut PrepareCx<'_, S, C>,
-    ) -> impl Future<Output = Result<Self::Plan, NodeError>> + Send;
+    ) -> impl Future<Output = Result<Self::Plan, NodeError<S::Error>>> + Send;
 
     /// Every write of the node, on the transaction the engine opened. The receipt must come from the writes
     /// themselves (`RETURNING` rows, values computed before), never from a re-read.
@@ -61,7 +61,7 @@ pub trait DbNode<S: SagaDef, C: NodeConnection = DbConnection>:
         &self,
         tx: &mut CommitTx<'_, C>,
         plan: Self::Plan,
-    ) -> impl Future<Output = Result<Self::Receipt, NodeError>> + Send;
+    ) -> impl Future<Output = Result<Self::Receipt, NodeError<S::Error>>> + Send;
 
     /// The post-commit phase: pure, synchronous and infallible. No `self`, no context, no `Result`, no
     /// `async`: it can only compute the output from the receipt.
@@ -73,7 +73,7 @@ pub trait DbNode<S: SagaDef, C: NodeConnection = DbConnection>:
         &self,
         tx: &mut CommitTx<'_, C>,
         receipt: Self::Receipt,
-    ) -> impl Future<Output = Result<(), NodeError>> + Send;
+    ) -> impl Future<Output = Result<(), NodeError<S::Error>>> + Send;
 }
 
 /// A database node with nothing to read or decide before its commit: its arguments (fixed when the DAG was
@@ -103,7 +103,7 @@ pub trait CommitOnlyDbNode: Serialize + DeserializeOwned + Send + Sync + 'static
     fn commit(
         &self,
         tx: &mut CommitTx<'_>,
-    ) -> impl Future<Output = Result<Self::Receipt, NodeError>> + Send;
+    ) -> impl Future<Output = Result<Self::Receipt, NodeError<<Self::Saga as SagaDef>::Error>>> + Send;
 
     /// The post-commit phase, as [`DbNode::finish`]: pure, synchronous and infallible.
     fn finish(receipt: Self::Receipt) -> Self::Output;
@@ -113,7 +113,7 @@ pub trait CommitOnlyDbNode: Serialize + DeserializeOwned + Send + Sync + 'static
         &self,
         tx: &mut CommitTx<'_>,
         receipt: Self::Receipt,
-    ) -> impl Future<Output = Result<(), NodeError>> + Send;
+    ) -> impl Future<Output = Result<(), NodeError<<Self::Saga as SagaDef>::Error>>> + Send;
 }
 
 impl<N: CommitOnlyDbNode> DbNode<N::Saga> for N {
@@ -126,7 +126,7 @@ impl<N: CommitOnlyDbNode> DbNode<N::Saga> for N {
     fn prepare(
         &self,
         _: &mut PrepareCx<'_, N::Saga>,
-    ) -> impl Future<Output = Result<(), NodeError>> + Send {
+    ) -> impl Future<Output = Result<(), NodeError<<N::Saga as SagaDef>::Error>>> + Send {
         std::future::ready(Ok(()))
     }
 
@@ -134,7 +134,8 @@ impl<N: CommitOnlyDbNode> DbNode<N::Saga> for N {
         &self,
         tx: &mut CommitTx<'_>,
         (): (),
-    ) -> impl Future<Output = Result<N::Receipt, NodeError>> + Send {
+    ) -> impl Future<Output = Result<N::Receipt, NodeError<<N::Saga as SagaDef>::Error>>> + Send
+    {
         CommitOnlyDbNode::commit(self, tx)
     }
 
@@ -146,17 +147,20 @@ impl<N: CommitOnlyDbNode> DbNode<N::Saga> for N {
         &self,
         tx: &mut CommitTx<'_>,
         receipt: N::Receipt,
-    ) -> impl Future<Output = Result<(), NodeError>> + Send {
+    ) -> impl Future<Output = Result<(), NodeError<<N::Saga as SagaDef>::Error>>> + Send {
         CommitOnlyDbNode::compensate(self, tx, receipt)
     }
 }
 
 /// Why an external call did not give a receipt.
+///
+/// `E` is the saga's error type ([`SagaDef::Error`]): a refusal may carry the saga's typed error
+/// ([`NodeError::Saga`]), which fails the node (or, from a compensation, makes the saga stuck) with it.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum CallError {
+pub enum CallError<E = crate::error::Untyped> {
     /// The service definitely did not apply the request (it refused, or failed before applying it).
     #[error("refused: {0}")]
-    Refused(NodeError),
+    Refused(NodeError<E>),
     /// The outcome is unknown (a lost response, a timeout): the engine retries the call with the same
     /// idempotency key until the answer is definite.
     #[error("outcome unknown: {0}")]
@@ -166,8 +170,9 @@ pub enum CallError {
 /// A node whose effect is one idempotent call to another service (a sled agent, a storage pantry).
 ///
 /// The engine gives every call the node's idempotency key (a UUIDv5 of saga id and node name, the same on
-/// every attempt and after a restart). A node never fails while the outcome of its call is unknown: the
-/// engine retries, or compensates by key, first.
+/// every attempt and after a restart); a service idempotent by resource id and generation instead needs none
+/// (see below). A node never fails while the outcome of its call is unknown: the engine retries, or
+/// compensates, first.
 ///
 /// # The service's side of the contract
 ///
@@ -182,6 +187,18 @@ pub enum CallError {
 /// - **Typed answers**: `call` says whether the request was applied ([`Ok`]), definitely not applied
 ///   ([`CallError::Refused`]), or may have been ([`CallError::Unknown`]). Only a service's explicit "not
 ///   applied" is a refusal; a timeout or a dropped connection is unknown.
+///
+/// # Or: idempotent by resource id and generation
+///
+/// A service that takes no keys (Nexus's sled agent) makes the same two promises by generation instead: the
+/// call names its resource and carries a generation, and a call at the resource's current generation changes
+/// nothing (**deduplication**); the compensation removes the resource and *fences* the generation the call
+/// carried, so a late call at a fenced generation is refused (the **tombstone**, by generation). A node then
+/// ignores the keys: its `call` sends its own resource id and generation (fixed in its arguments or plan, the
+/// same on every attempt and after a restart), and its `compensate` fences that generation (the receipt's,
+/// or the one the call sent when `receipt` is `None`). The engine drives both forms alike: retries while the
+/// outcome is unknown, compensation before failing once any attempt was unknown. Instance-create's
+/// `EnsureVmm` (`ratchet_sagas`) is written this way.
 pub trait ExternalNode<S: SagaDef>: Serialize + DeserializeOwned + Send + Sync + 'static {
     const NAME: &'static str;
     /// What prepare decided, handed to the call: serializable data, as for database nodes.
@@ -193,14 +210,14 @@ pub trait ExternalNode<S: SagaDef>: Serialize + DeserializeOwned + Send + Sync +
     fn prepare(
         &self,
         cx: &mut PrepareCx<'_, S>,
-    ) -> impl Future<Output = Result<Self::Plan, NodeError>> + Send;
+    ) -> impl Future<Output = Result<Self::Plan, NodeError<S::Error>>> + Send;
 
     /// The call. Must be idempotent on `cx.idempotency_key()`.
     fn call(
         &self,
         cx: &ExternalCx<'_, S>,
         plan: &Self::Plan,
-    ) -> impl Future<Output = Result<Self::Receipt, CallError>> + Send;
+    ) -> impl Future<Output = Result<Self::Receipt, CallError<S::Error>>> + Send;
 
     /// The post-commit phase, as for database nodes.
     fn finish(receipt: Self::Receipt) -> Self::Output;
@@ -211,7 +228,7 @@ pub trait ExternalNode<S: SagaDef>: Serialize + DeserializeOwned + Send + Sync +
         &self,
         cx: &ExternalCx<'_, S>,
         receipt: Option<Self::Receipt>,
-    ) -> impl Future<Output = Result<(), CallError>> + Send;
+    ) -> impl Future<Output = Result<(), CallError<S::Error>>> + Send;
 }
 
 /// An external node with nothing to read or decide before its call: the external twin of
@@ -233,7 +250,7 @@ pub trait CallOnlyExternalNode: Serialize + DeserializeOwned + Send + Sync + 'st
     fn call(
         &self,
         cx: &ExternalCx<'_, Self::Saga>,
-    ) -> impl Future<Output = Result<Self::Receipt, CallError>> + Send;
+    ) -> impl Future<Output = Result<Self::Receipt, CallError<<Self::Saga as SagaDef>::Error>>> + Send;
 
     /// The post-commit phase, as [`ExternalNode::finish`].
     fn finish(receipt: Self::Receipt) -> Self::Output;
@@ -243,7 +260,7 @@ pub trait CallOnlyExternalNode: Serialize + DeserializeOwned + Send + Sync + 'st
         &self,
         cx: &ExternalCx<'_, Self::Saga>,
         receipt: Option<Self::Receipt>,
-    ) -> impl Future<Output = Result<(), CallError>> + Send;
+    ) -> impl Future<Output = Result<(), CallError<<Self::Saga as SagaDef>::Error>>> + Send;
 }
 
 impl<N: CallOnlyExternalNode> ExternalNode<N::Saga> for N {
@@ -256,7 +273,7 @@ impl<N: CallOnlyExternalNode> ExternalNode<N::Saga> for N {
     fn prepare(
         &self,
         _: &mut PrepareCx<'_, N::Saga>,
-    ) -> impl Future<Output = Result<(), NodeError>> + Send {
+    ) -> impl Future<Output = Result<(), NodeError<<N::Saga as SagaDef>::Error>>> + Send {
         std::future::ready(Ok(()))
     }
 
@@ -264,7 +281,8 @@ impl<N: CallOnlyExternalNode> ExternalNode<N::Saga> for N {
         &self,
         cx: &ExternalCx<'_, N::Saga>,
         (): &(),
-    ) -> impl Future<Output = Result<N::Receipt, CallError>> + Send {
+    ) -> impl Future<Output = Result<N::Receipt, CallError<<N::Saga as SagaDef>::Error>>> + Send
+    {
         CallOnlyExternalNode::call(self, cx)
     }
 
@@ -276,7 +294,7 @@ impl<N: CallOnlyExternalNode> ExternalNode<N::Saga> for N {
         &self,
         cx: &ExternalCx<'_, N::Saga>,
         receipt: Option<N::Receipt>,
-    ) -> impl Future<Output = Result<(), CallError>> + Send {
+    ) -> impl Future<Output = Result<(), CallError<<N::Saga as SagaDef>::Error>>> + Send {
         CallOnlyExternalNode::compensate(self, cx, receipt)
     }
 }

@@ -4,37 +4,20 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-/// A value a node's post-commit phase may produce.
+/// A value a node's post-commit phase may produce: any serializable type (a model type, a `BTreeMap`, a
+/// `chrono::DateTime`, a tuple of any length), with no newtype.
 ///
-/// This trait is deliberately *not* implemented for `Result` (and cannot be: the orphan rule forbids it
-/// outside this crate), so a node whose `finish` could fail does not compile. Implement it for your own
-/// output types: `impl NodeOutput for MyOutput {}`.
+/// What keeps a fallible step out of the post-commit phase is the signature of `finish` (no `self`, no
+/// context, no `async`, and a plain `Self::Output` the engine never reads as success or failure), not this
+/// trait: a node fails only from its prepare, commit or call. A `Result` is serializable, so it is a
+/// `NodeOutput` too; a node type whose output is one is refused when its saga is registered
+/// ([`EngineError::BadRegistration`](crate::EngineError::BadRegistration)), a runtime check.
 pub trait NodeOutput:
     Serialize + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static
 {
 }
 
-macro_rules! node_outputs {
-    ($($t:ty),*) => { $(impl NodeOutput for $t {})* };
-}
-node_outputs!(
-    (),
-    bool,
-    u8,
-    u16,
-    u32,
-    u64,
-    i8,
-    i16,
-    i32,
-    i64,
-    String,
-    uuid::Uuid,
-    serde_json::Value
-);
-impl<T: NodeOutput> NodeOutput for Vec<T> {}
-impl<T: NodeOutput> NodeOutput for Option<T> {}
-impl<A: NodeOutput, B: NodeOutput> NodeOutput for (A, B) {}
+impl<T: Serialize + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static> NodeOutput for T {}
 
 /// What a commit hands on: everything the post-commit phase and the compensation need, recorded in the commit
 /// record in the same transaction as the node's writes.

@@ -1,6 +1,6 @@
 //! What each phase of a node may touch. Only the engine can make these.
 
-use crate::error::NodeError;
+use crate::error::{NodeError, RunError};
 use crate::saga::definition::{SagaDef, StenoSaga};
 use crate::saga::output::NodeOutput;
 use ratchet_store::DbConnection;
@@ -51,7 +51,7 @@ impl<S: SagaDef, C> PrepareCx<'_, S, C> {
 
     /// The output of an earlier node (an ancestor in the DAG). Naming a node that is not an ancestor is a
     /// permanent error (steno itself would panic: steno#32).
-    pub fn output<T: NodeOutput>(&self, node_name: &str) -> Result<T, NodeError> {
+    pub fn output<T: NodeOutput>(&self, node_name: &str) -> Result<T, NodeError<S::Error>> {
         let steno = self.steno;
         std::panic::catch_unwind(AssertUnwindSafe(|| steno.output_json(node_name)))
             .map_err(|_| {
@@ -83,9 +83,7 @@ impl<R: SagaDef> Ancestors for steno::ActionContext<StenoSaga<R>> {
 }
 
 /// Decodes a value of type `T` from JSON (the node's parameters, inside a subsaga the subsaga's).
-pub(crate) fn decode_params<T: DeserializeOwned>(
-    value: &serde_json::Value,
-) -> Result<T, NodeError> {
+pub(crate) fn decode_params<T: DeserializeOwned>(value: &serde_json::Value) -> Result<T, RunError> {
     T::deserialize(value)
         .map_err(|e| NodeError::permanent(format!("saga parameters do not decode: {e}")))
 }

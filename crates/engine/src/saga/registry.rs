@@ -4,8 +4,8 @@
 //! [`declare_saga_nodes!`](crate::declare_saga_nodes)) fills one. Each action name belongs to one node type
 //! (of the saga itself, or of a saga it nests): a second type under one name is a duplicate, and the
 //! registration fails. The typed node kinds register through methods their runners define (`db` and
-//! `nested_db` in `run/db_node.rs`, `external` and `nested_external` in `run/external_node.rs`); plain steno
-//! actions and nested sagas register here.
+//! `nested_db` in `run/db_node.rs`, `external` and `nested_external` in `run/external_node.rs`, plain steno
+//! actions' `unchecked_steno_action` in `run/unchecked.rs`); nested sagas register here.
 
 use crate::saga::builder::{JOIN_ACTION, JoinAction};
 use crate::saga::definition::{SagaDef, StenoSaga};
@@ -64,7 +64,7 @@ impl<S: SagaDef> NodeRegistry<S> {
     /// under `S`'s steno saga type (so that recovery can run a DAG holding `T`'s nodes): through
     /// [`SagaDef::register_nested`], and so on down for the sagas `T` nests. A saga nesting itself, directly
     /// or not, recurses without end here: the engine does not check for it.
-    pub fn subsaga<T: SagaDef<Context = S::Context>>(&mut self) -> &mut Self {
+    pub fn subsaga<T: SagaDef<Context = S::Context, Error = S::Error>>(&mut self) -> &mut Self {
         T::register_nested(self);
         self
     }
@@ -77,21 +77,22 @@ impl<S: SagaDef> NodeRegistry<S> {
         self
     }
 
-    /// **Unchecked**: a plain steno action, registered as is. It gets none of ratchet's guarantees: no commit
-    /// record, no exactly-once replay, no compensation after a failure, no read-only prepare, no panic guard,
-    /// no fencing of its own writes (only of steno's log events). Its commit point is wherever its code puts
-    /// it, and a fallible step after it leaks exactly as in plain steno (Omicron issue 10695). It exists for
-    /// incremental adoption (a saga ported node by node, a plain steno saga recovered beside typed ones) and
-    /// for the pre-fix comparison fixtures. `name` must be the action's own name (what it was made with).
-    pub fn unchecked_steno_action(
-        &mut self,
-        name: &'static str,
-        action: Arc<dyn steno::Action<StenoSaga<S>>>,
-    ) -> &mut Self {
-        if self.claim::<(S, UncheckedAction<S>)>(name) {
-            self.actions.register(action);
+    /// Refuses the registration of node type `node` when its output type `O` is a `Result`. The engine never
+    /// reads a node's output as success or failure (a node fails from its prepare, commit or call, never from
+    /// `finish`), so a `Result` output would be a failure the engine silently treats as data. A runtime check,
+    /// by the type's name (`std::any::type_name`): it catches an output that *is* a `Result` (under any alias,
+    /// `anyhow::Result` too), not one nested inside another type (a tuple holding a `Result`).
+    pub(crate) fn refuse_result_output<O>(&mut self, node: &str) {
+        let output = std::any::type_name::<O>();
+        if output.starts_with("core::result::Result<") {
+            self.refused.get_or_insert_with(|| {
+                format!(
+                    "node type {node:?} outputs {output}: a node's output is data, never a failure (a node \
+                     fails from its prepare, commit or call; its finish cannot fail), so a Result output is \
+                     refused"
+                )
+            });
         }
-        self
     }
 }
 

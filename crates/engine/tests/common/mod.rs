@@ -21,9 +21,24 @@ pub async fn database() -> TestDatabase {
         .expect("test database")
 }
 
-/// An engine builder for executor `sec_id` with the example saga registered.
+/// An engine builder for executor `sec_id` with the example saga registered. With
+/// `RATCHET_TEST_OMICRON_READABLE_LOG=1` in the environment its engines write the Omicron-readable log
+/// (`EngineConfig::omicron_readable_log`): the same tests then check that every reader still sees a stuck
+/// saga as stuck.
 pub fn builder(db: &TestDatabase, sec_id: Uuid) -> EngineBuilder {
-    EngineBuilder::new(EngineConfig::new(&db.url, sec_id)).register::<ProvisionWidget>(Arc::new(()))
+    EngineBuilder::new(config(db, sec_id)).register::<ProvisionWidget>(Arc::new(()))
+}
+
+/// The configuration [`builder`] uses.
+pub fn config(db: &TestDatabase, sec_id: Uuid) -> EngineConfig {
+    let mut config = EngineConfig::new(&db.url, sec_id);
+    config.omicron_readable_log = omicron_readable_log_from_env();
+    config
+}
+
+/// Whether `RATCHET_TEST_OMICRON_READABLE_LOG=1` asks the tests to run in the Omicron-readable mode.
+pub fn omicron_readable_log_from_env() -> bool {
+    std::env::var("RATCHET_TEST_OMICRON_READABLE_LOG").is_ok_and(|v| v == "1")
 }
 
 pub async fn account(engine: &Engine) -> Uuid {

@@ -1,12 +1,13 @@
-// A commit-only node (no prepare) keeps the post-commit guarantee: its output type is a `Result` here, which
-// is not a `NodeOutput`, so a `finish` that could fail does not compile.
+// A commit-only node (no prepare) keeps the post-commit guarantee: its `finish` returns the node's output, so a
+// fallible step there cannot be propagated with `?`, and a `finish` declared to return a `Result` the engine
+// would act on does not match the trait.
 include!("support/saga.rs");
 
 impl ratchet_engine::CommitOnlyDbNode for Step {
     type Saga = Demo;
     const NAME: &'static str = "demo.step";
     type Receipt = u32;
-    type Output = Result<u32, String>;
+    type Output = u32;
 
     async fn commit(&self, _: &mut CommitTx<'_>) -> Result<u32, NodeError> {
         Ok(1)

@@ -10,6 +10,7 @@ impl SagaDef for Demo {
     const NAME: &'static str = "demo";
     type Params = ();
     type Context = ();
+    type Error = ratchet_engine::Untyped;
     fn register(_: &mut NodeRegistry<Self>) {}
     fn build(_: &(), _: &mut SagaBuilder<Self>) -> Result<(), String> {
         Ok(())
