@@ -48,7 +48,11 @@
 //!
 //! Pass your `slog::Logger` in [`EngineConfig::log`](crate::EngineConfig): steno's log and ratchet's events
 //! (commits, compensations, adoptions, fenced writes, stuck sagas) go to it. Without one, ratchet logs through
-//! `tracing`; it installs no subscriber and no drain. Give the engine the executor id Nexus's SEC uses
+//! `tracing`; it installs no subscriber and no drain. A node logs as Nexus's actions log with their saga's
+//! logger: `cx.log()` in prepare ([`PrepareCx::log`](crate::PrepareCx::log)), `tx.log()` in commit and
+//! compensation ([`CommitTx::log`](crate::CommitTx::log)), `cx.log()` in an external call and its
+//! compensation ([`ExternalCx::log`](crate::ExternalCx::log)): the host's logger with `saga_id`, `saga_name`
+//! and the node's path (`node`) attached, the same after a recovery. Give the engine the executor id Nexus's SEC uses
 //! ([`EngineConfig::sec_id`](crate::EngineConfig)): recovery resumes the unfinished sagas of that id, including
 //! those plain steno left in flight.
 //!

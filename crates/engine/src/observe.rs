@@ -111,6 +111,16 @@ impl std::fmt::Debug for HostLog {
 }
 
 impl HostLog {
+    /// The logger of saga `saga_id`, of saga type `saga_name`: the embedder's, or (without one) a logger whose
+    /// records go to `tracing` (the library installs no subscriber), with the saga's id and name attached.
+    pub(crate) fn saga_logger(&self, saga_id: Uuid, saga_name: &'static str) -> slog::Logger {
+        let base = match &self.0 {
+            Some(log) => log.clone(),
+            None => slog::Logger::root(crate::slog_bridge::TracingDrain, slog::o!()),
+        };
+        base.new(slog::o!("saga_id" => saga_id.to_string(), "saga_name" => saga_name))
+    }
+
     /// One of ratchet's events, to the embedder's logger (a no-op without one).
     pub(crate) fn event(
         &self,

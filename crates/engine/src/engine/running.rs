@@ -478,6 +478,7 @@ impl Engine {
             },
         );
         let cx = SagaCx {
+            logger: self.shared.host_log.saga_logger(id, S::NAME),
             saga_id: id,
             shared: Arc::clone(&self.shared),
             log: log.clone(),

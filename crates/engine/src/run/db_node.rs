@@ -457,6 +457,7 @@ async fn forward_in_transaction<
             saga_id,
             node_name: &run.name,
             app: &run.cx.app,
+            log: run.logger(),
         };
         catch_phase(run, "prepare", async {
             run.fault(FaultPoint::InPrepare).await?;
@@ -479,6 +480,7 @@ async fn forward_in_transaction<
             conn: &mut *conn,
             saga_id,
             node_name: &run.name,
+            log: run.logger(),
         };
         catch_phase(run, "commit", async {
             run.fault(FaultPoint::InCommit).await?;
@@ -785,6 +787,7 @@ async fn compensation_in_transaction<
                 conn: &mut *conn,
                 saga_id,
                 node_name: &run.name,
+                log: run.logger(),
             };
             node.compensate(&mut tx, receipt).await?;
             one_transaction_deep(run, conn, "compensation").await?;

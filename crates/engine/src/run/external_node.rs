@@ -135,6 +135,7 @@ fn external_cx<'a, S: SagaDef, T: SagaDef<Context = S::Context>>(
         app: &run.cx.app,
         saga_id: run.saga_id(),
         node_name: &run.name,
+        log: run.logger(),
     })
 }
 
@@ -307,6 +308,7 @@ async fn prepare<S: SagaDef, T: SagaDef<Context = S::Context>, N: ExternalNode<T
             saga_id,
             node_name: &run.name,
             app: &run.cx.app,
+            log: run.logger(),
         };
         let plan = catch_phase(run, "prepare", async {
             run.fault(FaultPoint::InPrepare).await?;

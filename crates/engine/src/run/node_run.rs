@@ -94,6 +94,11 @@ pub(crate) struct NodeRun<'a, S: SagaDef> {
 }
 
 impl<'a, S: SagaDef> NodeRun<'a, S> {
+    /// The saga's logger with this node's path attached (`node`): what the node's phases log with.
+    pub(crate) fn logger(&self) -> slog::Logger {
+        self.cx.logger.new(slog::o!("node" => self.name.clone()))
+    }
+
     pub(crate) fn new(ctx: &'a ActionContext<StenoSaga<S>>) -> Result<NodeRun<'a, S>, RunError> {
         let cx = ctx.user_data();
         let name = ctx.node_label();

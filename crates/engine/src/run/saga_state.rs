@@ -56,6 +56,9 @@ pub struct SagaCx<S: SagaDef> {
     /// Held by a database node's transaction of this saga from before `BEGIN` to its end: the saga's
     /// database transactions run one at a time (see [`SagaCx::db_turn`]).
     pub(crate) db_turn: tokio::sync::Mutex<()>,
+    /// The saga's logger: the host's, or one bridged into `tracing`, with `saga_id` and `saga_name` attached
+    /// (a node's phases add their path: [`crate::PrepareCx::log`]).
+    pub(crate) logger: slog::Logger,
 }
 
 /// Where a saga's typed nodes find their arguments, which also says what steno holds as its parameters.

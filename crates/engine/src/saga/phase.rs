@@ -20,9 +20,17 @@ pub struct PrepareCx<'a, S: SagaDef, C = DbConnection> {
     pub(crate) saga_id: Uuid,
     pub(crate) node_name: &'a str,
     pub(crate) app: &'a S::Context,
+    pub(crate) log: slog::Logger,
 }
 
 impl<S: SagaDef, C> PrepareCx<'_, S, C> {
+    /// The saga's logger: the host's (`EngineConfig::log`; steno's log bridged into `tracing` without one),
+    /// with the saga's id (`saga_id`), its name (`saga_name`) and this node's path (`node`) attached, as
+    /// Nexus's actions log with their saga's logger.
+    pub fn log(&self) -> &slog::Logger {
+        &self.log
+    }
+
     /// The saga's parameters.
     pub fn params(&self) -> &S::Params {
         self.params
@@ -95,9 +103,16 @@ pub struct CommitTx<'a, C = DbConnection> {
     pub(crate) conn: &'a mut C,
     pub(crate) saga_id: Uuid,
     pub(crate) node_name: &'a str,
+    pub(crate) log: slog::Logger,
 }
 
 impl<C> CommitTx<'_, C> {
+    /// The saga's logger, with the saga's id, name and this node's path attached (see [`PrepareCx::log`]).
+    /// The same in a compensation.
+    pub fn log(&self) -> &slog::Logger {
+        &self.log
+    }
+
     /// The connection, inside the engine's transaction. Run the node's writes on it; do not commit.
     pub fn conn(&mut self) -> &mut C {
         self.conn
@@ -123,9 +138,16 @@ pub struct ExternalCx<'a, S: SagaDef> {
     pub(crate) app: &'a S::Context,
     pub(crate) saga_id: Uuid,
     pub(crate) node_name: &'a str,
+    pub(crate) log: slog::Logger,
 }
 
 impl<S: SagaDef> ExternalCx<'_, S> {
+    /// The saga's logger, with the saga's id, name and this node's path attached (see [`PrepareCx::log`]),
+    /// in the call and in its compensation.
+    pub fn log(&self) -> &slog::Logger {
+        &self.log
+    }
+
     /// The key the service deduplicates on: a UUIDv5 of the saga id and the node name.
     pub fn idempotency_key(&self) -> Uuid {
         derived_id(self.saga_id, self.node_name, "idempotency-key")
