@@ -333,7 +333,7 @@ pub use saga::builder::{
 pub use saga::definition::{NodeKind, SagaDef, StenoSaga};
 pub use saga::node::{CallError, CallOnlyExternalNode, CommitOnlyDbNode, DbNode, ExternalNode};
 pub use saga::output::{NodeOutput, NodeReceipt};
-pub use saga::phase::{CommitTx, ExternalCx, PrepareCx, derived_id};
+pub use saga::phase::{AfterCommitCx, CommitTx, ExternalCx, PrepareCx, derived_id};
 pub use saga::registry::NodeRegistry;
 
 pub use ratchet_store as store;

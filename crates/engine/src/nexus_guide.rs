@@ -52,7 +52,11 @@
 //! logger: `cx.log()` in prepare ([`PrepareCx::log`](crate::PrepareCx::log)), `tx.log()` in commit and
 //! compensation ([`CommitTx::log`](crate::CommitTx::log)), `cx.log()` in an external call and its
 //! compensation ([`ExternalCx::log`](crate::ExternalCx::log)): the host's logger with `saga_id`, `saga_name`
-//! and the node's path (`node`) attached, the same after a recovery. Give the engine the executor id Nexus's SEC uses
+//! and the node's path (`node`) attached, the same after a recovery. A background-task nudge after a commit or an
+//! undo (Nexus activates its reapers and the instance watcher there) goes in the node's optional
+//! [`DbNode::after_commit`](crate::DbNode::after_commit) / `after_compensation` step: it sees the saga's
+//! context read-only and the receipt, no connection, and runs at most once (never on a replay or after a
+//! recovery; a nudge is a hint the background task tolerates losing). Give the engine the executor id Nexus's SEC uses
 //! ([`EngineConfig::sec_id`](crate::EngineConfig)): recovery resumes the unfinished sagas of that id, including
 //! those plain steno left in flight.
 //!

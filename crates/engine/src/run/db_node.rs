@@ -153,8 +153,11 @@ impl<S: SagaDef> SagaBuilder<S> {
 
 /// What one forward attempt ended with.
 enum Forward {
-    /// Committed now: the output.
-    Committed { output: serde_json::Value },
+    /// Committed now: the output, and the receipt as the commit record holds it (for `after_commit`).
+    Committed {
+        output: serde_json::Value,
+        receipt: serde_json::Value,
+    },
     /// Committed by an earlier attempt (a replay): the recorded receipt.
     Replayed { receipt: serde_json::Value },
     /// Compensated by an earlier attempt after a failure that followed its commit.
@@ -207,7 +210,7 @@ async fn forward<
                     Err(stop) => run.stop_driving(&stop).await,
                 }
             }
-            Forward::Committed { output } => {
+            Forward::Committed { output, receipt } => {
                 run.cx
                     .log
                     .mark_written(run.node_id, &["started", "succeeded"]);
@@ -220,7 +223,10 @@ async fn forward<
                     "committed: the node's writes, its commit record and its log events are durable");
                 run.host_event(slog::Level::Info, "commit", "committed");
                 match run.fault(FaultPoint::AfterCommit).await {
-                    Ok(()) => Ok(Arc::new(output)),
+                    Ok(()) => {
+                        after_commit::<S, T, N, C>(&run, receipt);
+                        Ok(Arc::new(output))
+                    }
                     Err(Stop::Node(error)) => {
                         run.cx.log.unmark_written(run.node_id, "succeeded");
                         compensate_after_commit::<S, T, N, C>(&run, &node, Some(output), error).await
@@ -273,12 +279,12 @@ async fn attempt_forward<
         )
         .await;
         match result {
-            Ok(output) => {
+            Ok(committed) => {
                 run.cx.note_commit_sent(run.node_id);
                 // -------- the commit point --------
-                let committed = commit_transaction(conn).await;
-                let outcome = CommitOutcome::after(run, FaultPoint::CommitReply, committed);
-                Ok((output, outcome))
+                let committed_now = commit_transaction(conn).await;
+                let outcome = CommitOutcome::after(run, FaultPoint::CommitReply, committed_now);
+                Ok((committed, outcome))
             }
             Err(EndedEarly::Stop(stop)) => {
                 // Whatever stopped the attempt (the node's error, a panic, a fault), a transaction the node
@@ -296,15 +302,17 @@ async fn attempt_forward<
         // resolved on another one.
     };
     let outcome = match sent {
-        Ok((output, CommitOutcome::Landed)) => Ok(Forward::Committed { output }),
+        Ok(((output, receipt), CommitOutcome::Landed)) => {
+            Ok(Forward::Committed { output, receipt })
+        }
         Ok((_, CommitOutcome::Refused(error))) => {
             run.cx.note_commit_refused(run.node_id);
             Err(Stop::from(error))
         }
-        Ok((output, CommitOutcome::Unknown(reason))) => {
+        Ok(((output, receipt), CommitOutcome::Unknown(reason))) => {
             run.cx.note_commit_unknown(run.node_id);
             match resolve_commit(run, &reason).await {
-                Ok(true) => Ok(Forward::Committed { output }),
+                Ok(true) => Ok(Forward::Committed { output, receipt }),
                 Ok(false) => Err(Stop::Node(NodeError::transient(format!(
                     "the COMMIT's outcome was unknown ({reason}); it did not land: the node runs again"
                 )))),
@@ -409,7 +417,7 @@ impl<E: Into<Stop>> From<E> for EndedEarly {
     }
 }
 
-/// Everything between BEGIN and COMMIT. Returns the output to commit. `look_up`: whether to look for an
+/// Everything between BEGIN and COMMIT. Returns the output to commit and the receipt recorded. `look_up`: whether to look for an
 /// earlier commit first (else the prepare's savepoint was entered with the BEGIN). `held_events` is set to the
 /// nodes whose held events the transaction carries.
 async fn forward_in_transaction<
@@ -425,7 +433,7 @@ async fn forward_in_transaction<
     look_up: bool,
     token: Uuid,
     held_events: &mut Vec<u32>,
-) -> Result<serde_json::Value, EndedEarly> {
+) -> Result<(serde_json::Value, serde_json::Value), EndedEarly> {
     let saga_id = run.saga_id();
     if look_up {
         // A replay (steno re-runs a node whose log says only `started`) finds the commit record. A stale
@@ -492,6 +500,7 @@ async fn forward_in_transaction<
     // `finish` gets the receipt as the commit record holds it (nothing serde skips survives), and it is pure,
     // so it runs before COMMIT: a panic in it rolls the commit back.
     let (receipt_json, receipt) = pass_on("receipt", receipt)?;
+    let recorded_receipt = receipt_json.clone();
     let output = finish_guarded(run, N::finish, receipt)?;
     let output_json = encode("node output", &output)?;
     let sec_id = owner.sec_id;
@@ -535,7 +544,45 @@ async fn forward_in_transaction<
     }
     run.fault(FaultPoint::BeforeCommit).await?;
     run.alive()?;
-    Ok(output_json)
+    Ok((output_json, recorded_receipt))
+}
+
+/// The node's optional step after its commit ([`DbNode::after_commit`]), with the receipt as recorded. A
+/// receipt that no longer decodes skips the step (logged): the step is best effort by contract, and the node
+/// has committed.
+fn after_commit<
+    S: SagaDef,
+    T: SagaDef<Context = S::Context>,
+    N: DbNode<T, C>,
+    C: NodeConnection,
+>(
+    run: &NodeRun<'_, S>,
+    receipt: serde_json::Value,
+) {
+    match serde_json::from_value::<N::Receipt>(receipt) {
+        Ok(receipt) => run.after_step::<T>("after-commit", |cx| N::after_commit(cx, &receipt)),
+        Err(error) => tracing::error!(saga_id = %run.saga_id(), node = %run.name, %error,
+            "the recorded receipt does not decode: the node's after-commit step is skipped"),
+    }
+}
+
+/// The node's optional step after its compensation ([`DbNode::after_compensation`]), as [`after_commit`].
+fn after_compensation<
+    S: SagaDef,
+    T: SagaDef<Context = S::Context>,
+    N: DbNode<T, C>,
+    C: NodeConnection,
+>(
+    run: &NodeRun<'_, S>,
+    receipt: serde_json::Value,
+) {
+    match serde_json::from_value::<N::Receipt>(receipt) {
+        Ok(receipt) => run.after_step::<T>("after-compensation", |cx| {
+            N::after_compensation(cx, &receipt)
+        }),
+        Err(error) => tracing::error!(saga_id = %run.saga_id(), node = %run.name, %error,
+            "the recorded receipt does not decode: the node's after-compensation step is skipped"),
+    }
 }
 
 /// Fails the node loudly if its phase left a nested transaction (a savepoint diesel opened) unfinished: the
@@ -694,15 +741,15 @@ async fn attempt_compensation<
         )
         .await;
         match result {
-            Ok(Compensation::AlreadyCompensated) => {
+            Ok((Compensation::AlreadyCompensated, _)) => {
                 rollback_transaction(conn).await;
                 return Ok(Compensation::AlreadyCompensated);
             }
-            Ok(outcome) => {
+            Ok((outcome, receipt)) => {
                 // -------- the compensation's commit point --------
                 let committed = commit_transaction(conn).await;
                 (
-                    outcome,
+                    (outcome, receipt),
                     CommitOutcome::after(run, FaultPoint::CompensationReply, committed),
                 )
             }
@@ -713,22 +760,25 @@ async fn attempt_compensation<
             }
         }
     };
-    match sent {
-        (outcome, CommitOutcome::Landed) => compensation_landed(run, mode, outcome).await,
-        (_, CommitOutcome::Refused(error)) => Err(Stop::from(error)),
-        (outcome, CommitOutcome::Unknown(reason)) => {
+    let ((outcome, receipt), committed) = sent;
+    match committed {
+        CommitOutcome::Landed => {}
+        CommitOutcome::Refused(error) => return Err(Stop::from(error)),
+        CommitOutcome::Unknown(reason) => {
             run.cx.note_commit_unknown(run.node_id);
-            let landed = commit_outcome::compensation_landed(run, &reason).await?;
-            if landed {
-                compensation_landed(run, mode, outcome).await
-            } else {
-                Err(Stop::Node(NodeError::transient(format!(
+            if !commit_outcome::compensation_landed(run, &reason).await? {
+                return Err(Stop::Node(NodeError::transient(format!(
                     "the compensation's COMMIT had an unknown outcome ({reason}); it did not land: \
                      compensating again"
-                ))))
+                ))));
             }
         }
     }
+    let outcome = compensation_landed(run, mode, outcome).await?;
+    if let (Compensation::Compensated, Some(receipt)) = (outcome, receipt) {
+        after_compensation::<S, T, N, C>(run, receipt);
+    }
+    Ok(outcome)
 }
 
 /// What follows a compensation's `COMMIT` that landed.
@@ -770,15 +820,16 @@ async fn compensation_in_transaction<
     mode: Mode,
     conn: &mut C,
     token: Uuid,
-) -> Result<Compensation, Stop> {
+) -> Result<(Compensation, Option<serde_json::Value>), Stop> {
     let saga_id = run.saga_id();
     let owner = run.cx.log.owner();
     let receipt = match recorded(conn, saga_id, &run.name, owner, OwnerCheck::ShareLock).await? {
         Recorded::Fenced => return Err(Stop::Fenced),
-        Recorded::Compensated { .. } => return Ok(Compensation::AlreadyCompensated),
+        Recorded::Compensated { .. } => return Ok((Compensation::AlreadyCompensated, None)),
         Recorded::Committed { receipt } => Some(receipt),
         Recorded::Absent => None,
     };
+    let compensated_receipt = receipt.clone();
     let outcome = match receipt {
         None => Compensation::NothingCommitted,
         Some(receipt) => {
@@ -819,5 +870,5 @@ async fn compensation_in_transaction<
     // Everything of the compensation is written, nothing is committed: a fault here rolls it all back.
     run.fault(FaultPoint::InCompensation).await?;
     run.alive()?;
-    Ok(outcome)
+    Ok((outcome, compensated_receipt))
 }

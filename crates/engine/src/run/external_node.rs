@@ -258,7 +258,14 @@ async fn forward<S: SagaDef, T: SagaDef<Context = S::Context>, N: ExternalNode<T
             "committed (external call applied)",
         );
         match run.fault(FaultPoint::AfterCommit).await {
-            Ok(()) => Ok(Arc::new(output_json)),
+            Ok(()) => {
+                after_step::<S, T, N>(&run, "after-commit", Some(receipt_json), |cx, receipt| {
+                    if let Some(receipt) = receipt {
+                        N::after_commit(cx, receipt);
+                    }
+                });
+                Ok(Arc::new(output_json))
+            }
             Err(Stop::Node(error)) => {
                 run.cx.log.unmark_written(run.node_id, "succeeded");
                 compensate_then_fail::<S, T, N>(&run, &node, error).await
@@ -540,6 +547,7 @@ async fn compensate_once<S: SagaDef, T: SagaDef<Context = S::Context>, N: Extern
         }
     };
     let had_commit = receipt.is_some();
+    let receipt_json = receipt.clone();
     let receipt: Option<N::Receipt> = receipt.map(|r| decode("commit record", r)).transpose()?;
     if after_commit {
         if !recorded {
@@ -567,7 +575,33 @@ async fn compensate_once<S: SagaDef, T: SagaDef<Context = S::Context>, N: Extern
     tracing::info!(saga_id = %saga_id, node = %run.name, had_commit,
         "compensated: the external call is undone by key and the compensation recorded");
     run.host_event(slog::Level::Info, "compensation", "compensated (by key)");
+    after_step::<S, T, N>(run, "after-compensation", receipt_json, |cx, receipt| {
+        N::after_compensation(cx, receipt)
+    });
     run.fault(FaultPoint::AfterCompensation).await
+}
+
+/// Runs an external node's optional step after its commit or compensation (`step`, named `which`), with the
+/// receipt as recorded (`None`: the call's outcome was never recorded). A receipt that no longer decodes
+/// skips the step (logged): the step is best effort by contract, and what it follows has committed.
+fn after_step<S: SagaDef, T: SagaDef<Context = S::Context>, N: ExternalNode<T>>(
+    run: &NodeRun<'_, S>,
+    which: &'static str,
+    receipt: Option<serde_json::Value>,
+    step: impl FnOnce(&crate::AfterCommitCx<'_, T>, Option<&N::Receipt>),
+) {
+    let receipt = match receipt
+        .map(serde_json::from_value::<N::Receipt>)
+        .transpose()
+    {
+        Ok(receipt) => receipt,
+        Err(error) => {
+            tracing::error!(saga_id = %run.saga_id(), node = %run.name, %error,
+                "the recorded receipt does not decode: the node's {which} step is skipped");
+            return;
+        }
+    };
+    run.after_step::<T>(which, |cx| step(cx, receipt.as_ref()));
 }
 
 /// The compensating call, by key.

@@ -94,6 +94,27 @@ pub(crate) struct NodeRun<'a, S: SagaDef> {
 }
 
 impl<'a, S: SagaDef> NodeRun<'a, S> {
+    /// Runs a node's optional step after its commit or its compensation (`step`, named `which`) here, once:
+    /// with the saga's context read-only and no connection. A panic in it is caught and logged, never
+    /// failing the node: what it follows has committed.
+    pub(crate) fn after_step<T: SagaDef<Context = S::Context>>(
+        &self,
+        which: &'static str,
+        step: impl FnOnce(&crate::AfterCommitCx<'_, T>),
+    ) {
+        let cx = crate::AfterCommitCx {
+            app: &*self.cx.app,
+            saga_id: self.saga_id(),
+            node_name: &self.name,
+            log: self.logger(),
+        };
+        if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| step(&cx))) {
+            tracing::error!(saga_id = %self.saga_id(), node = %self.name,
+                "the node's {which} step panicked ({}); what it follows stays committed",
+                crate::shutdown::panic_message(panic.as_ref()));
+        }
+    }
+
     /// The saga's logger with this node's path attached (`node`): what the node's phases log with.
     pub(crate) fn logger(&self) -> slog::Logger {
         self.cx.logger.new(slog::o!("node" => self.name.clone()))

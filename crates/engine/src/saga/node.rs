@@ -4,7 +4,7 @@
 use crate::error::NodeError;
 use crate::saga::definition::SagaDef;
 use crate::saga::output::{NodeOutput, NodeReceipt};
-use crate::saga::phase::{CommitTx, ExternalCx, PrepareCx};
+use crate::saga::phase::{AfterCommitCx, CommitTx, ExternalCx, PrepareCx};
 use ratchet_store::{DbConnection, NodeConnection};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -74,6 +74,18 @@ pub trait DbNode<S: SagaDef, C: NodeConnection = DbConnection>:
         tx: &mut CommitTx<'_, C>,
         receipt: Self::Receipt,
     ) -> impl Future<Output = Result<(), NodeError<S::Error>>> + Send;
+
+    /// An optional step after the node's `COMMIT` is known to have landed (Nexus's background-task nudges:
+    /// activate a reaper, poke the instance watcher). It sees the saga's context read-only and the receipt,
+    /// returns nothing and cannot fail; it gets no connection, so it reaches no database through the engine.
+    /// **At most once**: it runs in the process whose attempt committed, after the commit (once its outcome
+    /// is resolved, if its reply was lost), and never again: not on a replay, not after a recovery (an
+    /// executor that dies between the `COMMIT` and this step never runs it). A panic in it is caught and
+    /// logged; the node stays committed. `finish` stays pure: this is where effects outside the saga go.
+    fn after_commit(_cx: &AfterCommitCx<'_, S>, _receipt: &Self::Receipt) {}
+
+    /// The same after the node's compensation committed: at most once, infallible, no database.
+    fn after_compensation(_cx: &AfterCommitCx<'_, S>, _receipt: &Self::Receipt) {}
 }
 
 /// A database node with nothing to read or decide before its commit: its arguments (fixed when the DAG was
@@ -114,6 +126,12 @@ pub trait CommitOnlyDbNode: Serialize + DeserializeOwned + Send + Sync + 'static
         tx: &mut CommitTx<'_>,
         receipt: Self::Receipt,
     ) -> impl Future<Output = Result<(), NodeError<<Self::Saga as SagaDef>::Error>>> + Send;
+
+    /// The optional step after the commit, as [`DbNode::after_commit`].
+    fn after_commit(_cx: &AfterCommitCx<'_, Self::Saga>, _receipt: &Self::Receipt) {}
+
+    /// The optional step after the compensation, as [`DbNode::after_compensation`].
+    fn after_compensation(_cx: &AfterCommitCx<'_, Self::Saga>, _receipt: &Self::Receipt) {}
 }
 
 impl<N: CommitOnlyDbNode> DbNode<N::Saga> for N {
@@ -149,6 +167,14 @@ impl<N: CommitOnlyDbNode> DbNode<N::Saga> for N {
         receipt: N::Receipt,
     ) -> impl Future<Output = Result<(), NodeError<<N::Saga as SagaDef>::Error>>> + Send {
         CommitOnlyDbNode::compensate(self, tx, receipt)
+    }
+
+    fn after_commit(cx: &AfterCommitCx<'_, N::Saga>, receipt: &N::Receipt) {
+        <N as CommitOnlyDbNode>::after_commit(cx, receipt)
+    }
+
+    fn after_compensation(cx: &AfterCommitCx<'_, N::Saga>, receipt: &N::Receipt) {
+        <N as CommitOnlyDbNode>::after_compensation(cx, receipt)
     }
 }
 
@@ -229,6 +255,14 @@ pub trait ExternalNode<S: SagaDef>: Serialize + DeserializeOwned + Send + Sync +
         cx: &ExternalCx<'_, S>,
         receipt: Option<Self::Receipt>,
     ) -> impl Future<Output = Result<(), CallError<S::Error>>> + Send;
+
+    /// An optional step after the call's receipt is recorded, as [`DbNode::after_commit`]: at most once,
+    /// infallible, no database.
+    fn after_commit(_cx: &AfterCommitCx<'_, S>, _receipt: &Self::Receipt) {}
+
+    /// The same after the compensation's record committed. `receipt` is `None` when the call's outcome was
+    /// never recorded (as for [`ExternalNode::compensate`]).
+    fn after_compensation(_cx: &AfterCommitCx<'_, S>, _receipt: Option<&Self::Receipt>) {}
 }
 
 /// An external node with nothing to read or decide before its call: the external twin of
@@ -261,6 +295,12 @@ pub trait CallOnlyExternalNode: Serialize + DeserializeOwned + Send + Sync + 'st
         cx: &ExternalCx<'_, Self::Saga>,
         receipt: Option<Self::Receipt>,
     ) -> impl Future<Output = Result<(), CallError<<Self::Saga as SagaDef>::Error>>> + Send;
+
+    /// The optional step after the call, as [`ExternalNode::after_commit`].
+    fn after_commit(_cx: &AfterCommitCx<'_, Self::Saga>, _receipt: &Self::Receipt) {}
+
+    /// The optional step after the compensation, as [`ExternalNode::after_compensation`].
+    fn after_compensation(_cx: &AfterCommitCx<'_, Self::Saga>, _receipt: Option<&Self::Receipt>) {}
 }
 
 impl<N: CallOnlyExternalNode> ExternalNode<N::Saga> for N {
@@ -296,5 +336,13 @@ impl<N: CallOnlyExternalNode> ExternalNode<N::Saga> for N {
         receipt: Option<N::Receipt>,
     ) -> impl Future<Output = Result<(), CallError<<N::Saga as SagaDef>::Error>>> + Send {
         CallOnlyExternalNode::compensate(self, cx, receipt)
+    }
+
+    fn after_commit(cx: &AfterCommitCx<'_, N::Saga>, receipt: &N::Receipt) {
+        <N as CallOnlyExternalNode>::after_commit(cx, receipt)
+    }
+
+    fn after_compensation(cx: &AfterCommitCx<'_, N::Saga>, receipt: Option<&N::Receipt>) {
+        <N as CallOnlyExternalNode>::after_compensation(cx, receipt)
     }
 }

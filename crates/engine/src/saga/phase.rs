@@ -178,6 +178,37 @@ impl<S: SagaDef> ExternalCx<'_, S> {
     }
 }
 
+/// What the optional step after a node's commit (or its compensation) sees: the saga's context, read-only,
+/// its id, the node's path, and the saga's logger. No connection: the step reaches no database through the
+/// engine (see [`crate::DbNode::after_commit`]).
+pub struct AfterCommitCx<'a, S: SagaDef> {
+    pub(crate) app: &'a S::Context,
+    pub(crate) saga_id: Uuid,
+    pub(crate) node_name: &'a str,
+    pub(crate) log: slog::Logger,
+}
+
+impl<S: SagaDef> AfterCommitCx<'_, S> {
+    /// The application context the saga runs with, read-only (Nexus's background-task handles).
+    pub fn context(&self) -> &S::Context {
+        self.app
+    }
+
+    pub fn saga_id(&self) -> Uuid {
+        self.saga_id
+    }
+
+    /// This node's path in the DAG (see [`PrepareCx::node_name`]).
+    pub fn node_name(&self) -> &str {
+        self.node_name
+    }
+
+    /// The saga's logger, with the saga's id, name and this node's path attached (see [`PrepareCx::log`]).
+    pub fn log(&self) -> &slog::Logger {
+        &self.log
+    }
+}
+
 /// UUIDv5 of (saga id, node name, label): deterministic ids, never `Uuid::new_v4()` inside an action.
 pub fn derived_id(saga_id: Uuid, node_name: &str, label: &str) -> Uuid {
     let name = format!("{node_name}/{label}");
