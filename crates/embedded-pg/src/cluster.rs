@@ -131,7 +131,10 @@ impl Cluster {
             .arg("-l")
             .arg(self.log_file())
             .arg("-w")
-            .args(["-t", "60"]);
+            // A cluster whose server died (a power cut, a full disk) first syncs its whole data directory and
+            // replays its WAL: minutes, not seconds, for a large one on a loaded machine (seen: 100 s of
+            // fsync alone). Waiting for it beats failing a start that would have succeeded.
+            .args(["-t", "600"]);
         run(command, "pg_ctl start")?;
         tracing::info!(socket = %socket_dir.display(), "embedded PostgreSQL started");
         Ok(true)
