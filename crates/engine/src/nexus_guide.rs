@@ -55,8 +55,9 @@
 //! and the node's path (`node`) attached, the same after a recovery. A background-task nudge after a commit or an
 //! undo (Nexus activates its reapers and the instance watcher there) goes in the node's optional
 //! [`DbNode::after_commit`](crate::DbNode::after_commit) / `after_compensation` step: it sees the saga's
-//! context read-only and the receipt, no connection, and runs at most once (never on a replay or after a
-//! recovery; a nudge is a hint the background task tolerates losing). Give the engine the executor id Nexus's SEC uses
+//! context read-only and the receipt, no connection, and runs in the process that committed, never for a
+//! commit an earlier attempt or process made (a nudge is a hint the background task tolerates losing; see
+//! the step's documentation for the paths that skip it). Give the engine the executor id Nexus's SEC uses
 //! ([`EngineConfig::sec_id`](crate::EngineConfig)): recovery resumes the unfinished sagas of that id, including
 //! those plain steno left in flight.
 //!

@@ -79,12 +79,24 @@ pub trait DbNode<S: SagaDef, C: NodeConnection = DbConnection>:
     /// activate a reaper, poke the instance watcher). It sees the saga's context read-only and the receipt,
     /// returns nothing and cannot fail; it gets no connection, so it reaches no database through the engine.
     /// **At most once**: it runs in the process whose attempt committed, after the commit (once its outcome
-    /// is resolved, if its reply was lost), and never again: not on a replay, not after a recovery (an
-    /// executor that dies between the `COMMIT` and this step never runs it). A panic in it is caught and
-    /// logged; the node stays committed. `finish` stays pure: this is where effects outside the saga go.
+    /// is resolved, if its reply was lost), and never for a commit an earlier attempt or an earlier process
+    /// made: not on a replay, not for a node a recovering engine finds committed (an executor that dies
+    /// between the `COMMIT` and this step never runs it). It is a hint the host must tolerate losing: it is
+    /// also skipped when a failure right after the commit is followed by a compensation that fails (the
+    /// commit then stands). A panic in it is caught and logged in an unwinding build (`panic = "abort"` ends
+    /// the process, as everywhere); the node stays committed. `finish` stays pure: this is where effects
+    /// outside the saga go.
     fn after_commit(_cx: &AfterCommitCx<'_, S>, _receipt: &Self::Receipt) {}
 
-    /// The same after the node's compensation committed: at most once, infallible, no database.
+    /// The same after the node's compensation committed: infallible, no database, a hint the host must
+    /// tolerate losing (skipped when a failure right after the compensation's `COMMIT` makes the engine retry
+    /// it, which then finds it done).
+    ///
+    /// TODO-correctness When a compensation's `COMMIT` has an unknown outcome, the resolution looks for the
+    /// compensation record without checking that this executor still owns the saga, so a stale executor
+    /// whose `COMMIT` did not land can find an adopter's record and run this step a second time, in the
+    /// wrong process. Check ownership there, as the forward resolution does, and attack it with an adoption
+    /// test.
     fn after_compensation(_cx: &AfterCommitCx<'_, S>, _receipt: &Self::Receipt) {}
 }
 
@@ -260,8 +272,9 @@ pub trait ExternalNode<S: SagaDef>: Serialize + DeserializeOwned + Send + Sync +
     /// infallible, no database.
     fn after_commit(_cx: &AfterCommitCx<'_, S>, _receipt: &Self::Receipt) {}
 
-    /// The same after the compensation's record committed. `receipt` is `None` when the call's outcome was
-    /// never recorded (as for [`ExternalNode::compensate`]).
+    /// The same after the compensation's record committed (see [`DbNode::after_compensation`], its caveats
+    /// included). `receipt` is `None` when the call's outcome was never recorded (as for
+    /// [`ExternalNode::compensate`]): the step then runs although the call may never have been applied.
     fn after_compensation(_cx: &AfterCommitCx<'_, S>, _receipt: Option<&Self::Receipt>) {}
 }
 
