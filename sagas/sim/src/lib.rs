@@ -55,8 +55,9 @@
 //! simulated sled agent serves that form too ([`SledAgentClient::vmm_ensure_at_generation`],
 //! [`SledAgentClient::vmm_unregister_fencing`]): an ensure without a key carries a generation, and a retry at
 //! the VMM's generation changes nothing; an unregister without a key carries a `fence_generation`, removes
-//! the VMM and fences every generation up to it, so a late ensure of a fenced generation (in either form) is
-//! refused (409 `vmm_fenced`). That fence is the tombstone, by generation instead of key. The fault knobs
+//! the VMM and fences every generation up to it, so a late ensure of a fenced generation is refused (409
+//! `vmm_fenced`): a keyless one, or a keyed one under a key not yet recorded (a keyed retry the ledger
+//! recorded is answered from the record, applying nothing; the two forms are not meant to be mixed). That fence is the tombstone, by generation instead of key. The fault knobs
 //! and [`Faults::applied_keys`] name such a request by its resource (the propolis id).
 //!
 //! ## Fault knobs

@@ -20,8 +20,9 @@
 //! form): the request is idempotent by propolis id and generation.
 //!
 //! - `PUT /vmms/{propolis_id}` `{instance_id, generation}`: as above; an ensure at the VMM's generation
-//!   changes nothing and succeeds (a retry). An ensure in either form at or below the propolis id's *fence*
-//!   is refused (409 `vmm_fenced`).
+//!   changes nothing and succeeds (a retry). An ensure at or below the propolis id's *fence* is refused
+//!   (409 `vmm_fenced`): a keyless one, or a keyed one under a key the ledger has not recorded (a recorded
+//!   keyed retry is answered from its record, changing nothing).
 //! - `DELETE /vmms/{propolis_id}` `{fence_generation}`: unregisters the VMM and fences generations up to
 //!   `fence_generation`: from then on an ensure of that propolis id at a generation no newer is refused. A
 //!   compensation fences the generation its ensure carried, so a late duplicate of that ensure (a retry still

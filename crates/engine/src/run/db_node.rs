@@ -224,7 +224,11 @@ async fn forward<
                 run.host_event(slog::Level::Info, "commit", "committed");
                 match run.fault(FaultPoint::AfterCommit).await {
                     Ok(()) => {
-                        after_commit::<S, T, N, C>(&run, receipt);
+                        run.after_step::<T, N::Receipt>("after-commit", Some(receipt), |cx, r| {
+                            if let Some(receipt) = r {
+                                N::after_commit(cx, receipt);
+                            }
+                        });
                         Ok(Arc::new(output))
                     }
                     Err(Stop::Node(error)) => {
@@ -547,44 +551,6 @@ async fn forward_in_transaction<
     Ok((output_json, recorded_receipt))
 }
 
-/// The node's optional step after its commit ([`DbNode::after_commit`]), with the receipt as recorded. A
-/// receipt that no longer decodes skips the step (logged): the step is best effort by contract, and the node
-/// has committed.
-fn after_commit<
-    S: SagaDef,
-    T: SagaDef<Context = S::Context>,
-    N: DbNode<T, C>,
-    C: NodeConnection,
->(
-    run: &NodeRun<'_, S>,
-    receipt: serde_json::Value,
-) {
-    match serde_json::from_value::<N::Receipt>(receipt) {
-        Ok(receipt) => run.after_step::<T>("after-commit", |cx| N::after_commit(cx, &receipt)),
-        Err(error) => tracing::error!(saga_id = %run.saga_id(), node = %run.name, %error,
-            "the recorded receipt does not decode: the node's after-commit step is skipped"),
-    }
-}
-
-/// The node's optional step after its compensation ([`DbNode::after_compensation`]), as [`after_commit`].
-fn after_compensation<
-    S: SagaDef,
-    T: SagaDef<Context = S::Context>,
-    N: DbNode<T, C>,
-    C: NodeConnection,
->(
-    run: &NodeRun<'_, S>,
-    receipt: serde_json::Value,
-) {
-    match serde_json::from_value::<N::Receipt>(receipt) {
-        Ok(receipt) => run.after_step::<T>("after-compensation", |cx| {
-            N::after_compensation(cx, &receipt)
-        }),
-        Err(error) => tracing::error!(saga_id = %run.saga_id(), node = %run.name, %error,
-            "the recorded receipt does not decode: the node's after-compensation step is skipped"),
-    }
-}
-
 /// Fails the node loudly if its phase left a nested transaction (a savepoint diesel opened) unfinished: the
 /// engine's `COMMIT` would then only release that savepoint, report the commit landed, and leave the real
 /// transaction open, to be rolled back when the pool discards the connection.
@@ -776,7 +742,11 @@ async fn attempt_compensation<
     }
     let outcome = compensation_landed(run, mode, outcome).await?;
     if let (Compensation::Compensated, Some(receipt)) = (outcome, receipt) {
-        after_compensation::<S, T, N, C>(run, receipt);
+        run.after_step::<T, N::Receipt>("after-compensation", Some(receipt), |cx, r| {
+            if let Some(receipt) = r {
+                N::after_compensation(cx, receipt);
+            }
+        });
     }
     Ok(outcome)
 }

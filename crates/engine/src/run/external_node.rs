@@ -259,11 +259,15 @@ async fn forward<S: SagaDef, T: SagaDef<Context = S::Context>, N: ExternalNode<T
         );
         match run.fault(FaultPoint::AfterCommit).await {
             Ok(()) => {
-                after_step::<S, T, N>(&run, "after-commit", Some(receipt_json), |cx, receipt| {
-                    if let Some(receipt) = receipt {
-                        N::after_commit(cx, receipt);
-                    }
-                });
+                run.after_step::<T, N::Receipt>(
+                    "after-commit",
+                    Some(receipt_json),
+                    |cx, receipt| {
+                        if let Some(receipt) = receipt {
+                            N::after_commit(cx, receipt);
+                        }
+                    },
+                );
                 Ok(Arc::new(output_json))
             }
             Err(Stop::Node(error)) => {
@@ -575,33 +579,10 @@ async fn compensate_once<S: SagaDef, T: SagaDef<Context = S::Context>, N: Extern
     tracing::info!(saga_id = %saga_id, node = %run.name, had_commit,
         "compensated: the external call is undone by key and the compensation recorded");
     run.host_event(slog::Level::Info, "compensation", "compensated (by key)");
-    after_step::<S, T, N>(run, "after-compensation", receipt_json, |cx, receipt| {
+    run.after_step::<T, N::Receipt>("after-compensation", receipt_json, |cx, receipt| {
         N::after_compensation(cx, receipt)
     });
     run.fault(FaultPoint::AfterCompensation).await
-}
-
-/// Runs an external node's optional step after its commit or compensation (`step`, named `which`), with the
-/// receipt as recorded (`None`: the call's outcome was never recorded). A receipt that no longer decodes
-/// skips the step (logged): the step is best effort by contract, and what it follows has committed.
-fn after_step<S: SagaDef, T: SagaDef<Context = S::Context>, N: ExternalNode<T>>(
-    run: &NodeRun<'_, S>,
-    which: &'static str,
-    receipt: Option<serde_json::Value>,
-    step: impl FnOnce(&crate::AfterCommitCx<'_, T>, Option<&N::Receipt>),
-) {
-    let receipt = match receipt
-        .map(serde_json::from_value::<N::Receipt>)
-        .transpose()
-    {
-        Ok(receipt) => receipt,
-        Err(error) => {
-            tracing::error!(saga_id = %run.saga_id(), node = %run.name, %error,
-                "the recorded receipt does not decode: the node's {which} step is skipped");
-            return;
-        }
-    };
-    run.after_step::<T>(which, |cx| step(cx, receipt.as_ref()));
 }
 
 /// The compensating call, by key.

@@ -95,12 +95,15 @@ pub(crate) struct NodeRun<'a, S: SagaDef> {
 
 impl<'a, S: SagaDef> NodeRun<'a, S> {
     /// Runs a node's optional step after its commit or its compensation (`step`, named `which`) here, once:
-    /// with the saga's context read-only and no connection. A panic in it is caught and logged, never
-    /// failing the node: what it follows has committed.
-    pub(crate) fn after_step<T: SagaDef<Context = S::Context>>(
+    /// with the saga's context read-only, no connection, and the receipt as recorded, decoded as `R`
+    /// (`None`: no receipt was recorded). A receipt that no longer decodes skips the step, and a panic in it
+    /// (or in the decoding) is caught; both are logged, never failing the node: what the step follows has
+    /// committed, and the step is best effort by contract.
+    pub(crate) fn after_step<T: SagaDef<Context = S::Context>, R: serde::de::DeserializeOwned>(
         &self,
         which: &'static str,
-        step: impl FnOnce(&crate::AfterCommitCx<'_, T>),
+        receipt: Option<serde_json::Value>,
+        step: impl FnOnce(&crate::AfterCommitCx<'_, T>, Option<&R>),
     ) {
         let cx = crate::AfterCommitCx {
             app: &*self.cx.app,
@@ -108,10 +111,18 @@ impl<'a, S: SagaDef> NodeRun<'a, S> {
             node_name: &self.name,
             log: self.logger(),
         };
-        if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| step(&cx))) {
-            tracing::error!(saga_id = %self.saga_id(), node = %self.name,
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let receipt = receipt.map(serde_json::from_value::<R>).transpose()?;
+            step(&cx, receipt.as_ref());
+            Ok::<(), serde_json::Error>(())
+        }));
+        match ran {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(saga_id = %self.saga_id(), node = %self.name, %error,
+                "the recorded receipt does not decode: the node's {which} step is skipped"),
+            Err(panic) => tracing::error!(saga_id = %self.saga_id(), node = %self.name,
                 "the node's {which} step panicked ({}); what it follows stays committed",
-                crate::shutdown::panic_message(panic.as_ref()));
+                crate::shutdown::panic_message(panic.as_ref())),
         }
     }
 
